@@ -1,0 +1,382 @@
+"""
+The recording callback handler: the hot path.
+
+One :class:`RecordingHandler` per scope. LangChain calls it for every run in
+the scope (it is installed through the configure hook in ``_scopes.py``). It
+keeps per-turn state keyed by run id, never a shared message list: every run id
+of a tree maps to the :class:`_Turn` of its root, so concurrent turns on one
+handler (``batch``, ``RunnableParallel``, threads sharing a scope) never mix.
+
+What the callbacks do is kept tiny: keep *references* to what LangChain hands
+over (input messages, outputs, ``LLMResult``), note the time, and when the root
+run ends, hand the turn to the pipeline. Text extraction, session
+de-duplication and redaction happen on the export thread (``_convert.py``).
+
+Nothing here relies on ContextVar writes made inside a callback: LangChain may
+run callbacks in a copied context, so such writes would be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from . import _config
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+    from langchain_core.outputs import LLMResult
+
+    from ._scopes import Scope
+
+__all__ = ["RecordingHandler", "Turn"]
+
+_logger = logging.getLogger(__name__)
+
+# Root run id -> the recorder that records it. When two context_trace recorders
+# see the same root (a ContextCallbackHandler passed explicitly inside a scope),
+# only the first one records it. dict.setdefault and pop are atomic in CPython.
+_CLAIMED: dict[UUID, RecordingHandler] = {}
+
+
+class Turn:
+    """
+    The raw state of one turn while it runs (references only, no copies).
+
+    ``_convert.to_conversation`` turns it into a ``Conversation`` on the export
+    thread.
+    """
+
+    __slots__ = (
+        "chain_inputs",
+        "ended",
+        "error",
+        "invocation_params",
+        "llm_results",
+        "messages",
+        "model_metadata",
+        "output",
+        "prompt",
+        "run_id",
+        "run_ids",
+        "scope",
+        "serialized",
+        "skip",
+        "started",
+        "tags",
+        "tool_runs",
+        "tools",
+    )
+
+    def __init__(
+        self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
+    ) -> None:
+        self.run_id = run_id
+        self.scope = scope
+        self.tags = tags
+        self.skip = skip
+        self.started = time.time()
+        self.ended = 0.0
+        self.run_ids: list[UUID] = [run_id]
+        self.chain_inputs: Any = None
+        self.messages: Sequence[BaseMessage] | None = None
+        self.prompt: str | None = None
+        self.invocation_params: dict[str, Any] | None = None
+        self.model_metadata: dict[str, Any] | None = None
+        self.serialized: dict[str, Any] | None = None
+        self.llm_results: list[LLMResult] = []
+        self.tools: list[list[Any]] = []  # [name, input, output, is_error]
+        self.tool_runs: dict[UUID, list[Any]] | None = None
+        self.output: Any = None
+        self.error: BaseException | None = None
+
+    @property
+    def has_model_call(self) -> bool:
+        """Whether a chat model or LLM ran in this turn."""
+        return self.messages is not None or self.prompt is not None
+
+
+class RecordingHandler(BaseCallbackHandler):
+    """
+    Records one conversation per root run, attributed to its scope.
+
+    You rarely touch it: scopes install it. ``current_handler()`` returns it for
+    code that must pass callbacks by hand.
+
+    .. versionadded:: 0.1.0
+    """
+
+    run_inline = True  # async runs call it on the event loop, in the run's context
+    raise_error = False  # our own problems never reach the app
+
+    def __init__(self, scope: Scope | None) -> None:
+        self.scope = scope
+        self._turns: dict[UUID, Turn] = {}
+
+    def __repr__(self) -> str:
+        scope = self.scope
+        user = scope.user_id if scope is not None else None
+        return (
+            f"<{type(self).__name__} user_id={user!r} active_turns={len(self._turns)}>"
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _scope_for_root(self, metadata: dict[str, Any] | None) -> Scope | None:
+        """The scope a new root run is attributed to (subclasses may look it up)."""
+        return self.scope
+
+    def _enter(
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+    ) -> Turn | None:
+        """Register *run_id*; return its turn, or None when another recorder has it."""
+        turns = self._turns
+        if parent_run_id is not None:
+            turn = turns.get(parent_run_id)
+            if turn is not None:
+                turns[run_id] = turn
+                turn.run_ids.append(run_id)
+                return turn
+        # A root, as far as this handler knows.
+        if _CLAIMED.setdefault(run_id, self) is not self:
+            return None
+        scope = self._scope_for_root(metadata)
+        if scope is None:
+            _CLAIMED.pop(run_id, None)
+            return None
+        skip = scope.session is None and not _config.get_config().keep_turn()
+        turn = Turn(run_id, scope, tags, skip)
+        turns[run_id] = turn
+        return turn
+
+    def _finish(self, turn: Turn, error: BaseException | None) -> None:
+        turn.ended = time.time()
+        turns = self._turns
+        for rid in turn.run_ids:
+            turns.pop(rid, None)
+        _CLAIMED.pop(turn.run_id, None)
+        if turn.skip or not (
+            turn.has_model_call or (error is not None and turn.chain_inputs is not None)
+        ):
+            # Nothing conversational happened (a bare parser, a retriever, a tool
+            # on its own); a chain that failed before reaching its model is kept.
+            return
+        turn.error = error
+        session = turn.scope.session
+        if session is not None:
+            session.last_turn_id = turn.run_id.hex
+        _config.emit(turn)
+
+    def _root(self, run_id: UUID) -> Turn | None:
+        turn = self._turns.get(run_id)
+        return turn if turn is not None and turn.run_id == run_id else None
+
+    def _internal_error(self, event: str) -> None:
+        _config.log_once(
+            _logger,
+            f"handler.{event}",
+            "context_trace: recorder failed in %s; the turn may be incomplete",
+            event,
+            exc_info=True,
+        )
+
+    # ------------------------------------------------------------------ chains
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any],
+        inputs: dict[str, Any],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            turn = self._enter(run_id, parent_run_id, tags, metadata)
+            if turn is not None and turn.run_id == run_id:
+                turn.chain_inputs = inputs
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_chain_start")
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        try:
+            turn = self._root(run_id)
+            if turn is not None:
+                turn.output = outputs
+                self._finish(turn, None)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_chain_end")
+
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        try:
+            turn = self._root(run_id)
+            if turn is not None:
+                self._finish(turn, error)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_chain_error")
+
+    # ------------------------------------------------------------------ models
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            turn = self._enter(run_id, parent_run_id, tags, metadata)
+            if turn is not None and not turn.has_model_call:
+                turn.messages = messages[0] if messages else []
+                turn.invocation_params = kwargs.get("invocation_params")
+                turn.model_metadata = metadata
+                turn.serialized = serialized
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_chat_model_start")
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            turn = self._enter(run_id, parent_run_id, tags, metadata)
+            if turn is not None and not turn.has_model_call:
+                turn.prompt = prompts[0] if prompts else ""
+                turn.invocation_params = kwargs.get("invocation_params")
+                turn.model_metadata = metadata
+                turn.serialized = serialized
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_start")
+
+    def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
+        try:
+            turn = self._turns.get(run_id)
+            if turn is not None:
+                turn.llm_results.append(response)
+                if turn.run_id == run_id:  # a model invoked directly: it is the turn
+                    turn.output = response
+                    self._finish(turn, None)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_end")
+
+    def on_llm_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        try:
+            turn = self._root(run_id)
+            if turn is not None:
+                self._finish(turn, error)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_error")
+
+    # ------------------------------------------------------------------ tools
+    def on_tool_start(
+        self,
+        serialized: dict[str, Any],
+        input_str: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            turn = self._enter(run_id, parent_run_id, tags, metadata)
+            if turn is not None:
+                name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
+                entry = [name, inputs if inputs is not None else input_str, None, False]
+                turn.tools.append(entry)
+                if turn.tool_runs is None:
+                    turn.tool_runs = {}
+                turn.tool_runs[run_id] = entry
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_tool_start")
+
+    def _tool_done(self, run_id: UUID, output: Any, is_error: bool) -> None:
+        turn = self._turns.get(run_id)
+        if turn is None:
+            return
+        entry = turn.tool_runs.get(run_id) if turn.tool_runs else None
+        if entry is not None:
+            entry[2] = output
+            entry[3] = is_error
+        if turn.run_id == run_id:  # a tool invoked on its own: not a conversation
+            self._finish(turn, output if is_error else None)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        try:
+            self._tool_done(run_id, output, False)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_tool_end")
+
+    def on_tool_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        try:
+            self._tool_done(run_id, error, True)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_tool_error")
+
+    # ------------------------------------------------------------------ retrievers
+    # Only tracked so a retriever run as the root releases its state.
+    def on_retriever_start(
+        self,
+        serialized: dict[str, Any],
+        query: str,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._enter(run_id, parent_run_id, tags, metadata)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_retriever_start")
+
+    def on_retriever_end(self, documents: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        try:
+            turn = self._root(run_id)
+            if turn is not None:
+                self._finish(turn, None)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_retriever_end")
+
+    def on_retriever_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
+        try:
+            turn = self._root(run_id)
+            if turn is not None:
+                self._finish(turn, error)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_retriever_error")
+
+    @property
+    def active_turns(self) -> int:
+        """Run ids currently tracked (0 when no turn is running)."""
+        return len(self._turns)

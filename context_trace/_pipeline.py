@@ -1,0 +1,403 @@
+"""
+The background export pipeline: a bounded queue and one worker thread.
+
+Shaped like OpenTelemetry's ``BatchSpanProcessor``. The recorder calls
+:meth:`BatchPipeline.emit` with a finished turn and returns at once; the
+``context-trace-exporter`` thread turns queued turns into records (text
+extraction, session de-duplication, redaction: everything that costs anything)
+and hands them to the exporter in batches.
+
+Threading model:
+
+- ``emit`` runs on the app's threads. It never blocks and never raises: it
+  appends to a ``collections.deque`` (append and popleft are atomic in CPython)
+  and, when a full batch is waiting, sets the worker's wake-up Event. When the
+  queue is full the *new* record is dropped and counted, with one warning.
+- The worker sleeps on that Event with ``flush_interval`` as timeout, so records
+  wait at most that long. It exports with ``_export_lock`` held, the only place
+  that pops from the queue, so draining is ordered.
+- ``flush`` appends a marker to the queue and waits for the worker to reach it:
+  since the queue is FIFO, everything emitted before the call has then been
+  exported (or given up on). No counters need to be read across threads.
+- ``shutdown`` stops accepting records, wakes the worker, waits for it to drain
+  (bounded), then closes the exporter with the time left.
+- After ``os.fork`` the child gets an empty queue, fresh locks and no thread;
+  the thread starts again on the child's first ``emit``.
+- The thread runs in an empty ``contextvars.Context``: no user scope is active
+  there, so nothing the exporter does is ever recorded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._exporters.base import Exporter, ExportResult
+from ._record import Record
+
+__all__ = ["BatchPipeline", "InlinePipeline", "Prepare"]
+
+_logger = logging.getLogger(__name__)
+
+_THREAD_NAME = "context-trace-exporter"
+
+#: Converts queued items (raw turns, records) into records; runs on the worker.
+Prepare = Callable[[Sequence[Any]], list[Record]]
+
+
+class _Marker:
+    """A flush marker: the worker sets ``done`` when it reaches it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class BatchPipeline:
+    """
+    A bounded queue drained by one daemon thread into an :class:`Exporter`.
+
+    Args:
+        exporter: Where batches go.
+        max_queue: Items held before new ones are dropped.
+        max_batch: Items per ``export`` call.
+        flush_interval: Seconds the worker waits between exports at most.
+        prepare: Turns queued items into records on the worker thread; by
+            default :func:`context_trace._convert.prepare` with *redact*.
+        redact: Applied to every text by the default *prepare*.
+        shutdown_timeout: Seconds the ``atexit`` flush may take.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        *,
+        max_queue: int = 10_000,
+        max_batch: int = 512,
+        flush_interval: float = 1.0,
+        prepare: Prepare | None = None,
+        redact: Callable[[str], str] | None = None,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if flush_interval <= 0:
+            raise ValueError(
+                f"flush_interval must be greater than 0, got {flush_interval}"
+            )
+        if prepare is None:
+            from ._convert import prepare as default_prepare
+
+            def prepare(items: Sequence[Any]) -> list[Record]:
+                return default_prepare(items, redact)
+
+        self._exporter = exporter
+        self._prepare = prepare
+        self._max_queue = max_queue
+        self._max_batch = max_batch
+        self._flush_interval = flush_interval
+        self._shutdown_timeout = shutdown_timeout
+        self._closed = False
+        # counters: written by the worker only, except _dropped (under _drop_lock)
+        self._taken = 0
+        self._exported = 0
+        self._failed = 0
+        self._retried = 0
+        self._pending = 0
+        self._dropped = 0
+        self._init_runtime()
+        atexit.register(self._at_exit)
+        # A weak reference: the fork hook must not keep old pipelines alive.
+        ref = weakref.WeakMethod(self._after_fork)
+
+        def _after_fork_in_child() -> None:
+            method = ref()
+            if method is not None:
+                method()
+
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+    def _init_runtime(self) -> None:
+        """Everything a forked child must not share with its parent."""
+        self._queue: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._export_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._drop_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        # The child has a copy of the parent's queue (the parent exports those) and
+        # no worker thread: start clean. Exporters holding connections reopen on
+        # their own (SQLite tracks the pid; see _exporters/).
+        self._init_runtime()
+        after_fork = getattr(self._exporter, "after_fork", None)
+        if callable(after_fork):
+            try:
+                after_fork()
+            except Exception:
+                _logger.warning(
+                    "context_trace: exporter after_fork failed", exc_info=True
+                )
+
+    # ------------------------------------------------------------------ hot path
+    def emit(self, item: Any) -> None:
+        """Queue *item* for export. Never blocks, never raises."""
+        queue = self._queue
+        if self._closed or len(queue) >= self._max_queue:
+            self._drop()
+            return
+        queue.append(item)
+        if self._thread is None:
+            self._start()
+        if len(queue) >= self._max_batch:
+            self._wake.set()
+
+    def _drop(self) -> None:
+        with self._drop_lock:
+            self._dropped += 1
+            first = self._dropped == 1
+        if first:
+            reason = (
+                "the pipeline is shut down"
+                if self._closed
+                else (f"the queue is full ({self._max_queue} records)")
+            )
+            _logger.warning(
+                "context_trace: dropping records because %s; see context_trace.stats()",
+                reason,
+            )
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            # An empty Context: the worker never sees (or records under) a user scope.
+            thread = threading.Thread(
+                target=contextvars.Context().run,
+                args=(self._run,),
+                name=_THREAD_NAME,
+                daemon=True,
+            )
+            thread.start()
+            self._thread = thread
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        while True:
+            # Sleep until a full batch is waiting, a flush/shutdown asks, or the
+            # interval passes; then export whatever is queued.
+            self._wake.wait(self._flush_interval)
+            self._wake.clear()
+            self._drain()
+            if self._stopping:
+                self._drain()
+                return
+
+    def _drain(self) -> None:
+        """Export everything queued now, in batches; release flush markers in order."""
+        with self._export_lock:
+            queue = self._queue
+            while queue:
+                batch: list[Any] = []
+                marker: _Marker | None = None
+                while queue and len(batch) < self._max_batch:
+                    item = queue.popleft()
+                    if isinstance(item, _Marker):
+                        marker = item
+                        break
+                    batch.append(item)
+                if batch:
+                    self._export(batch)
+                if marker is not None:
+                    marker.done.set()
+
+    def _export(self, items: list[Any]) -> None:
+        self._taken += len(items)
+        try:
+            records = self._prepare(items)
+        except Exception:
+            self._failed += len(items)
+            _logger.warning(
+                "context_trace: could not convert %d records", len(items), exc_info=True
+            )
+            return
+        self._failed += len(items) - len(records)
+        if not records:
+            return
+        try:
+            result = self._exporter.export(records)
+        except Exception:
+            _logger.warning("context_trace: exporter raised", exc_info=True)
+            result = ExportResult.failure(len(records))
+        if not isinstance(result, ExportResult):
+            result = ExportResult.success(len(records))
+        self._exported += result.exported
+        self._failed += result.failed
+        self._retried += result.retried
+        self._pending += result.pending
+
+    # ------------------------------------------------------------------ control
+    def flush(self, timeout: float | None = None) -> bool:
+        """
+        Wait until everything emitted before this call is exported or given up.
+
+        Args:
+            timeout: Seconds to wait; None waits as long as it takes.
+
+        Returns:
+            True if the worker got through in time.
+        """
+        if self._thread is None or not self._thread.is_alive():
+            if not self._queue:
+                return True
+            if self._thread is None and not self._closed:
+                self._start()
+            else:
+                # No worker (shut down, or died): drain on this thread.
+                self._drain()
+                return not self._queue
+        if threading.current_thread() is self._thread:
+            self._drain()
+            return True
+        marker = _Marker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """
+        Stop accepting records, export what is queued, close the exporter.
+
+        Safe to call twice; the second call returns True at once.
+
+        Args:
+            timeout: Seconds for draining and closing together; None waits.
+
+        Returns:
+            True if the queue was drained in time.
+        """
+        if self._closed:
+            return True
+        self._closed = True
+        try:
+            atexit.unregister(self._at_exit)
+        except Exception:  # noqa: BLE001 - interpreter shutting down
+            pass
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+        elif self._queue:
+            self._drain()
+        drained = not self._queue
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            self._exporter.shutdown(remaining)
+        except Exception:
+            _logger.warning("context_trace: exporter shutdown failed", exc_info=True)
+        return drained
+
+    def _at_exit(self) -> None:
+        if self._pid == os.getpid():
+            self.shutdown(self._shutdown_timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: enqueued, exported, dropped, failed, retried, pending, queued."""
+        queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+        return {
+            "enqueued": self._taken + queued,
+            "exported": self._exported,
+            "dropped": self._dropped,
+            "failed": self._failed,
+            "retried": self._retried,
+            "pending": self._pending,
+            "queued": queued,
+        }
+
+    @property
+    def exporter(self) -> Exporter:
+        """The exporter batches go to."""
+        return self._exporter
+
+
+class InlinePipeline:
+    """
+    A pipeline with no thread: ``emit`` converts and exports at once.
+
+    ``context_trace.testing.capture()`` uses it so tests see records the moment
+    a turn ends, with no flush and no timing. Not for production: the export
+    runs on the caller's thread.
+    """
+
+    def __init__(
+        self, exporter: Exporter, *, redact: Callable[[str], str] | None = None
+    ) -> None:
+        from ._convert import prepare
+
+        self._exporter = exporter
+        self._redact = redact
+        self._prepare = prepare
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(
+            (
+                "enqueued",
+                "exported",
+                "dropped",
+                "failed",
+                "retried",
+                "pending",
+                "queued",
+            ),
+            0,
+        )
+
+    def emit(self, item: Any) -> None:
+        """Convert and export *item* now; never raises."""
+        with self._lock:  # keeps session de-duplication ordered across threads
+            self._counts["enqueued"] += 1
+            try:
+                records = self._prepare([item], self._redact)
+                result = self._exporter.export(records)
+            except Exception:
+                _logger.warning("context_trace: inline export failed", exc_info=True)
+                self._counts["failed"] += 1
+                return
+            self._counts["exported"] += result.exported
+            self._counts["failed"] += result.failed + (1 - len(records))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is ever queued: always True."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Close the exporter."""
+        self._exporter.shutdown(timeout)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """Same counters as :meth:`BatchPipeline.stats`."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def exporter(self) -> Exporter:
+        """The exporter records go to."""
+        return self._exporter

@@ -1,0 +1,841 @@
+"""
+Per-request scopes: who is talking, in which session, with which metadata.
+
+A :class:`Scope` is immutable. Entering ``track_user`` or ``context_session``
+builds a new scope from the current one (inner values override, metadata merges)
+and *activates* it: three ContextVars are set and their tokens kept so leaving
+restores the outer state exactly, whatever happened in between.
+
+- ``_ACTIVE_SCOPE`` holds the scope itself (``current_user()`` and friends).
+- ``_ACTIVE_HANDLER`` holds the scope's recording handler. It is registered with
+  LangChain's ``register_configure_hook`` so every run configured in this context
+  gets the handler, with no ``callbacks=`` passed anywhere.
+- LangChain's own ``var_child_runnable_config`` gets ``user_id``/``session_id``
+  merged into its metadata, so other tracers (LangSmith) see them on the runs.
+
+ContextVars are copied into asyncio tasks and into LangChain's executor threads
+(``batch`` uses ``contextvars.copy_context``), so scopes follow the work there.
+Plain threads start with an empty context: :func:`propagate`,
+:class:`ContextThreadPoolExecutor` and :func:`instrument_threads` carry it over.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar, Token, copy_context
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import wrapt
+from langchain_core.runnables.config import var_child_runnable_config
+from langchain_core.tracers.context import register_configure_hook
+
+from . import _config
+from ._record import Feedback, new_id
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
+    from ._handler import RecordingHandler
+
+__all__ = [
+    "ContextThreadPoolExecutor",
+    "Scope",
+    "Session",
+    "context_session",
+    "current_handler",
+    "current_scope",
+    "current_session",
+    "current_user",
+    "headers",
+    "instrument_threads",
+    "propagate",
+    "runnable_config",
+    "track_user",
+    "uninstrument_threads",
+]
+
+_logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+IdLike = str | int
+IdSource = IdLike | Callable[..., Any] | None
+
+_ACTIVE_SCOPE: ContextVar[Scope | None] = ContextVar(
+    "context_trace.active_scope", default=None
+)
+_ACTIVE_HANDLER: ContextVar[RecordingHandler | None] = ContextVar(
+    "context_trace.active_handler", default=None
+)
+# inheritable=True: child runs keep the handler even when they are configured in
+# another context (LangChain copies handlers from the parent run manager).
+register_configure_hook(_ACTIVE_HANDLER, True)
+
+_RATINGS = (-1, 0, 1)
+
+
+# --------------------------------------------------------------------------- values
+def _check_id(name: str, value: object, *, allow_callable: bool) -> None:
+    """Reject bad user/session ids early, naming the parameter."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not (
+        isinstance(value, (str, int)) or (allow_callable and callable(value))
+    ):
+        expected = (
+            "a str, an int or a callable" if allow_callable else "a str or an int"
+        )
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{name} must not be empty")
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """Turn metadata into ``str -> str`` now, so a bad value fails at the call site."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+    out: dict[str, str] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metadata keys must be str, got {key!r}")
+        if isinstance(value, str):
+            out[key] = value
+            continue
+        cls = type(value)
+        if cls.__str__ is object.__str__ and cls.__repr__ is object.__repr__:
+            raise TypeError(
+                f"metadata[{key!r}] must be a str or have a meaningful str(), "
+                f"got {cls.__name__}"
+            )
+        out[key] = str(value)
+    return out
+
+
+def _id_str(name: str, value: object) -> str | None:
+    """Normalise a resolved id (from a callable or a header) to str or None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(
+            f"{name} resolver returned {type(value).__name__}, expected str or int"
+        )
+    text = str(value).strip()
+    return text or None
+
+
+# --------------------------------------------------------------------------- session
+class Session:
+    """
+    One conversation thread: every turn recorded inside it shares ``id``.
+
+    Created by :func:`context_session`; read it with :func:`current_session`.
+
+    Attributes:
+        id: The session id (generated as 32 hex characters when not given).
+        user_id: The user the session was opened for, if any.
+        metadata: ``str -> str`` metadata attached to every turn in the session.
+        ratings: Ratings given with :meth:`rate`, oldest first.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = (
+        "_lock",
+        "_seen",
+        "id",
+        "last_turn_id",
+        "metadata",
+        "ratings",
+        "sampled",
+        "user_id",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        user_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        sampled: bool = True,
+    ) -> None:
+        self.id = id
+        self.user_id = user_id
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.ratings: list[int] = []
+        self.sampled = sampled
+        #: id of the last turn recorded in this session (set by the recorder)
+        self.last_turn_id: str | None = None
+        # (role, content) of messages already recorded; only the export worker
+        # touches it (see _convert.py), the lock covers capture()'s inline mode.
+        self._seen: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def rate(self, rating: int) -> None:
+        """
+        Rate the session's last assistant message: -1 (bad), 0 (neutral) or +1 (good).
+
+        Call it from a feedback endpoint. The rating is exported with the session
+        (a PATCH of the Context thread, a row in the local store).
+
+        Args:
+            rating: -1, 0 or 1.
+
+        Raises:
+            ValueError: if *rating* is not -1, 0 or 1.
+        """
+        if isinstance(rating, bool) or rating not in _RATINGS:
+            raise ValueError(f"rating must be -1, 0 or 1, got {rating!r}")
+        self.ratings.append(int(rating))
+        if not self.sampled:
+            return
+        scope = _ACTIVE_SCOPE.get()
+        user_id = scope.user_id if scope is not None and scope.user_id else self.user_id
+        _config.emit(
+            Feedback(
+                id=new_id(),
+                session_id=self.id,
+                user_id=user_id,
+                rating=int(rating),
+                conversation_id=self.last_turn_id,
+            )
+        )
+
+    def __repr__(self) -> str:
+        return f"Session(id={self.id!r}, user_id={self.user_id!r})"
+
+
+# --------------------------------------------------------------------------- scope
+class Scope:
+    """
+    The immutable attribution state of one context: user, session, metadata.
+
+    ``handler`` is the recording handler LangChain runs get inside this scope, or
+    None when recording is off (disabled, or sampled out).
+    """
+
+    __slots__ = ("_tokens", "handler", "metadata", "session", "user_id")
+
+    def __init__(
+        self,
+        user_id: str | None,
+        session: Session | None,
+        metadata: Mapping[str, str],
+        handler: RecordingHandler | None,
+    ) -> None:
+        self.user_id = user_id
+        self.session = session
+        self.metadata = metadata
+        self.handler = handler
+        self._tokens: list[tuple[Token[Any], Token[Any], Token[Any]]] = []
+
+    @property
+    def session_id(self) -> str | None:
+        """The session's id, if the scope is inside a session."""
+        return self.session.id if self.session is not None else None
+
+    def _run_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        if self.session is not None:
+            out["session_id"] = self.session.id
+        return out
+
+    def activate(self) -> None:
+        """Make this scope current in this context; pair with :meth:`deactivate`."""
+        parent_config = var_child_runnable_config.get()
+        run_metadata = self._run_metadata()
+        if parent_config:
+            config: RunnableConfig = cast("RunnableConfig", dict(parent_config))
+            config["metadata"] = {
+                **(parent_config.get("metadata") or {}),
+                **run_metadata,
+            }
+        else:
+            config = cast("RunnableConfig", {"metadata": run_metadata})
+        self._tokens.append(
+            (
+                _ACTIVE_SCOPE.set(self),
+                _ACTIVE_HANDLER.set(self.handler),
+                var_child_runnable_config.set(config),
+            )
+        )
+
+    def deactivate(self) -> None:
+        """Restore the state from before the matching :meth:`activate`."""
+        try:
+            scope_token, handler_token, config_token = self._tokens.pop()
+            var_child_runnable_config.reset(config_token)
+            _ACTIVE_HANDLER.reset(handler_token)
+            _ACTIVE_SCOPE.reset(scope_token)
+        except (IndexError, ValueError, RuntimeError):
+            # A token from another context (a generator finished elsewhere): never
+            # raise into the app; the context it belonged to is gone anyway.
+            _logger.debug(
+                "context_trace: could not restore the outer scope", exc_info=True
+            )
+
+    def __enter__(self) -> Scope:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+
+def _build_scope(
+    user_id: str | None,
+    session: Session | None,
+    metadata: Mapping[str, str],
+    *,
+    inherit: bool = True,
+) -> Scope:
+    """A scope derived from the current one: given values override, metadata merges."""
+    outer = _ACTIVE_SCOPE.get() if inherit else None
+    if outer is not None:
+        if user_id is None:
+            user_id = outer.user_id
+        if session is None:
+            session = outer.session
+        if outer.metadata:
+            metadata = {**outer.metadata, **metadata}
+    if session is not None and session.metadata:
+        metadata = {**session.metadata, **metadata}
+    scope = Scope(user_id, session, metadata, None)
+    cfg = _config.get_config()
+    if cfg.enabled and (session is None or session.sampled):
+        from ._handler import RecordingHandler
+
+        scope.handler = RecordingHandler(scope)
+    return scope
+
+
+# --------------------------------------------------------------------------- wrappers
+class _ScopedIterator(Iterator[T]):
+    """Re-enter *scope* for every step (and ``close``) of a sync iterator."""
+
+    __slots__ = ("_it", "_scope")
+
+    def __init__(self, scope: Scope, it: Iterator[T]) -> None:
+        self._scope = scope
+        self._it = it
+
+    def __iter__(self) -> _ScopedIterator[T]:
+        return self
+
+    def __next__(self) -> T:
+        with self._scope:
+            return next(self._it)
+
+    def send(self, value: Any) -> T:
+        with self._scope:
+            return cast(T, self._it.send(value))  # type: ignore[attr-defined]
+
+    def throw(self, *args: Any) -> T:
+        with self._scope:
+            return cast(T, self._it.throw(*args))  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            with self._scope:
+                close()
+
+
+class _ScopedAsyncIterator(AsyncIterator[T]):
+    """Re-enter *scope* for every step (and ``aclose``) of an async iterator."""
+
+    __slots__ = ("_it", "_scope")
+
+    def __init__(self, scope: Scope, it: AsyncIterator[T]) -> None:
+        self._scope = scope
+        self._it = it
+
+    def __aiter__(self) -> _ScopedAsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        with self._scope:
+            return await self._it.__anext__()
+
+    async def asend(self, value: Any) -> T:
+        with self._scope:
+            return cast(T, await self._it.asend(value))  # type: ignore[attr-defined]
+
+    async def athrow(self, *args: Any) -> T:
+        with self._scope:
+            return cast(T, await self._it.athrow(*args))  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._it, "aclose", None)
+        if aclose is not None:
+            with self._scope:
+                await aclose()
+
+
+def _wrap_result(scope: Scope, result: Any) -> Any:
+    """A returned generator keeps the scope for every later step."""
+    if inspect.isgenerator(result):
+        return _ScopedIterator(scope, result)
+    if inspect.isasyncgen(result):
+        return _ScopedAsyncIterator(scope, result)
+    return result
+
+
+def _make_resolver(
+    name: str, source: Callable[..., Any], wrapped: Callable[..., Any]
+) -> Callable[[tuple[Any, ...], dict[str, Any], Any], Any]:
+    """
+    Call *source* with the decorated function's arguments.
+
+    A resolver written with the function's own signature gets the call as is; a
+    narrower one (``lambda user_id: user_id`` on ``def chat(user_id, text)``)
+    gets the parameters it names, bound by name.
+    """
+    try:
+        source_sig = inspect.signature(source)
+        target_sig = inspect.signature(wrapped)
+    except (TypeError, ValueError):
+        return lambda args, kwargs, instance: source(*args, **kwargs)
+    params = source_sig.parameters.values()
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return lambda args, kwargs, instance: source(*args, **kwargs)
+    target_names = list(target_sig.parameters)
+    wanted = [p.name for p in params]
+    unknown = [
+        n for n in wanted if n not in target_sig.parameters and n not in ("self", "cls")
+    ]
+    if unknown and not any(
+        p.kind is p.VAR_KEYWORD for p in target_sig.parameters.values()
+    ):
+        raise TypeError(
+            f"{name} callable takes parameter(s) {', '.join(unknown)} that "
+            f"{getattr(wrapped, '__qualname__', wrapped)!r} does not have"
+        )
+    # Bound methods come in through wrapt without self/cls in args.
+    drop_first = bool(target_names) and target_names[0] in ("self", "cls")
+
+    def resolve(args: tuple[Any, ...], kwargs: dict[str, Any], instance: Any) -> Any:
+        call_args = (instance, *args) if drop_first and instance is not None else args
+        try:
+            bound = target_sig.bind_partial(*call_args, **kwargs)
+        except TypeError:
+            return source(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        for p in target_sig.parameters.values():
+            if p.kind is p.VAR_KEYWORD and p.name in values:
+                values.update(values.pop(p.name))
+        return source(**{n: values[n] for n in wanted if n in values})
+
+    return resolve
+
+
+class _ScopeFactory:
+    """
+    What :func:`track_user` and :func:`context_session` return.
+
+    A decorator (def, async def, generators, methods, classmethods,
+    staticmethods) and a context manager (``with`` / ``async with``). Each use
+    builds a fresh :class:`Scope`, so one factory can be shared across threads
+    and tasks.
+    """
+
+    __slots__ = ("_metadata", "_new_session", "_session_id", "_user_id")
+
+    def __init__(
+        self,
+        user_id: IdSource,
+        session_id: IdSource,
+        metadata: dict[str, str],
+        new_session: bool,
+    ) -> None:
+        self._user_id = user_id
+        self._session_id = session_id
+        self._metadata = metadata
+        self._new_session = new_session
+
+    # -- building a scope ----------------------------------------------------
+    def _open(self, resolve: Callable[[IdSource, str], Any] | None = None) -> Scope:
+        user_id = self._value(self._user_id, "user_id", resolve)
+        session: Session | None = None
+        if self._new_session:
+            session_id = (
+                self._value(self._session_id, "session_id", resolve) or new_id()
+            )
+            outer = _ACTIVE_SCOPE.get()
+            session = Session(
+                session_id,
+                user_id if user_id is not None else (outer.user_id if outer else None),
+                self._metadata,
+                sampled=_config.get_config().keep_session(session_id),
+            )
+        return _build_scope(user_id, session, self._metadata)
+
+    @staticmethod
+    def _value(
+        source: IdSource, name: str, resolve: Callable[[IdSource, str], Any] | None
+    ) -> str | None:
+        if source is None:
+            return None
+        if callable(source):
+            if resolve is None:
+                raise TypeError(
+                    f"{name} is a callable: use this as a decorator, not a context manager"
+                )
+            return _id_str(name, resolve(source, name))
+        return str(source)
+
+    # -- context manager -----------------------------------------------------
+    def __enter__(self) -> Any:
+        scope = self._open()
+        scope.activate()
+        return scope.session if self._new_session else scope
+
+    def __exit__(self, *exc: object) -> None:
+        scope = _ACTIVE_SCOPE.get()
+        if scope is not None:
+            scope.deactivate()
+            if _ACTIVE_SCOPE.get() is None:
+                _config.on_outermost_exit()
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    # -- decorator -----------------------------------------------------------
+    def __call__(self, func: F) -> F:
+        if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
+            raise TypeError(
+                f"track_user/context_session decorate a callable, got {type(func).__name__}"
+            )
+        target = (
+            func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
+        )
+        resolvers = {
+            name: _make_resolver(name, source, target)
+            for name, source in (
+                ("user_id", self._user_id),
+                ("session_id", self._session_id),
+            )
+            if callable(source)
+        }
+        factory = self
+
+        def open_for(
+            instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Scope:
+            def resolve(source: IdSource, name: str) -> Any:
+                return resolvers[name](args, kwargs, instance)
+
+            try:
+                return factory._open(resolve)
+            except Exception:  # noqa: BLE001 - a failing resolver must not break the app
+                _config.log_once(
+                    _logger,
+                    "resolver",
+                    "context_trace: could not resolve the user/session; "
+                    "running %s unscoped",
+                    getattr(target, "__qualname__", target),
+                    exc_info=True,
+                )
+                return _build_scope(None, None, {}, inherit=True)
+
+        if inspect.isasyncgenfunction(target):
+
+            def asyncgen_wrapper(
+                wrapped: Any, instance: Any, args: Any, kwargs: Any
+            ) -> Any:
+                scope = open_for(instance, args, kwargs)
+                with scope:
+                    gen = wrapped(*args, **kwargs)
+                return _ScopedAsyncIterator(scope, gen)
+
+            wrapper: Callable[..., Any] = asyncgen_wrapper
+        elif inspect.iscoroutinefunction(target):
+
+            async def async_wrapper(
+                wrapped: Any, instance: Any, args: Any, kwargs: Any
+            ) -> Any:
+                scope = open_for(instance, args, kwargs)
+                scope.activate()
+                try:
+                    return _wrap_result(scope, await wrapped(*args, **kwargs))
+                finally:
+                    scope.deactivate()
+                    if _ACTIVE_SCOPE.get() is None:
+                        _config.on_outermost_exit()
+
+            wrapper = async_wrapper
+        else:
+
+            def sync_wrapper(
+                wrapped: Any, instance: Any, args: Any, kwargs: Any
+            ) -> Any:
+                scope = open_for(instance, args, kwargs)
+                scope.activate()
+                try:
+                    return _wrap_result(scope, wrapped(*args, **kwargs))
+                finally:
+                    scope.deactivate()
+                    if _ACTIVE_SCOPE.get() is None:
+                        _config.on_outermost_exit()
+
+            wrapper = sync_wrapper
+        return cast(F, wrapt.decorator(wrapper)(func))
+
+
+def track_user(
+    user_id: IdSource,
+    *,
+    session_id: IdSource = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """
+    Attribute every LangChain run inside to *user_id*.
+
+    Use it as a decorator on a request handler, or as ``with``/``async with``
+    around chain calls. Nested scopes override the user and session and merge
+    metadata; leaving restores the outer state.
+
+    Args:
+        user_id: A str or int, or a callable that receives the decorated
+            function's arguments (all of them, or just the ones it names) and
+            returns the id. None leaves the user as it is (from an outer scope).
+        session_id: Put the turns in this session (same forms as *user_id*).
+        metadata: Extra ``str -> str`` details attached to every turn.
+
+    Returns:
+        A decorator that is also a (sync and async) context manager. As a
+        context manager it yields the :class:`Scope`.
+
+    Raises:
+        TypeError: *user_id*, *session_id* or *metadata* has the wrong type.
+        ValueError: an id is an empty string.
+
+    .. versionadded:: 0.1.0
+    """
+    _check_id("user_id", user_id, allow_callable=True)
+    _check_id("session_id", session_id, allow_callable=True)
+    meta = _check_metadata(metadata)
+    if session_id is not None:
+        return _ScopeFactory(user_id, session_id, meta, new_session=True)
+    return _ScopeFactory(user_id, None, meta, new_session=False)
+
+
+def context_session(
+    session_id: IdSource = None,
+    *,
+    user_id: IdSource = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """
+    Group every turn inside into one conversation thread.
+
+    ``with context_session() as s:`` yields a :class:`Session`; ``s.rate(1)``
+    rates its last answer. As a decorator, every call opens its own session.
+
+    Args:
+        session_id: The thread's id (str, int, or a callable like *user_id* of
+            :func:`track_user`). A new 32-hex-character id when None.
+        user_id: The user, when not already set by an outer :func:`track_user`.
+        metadata: Extra ``str -> str`` details attached to every turn.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an id is an empty string.
+
+    .. versionadded:: 0.1.0
+    """
+    _check_id("session_id", session_id, allow_callable=True)
+    _check_id("user_id", user_id, allow_callable=True)
+    meta = _check_metadata(metadata)
+    return _ScopeFactory(user_id, session_id, meta, new_session=True)
+
+
+# --------------------------------------------------------------------------- accessors
+def current_scope() -> Scope | None:
+    """The active :class:`Scope`, or None outside every scope."""
+    return _ACTIVE_SCOPE.get()
+
+
+def current_user() -> str | None:
+    """
+    The user id of the active scope, or None.
+
+    .. versionadded:: 0.1.0
+    """
+    scope = _ACTIVE_SCOPE.get()
+    return scope.user_id if scope is not None else None
+
+
+def current_session() -> Session | None:
+    """
+    The active :class:`Session`, or None outside every session.
+
+    .. versionadded:: 0.1.0
+    """
+    scope = _ACTIVE_SCOPE.get()
+    return scope.session if scope is not None else None
+
+
+def current_handler() -> RecordingHandler | None:
+    """
+    The recording callback handler of the active scope, or None.
+
+    Pass it yourself only where LangChain cannot see the context (it normally
+    picks it up on its own).
+
+    .. versionadded:: 0.1.0
+    """
+    return _ACTIVE_HANDLER.get()
+
+
+def runnable_config() -> RunnableConfig:
+    """
+    A ``RunnableConfig`` carrying the active scope, for code that passes configs.
+
+    It holds the scope's handler in ``callbacks`` and ``user_id``/``session_id``
+    in ``metadata``. Outside a scope it is empty.
+
+    .. versionadded:: 0.1.0
+    """
+    from langchain_core.runnables import RunnableConfig
+
+    scope = _ACTIVE_SCOPE.get()
+    config = RunnableConfig()
+    if scope is None:
+        return config
+    config["metadata"] = scope._run_metadata()
+    if scope.handler is not None:
+        config["callbacks"] = [scope.handler]
+    return config
+
+
+def headers() -> dict[str, str]:
+    """
+    ``X-User-Id``/``X-Session-Id`` headers for the active scope (only those set).
+
+    Send them to downstream services that use context_trace's integrations, so
+    their turns are attributed to the same user and session.
+
+    .. versionadded:: 0.1.0
+    """
+    scope = _ACTIVE_SCOPE.get()
+    out: dict[str, str] = {}
+    if scope is None:
+        return out
+    if scope.user_id is not None:
+        out["X-User-Id"] = scope.user_id
+    if scope.session is not None:
+        out["X-Session-Id"] = scope.session.id
+    return out
+
+
+# --------------------------------------------------------------------------- threads
+def propagate(fn: Callable[..., T]) -> Callable[..., T]:
+    """
+    Wrap *fn* to run in a copy of the current context (scope included).
+
+    Use it for work you hand to a plain thread or a pool you don't control:
+    ``threading.Thread(target=propagate(work)).start()``.
+
+    .. versionadded:: 0.1.0
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    ctx = copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        # A fresh copy per call: one context may not be entered twice at once.
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run
+
+
+class ContextThreadPoolExecutor(ThreadPoolExecutor):
+    """
+    A ``ThreadPoolExecutor`` whose tasks run in the submitter's context.
+
+    Drop-in for ``concurrent.futures.ThreadPoolExecutor``: ``submit`` and ``map``
+    carry the active scope into the worker threads.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        ctx = copy_context()
+        return super().submit(ctx.run, fn, *args, **kwargs)
+
+
+_original_start: Callable[..., Any] | None = None
+_original_submit: Callable[..., Any] | None = None
+_instrument_lock = threading.Lock()
+
+
+def instrument_threads() -> None:
+    """
+    Make every ``Thread.start`` and ``ThreadPoolExecutor.submit`` carry the scope.
+
+    For apps whose thread pools live in libraries they don't control. Opt-in and
+    process-wide; undo with :func:`uninstrument_threads`. Calling it twice is safe.
+
+    .. versionadded:: 0.1.0
+    """
+    global _original_start, _original_submit
+    with _instrument_lock:
+        if _original_start is not None:
+            return
+        _original_start = threading.Thread.start
+        _original_submit = ThreadPoolExecutor.submit
+        original_start = _original_start
+        original_submit = _original_submit
+
+        def start(self: threading.Thread) -> None:
+            if _ACTIVE_SCOPE.get() is not None and hasattr(self, "run"):
+                ctx = copy_context()
+                run = self.run
+                self.run = lambda: ctx.run(run)  # type: ignore[method-assign]
+            original_start(self)
+
+        def submit(
+            self: ThreadPoolExecutor,
+            fn: Callable[..., Any],
+            /,
+            *args: Any,
+            **kwargs: Any,
+        ) -> Any:
+            if _ACTIVE_SCOPE.get() is not None and not isinstance(
+                self, ContextThreadPoolExecutor
+            ):
+                return original_submit(self, copy_context().run, fn, *args, **kwargs)
+            return original_submit(self, fn, *args, **kwargs)
+
+        threading.Thread.start = start  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+
+
+def uninstrument_threads() -> None:
+    """
+    Undo :func:`instrument_threads`. Safe to call when not instrumented.
+
+    .. versionadded:: 0.1.0
+    """
+    global _original_start, _original_submit
+    with _instrument_lock:
+        if _original_start is None:
+            return
+        threading.Thread.start = _original_start  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = _original_submit  # type: ignore[assignment,method-assign]
+        _original_start = _original_submit = None
