@@ -47,11 +47,13 @@ __all__ = [
     "RecordingHandler",
     "Scope",
     "Session",
+    "asgi",
     "configure",
     "context_session",
     "current_handler",
     "current_session",
     "current_user",
+    "flask",
     "flush",
     "get_config",
     "headers",
@@ -65,7 +67,11 @@ __all__ = [
     "uninstrument_threads",
 ]
 
-_LAZY_MODULES = {"testing": "context_trace.testing"}
+_LAZY_MODULES = {
+    "asgi": "context_trace.integrations.asgi",
+    "flask": "context_trace.integrations.flask",
+    "testing": "context_trace.testing",
+}
 
 
 def __getattr__(name: str) -> Any:

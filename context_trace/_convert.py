@@ -241,7 +241,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
     scope = turn.scope
     inputs = _input_messages(turn)
     rest: list[Message] = []
-    for name, tool_input, output, is_error in turn.tools:
+    for name, tool_input, output, _is_error in turn.tools:
         rest.append(
             Message(
                 "tool",
@@ -270,7 +270,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
     model = _model_name(turn)
     if model:
         metadata["model"] = model
-    metadata["latency_ms"] = str(int(round((turn.ended - turn.started) * 1000)))
+    metadata["latency_ms"] = str(round((turn.ended - turn.started) * 1000))
     for key, value in _usage(turn.llm_results).items():
         metadata[key] = str(value)
     if turn.tags:

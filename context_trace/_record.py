@@ -88,7 +88,7 @@ class Conversation:
     @property
     def latency_ms(self) -> int:
         """Wall-clock duration of the turn in whole milliseconds."""
-        return int(round((self.ended_at - self.started_at) * 1000))
+        return round((self.ended_at - self.started_at) * 1000)
 
     @property
     def answer(self) -> str | None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .._record import Record
+from context_trace._record import Record
 
 __all__ = ["ExportResult", "Exporter"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from .._record import Conversation, Feedback, Record
+from context_trace._record import Conversation, Feedback, Record
+
 from .base import ExportResult
 
 __all__ = ["InMemoryExporter"]
