@@ -10,8 +10,9 @@ the Context API (with a token) or to a local SQLite store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as _Any
 
+from ._compat import ContextCallbackHandler
 from ._config import Config, configure, flush, get_config, shutdown, stats
 from ._exporters import Exporter, ExportResult, InMemoryExporter
 from ._handler import RecordingHandler
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Config",
+    "ContextCallbackHandler",
     "ContextThreadPoolExecutor",
     "Conversation",
     "ExportResult",
@@ -74,7 +76,7 @@ _LAZY_MODULES = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     # PEP 562: optional parts load on first use, so `import context_trace` never
     # imports pytest, Flask or Starlette.
     module = _LAZY_MODULES.get(name)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.tracers.context import run_collector_var, tracing_v2_callback_var
+
 if TYPE_CHECKING:
     from ._exporters.base import Exporter
     from ._pipeline import BatchPipeline
@@ -31,6 +33,7 @@ __all__ = [
     "ENV_ENDPOINT",
     "ENV_FLUSH_INTERVAL",
     "ENV_MAX_QUEUE",
+    "ENV_RUN_METADATA",
     "ENV_SAMPLE_RATE",
     "ENV_SERVERLESS",
     "ENV_TOKEN",
@@ -44,6 +47,7 @@ __all__ = [
     "log_once",
     "on_outermost_exit",
     "reset",
+    "wants_run_metadata",
     "shutdown",
     "stats",
 ]
@@ -60,6 +64,9 @@ ENV_MAX_QUEUE = "CONTEXT_TRACE_MAX_QUEUE"
 ENV_FLUSH_INTERVAL = "CONTEXT_TRACE_FLUSH_INTERVAL"
 ENV_SERVERLESS = "CONTEXT_TRACE_SERVERLESS"
 ENV_REDACT = "CONTEXT_TRACE_REDACT"
+ENV_RUN_METADATA = "CONTEXT_TRACE_RUN_METADATA"
+# LangSmith/LangChain switches that turn tracing on from the environment.
+_TRACING_ENV = ("LANGSMITH_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING")
 
 DEFAULT_ENDPOINT = "https://api.context.ai"
 _DEFAULT_MAX_QUEUE = 10_000
@@ -107,6 +114,9 @@ class Config:
     allow_insecure: bool = False
     outbox_max: int = _DEFAULT_OUTBOX_MAX
     shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT
+    run_metadata: bool | str = "auto"
+    #: "auto" resolved once from the environment: is LangSmith tracing on?
+    env_tracing: bool = False
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -223,6 +233,12 @@ def _build_config(kwargs: Mapping[str, Any]) -> Config:
             values[key] = number
     if os.environ.get(ENV_REDACT):
         values["redact"] = os.environ[ENV_REDACT]
+    run_metadata = os.environ.get(ENV_RUN_METADATA, "").strip().lower()
+    if run_metadata:
+        values["run_metadata"] = "auto" if run_metadata == "auto" else _env_bool(ENV_RUN_METADATA)
+    values["env_tracing"] = any(
+        os.environ.get(name, "").strip().lower() in _TRUE for name in _TRACING_ENV
+    )
 
     values.update({k: v for k, v in kwargs.items() if v is not _UNSET})
 
@@ -265,6 +281,8 @@ def _build_config(kwargs: Mapping[str, Any]) -> Config:
             _check_number(key, values[key], low=0.0, low_open=key == "flush_interval")
     if "redact" in values:
         values["redact"] = _resolve_redact(values["redact"])
+    if "run_metadata" in values and values["run_metadata"] not in (True, False, "auto"):
+        raise ValueError(f"run_metadata must be True, False or 'auto', got {values['run_metadata']!r}")
     return Config(**values)
 
 
@@ -302,21 +320,22 @@ def _build_exporter(config: Config) -> Exporter:
         return config.exporter
     from ._exporters.sqlite import SQLiteExporter
 
-    store = SQLiteExporter(
-        config.db_path, keep_local=True, outbox_max=config.outbox_max
-    )
     if not config.token:
-        return store
+        return SQLiteExporter(config.db_path, keep_local=True, outbox_max=config.outbox_max)
     from ._exporters.context_api import ContextAPIExporter
     from ._exporters.outbox import OutboxExporter
 
+    store = SQLiteExporter(
+        config.db_path, keep_local=config.keep_local, outbox_max=config.outbox_max
+    )
     remote = ContextAPIExporter(
         config.token,
         endpoint=config.endpoint,
         allow_insecure=config.allow_insecure,
-        transcript_source=store.session_messages,
+        # Only a store that keeps delivered turns knows a session's transcript.
+        transcript_source=store.session_messages if config.keep_local else None,
     )
-    return OutboxExporter(store, remote, keep_local=config.keep_local)
+    return OutboxExporter(store, remote)
 
 
 def _pipeline() -> BatchPipeline:
@@ -335,6 +354,9 @@ def _pipeline() -> BatchPipeline:
                     redact=config.redact,
                     shutdown_timeout=config.shutdown_timeout,
                 )
+                if hasattr(_STATE.pipeline.exporter, "idle"):
+                    # An outbox may hold rows from an earlier process: deliver now.
+                    _STATE.pipeline.start()
             pipeline = _STATE.pipeline
     return pipeline
 
@@ -356,6 +378,25 @@ def log_once(
     level = logging.DEBUG if key in _STATE.logged else logging.WARNING
     _STATE.logged.add(key)
     logger.log(level, msg, *args, exc_info=exc_info)
+
+
+def wants_run_metadata() -> bool:
+    """
+    Whether scopes should put user_id/session_id into LangChain run metadata.
+
+    With ``run_metadata="auto"`` (the default) only when something reads run
+    metadata: LangSmith tracing switched on in the environment, a
+    ``tracing_v2_enabled()`` block, or ``collect_runs()``. Propagating metadata
+    through every child run costs LangChain a few microseconds per run, so it
+    is not paid when nobody looks.
+    """
+    config = get_config()
+    mode = config.run_metadata
+    if mode != "auto":
+        return bool(mode)
+    if config.env_tracing:
+        return True
+    return tracing_v2_callback_var.get() is not None or run_collector_var.get() is not None
 
 
 def on_outermost_exit() -> None:
@@ -383,6 +424,7 @@ def configure(
     allow_insecure: bool = _UNSET,
     outbox_max: int = _UNSET,
     shutdown_timeout: float = _UNSET,
+    run_metadata: bool | str = _UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -418,6 +460,9 @@ def configure(
         allow_insecure: Allow a token over plain http to a non-loopback endpoint.
         outbox_max: Undelivered records the outbox keeps before dropping the oldest.
         shutdown_timeout: Seconds the exit-time flush may take.
+        run_metadata: Put user_id/session_id into every LangChain run's metadata:
+            True, False, or "auto" (default; only while LangSmith tracing or
+            ``collect_runs()`` is active). Env ``CONTEXT_TRACE_RUN_METADATA``.
 
     Returns:
         The effective :class:`Config`.
@@ -436,6 +481,11 @@ def configure(
         _STATE.config = config
     if old is not None:
         old.shutdown(config.shutdown_timeout)
+    if config.enabled and (
+        (config.token and config.exporter is None) or hasattr(config.exporter, "idle")
+    ):
+        # Start now: the outbox may hold undelivered rows from an earlier process.
+        _pipeline()
     return config
 
 

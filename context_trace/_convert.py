@@ -11,16 +11,35 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 
+from . import _config
 from ._handler import Turn
-from ._record import Conversation, Feedback, Message, Record, Role, remember, strip_seen
+from ._record import (
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    Role,
+    message_key,
+    remember,
+    strip_seen,
+)
 
-__all__ = ["answer_text", "content_text", "prepare", "to_conversation"]
+__all__ = [
+    "answer_text",
+    "content_text",
+    "header_ids",
+    "prepare",
+    "reset_header_sessions",
+    "to_conversation",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -39,6 +58,18 @@ _ROLES: dict[str, Role] = {
 }
 _ANSWER_KEYS = ("answer", "output", "text", "content", "result", "response")
 _INPUT_KEYS = ("input", "question", "query", "q", "message", "prompt", "text")
+
+# Where a model's invocation params carry HTTP headers, most specific first:
+# per-call ``extra_headers`` (OpenAI), the model's ``headers`` (what LangChain's
+# Context docs show: ``ChatOpenAI(headers={"user_id": "123"})``, which lands in
+# ``model_kwargs`` and from there in the params), then ``default_headers``.
+_HEADER_PARAMS = ("extra_headers", "headers", "default_headers")
+# Header names after lower-casing and "_" -> "-": user_id, X-User-Id, ...
+_USER_HEADERS = frozenset({"user-id", "x-user-id"})
+_SESSION_HEADERS = frozenset({"session-id", "x-session-id"})
+# Header-only sessions have no Session object to hold their de-dup state; keep
+# the seen-sets of this many recent ones (least recently used dropped first).
+_HEADER_SESSIONS_MAX = 10_000
 
 
 def _compact(value: Any) -> str:
@@ -152,9 +183,26 @@ def answer_text(output: Any) -> str:
     return _compact(output)
 
 
-def _input_messages(turn: Turn) -> list[Message]:
+def _message_list(turn: Turn) -> Sequence[BaseMessage] | None:
+    """The turn's input as LangChain messages, when it is a message list."""
     if turn.messages is not None:
-        return [_message(m) for m in turn.messages]
+        return turn.messages
+    inputs = turn.chain_inputs
+    if isinstance(inputs, Mapping):
+        messages = inputs.get("messages")
+        if (
+            isinstance(messages, Sequence)
+            and messages
+            and isinstance(messages[-1], BaseMessage)
+        ):
+            return messages
+    return None
+
+
+def _input_messages(turn: Turn) -> list[Message]:
+    messages = _message_list(turn)
+    if messages is not None:
+        return [_message(m) for m in messages]
     if turn.prompt is not None:
         return [Message("user", turn.prompt)]
     inputs = turn.chain_inputs
@@ -165,17 +213,53 @@ def _input_messages(turn: Turn) -> list[Message]:
     if isinstance(inputs, BaseMessage):
         return [_message(inputs)]
     if isinstance(inputs, Mapping):
-        messages = inputs.get("messages")
-        if (
-            isinstance(messages, Sequence)
-            and messages
-            and isinstance(messages[-1], BaseMessage)
-        ):
-            return [_message(m) for m in messages]
         for key in _INPUT_KEYS:
             if isinstance(inputs.get(key), str):
                 return [Message("user", inputs[key])]
     return [Message("user", _compact(inputs))]
+
+
+def _scaffolding(turn: Turn) -> list[bool]:
+    """
+    Which input messages are an agent's tool-call requests or tool results.
+
+    Parallel to :func:`_input_messages` (all False when the input is not a
+    message list).
+    """
+    messages = _message_list(turn)
+    if messages is None:
+        return []
+    return [
+        m.type in ("tool", "function")
+        or (isinstance(m, AIMessage) and bool(m.tool_calls))
+        for m in messages
+    ]
+
+
+def _strip_history(
+    inputs: Sequence[Message], scaffolding: Sequence[bool], seen: set[tuple[str, str]]
+) -> tuple[Message, ...]:
+    """
+    :func:`strip_seen`, also skipping the tool calls of earlier turns.
+
+    A LangGraph agent with a checkpointer (or an app re-sending its message
+    list) sends the whole thread again: earlier questions and answers, which
+    are in *seen*, interleaved with the earlier turns' tool-call requests and
+    tool results, which were recorded as those turns' tool messages but are not
+    in *seen* (only user/assistant/system texts are). strip_seen would stop at
+    the first of them and record the history again, so inside the leading
+    history they are skipped too. A session's first turn (nothing seen yet)
+    keeps the history it was given.
+    """
+    if not seen or not any(scaffolding):
+        return strip_seen(inputs, seen)
+    items = list(inputs)
+    start = 0
+    while start < len(items) - 1 and (
+        scaffolding[start] or message_key(items[start]) in seen
+    ):
+        start += 1
+    return tuple(items[start:])
 
 
 def _text_or_json(value: Any) -> str:
@@ -236,12 +320,112 @@ def _usage(results: Iterable[LLMResult]) -> dict[str, int]:
     return totals if seen else {}
 
 
+def _header_id(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def header_ids(params: Any) -> tuple[str | None, str | None]:
+    """
+    The ``(user_id, session_id)`` a model's invocation params carry, if any.
+
+    Looked up in the ``extra_headers``, ``headers`` and ``default_headers``
+    mappings (also inside ``model_kwargs``), in that order, under the names
+    ``user_id``/``X-User-Id`` and ``session_id``/``X-Session-Id`` (any case,
+    ``_`` or ``-``); the user falls back to OpenAI's ``user`` parameter.
+    """
+    if not isinstance(params, Mapping):
+        return None, None
+    sources: list[Mapping[str, Any]] = [params]
+    model_kwargs = params.get("model_kwargs")
+    if isinstance(model_kwargs, Mapping):
+        sources.append(model_kwargs)
+    user: str | None = None
+    session: str | None = None
+    for source in sources:
+        for key in _HEADER_PARAMS:
+            headers = source.get(key)
+            if not isinstance(headers, Mapping):
+                continue
+            for name, value in headers.items():
+                if not isinstance(name, str):
+                    continue
+                norm = name.strip().lower().replace("_", "-")
+                if user is None and norm in _USER_HEADERS:
+                    user = _header_id(value)
+                elif session is None and norm in _SESSION_HEADERS:
+                    session = _header_id(value)
+    if user is None:
+        for source in sources:
+            user = _header_id(source.get("user"))
+            if user is not None:
+                break
+    return user, session
+
+
+class _HeaderSessions:
+    """Seen-sets of sessions known only from headers: a bounded LRU, locked."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
+
+    def dedup(
+        self,
+        session_id: str,
+        inputs: Sequence[Message],
+        scaffolding: Sequence[bool],
+        rest: Sequence[Message],
+    ) -> tuple[Message, ...]:
+        with self._lock:
+            seen = self._seen.get(session_id)
+            if seen is None:
+                seen = self._seen[session_id] = set()
+                if len(self._seen) > self._maxsize:
+                    self._seen.popitem(last=False)
+            else:
+                self._seen.move_to_end(session_id)
+            kept = _strip_history(inputs, scaffolding, seen)
+            remember(seen, kept)
+            remember(seen, rest)
+            return kept
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+_HEADER_SESSIONS = _HeaderSessions(_HEADER_SESSIONS_MAX)
+
+
+def reset_header_sessions() -> None:
+    """Forget the de-dup state of header-only sessions (tests, ``reset()``)."""
+    _HEADER_SESSIONS.clear()
+
+
 def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
-    """Build the :class:`Conversation` of a finished *turn*."""
+    """
+    Build the :class:`Conversation` of a finished *turn*.
+
+    The scope's user and session win; where the scope has none, the ids in the
+    model's headers (see :func:`header_ids`) are used.
+    """
     scope = turn.scope
+    session = scope.session
+    user_id = scope.user_id
+    session_id = session.id if session is not None else None
+    if user_id is None or session is None:
+        header_user, header_session = header_ids(turn.invocation_params)
+        if user_id is None:
+            user_id = header_user
+        if session is None:
+            session_id = header_session
     inputs = _input_messages(turn)
     rest: list[Message] = []
-    for name, tool_input, output, _is_error in turn.tools:
+    for name, tool_input, output, _is_error in turn.tools or ():
         rest.append(
             Message(
                 "tool",
@@ -256,12 +440,14 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
     if answer or turn.error is None:
         rest.append(Message("assistant", answer))
 
-    session = scope.session
     if session is not None:
+        scaffolding = _scaffolding(turn)
         with session._lock:
-            inputs_t = strip_seen(inputs, session._seen)
+            inputs_t = _strip_history(inputs, scaffolding, session._seen)
             remember(session._seen, inputs_t)
             remember(session._seen, rest)
+    elif session_id is not None:
+        inputs_t = _HEADER_SESSIONS.dedup(session_id, inputs, _scaffolding(turn), rest)
     else:
         inputs_t = tuple(inputs)
     messages = inputs_t + tuple(rest)
@@ -271,7 +457,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
     if model:
         metadata["model"] = model
     metadata["latency_ms"] = str(round((turn.ended - turn.started) * 1000))
-    for key, value in _usage(turn.llm_results).items():
+    for key, value in _usage(turn.llm_results or ()).items():
         metadata[key] = str(value)
     if turn.tags:
         metadata["tags"] = ",".join(dict.fromkeys(str(t) for t in turn.tags))
@@ -296,8 +482,8 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
             metadata["error"] = redact(metadata["error"])
     return Conversation(
         id=turn.run_id.hex,
-        user_id=scope.user_id,
-        session_id=session.id if session is not None else None,
+        user_id=user_id,
+        session_id=session_id,
         started_at=turn.started,
         ended_at=turn.ended,
         messages=messages,
@@ -315,6 +501,12 @@ def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record
                 out.append(to_conversation(item, redact))
             elif isinstance(item, (Conversation, Feedback)):
                 out.append(item)
-        except Exception:
-            _logger.warning("context_trace: could not convert a turn", exc_info=True)
+        except Exception:  # noqa: BLE001 - one bad turn must not stop the batch
+            # Once per process at WARNING: a converter bug would fail every turn.
+            _config.log_once(
+                _logger,
+                "convert",
+                "context_trace: could not convert a turn",
+                exc_info=True,
+            )
     return out

@@ -52,48 +52,28 @@ class Turn:
     thread.
     """
 
-    __slots__ = (
-        "chain_inputs",
-        "ended",
-        "error",
-        "invocation_params",
-        "llm_results",
-        "messages",
-        "model_metadata",
-        "output",
-        "prompt",
-        "run_id",
-        "run_ids",
-        "scope",
-        "serialized",
-        "skip",
-        "started",
-        "tags",
-        "tool_runs",
-        "tools",
-    )
+    # Class-level defaults: a new turn sets only what every turn has (this runs
+    # once per root run on the app's thread, so fewer attribute writes matter).
+    chain_inputs: Any = None
+    messages: Sequence[BaseMessage] | None = None
+    prompt: str | None = None
+    invocation_params: dict[str, Any] | None = None
+    model_metadata: dict[str, Any] | None = None
+    serialized: dict[str, Any] | None = None
+    llm_results: list[LLMResult] | None = None
+    tools: list[list[Any]] | None = None  # [name, input, output, is_error]
+    tool_runs: dict[UUID, list[Any]] | None = None
+    output: Any = None
+    error: BaseException | None = None
+    ended: float = 0.0
 
-    def __init__(
-        self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
-    ) -> None:
+    def __init__(self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool) -> None:
         self.run_id = run_id
         self.scope = scope
         self.tags = tags
         self.skip = skip
         self.started = time.time()
-        self.ended = 0.0
         self.run_ids: list[UUID] = [run_id]
-        self.chain_inputs: Any = None
-        self.messages: Sequence[BaseMessage] | None = None
-        self.prompt: str | None = None
-        self.invocation_params: dict[str, Any] | None = None
-        self.model_metadata: dict[str, Any] | None = None
-        self.serialized: dict[str, Any] | None = None
-        self.llm_results: list[LLMResult] = []
-        self.tools: list[list[Any]] = []  # [name, input, output, is_error]
-        self.tool_runs: dict[UUID, list[Any]] | None = None
-        self.output: Any = None
-        self.error: BaseException | None = None
 
     @property
     def has_model_call(self) -> bool:
@@ -209,8 +189,8 @@ class RecordingHandler(BaseCallbackHandler):
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            turn = self._root(run_id)
-            if turn is not None:
+            turn = self._turns.get(run_id)
+            if turn is not None and turn.run_id == run_id:
                 turn.output = outputs
                 self._finish(turn, None)
         except Exception:  # noqa: BLE001 - never raise into the app
@@ -273,6 +253,8 @@ class RecordingHandler(BaseCallbackHandler):
         try:
             turn = self._turns.get(run_id)
             if turn is not None:
+                if turn.llm_results is None:
+                    turn.llm_results = []
                 turn.llm_results.append(response)
                 if turn.run_id == run_id:  # a model invoked directly: it is the turn
                     turn.output = response
@@ -308,6 +290,8 @@ class RecordingHandler(BaseCallbackHandler):
             if turn is not None:
                 name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
                 entry = [name, inputs if inputs is not None else input_str, None, False]
+                if turn.tools is None:
+                    turn.tools = []
                 turn.tools.append(entry)
                 if turn.tool_runs is None:
                     turn.tool_runs = {}

@@ -155,6 +155,11 @@ class BatchPipeline:
                     "context_trace: exporter after_fork failed", exc_info=True
                 )
 
+    def start(self) -> None:
+        """Start the worker now (it otherwise starts on the first ``emit``)."""
+        if self._thread is None and not self._closed:
+            self._start()
+
     # ------------------------------------------------------------------ hot path
     def emit(self, item: Any) -> None:
         """Queue *item* for export. Never blocks, never raises."""
@@ -208,6 +213,23 @@ class BatchPipeline:
             if self._stopping:
                 self._drain()
                 return
+            self._idle()
+
+    def _idle(self) -> None:
+        """Let an exporter with a backlog (the outbox) retry what is due."""
+        idle = getattr(self._exporter, "idle", None)
+        if idle is None:
+            return
+        with self._export_lock:
+            try:
+                result = idle()
+            except Exception:  # noqa: BLE001 - the worker must survive anything
+                _logger.warning("context_trace: exporter idle() failed", exc_info=True)
+                return
+            if isinstance(result, ExportResult):
+                self._exported += result.exported
+                self._failed += result.failed
+                self._retried += result.retried
 
     def _drain(self) -> None:
         """Export everything queued now, in batches; release flush markers in order."""
@@ -295,10 +317,7 @@ class BatchPipeline:
         if self._closed:
             return True
         self._closed = True
-        try:
-            atexit.unregister(self._at_exit)
-        except Exception:  # noqa: BLE001 - interpreter shutting down
-            pass
+        atexit.unregister(self._at_exit)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping = True
         self._wake.set()

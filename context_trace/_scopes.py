@@ -34,13 +34,13 @@ import wrapt
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import register_configure_hook
 
-from . import _config
+from . import _config, _handler
 from ._record import Feedback, new_id
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-    from ._handler import RecordingHandler
+    from ._handler import RecordingHandler  # noqa: F401 - used in annotations
 
 __all__ = [
     "ContextThreadPoolExecutor",
@@ -191,10 +191,11 @@ class Session:
         Raises:
             ValueError: if *rating* is not -1, 0 or 1.
         """
-        if isinstance(rating, bool) or rating not in _RATINGS:
+        # type() rather than isinstance(): True and 1.0 compare equal to 1.
+        if type(rating) is not int or rating not in _RATINGS:
             raise ValueError(f"rating must be -1, 0 or 1, got {rating!r}")
         self.ratings.append(int(rating))
-        if not self.sampled:
+        if not self.sampled or not _config.get_config().enabled:
             return
         scope = _ACTIVE_SCOPE.get()
         user_id = scope.user_id if scope is not None and scope.user_id else self.user_id
@@ -234,7 +235,7 @@ class Scope:
         self.session = session
         self.metadata = metadata
         self.handler = handler
-        self._tokens: list[tuple[Token[Any], Token[Any], Token[Any]]] = []
+        self._tokens: list[tuple[Token[Any], Token[Any], Token[Any] | None]] = []
 
     @property
     def session_id(self) -> str | None:
@@ -251,29 +252,25 @@ class Scope:
 
     def activate(self) -> None:
         """Make this scope current in this context; pair with :meth:`deactivate`."""
-        parent_config = var_child_runnable_config.get()
-        run_metadata = self._run_metadata()
-        if parent_config:
-            config: RunnableConfig = cast("RunnableConfig", dict(parent_config))
-            config["metadata"] = {
-                **(parent_config.get("metadata") or {}),
-                **run_metadata,
-            }
-        else:
-            config = cast("RunnableConfig", {"metadata": run_metadata})
+        config_token: Token[Any] | None = None
+        if _config.wants_run_metadata():
+            # Merged into LangChain's inherited config so every run's metadata (and
+            # so LangSmith and other tracers) carries user_id/session_id. LangChain
+            # pays for propagating metadata through every child run, hence "auto".
+            parent = var_child_runnable_config.get()
+            metadata = {**((parent or {}).get("metadata") or {}), **self._run_metadata()}
+            config = cast("RunnableConfig", {**(parent or {}), "metadata": metadata})
+            config_token = var_child_runnable_config.set(config)
         self._tokens.append(
-            (
-                _ACTIVE_SCOPE.set(self),
-                _ACTIVE_HANDLER.set(self.handler),
-                var_child_runnable_config.set(config),
-            )
+            (_ACTIVE_SCOPE.set(self), _ACTIVE_HANDLER.set(self.handler), config_token)
         )
 
     def deactivate(self) -> None:
         """Restore the state from before the matching :meth:`activate`."""
         try:
             scope_token, handler_token, config_token = self._tokens.pop()
-            var_child_runnable_config.reset(config_token)
+            if config_token is not None:
+                var_child_runnable_config.reset(config_token)
             _ACTIVE_HANDLER.reset(handler_token)
             _ACTIVE_SCOPE.reset(scope_token)
         except (IndexError, ValueError, RuntimeError):
@@ -310,11 +307,8 @@ def _build_scope(
     if session is not None and session.metadata:
         metadata = {**session.metadata, **metadata}
     scope = Scope(user_id, session, metadata, None)
-    cfg = _config.get_config()
-    if cfg.enabled and (session is None or session.sampled):
-        from ._handler import RecordingHandler
-
-        scope.handler = RecordingHandler(scope)
+    if _config.get_config().enabled and (session is None or session.sampled):
+        scope.handler = _handler.RecordingHandler(scope)
     return scope
 
 
@@ -549,6 +543,11 @@ class _ScopeFactory:
                     getattr(target, "__qualname__", target),
                     exc_info=True,
                 )
+                # Unscoped: the caller's state as it is (the outer scope, if any).
+                # With no outer scope nothing is recorded, as for any code outside
+                # a scope; a fresh anonymous recorder would record it as user None.
+                if _ACTIVE_SCOPE.get() is None:
+                    return Scope(None, None, {}, None)
                 return _build_scope(None, None, {}, inherit=True)
 
         if inspect.isasyncgenfunction(target):

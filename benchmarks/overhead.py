@@ -1,0 +1,272 @@
+"""
+Per-invoke overhead of recording, as ratios against the bare chain (same run).
+
+    python benchmarks/overhead.py [--ops 300] [--rounds 15] [--mem-turns 100000]
+
+Chain: ``ChatPromptTemplate | ParrotFakeChatModel | StrOutputParser``. Rows, run
+interleaved in a freshly shuffled order every round so machine noise hits all
+of them alike:
+
+- ``bare``: no callbacks at all.
+- ``noop``: a do-nothing inline callback handler passed in ``config`` (what
+  LangChain's callback dispatch costs: the floor for any callback recorder).
+- ``track_user``: inside ``with context_trace.track_user(...)``, exporting to a
+  SQLite file in a temp dir (the default sink) on the background thread.
+- ``dropin``: ``context_trace.ContextCallbackHandler`` passed explicitly.
+- ``seed``: langchain_community's ``ContextCallbackHandler`` pointed at a loopback
+  server (only when langchain_community is installed).
+
+Each row is measured for ``invoke`` and ``ainvoke``. The report prints the
+median µs per call, the ratio to bare (median over rounds of per-round ratios),
+and how much the recorder adds compared with what the no-op handler adds.
+Finally a child process runs ``--mem-turns`` turns in one long-lived scope and
+prints RSS growth between the first and the second half (flat means no leak).
+
+Run by hand; not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+QUESTION = {"q": "What is the capital of France? Answer in one word."}
+
+
+def build_chain() -> Any:
+    from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    prompt = ChatPromptTemplate.from_messages([("system", "You are helpful."), ("human", "{q}")])
+    return prompt | ParrotFakeChatModel() | StrOutputParser()
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """A loopback server answering every Context API call with 200 {}."""
+
+    def _reply(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_PATCH = do_PUT = _reply
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+    """name -> (sync call, async call factory)."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    import context_trace as ct
+
+    class Noop(BaseCallbackHandler):
+        run_inline = True
+
+    noop_cfg = {"callbacks": [Noop()]}
+    out: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+        "bare": (lambda: chain.invoke(QUESTION), lambda: chain.ainvoke(QUESTION)),
+        "noop": (
+            lambda: chain.invoke(QUESTION, config=noop_cfg),
+            lambda: chain.ainvoke(QUESTION, config=noop_cfg),
+        ),
+    }
+
+    def scoped() -> Any:
+        with ct.track_user("bench-user"):
+            return chain.invoke(QUESTION)
+
+    async def ascoped() -> Any:
+        async with ct.track_user("bench-user"):
+            return await chain.ainvoke(QUESTION)
+
+    out["track_user"] = (scoped, ascoped)
+
+    if hasattr(ct, "ContextCallbackHandler"):
+        try:
+            from _dropin import make_dropin_invoke  # type: ignore[import-not-found]
+
+            sync_call, async_call = make_dropin_invoke(chain)
+            out["dropin"] = (lambda: sync_call(QUESTION), lambda: async_call(QUESTION))
+        except ImportError:
+            dropin_cfg = {"callbacks": [ct.ContextCallbackHandler()]}
+            out["dropin"] = (
+                lambda: chain.invoke(QUESTION, config=dropin_cfg),
+                lambda: chain.ainvoke(QUESTION, config=dropin_cfg),
+            )
+
+    try:
+        import getcontext
+        from getcontext.token import Credential
+        from langchain_community.callbacks.context_callback import ContextCallbackHandler
+    except ImportError:
+        return out
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    seed = ContextCallbackHandler(token="bench-token")
+    seed.client = getcontext.ContextAPI(
+        credential=Credential("bench-token"), endpoint=f"http://127.0.0.1:{server.server_port}"
+    )
+    upsert = seed.client.log.conversation_upsert
+
+    def insecure_upsert(*a: Any, **kw: Any) -> Any:
+        return upsert(*a, enforce_https=False, **kw)
+
+    seed.client.log.conversation_upsert = insecure_upsert
+    seed_cfg = {"callbacks": [seed]}
+    out["seed"] = (
+        lambda: chain.invoke(QUESTION, config=seed_cfg),
+        lambda: chain.ainvoke(QUESTION, config=seed_cfg),
+    )
+    return out
+
+
+def time_sync(call: Callable[[], Any], n: int) -> float:
+    pc = time.perf_counter_ns
+    samples = []
+    for _ in range(n):
+        t0 = pc()
+        call()
+        samples.append(pc() - t0)
+    return statistics.median(samples) / 1000.0
+
+
+async def time_async(factory: Callable[[], Any], n: int) -> float:
+    pc = time.perf_counter_ns
+    samples = []
+    for _ in range(n):
+        t0 = pc()
+        await factory()
+        samples.append(pc() - t0)
+    return statistics.median(samples) / 1000.0
+
+
+def mem_child(turns: int) -> None:
+    """Run *turns* turns in one scope; print RSS (KiB) after each half as JSON."""
+    import gc
+
+    import context_trace as ct
+
+    chain = build_chain()
+
+    def rss() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return -1
+
+    marks = []
+    with ct.track_user("mem-user") as scope:
+        for half in range(2):
+            for _ in range(turns // 2):
+                chain.invoke(QUESTION)
+            ct.flush(60)
+            gc.collect()
+            marks.append(rss())
+        active = scope.handler.active_turns if scope.handler is not None else 0
+    ct.shutdown(30)
+    print(json.dumps({"rss_kib": marks, "active_turns": active, "stats": ct.stats()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ops", type=int, default=300, help="calls per row per round")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--mem-turns", type=int, default=100_000, help="0 skips the memory check")
+    ap.add_argument("--mem-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+
+    tmp = tempfile.mkdtemp(prefix="ct-overhead-")
+    os.environ.setdefault("CONTEXT_TRACE_DB", os.path.join(tmp, "bench.db"))
+    for var in ("CONTEXT_TOKEN", "GETCONTEXT_TOKEN"):
+        os.environ.pop(var, None)
+    if args.mem_child:
+        mem_child(args.mem_child)
+        return
+
+    import context_trace as ct
+
+    chain = build_chain()
+    rows = contenders(chain)
+    loop = asyncio.new_event_loop()
+    units = [(name, mode) for name in rows for mode in ("invoke", "ainvoke")]
+    for name, mode in units:  # warm-up
+        if mode == "invoke":
+            time_sync(rows[name][0], args.warmup)
+        else:
+            loop.run_until_complete(time_async(rows[name][1], args.warmup))
+    results: dict[tuple[str, str], list[float]] = {u: [] for u in units}
+    for _ in range(args.rounds):
+        random.shuffle(units)
+        for name, mode in units:
+            if mode == "invoke":
+                results[(name, mode)].append(time_sync(rows[name][0], args.ops))
+            else:
+                results[(name, mode)].append(
+                    loop.run_until_complete(time_async(rows[name][1], args.ops))
+                )
+        ct.flush(60)
+    loop.close()
+
+    report: dict[str, Any] = {"rows": {}, "ops": args.ops, "rounds": args.rounds}
+    print(f"{'row':<12}{'mode':<9}{'median µs':>11}{'× bare':>9}{'added µs':>10}{'vs noop':>9}")
+    for mode in ("invoke", "ainvoke"):
+        bare = results[("bare", mode)]
+        noop_added = statistics.median(n - b for n, b in zip(results[("noop", mode)], bare))
+        for name in rows:
+            vals = results[(name, mode)]
+            ratio = statistics.median(v / b for v, b in zip(vals, bare))
+            added = statistics.median(v - b for v, b in zip(vals, bare))
+            vs_noop = added / noop_added if noop_added > 0 else float("nan")
+            print(f"{name:<12}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}")
+            report["rows"][f"{name}/{mode}"] = {
+                "median_us": statistics.median(vals), "ratio": ratio, "added_us": added, "vs_noop": vs_noop,
+            }
+    print(f"stats after timing: {ct.stats()}")
+    ct.shutdown(30)
+
+    if args.mem_turns:
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--mem-child", str(args.mem_turns)],
+            capture_output=True, text=True, check=True, env=os.environ.copy(),
+        )
+        mem = json.loads(out.stdout.strip().splitlines()[-1])
+        first, second = mem["rss_kib"]
+        print(
+            f"memory: {args.mem_turns} turns in one scope: RSS {first} KiB after the first half, "
+            f"{second} KiB after the second (growth {second - first} KiB), "
+            f"active turns left {mem['active_turns']}, exported {mem['stats']['exported']}"
+        )
+        report["memory"] = mem
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,685 @@
+"""
+The ``context-trace demo``: a small support chatbot, recorded for real.
+
+:func:`run_demo` starts a Flask app with the :class:`ContextTrace` extension on a
+loopback port, drives it over real HTTP with one client thread per simulated
+user, and records every turn in the local SQLite store, the way a deployed app
+would. Nothing is faked on the recording side: the users, sessions, ratings and
+the one failing turn all travel through headers, the per-request scopes, the
+LangChain callbacks, the background pipeline and the SQLite exporter.
+
+The model is :class:`DemoChatModel`, a deterministic LangChain chat model with
+canned support answers, so the demo needs no API key and no network beyond
+127.0.0.1. Questions about an order first call the ``lookup_order`` tool; one
+scripted turn asks about an order the (simulated) order service times out on,
+to show how failed turns are tracked.
+
+This module never prints: the ``context-trace demo`` command in
+:mod:`context_trace.cli` renders the result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+from langchain_core.runnables import Runnable, RunnableLambda
+from langchain_core.tools import StructuredTool
+
+from . import _config
+from ._exporters.sqlite import SQLiteExporter
+from ._scopes import current_session, current_user
+
+if TYPE_CHECKING:
+    import flask
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+
+__all__ = [
+    "DEFAULT_SESSIONS_PER_USER",
+    "DEFAULT_TURNS",
+    "DEFAULT_USERS",
+    "DemoChatModel",
+    "DemoResult",
+    "build_app",
+    "build_chain",
+    "planned_rating",
+    "run_demo",
+    "user_names",
+]
+
+DEFAULT_USERS = 6
+DEFAULT_SESSIONS_PER_USER = 2
+DEFAULT_TURNS = 3
+_MAX_USERS = 200
+_MAX_SESSIONS = 50
+_MAX_TURNS = 50
+# Seconds: one HTTP request of the simulated clients; the flush at the end.
+_REQUEST_TIMEOUT = 30.0
+_FLUSH_TIMEOUT = 30.0
+# Seconds of simulated model latency: between the two, picked from the question.
+_MIN_LATENCY = 0.015
+_LATENCY_SPREAD_MS = 50
+
+_SYSTEM_PROMPT = (
+    "You are the support assistant of Acme Outfitters, an online clothing shop. "
+    "Answer in two sentences or fewer."
+)
+_NAMES = (
+    "ava",
+    "ben",
+    "chloe",
+    "dev",
+    "emma",
+    "farid",
+    "grace",
+    "hiro",
+    "isla",
+    "jonas",
+    "kemi",
+    "liam",
+)
+# Each session follows one topic; turns past its script use the extra questions.
+_TOPICS: tuple[tuple[str, ...], ...] = (
+    (
+        "Where is my order #{order}?",
+        "Can I still change the delivery address?",
+        "Thanks! Will I get a tracking link?",
+    ),
+    (
+        "I can't log in to my account.",
+        "The password reset email never arrived.",
+        "Found it in my spam folder, thank you!",
+    ),
+    (
+        "How do I return a pair of shoes?",
+        "Do I have to pay for return shipping?",
+        "How long until I get my money back?",
+    ),
+    (
+        "Why was I charged twice this month?",
+        "Can you refund the duplicate charge?",
+        "Will I get an email when it's done?",
+    ),
+    (
+        "What's the difference between the Basic and Pro memberships?",
+        "Can I switch memberships in the middle of the month?",
+        "Is there a discount for paying yearly?",
+    ),
+)
+_EXTRA_TURNS = (
+    "One more question: do you ship to Canada?",
+    "Is there a phone number I can call?",
+    "Can I talk to a human, please?",
+    "Thanks, that's all for today.",
+)
+_ANSWERS = {
+    "Can I still change the delivery address?": (
+        "Yes, as long as the parcel has not left our warehouse: open the order "
+        "in your account and choose 'Change address'."
+    ),
+    "Thanks! Will I get a tracking link?": (
+        "You will: the carrier emails a tracking link as soon as the parcel is "
+        "scanned, usually within a few hours of shipping."
+    ),
+    "I can't log in to my account.": (
+        "Sorry about that! Use 'Forgot password' on the sign-in page and we will "
+        "email you a reset link right away."
+    ),
+    "The password reset email never arrived.": (
+        "Reset emails come from no-reply@acme.example and sometimes land in spam "
+        "or promotions; could you check those folders?"
+    ),
+    "Found it in my spam folder, thank you!": (
+        "Glad you found it! Marking our address as a contact keeps future emails "
+        "out of spam."
+    ),
+    "How do I return a pair of shoes?": (
+        "Start a return from your order page within 30 days, print the label, "
+        "and drop the box at any post office."
+    ),
+    "Do I have to pay for return shipping?": (
+        "Returns are free for members; otherwise a flat 4.95 is deducted from "
+        "your refund."
+    ),
+    "How long until I get my money back?": (
+        "Refunds are issued within 2 business days of the return reaching us; "
+        "your bank may take 3 to 5 more days."
+    ),
+    "Why was I charged twice this month?": (
+        "I can see a pending authorisation and a final charge for the same "
+        "order; the pending one disappears within 3 days."
+    ),
+    "Can you refund the duplicate charge?": (
+        "There is nothing to refund: the duplicate is only a hold, and your bank "
+        "releases it automatically."
+    ),
+    "Will I get an email when it's done?": (
+        "We don't get notified when the bank releases a hold, but it will vanish "
+        "from your statement on its own."
+    ),
+    "What's the difference between the Basic and Pro memberships?": (
+        "Basic gives free returns; Pro adds free express shipping and early "
+        "access to sales for 9 a month."
+    ),
+    "Can I switch memberships in the middle of the month?": (
+        "Yes: upgrades apply immediately and are prorated, downgrades take effect "
+        "at the next billing date."
+    ),
+    "Is there a discount for paying yearly?": (
+        "Paying yearly gets you two months free, so Pro costs 90 a year instead "
+        "of 108."
+    ),
+    "One more question: do you ship to Canada?": (
+        "We do! Shipping to Canada takes 5 to 8 business days and duties are "
+        "included at checkout."
+    ),
+    "Is there a phone number I can call?": (
+        "Our phone line is open weekdays 9 to 5 on 555-0100; chat is the "
+        "fastest way outside those hours."
+    ),
+    "Can I talk to a human, please?": (
+        "Of course: I've asked a colleague to join this chat, they usually reply "
+        "within 10 minutes."
+    ),
+    "Thanks, that's all for today.": "You're welcome, have a great day!",
+}
+_GENERIC_ANSWERS = (
+    "Let me look into that for you: could you tell me a bit more?",
+    "Good question! Our help centre at help.acme.example covers this in detail.",
+    "I'm not sure I understood; could you rephrase that?",
+)
+_ORDER_RE = re.compile(r"#(\d{3,6})\b")
+_ORDER_STATUSES = ("shipped", "out for delivery", "being packed", "delivered")
+# The order the simulated order service times out on: the one failing turn.
+_ERROR_ORDER = "9999"
+_ERROR_TURN_TEXT = "Could you also check my older order #" + _ERROR_ORDER + "?"
+# A planned rating per session, cycled by the session's index in the run.
+_RATING_CYCLE: tuple[int | None, ...] = (1, None, 1, None, -1, None)
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _order_status(order_id: str) -> dict[str, str]:
+    code = _crc(order_id)
+    days = 1 + code % 4
+    return {
+        "order": order_id,
+        "status": _ORDER_STATUSES[code % len(_ORDER_STATUSES)],
+        "eta": f"{days} business day{'s' if days > 1 else ''}",
+    }
+
+
+def _lookup_order(order_id: str) -> str:
+    """Look up an order's shipping status by its number."""
+    if order_id == _ERROR_ORDER:
+        raise TimeoutError("order service did not answer within 2.0 s")
+    return json.dumps(_order_status(order_id), separators=(",", ":"))
+
+
+_LOOKUP_ORDER = StructuredTool.from_function(
+    _lookup_order,
+    name="lookup_order",
+    description="Look up an order's shipping status by its number.",
+)
+
+
+def _reply(question: str) -> str:
+    """The canned answer to *question* (deterministic)."""
+    match = _ORDER_RE.search(question)
+    if match:
+        info = _order_status(match.group(1))
+        if info["status"] == "delivered":
+            return f"Order #{info['order']} was delivered; I hope you enjoy it!"
+        return (
+            f"Order #{info['order']} is {info['status']} and should arrive in "
+            f"{info['eta']}."
+        )
+    answer = _ANSWERS.get(question.strip())
+    if answer is not None:
+        return answer
+    return _GENERIC_ANSWERS[_crc(question) % len(_GENERIC_ANSWERS)]
+
+
+def _tokens(text: str) -> int:
+    """A rough token count (about 4 tokens per 3 words), for plausible usage data."""
+    return max(1, len(text.split()) * 4 // 3)
+
+
+class DemoChatModel(BaseChatModel):
+    """
+    A deterministic chat model with canned customer-support answers.
+
+    It answers the demo's scripted questions sensibly, reports token usage like
+    a real provider, and waits a few milliseconds per call (derived from the
+    question) so latency figures look real. It keeps no state, so one instance
+    can serve many threads.
+
+    .. versionadded:: 0.1.0
+    """
+
+    model_name: str = "demo-support-1"
+    latency: bool = True
+
+    @property
+    def _llm_type(self) -> str:
+        return "context-trace-demo"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name}
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        question = ""
+        for message in reversed(messages):
+            if isinstance(message, HumanMessage):
+                question = message.text
+                break
+        answer = _reply(question)
+        if self.latency:
+            time.sleep(_MIN_LATENCY + (_crc(question) % _LATENCY_SPREAD_MS) / 1000)
+        prompt_tokens = sum(_tokens(m.text) + 3 for m in messages)
+        completion_tokens = _tokens(answer)
+        message = AIMessage(
+            content=answer,
+            usage_metadata={
+                "input_tokens": prompt_tokens,
+                "output_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _check_orders(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Call ``lookup_order`` for an order number in the message (a child run)."""
+    match = _ORDER_RE.search(str(inputs.get("message", "")))
+    if match:
+        _LOOKUP_ORDER.invoke({"order_id": match.group(1)})
+    return inputs
+
+
+def build_chain(model: BaseChatModel | None = None) -> Runnable[dict[str, Any], str]:
+    """
+    The demo's chain: order lookup, then system prompt + history + question.
+
+    Args:
+        model: The chat model (default: a :class:`DemoChatModel`).
+
+    Returns:
+        A runnable taking ``{"history": [...], "message": str}`` and returning
+        the answer text.
+
+    .. versionadded:: 0.1.0
+    """
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", _SYSTEM_PROMPT),
+            MessagesPlaceholder("history"),
+            ("human", "{message}"),
+        ]
+    )
+    chat_model = model if model is not None else DemoChatModel()
+    return RunnableLambda(_check_orders) | prompt | chat_model | StrOutputParser()
+
+
+def build_app(chain: Runnable[dict[str, Any], str] | None = None) -> flask.Flask:
+    """
+    The demo's Flask app, with ``ContextTrace`` attributing every request.
+
+    Routes: ``POST /chat`` (JSON ``{"message": ...}``; answers
+    ``{"answer", "user", "session"}``, or 502 with ``{"error"}`` when the chain
+    fails) and ``POST /feedback`` (JSON ``{"rating": -1|0|1}``, rates the
+    session). The user and session come from the ``X-User-Id`` and
+    ``X-Session-Id`` headers; each session's history is kept in memory.
+
+    Args:
+        chain: The chain to answer with (default: :func:`build_chain`).
+
+    Returns:
+        The Flask application.
+
+    Raises:
+        ImportError: If Flask is not installed.
+
+    .. versionadded:: 0.1.0
+    """
+    import flask
+
+    from .integrations.flask import ContextTrace
+
+    answer_chain = chain if chain is not None else build_chain()
+    app = flask.Flask("context_trace_demo")
+    ContextTrace(app)
+    histories: dict[str, list[BaseMessage]] = {}
+    lock = threading.Lock()
+
+    @app.post("/chat")
+    def chat() -> tuple[dict[str, Any], int]:
+        body = flask.request.get_json(silent=True)
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, str) or not message.strip():
+            return {"error": "message must be a non-empty string"}, 400
+        session = current_session()
+        key = session.id if session is not None else None
+        with lock:
+            history = list(histories.get(key, ())) if key is not None else []
+        try:
+            answer = answer_chain.invoke({"history": history, "message": message})
+        except Exception as exc:  # noqa: BLE001 - a failed turn is answered with 502
+            return {"error": f"{type(exc).__name__}: {exc}"}, 502
+        if key is not None:
+            with lock:
+                histories.setdefault(key, []).extend(
+                    [HumanMessage(message), AIMessage(answer)]
+                )
+        return {"answer": answer, "user": current_user(), "session": key}, 200
+
+    @app.post("/feedback")
+    def feedback() -> tuple[dict[str, Any], int]:
+        body = flask.request.get_json(silent=True)
+        rating = body.get("rating") if isinstance(body, dict) else None
+        session = current_session()
+        if session is None:
+            return {"error": "send the X-Session-Id header to rate a session"}, 400
+        try:
+            session.rate(rating)  # type: ignore[arg-type]
+        except ValueError as exc:
+            return {"error": str(exc)}, 400
+        return {"ok": True}, 200
+
+    return app
+
+
+def user_names(count: int) -> list[str]:
+    """
+    The simulated users' ids: ``ava``, ``ben``, ... then ``ava2``, ``ben2``, ...
+
+    .. versionadded:: 0.1.0
+    """
+    return [
+        _NAMES[i % len(_NAMES)] + (str(i // len(_NAMES) + 1) if i >= len(_NAMES) else "")
+        for i in range(count)
+    ]
+
+
+def _question(user: int, session: int, turn: int) -> str:
+    topic = _TOPICS[(user * 2 + session * 3) % len(_TOPICS)]
+    if turn < len(topic):
+        return topic[turn].format(order=4000 + (user * 37 + session * 11) % 1000)
+    return _EXTRA_TURNS[(turn - len(topic)) % len(_EXTRA_TURNS)]
+
+
+def _error_slot(users: int, turns: int) -> tuple[int, int, int]:
+    """(user, session, turn) of the one failing turn: the second user's first session."""
+    return (min(1, users - 1), 0, turns - 1)
+
+
+def planned_rating(
+    user: int, session: int, *, users: int, sessions_per_user: int, turns: int
+) -> int | None:
+    """
+    The rating the demo gives a session (None: not rated).
+
+    Every other session is rated, mostly +1; the session with the failing turn
+    gets -1.
+
+    .. versionadded:: 0.1.0
+    """
+    error_user, error_session, _ = _error_slot(users, turns)
+    if (user, session) == (error_user, error_session):
+        return -1
+    return _RATING_CYCLE[(user * sessions_per_user + session) % len(_RATING_CYCLE)]
+
+
+@dataclass
+class DemoResult:
+    """
+    What :func:`run_demo` did.
+
+    Attributes:
+        db_path: The SQLite store written.
+        url: The base URL the app was served on (gone when the demo returns).
+        users: The simulated users' ids.
+        sessions: ``(user_id, session_id)`` of every session, in order.
+        conversations: Turns sent (each is one recorded conversation).
+        errors: Turns that failed on purpose (answered with HTTP 502).
+        ratings: Ratings sent.
+        showcase_session: A session worth showing (one with a tool call).
+        model: The chat model's name.
+        seconds: Wall-clock duration.
+
+    .. versionadded:: 0.1.0
+    """
+
+    db_path: Path
+    url: str
+    users: list[str]
+    sessions: list[tuple[str, str]] = field(default_factory=list)
+    conversations: int = 0
+    errors: int = 0
+    ratings: int = 0
+    showcase_session: str = ""
+    model: str = ""
+    seconds: float = 0.0
+
+
+class _Client:
+    """One simulated user: talks to the app over HTTP, on its own thread."""
+
+    def __init__(self, base_url: str) -> None:
+        self._base = base_url
+        # No proxy: the app listens on 127.0.0.1, whatever *_PROXY says.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def post(
+        self, path: str, payload: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(
+            self._base + path,
+            data=json.dumps(payload).encode("utf-8"),
+            headers={"Content-Type": "application/json", **headers},
+            method="POST",
+        )
+        try:
+            with self._opener.open(request, timeout=_REQUEST_TIMEOUT) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read() or b"{}")
+
+
+def _serve(app: flask.Flask) -> Iterator[Any]:
+    """Yield a running loopback server for *app*; shut it down afterwards."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass  # no access log lines in the demo's output
+
+    server = make_server(
+        "127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, name="context-trace-demo-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def _check_count(name: str, value: object, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 1 <= value <= high:
+        raise ValueError(f"{name} must be between 1 and {high}, got {value}")
+    return value
+
+
+def run_demo(
+    db_path: str | PathLike[str],
+    *,
+    users: int = DEFAULT_USERS,
+    sessions_per_user: int = DEFAULT_SESSIONS_PER_USER,
+    turns: int = DEFAULT_TURNS,
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """
+    Run the demo app, drive it with concurrent users, and store every turn.
+
+    It reconfigures context_trace in this process to write to the SQLite store at
+    *db_path* (a Context token in the environment is ignored) and shuts the
+    pipeline down at the end, after everything is stored.
+
+    Args:
+        db_path: The SQLite store to write (created if missing).
+        users: Simulated users, each on its own client thread.
+        sessions_per_user: Sessions each user opens, one after the other.
+        turns: Questions per session.
+        progress: Called as ``progress(done, total)`` after every turn, from the
+            client threads (one call at a time).
+
+    Returns:
+        A :class:`DemoResult`.
+
+    Raises:
+        TypeError, ValueError: A count is not an int in range.
+        OSError, ValueError: The store cannot be created or is not a
+            context_trace store.
+        RuntimeError: The app answered unexpectedly, or storing timed out.
+        ImportError: Flask is not installed.
+
+    .. versionadded:: 0.1.0
+    """
+    _check_count("users", users, _MAX_USERS)
+    _check_count("sessions_per_user", sessions_per_user, _MAX_SESSIONS)
+    _check_count("turns", turns, _MAX_TURNS)
+    started = time.monotonic()
+    path = Path(db_path).expanduser()
+    store = SQLiteExporter(path)
+    store.check()  # a bad path fails here, in one clear error
+    app = build_app()  # imports Flask: fail before reconfiguring anything
+    # An explicit exporter: the demo always writes locally, whatever the env says.
+    _config.configure(exporter=store, sample_rate=1.0, enabled=True)
+
+    names = user_names(users)
+    total = users * sessions_per_user * turns
+    error_slot = _error_slot(users, turns)
+    done = [0]
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+    result = DemoResult(db_path=path, url="", users=names)
+    result.model = DemoChatModel().model_name
+
+    def turn_done() -> None:
+        with lock:
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], total)
+
+    def simulate(index: int, client: _Client, sessions: Sequence[str]) -> None:
+        user = names[index]
+        try:
+            for s, session_id in enumerate(sessions):
+                headers = {"X-User-Id": user, "X-Session-Id": session_id}
+                for t in range(turns):
+                    failing = (index, s, t) == error_slot
+                    text = _ERROR_TURN_TEXT if failing else _question(index, s, t)
+                    status, body = client.post("/chat", {"message": text}, headers)
+                    if status != (502 if failing else 200):
+                        raise RuntimeError(
+                            f"the demo app answered HTTP {status} to {user}: {body}"
+                        )
+                    turn_done()
+                rating = planned_rating(
+                    index,
+                    s,
+                    users=users,
+                    sessions_per_user=sessions_per_user,
+                    turns=turns,
+                )
+                if rating is not None:
+                    status, body = client.post(
+                        "/feedback", {"rating": rating}, headers
+                    )
+                    if status != 200:
+                        raise RuntimeError(
+                            f"the demo app answered HTTP {status} to a rating: {body}"
+                        )
+        except BaseException as exc:  # reported by the main thread
+            with lock:
+                failures.append(exc)
+
+    plan = {
+        index: [uuid.uuid4().hex[:16] for _ in range(sessions_per_user)]
+        for index in range(users)
+    }
+    try:
+        for server in _serve(app):
+            result.url = f"http://127.0.0.1:{server.server_port}"
+            threads = [
+                threading.Thread(
+                    target=simulate,
+                    args=(index, _Client(result.url), plan[index]),
+                    name=f"context-trace-demo-{names[index]}",
+                )
+                for index in range(users)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if failures:
+            raise RuntimeError(f"the demo failed: {failures[0]}") from failures[0]
+        if not _config.flush(_FLUSH_TIMEOUT):
+            raise RuntimeError(
+                f"storing the demo's conversations in {path} did not finish in "
+                f"{_FLUSH_TIMEOUT:.0f} s"
+            )
+        failed = _config.stats()["failed"]
+        if failed:
+            raise RuntimeError(
+                f"{failed} of the demo's records could not be stored in {path}"
+            )
+    finally:
+        _config.shutdown()
+
+    for index in range(users):
+        for s, session_id in enumerate(plan[index]):
+            result.sessions.append((names[index], session_id))
+            if planned_rating(
+                index, s, users=users, sessions_per_user=sessions_per_user, turns=turns
+            ) is not None:
+                result.ratings += 1
+    result.conversations = total
+    result.errors = 1
+    result.showcase_session = plan[0][0]
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,829 @@
+"""
+The Context.ai exporter: delivers records through the official client, ``context-python``.
+
+Records go through ``getcontext.ContextAPI`` and its generated models, so the wire
+format, the ``Authorization: Bearer <token>`` header and the status handling are
+the client's own. What each record becomes:
+
+=====================================  ==========================================================
+context_trace record                   Context API request
+=====================================  ==========================================================
+``Conversation``, ``session_id=None``  ``POST /api/v1/log/conversation`` (``log.conversation``):
+                                       ``{"conversation": {"messages": [...], "metadata": {...}}}``
+                                       with the turn's messages and *all* metadata below.
+``Conversation`` with a session        ``POST /api/v1/log/conversation/thread``
+                                       (``log.conversation_thread``): ``{"conversation": {"id":
+                                       <session_id>, "messages": [<this turn's messages>],
+                                       "metadata": {<session metadata>}}}``. Context appends the
+                                       messages to the thread with that id (created on first use).
+``Feedback``                           ``PATCH /api/v1/log/conversation/thread/<session_id>``
+                                       (``log.update_conversation_thread``): a ``[ThreadMessage]``
+                                       array aligned with the thread's messages, ``{}`` for each
+                                       message before the last assistant message and
+                                       ``{"rating": -1|0|1}`` for it.
+=====================================  ==========================================================
+
+Messages (Context's ``Message`` model):
+
+==================  ==============================================================================
+context_trace       Context
+==================  ==============================================================================
+``system``          ``{"role": "system", "message": content}``
+``user``            ``{"role": "user", "message": content}``
+``assistant``       ``{"role": "assistant", "message": content}``
+``tool``            ``{"role": "assistant", "message": "[tool NAME] INPUT → OUTPUT",
+                    "metadata": {"tool": NAME}}`` (``[tool NAME] → OUTPUT`` without input).
+                    Context's roles are only system/user/assistant, and its separate tool
+                    message type is deprecated, so tool calls are sent as assistant text.
+every message       ``"type": "message"``; ``event_timestamp``: the turn's start for system and
+                    user messages, its end for assistant and tool messages (UTC, ISO 8601).
+==================  ==============================================================================
+
+Metadata (Context's schema is ``str -> str``; every value is sent as a string):
+
+* ``user_id`` (when known) and ``session_id`` (for session turns);
+* the turn's own keys: ``turn_id`` (the record id), ``model``, ``latency_ms``,
+  ``prompt_tokens``/``completion_tokens``/``total_tokens``, ``tags``,
+  ``error_type``/``error`` (from the record when its metadata lacks them);
+* every other key of ``Conversation.metadata`` (the scope's metadata).
+  ``user_id``/``session_id`` from the record win over same-named metadata keys.
+
+For a plain turn all of it goes in ``conversation.metadata``. A thread is told to
+carry the *same* metadata on every request (Context's thread documentation), so for
+a session turn ``conversation.metadata`` holds only ``user_id``, ``session_id`` and
+the scope's keys, and the per-turn keys (``turn_id`` ... ``error``) go in the
+``metadata`` of the turn's last message.
+
+Delivery: each record is one request, made with our own retry loop (azure-core's
+RetryPolicy is disabled). Connection errors, timeouts and HTTP 429, 500, 502, 503
+and 504 are retried with exponential backoff and jitter, or after the server's
+``Retry-After``, within ``max_attempts`` and a per-batch ``deadline``. Other
+statuses are permanent. A circuit breaker stops calling an API that keeps failing:
+records not attempted are reported as *pending* (``ExportResult.pending``, outcome
+``"retry"`` with ``attempts == 0``) so that a durable outbox (the SQLite store) keeps
+them; without one they are dropped by the pipeline. Delivery is at least once: a
+request that timed out after the server processed it is sent again.
+
+Session transcripts: a rating targets the thread's last assistant message, found
+from ``transcript_source(session_id)`` when given (the SQLite store provides it),
+else from what this exporter itself sent to that thread (a bounded in-process LRU).
+The PATCH body follows the generated client (``[ThreadMessage]``, which has only
+``rating``); Context's web documentation shows ``{"messages": [{"id", "rating"}]}``
+with message ids returned at ingestion instead, which the client cannot express.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal, TypeGuard
+from urllib.parse import urlsplit
+
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
+from getcontext.generated import ContextAPI
+from getcontext.generated import models as _models
+from getcontext.token import Credential
+
+from context_trace._record import Conversation, Feedback, Message, Record
+
+from .base import ExportResult
+
+__all__ = ["DEFAULT_ENDPOINT", "ContextAPIExporter", "Outcome", "OutcomeStatus"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://api.context.ai"
+_DEFAULT_TIMEOUT = 10.0
+_DEFAULT_CONNECT_TIMEOUT = 5.0
+_DEFAULT_MAX_ATTEMPTS = 5
+_DEFAULT_BACKOFF_BASE = 0.5
+_DEFAULT_BACKOFF_MAX = 30.0
+_DEFAULT_DEADLINE = 60.0
+_DEFAULT_JITTER = 0.2
+_DEFAULT_CIRCUIT_THRESHOLD = 5
+_DEFAULT_CIRCUIT_COOLDOWN = 30.0
+_DEFAULT_SESSION_CACHE_SIZE = 10_000
+
+_ROUTE_LOG = "/api/v1/log/conversation"
+_ROUTE_THREAD = "/api/v1/log/conversation/thread"
+_ROUTE_THREAD_PATCH = "/api/v1/log/conversation/thread/{id}"
+
+# Retried: the request may succeed later. Everything else (400, 401, 403, 404,
+# 409, 422, ...) means the request itself is wrong and would fail again.
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+# Keys that change from turn to turn (see the module docstring).
+_TURN_KEYS = (
+    "turn_id",
+    "model",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "tags",
+    "error_type",
+    "error",
+)
+
+_ROLES = {
+    "system": _models.MessageParamsRole.SYSTEM,
+    "user": _models.MessageParamsRole.USER,
+    "assistant": _models.MessageParamsRole.ASSISTANT,
+    "tool": _models.MessageParamsRole.ASSISTANT,
+}
+_LOG_BODY = (
+    _models.PathsLi5TynApiV1LogConversationPostRequestbodyContentApplicationJsonSchema
+)
+_THREAD_BODY = _models.Paths1S2Rf6XApiV1LogConversationThreadPostRequestbodyContentApplicationJsonSchema
+
+OutcomeStatus = Literal["delivered", "retry", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """
+    What happened to one record in :meth:`ContextAPIExporter.export_each`.
+
+    Attributes:
+        status: ``"delivered"``; ``"retry"`` (a transient failure, or not attempted:
+            try again later); ``"failed"`` (permanent: sending it again would fail
+            the same way).
+        retry_after: For ``"retry"``, seconds to wait before trying again (the
+            server's ``Retry-After``, the circuit's remaining cool-down, or the next
+            backoff delay), else None.
+        attempts: Requests made for the record; 0 when it was not attempted (open
+            circuit, batch deadline passed, shutdown, earlier record of the same
+            session undelivered).
+        detail: A short reason, e.g. ``"HTTP 503 on /api/v1/log/conversation/thread"``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    status: OutcomeStatus
+    retry_after: float | None = None
+    attempts: int = 0
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _ThreadState:
+    """What this exporter sent to one thread: message count, last assistant index."""
+
+    count: int = 0
+    last_assistant: int | None = None
+
+
+class _Attempt:
+    """The result of one request: None for success, else why it failed."""
+
+    __slots__ = ("detail", "retry_after", "status", "transient")
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        transient: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.detail = detail
+        self.transient = transient
+        self.status = status
+        self.retry_after = retry_after
+
+
+class ContextAPIExporter:
+    """
+    Deliver records to the Context.ai API with retries and a circuit breaker.
+
+    Use it as the pipeline's exporter when conversations should go to Context. The
+    module docstring describes what each record becomes on the wire.
+
+    Args:
+        token: The Context API token. It never appears in logs, ``repr`` or errors.
+        endpoint: Base URL of the API. ``http://`` is accepted only for loopback
+            hosts (127.0.0.0/8, ::1, localhost) or with *allow_insecure*.
+        allow_insecure: Allow a plain ``http://`` endpoint on any host (the token is
+            then sent unencrypted).
+        timeout: Read timeout of each request, in seconds.
+        connect_timeout: Connection timeout of each request, in seconds.
+        max_attempts: Requests per record, first try included.
+        backoff_base: Delay before the first retry, in seconds; doubles each retry.
+        backoff_max: Upper bound of one backoff delay, in seconds.
+        deadline: Seconds one :meth:`export` / :meth:`export_each` call may spend;
+            records not attempted by then are left for later (pending).
+        jitter: Each backoff delay is multiplied by a random factor in
+            ``[1 - jitter, 1 + jitter]``; in ``[0, 1)``.
+        clock: Monotonic clock in seconds, for the deadline and the circuit breaker.
+        transcript_source: Returns a session's transcript so far (the messages of
+            its turns in order), used to find the message a rating targets.
+        circuit_threshold: Consecutive failed requests (transient failures, retries
+            included) that open the circuit.
+        circuit_cooldown: Seconds the circuit stays open before one probe request.
+        session_cache_size: Sessions remembered in-process for ratings when there is
+            no *transcript_source* (least recently used are forgotten first).
+
+    Raises:
+        TypeError: *token* is not a str, or a callable argument is not callable.
+        ValueError: An argument is out of range, or *endpoint* is plain http on a
+            non-loopback host without *allow_insecure*.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        allow_insecure: bool = False,
+        timeout: float = _DEFAULT_TIMEOUT,
+        connect_timeout: float = _DEFAULT_CONNECT_TIMEOUT,
+        max_attempts: int = _DEFAULT_MAX_ATTEMPTS,
+        backoff_base: float = _DEFAULT_BACKOFF_BASE,
+        backoff_max: float = _DEFAULT_BACKOFF_MAX,
+        deadline: float = _DEFAULT_DEADLINE,
+        jitter: float = _DEFAULT_JITTER,
+        clock: Callable[[], float] = time.monotonic,
+        transcript_source: Callable[[str], Sequence[Message]] | None = None,
+        circuit_threshold: int = _DEFAULT_CIRCUIT_THRESHOLD,
+        circuit_cooldown: float = _DEFAULT_CIRCUIT_COOLDOWN,
+        session_cache_size: int = _DEFAULT_SESSION_CACHE_SIZE,
+    ) -> None:
+        _check_token(token)
+        self._endpoint, self._insecure = _check_endpoint(endpoint, allow_insecure)
+        self._timeout = _positive("timeout", timeout)
+        self._connect_timeout = _positive("connect_timeout", connect_timeout)
+        self._max_attempts = _at_least_one("max_attempts", max_attempts)
+        self._backoff_base = _non_negative("backoff_base", backoff_base)
+        self._backoff_max = _non_negative("backoff_max", backoff_max)
+        self._deadline = _positive("deadline", deadline)
+        if not _is_number(jitter) or not 0.0 <= jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        self._jitter = float(jitter)
+        if not callable(clock):
+            raise TypeError(f"clock must be callable, got {type(clock).__name__}")
+        if transcript_source is not None and not callable(transcript_source):
+            raise TypeError(
+                f"transcript_source must be callable or None, got {type(transcript_source).__name__}"
+            )
+        self._clock = clock
+        self._transcript_source = transcript_source
+        self._circuit_threshold = _at_least_one("circuit_threshold", circuit_threshold)
+        self._circuit_cooldown = _non_negative("circuit_cooldown", circuit_cooldown)
+        self._session_cache_size = _at_least_one(
+            "session_cache_size", session_cache_size
+        )
+
+        self._token = token  # kept only to scrub it from text we log
+        self._random = random.Random()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards _threads and _closed
+        self._closed = False
+        self._threads: OrderedDict[str, _ThreadState] = OrderedDict()
+        self._warned: set[tuple[str, ...]] = set()
+        # Circuit breaker state, used from the exporting thread only.
+        self._failures = 0  # consecutive transient failures
+        self._open_until: float | None = None  # set while the circuit is open
+        self._probing = False  # half-open: one probe request in flight
+
+        self._client = ContextAPI(
+            credential=Credential(token),
+            endpoint=self._endpoint,
+            # Retries are ours (deadline, circuit breaker, shutdown-aware waits).
+            retry_policy=RetryPolicy.no_retries(),
+            # azure-core's HttpLoggingPolicy logs every request and response at INFO;
+            # a background exporter should not, and nothing here logs headers. Our
+            # own DEBUG records cover each attempt.
+            http_logging_policy=SansIOHTTPPolicy(),
+            connection_timeout=self._connect_timeout,
+            read_timeout=self._timeout,
+            user_agent="context-trace",
+        )
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """The API base URL requests go to."""
+        return self._endpoint
+
+    @property
+    def circuit_open(self) -> bool:
+        """True from the moment the circuit breaker trips until a probe succeeds."""
+        return self._open_until is not None
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        """
+        Deliver *batch*; never raise.
+
+        Built on :meth:`export_each`: ``"delivered"`` counts as exported, ``"failed"``
+        and attempted ``"retry"`` outcomes as failed, and records never attempted
+        (open circuit, deadline, shutdown) as pending.
+        """
+        outcomes = self.export_each(batch)
+        return ExportResult(
+            exported=sum(1 for o in outcomes if o.status == "delivered"),
+            failed=sum(
+                1
+                for o in outcomes
+                if o.status == "failed" or (o.status == "retry" and o.attempts)
+            ),
+            retried=sum(max(0, o.attempts - 1) for o in outcomes),
+            pending=sum(1 for o in outcomes if o.status == "retry" and not o.attempts),
+        )
+
+    def export_each(self, batch: Sequence[Record]) -> list[Outcome]:
+        """
+        Deliver *batch* in order and say what happened to each record; never raise.
+
+        Use it from a durable outbox: mark ``"delivered"`` records done, release
+        ``"retry"`` records for another attempt after ``retry_after`` seconds, and
+        mark ``"failed"`` records as given up. Once a session's record is left for
+        later, that session's next records in the batch are left too (``"retry"``,
+        not attempted), so a thread never receives turns out of order.
+
+        Returns:
+            One :class:`Outcome` per record, in batch order.
+
+        .. versionadded:: 0.1.0
+        """
+        deadline_at = self._clock() + self._deadline
+        held: set[str] = set()
+        outcomes: list[Outcome] = []
+        for record in batch:
+            try:
+                outcome = self._export_record(record, deadline_at, held)
+            except Exception as exc:  # noqa: BLE001 - export must never raise
+                detail = f"internal error ({type(exc).__name__})"
+                self._warn_once(
+                    ("internal", type(exc).__name__),
+                    "context_trace: could not export a record to the Context API: %s",
+                    self._scrub(f"{type(exc).__name__}: {exc}"),
+                )
+                outcome = Outcome("failed", detail=detail)
+            if outcome.status == "retry" and record.session_id is not None:
+                held.add(record.session_id)
+            outcomes.append(outcome)
+        return outcomes
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """
+        Stop: interrupt a retry wait, then close the HTTP client. Idempotent.
+
+        *timeout* is accepted for the :class:`~context_trace._exporters.base.Exporter`
+        interface; closing does not block.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stopping.set()
+        self._client.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(endpoint={self._endpoint!r}, token='***')"
+
+    # -- one record ----------------------------------------------------------------
+
+    def _export_record(
+        self, record: Record, deadline_at: float, held: set[str]
+    ) -> Outcome:
+        if self._stopping.is_set():
+            return Outcome("retry", detail="exporter shut down")
+        if record.session_id is not None and record.session_id in held:
+            return Outcome(
+                "retry", detail="an earlier record of this session is not delivered yet"
+            )
+        if self._clock() >= deadline_at:
+            return Outcome("retry", detail="batch deadline passed")
+        if isinstance(record, Feedback):
+            return self._export_feedback(record, deadline_at)
+        if not record.messages:
+            self._warn_once(
+                ("empty",),
+                "context_trace: a conversation with no messages was not sent to Context",
+            )
+            return Outcome("failed", detail="no messages")
+        if record.session_id is None:
+            return self._export_conversation(record, deadline_at)
+        return self._export_turn(record, record.session_id, deadline_at)
+
+    def _export_conversation(self, record: Conversation, deadline_at: float) -> Outcome:
+        metadata = _metadata(record)
+        messages = _messages(record)
+        body = _LOG_BODY(
+            conversation=_models.Conversation(messages=messages, metadata=metadata)
+        )
+        return self._deliver(
+            "a conversation",
+            _ROUTE_LOG,
+            deadline_at,
+            lambda kw: self._client.log.conversation(body=body, **kw),
+        )
+
+    def _export_turn(
+        self, record: Conversation, session_id: str, deadline_at: float
+    ) -> Outcome:
+        metadata = _metadata(record)
+        turn = {k: metadata.pop(k) for k in _TURN_KEYS if k in metadata}
+        messages = _messages(record)
+        messages[-1].metadata = _merge(messages[-1].metadata, turn)
+        thread = _models.Thread(id=session_id, messages=messages, metadata=metadata)
+        body = _THREAD_BODY(conversation=thread)
+        outcome = self._deliver(
+            "a session turn",
+            _ROUTE_THREAD,
+            deadline_at,
+            lambda kw: self._client.log.conversation_thread(body=body, **kw),
+        )
+        if outcome.status == "delivered":
+            self._remember(session_id, record.messages)
+        return outcome
+
+    def _export_feedback(self, feedback: Feedback, deadline_at: float) -> Outcome:
+        if feedback.rating not in (-1, 0, 1):
+            self._warn_once(
+                ("rating",),
+                "context_trace: a rating other than -1, 0 or 1 was not sent to Context",
+            )
+            return Outcome(
+                "failed", detail=f"rating {feedback.rating!r} is not -1, 0 or 1"
+            )
+        index = self._last_assistant(feedback.session_id)
+        if index is None:
+            self._warn_once(
+                ("unrated",),
+                "context_trace: could not send a rating to Context: the session's last assistant "
+                "message is unknown in this process (pass transcript_source to look it up)",
+            )
+            return Outcome("failed", detail="last assistant message unknown")
+        body = [_models.ThreadMessage() for _ in range(index)]
+        body.append(_models.ThreadMessage(rating=feedback.rating))
+        session_id = feedback.session_id
+        return self._deliver(
+            "a rating",
+            _ROUTE_THREAD_PATCH,
+            deadline_at,
+            lambda kw: self._client.log.update_conversation_thread(
+                session_id, body=body, **kw
+            ),
+        )
+
+    # -- delivery with retries -----------------------------------------------------
+
+    def _deliver(
+        self,
+        what: str,
+        route: str,
+        deadline_at: float,
+        send: Callable[[dict[str, Any]], object],
+    ) -> Outcome:
+        """Make the request until it succeeds, fails permanently or must wait."""
+        wait = self._circuit_wait()
+        if wait is not None:
+            return Outcome("retry", retry_after=wait, detail="circuit open")
+        probe = self._probing
+        attempts = 0
+        while True:
+            remaining = deadline_at - self._clock()
+            attempts += 1
+            result = self._attempt(send, remaining)
+            if result is None:
+                self._circuit_success()
+                _logger.debug(
+                    "context_trace: delivered %s on %s (attempt %d)",
+                    what,
+                    route,
+                    attempts,
+                )
+                return Outcome("delivered", attempts=attempts)
+            detail = f"{result.detail} on {route}"
+            if not result.transient:
+                self._circuit_success()  # the API answered: it is up
+                self._warn_once(
+                    ("rejected", str(result.status), route),
+                    "context_trace: Context API rejected %s: %s",
+                    what,
+                    detail,
+                )
+                return Outcome("failed", attempts=attempts, detail=detail)
+            _logger.debug(
+                "context_trace: attempt %d for %s failed: %s", attempts, what, detail
+            )
+            self._circuit_failure()
+            delay = result.retry_after
+            if delay is None:
+                delay = self._backoff(attempts - 1)
+            reason = None
+            if probe or self.circuit_open:
+                reason = "circuit open"
+            elif attempts >= self._max_attempts:
+                reason = f"after {attempts} attempts"
+            elif self._clock() + delay >= deadline_at:
+                reason = "deadline reached"
+            elif self._stopping.wait(delay):
+                reason = "shutting down"
+            if reason is not None:
+                self._warn_once(
+                    ("gave up", result.detail, route),
+                    "context_trace: could not deliver %s to the Context API (%s): %s",
+                    what,
+                    reason,
+                    detail,
+                )
+                if self._open_until is not None:
+                    delay = max(0.0, self._open_until - self._clock())
+                return Outcome(
+                    "retry", retry_after=delay, attempts=attempts, detail=detail
+                )
+
+    def _attempt(
+        self, send: Callable[[dict[str, Any]], object], remaining: float
+    ) -> _Attempt | None:
+        """One request, with timeouts capped by the time left; None on success."""
+        options: dict[str, Any] = {
+            "connection_timeout": max(0.001, min(self._connect_timeout, remaining)),
+            "read_timeout": max(0.001, min(self._timeout, remaining)),
+        }
+        if self._insecure:
+            # Lets azure-core's bearer policy send the token over plain http: only for
+            # loopback endpoints or with allow_insecure (checked in __init__).
+            options["enforce_https"] = False
+        try:
+            send(options)
+        except HttpResponseError as exc:
+            status = exc.status_code
+            if status is not None and 200 <= status < 300:
+                return None  # delivered; only reading the answer failed
+            if status is None:
+                return _Attempt(
+                    f"invalid response ({type(exc).__name__})", transient=True
+                )
+            retry_after = _retry_after(exc)
+            return _Attempt(
+                f"HTTP {status}",
+                transient=status in _TRANSIENT_STATUSES,
+                status=status,
+                retry_after=retry_after,
+            )
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # Connection refused/reset, DNS, connect and read timeouts.
+            _logger.debug("context_trace: request failed: %s", self._scrub(str(exc)))
+            kind = "timeout" if "Timeout" in type(exc).__name__ else "connection error"
+            return _Attempt(f"{kind} ({type(exc).__name__})", transient=True)
+        except AzureError as exc:
+            _logger.debug("context_trace: request failed: %s", self._scrub(str(exc)))
+            return _Attempt(f"client error ({type(exc).__name__})", transient=False)
+        return None
+
+    def _backoff(self, retry: int) -> float:
+        factor = self._random.uniform(1.0 - self._jitter, 1.0 + self._jitter)
+        return min(self._backoff_max, self._backoff_base * 2.0**retry * factor)
+
+    # -- circuit breaker -----------------------------------------------------------
+
+    def _circuit_wait(self) -> float | None:
+        """None if a request may go out now, else seconds until the next probe."""
+        if self._open_until is None:
+            return None
+        left = self._open_until - self._clock()
+        if left > 0:
+            return left
+        self._probing = True  # half-open: this request is the probe
+        return None
+
+    def _circuit_success(self) -> None:
+        if self._open_until is not None:
+            _logger.info("context_trace: Context API reachable again; delivery resumed")
+        self._failures = 0
+        self._open_until = None
+        self._probing = False
+
+    def _circuit_failure(self) -> None:
+        self._failures += 1
+        if self._probing or self._failures >= self._circuit_threshold:
+            if self._open_until is None:
+                self._warn_once(
+                    ("circuit",),
+                    "context_trace: Context API failed %d times in a row; pausing delivery for %.1f s",
+                    self._failures,
+                    self._circuit_cooldown,
+                )
+            self._open_until = self._clock() + self._circuit_cooldown
+            self._probing = False
+
+    # -- session transcripts -------------------------------------------------------
+
+    def _remember(self, session_id: str, messages: Sequence[Message]) -> None:
+        with self._lock:
+            state = self._threads.pop(session_id, None) or _ThreadState()
+            for message in messages:
+                if message.role == "assistant":
+                    state.last_assistant = state.count
+                state.count += 1
+            self._threads[session_id] = state
+            while len(self._threads) > self._session_cache_size:
+                self._threads.popitem(last=False)
+
+    def _last_assistant(self, session_id: str) -> int | None:
+        """Index of the session's last assistant message in its Context thread."""
+        if self._transcript_source is not None:
+            try:
+                transcript = self._transcript_source(session_id)
+            except Exception as exc:  # noqa: BLE001 - fall back to what we sent
+                self._warn_once(
+                    ("transcript_source", type(exc).__name__),
+                    "context_trace: transcript_source failed (%s); using this process's record",
+                    type(exc).__name__,
+                )
+            else:
+                for index in range(len(transcript) - 1, -1, -1):
+                    if transcript[index].role == "assistant":
+                        return index
+                # Not in the source (e.g. a store that keeps no local copy):
+                # fall back to what this process sent.
+        with self._lock:
+            state = self._threads.get(session_id)
+            if state is None:
+                return None
+            self._threads.move_to_end(session_id)
+            return state.last_assistant
+
+    # -- logging -------------------------------------------------------------------
+
+    def _warn_once(self, key: tuple[str, ...], msg: str, *args: object) -> None:
+        """Log *msg* at WARNING the first time *key* is seen, at DEBUG afterwards."""
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        _logger.log(level, msg, *args)
+
+    def _scrub(self, text: str) -> str:
+        """*text* without the token (server answers or errors could echo it)."""
+        return text.replace(self._token, "***")
+
+
+# -- mapping -----------------------------------------------------------------------
+
+
+def _messages(record: Conversation) -> list[Any]:
+    started = datetime.fromtimestamp(record.started_at, tz=timezone.utc)
+    ended = datetime.fromtimestamp(record.ended_at, tz=timezone.utc)
+    out: list[Any] = []
+    for message in record.messages:
+        when = started if message.role in ("system", "user") else ended
+        if message.role == "tool":
+            name = message.name or "tool"
+            text = (
+                f"[tool {name}] {message.tool_input} → {message.content}"
+                if message.tool_input
+                else f"[tool {name}] → {message.content}"
+            )
+            out.append(
+                _models.Message(
+                    role=_ROLES["tool"],
+                    message=text,
+                    event_timestamp=when,
+                    metadata={"tool": name},
+                )
+            )
+        else:
+            out.append(
+                _models.Message(
+                    role=_ROLES[message.role],
+                    message=message.content,
+                    event_timestamp=when,
+                )
+            )
+    return out
+
+
+def _metadata(record: Conversation) -> dict[str, str]:
+    """The record's ``str -> str`` metadata plus user, session and turn details."""
+    metadata = {str(k): str(v) for k, v in record.metadata.items()}
+    metadata["turn_id"] = record.id
+    metadata.setdefault("latency_ms", str(record.latency_ms))
+    if record.error is not None:
+        error_type, _, error = record.error.partition(": ")
+        metadata.setdefault("error_type", error_type)
+        metadata.setdefault("error", error or record.error)
+    if record.user_id is not None:
+        metadata["user_id"] = record.user_id
+    if record.session_id is not None:
+        metadata["session_id"] = record.session_id
+    return metadata
+
+
+def _merge(
+    first: Mapping[str, str] | None, second: Mapping[str, str] | None
+) -> dict[str, str] | None:
+    merged = {**(first or {}), **(second or {})}
+    return merged or None
+
+
+def _retry_after(exc: HttpResponseError) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), if any."""
+    headers = getattr(exc.response, "headers", None)
+    value = headers.get("Retry-After") if headers is not None else None
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+# -- argument checks -----------------------------------------------------------------
+
+
+def _check_token(token: object) -> None:
+    # The messages never include the value: it is a secret.
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, got {type(token).__name__}")
+    if not token:
+        raise ValueError("token must not be empty")
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ValueError("token must not contain whitespace or control characters")
+
+
+def _check_endpoint(endpoint: object, allow_insecure: bool) -> tuple[str, bool]:
+    """The normalised endpoint and whether bearer auth may go over plain http."""
+    if not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"endpoint must be an http(s) URL with a host, got {endpoint!r}"
+        )
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(
+            f"endpoint must not contain credentials, a query or a fragment, got {endpoint!r}"
+        )
+    if parts.scheme == "https":
+        return endpoint.rstrip("/"), False
+    if not (allow_insecure or _is_loopback(parts.hostname)):
+        raise ValueError(
+            f"endpoint {endpoint!r} uses plain http on a non-loopback host, which would send "
+            "the token unencrypted; use https or pass allow_insecure=True"
+        )
+    return endpoint.rstrip("/"), True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _positive(name: str, value: object) -> float:
+    if not _is_number(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _non_negative(name: str, value: object) -> float:
+    if not _is_number(value) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def _at_least_one(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value

@@ -1,0 +1,237 @@
+"""
+The durable outbox: the Context API exporter behind a local SQLite queue.
+
+When a token is configured, every batch is first written to the local SQLite
+file (one transaction), and only then delivered to the Context API. A row is
+deleted after a 2xx, returned to the queue with a backoff after a transient
+failure, and deleted and counted after a permanent one. So an outage, an exit
+or a crash loses nothing that reached the disk: undelivered rows are retried
+while the process lives (the pipeline calls :meth:`OutboxExporter.idle` every
+``flush_interval``), and picked up by the next process that opens the same
+file, or by ``context-trace replay``.
+
+Rows are leased (``SQLiteExporter.outbox_claim``) before delivery, so several
+processes sharing one file (gunicorn workers) never send the same row at the
+same time. No peer SDK keeps undelivered telemetry across a crash; this is the
+piece that does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from context_trace._record import Record
+
+from .base import ExportResult
+from .context_api import DEFAULT_ENDPOINT, ContextAPIExporter
+from .sqlite import SQLiteExporter
+
+__all__ = ["OutboxExporter", "replay"]
+
+_logger = logging.getLogger(__name__)
+
+_DEFAULT_CLAIM = 256
+# A lease must outlive one delivery attempt (the remote's per-batch deadline,
+# 60 s by default), or another process could claim rows still being sent.
+_DEFAULT_LEASE = 120.0
+# How long a failed row waits on disk before any process may try it again. The
+# remote's circuit breaker already stops this process from hammering a failing
+# backend; the cap keeps a restarted process (or another worker sharing the
+# file) from waiting out a long cool-down that an earlier process chose.
+_MAX_ROW_BACKOFF = 5.0
+
+Progress = Callable[[int, int], None]
+
+
+class OutboxExporter:
+    """
+    Write every batch to the local store, then deliver it to the Context API.
+
+    Args:
+        store: The SQLite store holding the outbox (and, with *keep_local*,
+            the report tables the CLI reads).
+        remote: The Context API exporter.
+        claim_size: Rows delivered per attempt.
+        lease_seconds: How long claimed rows stay reserved for this process;
+            longer than the remote exporter's *deadline*.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        store: SQLiteExporter,
+        remote: ContextAPIExporter,
+        *,
+        claim_size: int = _DEFAULT_CLAIM,
+        lease_seconds: float = _DEFAULT_LEASE,
+    ) -> None:
+        if claim_size < 1:
+            raise ValueError(f"claim_size must be at least 1, got {claim_size}")
+        self._store = store
+        self._remote = remote
+        self._claim_size = claim_size
+        self._lease = lease_seconds
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"OutboxExporter(store={self._store!r}, remote={self._remote!r})"
+
+    @property
+    def store(self) -> SQLiteExporter:
+        """The local store holding the outbox."""
+        return self._store
+
+    @property
+    def remote(self) -> ContextAPIExporter:
+        """The Context API exporter."""
+        return self._remote
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        self._warned.add(key)
+        _logger.log(level, message, *args, exc_info=level == logging.WARNING)
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        """Queue *batch* durably, then deliver whatever is due (this batch first in line)."""
+        try:
+            self._store.outbox_put(batch)
+        except Exception:  # noqa: BLE001 - fall back to sending directly
+            self._warn_once(
+                "put",
+                "context_trace: cannot write the outbox at %s; sending without a local copy",
+                self._store.path,
+            )
+            return self._remote.export(batch)
+        return self.deliver()
+
+    def idle(self) -> ExportResult:
+        """Deliver rows whose backoff has passed (called by the pipeline when idle)."""
+        return self.deliver()
+
+    def deliver(self, limit: int | None = None, progress: Progress | None = None) -> ExportResult:
+        """
+        Deliver due rows until none is left, one fails transiently, or *limit* is hit.
+
+        Args:
+            limit: Most rows to attempt; None for all that are due.
+            progress: Called with ``(delivered so far, attempted so far)``.
+
+        Returns:
+            What happened: exported, failed (permanently), retried, and pending
+            (rows returned to the queue for a later attempt).
+        """
+        exported = failed = retried = pending = attempted = 0
+        with self._lock:
+            while limit is None or attempted < limit:
+                size = self._claim_size if limit is None else min(self._claim_size, limit - attempted)
+                try:
+                    rows = self._store.outbox_claim(size, lease_seconds=self._lease)
+                except Exception:  # noqa: BLE001 - the store failing must not kill the worker
+                    self._warn_once("claim", "context_trace: cannot read the outbox at %s", self._store.path)
+                    break
+                if not rows:
+                    break
+                attempted += len(rows)
+                outcomes = self._remote.export_each([record for _, record in rows])
+                done: list[int] = []
+                gone: list[int] = []
+                retry: list[int] = []
+                backoff = 0.0
+                for (row_id, _), outcome in zip(rows, outcomes):
+                    retried += max(0, outcome.attempts - 1)
+                    if outcome.status == "delivered":
+                        done.append(row_id)
+                    elif outcome.status == "failed":
+                        gone.append(row_id)
+                    else:
+                        retry.append(row_id)
+                        backoff = max(backoff, min(outcome.retry_after or 1.0, _MAX_ROW_BACKOFF))
+                try:
+                    if done:
+                        self._store.outbox_done(done)
+                    if gone:
+                        self._store.outbox_fail(gone)
+                    if retry:
+                        self._store.outbox_release(retry, backoff)
+                except Exception:  # noqa: BLE001 - rows stay leased and come back later
+                    self._warn_once("mark", "context_trace: cannot update the outbox at %s", self._store.path)
+                exported += len(done)
+                failed += len(gone)
+                pending += len(retry)
+                if progress is not None:
+                    progress(exported, attempted)
+                if retry:
+                    break  # the backend is struggling: back off instead of hammering it
+        return ExportResult(exported=exported, failed=failed, retried=retried, pending=pending)
+
+    def after_fork(self) -> None:
+        """Called in a forked child: take fresh locks (the store reopens itself)."""
+        self._lock = threading.Lock()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Close the remote client and the store; undelivered rows stay on disk."""
+        try:
+            self._remote.shutdown(timeout)
+        finally:
+            self._store.shutdown(timeout)
+
+
+def replay(
+    db_path: str | os.PathLike[str] | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+    *,
+    progress: Progress | None = None,
+    allow_insecure: bool = False,
+) -> tuple[int, int, int]:
+    """
+    Deliver the outbox of *db_path* now (``context-trace replay``).
+
+    Args:
+        db_path: The SQLite file (default: the configured one).
+        token: Context API token (default: ``CONTEXT_TOKEN``/``GETCONTEXT_TOKEN``).
+        endpoint: Context API base URL (default: ``CONTEXT_ENDPOINT`` or Context's).
+        progress: Called with ``(delivered, attempted)`` after each chunk.
+        allow_insecure: Allow a token over plain http to a non-loopback host.
+
+    Returns:
+        ``(delivered, failed, pending)``: pending rows stay for a later attempt.
+
+    Raises:
+        ValueError: no token, or a bad endpoint.
+
+    .. versionadded:: 0.1.0
+    """
+    from context_trace import _config
+
+    path = Path(db_path) if db_path is not None else _config.default_db_path()
+    token = token or os.environ.get(_config.ENV_TOKEN) or os.environ.get(_config.ENV_TOKEN_ALT)
+    if not token:
+        raise ValueError("token is required to replay the outbox (set CONTEXT_TOKEN)")
+    endpoint = endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_ENDPOINT
+    store = SQLiteExporter(path, keep_local=False)
+    try:
+        store.check()
+        remote = ContextAPIExporter(
+            token, endpoint=endpoint, allow_insecure=allow_insecure,
+            transcript_source=store.session_messages,
+        )
+        outbox = OutboxExporter(store, remote)
+        # An explicit replay means "now": forget the backoff of waiting rows (rows
+        # leased by a live process keep their lease).
+        store._write_op(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET lease_until = 0 WHERE status = 'pending'"
+            )
+        )
+        result = outbox.deliver(progress=progress)
+        remote.shutdown(5.0)
+        return result.exported, result.failed, store.outbox_counts()["pending"]
+    finally:
+        store.shutdown()

@@ -1,0 +1,1615 @@
+"""
+The embedded SQLite store: the default exporter, the CLI's data source and the
+durable outbox of the Context API exporter.
+
+One file holds everything. :class:`SQLiteExporter` writes it: ``export`` stores
+batches in the report tables (``users``, ``sessions``, ``conversations``,
+``messages``, ``feedback``), and the ``outbox_*`` methods keep records that still
+have to reach a remote sink. :class:`SQLiteReader` opens the same file read-only
+for the ``context-trace`` CLI and for tests.
+
+Several processes (gunicorn workers, a CLI) may use the file at once: it runs in
+WAL mode with a busy timeout, every write is one ``BEGIN IMMEDIATE`` transaction,
+and every write is idempotent by record id, so a record delivered twice is stored
+once. Only the standard library's :mod:`sqlite3` is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from context_trace._record import (
+    ROLES,
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    Role,
+    remember,
+    strip_seen,
+)
+
+from .base import ExportResult
+
+__all__ = [
+    "DayStats",
+    "SQLiteExporter",
+    "SQLiteReader",
+    "SessionSummary",
+    "StoredConversation",
+    "Transcript",
+    "UserSummary",
+    "record_from_json",
+    "record_to_json",
+]
+
+_logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+_SCHEMA_VERSION = 1
+# Written to the header's application_id field ("ctrc"): tells our files apart
+# from other SQLite databases without reading any table.
+_APPLICATION_ID = 0x63747263
+_DEFAULT_OUTBOX_MAX = 100_000
+_DEFAULT_BUSY_TIMEOUT = 10.0
+_DEFAULT_LEASE_SECONDS = 60.0
+# SQLite before 3.32 allows at most 999 bound parameters per statement.
+_MAX_PARAMS = 500
+_READ_PAGE = 500
+_MAX_LOGGED_ERRORS = 64
+_RECORD_FORMAT = 1
+
+_REQUIRED_TABLES = frozenset(
+    {"users", "sessions", "conversations", "messages", "feedback", "outbox", "meta"}
+)
+
+# Schema version 1. Partial indexes skip the rows that never match their queries
+# (anonymous or session-less turns), which keeps inserts cheap.
+_SCHEMA_V1 = (
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user_id TEXT,
+        started_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        rating_up INTEGER NOT NULL DEFAULT 0,
+        rating_down INTEGER NOT NULL DEFAULT 0,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    """
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        user_id TEXT,
+        session_id TEXT,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        model TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        total_tokens INTEGER,
+        error TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    """
+    CREATE TABLE messages (
+        conversation_id TEXT NOT NULL,
+        session_id TEXT,
+        seq INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        name TEXT,
+        tool_input TEXT,
+        PRIMARY KEY (conversation_id, seq)
+    )
+    """,
+    """
+    CREATE TABLE feedback (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        user_id TEXT,
+        conversation_id TEXT,
+        rating INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    )
+    """,
+    # AUTOINCREMENT: a row id is never reused, so a late outbox_done() from a
+    # process whose lease expired cannot delete a newer row that got its id.
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        record_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_until REAL NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT INTO meta (key, value) VALUES ('dropped', 0), ('failed', 0)",
+    # Per user: users(), sessions of a user.
+    "CREATE INDEX conversations_user ON conversations (user_id, started_at)"
+    " WHERE user_id IS NOT NULL",
+    "CREATE INDEX sessions_user ON sessions (user_id, last_at)"
+    " WHERE user_id IS NOT NULL",
+    # Per session: transcripts, turn counts, the seen-set loaded on insert.
+    "CREATE INDEX conversations_session ON conversations (session_id, started_at)"
+    " WHERE session_id IS NOT NULL",
+    "CREATE INDEX messages_session ON messages (session_id)"
+    " WHERE session_id IS NOT NULL",
+    "CREATE INDEX feedback_session ON feedback (session_id)",
+    # By time: a day is a started_at range; export --since scans it in order.
+    "CREATE INDEX conversations_started ON conversations (started_at)",
+)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+
+
+# Migration hook: _MIGRATIONS[n] upgrades a store from version n - 1 to n. A
+# future version adds its step here and bumps _SCHEMA_VERSION; stores are upgraded
+# in one transaction when a writer opens them.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
+
+_INSERT_CONVERSATION = (
+    "INSERT OR IGNORE INTO conversations (id, user_id, session_id, started_at,"
+    " ended_at, latency_ms, model, prompt_tokens, completion_tokens, total_tokens,"
+    " error, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_MESSAGE = (
+    "INSERT OR IGNORE INTO messages (conversation_id, session_id, seq, role,"
+    " content, name, tool_input) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_FEEDBACK = (
+    "INSERT OR IGNORE INTO feedback (id, session_id, user_id, conversation_id,"
+    " rating, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_USER = (
+    "INSERT INTO users (id, first_seen, last_seen) VALUES (?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET"
+    " first_seen = min(first_seen, excluded.first_seen),"
+    " last_seen = max(last_seen, excluded.last_seen)"
+)
+_UPSERT_SESSION = (
+    "INSERT INTO sessions (id, user_id, started_at, last_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET"
+    " user_id = coalesce(sessions.user_id, excluded.user_id),"
+    " started_at = min(started_at, excluded.started_at),"
+    " last_at = max(last_at, excluded.last_at)"
+)
+# Counters are recounted from the feedback table rather than incremented, so a
+# re-delivered Feedback is not counted twice.
+_RECOUNT_RATINGS = (
+    "UPDATE sessions SET"
+    " rating_up = (SELECT count(*) FROM feedback f"
+    "  WHERE f.session_id = sessions.id AND f.rating > 0),"
+    " rating_down = (SELECT count(*) FROM feedback f"
+    "  WHERE f.session_id = sessions.id AND f.rating < 0)"
+    " WHERE id = ?"
+)
+_SELECT_SEEN = (
+    "SELECT role, content FROM messages WHERE session_id = ? AND role != 'tool'"
+)
+_SELECT_SESSION_MESSAGES = (
+    "SELECT m.role, m.content, m.name, m.tool_input FROM messages m"
+    " JOIN conversations c ON c.id = m.conversation_id"
+    " WHERE m.session_id = ? ORDER BY c.started_at, c.id, m.seq"
+)
+_ADD_TO_COUNTER = (
+    "INSERT INTO meta (key, value) VALUES (?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value"
+)
+
+# Connections inherited across os.fork(). The child must neither use nor close
+# them (closing would touch the parent's locks and WAL index), so they are kept
+# referenced here until the process exits instead of being garbage collected.
+_ABANDONED: list[sqlite3.Connection] = []
+_WRITERS: weakref.WeakSet[SQLiteExporter] = weakref.WeakSet()
+
+
+# --- record (de)serialisation --------------------------------------------------
+
+
+def record_to_json(record: Record) -> str:
+    """
+    Serialise a record to compact JSON; :func:`record_from_json` reverses it.
+
+    The outbox stores records this way. Every field round-trips exactly,
+    including float timestamps and metadata.
+
+    Args:
+        record: A :class:`Conversation` or :class:`Feedback`.
+
+    Returns:
+        A JSON object as text, with ``"type"`` ``"conversation"`` or ``"feedback"``.
+
+    Raises:
+        TypeError: If *record* is neither.
+
+    .. versionadded:: 0.1.0
+    """
+    data: dict[str, Any]
+    if isinstance(record, Conversation):
+        data = {
+            "v": _RECORD_FORMAT,
+            "type": "conversation",
+            "id": record.id,
+            "user_id": record.user_id,
+            "session_id": record.session_id,
+            "started_at": record.started_at,
+            "ended_at": record.ended_at,
+            "messages": [
+                [m.role, m.content, m.name, m.tool_input] for m in record.messages
+            ],
+            "metadata": dict(record.metadata),
+            "error": record.error,
+        }
+    elif isinstance(record, Feedback):
+        data = {
+            "v": _RECORD_FORMAT,
+            "type": "feedback",
+            "id": record.id,
+            "session_id": record.session_id,
+            "user_id": record.user_id,
+            "rating": record.rating,
+            "conversation_id": record.conversation_id,
+            "created_at": record.created_at,
+        }
+    else:
+        raise TypeError(f"not a context_trace record: {type(record).__name__}")
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def record_from_json(text: str) -> Record:
+    """
+    Rebuild a record serialised by :func:`record_to_json`.
+
+    Args:
+        text: The JSON text.
+
+    Returns:
+        The :class:`Conversation` or :class:`Feedback`, equal to the original.
+
+    Raises:
+        ValueError: If *text* is not a serialised record.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        data = json.loads(text)
+        kind = data["type"]
+        if kind == "conversation":
+            return Conversation(
+                id=_str(data["id"]),
+                user_id=_opt_str(data["user_id"]),
+                session_id=_opt_str(data["session_id"]),
+                started_at=float(data["started_at"]),
+                ended_at=float(data["ended_at"]),
+                messages=tuple(
+                    Message(_role(role), _str(content), _opt_str(name), _opt_str(ti))
+                    for role, content, name, ti in data["messages"]
+                ),
+                metadata={_str(k): _str(v) for k, v in data["metadata"].items()},
+                error=_opt_str(data["error"]),
+            )
+        if kind == "feedback":
+            return Feedback(
+                id=_str(data["id"]),
+                session_id=_str(data["session_id"]),
+                user_id=_opt_str(data["user_id"]),
+                rating=int(data["rating"]),
+                conversation_id=_opt_str(data["conversation_id"]),
+                created_at=float(data["created_at"]),
+            )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"not a serialised context_trace record: {exc!r}") from exc
+    raise ValueError(f"not a serialised context_trace record: type {kind!r}")
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _role(value: object) -> Role:
+    for role in ROLES:
+        if value == role:
+            return role
+    raise ValueError(f"unknown message role {value!r}")
+
+
+# --- read results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """
+    One row of :meth:`SQLiteReader.users`.
+
+    ``avg_latency_ms`` is None for a user with no recorded turn; ratings are the
+    sums over the user's sessions.
+
+    .. versionadded:: 0.1.0
+    """
+
+    user_id: str
+    conversations: int
+    sessions: int
+    last_seen: float
+    avg_latency_ms: float | None
+    ratings_up: int
+    ratings_down: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """
+    One row of :meth:`SQLiteReader.sessions`; ``turns`` counts its conversations.
+
+    .. versionadded:: 0.1.0
+    """
+
+    session_id: str
+    user_id: str | None
+    started_at: float
+    last_at: float
+    turns: int
+    rating_up: int
+    rating_down: int
+
+
+@dataclass(frozen=True, slots=True)
+class DayStats:
+    """
+    One row of :meth:`SQLiteReader.daily_stats`; ``day`` is a UTC ``YYYY-MM-DD``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    day: str
+    conversations: int
+    users: int
+    sessions: int
+    errors: int
+    avg_latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """
+    A stored turn as :meth:`SQLiteReader.conversations` yields it.
+
+    ``model`` and the token counts are parsed from the metadata (None when the
+    model did not report them); ``metadata`` is the full original mapping. Inside
+    a session, ``messages`` leave out history already stored for that session.
+
+    .. versionadded:: 0.1.0
+    """
+
+    id: str
+    user_id: str | None
+    session_id: str | None
+    started_at: float
+    ended_at: float
+    latency_ms: int
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    error: str | None
+    metadata: dict[str, str]
+    messages: tuple[Message, ...]
+
+
+class Transcript(NamedTuple):
+    """
+    What :meth:`SQLiteReader.transcript` found: ``(kind, metadata, messages)``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    kind: Literal["session", "conversation"]
+    metadata: dict[str, Any]
+    messages: list[Message]
+
+
+# --- writing -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Rows:
+    """A batch turned into table rows, ready for executemany."""
+
+    conversations: list[tuple[Any, ...]]
+    messages: list[tuple[Any, ...]]
+    session_turns: list[Conversation]
+    feedback: list[tuple[Any, ...]]
+    users: dict[str, list[float]]
+    sessions: dict[str, list[Any]]
+    rated_sessions: set[str]
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _touch_user(
+    users: dict[str, list[float]], user_id: str, a: float, b: float
+) -> None:
+    span = users.get(user_id)
+    if span is None:
+        users[user_id] = [a, b]
+    else:
+        span[0] = min(span[0], a)
+        span[1] = max(span[1], b)
+
+
+def _touch_session(
+    sessions: dict[str, list[Any]], sid: str, uid: str | None, a: float, b: float
+) -> None:
+    row = sessions.get(sid)
+    if row is None:
+        sessions[sid] = [sid, uid, a, b]
+    else:
+        row[1] = row[1] if row[1] is not None else uid
+        row[2] = min(row[2], a)
+        row[3] = max(row[3], b)
+
+
+def _prepare(batch: Sequence[Record]) -> _Rows:
+    """Turn *batch* into rows in plain Python, before any lock is taken."""
+    rows = _Rows([], [], [], [], {}, {}, set())
+    dumps = json.dumps
+    for record in batch:
+        if isinstance(record, Conversation):
+            meta = record.metadata
+            rows.conversations.append(
+                (
+                    record.id,
+                    record.user_id,
+                    record.session_id,
+                    record.started_at,
+                    record.ended_at,
+                    record.latency_ms,
+                    meta.get("model"),
+                    _int_or_none(meta.get("prompt_tokens")),
+                    _int_or_none(meta.get("completion_tokens")),
+                    _int_or_none(meta.get("total_tokens")),
+                    record.error,
+                    dumps(dict(meta), ensure_ascii=False, separators=(",", ":")),
+                )
+            )
+            if record.session_id is None:
+                cid = record.id
+                rows.messages.extend(
+                    (cid, None, seq, m.role, m.content, m.name, m.tool_input)
+                    for seq, m in enumerate(record.messages)
+                )
+            else:
+                # Their messages depend on what the store already holds for the
+                # session, so they are built inside the transaction.
+                rows.session_turns.append(record)
+                _touch_session(
+                    rows.sessions,
+                    record.session_id,
+                    record.user_id,
+                    record.started_at,
+                    record.ended_at,
+                )
+            if record.user_id is not None:
+                _touch_user(
+                    rows.users, record.user_id, record.started_at, record.ended_at
+                )
+        elif isinstance(record, Feedback):
+            rows.feedback.append(
+                (
+                    record.id,
+                    record.session_id,
+                    record.user_id,
+                    record.conversation_id,
+                    record.rating,
+                    record.created_at,
+                )
+            )
+            at = record.created_at
+            _touch_session(rows.sessions, record.session_id, record.user_id, at, at)
+            rows.rated_sessions.add(record.session_id)
+            if record.user_id is not None:
+                _touch_user(rows.users, record.user_id, at, at)
+        else:
+            raise TypeError(f"not a context_trace record: {type(record).__name__}")
+    return rows
+
+
+def _strip_history(
+    messages: tuple[Message, ...], seen: set[tuple[str, str]]
+) -> tuple[Message, ...]:
+    """
+    Drop the leading history of a turn that the session already stored.
+
+    strip_seen runs on the messages up to the turn's last user message (the
+    prompt part) and keeps that message, as the in-process dedup keeps the last
+    input: asking the same question twice is stored twice. What follows (tool
+    calls, the answer) is new by construction and always kept.
+    """
+    last_user = -1
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            last_user = index
+            break
+    if last_user < 0:
+        return strip_seen(messages, seen)
+    return strip_seen(messages[: last_user + 1], seen) + messages[last_user + 1 :]
+
+
+def _session_message_rows(
+    conn: sqlite3.Connection, turns: list[Conversation]
+) -> list[tuple[Any, ...]]:
+    """
+    Message rows for session turns, without history other writers already stored.
+
+    Runs inside the write transaction, so no other process can add messages to
+    these sessions between reading their seen-sets and inserting.
+    """
+    known: set[str] = set()
+    ids = [turn.id for turn in turns]
+    for start in range(0, len(ids), _MAX_PARAMS):
+        chunk = ids[start : start + _MAX_PARAMS]
+        marks = ",".join("?" * len(chunk))
+        query = f"SELECT id FROM conversations WHERE id IN ({marks})"
+        known.update(row[0] for row in conn.execute(query, chunk))
+    seen_by_session: dict[str, set[tuple[str, str]]] = {}
+    rows: list[tuple[Any, ...]] = []
+    for turn in turns:
+        if turn.id in known:
+            continue  # re-delivered: its messages are stored already
+        known.add(turn.id)
+        sid = turn.session_id
+        assert sid is not None
+        seen = seen_by_session.get(sid)
+        if seen is None:
+            seen = {
+                (role, content) for role, content in conn.execute(_SELECT_SEEN, (sid,))
+            }
+            seen_by_session[sid] = seen
+        kept = _strip_history(turn.messages, seen)
+        remember(seen, kept)
+        cid = turn.id
+        rows.extend(
+            (cid, sid, seq, m.role, m.content, m.name, m.tool_input)
+            for seq, m in enumerate(kept)
+        )
+    return rows
+
+
+def _write(conn: sqlite3.Connection, rows: _Rows) -> None:
+    """Store prepared rows; the caller holds a write transaction."""
+    messages = rows.messages
+    if rows.session_turns:
+        messages = messages + _session_message_rows(conn, rows.session_turns)
+    if rows.conversations:
+        conn.executemany(_INSERT_CONVERSATION, rows.conversations)
+    if messages:
+        conn.executemany(_INSERT_MESSAGE, messages)
+    if rows.users:
+        conn.executemany(
+            _UPSERT_USER, [(uid, a, b) for uid, (a, b) in rows.users.items()]
+        )
+    if rows.sessions:
+        conn.executemany(_UPSERT_SESSION, rows.sessions.values())
+    if rows.feedback:
+        conn.executemany(_INSERT_FEEDBACK, rows.feedback)
+        conn.executemany(_RECOUNT_RATINGS, [(sid,) for sid in rows.rated_sessions])
+
+
+@contextlib.contextmanager
+def _transaction(
+    conn: sqlite3.Connection, mode: Literal["DEFERRED", "IMMEDIATE"] = "IMMEDIATE"
+) -> Iterator[None]:
+    """
+    One explicit transaction (the connection runs with ``isolation_level=None``).
+
+    IMMEDIATE takes the write lock up front, so a writer waits for the busy
+    timeout at BEGIN instead of failing halfway with SQLITE_BUSY on upgrade.
+    """
+    conn.execute("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN DEFERRED")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+# --- opening -------------------------------------------------------------------
+
+
+def _store_error(path: str, exc: sqlite3.Error) -> OSError | ValueError:
+    """Map a sqlite3 error met while opening *path* to OSError or ValueError."""
+    message = f"cannot use SQLite store at {path}: {exc}"
+    if isinstance(exc, sqlite3.OperationalError):
+        return OSError(message)  # cannot open, read-only, locked, I/O error
+    return ValueError(message)  # not a database, malformed
+
+
+def _pragma_int(
+    conn: sqlite3.Connection, name: Literal["application_id", "user_version"]
+) -> int:
+    row = conn.execute(f"PRAGMA {name}").fetchone()
+    return int(row[0])
+
+
+def _table_names(conn: sqlite3.Connection) -> set[str]:
+    return {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create or upgrade the schema; raise ValueError for a foreign or newer file."""
+    if (
+        _pragma_int(conn, "application_id") == _APPLICATION_ID
+        and _pragma_int(conn, "user_version") == _SCHEMA_VERSION
+    ):
+        return  # the common case: no write lock needed
+    with _transaction(conn):
+        app_id = _pragma_int(conn, "application_id")
+        version = _pragma_int(conn, "user_version")
+        if app_id != _APPLICATION_ID and (app_id != 0 or _table_names(conn)):
+            raise ValueError(
+                f"cannot use SQLite store at {path}: it is a SQLite database but"
+                " not a context_trace store"
+            )
+        if version > _SCHEMA_VERSION:
+            raise ValueError(
+                f"cannot use SQLite store at {path}: schema version {version} is"
+                f" newer than this context_trace supports ({_SCHEMA_VERSION});"
+                " upgrade context_trace"
+            )
+        for target in range(version + 1, _SCHEMA_VERSION + 1):
+            _MIGRATIONS[target](conn)
+        # PRAGMA takes no bound parameters; both values are int constants.
+        conn.execute(f"PRAGMA application_id = {_APPLICATION_ID:d}")
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION:d}")
+
+
+def _open_writer(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open (creating if needed) the store at *path* for writing."""
+    if path != ":memory:":
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(
+                f"cannot use SQLite store at {path}: cannot create directory"
+                f" {parent}: {reason}"
+            ) from exc
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves. The pipeline's
+        # worker and the outbox users call from different threads, always under
+        # SQLiteExporter._lock, hence check_same_thread=False.
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise _store_error(path, exc) from exc
+    try:
+        # WAL lets readers run beside one writer and makes commits cheap;
+        # synchronous=NORMAL is durable across application crashes in WAL mode
+        # (a power loss can drop the last commits, never corrupt the file).
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        _migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _store_error(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open an existing store read-only; raise a clear error if it is not one."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no context_trace database at {path}")
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot open context_trace database {path}: {exc}") from exc
+    try:
+        app_id = _pragma_int(conn, "application_id")
+        version = _pragma_int(conn, "user_version")
+        tables = _table_names(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ValueError(
+            f"{path} is not a context_trace database ({exc}; the file is corrupt"
+            " or not SQLite)"
+        ) from exc
+    if app_id != _APPLICATION_ID or not tables >= _REQUIRED_TABLES:
+        conn.close()
+        raise ValueError(f"{path} is a SQLite file but not a context_trace database")
+    if version > _SCHEMA_VERSION:
+        conn.close()
+        raise ValueError(
+            f"{path} has schema version {version}, newer than this context_trace"
+            f" supports ({_SCHEMA_VERSION}); upgrade context_trace"
+        )
+    return conn
+
+
+def _after_fork_in_child() -> None:
+    for writer in list(_WRITERS):
+        writer._forget_parent_state()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- the exporter ----------------------------------------------------------------
+
+
+class SQLiteExporter:
+    """
+    Store records in a local SQLite file; also the Context API exporter's outbox.
+
+    Use it as the default exporter (``context-trace`` reads the file), or give it
+    to the Context API exporter as a durable outbox. Nothing touches the file
+    until the first ``export`` or ``outbox_*`` call, so construction never fails
+    on a bad path: ``export`` then logs one ERROR line naming the path and counts
+    the batches as failed. Call :meth:`check` to surface the problem as an
+    exception instead.
+
+    One writer connection is opened lazily and shared under a lock, so the
+    methods may be called from any thread. After ``os.fork()`` the child opens
+    its own connection. Several processes may write the same file.
+
+    Read the file with :class:`SQLiteReader`.
+
+    Args:
+        path: The database file; missing parent directories are created.
+        keep_local: Also store records passed to :meth:`outbox_put` in the report
+            tables, so the CLI sees them.
+        outbox_max: Most pending outbox rows kept; beyond it the oldest are
+            dropped and counted.
+        busy_timeout: Seconds to wait for another process's write lock.
+
+    Raises:
+        ValueError: If *outbox_max* < 1 or *busy_timeout* < 0.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        keep_local: bool = True,
+        outbox_max: int = _DEFAULT_OUTBOX_MAX,
+        busy_timeout: float = _DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        if outbox_max < 1:
+            raise ValueError(f"outbox_max must be at least 1, got {outbox_max!r}")
+        if busy_timeout < 0:
+            raise ValueError(f"busy_timeout must be >= 0, got {busy_timeout!r}")
+        self._path = os.fspath(path)
+        self._keep_local = keep_local
+        self._outbox_max = outbox_max
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self._logged: set[str] = set()
+        self._warned_full = False
+        # row id -> lease_until of the rows this instance claimed; release/fail
+        # only touch a row while it still carries that lease (see outbox_release).
+        self._leases: dict[int, float] = {}
+        _WRITERS.add(self)
+
+    @property
+    def path(self) -> str:
+        """The database file this exporter writes."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteExporter({self._path!r})"
+
+    # -- connection management -------------------------------------------------
+
+    def _forget_parent_state(self) -> None:
+        """In a fork child: fresh lock, and never touch the parent's connection."""
+        self._lock = threading.Lock()
+        if self._conn is not None:
+            _ABANDONED.append(self._conn)
+            self._conn = None
+        self._pid = os.getpid()
+        self._leases.clear()
+
+    def _connection(self) -> sqlite3.Connection:
+        """The writer connection, opened on first use; call with the lock held."""
+        if self._closed:
+            raise RuntimeError(f"SQLite store at {self._path} is shut down")
+        if self._pid != os.getpid():
+            # Fallback for forks the at-fork hook did not see (e.g. os.fork
+            # called through a C extension): a connection must not cross fork.
+            if self._conn is not None:
+                _ABANDONED.append(self._conn)
+                self._conn = None
+            self._pid = os.getpid()
+            self._leases.clear()
+        if self._conn is None:
+            self._conn = _open_writer(self._path, self._busy_timeout)
+        return self._conn
+
+    def _discard_connection(self) -> None:
+        """Close the connection after an error; the next call reopens and rechecks."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def _log_once(self, level: int, message: str) -> None:
+        """Log *message* at *level* the first time, at DEBUG when it repeats."""
+        if message in self._logged:
+            _logger.debug("%s (repeated)", message)
+            return
+        if len(self._logged) >= _MAX_LOGGED_ERRORS:
+            self._logged.clear()
+        self._logged.add(message)
+        _logger.log(level, "%s", message)
+
+    def check(self) -> None:
+        """
+        Open (creating if needed) the store now and raise if it cannot be used.
+
+        The CLI calls it to report a bad path in one line; ``export`` never raises.
+
+        Raises:
+            OSError: If the file or its directory cannot be created or opened.
+            ValueError: If the file is corrupt, not a context_trace store, or
+                written by a newer context_trace.
+            RuntimeError: If the exporter was shut down.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            self._connection()
+
+    # -- Exporter protocol -----------------------------------------------------
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        """
+        Store *batch* in one transaction; never raises.
+
+        Re-delivered records are stored once. Session turns lose leading history
+        that another writer already stored for the session.
+
+        Args:
+            batch: The records to store.
+
+        Returns:
+            ``ExportResult.success(n)``, or ``ExportResult.failure(n)`` when the
+            store cannot be opened or written (logged once per distinct error).
+
+        .. versionadded:: 0.1.0
+        """
+        n = len(batch)
+        if n == 0:
+            return ExportResult.success(0)
+        try:
+            rows = _prepare(batch)
+        except Exception as exc:  # noqa: BLE001 - export must never raise
+            self._log_once(
+                logging.ERROR,
+                f"context_trace: cannot store batch in {self._path}: {exc!r}",
+            )
+            return ExportResult.failure(n)
+        with self._lock:
+            try:
+                conn = self._connection()
+            except RuntimeError as exc:
+                self._log_once(
+                    logging.WARNING, f"context_trace: {exc}; records dropped"
+                )
+                return ExportResult.failure(n)
+            except (OSError, ValueError) as exc:
+                self._log_once(logging.ERROR, f"context_trace: {exc}")
+                return ExportResult.failure(n)
+            try:
+                with _transaction(conn):
+                    _write(conn, rows)
+            except Exception as exc:  # noqa: BLE001 - export must never raise
+                self._discard_connection()
+                self._log_once(
+                    logging.ERROR,
+                    f"context_trace: writing to SQLite store at {self._path}"
+                    f" failed: {type(exc).__name__}: {exc}",
+                )
+                return ExportResult.failure(n)
+            finally:
+                if self._closed:  # shutdown() timed out waiting for this export
+                    self._discard_connection()
+        return ExportResult.success(n)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """
+        Close the writer connection; later exports fail without raising.
+
+        Safe to call more than once.
+
+        Args:
+            timeout: Seconds to wait for a running export to finish; None waits.
+                If it passes, the export closes the connection when it ends.
+
+        .. versionadded:: 0.1.0
+        """
+        self._closed = True
+        acquired = self._lock.acquire(
+            timeout=-1 if timeout is None else max(timeout, 0)
+        )
+        if not acquired:
+            return
+        try:
+            self._discard_connection()
+        finally:
+            self._lock.release()
+
+    # -- reads through the writer ------------------------------------------------
+
+    def session_messages(self, session_id: str) -> list[Message]:
+        """
+        The stored transcript of a session so far, through the writer connection.
+
+        The Context API exporter uses it to send a thread's transcript.
+
+        Args:
+            session_id: The session.
+
+        Returns:
+            Its messages in order across its turns; empty for an unknown session.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the read fails.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            return _session_messages(self._connection(), session_id)
+
+    # -- durable outbox ----------------------------------------------------------
+
+    def _write_op(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run *op* in one write transaction; drop the connection on error."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _transaction(conn):
+                    return op(conn)
+            except sqlite3.Error:
+                self._discard_connection()
+                raise
+
+    def outbox_put(self, batch: Sequence[Record]) -> None:
+        """
+        Durably queue *batch* for delivery, in one transaction.
+
+        Each record becomes a pending row. With ``keep_local`` the records are
+        also stored in the report tables. When more than ``outbox_max`` rows are
+        pending, the oldest pending rows are deleted and counted as ``dropped``.
+
+        Args:
+            batch: The records to queue.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            TypeError: If *batch* holds something that is not a record.
+            sqlite3.Error: If the write fails; nothing was queued.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.1.0
+        """
+        if not batch:
+            return
+        now = time.time()
+        payloads = [(record.id, record_to_json(record), now) for record in batch]
+        local = _prepare(batch) if self._keep_local else None
+
+        def op(conn: sqlite3.Connection) -> tuple[int, int]:
+            conn.executemany(
+                "INSERT INTO outbox (record_id, payload, created_at) VALUES (?, ?, ?)",
+                payloads,
+            )
+            if local is not None:
+                _write(conn, local)
+            return self._enforce_bound(conn)
+
+        dropped, pending = self._write_op(op)
+        if dropped:
+            message = (
+                f"context_trace: outbox at {self._path} holds more than"
+                f" {self._outbox_max} pending records; dropped the oldest"
+            )
+            if self._warned_full:
+                _logger.debug("%s (%d records, %d pending)", message, dropped, pending)
+            else:
+                self._warned_full = True
+                _logger.warning("%s (%d records)", message, dropped)
+
+    def _enforce_bound(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """Delete the oldest pending rows beyond outbox_max; return (dropped, pending)."""
+        # count(*) of the whole table is cheap (no row decoding); only when it is
+        # over the bound do we count pending rows exactly.
+        total = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        if total <= self._outbox_max:
+            return 0, total
+        pending = conn.execute(
+            "SELECT count(*) FROM outbox WHERE status = 'pending'"
+        ).fetchone()[0]
+        excess = pending - self._outbox_max
+        if excess <= 0:
+            return 0, pending
+        conn.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+            " WHERE status = 'pending' ORDER BY id LIMIT ?)",
+            (excess,),
+        )
+        conn.execute(_ADD_TO_COUNTER, ("dropped", excess))
+        return excess, self._outbox_max
+
+    def outbox_claim(
+        self, limit: int, lease_seconds: float = _DEFAULT_LEASE_SECONDS
+    ) -> list[tuple[int, Record]]:
+        """
+        Lease up to *limit* deliverable rows, oldest first, to this process.
+
+        A row is deliverable when it is pending and its backoff has passed, or
+        when an earlier lease expired (its holder crashed or hung). The lease is
+        taken under ``BEGIN IMMEDIATE``, so two processes never claim the same
+        row while the lease runs. Each claim counts one attempt. A row whose
+        payload cannot be decoded is deleted and counted as ``failed``.
+
+        Args:
+            limit: Most rows to claim.
+            lease_seconds: How long the rows stay reserved for this process.
+
+        Returns:
+            ``(row_id, record)`` pairs; pass the row ids to :meth:`outbox_done`,
+            :meth:`outbox_release` or :meth:`outbox_fail`.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the claim fails; nothing was leased.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.1.0
+        """
+        if limit <= 0:
+            return []
+
+        def op(conn: sqlite3.Connection) -> tuple[float, list[tuple[int, Record]]]:
+            now = time.time()
+            until = now + lease_seconds
+            rows = conn.execute(
+                "SELECT id, payload FROM outbox WHERE lease_until <= ? ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            claimed: list[tuple[int, Record]] = []
+            broken: list[tuple[int]] = []
+            for row_id, payload in rows:
+                try:
+                    claimed.append((row_id, record_from_json(payload)))
+                except ValueError:
+                    broken.append((row_id,))
+            conn.executemany(
+                "UPDATE outbox SET status = 'leased', lease_until = ?,"
+                " attempts = attempts + 1 WHERE id = ?",
+                [(until, row_id) for row_id, _ in claimed],
+            )
+            if broken:
+                conn.executemany("DELETE FROM outbox WHERE id = ?", broken)
+                conn.execute(_ADD_TO_COUNTER, ("failed", len(broken)))
+                _logger.warning(
+                    "context_trace: dropped %d undecodable outbox rows in %s",
+                    len(broken),
+                    self._path,
+                )
+            return until, claimed
+
+        until, claimed = self._write_op(op)
+        for row_id, _ in claimed:
+            self._leases[row_id] = until
+        return claimed
+
+    def _lease_params(self, row_ids: Iterable[int]) -> list[tuple[int, float | None]]:
+        return [(row_id, self._leases.pop(row_id, None)) for row_id in row_ids]
+
+    def outbox_done(self, row_ids: Iterable[int]) -> None:
+        """
+        Delete delivered rows (the report tables keep their copy with keep_local).
+
+        Args:
+            row_ids: Row ids from :meth:`outbox_claim`.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the delete fails.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.1.0
+        """
+        params = [(row_id,) for row_id, _ in self._lease_params(row_ids)]
+        if params:
+            self._write_op(
+                lambda conn: conn.executemany("DELETE FROM outbox WHERE id = ?", params)
+            )
+
+    def outbox_release(self, row_ids: Iterable[int], retry_after: float) -> None:
+        """
+        Return claimed rows to pending, deliverable again after *retry_after*.
+
+        Use it after a transient failure (backoff). A row whose lease this
+        instance no longer holds (it expired and another process claimed it) is
+        left alone.
+
+        Args:
+            row_ids: Row ids from :meth:`outbox_claim`.
+            retry_after: Seconds before the rows may be claimed again.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the update fails.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.1.0
+        """
+        leases = self._lease_params(row_ids)
+        if not leases:
+            return
+        until = time.time() + retry_after
+        params = [(until, row_id, token, token) for row_id, token in leases]
+        self._write_op(
+            lambda conn: conn.executemany(
+                "UPDATE outbox SET status = 'pending', lease_until = ?"
+                " WHERE id = ? AND (? IS NULL OR lease_until = ?)",
+                params,
+            )
+        )
+
+    def outbox_fail(self, row_ids: Iterable[int]) -> None:
+        """
+        Give up on rows for good: delete them and count them as ``failed``.
+
+        Like :meth:`outbox_release`, a row leased meanwhile by someone else is
+        left alone.
+
+        Args:
+            row_ids: Row ids from :meth:`outbox_claim`.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the delete fails.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.1.0
+        """
+        leases = self._lease_params(row_ids)
+        if not leases:
+            return
+        params = [(row_id, token, token) for row_id, token in leases]
+
+        def op(conn: sqlite3.Connection) -> None:
+            before = conn.total_changes
+            conn.executemany(
+                "DELETE FROM outbox WHERE id = ? AND (? IS NULL OR lease_until = ?)",
+                params,
+            )
+            deleted = conn.total_changes - before
+            if deleted:
+                conn.execute(_ADD_TO_COUNTER, ("failed", deleted))
+
+        self._write_op(op)
+
+    def outbox_counts(self) -> dict[str, int]:
+        """
+        Outbox state: ``pending``, ``leased``, ``dropped`` and ``failed``.
+
+        ``pending`` rows wait for delivery (including rows in backoff and rows
+        whose lease expired); ``leased`` rows are being delivered right now;
+        ``dropped`` and ``failed`` are totals since the file was created.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the read fails.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.1.0
+        """
+        with self._lock:
+            return _outbox_counts(self._connection())
+
+
+# --- reading -------------------------------------------------------------------
+
+
+def _message(row: Sequence[Any]) -> Message:
+    return Message(row[0], row[1], row[2], row[3])
+
+
+def _session_messages(conn: sqlite3.Connection, session_id: str) -> list[Message]:
+    return [
+        _message(row) for row in conn.execute(_SELECT_SESSION_MESSAGES, (session_id,))
+    ]
+
+
+def _outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    pending, leased = conn.execute(
+        "SELECT coalesce(sum(status != 'leased' OR lease_until <= :now), 0),"
+        " coalesce(sum(status = 'leased' AND lease_until > :now), 0) FROM outbox",
+        {"now": time.time()},
+    ).fetchone()
+    counters = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    return {
+        "pending": int(pending),
+        "leased": int(leased),
+        "dropped": int(counters.get("dropped", 0)),
+        "failed": int(counters.get("failed", 0)),
+    }
+
+
+_CONVERSATION_COLUMNS = (
+    "id, user_id, session_id, started_at, ended_at, latency_ms, model,"
+    " prompt_tokens, completion_tokens, total_tokens, error, metadata"
+)
+
+
+def _conversation_metadata(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "user_id": row[1],
+        "session_id": row[2],
+        "started_at": row[3],
+        "ended_at": row[4],
+        "latency_ms": row[5],
+        "model": row[6],
+        "prompt_tokens": row[7],
+        "completion_tokens": row[8],
+        "total_tokens": row[9],
+        "error": row[10],
+        "metadata": json.loads(row[11]),
+    }
+
+
+class SQLiteReader:
+    """
+    Read-only queries over a context_trace SQLite store.
+
+    The ``context-trace`` CLI and tests use it. It opens the file with
+    ``mode=ro``, so it never creates or changes a store, and it can run while
+    writers are active (it sees their committed transactions). Use it as a
+    context manager, or call :meth:`close`. Use it from one thread.
+
+    Args:
+        path: The database file.
+
+    Raises:
+        FileNotFoundError: If *path* does not exist.
+        OSError: If the file cannot be opened.
+        ValueError: If the file is corrupt, not SQLite, not a context_trace
+            store, or written by a newer context_trace.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
+        self._conn = _open_reader(self._path, _DEFAULT_BUSY_TIMEOUT)
+
+    @property
+    def path(self) -> str:
+        """The database file this reader reads."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteReader({self._path!r})"
+
+    def __enter__(self) -> SQLiteReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """
+        Close the connection; safe to call twice.
+
+        .. versionadded:: 0.1.0
+        """
+        self._conn.close()
+
+    def _rows(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc
+
+    def users(self) -> list[UserSummary]:
+        """
+        Per-user totals, most recently seen first.
+
+        Turns without a user are not listed (see :meth:`daily_stats`).
+
+        Returns:
+            One :class:`UserSummary` per known user.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        rows = self._rows(
+            "WITH c AS (SELECT user_id, count(*) AS n, avg(latency_ms) AS latency,"
+            "  sum(error IS NOT NULL) AS errors FROM conversations"
+            "  WHERE user_id IS NOT NULL GROUP BY user_id),"
+            " s AS (SELECT user_id, count(*) AS n, sum(rating_up) AS up,"
+            "  sum(rating_down) AS down FROM sessions"
+            "  WHERE user_id IS NOT NULL GROUP BY user_id)"
+            " SELECT u.id, coalesce(c.n, 0), coalesce(s.n, 0), u.last_seen, c.latency,"
+            "  coalesce(s.up, 0), coalesce(s.down, 0), coalesce(c.errors, 0)"
+            " FROM users u LEFT JOIN c ON c.user_id = u.id"
+            " LEFT JOIN s ON s.user_id = u.id ORDER BY u.last_seen DESC, u.id"
+        )
+        return [UserSummary(*row) for row in rows]
+
+    def sessions(
+        self, user_id: str | None = None, limit: int = 50
+    ) -> list[SessionSummary]:
+        """
+        Sessions, most recently active first.
+
+        Args:
+            user_id: Only this user's sessions; None for all.
+            limit: Most sessions returned.
+
+        Returns:
+            One :class:`SessionSummary` per session.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        select = (
+            "SELECT s.id, s.user_id, s.started_at, s.last_at,"
+            " (SELECT count(*) FROM conversations c WHERE c.session_id = s.id),"
+            " s.rating_up, s.rating_down FROM sessions s"
+        )
+        if user_id is None:
+            rows = self._rows(
+                f"{select} ORDER BY s.last_at DESC, s.id LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._rows(
+                f"{select} WHERE s.user_id = ? ORDER BY s.last_at DESC, s.id LIMIT ?",
+                (user_id, limit),
+            )
+        return [SessionSummary(*row) for row in rows]
+
+    def transcript(self, id: str) -> Transcript | None:
+        """
+        The transcript of a session or of one conversation, by id.
+
+        Args:
+            id: A session id (its turns' messages in order, by turn start time
+                then position) or a conversation id (that turn's messages).
+
+        Returns:
+            A :class:`Transcript` ``(kind, metadata, messages)``, or None when no
+            session or conversation has that id. For a session the metadata holds
+            its summary columns; for a conversation, its stored columns.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        sessions = self._rows(
+            "SELECT s.id, s.user_id, s.started_at, s.last_at,"
+            " (SELECT count(*) FROM conversations c WHERE c.session_id = s.id),"
+            " s.rating_up, s.rating_down, s.metadata FROM sessions s WHERE s.id = ?",
+            (id,),
+        )
+        if sessions:
+            row = sessions[0]
+            metadata = {
+                "session_id": row[0],
+                "user_id": row[1],
+                "started_at": row[2],
+                "last_at": row[3],
+                "turns": row[4],
+                "rating_up": row[5],
+                "rating_down": row[6],
+                "metadata": json.loads(row[7]),
+            }
+            return Transcript("session", metadata, self.session_messages(id))
+        conversations = self._rows(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (id,)
+        )
+        if not conversations:
+            return None
+        messages = self._rows(
+            "SELECT role, content, name, tool_input FROM messages"
+            " WHERE conversation_id = ? ORDER BY seq",
+            (id,),
+        )
+        return Transcript(
+            "conversation",
+            _conversation_metadata(conversations[0]),
+            [_message(row) for row in messages],
+        )
+
+    def session_messages(self, session_id: str) -> list[Message]:
+        """
+        A session's messages in order across its turns.
+
+        Args:
+            session_id: The session.
+
+        Returns:
+            The messages; empty for an unknown session.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        try:
+            return _session_messages(self._conn, session_id)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc
+
+    def conversations(self, since: float | None = None) -> Iterator[StoredConversation]:
+        """
+        Every stored conversation with its messages, oldest first.
+
+        Used by ``context-trace export``. Rows are read in pages, so memory stays
+        flat for large stores.
+
+        Args:
+            since: Only conversations started at or after this epoch time.
+
+        Yields:
+            :class:`StoredConversation` objects.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        after: tuple[float, str] | None = None
+        while True:
+            if after is None:
+                page = self._rows(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+                    " WHERE started_at >= ? ORDER BY started_at, id LIMIT ?",
+                    (float("-inf") if since is None else since, _READ_PAGE),
+                )
+            else:
+                page = self._rows(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+                    " WHERE (started_at, id) > (?, ?) ORDER BY started_at, id LIMIT ?",
+                    (after[0], after[1], _READ_PAGE),
+                )
+            if not page:
+                return
+            ids = [row[0] for row in page]
+            marks = ",".join("?" * len(ids))
+            messages: dict[str, list[Message]] = {}
+            for row in self._rows(
+                "SELECT conversation_id, role, content, name, tool_input FROM messages"
+                f" WHERE conversation_id IN ({marks}) ORDER BY conversation_id, seq",
+                ids,
+            ):
+                messages.setdefault(row[0], []).append(_message(row[1:]))
+            for row in page:
+                yield StoredConversation(
+                    id=row[0],
+                    user_id=row[1],
+                    session_id=row[2],
+                    started_at=row[3],
+                    ended_at=row[4],
+                    latency_ms=row[5],
+                    model=row[6],
+                    prompt_tokens=row[7],
+                    completion_tokens=row[8],
+                    total_tokens=row[9],
+                    error=row[10],
+                    metadata=json.loads(row[11]),
+                    messages=tuple(messages.get(row[0], ())),
+                )
+            last = page[-1]
+            after = (last[3], last[0])
+
+    def daily_stats(self) -> list[DayStats]:
+        """
+        Per UTC day totals, oldest day first.
+
+        Returns:
+            One :class:`DayStats` per day with at least one conversation.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        rows = self._rows(
+            "SELECT date(started_at, 'unixepoch') AS day, count(*),"
+            " count(DISTINCT user_id), count(DISTINCT session_id),"
+            " sum(error IS NOT NULL), avg(latency_ms)"
+            " FROM conversations GROUP BY day ORDER BY day"
+        )
+        return [DayStats(*row) for row in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """
+        Outbox state, as :meth:`SQLiteExporter.outbox_counts` reports it.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        try:
+            return _outbox_counts(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc

@@ -1,0 +1,34 @@
+"""Shared fixtures: every test starts from a clean configuration and environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+
+from context_trace import _config, _handler
+
+
+def echo_chain(system: str = "You are helpful.") -> Any:
+    """``prompt | ParrotFakeChatModel | StrOutputParser``: answers with the question."""
+    prompt = ChatPromptTemplate.from_messages([("system", system), ("human", "{q}")])
+    return prompt | ParrotFakeChatModel() | StrOutputParser()
+
+
+@pytest.fixture(autouse=True)
+def _clean_context_trace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Clean env (no CONTEXT_* variables, a per-test SQLite file) and fresh state."""
+    for name in list(os.environ):
+        if name.startswith(("CONTEXT_", "GETCONTEXT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(_config.ENV_DB, str(tmp_path / "traces.db"))
+    _config.reset()
+    yield
+    _config.reset()
+    _handler._CLAIMED.clear()

@@ -1,0 +1,76 @@
+"""Shared pieces of the core tests: chains built from real LangChain runnables."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models.fake_chat_models import (
+    GenericFakeChatModel,
+    ParrotFakeChatModel,
+)
+from langchain_core.messages import AIMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import Runnable
+
+__all__ = ["MetadataRecorder", "collect", "echo_chain", "streaming_chain"]
+
+
+def echo_chain() -> Runnable[dict[str, Any], str]:
+    """``prompt | ParrotFakeChatModel | StrOutputParser``: the answer is the question."""
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "You are terse."), ("human", "{question}")]
+    )
+    return prompt | ParrotFakeChatModel() | StrOutputParser()
+
+
+def streaming_chain(answer: str) -> Runnable[dict[str, Any], str]:
+    """``prompt | GenericFakeChatModel | StrOutputParser``: streams *answer* word by word."""
+    prompt = ChatPromptTemplate.from_messages([("human", "{question}")])
+    model = GenericFakeChatModel(messages=itertools.repeat(AIMessage(answer)))
+    return prompt | model | StrOutputParser()
+
+
+async def collect(result: Any) -> Any:
+    """Finish whatever a decorated callable returned: await it or drain it."""
+    if inspect.isawaitable(result):
+        return await result
+    if hasattr(result, "__anext__"):
+        return [item async for item in result]
+    if hasattr(result, "__next__"):
+        return list(result)
+    return result
+
+
+class MetadataRecorder(BaseCallbackHandler):
+    """A plain LangChain callback handler that keeps each run's metadata."""
+
+    def __init__(self) -> None:
+        self.chain_metadata: dict[UUID, dict[str, Any]] = {}
+        self.model_metadata: dict[UUID, dict[str, Any]] = {}
+
+    def on_chain_start(
+        self,
+        serialized: dict[str, Any],
+        inputs: Any,
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.chain_metadata[run_id] = dict(metadata or {})
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: Any,
+        *,
+        run_id: UUID,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.model_metadata[run_id] = dict(metadata or {})

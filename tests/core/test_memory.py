@@ -1,0 +1,119 @@
+"""Memory stays flat: a long-lived scope keeps no per-turn state after turns end."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+import pytest
+from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.runnables import Runnable, RunnableLambda
+
+from context_trace import RecordingHandler, _handler, current_handler, track_user
+from context_trace.testing import CapturedRecords
+
+from ._helpers import streaming_chain
+
+TURNS = 5_000
+
+
+class Boom(Exception):
+    """A failing step."""
+
+
+def _live_turns() -> int:
+    gc.collect()
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, _handler.Turn))
+
+
+def _fail(_: Any) -> str:
+    raise Boom("x")
+
+
+class TestLongLivedScope:
+    def test_5000_turns_leave_no_state(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """5,000 turns through one handler: no active turn, no claim, no live Turn."""
+        with track_user("long-lived"):
+            handler = current_handler()
+            for i in range(TURNS):
+                chain.invoke({"question": f"q{i}"})
+            assert handler is not None
+            assert handler.active_turns == 0
+            assert len(_handler._CLAIMED) == 0
+
+        assert len(records.conversations) == TURNS
+        assert _live_turns() == 0
+
+    def test_failing_turns_leave_no_state(self, records: CapturedRecords) -> None:
+        """Turns that raise are recorded and leave nothing behind."""
+        chain = ParrotFakeChatModel() | RunnableLambda(_fail)
+        with track_user("failing"):
+            handler = current_handler()
+            for i in range(TURNS):
+                with pytest.raises(Boom):
+                    chain.invoke(f"q{i}")
+            assert handler is not None
+            assert handler.active_turns == 0
+            assert len(_handler._CLAIMED) == 0
+
+        assert len([c for c in records.conversations if c.error]) == TURNS
+        assert _live_turns() == 0
+
+    def test_abandoned_streams_leave_no_state(self, records: CapturedRecords) -> None:
+        """Streams read half-way, then closed or dropped, leave nothing behind."""
+        chain = streaming_chain("one two three four")
+        with track_user("abandoning"):
+            handler = current_handler()
+            for i in range(TURNS):
+                stream = chain.stream({"question": f"q{i}"})
+                next(stream)
+                next(stream)
+                if i % 2:
+                    stream.close()
+                del stream  # the other half is finalised by refcounting
+            assert handler is not None
+            assert handler.active_turns == 0
+            assert len(_handler._CLAIMED) == 0
+
+        assert len(records.conversations) == TURNS
+        assert _live_turns() == 0
+
+    def test_async_turns_leave_no_state(self, records: CapturedRecords) -> None:
+        """Thousands of concurrent async turns on one handler leave nothing behind."""
+        chain = streaming_chain("a b")
+        handlers: list[RecordingHandler | None] = []
+
+        async def main() -> None:
+            async with track_user("async-long"):
+                handlers.append(current_handler())
+                await asyncio.gather(
+                    *(chain.ainvoke({"question": str(i)}) for i in range(1_000))
+                )
+
+        asyncio.run(main())
+
+        assert handlers[0] is not None
+        assert handlers[0].active_turns == 0
+        assert len(_handler._CLAIMED) == 0
+        assert len(records.conversations) == 1_000
+        assert _live_turns() == 0
+
+    def test_decorated_calls_leave_no_state(self, records: CapturedRecords) -> None:
+        """Each decorated call's scope and handler are freed after the call."""
+
+        @track_user(lambda user: user)
+        def handle(user: str) -> RecordingHandler | None:
+            ParrotFakeChatModel().invoke("hi")
+            return current_handler()
+
+        for i in range(500):
+            handle(f"u{i}")
+        gc.collect()
+
+        live = [o for o in gc.get_objects() if isinstance(o, RecordingHandler)]
+
+        assert len(records.conversations) == 500
+        assert live == []

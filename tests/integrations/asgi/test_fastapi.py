@@ -1,0 +1,125 @@
+"""FastAPI: the middleware plus @track_user on endpoints whose signatures FastAPI reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.output_parsers import StrOutputParser
+from pydantic import BaseModel
+
+from context_trace import (
+    Conversation,
+    InMemoryExporter,
+    current_session,
+    current_user,
+    flush,
+    track_user,
+)
+from context_trace.integrations.asgi import ContextTraceMiddleware
+
+CHAIN = ParrotFakeChatModel() | StrOutputParser()
+
+
+class ChatBody(BaseModel):
+    message: str
+
+
+def prefix() -> str:
+    return "dep"
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(ContextTraceMiddleware)
+
+    @app.post("/chat/{user_id}")
+    @track_user(user_id=lambda user_id: user_id)
+    def chat(
+        user_id: str, body: ChatBody, tone: str = "plain", dep: str = Depends(prefix)
+    ) -> dict[str, Any]:
+        answer = CHAIN.invoke(body.message)
+        session = current_session()
+        return {
+            "answer": answer,
+            "user": current_user(),
+            "session": session.id if session else None,
+            "tone": tone,
+            "dep": dep,
+        }
+
+    @app.post("/achat/{user_id}")
+    @track_user(user_id=lambda user_id: user_id)
+    async def achat(
+        user_id: str, body: ChatBody, tone: str = "plain", dep: str = Depends(prefix)
+    ) -> dict[str, Any]:
+        answer = await CHAIN.ainvoke(body.message)
+        session = current_session()
+        return {
+            "answer": answer,
+            "user": current_user(),
+            "session": session.id if session else None,
+            "tone": tone,
+            "dep": dep,
+        }
+
+    return app
+
+
+def conversations(exporter: InMemoryExporter) -> list[Conversation]:
+    assert flush(10.0)
+    return exporter.conversations
+
+
+class TestTrackUserOnEndpoints:
+    @pytest.mark.parametrize("path", ["/chat", "/achat"])
+    def test_path_query_body_and_depends_still_work(
+        self, exporter: InMemoryExporter, path: str
+    ) -> None:
+        """A decorated sync or async endpoint gets its parameters; the path user wins."""
+        client = TestClient(make_app())
+
+        response = client.post(
+            f"{path}/u-path?tone=warm",
+            json={"message": "hi"},
+            headers={"X-User-Id": "u-header", "X-Session-Id": "s-1"},
+        )
+
+        assert {
+            "answer": "hi",
+            "user": "u-path",
+            "session": "s-1",
+            "tone": "warm",
+            "dep": "dep",
+        } == response.json()
+        assert "s-1" == response.headers["X-Session-Id"]
+        [conversation] = conversations(exporter)
+        assert ("u-path", "s-1") == (conversation.user_id, conversation.session_id)
+
+    @pytest.mark.parametrize("path", ["/chat/{user_id}", "/achat/{user_id}"])
+    def test_openapi_schema_lists_the_parameters(self, path: str) -> None:
+        """FastAPI still sees the path, query and body parameters (not the dependency)."""
+        schema = TestClient(make_app()).get("/openapi.json").json()
+        operation = schema["paths"][path]["post"]
+
+        assert [("user_id", "path", True), ("tone", "query", False)] == [
+            (p["name"], p["in"], p["required"]) for p in operation["parameters"]
+        ]
+        assert {"$ref": "#/components/schemas/ChatBody"} == operation["requestBody"][
+            "content"
+        ]["application/json"]["schema"]
+
+    def test_validation_still_applies(self, exporter: InMemoryExporter) -> None:
+        """A body that fails validation is a 422 and records nothing."""
+        client = TestClient(make_app())
+
+        response = client.post("/chat/u1", json={"text": "wrong field"})
+
+        assert 422 == response.status_code
+        assert [] == conversations(exporter)

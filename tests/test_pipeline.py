@@ -1,0 +1,334 @@
+"""The background pipeline: batching, flush, drops, failures, shutdown, fork, exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import context_trace as ct
+from context_trace._exporters.base import ExportResult
+from context_trace._pipeline import BatchPipeline
+from context_trace._record import Conversation, Message, Record
+
+from .conftest import echo_chain
+
+
+def _record(i: int) -> Conversation:
+    return Conversation(
+        id=f"r{i}",
+        user_id=f"u{i % 7}",
+        session_id=None,
+        started_at=1.0,
+        ended_at=2.0,
+        messages=(Message("user", f"q{i}"), Message("assistant", f"a{i}")),
+    )
+
+
+class RecordingExporter:
+    """Keeps batches; can be made to block or fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Record]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_with: Exception | None = None
+        self.shutdown_calls = 0
+        self.seen_users: list[str | None] = []
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        self.entered.set()
+        self.seen_users.append(ct.current_user())
+        self.gate.wait(30)
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.batches.append(list(batch))
+        return ExportResult.success(len(batch))
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        self.shutdown_calls += 1
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for b in self.batches for r in b]
+
+
+@pytest.fixture
+def exporter() -> RecordingExporter:
+    return RecordingExporter()
+
+
+@pytest.fixture
+def make_pipeline(exporter: RecordingExporter):
+    made: list[BatchPipeline] = []
+
+    def make(**kwargs: object) -> BatchPipeline:
+        kwargs.setdefault("flush_interval", 30.0)
+        pipeline = BatchPipeline(exporter, **kwargs)  # type: ignore[arg-type]
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    exporter.gate.set()
+    for pipeline in made:
+        pipeline.shutdown(5)
+
+
+class TestDelivery:
+    def test_flush_delivers_everything_emitted_before_it_in_order(self, exporter, make_pipeline):
+        """flush() returns once every earlier record is exported, in emit order."""
+        pipeline = make_pipeline(max_batch=64)
+        for i in range(1000):
+            pipeline.emit(_record(i))
+
+        assert pipeline.flush(10)
+        assert [f"r{i}" for i in range(1000)] == exporter.ids
+        assert all(len(b) <= 64 for b in exporter.batches)
+
+    def test_full_batch_wakes_the_worker_without_flush(self, exporter, make_pipeline):
+        """A full batch is exported before the (long) interval passes."""
+        pipeline = make_pipeline(max_batch=10)
+        for i in range(10):
+            pipeline.emit(_record(i))
+
+        assert exporter.entered.wait(10)
+
+    def test_flush_from_many_threads_while_emitting(self, exporter, make_pipeline):
+        """Concurrent emitters and flushers: every record is exported exactly once."""
+        pipeline = make_pipeline(max_batch=50, max_queue=100_000)
+
+        def work(t: int) -> None:
+            for i in range(500):
+                pipeline.emit(_record(t * 1000 + i))
+                if i % 100 == 0:
+                    pipeline.flush(10)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+        assert pipeline.flush(10)
+        assert 4000 == len(exporter.ids)
+        assert 4000 == len(set(exporter.ids))
+        assert 4000 == pipeline.stats()["exported"]
+
+    def test_worker_runs_outside_user_scopes(self, exporter, make_pipeline):
+        """The worker thread never sees the scope it was started from."""
+        pipeline = make_pipeline()
+        with ct.track_user("someone"):
+            pipeline.emit(_record(1))
+            assert pipeline.flush(10)
+
+        assert [None] == exporter.seen_users
+
+
+class TestBackpressure:
+    def test_emit_does_not_block_while_the_exporter_hangs(self, exporter, make_pipeline):
+        """With the exporter stuck, emit keeps returning and records queue up."""
+        exporter.gate.clear()
+        pipeline = make_pipeline(max_batch=1, max_queue=1000)
+        pipeline.emit(_record(0))
+        assert exporter.entered.wait(10)
+        for i in range(1, 500):
+            pipeline.emit(_record(i))
+
+        assert 499 == pipeline.stats()["queued"]
+        assert not pipeline.flush(0.05)
+        exporter.gate.set()
+        assert pipeline.flush(10)
+        assert 500 == len(exporter.ids)
+
+    def test_full_queue_drops_new_records_counts_and_warns_once(
+        self, exporter, make_pipeline, caplog
+    ):
+        """Past max_queue, new records are dropped and counted with one warning."""
+        exporter.gate.clear()
+        pipeline = make_pipeline(max_batch=1, max_queue=10)
+        pipeline.emit(_record(0))
+        assert exporter.entered.wait(10)
+        with caplog.at_level(logging.WARNING, logger="context_trace"):
+            for i in range(1, 101):
+                pipeline.emit(_record(i))
+        exporter.gate.set()
+        assert pipeline.flush(10)
+
+        stats = pipeline.stats()
+        assert 90 == stats["dropped"]
+        assert 11 == stats["exported"]
+        assert [f"r{i}" for i in range(11)] == exporter.ids
+        drops = [r for r in caplog.records if "dropping" in r.getMessage()]
+        assert 1 == len(drops)
+
+
+class TestFailures:
+    def test_exporter_exception_is_counted_and_the_worker_survives(
+        self, exporter, make_pipeline, caplog
+    ):
+        """An exporter that raises loses that batch only; later batches go through."""
+        pipeline = make_pipeline(max_batch=5)
+        exporter.fail_with = RuntimeError("backend exploded")
+        for i in range(5):
+            pipeline.emit(_record(i))
+        with caplog.at_level(logging.WARNING, logger="context_trace"):
+            assert pipeline.flush(10)
+        exporter.fail_with = None
+        for i in range(5, 8):
+            pipeline.emit(_record(i))
+        assert pipeline.flush(10)
+
+        stats = pipeline.stats()
+        assert 5 == stats["failed"]
+        assert 3 == stats["exported"]
+        assert ["r5", "r6", "r7"] == exporter.ids
+        assert any("exporter raised" in r.getMessage() for r in caplog.records)
+
+    def test_a_failing_conversion_skips_one_record_only(self, exporter, make_pipeline):
+        """prepare() failing on one item does not lose the others."""
+        pipeline = make_pipeline()
+        pipeline.emit(_record(1))
+        pipeline.emit(object())  # not a record: skipped by prepare
+        pipeline.emit(_record(2))
+        assert pipeline.flush(10)
+
+        assert ["r1", "r2"] == exporter.ids
+        assert 1 == pipeline.stats()["failed"]
+
+
+class TestShutdown:
+    def test_shutdown_drains_then_closes_and_is_idempotent(self, exporter, make_pipeline):
+        """shutdown() exports what is queued, closes the exporter once, and can repeat."""
+        pipeline = make_pipeline()
+        for i in range(20):
+            pipeline.emit(_record(i))
+
+        assert pipeline.shutdown(10)
+        assert pipeline.shutdown(10)
+        assert 20 == len(exporter.ids)
+        assert 1 == exporter.shutdown_calls
+
+    def test_emit_after_shutdown_is_dropped_not_raised(self, exporter, make_pipeline):
+        """A record arriving after shutdown is counted as dropped."""
+        pipeline = make_pipeline()
+        pipeline.shutdown(5)
+        pipeline.emit(_record(1))
+
+        assert 1 == pipeline.stats()["dropped"]
+        assert [] == exporter.ids
+
+    def test_shutdown_waits_at_most_its_timeout(self, exporter, make_pipeline):
+        """A hung exporter cannot hold shutdown past its timeout."""
+        exporter.gate.clear()
+        pipeline = make_pipeline(max_batch=1)
+        pipeline.emit(_record(1))
+        assert exporter.entered.wait(10)
+        pipeline.emit(_record(2))
+
+        assert not pipeline.shutdown(0.2)
+
+
+class TestRejectsBadArguments:
+    @pytest.mark.parametrize(
+        ("kwargs", "name"),
+        [({"max_queue": 0}, "max_queue"), ({"max_batch": 0}, "max_batch"), ({"flush_interval": 0}, "flush_interval")],
+    )
+    def test_bad_sizes(self, exporter, kwargs, name):
+        """Constructor arguments are checked up front, naming the parameter."""
+        with pytest.raises(ValueError, match=name):
+            BatchPipeline(exporter, **kwargs)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+class TestFork:
+    def test_child_gets_a_fresh_worker_and_exports_on_its_own(self, tmp_path: Path):
+        """After fork the child's records go through the child's own worker."""
+        db = tmp_path / "fork.db"
+        ct.configure(db_path=db, flush_interval=30.0)
+        chain = echo_chain()
+        with ct.track_user("parent"):
+            chain.invoke({"q": "before fork"})
+        # The parent's worker is running now; the child must start its own.
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                os.close(read)
+                with ct.track_user("child"):
+                    chain.invoke({"q": "from the child"})
+                ok = ct.flush(20)
+                stats = ct.stats()
+                code = 0 if ok and stats["exported"] == 1 and stats["enqueued"] == 1 else 2
+            finally:
+                os.write(write, str(code).encode())
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        child_said = os.read(read, 10).decode()
+        os.close(read)
+        assert ct.flush(20)
+
+        assert "0" == child_said
+        assert 0 == os.waitstatus_to_exitcode(status)
+        import sqlite3
+
+        con = sqlite3.connect(db)
+        try:
+            users = sorted(u for (u,) in con.execute("select user_id from conversations"))
+        finally:
+            con.close()
+        assert ["child", "parent"] == users
+
+
+class TestExit:
+    def test_records_are_flushed_at_interpreter_exit(self, tmp_path: Path):
+        """A script that never calls flush() still exports everything at exit."""
+        db = tmp_path / "exit.db"
+        script = textwrap.dedent(
+            f"""
+            import context_trace as ct
+            from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+            ct.configure(db_path={str(db)!r}, flush_interval=60.0)
+            model = ParrotFakeChatModel()
+            for i in range(50):
+                with ct.track_user(f"user-{{i % 5}}"):
+                    model.invoke(f"hello {{i}}")
+            """
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_")}
+        done = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+
+        assert 0 == done.returncode, done.stderr
+        import sqlite3
+
+        con = sqlite3.connect(db)
+        try:
+            (count,) = con.execute("select count(*) from conversations").fetchone()
+        finally:
+            con.close()
+        assert 50 == count
+
+
+class TestThroughTheScopes:
+    def test_module_flush_and_stats_cover_recorded_turns(self, exporter):
+        """ct.flush() delivers turns recorded under scopes; ct.stats() counts them."""
+        ct.configure(exporter=exporter, flush_interval=30.0)
+        chain = echo_chain()
+        for i in range(30):
+            with ct.track_user(f"u{i}"):
+                chain.invoke({"q": f"question {i}"})
+
+        assert ct.flush(10)
+        assert 30 == ct.stats()["exported"]
+        assert {f"u{i}" for i in range(30)} == {r.user_id for b in exporter.batches for r in b}
