@@ -105,17 +105,12 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
     out["track_user"] = (scoped, ascoped)
 
     if hasattr(ct, "ContextCallbackHandler"):
-        try:
-            from _dropin import make_dropin_invoke  # type: ignore[import-not-found]
+        sys.path.insert(0, HERE)
+        from _dropin import make_dropin_ainvoke, make_dropin_invoke
 
-            sync_call, async_call = make_dropin_invoke(chain)
-            out["dropin"] = (lambda: sync_call(QUESTION), lambda: async_call(QUESTION))
-        except ImportError:
-            dropin_cfg = {"callbacks": [ct.ContextCallbackHandler()]}
-            out["dropin"] = (
-                lambda: chain.invoke(QUESTION, config=dropin_cfg),
-                lambda: chain.ainvoke(QUESTION, config=dropin_cfg),
-            )
+        dropin_sync = make_dropin_invoke(chain)
+        dropin_async = make_dropin_ainvoke(chain)
+        out["dropin"] = (lambda: dropin_sync(QUESTION), lambda: dropin_async(QUESTION))
 
     try:
         import getcontext

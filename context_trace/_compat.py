@@ -93,14 +93,18 @@ class ContextCallbackHandler(RecordingHandler):
     the scope (and recorded once, by the scope's recorder). Outside, it is
     attributed to the user and session in the model's ``headers``
     (``{"user_id": ...}``), ``default_headers`` or OpenAI ``user`` field, or
-    recorded without a user.
+    recorded without a user. A scope's user and session win over header ones;
+    header ids fill in only what the scope leaves unset.
 
     Args:
         token: Context API token. When empty, ``CONTEXT_TOKEN`` or
             ``GETCONTEXT_TOKEN`` is used, as by :func:`context_trace.configure`.
             A token given here while no token and no exporter are configured
             calls ``context_trace.configure(token=token)`` once, keeping the other
-            settings. The token is never logged and not shown by ``repr``.
+            settings (like any ``configure()`` call this flushes and replaces the
+            export pipeline, so build the handler at start-up). When a different
+            token is already configured, that one is kept and a warning is
+            logged. The token is never logged and not shown by ``repr``.
         verbose: Accepted for compatibility; kept as the ``verbose`` attribute
             and otherwise unused.
         **kwargs: Accepted for compatibility with the community signature and

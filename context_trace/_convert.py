@@ -27,7 +27,6 @@ from ._record import (
     Message,
     Record,
     Role,
-    message_key,
     remember,
     strip_seen,
 )
@@ -219,47 +218,31 @@ def _input_messages(turn: Turn) -> list[Message]:
     return [Message("user", _compact(inputs))]
 
 
-def _scaffolding(turn: Turn) -> list[bool]:
+def _without_past_tool_calls(turn: Turn, inputs: list[Message]) -> list[Message]:
     """
-    Which input messages are an agent's tool-call requests or tool results.
+    *inputs* without the tool-call requests and tool results of earlier turns.
 
-    Parallel to :func:`_input_messages` (all False when the input is not a
-    message list).
+    A LangGraph agent with a checkpointer (or an app re-sending its message
+    list) sends the whole thread to the model again: earlier questions and
+    answers interleaved with earlier tool-call requests and tool results. In a
+    session those were recorded by the earlier turns (as their tool messages),
+    and they would stop the history de-duplication, which only skips the
+    leading run of already recorded messages. So inside a session, tool
+    messages and tool-calling assistant messages before the turn's last user
+    message are left out; the ones after it belong to this turn.
     """
     messages = _message_list(turn)
     if messages is None:
-        return []
-    return [
+        return inputs
+    past = [
         m.type in ("tool", "function")
         or (isinstance(m, AIMessage) and bool(m.tool_calls))
         for m in messages
     ]
-
-
-def _strip_history(
-    inputs: Sequence[Message], scaffolding: Sequence[bool], seen: set[tuple[str, str]]
-) -> tuple[Message, ...]:
-    """
-    :func:`strip_seen`, also skipping the tool calls of earlier turns.
-
-    A LangGraph agent with a checkpointer (or an app re-sending its message
-    list) sends the whole thread again: earlier questions and answers, which
-    are in *seen*, interleaved with the earlier turns' tool-call requests and
-    tool results, which were recorded as those turns' tool messages but are not
-    in *seen* (only user/assistant/system texts are). strip_seen would stop at
-    the first of them and record the history again, so inside the leading
-    history they are skipped too. A session's first turn (nothing seen yet)
-    keeps the history it was given.
-    """
-    if not seen or not any(scaffolding):
-        return strip_seen(inputs, seen)
-    items = list(inputs)
-    start = 0
-    while start < len(items) - 1 and (
-        scaffolding[start] or message_key(items[start]) in seen
-    ):
-        start += 1
-    return tuple(items[start:])
+    if not any(past):
+        return inputs
+    last_user = max((i for i, m in enumerate(inputs) if m.role == "user"), default=-1)
+    return [m for i, m in enumerate(inputs) if not (i < last_user and past[i])]
 
 
 def _text_or_json(value: Any) -> str:
@@ -374,11 +357,7 @@ class _HeaderSessions:
         self._seen: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
 
     def dedup(
-        self,
-        session_id: str,
-        inputs: Sequence[Message],
-        scaffolding: Sequence[bool],
-        rest: Sequence[Message],
+        self, session_id: str, inputs: Sequence[Message], rest: Sequence[Message]
     ) -> tuple[Message, ...]:
         with self._lock:
             seen = self._seen.get(session_id)
@@ -388,7 +367,7 @@ class _HeaderSessions:
                     self._seen.popitem(last=False)
             else:
                 self._seen.move_to_end(session_id)
-            kept = _strip_history(inputs, scaffolding, seen)
+            kept = strip_seen(inputs, seen)
             remember(seen, kept)
             remember(seen, rest)
             return kept
@@ -440,14 +419,15 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
     if answer or turn.error is None:
         rest.append(Message("assistant", answer))
 
+    if session_id is not None:
+        inputs = _without_past_tool_calls(turn, inputs)
     if session is not None:
-        scaffolding = _scaffolding(turn)
         with session._lock:
-            inputs_t = _strip_history(inputs, scaffolding, session._seen)
+            inputs_t = strip_seen(inputs, session._seen)
             remember(session._seen, inputs_t)
             remember(session._seen, rest)
     elif session_id is not None:
-        inputs_t = _HEADER_SESSIONS.dedup(session_id, inputs, _scaffolding(turn), rest)
+        inputs_t = _HEADER_SESSIONS.dedup(session_id, inputs, rest)
     else:
         inputs_t = tuple(inputs)
     messages = inputs_t + tuple(rest)

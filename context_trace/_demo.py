@@ -20,6 +20,7 @@ This module never prints: the ``context-trace demo`` command in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -182,8 +183,7 @@ _ANSWERS = {
         "at the next billing date."
     ),
     "Is there a discount for paying yearly?": (
-        "Paying yearly gets you two months free, so Pro costs 90 a year instead "
-        "of 108."
+        "Paying yearly gets you two months free, so Pro costs 90 a year instead of 108."
     ),
     "One more question: do you ship to Canada?": (
         "We do! Shipping to Canada takes 5 to 8 business days and duties are "
@@ -210,7 +210,7 @@ _ORDER_STATUSES = ("shipped", "out for delivery", "being packed", "delivered")
 _ERROR_ORDER = "9999"
 _ERROR_TURN_TEXT = "Could you also check my older order #" + _ERROR_ORDER + "?"
 # A planned rating per session, cycled by the session's index in the run.
-_RATING_CYCLE: tuple[int | None, ...] = (1, None, 1, None, -1, None)
+_RATING_CYCLE: tuple[int | None, ...] = (1, None, 1, None, 1, None)
 
 
 def _crc(text: str) -> int:
@@ -219,7 +219,7 @@ def _crc(text: str) -> int:
 
 def _order_status(order_id: str) -> dict[str, str]:
     code = _crc(order_id)
-    days = 1 + code % 4
+    days = 1 + (code >> 8) % 4
     return {
         "order": order_id,
         "status": _ORDER_STATUSES[code % len(_ORDER_STATUSES)],
@@ -421,7 +421,8 @@ def user_names(count: int) -> list[str]:
     .. versionadded:: 0.1.0
     """
     return [
-        _NAMES[i % len(_NAMES)] + (str(i // len(_NAMES) + 1) if i >= len(_NAMES) else "")
+        _NAMES[i % len(_NAMES)]
+        + (str(i // len(_NAMES) + 1) if i >= len(_NAMES) else "")
         for i in range(count)
     ]
 
@@ -467,6 +468,7 @@ class DemoResult:
         sessions: ``(user_id, session_id)`` of every session, in order.
         conversations: Turns sent (each is one recorded conversation).
         errors: Turns that failed on purpose (answered with HTTP 502).
+        error_user: The user whose turn failed.
         ratings: Ratings sent.
         showcase_session: A session worth showing (one with a tool call).
         model: The chat model's name.
@@ -481,6 +483,7 @@ class DemoResult:
     sessions: list[tuple[str, str]] = field(default_factory=list)
     conversations: int = 0
     errors: int = 0
+    error_user: str = ""
     ratings: int = 0
     showcase_session: str = ""
     model: str = ""
@@ -512,6 +515,7 @@ class _Client:
                 return error.code, json.loads(error.read() or b"{}")
 
 
+@contextlib.contextmanager
 def _serve(app: flask.Flask) -> Iterator[Any]:
     """Yield a running loopback server for *app*; shut it down afterwards."""
     from werkzeug.serving import WSGIRequestHandler, make_server
@@ -626,14 +630,12 @@ def run_demo(
                     turns=turns,
                 )
                 if rating is not None:
-                    status, body = client.post(
-                        "/feedback", {"rating": rating}, headers
-                    )
+                    status, body = client.post("/feedback", {"rating": rating}, headers)
                     if status != 200:
                         raise RuntimeError(
                             f"the demo app answered HTTP {status} to a rating: {body}"
                         )
-        except BaseException as exc:  # reported by the main thread
+        except Exception as exc:  # noqa: BLE001 - re-raised by the main thread
             with lock:
                 failures.append(exc)
 
@@ -642,7 +644,7 @@ def run_demo(
         for index in range(users)
     }
     try:
-        for server in _serve(app):
+        with _serve(app) as server:
             result.url = f"http://127.0.0.1:{server.server_port}"
             threads = [
                 threading.Thread(
@@ -674,12 +676,20 @@ def run_demo(
     for index in range(users):
         for s, session_id in enumerate(plan[index]):
             result.sessions.append((names[index], session_id))
-            if planned_rating(
-                index, s, users=users, sessions_per_user=sessions_per_user, turns=turns
-            ) is not None:
+            if (
+                planned_rating(
+                    index,
+                    s,
+                    users=users,
+                    sessions_per_user=sessions_per_user,
+                    turns=turns,
+                )
+                is not None
+            ):
                 result.ratings += 1
     result.conversations = total
     result.errors = 1
+    result.error_user = names[error_slot[0]]
     result.showcase_session = plan[0][0]
     result.seconds = time.monotonic() - started
     return result

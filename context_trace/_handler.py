@@ -126,7 +126,13 @@ class RecordingHandler(BaseCallbackHandler):
                 turn.run_ids.append(run_id)
                 return turn
         # A root, as far as this handler knows.
-        if _CLAIMED.setdefault(run_id, self) is not self:
+        owner = _CLAIMED.setdefault(run_id, self)
+        if owner is not self:
+            # Another recorder records this root. Follow it as a skipped turn, so
+            # the runs below it are not taken for roots and recorded a second time.
+            scope = self.scope or owner.scope
+            if scope is not None:
+                turns[run_id] = Turn(run_id, scope, tags, True)
             return None
         scope = self._scope_for_root(metadata)
         if scope is None:
@@ -142,7 +148,8 @@ class RecordingHandler(BaseCallbackHandler):
         turns = self._turns
         for rid in turn.run_ids:
             turns.pop(rid, None)
-        _CLAIMED.pop(turn.run_id, None)
+        if _CLAIMED.get(turn.run_id) is self:  # not when following another's root
+            _CLAIMED.pop(turn.run_id, None)
         if turn.skip or not (
             turn.has_model_call or (error is not None and turn.chain_inputs is not None)
         ):

@@ -313,6 +313,12 @@ def _build_scope(
 
 
 # --------------------------------------------------------------------------- wrappers
+def _stream_done() -> None:
+    """A scoped stream ended outside any scope: the turn is over (serverless flush)."""
+    if _ACTIVE_SCOPE.get() is None:
+        _config.on_outermost_exit()
+
+
 class _ScopedIterator(Iterator[T]):
     """Re-enter *scope* for every step (and ``close``) of a sync iterator."""
 
@@ -326,8 +332,12 @@ class _ScopedIterator(Iterator[T]):
         return self
 
     def __next__(self) -> T:
-        with self._scope:
-            return next(self._it)
+        try:
+            with self._scope:
+                return next(self._it)
+        except StopIteration:
+            _stream_done()
+            raise
 
     def send(self, value: Any) -> T:
         with self._scope:
@@ -357,8 +367,12 @@ class _ScopedAsyncIterator(AsyncIterator[T]):
         return self
 
     async def __anext__(self) -> T:
-        with self._scope:
-            return await self._it.__anext__()
+        try:
+            with self._scope:
+                return await self._it.__anext__()
+        except StopAsyncIteration:
+            _stream_done()
+            raise
 
     async def asend(self, value: Any) -> T:
         with self._scope:
@@ -599,7 +613,7 @@ def track_user(
     *,
     session_id: IdSource = None,
     metadata: Mapping[str, Any] | None = None,
-) -> Any:
+) -> _ScopeFactory:
     """
     Attribute every LangChain run inside to *user_id*.
 
@@ -616,7 +630,8 @@ def track_user(
 
     Returns:
         A decorator that is also a (sync and async) context manager. As a
-        context manager it yields the :class:`Scope`.
+        context manager it yields the :class:`Scope`, or the :class:`Session`
+        when *session_id* is given.
 
     Raises:
         TypeError: *user_id*, *session_id* or *metadata* has the wrong type.
@@ -637,7 +652,7 @@ def context_session(
     *,
     user_id: IdSource = None,
     metadata: Mapping[str, Any] | None = None,
-) -> Any:
+) -> _ScopeFactory:
     """
     Group every turn inside into one conversation thread.
 

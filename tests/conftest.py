@@ -25,7 +25,7 @@ def echo_chain(system: str = "You are helpful.") -> Any:
 def _clean_context_trace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Clean env (no CONTEXT_* variables, a per-test SQLite file) and fresh state."""
     for name in list(os.environ):
-        if name.startswith(("CONTEXT_", "GETCONTEXT_")):
+        if name.startswith(("CONTEXT_", "GETCONTEXT_", "LANGSMITH_", "LANGCHAIN_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv(_config.ENV_DB, str(tmp_path / "traces.db"))
     _config.reset()

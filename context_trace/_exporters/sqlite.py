@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,13 +70,38 @@ _MAX_PARAMS = 500
 _READ_PAGE = 500
 _MAX_LOGGED_ERRORS = 64
 _RECORD_FORMAT = 1
+_WAL_AUTOCHECKPOINT_PAGES = 10_000
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
+_CACHE_SIZE = -16_384  # KiB (negative: a size, not a page count)
+_SEEN_CACHE_KEYS = 200_000  # fingerprinted messages kept for recent sessions
 
 _REQUIRED_TABLES = frozenset(
-    {"users", "sessions", "conversations", "messages", "feedback", "outbox", "meta"}
+    {
+        "users",
+        "sessions",
+        "conversations",
+        "message_data",
+        "feedback",
+        "outbox",
+        "meta",
+    }
 )
 
-# Schema version 1. Partial indexes skip the rows that never match their queries
-# (anonymous or session-less turns), which keeps inserts cheap.
+# Schema version 1.
+#
+# Write speed shapes it. Every index keyed by a random value (a uuid id) gets
+# about one dirty page per inserted row, and each dirty page is written to the
+# WAL at commit and again at checkpoint; append-only keys dirty a handful of pages
+# per batch. So:
+# - conversations get an INTEGER PRIMARY KEY ``n`` (insertion order, stable under
+#   VACUUM) next to the UNIQUE text ``id``;
+# - their messages live in ``message_data`` keyed by (conversation n, seq),
+#   WITHOUT ROWID: one append-only b-tree instead of a table plus a random index
+#   on the text id. The ``messages`` view gives them the plain shape
+#   (conversation_id, session_id, seq, role, content, name, tool_input);
+# - messages are found per session through ``conversations_session``, so they
+#   need no session index of their own;
+# - partial indexes skip rows that can never match (no user, no session).
 _SCHEMA_V1 = (
     """
     CREATE TABLE users (
@@ -97,7 +123,8 @@ _SCHEMA_V1 = (
     """,
     """
     CREATE TABLE conversations (
-        id TEXT PRIMARY KEY,
+        n INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
         user_id TEXT,
         session_id TEXT,
         started_at REAL NOT NULL,
@@ -112,16 +139,22 @@ _SCHEMA_V1 = (
     )
     """,
     """
-    CREATE TABLE messages (
-        conversation_id TEXT NOT NULL,
-        session_id TEXT,
+    CREATE TABLE message_data (
+        conversation_n INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         role TEXT NOT NULL,
         content TEXT NOT NULL,
         name TEXT,
         tool_input TEXT,
-        PRIMARY KEY (conversation_id, seq)
-    )
+        PRIMARY KEY (conversation_n, seq)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE VIEW messages AS
+    SELECT c.id AS conversation_id, c.session_id AS session_id, m.seq AS seq,
+        m.role AS role, m.content AS content, m.name AS name,
+        m.tool_input AS tool_input
+    FROM message_data m JOIN conversations c ON c.n = m.conversation_n
     """,
     """
     CREATE TABLE feedback (
@@ -148,7 +181,7 @@ _SCHEMA_V1 = (
     """,
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO meta (key, value) VALUES ('dropped', 0), ('failed', 0)",
-    # Per user: users(), sessions of a user.
+    # Per user: a user's conversations over time; a user's sessions.
     "CREATE INDEX conversations_user ON conversations (user_id, started_at)"
     " WHERE user_id IS NOT NULL",
     "CREATE INDEX sessions_user ON sessions (user_id, last_at)"
@@ -156,10 +189,8 @@ _SCHEMA_V1 = (
     # Per session: transcripts, turn counts, the seen-set loaded on insert.
     "CREATE INDEX conversations_session ON conversations (session_id, started_at)"
     " WHERE session_id IS NOT NULL",
-    "CREATE INDEX messages_session ON messages (session_id)"
-    " WHERE session_id IS NOT NULL",
     "CREATE INDEX feedback_session ON feedback (session_id)",
-    # By time: a day is a started_at range; export --since scans it in order.
+    # By time: a day is a started_at range; export --since reads it in order.
     "CREATE INDEX conversations_started ON conversations (started_at)",
 )
 
@@ -175,13 +206,13 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
 
 _INSERT_CONVERSATION = (
-    "INSERT OR IGNORE INTO conversations (id, user_id, session_id, started_at,"
+    "INSERT INTO conversations (n, id, user_id, session_id, started_at,"
     " ended_at, latency_ms, model, prompt_tokens, completion_tokens, total_tokens,"
-    " error, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " error, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_MESSAGE = (
-    "INSERT OR IGNORE INTO messages (conversation_id, session_id, seq, role,"
-    " content, name, tool_input) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO message_data (conversation_n, seq, role, content, name,"
+    " tool_input) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _INSERT_FEEDBACK = (
     "INSERT OR IGNORE INTO feedback (id, session_id, user_id, conversation_id,"
@@ -210,13 +241,17 @@ _RECOUNT_RATINGS = (
     "  WHERE f.session_id = sessions.id AND f.rating < 0)"
     " WHERE id = ?"
 )
+# A session's messages in turns numbered above n (see _SeenCache); the rowid
+# test runs on the conversations_session index entries.
 _SELECT_SEEN = (
-    "SELECT role, content FROM messages WHERE session_id = ? AND role != 'tool'"
+    "SELECT c.n, m.role, m.content FROM conversations c"
+    " JOIN message_data m ON m.conversation_n = c.n"
+    " WHERE c.session_id = ? AND c.n > ? AND m.role != 'tool'"
 )
 _SELECT_SESSION_MESSAGES = (
-    "SELECT m.role, m.content, m.name, m.tool_input FROM messages m"
-    " JOIN conversations c ON c.id = m.conversation_id"
-    " WHERE m.session_id = ? ORDER BY c.started_at, c.id, m.seq"
+    "SELECT m.role, m.content, m.name, m.tool_input FROM conversations c"
+    " JOIN message_data m ON m.conversation_n = c.n"
+    " WHERE c.session_id = ? ORDER BY c.started_at, c.n, m.seq"
 )
 _ADD_TO_COUNTER = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -447,11 +482,11 @@ class Transcript(NamedTuple):
 
 @dataclass(slots=True)
 class _Rows:
-    """A batch turned into table rows, ready for executemany."""
+    """A batch turned into rows in plain Python, before any lock is taken."""
 
-    conversations: list[tuple[Any, ...]]
-    messages: list[tuple[Any, ...]]
-    session_turns: list[Conversation]
+    # (record, its conversations row without ``n``); ``n`` and the message rows
+    # are assigned inside the transaction (see _insert_conversations).
+    conversations: list[tuple[Conversation, tuple[Any, ...]]]
     feedback: list[tuple[Any, ...]]
     users: dict[str, list[float]]
     sessions: dict[str, list[Any]]
@@ -491,38 +526,32 @@ def _touch_session(
 
 
 def _prepare(batch: Sequence[Record]) -> _Rows:
-    """Turn *batch* into rows in plain Python, before any lock is taken."""
-    rows = _Rows([], [], [], [], {}, {}, set())
+    """Turn *batch* into rows; raise TypeError for something that is not a record."""
+    rows = _Rows([], [], {}, {}, set())
     dumps = json.dumps
     for record in batch:
         if isinstance(record, Conversation):
             meta = record.metadata
             rows.conversations.append(
                 (
-                    record.id,
-                    record.user_id,
-                    record.session_id,
-                    record.started_at,
-                    record.ended_at,
-                    record.latency_ms,
-                    meta.get("model"),
-                    _int_or_none(meta.get("prompt_tokens")),
-                    _int_or_none(meta.get("completion_tokens")),
-                    _int_or_none(meta.get("total_tokens")),
-                    record.error,
-                    dumps(dict(meta), ensure_ascii=False, separators=(",", ":")),
+                    record,
+                    (
+                        record.id,
+                        record.user_id,
+                        record.session_id,
+                        record.started_at,
+                        record.ended_at,
+                        record.latency_ms,
+                        meta.get("model"),
+                        _int_or_none(meta.get("prompt_tokens")),
+                        _int_or_none(meta.get("completion_tokens")),
+                        _int_or_none(meta.get("total_tokens")),
+                        record.error,
+                        dumps(dict(meta), ensure_ascii=False, separators=(",", ":")),
+                    ),
                 )
             )
-            if record.session_id is None:
-                cid = record.id
-                rows.messages.extend(
-                    (cid, None, seq, m.role, m.content, m.name, m.tool_input)
-                    for seq, m in enumerate(record.messages)
-                )
-            else:
-                # Their messages depend on what the store already holds for the
-                # session, so they are built inside the transaction.
-                rows.session_turns.append(record)
+            if record.session_id is not None:
                 _touch_session(
                     rows.sessions,
                     record.session_id,
@@ -555,6 +584,22 @@ def _prepare(batch: Sequence[Record]) -> _Rows:
     return rows
 
 
+def _fingerprint(content: str) -> str:
+    """
+    A short stand-in for a message's content in the seen-sets.
+
+    Python's 64-bit string hash: seen-sets live in one process only, so the
+    per-process hash seed does not matter, and two different messages of one
+    session colliding is vanishingly unlikely (~n²/2⁶⁵).
+    """
+    return str(hash(content))
+
+
+def _keyed(messages: Iterable[Message]) -> tuple[Message, ...]:
+    """*messages* with their content replaced by its fingerprint."""
+    return tuple(Message(m.role, _fingerprint(m.content)) for m in messages)
+
+
 def _strip_history(
     messages: tuple[Message, ...], seen: set[tuple[str, str]]
 ) -> tuple[Message, ...]:
@@ -564,67 +609,146 @@ def _strip_history(
     strip_seen runs on the messages up to the turn's last user message (the
     prompt part) and keeps that message, as the in-process dedup keeps the last
     input: asking the same question twice is stored twice. What follows (tool
-    calls, the answer) is new by construction and always kept.
+    calls, the answer) is new by construction and always kept. *seen* holds
+    fingerprinted keys (see :func:`_keyed`).
     """
-    last_user = -1
+    end = len(messages)
     for index in range(len(messages) - 1, -1, -1):
         if messages[index].role == "user":
-            last_user = index
+            end = index + 1
             break
-    if last_user < 0:
-        return strip_seen(messages, seen)
-    return strip_seen(messages[: last_user + 1], seen) + messages[last_user + 1 :]
+    kept = strip_seen(_keyed(messages[:end]), seen)
+    return messages[end - len(kept) :]
 
 
-def _session_message_rows(
-    conn: sqlite3.Connection, turns: list[Conversation]
-) -> list[tuple[Any, ...]]:
+@dataclass(slots=True)
+class _Seen:
+    """A session's seen-set: keys of its messages in turns numbered up to ``upto``."""
+
+    upto: int
+    keys: set[tuple[str, str]]
+    counted: int = 0
+
+
+class _SeenCache:
     """
-    Message rows for session turns, without history other writers already stored.
+    Per-process seen-sets of recently written sessions, bounded by key count.
 
-    Runs inside the write transaction, so no other process can add messages to
-    these sessions between reading their seen-sets and inserting.
+    Conversation numbers only grow (each is max + 1, assigned under the write
+    lock), so a cached seen-set is brought up to date by reading just the
+    session's turns numbered above its ``upto``: the ones other processes wrote
+    since. Keys are fingerprints, so an entry costs ~100 bytes per message.
+    Entries are updated in place during a transaction; if it fails the owner
+    calls :meth:`clear`, so no uncommitted state survives.
     """
-    known: set[str] = set()
-    ids = [turn.id for turn in turns]
+
+    def __init__(self, max_keys: int = _SEEN_CACHE_KEYS) -> None:
+        self._entries: OrderedDict[str, _Seen] = OrderedDict()
+        self._max_keys = max_keys
+        self._keys = 0
+
+    def load(self, conn: sqlite3.Connection, session_id: str) -> _Seen:
+        """The session's seen-set, brought up to date from *conn*."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            entry = self._entries[session_id] = _Seen(0, set())
+        else:
+            self._entries.move_to_end(session_id)
+        upto = entry.upto
+        keys = entry.keys
+        for n, role, content in conn.execute(_SELECT_SEEN, (session_id, upto)):
+            keys.add((role, _fingerprint(content)))
+            upto = max(upto, n)
+        entry.upto = upto
+        return entry
+
+    def settle(self, touched: Iterable[_Seen]) -> None:
+        """After a commit: recount *touched* entries and evict the oldest."""
+        for entry in touched:
+            size = len(entry.keys)
+            self._keys += size - entry.counted
+            entry.counted = size
+        while self._keys > self._max_keys and self._entries:
+            _, evicted = self._entries.popitem(last=False)
+            self._keys -= evicted.counted
+
+    def clear(self) -> None:
+        """Forget everything (after a failed transaction, a reconnect, a fork)."""
+        self._entries.clear()
+        self._keys = 0
+
+
+def _existing_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Which of *ids* are stored conversations (one indexed query per 500 ids)."""
+    found: set[str] = set()
     for start in range(0, len(ids), _MAX_PARAMS):
         chunk = ids[start : start + _MAX_PARAMS]
-        marks = ",".join("?" * len(chunk))
+        marks = ",".join("?" * len(chunk))  # placeholders only; values are bound
         query = f"SELECT id FROM conversations WHERE id IN ({marks})"
-        known.update(row[0] for row in conn.execute(query, chunk))
-    seen_by_session: dict[str, set[tuple[str, str]]] = {}
-    rows: list[tuple[Any, ...]] = []
-    for turn in turns:
-        if turn.id in known:
-            continue  # re-delivered: its messages are stored already
-        known.add(turn.id)
-        sid = turn.session_id
-        assert sid is not None
-        seen = seen_by_session.get(sid)
-        if seen is None:
-            seen = {
-                (role, content) for role, content in conn.execute(_SELECT_SEEN, (sid,))
-            }
-            seen_by_session[sid] = seen
-        kept = _strip_history(turn.messages, seen)
-        remember(seen, kept)
-        cid = turn.id
-        rows.extend(
-            (cid, sid, seq, m.role, m.content, m.name, m.tool_input)
-            for seq, m in enumerate(kept)
+        found.update(row[0] for row in conn.execute(query, chunk))
+    return found
+
+
+def _insert_conversations(
+    conn: sqlite3.Connection,
+    items: list[tuple[Conversation, tuple[Any, ...]]],
+    cache: _SeenCache,
+) -> list[_Seen]:
+    """
+    Insert the conversations not stored yet, with their messages.
+
+    Runs inside the write transaction, so no other process can insert between
+    the existence check, the seen-set reads and the inserts. Conversations
+    already stored (re-delivered) are skipped whole.
+
+    Returns:
+        The seen-sets it used, for ``cache.settle`` once committed.
+    """
+    stored = _existing_ids(conn, [record.id for record, _ in items])
+    n = conn.execute("SELECT coalesce(max(n), 0) FROM conversations").fetchone()[0]
+    sessions: dict[str, _Seen] = {}
+    conversation_rows: list[tuple[Any, ...]] = []
+    message_rows: list[tuple[Any, ...]] = []
+    for record, row in items:
+        if record.id in stored:
+            continue
+        stored.add(record.id)
+        n += 1
+        conversation_rows.append((n, *row))
+        messages = record.messages
+        sid = record.session_id
+        if sid is not None:
+            # Another process (or a request with a fresh in-memory Session) may
+            # have stored this session's earlier turns: drop the history the
+            # prompt re-sent. Read from the store once per session and batch.
+            seen = sessions.get(sid)
+            if seen is None:
+                seen = sessions[sid] = cache.load(conn, sid)
+            messages = _strip_history(messages, seen.keys)
+            remember(seen.keys, _keyed(messages))
+            seen.upto = n
+        message_rows.extend(
+            (n, seq, m.role, m.content, m.name, m.tool_input)
+            for seq, m in enumerate(messages)
         )
-    return rows
+    if conversation_rows:
+        conn.executemany(_INSERT_CONVERSATION, conversation_rows)
+    if message_rows:
+        conn.executemany(_INSERT_MESSAGE, message_rows)
+    return list(sessions.values())
 
 
-def _write(conn: sqlite3.Connection, rows: _Rows) -> None:
-    """Store prepared rows; the caller holds a write transaction."""
-    messages = rows.messages
-    if rows.session_turns:
-        messages = messages + _session_message_rows(conn, rows.session_turns)
+def _write(conn: sqlite3.Connection, rows: _Rows, cache: _SeenCache) -> list[_Seen]:
+    """
+    Store prepared rows; the caller holds a write transaction.
+
+    Returns:
+        The seen-sets used, for ``cache.settle`` after the commit. If the
+        transaction fails instead, the caller must ``cache.clear()``.
+    """
+    touched: list[_Seen] = []
     if rows.conversations:
-        conn.executemany(_INSERT_CONVERSATION, rows.conversations)
-    if messages:
-        conn.executemany(_INSERT_MESSAGE, messages)
+        touched = _insert_conversations(conn, rows.conversations, cache)
     if rows.users:
         conn.executemany(
             _UPSERT_USER, [(uid, a, b) for uid, (a, b) in rows.users.items()]
@@ -634,6 +758,7 @@ def _write(conn: sqlite3.Connection, rows: _Rows) -> None:
     if rows.feedback:
         conn.executemany(_INSERT_FEEDBACK, rows.feedback)
         conn.executemany(_RECOUNT_RATINGS, [(sid,) for sid in rows.rated_sessions])
+    return touched
 
 
 @contextlib.contextmanager
@@ -737,6 +862,12 @@ def _open_writer(path: str, busy_timeout: float) -> sqlite3.Connection:
         # (a power loss can drop the last commits, never corrupt the file).
         conn.execute("PRAGMA journal_mode = WAL").fetchone()
         conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoint every ~40 MB of WAL instead of 4 MB: pages rewritten by
+        # successive batches reach the database file once, with fewer fsyncs.
+        # The WAL is truncated back to that size after a checkpoint.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES:d}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT:d}")
+        conn.execute(f"PRAGMA cache_size = {_CACHE_SIZE:d}")
         _migrate(conn, path)
     except sqlite3.Error as exc:
         conn.close()
@@ -846,6 +977,7 @@ class SQLiteExporter:
         # row id -> lease_until of the rows this instance claimed; release/fail
         # only touch a row while it still carries that lease (see outbox_release).
         self._leases: dict[int, float] = {}
+        self._seen = _SeenCache()
         _WRITERS.add(self)
 
     @property
@@ -866,6 +998,7 @@ class SQLiteExporter:
             self._conn = None
         self._pid = os.getpid()
         self._leases.clear()
+        self._seen.clear()
 
     def _connection(self) -> sqlite3.Connection:
         """The writer connection, opened on first use; call with the lock held."""
@@ -880,12 +1013,16 @@ class SQLiteExporter:
             self._pid = os.getpid()
             self._leases.clear()
         if self._conn is None:
+            # A new connection may see a different file (replaced, restored):
+            # start with no cached seen-sets.
+            self._seen.clear()
             self._conn = _open_writer(self._path, self._busy_timeout)
         return self._conn
 
     def _discard_connection(self) -> None:
         """Close the connection after an error; the next call reopens and rechecks."""
         conn, self._conn = self._conn, None
+        self._seen.clear()
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
@@ -959,7 +1096,8 @@ class SQLiteExporter:
                 return ExportResult.failure(n)
             try:
                 with _transaction(conn):
-                    _write(conn, rows)
+                    touched = _write(conn, rows, self._seen)
+                self._seen.settle(touched)
             except Exception as exc:  # noqa: BLE001 - export must never raise
                 self._discard_connection()
                 self._log_once(
@@ -1057,16 +1195,23 @@ class SQLiteExporter:
         payloads = [(record.id, record_to_json(record), now) for record in batch]
         local = _prepare(batch) if self._keep_local else None
 
-        def op(conn: sqlite3.Connection) -> tuple[int, int]:
-            conn.executemany(
-                "INSERT INTO outbox (record_id, payload, created_at) VALUES (?, ?, ?)",
-                payloads,
-            )
-            if local is not None:
-                _write(conn, local)
-            return self._enforce_bound(conn)
-
-        dropped, pending = self._write_op(op)
+        with self._lock:
+            conn = self._connection()
+            try:
+                with _transaction(conn):
+                    conn.executemany(
+                        "INSERT INTO outbox (record_id, payload, created_at)"
+                        " VALUES (?, ?, ?)",
+                        payloads,
+                    )
+                    touched = [] if local is None else _write(conn, local, self._seen)
+                    dropped, pending = self._enforce_bound(conn)
+                self._seen.settle(touched)
+            except BaseException as exc:
+                self._seen.clear()  # it may hold keys of the rolled-back batch
+                if isinstance(exc, sqlite3.Error):
+                    self._discard_connection()
+                raise
         if dropped:
             message = (
                 f"context_trace: outbox at {self._path} holds more than"
@@ -1301,7 +1446,7 @@ def _outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 _CONVERSATION_COLUMNS = (
     "id, user_id, session_id, started_at, ended_at, latency_ms, model,"
-    " prompt_tokens, completion_tokens, total_tokens, error, metadata"
+    " prompt_tokens, completion_tokens, total_tokens, error, metadata, n"
 )
 
 
@@ -1484,9 +1629,9 @@ class SQLiteReader:
         if not conversations:
             return None
         messages = self._rows(
-            "SELECT role, content, name, tool_input FROM messages"
-            " WHERE conversation_id = ? ORDER BY seq",
-            (id,),
+            "SELECT role, content, name, tool_input FROM message_data"
+            " WHERE conversation_n = ? ORDER BY seq",
+            (conversations[0][12],),
         )
         return Transcript(
             "conversation",
@@ -1534,29 +1679,30 @@ class SQLiteReader:
 
         .. versionadded:: 0.1.0
         """
-        after: tuple[float, str] | None = None
+        after: tuple[float, int] | None = None
         while True:
             if after is None:
                 page = self._rows(
                     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
-                    " WHERE started_at >= ? ORDER BY started_at, id LIMIT ?",
+                    " WHERE started_at >= ? ORDER BY started_at, n LIMIT ?",
                     (float("-inf") if since is None else since, _READ_PAGE),
                 )
             else:
                 page = self._rows(
                     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
-                    " WHERE (started_at, id) > (?, ?) ORDER BY started_at, id LIMIT ?",
+                    " WHERE (started_at, n) > (?, ?) ORDER BY started_at, n LIMIT ?",
                     (after[0], after[1], _READ_PAGE),
                 )
             if not page:
                 return
-            ids = [row[0] for row in page]
-            marks = ",".join("?" * len(ids))
-            messages: dict[str, list[Message]] = {}
+            numbers = [row[12] for row in page]
+            marks = ",".join("?" * len(numbers))  # placeholders; values are bound
+            messages: dict[int, list[Message]] = {}
             for row in self._rows(
-                "SELECT conversation_id, role, content, name, tool_input FROM messages"
-                f" WHERE conversation_id IN ({marks}) ORDER BY conversation_id, seq",
-                ids,
+                "SELECT conversation_n, role, content, name, tool_input"
+                f" FROM message_data WHERE conversation_n IN ({marks})"
+                " ORDER BY conversation_n, seq",
+                numbers,
             ):
                 messages.setdefault(row[0], []).append(_message(row[1:]))
             for row in page:
@@ -1573,10 +1719,10 @@ class SQLiteReader:
                     total_tokens=row[9],
                     error=row[10],
                     metadata=json.loads(row[11]),
-                    messages=tuple(messages.get(row[0], ())),
+                    messages=tuple(messages.get(row[12], ())),
                 )
             last = page[-1]
-            after = (last[3], last[0])
+            after = (last[3], last[12])
 
     def daily_stats(self) -> list[DayStats]:
         """

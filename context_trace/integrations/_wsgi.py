@@ -353,5 +353,6 @@ class ContextTraceWSGIMiddleware:
             isinstance(file_wrapper, type) and isinstance(body, file_wrapper)
         ):
             # Files sent with the server's file wrapper keep their fast path.
+            request_done()
             return body
         return _ScopedBody(final, body)

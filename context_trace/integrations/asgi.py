@@ -12,7 +12,9 @@ and threads that copy the context, so every chunk is attributed.
 ``lifespan.shutdown.complete`` (or ``.failed``) reaches the server, queued
 records are flushed (bounded by ``shutdown_timeout``). uvicorn re-raises
 SIGTERM once its graceful shutdown is done, so ``atexit`` hooks never run
-there; this flush is what gets the last turns out.
+there; this flush is what gets the last turns out. An app that does not speak
+the lifespan protocol gets no such flush: call ``context_trace.flush()`` from
+its own shutdown code.
 
 Starlette is optional: with it installed, resolvers receive a
 ``starlette.requests.Request``; without it, the raw ASGI scope dict.
@@ -106,7 +108,10 @@ class ContextTraceMiddleware:
 
     Resolvers run before routing: ``request.path_params`` is still empty and
     the body cannot be read. Use ``@track_user`` on the endpoint to attribute
-    by a path parameter.
+    by a path parameter. An endpoint's ``@track_user`` scope ends when the
+    endpoint returns, so the body of a ``StreamingResponse`` it returns runs in
+    the request's scope; decorate the generator itself to attribute the stream
+    to the endpoint's user.
 
     Args:
         app: The ASGI application to wrap.

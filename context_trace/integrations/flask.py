@@ -23,6 +23,8 @@ How the resolvers and streaming fit together:
   The middleware returns a body that re-enters the request's (refined) scope
   for every chunk and for ``close()``, so a generator that calls
   ``chain.stream`` (with or without ``stream_with_context``) is attributed.
+  A view's own ``@track_user`` scope ends when the view returns: to attribute
+  a stream to the view's user, decorate the generator function itself.
 
 Pushing a second request context from the middleware to run the resolvers
 would also work, but it would open the session twice and run before every
@@ -67,6 +69,13 @@ _EXTENSION_KEY = "context_trace"
 def _no_value(environ: object) -> None:
     """Leaves a field to the ``before_request`` resolver."""
     return None
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or spec-less module in sys.modules
+        return False
 
 
 def _login_user_id() -> str | None:
@@ -123,7 +132,7 @@ class ContextTrace:
         self._user_id = user_id
         self._session_id = session_id
         self._metadata = check_metadata_source(metadata)
-        self._login = importlib.util.find_spec("flask_login") is not None
+        self._login = _module_available("flask_login")
         if app is not None:
             self.init_app(app)
 
@@ -149,13 +158,15 @@ class ContextTrace:
             return
         if existing is not None or isinstance(app.wsgi_app, ContextTraceWSGIMiddleware):
             raise RuntimeError("context_trace is already set up on this Flask app")
+        # First: Flask refuses new hooks once the app has served a request, and
+        # then wsgi_app must stay as it is.
+        app.before_request(self._before_request)
         app.wsgi_app = ContextTraceWSGIMiddleware(  # type: ignore[method-assign]
             app.wsgi_app,
             user_id=_no_value if self._user_id is not None else None,
             session_id=_no_value if self._session_id is not None else None,
             metadata=None if callable(self._metadata) else self._metadata,
         )
-        app.before_request(self._before_request)
         app.extensions[_EXTENSION_KEY] = self
 
     def _before_request(self) -> None:

@@ -213,16 +213,16 @@ class TestHeaderSessions:
         sessions = _HeaderSessions(2)
         system = Message("system", "sys")
 
-        sessions.dedup("a", [system, Message("user", "q")], [False, False], [])
-        sessions.dedup("b", [system, Message("user", "q")], [False, False], [])
-        sessions.dedup("a", [system, Message("user", "q2")], [False, False], [])
-        sessions.dedup("c", [system, Message("user", "q")], [False, False], [])
+        sessions.dedup("a", [system, Message("user", "q")], [])
+        sessions.dedup("b", [system, Message("user", "q")], [])
+        sessions.dedup("a", [system, Message("user", "q2")], [])
+        sessions.dedup("c", [system, Message("user", "q")], [])
 
         assert (Message("user", "q3"),) == sessions.dedup(
-            "a", [system, Message("user", "q3")], [False, False], []
+            "a", [system, Message("user", "q3")], []
         )
         assert (system, Message("user", "q3")) == sessions.dedup(
-            "b", [system, Message("user", "q3")], [False, False], []
+            "b", [system, Message("user", "q3")], []
         )
 
     def test_stored_session_transcript(self, tmp_path: Path) -> None:

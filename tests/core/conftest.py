@@ -1,35 +1,42 @@
-"""Fixtures for the core tests: clean global state, captured records, chains."""
+"""
+Fixtures for the core tests: captured records, a chain, and clean state.
+
+``tests/conftest.py`` resets the configuration and the ``CONTEXT_*`` environment
+around every test; this adds what the core tests also need to start clean.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.runnables import Runnable
 
-from context_trace import _config, _handler, uninstrument_threads
+from context_trace import _config, uninstrument_threads
 from context_trace._scopes import current_scope
 from context_trace.testing import CapturedRecords, capture
 
 from ._helpers import echo_chain
 
+# LangSmith switches: they would make run_metadata="auto" behave differently and
+# send traces over the network.
+_TRACING_ENV = (
+    "LANGSMITH_TRACING",
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_TRACING_V2",
+    "LANGCHAIN_TRACING",
+)
+
 
 @pytest.fixture(autouse=True)
-def _clean_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    """Fresh config from a clean environment; nothing leaks between tests."""
-    for name in list(os.environ):
-        if name.startswith(("CONTEXT_", "GETCONTEXT_")):
-            monkeypatch.delenv(name)
-    # Never write to the real ~/.context_trace store, whatever a test does.
-    monkeypatch.setenv(_config.ENV_DB, str(tmp_path / "traces.db"))
-    _config.reset()
+def _clean_core_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No tracing env, no thread instrumentation, and no scope left active."""
+    for name in _TRACING_ENV:
+        monkeypatch.delenv(name, raising=False)
+    _config.reset()  # re-read the environment without the tracing switches
     yield
     uninstrument_threads()
-    _config.reset()
-    _handler._CLAIMED.clear()
     assert current_scope() is None, "a test leaked an active scope"
 
 

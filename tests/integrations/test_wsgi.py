@@ -1,5 +1,7 @@
 """The framework-neutral WSGI middleware, driven through the plain WSGI protocol."""
 
+# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 from __future__ import annotations
 
 import io
@@ -20,7 +22,9 @@ from context_trace.integrations import ContextTraceWSGIMiddleware
 CHAIN = ParrotFakeChatModel() | StrOutputParser()
 
 
-def chat_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+def chat_app(
+    environ: dict[str, Any], start_response: Callable[..., Any]
+) -> list[bytes]:
     """A bare WSGI app: answers the query string through the chain."""
     answer = CHAIN.invoke(environ.get("QUERY_STRING") or "hello")
     start_response("200 OK", [("Content-Type", "text/plain")])
@@ -171,3 +175,57 @@ class TestImports:
         )
 
         assert "[]" == result.stdout.strip()
+
+    def test_flask_integration_without_flask_says_how_to_install_it(self) -> None:
+        """Without Flask, importing the Flask integration names the extra to install."""
+        code = (
+            "import sys\n"
+            "sys.modules['flask'] = None\n"
+            "try:\n"
+            "    import context_trace.integrations.flask\n"
+            "except ImportError as exc:\n"
+            "    print(exc)\n"
+        )
+
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+        assert (
+            "context_trace.integrations.flask requires Flask; "
+            "install 'context-trace[flask]'"
+        ) == result.stdout.strip()
+
+    def test_asgi_middleware_without_starlette_passes_the_scope_dict(self) -> None:
+        """Without Starlette, the ASGI middleware works and resolvers get the raw scope."""
+        code = (
+            "import asyncio, sys\n"
+            "sys.modules['starlette'] = None\n"
+            "from context_trace import current_user\n"
+            "from context_trace.integrations.asgi import ContextTraceMiddleware\n"
+            "seen = []\n"
+            "async def app(scope, receive, send):\n"
+            "    seen.append(current_user())\n"
+            "    await send({'type': 'http.response.start', 'status': 200})\n"
+            "async def receive():\n"
+            "    return {'type': 'http.request'}\n"
+            "async def send(message):\n"
+            "    pass\n"
+            "mw = ContextTraceMiddleware(app, user_id=lambda s: type(s).__name__)\n"
+            "asyncio.run(mw({'type': 'http', 'headers': []}, receive, send))\n"
+            "print(seen, 'starlette' in sys.modules and sys.modules['starlette'])\n"
+        )
+
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+        assert "['dict'] None" == result.stdout.strip()

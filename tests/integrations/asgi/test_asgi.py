@@ -1,5 +1,7 @@
 """The ASGI middleware with Starlette: headers, resolvers, streaming, pass-through, lifespan flush."""
 
+# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 from __future__ import annotations
 
 import logging
@@ -223,7 +225,9 @@ class TestResolvers:
 
         client = TestClient(make_app(user_id=resolve))
 
-        client.post("/chat?uid=from-query", json={"message": "hi"}, headers={"X-User-Id": "u1"})
+        client.post(
+            "/chat?uid=from-query", json={"message": "hi"}, headers={"X-User-Id": "u1"}
+        )
 
         assert [Request] == [type(r) for r in seen]
         [conversation] = conversations(exporter)
@@ -301,7 +305,9 @@ class TestResolvers:
             ({"metadata": {"k": object()}}, r"metadata\['k'\]"),
         ],
     )
-    def test_bad_arguments_are_rejected(self, kwargs: dict[str, Any], match: str) -> None:
+    def test_bad_arguments_are_rejected(
+        self, kwargs: dict[str, Any], match: str
+    ) -> None:
         """Bad resolver or metadata arguments fail at construction, naming the argument."""
 
         async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -1,5 +1,7 @@
 """FastAPI: the middleware plus @track_user on endpoints whose signatures FastAPI reads."""
 
+# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 from __future__ import annotations
 
 from typing import Any

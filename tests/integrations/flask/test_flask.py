@@ -1,5 +1,7 @@
 """The Flask extension: per-request scopes, resolvers, streaming, threads, a real server."""
 
+# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -506,6 +508,18 @@ class TestExtension:
         """init_app names the expected type."""
         with pytest.raises(TypeError, match=r"app must be a flask\.Flask"):
             ContextTrace().init_app(object())  # type: ignore[arg-type]
+
+    def test_init_app_after_the_first_request_changes_nothing(self) -> None:
+        """Flask refuses the hook once the app has served; wsgi_app stays unwrapped."""
+        app = add_routes(Flask(__name__))
+        app.test_client().post("/chat", json={"message": "hi"})
+        original = app.wsgi_app
+
+        with pytest.raises(AssertionError, match="already handled its first request"):
+            ContextTrace(app)
+
+        assert original == app.wsgi_app
+        assert "context_trace" not in app.extensions
 
     def test_lazy_attribute_is_this_module(self) -> None:
         """context_trace.flask is the integration module."""
