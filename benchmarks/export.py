@@ -2,7 +2,7 @@
 Export throughput (SQLite, Context API) and app latency while the backend is down.
 
     python benchmarks/export.py [--records 50000] [--rounds 3] [--ops 200]
-                                [--http-records 1000] [--lat-rounds 15] [--profile]
+                                [--http-records 600] [--lat-rounds 10] [--profile]
 
 Three parts, each measured against a baseline taken in the same run, with the
 contenders interleaved in a freshly shuffled order every round so machine noise
@@ -51,6 +51,7 @@ import copy
 import cProfile
 import io
 import json
+import logging
 import multiprocessing
 import os
 import pstats
@@ -421,7 +422,7 @@ def part_sqlite(args: argparse.Namespace, pool: Any, tmp: str) -> dict[str, Any]
                 (timer.prepare_cpu / n * 1e6, timer.export_cpu / n * 1e6)
             )
             del items
-        print(f"  round {r + 1}/{args.rounds} done", file=sys.stderr)
+        print(f"  round {r + 1}/{args.rounds} done", flush=True)
 
     print(f"\n1. Pipeline throughput, {n:,} records, median of {args.rounds} rounds")
     print(
@@ -493,6 +494,7 @@ def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[st
         (mix, sink) for mix in ("plain", "sessions") for sink in ("direct", "outbox")
     ]
     rates: dict[tuple[str, str], list[float]] = {u: [] for u in units}
+    cpu: dict[tuple[str, str], list[float]] = {u: [] for u in units}
     counter = 0
     for _ in range(args.rounds):
         random.shuffle(units)
@@ -508,18 +510,23 @@ def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[st
                 OutboxExporter(store, remote) if sink == "outbox" else remote
             )
             server.reset()
-            result = run_pipeline(items, exporter)
+            timer = WorkerTimer(exporter)
+            result = run_pipeline(items, exporter, timer)
             if sink == "direct":
                 store.shutdown()
             got = server.requests
             if got != n:
                 raise RuntimeError(f"server saw {got} requests for {n} records")
             rates[(mix, sink)].append(n / result["seconds"])
+            cpu[(mix, sink)].append(timer.export_cpu / n * 1e6)
 
     print(
         f"\n2. Pipeline throughput into a loopback Context API, {n:,} records, median of {args.rounds} rounds"
     )
-    print(f"{'mix':<10}{'exporter':<10}{'rec/s':>10}{'µs/rec':>9}{'x direct':>10}")
+    print(
+        f"{'mix':<10}{'exporter':<10}{'rec/s':>10}{'µs/rec':>9}{'x direct':>10}"
+        f"{'worker cpu µs/rec':>19}"
+    )
     report: dict[str, Any] = {}
     for mix in ("plain", "sessions"):
         base = rates[(mix, "direct")]
@@ -527,8 +534,16 @@ def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[st
             vals = rates[(mix, sink)]
             rate = statistics.median(vals)
             ratio = statistics.median(b / v for v, b in zip(vals, base, strict=True))
-            print(f"{mix:<10}{sink:<10}{rate:>10,.0f}{1e6 / rate:>9.1f}{ratio:>10.2f}")
-            report[f"{mix}/{sink}"] = {"records_per_s": rate, "x_direct": ratio}
+            used = statistics.median(cpu[(mix, sink)])
+            print(
+                f"{mix:<10}{sink:<10}{rate:>10,.0f}{1e6 / rate:>9.1f}{ratio:>10.2f}"
+                f"{used:>19.0f}"
+            )
+            report[f"{mix}/{sink}"] = {
+                "records_per_s": rate,
+                "x_direct": ratio,
+                "worker_cpu_us": used,
+            }
     return report
 
 
@@ -638,7 +653,6 @@ def part_latency(
             until = time.perf_counter() + args.settle
             while time.perf_counter() < until:
                 time_sync(scoped, 50)
-        enqueued0 = ct.stats()["enqueued"]
         cpu0, t0 = worker_cpu_seconds(), time.perf_counter()
         results: dict[str, list[float]] = {u: [] for u in units}
         for _ in range(args.lat_rounds):
@@ -648,7 +662,6 @@ def part_latency(
         seconds = time.perf_counter() - t0
         worker_cpu = worker_cpu_seconds() - cpu0
         stats = ct.stats()
-        turns = max(1, stats["enqueued"] - enqueued0)
         base = results["none"]
         rec = results["record-only"]
         row_report: dict[str, Any] = {
@@ -676,7 +689,7 @@ def part_latency(
         keys = ("enqueued", "exported", "pending", "queued", "dropped", "failed")
         print(
             f"{'':<9}worker: {worker_cpu * 1000:.0f} ms CPU in {seconds:.1f} s"
-            f" ({worker_cpu / turns * 1e6:.0f} µs per turn recorded meanwhile); "
+            f" ({worker_cpu / seconds:.0%} of a core); "
             + " ".join(f"{k}={stats[k]}" for k in keys)
         )
         report[name] = row_report
@@ -695,6 +708,17 @@ def part_latency(
     )
     ct.configure(enabled=False)
     return report
+
+
+class _OneLine(logging.Formatter):
+    """Library log records on one line: the exception's last line, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"  [log {record.levelname.lower()}] {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" ({type(exc).__name__}: {exc})"
+        return text
 
 
 def loadavg() -> str:
@@ -716,15 +740,15 @@ def main() -> None:
     ap.add_argument(
         "--ops", type=int, default=200, help="calls per latency row per round"
     )
-    ap.add_argument("--lat-rounds", type=int, default=15, help="rounds of part 3")
+    ap.add_argument("--lat-rounds", type=int, default=10, help="rounds of part 3")
     ap.add_argument(
         "--warmup", type=int, default=100, help="warm-up calls per latency row"
     )
     ap.add_argument(
-        "--http-records", type=int, default=1_000, help="records per HTTP run"
+        "--http-records", type=int, default=600, help="records per HTTP run"
     )
     ap.add_argument(
-        "--settle", type=float, default=8.0, help="seconds of traffic before down/slow"
+        "--settle", type=float, default=6.0, help="seconds of traffic before down/slow"
     )
     ap.add_argument(
         "--pool", type=int, default=4_000, help="real turns recorded for (b)"
@@ -746,6 +770,12 @@ def main() -> None:
     os.environ["CONTEXT_TRACE_DB"] = os.path.join(tmp, "default.db")
 
     import context_trace as ct
+
+    # Library warnings go to stdout in order with the tables, one line each.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_OneLine())
+    logging.getLogger("context_trace").addHandler(handler)
+    logging.getLogger("context_trace").propagate = False
 
     started = time.perf_counter()
     chain = build_chain()

@@ -70,8 +70,8 @@ __all__ = [
 ]
 
 _LAZY_MODULES = {
-    "asgi": "context_trace.integrations.asgi",
-    "flask": "context_trace.integrations.flask",
+    "asgi": "context_trace.asgi",
+    "flask": "context_trace.flask",
     "testing": "context_trace.testing",
 }
 

@@ -563,6 +563,9 @@ def reset() -> None:
     with _STATE.lock:
         _STATE.config = None
         _STATE.logged.clear()
+    from ._convert import reset_header_sessions
+
+    reset_header_sessions()
 
 
 def _replace_config(**changes: Any) -> Config:

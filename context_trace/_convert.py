@@ -150,13 +150,9 @@ def answer_text(output: Any) -> str:
         return output
     if isinstance(output, BaseMessage):
         text = content_text(output.content)
-        if not text and getattr(output, "tool_calls", None):
-            text = _compact(
-                [
-                    {"name": c.get("name"), "args": c.get("args")}
-                    for c in output.tool_calls
-                ]
-            )  # type: ignore[attr-defined]
+        calls = getattr(output, "tool_calls", None)
+        if not text and calls:
+            text = _compact([{"name": c.get("name"), "args": c.get("args")} for c in calls])
         return text
     if isinstance(output, LLMResult):
         if output.generations and output.generations[0]:

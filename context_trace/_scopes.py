@@ -73,6 +73,8 @@ _ACTIVE_SCOPE: ContextVar[Scope | None] = ContextVar(
 _ACTIVE_HANDLER: ContextVar[RecordingHandler | None] = ContextVar(
     "context_trace.active_handler", default=None
 )
+# The tokens of the innermost activation in this context (see Scope.activate).
+_TOKENS: ContextVar[list[Any] | None] = ContextVar("context_trace.scope_tokens", default=None)
 # inheritable=True: child runs keep the handler even when they are configured in
 # another context (LangChain copies handlers from the parent run manager).
 register_configure_hook(_ACTIVE_HANDLER, True)
@@ -222,7 +224,7 @@ class Scope:
     None when recording is off (disabled, or sampled out).
     """
 
-    __slots__ = ("_tokens", "handler", "metadata", "session", "user_id")
+    __slots__ = ("handler", "metadata", "session", "user_id")
 
     def __init__(
         self,
@@ -235,7 +237,6 @@ class Scope:
         self.session = session
         self.metadata = metadata
         self.handler = handler
-        self._tokens: list[tuple[Token[Any], Token[Any], Token[Any] | None]] = []
 
     @property
     def session_id(self) -> str | None:
@@ -261,24 +262,34 @@ class Scope:
             metadata = {**((parent or {}).get("metadata") or {}), **self._run_metadata()}
             config = cast("RunnableConfig", {**(parent or {}), "metadata": metadata})
             config_token = var_child_runnable_config.set(config)
-        self._tokens.append(
-            (_ACTIVE_SCOPE.set(self), _ACTIVE_HANDLER.set(self.handler), config_token)
-        )
+        # The tokens live in a ContextVar, not on the scope: one Scope may be active
+        # in several threads or tasks at once (a shared stream, a shared factory),
+        # and each context must restore its own outer state.
+        entry: list[Any] = [
+            _ACTIVE_SCOPE.set(self),
+            _ACTIVE_HANDLER.set(self.handler),
+            config_token,
+            None,
+        ]
+        entry[3] = _TOKENS.set(entry)
 
     def deactivate(self) -> None:
-        """Restore the state from before the matching :meth:`activate`."""
+        """Restore the state from before the matching :meth:`activate` in this context."""
+        entry = _TOKENS.get()
+        if entry is None:
+            _logger.debug("context_trace: deactivate() without activate() in this context")
+            return
+        scope_token, handler_token, config_token, own_token = entry
         try:
-            scope_token, handler_token, config_token = self._tokens.pop()
+            _TOKENS.reset(own_token)
             if config_token is not None:
                 var_child_runnable_config.reset(config_token)
             _ACTIVE_HANDLER.reset(handler_token)
             _ACTIVE_SCOPE.reset(scope_token)
-        except (IndexError, ValueError, RuntimeError):
+        except (ValueError, RuntimeError):
             # A token from another context (a generator finished elsewhere): never
             # raise into the app; the context it belonged to is gone anyway.
-            _logger.debug(
-                "context_trace: could not restore the outer scope", exc_info=True
-            )
+            _logger.debug("context_trace: could not restore the outer scope", exc_info=True)
 
     def __enter__(self) -> Scope:
         self.activate()

@@ -59,8 +59,8 @@ class TestSupportBot:
             contains="Where is my parcel?",
             count=1,
         )
-        assert turn.metadata["feature"] == "support"
-        assert turn.answer == "Where is my parcel?"  # the echo model repeats it
+        assert "support" == turn.metadata["feature"]
+        assert "Where is my parcel?" == turn.answer  # the echo model repeats it
 
     def test_session_groups_turns_and_keeps_the_rating(
         self, context_trace_records: CapturedRecords
@@ -73,8 +73,8 @@ class TestSupportBot:
             session.rate(1)
 
         assert_conversation(context_trace_records, session_id="chat-1", count=2)
-        assert [(f.session_id, f.rating) for f in context_trace_records.feedback] == [
-            ("chat-1", 1)
+        assert [("chat-1", 1)] == [
+            (f.session_id, f.rating) for f in context_trace_records.feedback
         ]
 
     def test_failed_turn_is_recorded_as_an_error(
@@ -89,7 +89,7 @@ class TestSupportBot:
         [turn] = assert_conversation(
             context_trace_records, user_id="u-1", error=True, count=1
         )
-        assert turn.error == "TimeoutError: the model provider timed out"
+        assert "TimeoutError: the model provider timed out" == turn.error
 
     def test_nothing_is_recorded_outside_a_scope(
         self, context_trace_records: CapturedRecords
@@ -97,4 +97,4 @@ class TestSupportBot:
         """A chain called outside any user scope is not recorded."""
         support_chain().invoke({"text": "background job"})
 
-        assert list(context_trace_records) == []
+        assert [] == list(context_trace_records)

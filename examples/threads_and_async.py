@@ -37,28 +37,31 @@ chain = prompt | ParrotFakeChatModel() | StrOutputParser()  # answers with the q
 
 
 def ask(question: str) -> str:
-    """Runs on a worker thread; reports whom the turn is recorded for."""
+    """Runs on a worker thread; says whom the turn is recorded for."""
     answer = chain.invoke({"question": question})
-    print(f"  [{threading.current_thread().name}] user={ct.current_user()!r}: {answer}")
-    return answer
+    return f"  [{threading.current_thread().name}] user={ct.current_user()!r}: {answer}"
 
 
 # 1. A plain thread, with propagate(): the thread runs in a copy of this context.
 print("propagate() into a plain thread:")
+results: list[str] = []
 with ct.track_user("alice"):
-    worker = threading.Thread(target=ct.propagate(ask), args=("alice's question",))
+    worker = threading.Thread(
+        target=ct.propagate(lambda: results.append(ask("alice's question")))
+    )
     worker.start()
     worker.join()
+print(*results, sep="\n")
 
 # 2. A thread pool that carries the submitter's scope into its workers.
 print("ContextThreadPoolExecutor:")
 with ct.track_user("bob"), ct.ContextThreadPoolExecutor(max_workers=3) as pool:
-    list(pool.map(ask, [f"bob's question {n}" for n in (1, 2, 3)]))
+    print(*pool.map(ask, [f"bob's question {n}" for n in (1, 2, 3)]), sep="\n")
 
 # 3. Without either, a plain pool's threads see no user, and nothing is recorded.
 print("a plain ThreadPoolExecutor (not recorded):")
 with ct.track_user("mallory"), ThreadPoolExecutor(max_workers=1) as plain:
-    plain.submit(ask, "this turn has no user").result()
+    print(plain.submit(ask, "this turn has no user").result())
 
 
 # 4. asyncio: each task gets its own copy of the context, so its own user.
@@ -66,17 +69,16 @@ async def handle(user: str, question: str) -> str:
     async with ct.track_user(user):
         await asyncio.sleep(0)  # let the other tasks interleave
         answer = await chain.ainvoke({"question": question})
-        print(f"  [task {user}] user={ct.current_user()!r}: {answer}")
-        return answer
+        return f"  [task {user}] user={ct.current_user()!r}: {answer}"
 
 
-async def serve_concurrently() -> None:
+async def serve_concurrently() -> list[str]:
     users = ["carol", "dave", "erin", "carol"]
-    await asyncio.gather(*(handle(u, f"{u}'s async question") for u in users))
+    return await asyncio.gather(*(handle(u, f"{u}'s async question") for u in users))
 
 
 print("asyncio.gather with a user per task:")
-asyncio.run(serve_concurrently())
+print(*asyncio.run(serve_concurrently()), sep="\n")
 
 ct.flush()
 print("\nRecorded per user (alice 1, bob 3, carol 2, dave 1, erin 1, no mallory):")

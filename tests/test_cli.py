@@ -12,8 +12,6 @@ arguments, other error paths) call ``cli.main(argv)`` in this process, under the
 same environment.
 """
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
-
 from __future__ import annotations
 
 import csv
@@ -43,7 +41,7 @@ from context_trace import _config, _handler, cli
 from context_trace._exporters.sqlite import SQLiteExporter, SQLiteReader
 from context_trace._record import Conversation, Message
 
-from .exporters.context_server import FakeContextServer, free_port
+from .exporters.context_server import ROUTE_LOG, ROUTE_UPSERT, FakeContextServer
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-123"
@@ -947,29 +945,26 @@ class TestReplay:
             delivered,
         )
 
-    def test_undeliverable_records_stay_pending(
-        self, tmp_path: Path, main: Any
-    ) -> None:
-        """When the API is down, the records stay in the outbox and the status is 1."""
+    def test_rejected_records_fail_the_command(self, tmp_path: Path) -> None:
+        """Records the API rejects are counted as failed, and the status is 1."""
         path = tmp_path / "outbox.db"
         _outbox_store(path, 1)
 
-        result = main(
-            "replay",
-            "--db",
-            str(path),
-            "--token",
-            TOKEN,
-            "--endpoint",
-            f"http://127.0.0.1:{free_port()}",
-        )
+        with FakeContextServer(token=TOKEN) as server:
+            for route in (ROUTE_LOG, ROUTE_UPSERT):
+                server.script(route, [400])
+            result = run_cli(
+                "replay", "--db", str(path), "--token", TOKEN, "--endpoint", server.url
+            )
 
-        assert (1, "delivered 0, failed 0, still pending 1\n") == (
+        assert (1, "delivered 0, failed 1, still pending 0\n") == (
             result.returncode,
             result.stdout,
         )
         with SQLiteReader(path) as reader:
-            assert 1 == reader.outbox_counts()["pending"]
+            assert {"pending": 0, "leased": 0, "dropped": 0, "failed": 1} == (
+                reader.outbox_counts()
+            )
 
     def test_empty_outbox_needs_no_request(self, tmp_path: Path, main: Any) -> None:
         """With nothing waiting, replay says so and exits 0."""

@@ -6,8 +6,6 @@ in its environment, which the demo must ignore); the tests then check what it
 printed and, exactly, what it stored.
 """
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
-
 from __future__ import annotations
 
 import json

@@ -7,8 +7,6 @@ directory; the test checks its output and then the store it wrote.
 ``examples/test_with_context_trace.py`` is run through pytest.
 """
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
-
 from __future__ import annotations
 
 import os
