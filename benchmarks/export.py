@@ -2,7 +2,10 @@
 Export throughput (SQLite, Context API) and app latency while the backend is down.
 
     python benchmarks/export.py [--records 50000] [--rounds 3] [--ops 200]
-                                [--http-records 600] [--lat-rounds 10] [--profile]
+        [--lat-rounds 10] [--http-records 600] [--pool 4000] [--settle 6]
+        [--tmpdir DIR] [--skip sqlite,http,latency] [--profile] [--json FILE]
+
+The default run takes about two minutes on an idle 2-core machine.
 
 Three parts, each measured against a baseline taken in the same run, with the
 contenders interleaved in a freshly shuffled order every round so machine noise
@@ -25,18 +28,24 @@ hits all of them alike (medians over rounds):
 2. **Pipeline into a loopback Context API.** ``--http-records`` ready-made
    records through ``ContextAPIExporter`` (the real ``context-python`` client),
    directly behind ``BatchPipeline`` and behind ``OutboxExporter`` (local SQLite
-   outbox first). The server runs in its own process so its parsing does not
-   share our GIL; it answers 201 ``{}`` (200 for PATCH), the statuses the
-   generated client expects.
+   outbox first), for plain records, for the sessions mix, and for plain records
+   while the main thread keeps running the chain (``busy-app``: the worker then
+   competes for the GIL with a CPU-bound app thread). The server runs in its own
+   process so its parsing does not share our GIL; it answers 201 ``{}`` (200 for
+   PATCH), the statuses the generated client expects.
 3. **Invoke latency while the backend is unreachable or slow.** With
    ``configure(token="bench-token", endpoint=..., db_path=tmp)`` (the real
    outbox + Context exporter path), ``chain.invoke`` inside ``track_user`` is
-   timed against the same chain with no scope (nothing recorded or exported),
-   interleaved, for backends that are ``down`` (a closed port), ``slow`` (the
-   server sleeps 2 s per request), plus ``local`` (no token: SQLite only) and
-   ``up`` (fast server) for reference. The worker retries in the background
-   while we measure. Target: ``track_user`` within 1.1x of no export for down
-   and slow.
+   timed against the same chain with no scope (``none``: nothing recorded or
+   exported), interleaved with two more rows that split the cost: ``noop-cb``
+   (a do-nothing inline callback handler: LangChain's callback floor) and
+   ``record-only`` (``track_user`` with the turns discarded: the recorder
+   without export). Backends: ``down`` (a closed port) and ``slow`` (the server
+   sleeps 2 s per request), each after ``--settle`` seconds of traffic so the
+   worker is in its outage steady state, plus ``local`` (no token: SQLite only)
+   and ``up`` (fast server) for reference. The worker retries in the background
+   while we measure; its CPU use and the pipeline counters are printed per
+   backend. Target: ``track_user`` within 1.1x of ``none`` for down and slow.
 
 ``--profile`` adds a cProfile of the worker thread (conversion and export calls)
 for one (b) run into SQLite.
@@ -94,14 +103,14 @@ class _Sink(BaseHTTPRequestHandler):
             self.rfile.read(length)
         if self.delay:
             time.sleep(self.delay)
+        if self.counter is not None:  # counted before the client can see the answer
+            with self.counter.get_lock():
+                self.counter.value += 1
         # One write: headers and body in the same segment (no Nagle stalls).
         self.wfile.write(
             b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
             b"Content-Length: 2\r\n\r\n{}"
         )
-        if self.counter is not None:
-            with self.counter.get_lock():
-                self.counter.value += 1
 
     def do_POST(self) -> None:
         self._reply(b"201 Created")
@@ -351,9 +360,20 @@ class WorkerTimer:
 
 
 def run_pipeline(
-    items: Sequence[Any], exporter: Any, timer: WorkerTimer | None = None
+    items: Sequence[Any],
+    exporter: Any,
+    timer: WorkerTimer | None = None,
+    busy: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Emit *items* into a fresh BatchPipeline and flush; return timings and counters."""
+    """
+    Emit *items* into a fresh BatchPipeline and flush; return timings and counters.
+
+    With *busy*, this thread keeps calling it until the flush returns (the flush
+    waits on a helper thread): the worker then competes for the GIL with a
+    CPU-bound app thread, as in a busy server.
+    """
+    import threading
+
     from context_trace._pipeline import BatchPipeline
 
     n = len(items)
@@ -363,17 +383,24 @@ def run_pipeline(
         pipeline = BatchPipeline(exporter, max_queue=n + 1)
     pipeline.start()  # thread start is not part of the measurement
     emit = pipeline.emit
+    flushed: list[bool] = []
     t0 = time.perf_counter()
     for item in items:
         emit(item)
-    t_emitted = time.perf_counter()
-    done = pipeline.flush(timeout=600)
+    if busy is None:
+        flushed.append(pipeline.flush(timeout=600))
+    else:
+        waiter = threading.Thread(target=lambda: flushed.append(pipeline.flush(600)))
+        waiter.start()
+        while waiter.is_alive():
+            busy()
+        waiter.join()
     t1 = time.perf_counter()
     stats = pipeline.stats()
     pipeline.shutdown(30)
-    if not done or stats["exported"] != n or stats["dropped"] or stats["failed"]:
-        raise RuntimeError(f"pipeline run incomplete: flushed={done} stats={stats}")
-    return {"seconds": t1 - t0, "emit_seconds": t_emitted - t0, "stats": stats}
+    if not flushed[0] or stats["exported"] != n or stats["dropped"] or stats["failed"]:
+        raise RuntimeError(f"pipeline run incomplete: flushed={flushed} stats={stats}")
+    return {"seconds": t1 - t0, "stats": stats}
 
 
 def sqlite_rows(path: str) -> int:
@@ -484,22 +511,28 @@ def profile_sqlite(args: argparse.Namespace, pool: Any, tmp: str) -> str:
     return out.getvalue()
 
 
-def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[str, Any]:
+def part_http(
+    args: argparse.Namespace, server: SinkServer, chain: Any, tmp: str
+) -> dict[str, Any]:
     from context_trace._exporters.context_api import ContextAPIExporter
     from context_trace._exporters.outbox import OutboxExporter
     from context_trace._exporters.sqlite import SQLiteExporter
 
     n = args.http_records
-    units = [
-        (mix, sink) for mix in ("plain", "sessions") for sink in ("direct", "outbox")
-    ]
+
+    def app_call() -> Any:
+        return chain.invoke(QUESTION)
+
+    mixes = ("plain", "sessions", "busy-app")
+    units = [(mix, sink) for mix in mixes for sink in ("direct", "outbox")]
     rates: dict[tuple[str, str], list[float]] = {u: [] for u in units}
     cpu: dict[tuple[str, str], list[float]] = {u: [] for u in units}
     counter = 0
     for _ in range(args.rounds):
         random.shuffle(units)
         for mix, sink in units:
-            items = make_conversations(n, mix == "sessions")
+            size = n if mix != "busy-app" else max(1, n // 3)
+            items = make_conversations(size, mix == "sessions")
             counter += 1
             path = os.path.join(tmp, f"http-{counter}.db")
             store = SQLiteExporter(path, keep_local=False)
@@ -511,14 +544,15 @@ def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[st
             )
             server.reset()
             timer = WorkerTimer(exporter)
-            result = run_pipeline(items, exporter, timer)
+            busy = app_call if mix == "busy-app" else None
+            result = run_pipeline(items, exporter, timer, busy)
             if sink == "direct":
                 store.shutdown()
             got = server.requests
-            if got != n:
-                raise RuntimeError(f"server saw {got} requests for {n} records")
-            rates[(mix, sink)].append(n / result["seconds"])
-            cpu[(mix, sink)].append(timer.export_cpu / n * 1e6)
+            if got != size:
+                raise RuntimeError(f"server saw {got} requests for {size} records")
+            rates[(mix, sink)].append(size / result["seconds"])
+            cpu[(mix, sink)].append(timer.export_cpu / size * 1e6)
 
     print(
         f"\n2. Pipeline throughput into a loopback Context API, {n:,} records, median of {args.rounds} rounds"
@@ -528,7 +562,7 @@ def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[st
         f"{'worker cpu µs/rec':>19}"
     )
     report: dict[str, Any] = {}
-    for mix in ("plain", "sessions"):
+    for mix in mixes:
         base = rates[(mix, "direct")]
         for sink in ("direct", "outbox"):
             vals = rates[(mix, sink)]
@@ -544,6 +578,11 @@ def part_http(args: argparse.Namespace, server: SinkServer, tmp: str) -> dict[st
                 "x_direct": ratio,
                 "worker_cpu_us": used,
             }
+    print(
+        "   busy-app: plain records (a third as many) while this thread keeps"
+        " calling chain.invoke\n   (no scope), so the worker competes for the GIL"
+        " with a CPU-bound app thread."
+    )
     return report
 
 
@@ -757,6 +796,10 @@ def main() -> None:
         "--skip", default="", help="comma list of parts to skip: sqlite,http,latency"
     )
     ap.add_argument(
+        "--tmpdir",
+        help="where the SQLite files go (e.g. /dev/shm to take the disk out)",
+    )
+    ap.add_argument(
         "--profile", action="store_true", help="cProfile one (b) SQLite run"
     )
     ap.add_argument("--json", dest="json_out")
@@ -766,7 +809,7 @@ def main() -> None:
     for var in [v for v in os.environ if v.startswith("CONTEXT_")]:
         del os.environ[var]
     os.environ.pop("GETCONTEXT_TOKEN", None)
-    tmp = tempfile.mkdtemp(prefix="ct-export-")
+    tmp = tempfile.mkdtemp(prefix="ct-export-", dir=args.tmpdir)
     os.environ["CONTEXT_TRACE_DB"] = os.path.join(tmp, "default.db")
 
     import context_trace as ct
@@ -801,7 +844,7 @@ def main() -> None:
             if "sqlite" not in skip:
                 report["sqlite"] = part_sqlite(args, pool, tmp)
         if "http" not in skip:
-            report["http"] = part_http(args, fast, tmp)
+            report["http"] = part_http(args, fast, chain, tmp)
         if "latency" not in skip:
             report["latency"] = part_latency(args, chain, fast, slow, tmp)
         if args.profile:

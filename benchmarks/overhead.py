@@ -115,7 +115,9 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
     try:
         import getcontext
         from getcontext.token import Credential
-        from langchain_community.callbacks.context_callback import ContextCallbackHandler
+        from langchain_community.callbacks.context_callback import (
+            ContextCallbackHandler,
+        )
     except ImportError:
         return out
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
@@ -175,15 +177,16 @@ def mem_child(turns: int) -> None:
 
     marks = []
     with ct.track_user("mem-user") as scope:
-        for half in range(2):
+        for _half in range(2):
             for _ in range(turns // 2):
                 chain.invoke(QUESTION)
             ct.flush(60)
             gc.collect()
             marks.append(rss())
         active = scope.handler.active_turns if scope.handler is not None else 0
+    stats = ct.stats()
     ct.shutdown(30)
-    print(json.dumps({"rss_kib": marks, "active_turns": active, "stats": ct.stats()}))
+    print(json.dumps({"rss_kib": marks, "active_turns": active, "stats": stats}))
 
 
 def main() -> None:
@@ -229,14 +232,14 @@ def main() -> None:
     loop.close()
 
     report: dict[str, Any] = {"rows": {}, "ops": args.ops, "rounds": args.rounds}
-    print(f"{'row':<12}{'mode':<9}{'median µs':>11}{'× bare':>9}{'added µs':>10}{'vs noop':>9}")
+    print(f"{'row':<12}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}")
     for mode in ("invoke", "ainvoke"):
         bare = results[("bare", mode)]
-        noop_added = statistics.median(n - b for n, b in zip(results[("noop", mode)], bare))
+        noop_added = statistics.median(n - b for n, b in zip(results[("noop", mode)], bare, strict=True))
         for name in rows:
             vals = results[(name, mode)]
-            ratio = statistics.median(v / b for v, b in zip(vals, bare))
-            added = statistics.median(v - b for v, b in zip(vals, bare))
+            ratio = statistics.median(v / b for v, b in zip(vals, bare, strict=True))
+            added = statistics.median(v - b for v, b in zip(vals, bare, strict=True))
             vs_noop = added / noop_added if noop_added > 0 else float("nan")
             print(f"{name:<12}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}")
             report["rows"][f"{name}/{mode}"] = {

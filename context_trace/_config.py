@@ -19,13 +19,13 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from langchain_core.tracers.context import run_collector_var, tracing_v2_callback_var
 
 if TYPE_CHECKING:
     from ._exporters.base import Exporter
-    from ._pipeline import BatchPipeline
+    from ._pipeline import BatchPipeline, InlinePipeline
 
 __all__ = [
     "ENV_DB",
@@ -47,9 +47,9 @@ __all__ = [
     "log_once",
     "on_outermost_exit",
     "reset",
-    "wants_run_metadata",
     "shutdown",
     "stats",
+    "wants_run_metadata",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ def _check_number(
 
 def _resolve_redact(value: Any) -> Redactor | None:
     if value is None or callable(value):
-        return value
+        return cast("Redactor | None", value)
     from ._redact import builtin_redactor
 
     if isinstance(value, str):
@@ -293,7 +293,7 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.config: Config | None = None
-        self.pipeline: BatchPipeline | None = None
+        self.pipeline: BatchPipeline | InlinePipeline | None = None
         self.logged: set[str] = set()
 
 
@@ -338,7 +338,7 @@ def _build_exporter(config: Config) -> Exporter:
     return OutboxExporter(store, remote)
 
 
-def _pipeline() -> BatchPipeline:
+def _pipeline() -> BatchPipeline | InlinePipeline:
     pipeline = _STATE.pipeline
     if pipeline is None:
         with _STATE.lock:
@@ -346,7 +346,7 @@ def _pipeline() -> BatchPipeline:
                 from ._pipeline import BatchPipeline
 
                 config = get_config()
-                _STATE.pipeline = BatchPipeline(
+                created = _STATE.pipeline = BatchPipeline(
                     _build_exporter(config),
                     max_queue=config.max_queue,
                     max_batch=config.max_batch,
@@ -354,9 +354,9 @@ def _pipeline() -> BatchPipeline:
                     redact=config.redact,
                     shutdown_timeout=config.shutdown_timeout,
                 )
-                if hasattr(_STATE.pipeline.exporter, "idle"):
+                if hasattr(created.exporter, "idle"):
                     # An outbox may hold rows from an earlier process: deliver now.
-                    _STATE.pipeline.start()
+                    created.start()
             pipeline = _STATE.pipeline
     return pipeline
 

@@ -211,19 +211,24 @@ class BatchPipeline:
             self._wake.clear()
             self._drain()
             if self._stopping:
+                # Last round: persist what is queued, then one delivery pass (an
+                # outbox keeps the rest on disk for the next process).
                 self._drain()
+                self._idle()
                 return
             self._idle()
 
     def _idle(self) -> None:
-        """Let an exporter with a backlog (the outbox) retry what is due."""
-        idle = getattr(self._exporter, "idle", None)
-        if idle is None:
-            return
+        """Let an exporter with a backlog (the outbox) deliver what is due."""
         with self._export_lock:
+            self._idle_locked()
+
+    def _idle_locked(self) -> None:
+        idle = getattr(self._exporter, "idle", None)
+        if idle is not None:
             try:
                 result = idle()
-            except Exception:  # noqa: BLE001 - the worker must survive anything
+            except Exception:
                 _logger.warning("context_trace: exporter idle() failed", exc_info=True)
                 return
             if isinstance(result, ExportResult):
@@ -247,6 +252,9 @@ class BatchPipeline:
                 if batch:
                     self._export(batch)
                 if marker is not None:
+                    # flush(): what came before is exported; an outbox also gets
+                    # one delivery pass, so flush() means "sent" when the backend is up.
+                    self._idle_locked()
                     marker.done.set()
 
     def _export(self, items: list[Any]) -> None:
@@ -262,6 +270,7 @@ class BatchPipeline:
         self._failed += len(items) - len(records)
         if not records:
             return
+        result: object
         try:
             result = self._exporter.export(records)
         except Exception:
@@ -324,6 +333,13 @@ class BatchPipeline:
         thread = self._thread
         if thread is not None and thread.is_alive():
             thread.join(timeout)
+            if thread.is_alive():
+                # Still stuck (a backend that hangs or keeps failing): cut the
+                # delivery short so the worker can persist what is queued.
+                interrupt = getattr(self._exporter, "interrupt", None)
+                if interrupt is not None:
+                    interrupt()
+                    thread.join(1.0)
         elif self._queue:
             self._drain()
         drained = not self._queue
@@ -341,13 +357,20 @@ class BatchPipeline:
     def stats(self) -> dict[str, int]:
         """Counters: enqueued, exported, dropped, failed, retried, pending, queued."""
         queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+        pending = self._pending
+        backlog = getattr(self._exporter, "pending", None)
+        if callable(backlog):  # an outbox knows its backlog exactly
+            try:
+                pending = int(backlog())
+            except Exception:  # noqa: BLE001 - stats must not raise
+                _logger.debug("context_trace: could not read the outbox backlog", exc_info=True)
         return {
             "enqueued": self._taken + queued,
             "exported": self._exported,
             "dropped": self._dropped,
             "failed": self._failed,
             "retried": self._retried,
-            "pending": self._pending,
+            "pending": pending,
             "queued": queued,
         }
 

@@ -40,7 +40,7 @@ from ._record import Feedback, new_id
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
-    from ._handler import RecordingHandler  # noqa: F401 - used in annotations
+    from ._handler import RecordingHandler
 
 __all__ = [
     "ContextThreadPoolExecutor",
@@ -111,7 +111,7 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
         if isinstance(value, str):
             out[key] = value
             continue
-        cls = type(value)
+        cls: Any = type(value)
         if cls.__str__ is object.__str__ and cls.__repr__ is object.__repr__:
             raise TypeError(
                 f"metadata[{key!r}] must be a str or have a meaningful str(), "
@@ -534,7 +534,8 @@ class _ScopeFactory:
 
     # -- decorator -----------------------------------------------------------
     def __call__(self, func: F) -> F:
-        if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
+        target_any: Any = func
+        if not callable(target_any) and not isinstance(target_any, (classmethod, staticmethod)):
             raise TypeError(
                 f"track_user/context_session decorate a callable, got {type(func).__name__}"
             )
@@ -848,7 +849,7 @@ def instrument_threads() -> None:
             return original_submit(self, fn, *args, **kwargs)
 
         threading.Thread.start = start  # type: ignore[method-assign]
-        ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = submit  # type: ignore[method-assign,assignment]
 
 
 def uninstrument_threads() -> None:

@@ -46,14 +46,19 @@ from ._record import Message
 __all__ = ["main"]
 
 _PROG = "context-trace"
-EXIT_OK = 0
-EXIT_DATA = 1
-EXIT_USAGE = 2
+_EXIT_OK = 0
+_EXIT_DATA = 1
+_EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
 _DEFAULT_WIDTH = 80
 _MIN_WIDTH = 40
 _ROLE_WIDTH = 11  # "assistant" plus two spaces
 _HINT = "run 'context-trace demo' or record something first"
+# The demo's default size (the same as _demo.DEFAULT_*, which a test checks):
+# written out here so that commands other than `demo` never import the demo app.
+_DEMO_USERS = 6
+_DEMO_SESSIONS = 2
+_DEMO_TURNS = 3
 _CSV_COLUMNS = (
     "id",
     "user_id",
@@ -73,10 +78,10 @@ _CSV_COLUMNS = (
 )
 
 
-class CLIError(Exception):
+class _CLIError(Exception):
     """A problem reported as one line on stderr, with an exit status."""
 
-    def __init__(self, message: str, code: int = EXIT_DATA) -> None:
+    def __init__(self, message: str, code: int = _EXIT_DATA) -> None:
         super().__init__(message)
         self.code = code
 
@@ -88,9 +93,23 @@ def _width() -> int:
     return max(_MIN_WIDTH, columns)
 
 
+# Control characters in stored text (escape sequences in a model's output, a
+# user id with a carriage return) would move the cursor or restyle the terminal.
+_CONTROL = {
+    code: "?" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
+}
+
+
+def _flat(text: str) -> str:
+    """*text* on one line, whitespace collapsed, control characters shown as "?"."""
+    if any(c in text for c in "\n\r\t"):
+        text = " ".join(text.split())
+    return text.translate(_CONTROL)
+
+
 def _cut(text: str, width: int) -> str:
     """*text* on one line, cut to *width* characters with an ellipsis."""
-    flat = " ".join(text.split()) if ("\n" in text or "\t" in text) else text
+    flat = _flat(text)
     if len(flat) <= width:
         return flat
     return flat[: max(0, width - 1)].rstrip() + "…"
@@ -123,7 +142,7 @@ def _table(
     columns: Sequence[_Column], rows: Iterable[Sequence[object]], width: int
 ) -> list[str]:
     """Format *rows* as aligned columns no wider than *width* (flexible ones cut)."""
-    cells = [[_cut(str(value), 10_000) for value in row] for row in rows]
+    cells = [[_flat(str(value)) for value in row] for row in rows]
     widths = [
         max([len(column.header), *(len(row[i]) for row in cells)])
         for i, column in enumerate(columns)
@@ -158,7 +177,7 @@ def _wrap(text: str, width: int) -> list[str]:
     for paragraph in text.splitlines() or [""]:
         lines.extend(
             textwrap.wrap(
-                paragraph.expandtabs(4),
+                paragraph.expandtabs(4).translate(_CONTROL),
                 width,
                 break_on_hyphens=False,
                 drop_whitespace=True,
@@ -209,28 +228,28 @@ def _describe(exc: BaseException, path: Path) -> str:
 
 
 def _open(path: Path) -> SQLiteReader:
-    """Open the store read-only, or raise :class:`CLIError` saying why not."""
+    """Open the store read-only, or raise :class:`_CLIError` saying why not."""
     if not path.exists():
-        raise CLIError(f"no database at {path} ({_HINT})")
+        raise _CLIError(f"no database at {path} ({_HINT})")
     if path.is_dir():
-        raise CLIError(f"{path} is a directory, not a database")
+        raise _CLIError(f"{path} is a directory, not a database")
     if path.stat().st_size == 0:
-        raise CLIError(f"database at {path} is empty ({_HINT})")
+        raise _CLIError(f"database at {path} is empty ({_HINT})")
     try:
         return SQLiteReader(path)
     except FileNotFoundError:
-        raise CLIError(f"no database at {path} ({_HINT})") from None
+        raise _CLIError(f"no database at {path} ({_HINT})") from None
     except (OSError, ValueError) as exc:
-        raise CLIError(_describe(exc, path)) from None
+        raise _CLIError(_describe(exc, path)) from None
 
 
 def _read(path: Path, query: Callable[[SQLiteReader], Any]) -> Any:
-    """Run *query* on a reader of *path*; store errors become :class:`CLIError`."""
+    """Run *query* on a reader of *path*; store errors become :class:`_CLIError`."""
     reader = _open(path)
     try:
         return query(reader)
     except (OSError, ValueError) as exc:
-        raise CLIError(_describe(exc, path)) from None
+        raise _CLIError(_describe(exc, path)) from None
     finally:
         reader.close()
 
@@ -275,10 +294,10 @@ def _cmd_users(args: argparse.Namespace, out: TextIO) -> int:
     path = _db_path(args)
     if args.json:
         _print_json([asdict(u) for u in _read(path, lambda r: r.users())], out)
-        return EXIT_OK
+        return _EXIT_OK
     for line in _users_lines(path, _width()):
         print(line, file=out)
-    return EXIT_OK
+    return _EXIT_OK
 
 
 def _cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
@@ -286,11 +305,11 @@ def _cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
     sessions = _read(path, lambda r: r.sessions(user_id=args.user, limit=args.limit))
     if args.json:
         _print_json([asdict(s) for s in sessions], out)
-        return EXIT_OK
+        return _EXIT_OK
     if not sessions:
         who = f" for user {args.user!r}" if args.user is not None else ""
         print(f"no sessions recorded{who} in {path}", file=out)
-        return EXIT_OK
+        return _EXIT_OK
     width = _width()
     id_width = max(len(s.session_id) for s in sessions)
     columns = (
@@ -315,13 +334,13 @@ def _cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
     ]
     for line in _table(columns, rows, width):
         print(line, file=out)
-    return EXIT_OK
+    return _EXIT_OK
 
 
 def _show_lines(path: Path, ident: str, width: int) -> list[str]:
     transcript = _read(path, lambda r: r.transcript(ident))
     if transcript is None:
-        raise CLIError(f"no session or conversation with id {ident!r} in {path}")
+        raise _CLIError(f"no session or conversation with id {ident!r} in {path}")
     meta = transcript.metadata
     user = meta.get("user_id") or "-"
     if transcript.kind == "session":
@@ -357,7 +376,7 @@ def _show_lines(path: Path, ident: str, width: int) -> list[str]:
 def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     for line in _show_lines(_db_path(args), args.id, _width()):
         print(line, file=out)
-    return EXIT_OK
+    return _EXIT_OK
 
 
 def _parse_since(text: str) -> float:
@@ -448,7 +467,7 @@ def _cmd_export(args: argparse.Namespace, out: TextIO) -> int:
             try:
                 handle = target.open("w", encoding="utf-8", newline="")
             except OSError as exc:
-                raise CLIError(
+                raise _CLIError(
                     f"cannot write {target}: {exc.strerror or exc}"
                 ) from None
             with handle:
@@ -456,10 +475,10 @@ def _cmd_export(args: argparse.Namespace, out: TextIO) -> int:
             noun = "conversation" if count == 1 else "conversations"
             print(f"exported {count} {noun} to {target}", file=sys.stderr)
     except (OSError, ValueError) as exc:
-        raise CLIError(_describe(exc, path)) from None
+        raise _CLIError(_describe(exc, path)) from None
     finally:
         reader.close()
-    return EXIT_OK
+    return _EXIT_OK
 
 
 def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
@@ -467,10 +486,10 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     days = _read(path, lambda r: r.daily_stats())
     if args.json:
         _print_json([asdict(d) for d in days], out)
-        return EXIT_OK
+        return _EXIT_OK
     if not days:
         print(f"no conversations recorded yet in {path}", file=out)
-        return EXIT_OK
+        return _EXIT_OK
     columns = (
         _Column("DAY (UTC)"),
         _Column("CONVERSATIONS", right=True),
@@ -506,14 +525,14 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     )
     for line in _table(columns, rows, _width()):
         print(line, file=out)
-    return EXIT_OK
+    return _EXIT_OK
 
 
 def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     counts = _read(_db_path(args), lambda r: r.outbox_counts())
     if args.json:
         _print_json(counts, out)
-        return EXIT_OK
+        return _EXIT_OK
     labels = {
         "pending": "waiting for delivery",
         "leased": "being delivered now",
@@ -522,7 +541,7 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     }
     for key, value in counts.items():
         print(f"{key:<8} {value:>8}  {labels.get(key, '')}".rstrip(), file=out)
-    return EXIT_OK
+    return _EXIT_OK
 
 
 class _ProgressBar:
@@ -566,9 +585,9 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         or os.environ.get(_config.ENV_TOKEN_ALT)
     )
     if not token:
-        raise CLIError(
+        raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",
-            EXIT_USAGE,
+            _EXIT_USAGE,
         )
     endpoint = (
         args.endpoint
@@ -579,7 +598,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     waiting = _read(path, lambda r: r.outbox_counts())["pending"]
     if waiting == 0:
         print(f"nothing to deliver: the outbox in {path} is empty", file=out)
-        return EXIT_OK
+        return _EXIT_OK
     from ._exporters.outbox import replay
 
     bar = _ProgressBar(sys.stderr, "delivering")
@@ -591,16 +610,16 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
             progress=lambda done, attempted: bar.update(attempted, waiting),
         )
     except ValueError as exc:
-        raise CLIError(" ".join(str(exc).split()), EXIT_USAGE) from None
+        raise _CLIError(" ".join(str(exc).split()), _EXIT_USAGE) from None
     except OSError as exc:
-        raise CLIError(_describe(exc, path)) from None
+        raise _CLIError(_describe(exc, path)) from None
     finally:
         bar.close()
     print(
         f"delivered {delivered}, failed {failed}, still pending {pending}",
         file=out,
     )
-    return EXIT_OK if failed == 0 and pending == 0 else EXIT_DATA
+    return _EXIT_OK if failed == 0 and pending == 0 else _EXIT_DATA
 
 
 def _plural(count: int, noun: str) -> str:
@@ -646,9 +665,9 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             progress=bar.update,
         )
     except ImportError as exc:
-        raise CLIError(f"the demo needs Flask: {exc}") from None
+        raise _CLIError(f"the demo needs Flask: {exc}") from None
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CLIError(_describe(exc, path)) from None
+        raise _CLIError(_describe(exc, path)) from None
     finally:
         bar.close()
     summary = (
@@ -659,7 +678,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     )
     _paragraph(summary, width, out)
     if args.quiet:
-        return EXIT_OK
+        return _EXIT_OK
     print(file=out)
     print("$ context-trace users", file=out)
     for line in _users_lines(path, width):
@@ -683,7 +702,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         "export --format csv -o demo.csv",
     ):
         print(f"  context-trace {command}", file=out)
-    return EXIT_OK
+    return _EXIT_OK
 
 
 # --------------------------------------------------------------------------- parser
@@ -702,8 +721,6 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._demo import DEFAULT_SESSIONS_PER_USER, DEFAULT_TURNS, DEFAULT_USERS
-
     # --db works before and after the command: the sub-parsers' copy has no
     # default (SUPPRESS), so it never overwrites a value given before the command.
     db_help = (
@@ -772,7 +789,9 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = add("replay", "deliver the outbox to the Context API now")
     replay.add_argument(
-        "--token", help=f"Context API token (default: ${_config.ENV_TOKEN})"
+        "--token",
+        help=f"Context API token (default: ${_config.ENV_TOKEN}; prefer it, since "
+        "other users can see command-line arguments)",
     )
     replay.add_argument(
         "--endpoint",
@@ -788,22 +807,22 @@ def _parser() -> argparse.ArgumentParser:
         "--users",
         metavar="N",
         type=_positive_int,
-        default=DEFAULT_USERS,
-        help=f"simulated users (default {DEFAULT_USERS})",
+        default=_DEMO_USERS,
+        help=f"simulated users (default {_DEMO_USERS})",
     )
     demo.add_argument(
         "--sessions-per-user",
         metavar="M",
         type=_positive_int,
-        default=DEFAULT_SESSIONS_PER_USER,
-        help=f"sessions per user (default {DEFAULT_SESSIONS_PER_USER})",
+        default=_DEMO_SESSIONS,
+        help=f"sessions per user (default {_DEMO_SESSIONS})",
     )
     demo.add_argument(
         "--turns",
         metavar="T",
         type=_positive_int,
-        default=DEFAULT_TURNS,
-        help=f"questions per session (default {DEFAULT_TURNS})",
+        default=_DEMO_TURNS,
+        help=f"questions per session (default {_DEMO_TURNS})",
     )
     demo.add_argument(
         "--quiet", "-q", action="store_true", help="print only a one-line summary"
@@ -844,11 +863,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
     out = sys.stdout
     try:
         return _COMMANDS[args.command](args, out)
-    except CLIError as exc:
+    except _CLIError as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
@@ -859,14 +878,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # keep Python from complaining about stdout at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_DATA
+        return _EXIT_DATA
     except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
         print(
             f"{_PROG}: internal error: {type(exc).__name__}: {exc} "
             "(this is a bug in context-trace; please report it)",
             file=sys.stderr,
         )
-        return EXIT_DATA
+        return _EXIT_DATA
 
 
 def _tolerate_unencodable_output() -> None:

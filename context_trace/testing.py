@@ -81,7 +81,7 @@ def capture(*, redact: Callable[[str], str] | None = None) -> Iterator[CapturedR
     state = _config._STATE
     with state.lock:
         previous = state.pipeline
-        state.pipeline = pipeline  # type: ignore[assignment]
+        state.pipeline = pipeline
     try:
         yield records
     finally:

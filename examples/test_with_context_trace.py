@@ -81,7 +81,12 @@ class TestSupportBot:
         self, context_trace_records: CapturedRecords
     ) -> None:
         """A turn whose chain raises is still recorded, marked with the error."""
-        failing = PROMPT | RunnableLambda(_timeout) | ParrotFakeChatModel()
+        failing = (
+            PROMPT
+            | RunnableLambda(_timeout)
+            | ParrotFakeChatModel()
+            | StrOutputParser()
+        )
 
         with pytest.raises(TimeoutError):
             handle_message("u-1", "Are you there?", failing)

@@ -38,7 +38,11 @@ from langchain_core.tools import StructuredTool
 
 import context_trace
 from context_trace import _config, _handler, cli
-from context_trace._exporters.sqlite import SQLiteExporter, SQLiteReader
+from context_trace._exporters.sqlite import (
+    SQLiteExporter,
+    SQLiteReader,
+    StoredConversation,
+)
 from context_trace._record import Conversation, Message
 
 from .exporters.context_server import ROUTE_LOG, ROUTE_UPSERT, FakeContextServer
@@ -103,13 +107,13 @@ class Store:
     """The populated store and what the tests need to know about it."""
 
     path: Path
-    rows: tuple[Any, ...]  # every StoredConversation, oldest first
+    rows: tuple[StoredConversation, ...]  # oldest first
     bob_error_id: str
     #: When each user, and each session, was last rated (from the feedback table).
     user_rated: dict[str, float]
     session_rated: dict[str, float]
 
-    def of(self, user: str | None) -> list[Any]:
+    def of(self, user: str | None) -> list[StoredConversation]:
         return [c for c in self.rows if c.user_id == user]
 
     def last_seen(self, user: str) -> float:
@@ -609,6 +613,40 @@ class TestShow:
             "             output: order 42: shipped",
             "assistant  where is order 42?",
         ] == lines[tool - 1 : tool + 4]
+
+    def test_control_characters_are_neutralised(
+        self, tmp_path: Path, main: Any
+    ) -> None:
+        """Escape sequences in stored text are printed as '?', never sent raw."""
+        path = tmp_path / "escapes.db"
+        writer = SQLiteExporter(path)
+        writer.export(
+            [
+                Conversation(
+                    id="e" * 32,
+                    user_id="eve\rmallory",
+                    session_id=None,
+                    started_at=C1_START,
+                    ended_at=C1_START + 0.01,
+                    messages=(
+                        Message("user", "hi\tthere"),
+                        Message("assistant", "\x1b[2Jwiped\x07 line 1\r\nline 2"),
+                    ),
+                )
+            ]
+        )
+        writer.shutdown()
+
+        shown = main("show", "e" * 32, "--db", str(path))
+        users = main("users", "--db", str(path))
+
+        assert [
+            "user       hi  there",
+            "assistant  ?[2Jwiped? line 1",
+            "           line 2",
+        ] == shown.stdout.splitlines()[4:]
+        assert "eve mallory" == users.stdout.splitlines()[1][:11]
+        assert not any(c in shown.stdout + users.stdout for c in ("\x1b", "\x07", "\r"))
 
     def test_unknown_id(self, store: Store) -> None:
         """An id that is neither a session nor a conversation: one line, exit 1."""

@@ -263,6 +263,17 @@ class TestOtherRuns:
             "database\n"
         ) == captured.err
 
+    def test_cli_defaults_match_the_demo(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The CLI's documented defaults are run_demo's defaults."""
+        assert 0 == cli.main(["demo", "--help"])
+
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"simulated users (default {_demo.DEFAULT_USERS})" in text
+        assert f"sessions per user (default {_demo.DEFAULT_SESSIONS_PER_USER})" in text
+        assert f"questions per session (default {_demo.DEFAULT_TURNS})" in text
+
 
 class TestApp:
     @pytest.fixture

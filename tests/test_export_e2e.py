@@ -208,6 +208,38 @@ class TestBoundedMemory:
         assert 5 == stats["queued"]
 
 
+class TestOutage:
+    def test_turns_reach_the_disk_while_delivery_is_failing(self, tmp_path):
+        """During an outage the worker keeps persisting; shutdown loses nothing recorded."""
+        db = tmp_path / "outage.db"
+        endpoint = f"http://127.0.0.1:{free_port()}"
+        # Slow retries: each delivery pass is stuck for about 1.5 s on the dead port.
+        ct.configure(
+            exporter=fast_outbox(db, endpoint, max_attempts=3, backoff_base=0.5, circuit_threshold=1000),
+            flush_interval=0.05, max_batch=10,
+        )
+        chain = echo_chain()
+        for i in range(120):
+            with ct.track_user(f"user-{i % 6}"):
+                chain.invoke({"q": f"q{i}"})
+
+        ct.shutdown(3.0)  # bounded, whatever the backend does
+        assert 120 == outbox_pending(db)
+
+    def test_stats_pending_is_the_outbox_backlog(self, tmp_path):
+        """stats()["pending"] reports the rows waiting on disk, not a running total."""
+        db = tmp_path / "backlog.db"
+        ct.configure(exporter=fast_outbox(db, f"http://127.0.0.1:{free_port()}", max_attempts=1))
+        chain = echo_chain()
+        for i in range(7):
+            with ct.track_user("u"):
+                chain.invoke({"q": f"q{i}"})
+        assert ct.flush(20)
+
+        assert 7 == ct.stats()["pending"]
+        assert 0 == ct.stats()["exported"]
+
+
 class TestOutboxSurvivesACrash:
     def test_killed_process_rows_are_delivered_once_by_the_next_one(self, server, tmp_path):
         """SIGKILL with the backend down; a new process with it up delivers each row once."""

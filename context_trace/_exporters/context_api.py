@@ -328,6 +328,12 @@ class ContextAPIExporter:
         """True from the moment the circuit breaker trips until a probe succeeds."""
         return self._open_until is not None
 
+    @property
+    def cooling_down(self) -> bool:
+        """True while the open circuit waits out its cool-down (no request would be sent)."""
+        open_until = self._open_until
+        return open_until is not None and self._clock() < open_until
+
     def export(self, batch: Sequence[Record]) -> ExportResult:
         """
         Deliver *batch*; never raise.

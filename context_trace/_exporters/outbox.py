@@ -98,7 +98,12 @@ class OutboxExporter:
         _logger.log(level, message, *args, exc_info=level == logging.WARNING)
 
     def export(self, batch: Sequence[Record]) -> ExportResult:
-        """Queue *batch* durably, then deliver whatever is due (this batch first in line)."""
+        """
+        Write *batch* to the outbox; delivery happens in :meth:`idle`.
+
+        Persisting never waits for the backend, so during an outage or with a slow
+        backend new turns still reach the disk at SQLite speed.
+        """
         try:
             self._store.outbox_put(batch)
         except Exception:  # noqa: BLE001 - fall back to sending directly
@@ -108,11 +113,20 @@ class OutboxExporter:
                 self._store.path,
             )
             return self._remote.export(batch)
-        return self.deliver()
+        return ExportResult()
 
     def idle(self) -> ExportResult:
-        """Deliver rows whose backoff has passed (called by the pipeline when idle)."""
+        """Deliver rows that are due (the pipeline calls it after each drain and flush)."""
         return self.deliver()
+
+    def interrupt(self) -> None:
+        """Cut a delivery short (shutdown with a backend that hangs): rows stay on disk."""
+        self._remote.shutdown(0.0)
+
+    def pending(self) -> int:
+        """Rows waiting in the outbox now (pending or being delivered)."""
+        counts = self._store.outbox_counts()
+        return int(counts.get("pending", 0)) + int(counts.get("leased", 0))
 
     def deliver(self, limit: int | None = None, progress: Progress | None = None) -> ExportResult:
         """
@@ -129,6 +143,8 @@ class OutboxExporter:
         exported = failed = retried = pending = attempted = 0
         with self._lock:
             while limit is None or attempted < limit:
+                if self._remote.cooling_down:
+                    break  # the backend keeps failing: leave the rows for later
                 size = self._claim_size if limit is None else min(self._claim_size, limit - attempted)
                 try:
                     rows = self._store.outbox_claim(size, lease_seconds=self._lease)
@@ -143,7 +159,7 @@ class OutboxExporter:
                 gone: list[int] = []
                 retry: list[int] = []
                 backoff = 0.0
-                for (row_id, _), outcome in zip(rows, outcomes):
+                for (row_id, _), outcome in zip(rows, outcomes, strict=True):
                     retried += max(0, outcome.attempts - 1)
                     if outcome.status == "delivered":
                         done.append(row_id)
@@ -179,7 +195,13 @@ class OutboxExporter:
         try:
             self._remote.shutdown(timeout)
         finally:
-            self._store.shutdown(timeout)
+            # Wait (bounded) for a delivery in progress to finish marking its rows.
+            locked = self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.5))
+            try:
+                self._store.shutdown(timeout)
+            finally:
+                if locked:
+                    self._lock.release()
 
 
 def replay(

@@ -73,6 +73,8 @@ _RECORD_FORMAT = 1
 _WAL_AUTOCHECKPOINT_PAGES = 10_000
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
 _CACHE_SIZE = -16_384  # KiB (negative: a size, not a page count)
+# One encoder: json.dumps() with options builds a new encoder per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 _SEEN_CACHE_KEYS = 200_000  # fingerprinted messages kept for recent sessions
 
 _REQUIRED_TABLES = frozenset(
@@ -181,11 +183,11 @@ _SCHEMA_V1 = (
     """,
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO meta (key, value) VALUES ('dropped', 0), ('failed', 0)",
-    # Per user: a user's conversations over time; a user's sessions.
-    "CREATE INDEX conversations_user ON conversations (user_id, started_at)"
-    " WHERE user_id IS NOT NULL",
-    "CREATE INDEX sessions_user ON sessions (user_id, last_at)"
-    " WHERE user_id IS NOT NULL",
+    # Per user: a user's sessions (then their turns through conversations_session).
+    # Keyed by user_id alone, so updating last_at does not move the entry. There
+    # is no conversations (user_id, ...) index: no query needs one and it would
+    # cost a random page per inserted turn (see above).
+    "CREATE INDEX sessions_user ON sessions (user_id) WHERE user_id IS NOT NULL",
     # Per session: transcripts, turn counts, the seen-set loaded on insert.
     "CREATE INDEX conversations_session ON conversations (session_id, started_at)"
     " WHERE session_id IS NOT NULL",
@@ -315,7 +317,7 @@ def record_to_json(record: Record) -> str:
         }
     else:
         raise TypeError(f"not a context_trace record: {type(record).__name__}")
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return _JSON.encode(data)
 
 
 def record_from_json(text: str) -> Record:
@@ -528,7 +530,7 @@ def _touch_session(
 def _prepare(batch: Sequence[Record]) -> _Rows:
     """Turn *batch* into rows; raise TypeError for something that is not a record."""
     rows = _Rows([], [], {}, {}, set())
-    dumps = json.dumps
+    encode = _JSON.encode
     for record in batch:
         if isinstance(record, Conversation):
             meta = record.metadata
@@ -547,7 +549,7 @@ def _prepare(batch: Sequence[Record]) -> _Rows:
                         _int_or_none(meta.get("completion_tokens")),
                         _int_or_none(meta.get("total_tokens")),
                         record.error,
-                        dumps(dict(meta), ensure_ascii=False, separators=(",", ":")),
+                        encode(meta if type(meta) is dict else dict(meta)),
                     ),
                 )
             )
@@ -595,11 +597,6 @@ def _fingerprint(content: str) -> str:
     return str(hash(content))
 
 
-def _keyed(messages: Iterable[Message]) -> tuple[Message, ...]:
-    """*messages* with their content replaced by its fingerprint."""
-    return tuple(Message(m.role, _fingerprint(m.content)) for m in messages)
-
-
 def _strip_history(
     messages: tuple[Message, ...], seen: set[tuple[str, str]]
 ) -> tuple[Message, ...]:
@@ -610,15 +607,18 @@ def _strip_history(
     prompt part) and keeps that message, as the in-process dedup keeps the last
     input: asking the same question twice is stored twice. What follows (tool
     calls, the answer) is new by construction and always kept. *seen* holds
-    fingerprinted keys (see :func:`_keyed`).
+    ``message_key`` of fingerprinted messages (see :func:`_fingerprint`); the
+    kept messages are added to it with :func:`remember`.
     """
     end = len(messages)
-    for index in range(len(messages) - 1, -1, -1):
+    for index in range(end - 1, -1, -1):
         if messages[index].role == "user":
             end = index + 1
             break
-    kept = strip_seen(_keyed(messages[:end]), seen)
-    return messages[end - len(kept) :]
+    keyed = tuple(Message(m.role, _fingerprint(m.content)) for m in messages)
+    start = end - len(strip_seen(keyed[:end], seen))
+    remember(seen, keyed[start:])
+    return messages[start:]
 
 
 @dataclass(slots=True)
@@ -725,7 +725,6 @@ def _insert_conversations(
             if seen is None:
                 seen = sessions[sid] = cache.load(conn, sid)
             messages = _strip_history(messages, seen.keys)
-            remember(seen.keys, _keyed(messages))
             seen.upto = n
         message_rows.extend(
             (n, seq, m.role, m.content, m.name, m.tool_input)

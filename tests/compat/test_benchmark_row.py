@@ -1,6 +1,6 @@
 """``benchmarks/_dropin.py``: the drop-in row of the overhead benchmark records."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

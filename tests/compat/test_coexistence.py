@@ -1,10 +1,8 @@
 """Living beside the callbacks, collectors and tracers apps already use."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
-
-import context_trace
 
 import json
 import threading
@@ -20,6 +18,7 @@ from langchain_core.tracers.context import collect_runs, tracing_v2_enabled
 from langchain_core.tracers.langchain import wait_for_all_tracers
 from langchain_core.tracers.schemas import Run
 
+import context_trace
 from context_trace import (
     ContextCallbackHandler,
     configure,

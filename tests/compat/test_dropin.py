@@ -1,6 +1,6 @@
 """``context_trace.ContextCallbackHandler``: the drop-in for the community handler."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

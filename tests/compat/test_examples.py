@@ -1,6 +1,6 @@
 """The compatibility examples run as written and record what they say."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """User and session ids taken from a model's headers / OpenAI ``user`` field."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """LangGraph agents: one conversation per graph invocation, tool calls included."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

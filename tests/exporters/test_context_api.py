@@ -2,7 +2,6 @@
 
 # The house style asserts `expected == actual` (STYLE.md section 8); ruff's SIM300
 # calls that a Yoda condition.
-# ruff: noqa: SIM300
 
 from __future__ import annotations
 

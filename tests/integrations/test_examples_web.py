@@ -1,6 +1,6 @@
 """The web examples (examples/flask_app.py, examples/fastapi_app.py) work as documented."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ flush of the ASGI middleware; gunicorn: the pipeline's atexit hook in each
 sync worker).
 """
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The framework-neutral WSGI middleware, driven through the plain WSGI protocol."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

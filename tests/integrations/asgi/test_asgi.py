@@ -1,6 +1,6 @@
 """The ASGI middleware with Starlette: headers, resolvers, streaming, pass-through, lifespan flush."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """FastAPI: the middleware plus @track_user on endpoints whose signatures FastAPI reads."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Flask extension: per-request scopes, resolvers, streaming, threads, a real server."""
 
-# ruff: noqa: SIM300 - assertions read `expected == actual` (house style)
+
 
 from __future__ import annotations
 
