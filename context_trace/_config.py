@@ -542,18 +542,9 @@ def stats() -> dict[str, int]:
     """
     pipeline = _STATE.pipeline
     if pipeline is None:
-        return dict.fromkeys(
-            (
-                "enqueued",
-                "exported",
-                "dropped",
-                "failed",
-                "retried",
-                "pending",
-                "queued",
-            ),
-            0,
-        )
+        from ._pipeline import STAT_KEYS
+
+        return dict.fromkeys(STAT_KEYS, 0)
     return pipeline.stats()
 
 

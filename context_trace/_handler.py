@@ -166,6 +166,15 @@ class RecordingHandler(BaseCallbackHandler):
         turn = self._turns.get(run_id)
         return turn if turn is not None and turn.run_id == run_id else None
 
+    def _root_error(self, run_id: UUID, error: BaseException, event: str) -> None:
+        """The root run failed: record the turn with its error."""
+        try:
+            turn = self._root(run_id)
+            if turn is not None:
+                self._finish(turn, error)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error(event)
+
     def _internal_error(self, event: str) -> None:
         _config.log_once(
             _logger,
@@ -203,17 +212,22 @@ class RecordingHandler(BaseCallbackHandler):
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_end")
 
-    def on_chain_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
-        try:
-            turn = self._root(run_id)
-            if turn is not None:
-                self._finish(turn, error)
-        except Exception:  # noqa: BLE001 - never raise into the app
-            self._internal_error("on_chain_error")
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._root_error(run_id, error, "on_chain_error")
 
     # ------------------------------------------------------------------ models
+    @staticmethod
+    def _note_model(
+        turn: Turn,
+        serialized: dict[str, Any],
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        """Keep what names the model (and carries header ids) of the first call."""
+        turn.invocation_params = kwargs.get("invocation_params")
+        turn.model_metadata = metadata
+        turn.serialized = serialized
+
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -229,9 +243,7 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._enter(run_id, parent_run_id, tags, metadata)
             if turn is not None and not turn.has_model_call:
                 turn.messages = messages[0] if messages else []
-                turn.invocation_params = kwargs.get("invocation_params")
-                turn.model_metadata = metadata
-                turn.serialized = serialized
+                self._note_model(turn, serialized, metadata, kwargs)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chat_model_start")
 
@@ -250,9 +262,7 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._enter(run_id, parent_run_id, tags, metadata)
             if turn is not None and not turn.has_model_call:
                 turn.prompt = prompts[0] if prompts else ""
-                turn.invocation_params = kwargs.get("invocation_params")
-                turn.model_metadata = metadata
-                turn.serialized = serialized
+                self._note_model(turn, serialized, metadata, kwargs)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_start")
 
@@ -269,15 +279,8 @@ class RecordingHandler(BaseCallbackHandler):
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_end")
 
-    def on_llm_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
-        try:
-            turn = self._root(run_id)
-            if turn is not None:
-                self._finish(turn, error)
-        except Exception:  # noqa: BLE001 - never raise into the app
-            self._internal_error("on_llm_error")
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._root_error(run_id, error, "on_llm_error")
 
     # ------------------------------------------------------------------ tools
     def on_tool_start(
@@ -357,15 +360,8 @@ class RecordingHandler(BaseCallbackHandler):
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_retriever_end")
 
-    def on_retriever_error(
-        self, error: BaseException, *, run_id: UUID, **kwargs: Any
-    ) -> None:
-        try:
-            turn = self._root(run_id)
-            if turn is not None:
-                self._finish(turn, error)
-        except Exception:  # noqa: BLE001 - never raise into the app
-            self._internal_error("on_retriever_error")
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        self._root_error(run_id, error, "on_retriever_error")
 
     @property
     def active_turns(self) -> int:

@@ -43,11 +43,14 @@ from typing import Any
 from ._exporters.base import Exporter, ExportResult
 from ._record import Record
 
-__all__ = ["BatchPipeline", "InlinePipeline", "Prepare"]
+__all__ = ["STAT_KEYS", "BatchPipeline", "InlinePipeline", "Prepare"]
 
 _logger = logging.getLogger(__name__)
 
 _THREAD_NAME = "context-trace-exporter"
+
+#: The counters ``stats()`` reports, in order.
+STAT_KEYS = ("enqueued", "exported", "dropped", "failed", "retried", "pending", "queued")
 
 #: Converts queued items (raw turns, records) into records; runs on the worker.
 Prepare = Callable[[Sequence[Any]], list[Record]]
@@ -398,18 +401,7 @@ class InlinePipeline:
         self._redact = redact
         self._prepare = prepare
         self._lock = threading.Lock()
-        self._counts = dict.fromkeys(
-            (
-                "enqueued",
-                "exported",
-                "dropped",
-                "failed",
-                "retried",
-                "pending",
-                "queued",
-            ),
-            0,
-        )
+        self._counts = dict.fromkeys(STAT_KEYS, 0)
 
     def emit(self, item: Any) -> None:
         """Convert and export *item* now; never raises."""

@@ -110,7 +110,7 @@ _SCHEMA_V1 = (
         id TEXT PRIMARY KEY,
         first_seen REAL NOT NULL,
         last_seen REAL NOT NULL
-    )
+    ) WITHOUT ROWID
     """,
     """
     CREATE TABLE sessions (
@@ -121,7 +121,7 @@ _SCHEMA_V1 = (
         rating_up INTEGER NOT NULL DEFAULT 0,
         rating_down INTEGER NOT NULL DEFAULT 0,
         metadata TEXT NOT NULL DEFAULT '{}'
-    )
+    ) WITHOUT ROWID
     """,
     """
     CREATE TABLE conversations (
@@ -166,7 +166,7 @@ _SCHEMA_V1 = (
         conversation_id TEXT,
         rating INTEGER NOT NULL,
         created_at REAL NOT NULL
-    )
+    ) WITHOUT ROWID
     """,
     # AUTOINCREMENT: a row id is never reused, so a late outbox_done() from a
     # process whose lease expired cannot delete a newer row that got its id.
