@@ -365,7 +365,7 @@ class BatchPipeline:
         if callable(backlog):  # an outbox knows its backlog exactly
             try:
                 pending = int(backlog())
-            except Exception:  # noqa: BLE001 - stats must not raise
+            except Exception:
                 _logger.debug("context_trace: could not read the outbox backlog", exc_info=True)
         return {
             "enqueued": self._taken + queued,

@@ -53,6 +53,8 @@ __all__ = [
     "current_user",
     "headers",
     "instrument_threads",
+    "normalize_id",
+    "open_scope",
     "propagate",
     "runnable_config",
     "track_user",
@@ -121,8 +123,13 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _id_str(name: str, value: object) -> str | None:
-    """Normalise a resolved id (from a callable or a header) to str or None."""
+def normalize_id(name: str, value: object) -> str | None:
+    """
+    Normalise a resolved id (from a resolver callable or a header) to str or None.
+
+    Raises:
+        TypeError: the value is neither None, a str nor an int.
+    """
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -510,7 +517,7 @@ class _ScopeFactory:
                 raise TypeError(
                     f"{name} is a callable: use this as a decorator, not a context manager"
                 )
-            return _id_str(name, resolve(source, name))
+            return normalize_id(name, resolve(source, name))
         return str(source)
 
     # -- context manager -----------------------------------------------------
@@ -687,6 +694,20 @@ def context_session(
     _check_id("user_id", user_id, allow_callable=True)
     meta = _check_metadata(metadata)
     return _ScopeFactory(user_id, session_id, meta, new_session=True)
+
+
+def open_scope(
+    user_id: str | None, session_id: str | None, metadata: Mapping[str, str]
+) -> Scope:
+    """
+    Build (not activate) a scope from already-resolved values (integrations).
+
+    A *session_id* opens a :class:`Session` with that id; None keeps the outer
+    session, if any: what ``track_user(user_id, session_id=..., metadata=...)``
+    does on entry, without validating again.
+    """
+    factory = _ScopeFactory(user_id, session_id, dict(metadata), new_session=session_id is not None)
+    return factory._open()
 
 
 # --------------------------------------------------------------------------- accessors

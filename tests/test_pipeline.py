@@ -332,3 +332,42 @@ class TestThroughTheScopes:
         assert ct.flush(10)
         assert 30 == ct.stats()["exported"]
         assert {f"u{i}" for i in range(30)} == {r.user_id for b in exporter.batches for r in b}
+
+
+class TestServerless:
+    def test_outermost_scope_exit_flushes(self, exporter):
+        """serverless=True: leaving the outermost scope exports at once, no flush()."""
+        ct.configure(exporter=exporter, serverless=True, flush_interval=60.0)
+        chain = echo_chain()
+        with ct.track_user("lambda-user"):
+            chain.invoke({"q": "one"})
+            with ct.track_user("inner"):
+                chain.invoke({"q": "two"})
+            assert [] == exporter.ids  # inner exit is not the outermost
+
+        assert 2 == len(exporter.ids)
+
+    def test_decorated_stream_flushes_when_it_ends(self, exporter):
+        """A stream returned from a decorated handler flushes when it is exhausted."""
+        ct.configure(exporter=exporter, serverless=True, flush_interval=60.0)
+        chain = echo_chain()
+
+        @ct.track_user(user_id=lambda user: user)
+        def handler(user: str):
+            return chain.stream({"q": f"hello {user}"})
+
+        stream = handler("streamer")
+        assert [] == exporter.ids
+        assert "hello streamer" == "".join(stream)
+
+        assert 1 == len(exporter.ids)
+
+    def test_without_serverless_nothing_is_exported_before_the_interval(self, exporter):
+        """The default mode leaves export to the background worker."""
+        ct.configure(exporter=exporter, flush_interval=60.0)
+        with ct.track_user("u"):
+            echo_chain().invoke({"q": "x"})
+
+        assert [] == exporter.ids
+        assert ct.flush(10)
+        assert 1 == len(exporter.ids)

@@ -4,9 +4,10 @@ durable outbox of the Context API exporter.
 
 One file holds everything. :class:`SQLiteExporter` writes it: ``export`` stores
 batches in the report tables (``users``, ``sessions``, ``conversations``,
-``messages``, ``feedback``), and the ``outbox_*`` methods keep records that still
-have to reach a remote sink. :class:`SQLiteReader` opens the same file read-only
-for the ``context-trace`` CLI and for tests.
+``feedback``; a ``messages`` view lists messages as rows), and the
+``outbox_*`` methods keep records that still have to reach a remote sink.
+:class:`SQLiteReader` opens the same file read-only for the ``context-trace`` CLI
+and for tests.
 
 Several processes (gunicorn workers, a CLI) may use the file at once: it runs in
 WAL mode with a busy timeout, every write is one ``BEGIN IMMEDIATE`` transaction,
@@ -75,14 +76,16 @@ _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
 _CACHE_SIZE = -16_384  # KiB (negative: a size, not a page count)
 # One encoder: json.dumps() with options builds a new encoder per call.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_SEEN_CACHE_KEYS = 200_000  # fingerprinted messages kept for recent sessions
+_decode = json.JSONDecoder().decode
+# Fingerprinted messages kept for recently written sessions (~170 bytes each, so
+# at most ~35 MB); a session evicted from it is read back from the file.
+_SEEN_CACHE_KEYS = 200_000
 
 _REQUIRED_TABLES = frozenset(
     {
         "users",
         "sessions",
         "conversations",
-        "message_data",
         "feedback",
         "outbox",
         "meta",
@@ -91,19 +94,25 @@ _REQUIRED_TABLES = frozenset(
 
 # Schema version 1.
 #
-# Write speed shapes it. Every index keyed by a random value (a uuid id) gets
-# about one dirty page per inserted row, and each dirty page is written to the
-# WAL at commit and again at checkpoint; append-only keys dirty a handful of pages
-# per batch. So:
-# - conversations get an INTEGER PRIMARY KEY ``n`` (insertion order, stable under
-#   VACUUM) next to the UNIQUE text ``id``;
-# - their messages live in ``message_data`` keyed by (conversation n, seq),
-#   WITHOUT ROWID: one append-only b-tree instead of a table plus a random index
-#   on the text id. The ``messages`` view gives them the plain shape
-#   (conversation_id, session_id, seq, role, content, name, tool_input);
-# - messages are found per session through ``conversations_session``, so they
-#   need no session index of their own;
-# - partial indexes skip rows that can never match (no user, no session).
+# Write speed shapes it. A b-tree keyed by a random value (a uuid id) gets about
+# one dirty page per inserted row once it is large, and every dirty page is one
+# WAL frame at commit (measured: the frames written per batch set the insert
+# rate). Keys that grow with time dirty only the tail. So:
+# - conversations and sessions get an INTEGER PRIMARY KEY ``n`` (insertion
+#   order, stable under VACUUM) next to their UNIQUE text ``id``; the text ids
+#   are the only random b-trees a turn touches, besides ``users``;
+# - a turn's messages are one JSON column of its row, ``[[role, content, name,
+#   tool_input], ...]``: one row per turn instead of one per message cut the
+#   insert cost by a fifth. The ``messages`` view lists them as rows
+#   (conversation_id, session_id, seq, role, content, name, tool_input) for ad
+#   hoc SQL; it needs SQLite's JSON functions (built in since 3.38, compiled in
+#   by most older builds). context_trace itself decodes the JSON in Python;
+# - a session's turns are indexed by the session's number, not its text id:
+#   active sessions are recent, so their entries sit near the index's tail;
+# - there are no per-user indexes on conversations or sessions: users() and a
+#   user's sessions() scan, which is fine for the CLI and saves a random page
+#   per turn on every insert;
+# - partial indexes skip rows that can never match (no session).
 _SCHEMA_V1 = (
     """
     CREATE TABLE users (
@@ -114,14 +123,15 @@ _SCHEMA_V1 = (
     """,
     """
     CREATE TABLE sessions (
-        id TEXT PRIMARY KEY,
+        n INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
         user_id TEXT,
         started_at REAL NOT NULL,
         last_at REAL NOT NULL,
         rating_up INTEGER NOT NULL DEFAULT 0,
         rating_down INTEGER NOT NULL DEFAULT 0,
         metadata TEXT NOT NULL DEFAULT '{}'
-    ) WITHOUT ROWID
+    )
     """,
     """
     CREATE TABLE conversations (
@@ -129,6 +139,7 @@ _SCHEMA_V1 = (
         id TEXT NOT NULL UNIQUE,
         user_id TEXT,
         session_id TEXT,
+        session_n INTEGER,
         started_at REAL NOT NULL,
         ended_at REAL NOT NULL,
         latency_ms INTEGER NOT NULL,
@@ -137,26 +148,19 @@ _SCHEMA_V1 = (
         completion_tokens INTEGER,
         total_tokens INTEGER,
         error TEXT,
-        metadata TEXT NOT NULL DEFAULT '{}'
+        metadata TEXT NOT NULL DEFAULT '{}',
+        messages_json TEXT NOT NULL DEFAULT '[]'
     )
     """,
     """
-    CREATE TABLE message_data (
-        conversation_n INTEGER NOT NULL,
-        seq INTEGER NOT NULL,
-        role TEXT NOT NULL,
-        content TEXT NOT NULL,
-        name TEXT,
-        tool_input TEXT,
-        PRIMARY KEY (conversation_n, seq)
-    ) WITHOUT ROWID
-    """,
-    """
     CREATE VIEW messages AS
-    SELECT c.id AS conversation_id, c.session_id AS session_id, m.seq AS seq,
-        m.role AS role, m.content AS content, m.name AS name,
-        m.tool_input AS tool_input
-    FROM message_data m JOIN conversations c ON c.n = m.conversation_n
+    SELECT c.id AS conversation_id, c.session_id AS session_id,
+        CAST(m.key AS INTEGER) AS seq,
+        json_extract(m.value, '$[0]') AS role,
+        json_extract(m.value, '$[1]') AS content,
+        json_extract(m.value, '$[2]') AS name,
+        json_extract(m.value, '$[3]') AS tool_input
+    FROM conversations c, json_each(c.messages_json) m
     """,
     """
     CREATE TABLE feedback (
@@ -183,14 +187,9 @@ _SCHEMA_V1 = (
     """,
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO meta (key, value) VALUES ('dropped', 0), ('failed', 0)",
-    # Per user: a user's sessions (then their turns through conversations_session).
-    # Keyed by user_id alone, so updating last_at does not move the entry. There
-    # is no conversations (user_id, ...) index: no query needs one and it would
-    # cost a random page per inserted turn (see above).
-    "CREATE INDEX sessions_user ON sessions (user_id) WHERE user_id IS NOT NULL",
     # Per session: transcripts, turn counts, the seen-set loaded on insert.
-    "CREATE INDEX conversations_session ON conversations (session_id, started_at)"
-    " WHERE session_id IS NOT NULL",
+    "CREATE INDEX conversations_session ON conversations (session_n, started_at)"
+    " WHERE session_n IS NOT NULL",
     "CREATE INDEX feedback_session ON feedback (session_id)",
     # By time: a day is a started_at range; export --since reads it in order.
     "CREATE INDEX conversations_started ON conversations (started_at)",
@@ -208,13 +207,10 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
 
 _INSERT_CONVERSATION = (
-    "INSERT INTO conversations (n, id, user_id, session_id, started_at,"
+    "INSERT INTO conversations (n, session_n, id, user_id, session_id, started_at,"
     " ended_at, latency_ms, model, prompt_tokens, completion_tokens, total_tokens,"
-    " error, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_MESSAGE = (
-    "INSERT INTO message_data (conversation_n, seq, role, content, name,"
-    " tool_input) VALUES (?, ?, ?, ?, ?, ?)"
+    " error, metadata, messages_json)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_FEEDBACK = (
     "INSERT OR IGNORE INTO feedback (id, session_id, user_id, conversation_id,"
@@ -243,17 +239,14 @@ _RECOUNT_RATINGS = (
     "  WHERE f.session_id = sessions.id AND f.rating < 0)"
     " WHERE id = ?"
 )
-# A session's messages in turns numbered above n (see _SeenCache); the rowid
-# test runs on the conversations_session index entries.
+# A session's turns numbered above n (see _SeenCache); the rowid test runs on
+# the conversations_session index entries.
 _SELECT_SEEN = (
-    "SELECT c.n, m.role, m.content FROM conversations c"
-    " JOIN message_data m ON m.conversation_n = c.n"
-    " WHERE c.session_id = ? AND c.n > ? AND m.role != 'tool'"
+    "SELECT n, messages_json FROM conversations WHERE session_n = ? AND n > ?"
 )
 _SELECT_SESSION_MESSAGES = (
-    "SELECT m.role, m.content, m.name, m.tool_input FROM conversations c"
-    " JOIN message_data m ON m.conversation_n = c.n"
-    " WHERE c.session_id = ? ORDER BY c.started_at, c.n, m.seq"
+    "SELECT c.messages_json FROM sessions s JOIN conversations c"
+    " ON c.session_n = s.n WHERE s.id = ? ORDER BY c.started_at, c.n"
 )
 _ADD_TO_COUNTER = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -495,6 +488,15 @@ class _Rows:
     rated_sessions: set[str]
 
 
+def _messages_json(messages: Iterable[Message]) -> str:
+    """A turn's messages as stored: ``[[role, content, name, tool_input], ...]``."""
+    return _JSON.encode([[m.role, m.content, m.name, m.tool_input] for m in messages])
+
+
+def _messages_from_json(text: str) -> list[Message]:
+    return [Message(*item) for item in _decode(text)]
+
+
 def _int_or_none(value: str | None) -> int | None:
     if value is None:
         return None
@@ -550,6 +552,7 @@ def _prepare(batch: Sequence[Record]) -> _Rows:
                         _int_or_none(meta.get("total_tokens")),
                         record.error,
                         encode(meta if type(meta) is dict else dict(meta)),
+                        _messages_json(record.messages),
                     ),
                 )
             )
@@ -647,8 +650,8 @@ class _SeenCache:
         self._max_keys = max_keys
         self._keys = 0
 
-    def load(self, conn: sqlite3.Connection, session_id: str) -> _Seen:
-        """The session's seen-set, brought up to date from *conn*."""
+    def load(self, conn: sqlite3.Connection, session_id: str, session_n: int) -> _Seen:
+        """The seen-set of a session (id and number), brought up to date."""
         entry = self._entries.get(session_id)
         if entry is None:
             entry = self._entries[session_id] = _Seen(0, set())
@@ -656,8 +659,12 @@ class _SeenCache:
             self._entries.move_to_end(session_id)
         upto = entry.upto
         keys = entry.keys
-        for n, role, content in conn.execute(_SELECT_SEEN, (session_id, upto)):
-            keys.add((role, _fingerprint(content)))
+        for n, text in conn.execute(_SELECT_SEEN, (session_n, upto)):
+            keys.update(
+                (role, _fingerprint(content))
+                for role, content, *_ in _decode(text)
+                if role != "tool"
+            )
             upto = max(upto, n)
         entry.upto = upto
         return entry
@@ -678,14 +685,19 @@ class _SeenCache:
         self._keys = 0
 
 
-def _existing_ids(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-    """Which of *ids* are stored conversations (one indexed query per 500 ids)."""
-    found: set[str] = set()
-    for start in range(0, len(ids), _MAX_PARAMS):
-        chunk = ids[start : start + _MAX_PARAMS]
+def _numbers(
+    conn: sqlite3.Connection,
+    table: Literal["conversations", "sessions"],
+    ids: Iterable[str],
+) -> dict[str, int]:
+    """The row numbers of those *ids* stored in *table* (one query per 500 ids)."""
+    found: dict[str, int] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), _MAX_PARAMS):
+        chunk = unique[start : start + _MAX_PARAMS]
         marks = ",".join("?" * len(chunk))  # placeholders only; values are bound
-        query = f"SELECT id FROM conversations WHERE id IN ({marks})"
-        found.update(row[0] for row in conn.execute(query, chunk))
+        query = f"SELECT id, n FROM {table} WHERE id IN ({marks})"
+        found.update(conn.execute(query, chunk).fetchall())
     return found
 
 
@@ -697,43 +709,46 @@ def _insert_conversations(
     """
     Insert the conversations not stored yet, with their messages.
 
-    Runs inside the write transaction, so no other process can insert between
-    the existence check, the seen-set reads and the inserts. Conversations
-    already stored (re-delivered) are skipped whole.
+    Runs inside the write transaction, after the sessions upsert (a turn stores
+    its session's number), so no other process can insert between the existence
+    check, the seen-set reads and the inserts. Conversations already stored
+    (re-delivered) are skipped whole.
 
     Returns:
         The seen-sets it used, for ``cache.settle`` once committed.
     """
-    stored = _existing_ids(conn, [record.id for record, _ in items])
+    stored = set(_numbers(conn, "conversations", (record.id for record, _ in items)))
+    session_numbers = _numbers(
+        conn,
+        "sessions",
+        (record.session_id for record, _ in items if record.session_id is not None),
+    )
     n = conn.execute("SELECT coalesce(max(n), 0) FROM conversations").fetchone()[0]
     sessions: dict[str, _Seen] = {}
     conversation_rows: list[tuple[Any, ...]] = []
-    message_rows: list[tuple[Any, ...]] = []
     for record, row in items:
         if record.id in stored:
             continue
         stored.add(record.id)
         n += 1
-        conversation_rows.append((n, *row))
-        messages = record.messages
         sid = record.session_id
-        if sid is not None:
-            # Another process (or a request with a fresh in-memory Session) may
-            # have stored this session's earlier turns: drop the history the
-            # prompt re-sent. Read from the store once per session and batch.
-            seen = sessions.get(sid)
-            if seen is None:
-                seen = sessions[sid] = cache.load(conn, sid)
-            messages = _strip_history(messages, seen.keys)
-            seen.upto = n
-        message_rows.extend(
-            (n, seq, m.role, m.content, m.name, m.tool_input)
-            for seq, m in enumerate(messages)
-        )
+        if sid is None:
+            conversation_rows.append((n, None, *row))
+            continue
+        # Another process (or a request with a fresh in-memory Session) may
+        # have stored this session's earlier turns: drop the history the
+        # prompt re-sent. Read from the store once per session and batch.
+        session_n = session_numbers[sid]
+        seen = sessions.get(sid)
+        if seen is None:
+            seen = sessions[sid] = cache.load(conn, sid, session_n)
+        kept = _strip_history(record.messages, seen.keys)
+        seen.upto = n
+        if len(kept) != len(record.messages):
+            row = (*row[:-1], _messages_json(kept))
+        conversation_rows.append((n, session_n, *row))
     if conversation_rows:
         conn.executemany(_INSERT_CONVERSATION, conversation_rows)
-    if message_rows:
-        conn.executemany(_INSERT_MESSAGE, message_rows)
     return list(sessions.values())
 
 
@@ -746,14 +761,14 @@ def _write(conn: sqlite3.Connection, rows: _Rows, cache: _SeenCache) -> list[_Se
         transaction fails instead, the caller must ``cache.clear()``.
     """
     touched: list[_Seen] = []
+    if rows.sessions:
+        conn.executemany(_UPSERT_SESSION, rows.sessions.values())
     if rows.conversations:
         touched = _insert_conversations(conn, rows.conversations, cache)
     if rows.users:
         conn.executemany(
             _UPSERT_USER, [(uid, a, b) for uid, (a, b) in rows.users.items()]
         )
-    if rows.sessions:
-        conn.executemany(_UPSERT_SESSION, rows.sessions.values())
     if rows.feedback:
         conn.executemany(_INSERT_FEEDBACK, rows.feedback)
         conn.executemany(_RECOUNT_RATINGS, [(sid,) for sid in rows.rated_sessions])
@@ -1418,14 +1433,11 @@ class SQLiteExporter:
 # --- reading -------------------------------------------------------------------
 
 
-def _message(row: Sequence[Any]) -> Message:
-    return Message(row[0], row[1], row[2], row[3])
-
-
 def _session_messages(conn: sqlite3.Connection, session_id: str) -> list[Message]:
-    return [
-        _message(row) for row in conn.execute(_SELECT_SESSION_MESSAGES, (session_id,))
-    ]
+    messages: list[Message] = []
+    for (text,) in conn.execute(_SELECT_SESSION_MESSAGES, (session_id,)):
+        messages.extend(_messages_from_json(text))
+    return messages
 
 
 def _outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
@@ -1445,7 +1457,8 @@ def _outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 _CONVERSATION_COLUMNS = (
     "id, user_id, session_id, started_at, ended_at, latency_ms, model,"
-    " prompt_tokens, completion_tokens, total_tokens, error, metadata, n"
+    " prompt_tokens, completion_tokens, total_tokens, error, metadata, n,"
+    " messages_json"
 )
 
 
@@ -1571,7 +1584,7 @@ class SQLiteReader:
         """
         select = (
             "SELECT s.id, s.user_id, s.started_at, s.last_at,"
-            " (SELECT count(*) FROM conversations c WHERE c.session_id = s.id),"
+            " (SELECT count(*) FROM conversations c WHERE c.session_n = s.n),"
             " s.rating_up, s.rating_down FROM sessions s"
         )
         if user_id is None:
@@ -1605,7 +1618,7 @@ class SQLiteReader:
         """
         sessions = self._rows(
             "SELECT s.id, s.user_id, s.started_at, s.last_at,"
-            " (SELECT count(*) FROM conversations c WHERE c.session_id = s.id),"
+            " (SELECT count(*) FROM conversations c WHERE c.session_n = s.n),"
             " s.rating_up, s.rating_down, s.metadata FROM sessions s WHERE s.id = ?",
             (id,),
         )
@@ -1627,15 +1640,9 @@ class SQLiteReader:
         )
         if not conversations:
             return None
-        messages = self._rows(
-            "SELECT role, content, name, tool_input FROM message_data"
-            " WHERE conversation_n = ? ORDER BY seq",
-            (conversations[0][12],),
-        )
+        row = conversations[0]
         return Transcript(
-            "conversation",
-            _conversation_metadata(conversations[0]),
-            [_message(row) for row in messages],
+            "conversation", _conversation_metadata(row), _messages_from_json(row[13])
         )
 
     def session_messages(self, session_id: str) -> list[Message]:
@@ -1694,16 +1701,6 @@ class SQLiteReader:
                 )
             if not page:
                 return
-            numbers = [row[12] for row in page]
-            marks = ",".join("?" * len(numbers))  # placeholders; values are bound
-            messages: dict[int, list[Message]] = {}
-            for row in self._rows(
-                "SELECT conversation_n, role, content, name, tool_input"
-                f" FROM message_data WHERE conversation_n IN ({marks})"
-                " ORDER BY conversation_n, seq",
-                numbers,
-            ):
-                messages.setdefault(row[0], []).append(_message(row[1:]))
             for row in page:
                 yield StoredConversation(
                     id=row[0],
@@ -1718,7 +1715,7 @@ class SQLiteReader:
                     total_tokens=row[9],
                     error=row[10],
                     metadata=json.loads(row[11]),
-                    messages=tuple(messages.get(row[12], ())),
+                    messages=tuple(_messages_from_json(row[13])),
                 )
             last = page[-1]
             after = (last[3], last[12])

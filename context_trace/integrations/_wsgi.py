@@ -19,7 +19,7 @@ runs inside the framework's request context (Flask's ``before_request``, see
 :mod:`context_trace.integrations.flask`) calls :meth:`RequestScope.refine`, and
 the refined scope is the one the rest of the request and its body run in.
 
-The helpers here (:func:`open_scope`, header parsing, the resolver error path)
+The helpers here (header parsing, the resolver error path)
 are shared with the ASGI middleware.
 """
 
@@ -35,8 +35,8 @@ from context_trace._scopes import (
     _ACTIVE_SCOPE,
     Scope,
     _check_metadata,
-    _id_str,
-    _ScopeFactory,
+    normalize_id,
+    open_scope,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ __all__ = [
     "check_metadata_source",
     "check_source",
     "log_resolver_error",
-    "open_scope",
     "request_done",
     "resolve_metadata",
     "safe_header_value",
@@ -80,22 +79,6 @@ MetadataSource = Mapping[str, Any] | Callable[..., Mapping[str, Any]] | None
 
 
 # --------------------------------------------------------------------------- helpers
-def open_scope(
-    user_id: str | None, session_id: str | None, metadata: Mapping[str, str]
-) -> Scope:
-    """
-    Build (not activate) a scope from resolved values, derived from the current one.
-
-    A *session_id* opens a :class:`~context_trace.Session` with that id; None keeps
-    the outer session, if any. This is what ``track_user(user_id,
-    session_id=..., metadata=...)`` does on entry, without re-validating.
-    """
-    factory = _ScopeFactory(
-        user_id, session_id, dict(metadata), new_session=session_id is not None
-    )
-    return factory._open()
-
-
 def check_source(name: str, value: object) -> None:
     """Reject a user/session resolver that is neither None nor callable."""
     if value is not None and not callable(value):
@@ -306,13 +289,13 @@ class ContextTraceWSGIMiddleware:
 
     def _open(self, environ: WSGIEnvironment) -> Scope:
         if self._user_id is not None:
-            user_id = _id_str("user_id", self._user_id(environ))
+            user_id = normalize_id("user_id", self._user_id(environ))
         else:
-            user_id = _id_str("user_id", environ.get(_USER_ENVIRON))
+            user_id = normalize_id("user_id", environ.get(_USER_ENVIRON))
         if self._session_id is not None:
-            session_id = _id_str("session_id", self._session_id(environ))
+            session_id = normalize_id("session_id", self._session_id(environ))
         else:
-            session_id = _id_str("session_id", environ.get(_SESSION_ENVIRON))
+            session_id = normalize_id("session_id", environ.get(_SESSION_ENVIRON))
         metadata: Mapping[str, str]
         if callable(self._metadata):
             metadata = resolve_metadata(self._metadata(environ))

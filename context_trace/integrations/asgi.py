@@ -28,14 +28,13 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from context_trace import _config
-from context_trace._scopes import Scope, _id_str
+from context_trace._scopes import Scope, normalize_id, open_scope
 
 from ._wsgi import (
     _IN_REQUEST,
     check_metadata_source,
     check_source,
     log_resolver_error,
-    open_scope,
     request_done,
     resolve_metadata,
     safe_header_value,
@@ -193,13 +192,13 @@ class ContextTraceMiddleware:
         ):
             request = _request_class(scope)
         if self._user_id is not None:
-            user_id = _id_str("user_id", await _call(self._user_id, request))
+            user_id = normalize_id("user_id", await _call(self._user_id, request))
         else:
-            user_id = _id_str("user_id", _header(scope, _USER_HEADER))
+            user_id = normalize_id("user_id", _header(scope, _USER_HEADER))
         if self._session_id is not None:
-            session_id = _id_str("session_id", await _call(self._session_id, request))
+            session_id = normalize_id("session_id", await _call(self._session_id, request))
         else:
-            session_id = _id_str("session_id", _header(scope, _SESSION_HEADER))
+            session_id = normalize_id("session_id", _header(scope, _SESSION_HEADER))
         if callable(self._metadata):
             metadata = resolve_metadata(await _call(self._metadata, request))
         else:

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "install 'context-trace[flask]'"
     ) from exc
 
-from context_trace._scopes import _id_str
+from context_trace._scopes import normalize_id
 
 from ._wsgi import (
     ENVIRON_KEY,
@@ -85,7 +85,7 @@ def _login_user_id() -> str | None:
     user = importlib.import_module("flask_login").current_user
     if user is None or not user.is_authenticated:
         return None
-    return _id_str("user_id", user.get_id())
+    return normalize_id("user_id", user.get_id())
 
 
 class ContextTrace:
@@ -176,12 +176,12 @@ class ContextTrace:
         try:
             user_id: str | None = None
             if self._user_id is not None:
-                user_id = _id_str("user_id", self._user_id())
+                user_id = normalize_id("user_id", self._user_id())
             elif self._login and not flask.request.headers.get(USER_HEADER, "").strip():
                 user_id = _login_user_id()
             session_id: str | None = None
             if self._session_id is not None:
-                session_id = _id_str("session_id", self._session_id())
+                session_id = normalize_id("session_id", self._session_id())
             metadata = (
                 resolve_metadata(self._metadata()) if callable(self._metadata) else None
             )
