@@ -53,7 +53,9 @@ def build_chain() -> Any:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
 
-    prompt = ChatPromptTemplate.from_messages([("system", "You are helpful."), ("human", "{q}")])
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "You are helpful."), ("human", "{q}")]
+    )
     return prompt | ParrotFakeChatModel() | StrOutputParser()
 
 
@@ -124,7 +126,8 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
     threading.Thread(target=server.serve_forever, daemon=True).start()
     seed = ContextCallbackHandler(token="bench-token")
     seed.client = getcontext.ContextAPI(
-        credential=Credential("bench-token"), endpoint=f"http://127.0.0.1:{server.server_port}"
+        credential=Credential("bench-token"),
+        endpoint=f"http://127.0.0.1:{server.server_port}",
     )
     upsert = seed.client.log.conversation_upsert
 
@@ -190,11 +193,15 @@ def mem_child(turns: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ops", type=int, default=300, help="calls per row per round")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--mem-turns", type=int, default=100_000, help="0 skips the memory check")
+    ap.add_argument(
+        "--mem-turns", type=int, default=100_000, help="0 skips the memory check"
+    )
     ap.add_argument("--mem-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
@@ -232,26 +239,43 @@ def main() -> None:
     loop.close()
 
     report: dict[str, Any] = {"rows": {}, "ops": args.ops, "rounds": args.rounds}
-    print(f"{'row':<12}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}")
+    print(
+        f"{'row':<12}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}"
+    )
     for mode in ("invoke", "ainvoke"):
         bare = results[("bare", mode)]
-        noop_added = statistics.median(n - b for n, b in zip(results[("noop", mode)], bare, strict=True))
+        noop_added = statistics.median(
+            n - b for n, b in zip(results[("noop", mode)], bare, strict=True)
+        )
         for name in rows:
             vals = results[(name, mode)]
             ratio = statistics.median(v / b for v, b in zip(vals, bare, strict=True))
             added = statistics.median(v - b for v, b in zip(vals, bare, strict=True))
             vs_noop = added / noop_added if noop_added > 0 else float("nan")
-            print(f"{name:<12}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}")
+            print(
+                f"{name:<12}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}"
+            )
             report["rows"][f"{name}/{mode}"] = {
-                "median_us": statistics.median(vals), "ratio": ratio, "added_us": added, "vs_noop": vs_noop,
+                "median_us": statistics.median(vals),
+                "ratio": ratio,
+                "added_us": added,
+                "vs_noop": vs_noop,
             }
     print(f"stats after timing: {ct.stats()}")
     ct.shutdown(30)
 
     if args.mem_turns:
         out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--mem-child", str(args.mem_turns)],
-            capture_output=True, text=True, check=True, env=os.environ.copy(),
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--mem-child",
+                str(args.mem_turns),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ.copy(),
         )
         mem = json.loads(out.stdout.strip().splitlines()[-1])
         first, second = mem["rss_kib"]

@@ -66,7 +66,12 @@ ENV_SERVERLESS = "CONTEXT_TRACE_SERVERLESS"
 ENV_REDACT = "CONTEXT_TRACE_REDACT"
 ENV_RUN_METADATA = "CONTEXT_TRACE_RUN_METADATA"
 # LangSmith/LangChain switches that turn tracing on from the environment.
-_TRACING_ENV = ("LANGSMITH_TRACING", "LANGSMITH_TRACING_V2", "LANGCHAIN_TRACING_V2", "LANGCHAIN_TRACING")
+_TRACING_ENV = (
+    "LANGSMITH_TRACING",
+    "LANGSMITH_TRACING_V2",
+    "LANGCHAIN_TRACING_V2",
+    "LANGCHAIN_TRACING",
+)
 
 DEFAULT_ENDPOINT = "https://api.context.ai"
 _DEFAULT_MAX_QUEUE = 10_000
@@ -235,7 +240,9 @@ def _build_config(kwargs: Mapping[str, Any]) -> Config:
         values["redact"] = os.environ[ENV_REDACT]
     run_metadata = os.environ.get(ENV_RUN_METADATA, "").strip().lower()
     if run_metadata:
-        values["run_metadata"] = "auto" if run_metadata == "auto" else _env_bool(ENV_RUN_METADATA)
+        values["run_metadata"] = (
+            "auto" if run_metadata == "auto" else _env_bool(ENV_RUN_METADATA)
+        )
     values["env_tracing"] = any(
         os.environ.get(name, "").strip().lower() in _TRUE for name in _TRACING_ENV
     )
@@ -282,7 +289,9 @@ def _build_config(kwargs: Mapping[str, Any]) -> Config:
     if "redact" in values:
         values["redact"] = _resolve_redact(values["redact"])
     if "run_metadata" in values and values["run_metadata"] not in (True, False, "auto"):
-        raise ValueError(f"run_metadata must be True, False or 'auto', got {values['run_metadata']!r}")
+        raise ValueError(
+            f"run_metadata must be True, False or 'auto', got {values['run_metadata']!r}"
+        )
     return Config(**values)
 
 
@@ -321,7 +330,9 @@ def _build_exporter(config: Config) -> Exporter:
     from ._exporters.sqlite import SQLiteExporter
 
     if not config.token:
-        return SQLiteExporter(config.db_path, keep_local=True, outbox_max=config.outbox_max)
+        return SQLiteExporter(
+            config.db_path, keep_local=True, outbox_max=config.outbox_max
+        )
     from ._exporters.context_api import ContextAPIExporter
     from ._exporters.outbox import OutboxExporter
 
@@ -396,7 +407,9 @@ def wants_run_metadata() -> bool:
         return bool(mode)
     if config.env_tracing:
         return True
-    return tracing_v2_callback_var.get() is not None or run_collector_var.get() is not None
+    return (
+        tracing_v2_callback_var.get() is not None or run_collector_var.get() is not None
+    )
 
 
 def on_outermost_exit() -> None:

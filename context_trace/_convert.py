@@ -152,7 +152,9 @@ def answer_text(output: Any) -> str:
         text = content_text(output.content)
         calls = getattr(output, "tool_calls", None)
         if not text and calls:
-            text = _compact([{"name": c.get("name"), "args": c.get("args")} for c in calls])
+            text = _compact(
+                [{"name": c.get("name"), "args": c.get("args")} for c in calls]
+            )
         return text
     if isinstance(output, LLMResult):
         if output.generations and output.generations[0]:

@@ -67,7 +67,9 @@ class Turn:
     error: BaseException | None = None
     ended: float = 0.0
 
-    def __init__(self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool) -> None:
+    def __init__(
+        self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
+    ) -> None:
         self.run_id = run_id
         self.scope = scope
         self.tags = tags
@@ -212,7 +214,9 @@ class RecordingHandler(BaseCallbackHandler):
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_end")
 
-    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_chain_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._root_error(run_id, error, "on_chain_error")
 
     # ------------------------------------------------------------------ models
@@ -279,7 +283,9 @@ class RecordingHandler(BaseCallbackHandler):
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_end")
 
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._root_error(run_id, error, "on_llm_error")
 
     # ------------------------------------------------------------------ tools
@@ -360,7 +366,9 @@ class RecordingHandler(BaseCallbackHandler):
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_retriever_end")
 
-    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_retriever_error(
+        self, error: BaseException, *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._root_error(run_id, error, "on_retriever_error")
 
     @property

@@ -50,7 +50,15 @@ _logger = logging.getLogger(__name__)
 _THREAD_NAME = "context-trace-exporter"
 
 #: The counters ``stats()`` reports, in order.
-STAT_KEYS = ("enqueued", "exported", "dropped", "failed", "retried", "pending", "queued")
+STAT_KEYS = (
+    "enqueued",
+    "exported",
+    "dropped",
+    "failed",
+    "retried",
+    "pending",
+    "queued",
+)
 
 #: Converts queued items (raw turns, records) into records; runs on the worker.
 Prepare = Callable[[Sequence[Any]], list[Record]]
@@ -273,14 +281,16 @@ class BatchPipeline:
         self._failed += len(items) - len(records)
         if not records:
             return
-        result: object
+        raw: Any
         try:
-            result = self._exporter.export(records)
+            raw = self._exporter.export(records)
         except Exception:
             _logger.warning("context_trace: exporter raised", exc_info=True)
-            result = ExportResult.failure(len(records))
-        if not isinstance(result, ExportResult):
-            result = ExportResult.success(len(records))
+            raw = ExportResult.failure(len(records))
+        # A user exporter that returns nothing is taken to have succeeded.
+        result = (
+            raw if isinstance(raw, ExportResult) else ExportResult.success(len(records))
+        )
         self._exported += result.exported
         self._failed += result.failed
         self._retried += result.retried
@@ -366,7 +376,9 @@ class BatchPipeline:
             try:
                 pending = int(backlog())
             except Exception:
-                _logger.debug("context_trace: could not read the outbox backlog", exc_info=True)
+                _logger.debug(
+                    "context_trace: could not read the outbox backlog", exc_info=True
+                )
         return {
             "enqueued": self._taken + queued,
             "exported": self._exported,

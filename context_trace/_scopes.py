@@ -76,7 +76,9 @@ _ACTIVE_HANDLER: ContextVar[RecordingHandler | None] = ContextVar(
     "context_trace.active_handler", default=None
 )
 # The tokens of the innermost activation in this context (see Scope.activate).
-_TOKENS: ContextVar[list[Any] | None] = ContextVar("context_trace.scope_tokens", default=None)
+_TOKENS: ContextVar[list[Any] | None] = ContextVar(
+    "context_trace.scope_tokens", default=None
+)
 # inheritable=True: child runs keep the handler even when they are configured in
 # another context (LangChain copies handlers from the parent run manager).
 register_configure_hook(_ACTIVE_HANDLER, True)
@@ -266,7 +268,10 @@ class Scope:
             # so LangSmith and other tracers) carries user_id/session_id. LangChain
             # pays for propagating metadata through every child run, hence "auto".
             parent = var_child_runnable_config.get()
-            metadata = {**((parent or {}).get("metadata") or {}), **self._run_metadata()}
+            metadata = {
+                **((parent or {}).get("metadata") or {}),
+                **self._run_metadata(),
+            }
             config = cast("RunnableConfig", {**(parent or {}), "metadata": metadata})
             config_token = var_child_runnable_config.set(config)
         # The tokens live in a ContextVar, not on the scope: one Scope may be active
@@ -284,7 +289,9 @@ class Scope:
         """Restore the state from before the matching :meth:`activate` in this context."""
         entry = _TOKENS.get()
         if entry is None:
-            _logger.debug("context_trace: deactivate() without activate() in this context")
+            _logger.debug(
+                "context_trace: deactivate() without activate() in this context"
+            )
             return
         scope_token, handler_token, config_token, own_token = entry
         try:
@@ -296,7 +303,9 @@ class Scope:
         except (ValueError, RuntimeError):
             # A token from another context (a generator finished elsewhere): never
             # raise into the app; the context it belonged to is gone anyway.
-            _logger.debug("context_trace: could not restore the outer scope", exc_info=True)
+            _logger.debug(
+                "context_trace: could not restore the outer scope", exc_info=True
+            )
 
     def __enter__(self) -> Scope:
         self.activate()
@@ -542,7 +551,9 @@ class _ScopeFactory:
     # -- decorator -----------------------------------------------------------
     def __call__(self, func: F) -> F:
         target_any: Any = func
-        if not callable(target_any) and not isinstance(target_any, (classmethod, staticmethod)):
+        if not callable(target_any) and not isinstance(
+            target_any, (classmethod, staticmethod)
+        ):
             raise TypeError(
                 f"track_user/context_session decorate a callable, got {type(func).__name__}"
             )
@@ -706,7 +717,9 @@ def open_scope(
     session, if any: what ``track_user(user_id, session_id=..., metadata=...)``
     does on entry, without validating again.
     """
-    factory = _ScopeFactory(user_id, session_id, dict(metadata), new_session=session_id is not None)
+    factory = _ScopeFactory(
+        user_id, session_id, dict(metadata), new_session=session_id is not None
+    )
     return factory._open()
 
 

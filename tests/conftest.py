@@ -22,7 +22,9 @@ def echo_chain(system: str = "You are helpful.") -> Any:
 
 
 @pytest.fixture(autouse=True)
-def _clean_context_trace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+def _clean_context_trace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[None]:
     """Clean env (no CONTEXT_* variables, a per-test SQLite file) and fresh state."""
     for name in list(os.environ):
         if name.startswith(("CONTEXT_", "GETCONTEXT_", "LANGSMITH_", "LANGCHAIN_")):

@@ -59,7 +59,9 @@ class TestEnvironment:
         monkeypatch.setenv(name, value)
         _config.reset()
 
-        with pytest.raises(ValueError, match=name.removeprefix("CONTEXT_TRACE_").lower() + "|" + name):
+        with pytest.raises(
+            ValueError, match=name.removeprefix("CONTEXT_TRACE_").lower() + "|" + name
+        ):
             ct.get_config()
 
 
@@ -67,7 +69,11 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("kwargs", "error", "name"),
         [
-            ({"sample_rate": 1.5}, ValueError, "sample_rate must be between 0.0 and 1.0, got 1.5"),
+            (
+                {"sample_rate": 1.5},
+                ValueError,
+                "sample_rate must be between 0.0 and 1.0, got 1.5",
+            ),
             ({"sample_rate": -0.1}, ValueError, "sample_rate"),
             ({"sample_rate": "half"}, TypeError, "sample_rate"),
             ({"max_queue": 0}, ValueError, "max_queue"),
@@ -174,7 +180,11 @@ class TestRedaction:
         ct.configure(redact=["email", "phone", "card"], db_path=tmp_path / "r.db")
         chain = echo_chain()
         with ct.track_user("u1"):
-            chain.invoke({"q": "mail jane.doe@example.com, call +1 415-555-0199, card 4111 1111 1111 1111"})
+            chain.invoke(
+                {
+                    "q": "mail jane.doe@example.com, call +1 415-555-0199, card 4111 1111 1111 1111"
+                }
+            )
         assert ct.flush(10)
 
         import sqlite3

@@ -42,7 +42,10 @@ def fast_outbox(db: Path, endpoint: str, **remote_kwargs: object) -> OutboxExpor
     remote_kwargs.setdefault("jitter", 0.0)
     store = SQLiteExporter(db, keep_local=True)
     remote = ContextAPIExporter(
-        FAKE_TOKEN, endpoint=endpoint, transcript_source=store.session_messages, **remote_kwargs
+        FAKE_TOKEN,
+        endpoint=endpoint,
+        transcript_source=store.session_messages,
+        **remote_kwargs,
     )
     return OutboxExporter(store, remote)
 
@@ -56,7 +59,9 @@ def outbox_pending(db: Path) -> int:
 
 
 class TestDeliveryThroughConfigure:
-    def test_plain_turn_goes_to_the_conversation_route_with_bearer_auth(self, server, tmp_path):
+    def test_plain_turn_goes_to_the_conversation_route_with_bearer_auth(
+        self, server, tmp_path
+    ):
         """configure(token, endpoint) sends a scoped turn through getcontext."""
         ct.configure(token=FAKE_TOKEN, endpoint=server.url, db_path=tmp_path / "t.db")
         with ct.track_user("alice", metadata={"plan": "pro"}):
@@ -67,13 +72,17 @@ class TestDeliveryThroughConfigure:
         assert f"Bearer {FAKE_TOKEN}" == request.header("Authorization")
         assert [] == server.errors
         conversation = request.body["conversation"]
-        assert ["system", "user", "assistant"] == [m["role"] for m in conversation["messages"]]
+        assert ["system", "user", "assistant"] == [
+            m["role"] for m in conversation["messages"]
+        ]
         assert "alice" == conversation["metadata"]["user_id"]
         assert "pro" == conversation["metadata"]["plan"]
         assert all(isinstance(v, str) for v in conversation["metadata"].values())
         assert 0 == outbox_pending(tmp_path / "t.db")
 
-    def test_session_turns_share_one_thread_and_the_rating_patches_it(self, server, tmp_path):
+    def test_session_turns_share_one_thread_and_the_rating_patches_it(
+        self, server, tmp_path
+    ):
         """Two turns of a session land in one thread; rate() sends a PATCH."""
         ct.configure(token=FAKE_TOKEN, endpoint=server.url, db_path=tmp_path / "t.db")
         chain = echo_chain()
@@ -108,7 +117,9 @@ class TestTransientFailures:
         assert 1 == stats["exported"]
         assert 2 == stats["retried"]
 
-    def test_backend_down_never_raises_and_keeps_records_on_disk(self, tmp_path, caplog):
+    def test_backend_down_never_raises_and_keeps_records_on_disk(
+        self, tmp_path, caplog
+    ):
         """A closed port: every invoke returns normally and the turns wait in the outbox."""
         db = tmp_path / "down.db"
         endpoint = f"http://127.0.0.1:{free_port()}"
@@ -137,14 +148,21 @@ class TestTransientFailures:
                 answers.append(chain.invoke({"q": f"next {i}"}))
 
         assert [f"next {i}" for i in range(25)] == answers
-        assert 1 == len(server.requests)  # the worker is still stuck on the first request
+        assert 1 == len(
+            server.requests
+        )  # the worker is still stuck on the first request
 
 
 class TestSecrets:
     def test_token_never_reaches_logs_or_reprs(self, tmp_path, caplog):
         """With 401s and a dead port, no log record, repr or stat shows the token."""
-        with FakeContextServer(token="another-token") as wrong, caplog.at_level(logging.DEBUG):
-            ct.configure(token=FAKE_TOKEN, endpoint=wrong.url, db_path=tmp_path / "a.db")
+        with (
+            FakeContextServer(token="another-token") as wrong,
+            caplog.at_level(logging.DEBUG),
+        ):
+            ct.configure(
+                token=FAKE_TOKEN, endpoint=wrong.url, db_path=tmp_path / "a.db"
+            )
             chain = echo_chain()
             for i in range(3):
                 with ct.track_user(f"u{i}"):
@@ -153,7 +171,11 @@ class TestSecrets:
             assert 401 in {r.status for r in wrong.requests}
             exporter = ct._config._STATE.pipeline.exporter  # type: ignore[union-attr]
             shown = [repr(exporter), repr(ct.get_config()), str(ct.stats())]
-            ct.configure(exporter=fast_outbox(tmp_path / "b.db", f"http://127.0.0.1:{free_port()}", max_attempts=2))
+            ct.configure(
+                exporter=fast_outbox(
+                    tmp_path / "b.db", f"http://127.0.0.1:{free_port()}", max_attempts=2
+                )
+            )
             with ct.track_user("u"):
                 chain.invoke({"q": "y"})
             assert ct.flush(20)
@@ -169,7 +191,13 @@ class TestRedaction:
     def test_email_is_gone_before_the_server_and_the_file(self, server, tmp_path):
         """redact=['email'] applies to what the API receives and what SQLite keeps."""
         db = tmp_path / "r.db"
-        ct.configure(token=FAKE_TOKEN, endpoint=server.url, db_path=db, keep_local=True, redact=["email"])
+        ct.configure(
+            token=FAKE_TOKEN,
+            endpoint=server.url,
+            db_path=db,
+            keep_local=True,
+            redact=["email"],
+        )
         with ct.track_user("erin"):
             echo_chain().invoke({"q": "write to erin@example.com please"})
         assert ct.flush(20)
@@ -193,7 +221,8 @@ class TestBoundedMemory:
         server.set_delay(60)
         ct.configure(
             exporter=fast_outbox(tmp_path / "q.db", server.url, timeout=30.0),
-            max_queue=5, max_batch=1,
+            max_queue=5,
+            max_batch=1,
         )
         chain = echo_chain()
         with ct.track_user("frank"):
@@ -215,8 +244,11 @@ class TestOutage:
         endpoint = f"http://127.0.0.1:{free_port()}"
         # Slow retries: each delivery pass is stuck for about 1.5 s on the dead port.
         ct.configure(
-            exporter=fast_outbox(db, endpoint, max_attempts=3, backoff_base=0.5, circuit_threshold=1000),
-            flush_interval=0.05, max_batch=10,
+            exporter=fast_outbox(
+                db, endpoint, max_attempts=3, backoff_base=0.5, circuit_threshold=1000
+            ),
+            flush_interval=0.05,
+            max_batch=10,
         )
         chain = echo_chain()
         for i in range(120):
@@ -229,7 +261,9 @@ class TestOutage:
     def test_stats_pending_is_the_outbox_backlog(self, tmp_path):
         """stats()["pending"] reports the rows waiting on disk, not a running total."""
         db = tmp_path / "backlog.db"
-        ct.configure(exporter=fast_outbox(db, f"http://127.0.0.1:{free_port()}", max_attempts=1))
+        ct.configure(
+            exporter=fast_outbox(db, f"http://127.0.0.1:{free_port()}", max_attempts=1)
+        )
         chain = echo_chain()
         for i in range(7):
             with ct.track_user("u"):
@@ -241,7 +275,9 @@ class TestOutage:
 
 
 class TestOutboxSurvivesACrash:
-    def test_killed_process_rows_are_delivered_once_by_the_next_one(self, server, tmp_path):
+    def test_killed_process_rows_are_delivered_once_by_the_next_one(
+        self, server, tmp_path
+    ):
         """SIGKILL with the backend down; a new process with it up delivers each row once."""
         db = tmp_path / "crash.db"
         dead = f"http://127.0.0.1:{free_port()}"
@@ -263,7 +299,9 @@ class TestOutboxSurvivesACrash:
             """
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_")}
-        first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+        first = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, timeout=120
+        )
         assert -signal.SIGKILL == first.returncode, first.stderr.decode()
         on_disk = outbox_pending(db)
         assert 30 <= on_disk <= 40
@@ -273,7 +311,10 @@ class TestOutboxSurvivesACrash:
         assert ct.flush(20)
         ct.shutdown(10)
 
-        ids = [r.body["conversation"]["metadata"]["turn_id"] for r in server.requests_to(ROUTE_LOG)]
+        ids = [
+            r.body["conversation"]["metadata"]["turn_id"]
+            for r in server.requests_to(ROUTE_LOG)
+        ]
         assert on_disk == len(ids)
         assert on_disk == len(set(ids))
         assert 0 == outbox_pending(db)
@@ -281,7 +322,9 @@ class TestOutboxSurvivesACrash:
     def test_replay_delivers_the_backlog(self, server, tmp_path):
         """replay() (the CLI's `context-trace replay`) empties a left-over outbox."""
         db = tmp_path / "replay.db"
-        ct.configure(exporter=fast_outbox(db, f"http://127.0.0.1:{free_port()}", max_attempts=1))
+        ct.configure(
+            exporter=fast_outbox(db, f"http://127.0.0.1:{free_port()}", max_attempts=1)
+        )
         chain = echo_chain()
         for i in range(12):
             with ct.track_user(f"u{i}"):
@@ -291,7 +334,9 @@ class TestOutboxSurvivesACrash:
         assert 12 == outbox_pending(db)
         seen: list[tuple[int, int]] = []
 
-        delivered, failed, pending = replay(db, FAKE_TOKEN, server.url, progress=lambda d, a: seen.append((d, a)))
+        delivered, failed, pending = replay(
+            db, FAKE_TOKEN, server.url, progress=lambda d, a: seen.append((d, a))
+        )
 
         assert (12, 0, 0) == (delivered, failed, pending)
         assert 12 == len(server.requests_to(ROUTE_LOG))

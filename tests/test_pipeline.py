@@ -83,7 +83,9 @@ def make_pipeline(exporter: RecordingExporter):
 
 
 class TestDelivery:
-    def test_flush_delivers_everything_emitted_before_it_in_order(self, exporter, make_pipeline):
+    def test_flush_delivers_everything_emitted_before_it_in_order(
+        self, exporter, make_pipeline
+    ):
         """flush() returns once every earlier record is exported, in emit order."""
         pipeline = make_pipeline(max_batch=64)
         for i in range(1000):
@@ -133,7 +135,9 @@ class TestDelivery:
 
 
 class TestBackpressure:
-    def test_emit_does_not_block_while_the_exporter_hangs(self, exporter, make_pipeline):
+    def test_emit_does_not_block_while_the_exporter_hangs(
+        self, exporter, make_pipeline
+    ):
         """With the exporter stuck, emit keeps returning and records queue up."""
         exporter.gate.clear()
         pipeline = make_pipeline(max_batch=1, max_queue=1000)
@@ -205,7 +209,9 @@ class TestFailures:
 
 
 class TestShutdown:
-    def test_shutdown_drains_then_closes_and_is_idempotent(self, exporter, make_pipeline):
+    def test_shutdown_drains_then_closes_and_is_idempotent(
+        self, exporter, make_pipeline
+    ):
         """shutdown() exports what is queued, closes the exporter once, and can repeat."""
         pipeline = make_pipeline()
         for i in range(20):
@@ -239,7 +245,11 @@ class TestShutdown:
 class TestRejectsBadArguments:
     @pytest.mark.parametrize(
         ("kwargs", "name"),
-        [({"max_queue": 0}, "max_queue"), ({"max_batch": 0}, "max_batch"), ({"flush_interval": 0}, "flush_interval")],
+        [
+            ({"max_queue": 0}, "max_queue"),
+            ({"max_batch": 0}, "max_batch"),
+            ({"flush_interval": 0}, "flush_interval"),
+        ],
     )
     def test_bad_sizes(self, exporter, kwargs, name):
         """Constructor arguments are checked up front, naming the parameter."""
@@ -267,7 +277,9 @@ class TestFork:
                     chain.invoke({"q": "from the child"})
                 ok = ct.flush(20)
                 stats = ct.stats()
-                code = 0 if ok and stats["exported"] == 1 and stats["enqueued"] == 1 else 2
+                code = (
+                    0 if ok and stats["exported"] == 1 and stats["enqueued"] == 1 else 2
+                )
             finally:
                 os.write(write, str(code).encode())
                 os._exit(code)
@@ -283,7 +295,9 @@ class TestFork:
 
         con = sqlite3.connect(db)
         try:
-            users = sorted(u for (u,) in con.execute("select user_id from conversations"))
+            users = sorted(
+                u for (u,) in con.execute("select user_id from conversations")
+            )
         finally:
             con.close()
         assert ["child", "parent"] == users
@@ -306,7 +320,11 @@ class TestExit:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTEXT_")}
         done = subprocess.run(
-            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
         assert 0 == done.returncode, done.stderr
@@ -331,7 +349,9 @@ class TestThroughTheScopes:
 
         assert ct.flush(10)
         assert 30 == ct.stats()["exported"]
-        assert {f"u{i}" for i in range(30)} == {r.user_id for b in exporter.batches for r in b}
+        assert {f"u{i}" for i in range(30)} == {
+            r.user_id for b in exporter.batches for r in b
+        }
 
 
 class TestServerless:

@@ -30,7 +30,9 @@ def test_import_does_not_pull_optional_frameworks():
         "import sys, context_trace; "
         "print(','.join(m for m in ('flask', 'starlette', 'fastapi', 'pytest') if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
 
     assert "" == out.stdout.strip()
 

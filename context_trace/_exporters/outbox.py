@@ -128,7 +128,9 @@ class OutboxExporter:
         counts = self._store.outbox_counts()
         return int(counts.get("pending", 0)) + int(counts.get("leased", 0))
 
-    def deliver(self, limit: int | None = None, progress: Progress | None = None) -> ExportResult:
+    def deliver(
+        self, limit: int | None = None, progress: Progress | None = None
+    ) -> ExportResult:
         """
         Deliver due rows until none is left, one fails transiently, or *limit* is hit.
 
@@ -145,11 +147,19 @@ class OutboxExporter:
             while limit is None or attempted < limit:
                 if self._remote.cooling_down:
                     break  # the backend keeps failing: leave the rows for later
-                size = self._claim_size if limit is None else min(self._claim_size, limit - attempted)
+                size = (
+                    self._claim_size
+                    if limit is None
+                    else min(self._claim_size, limit - attempted)
+                )
                 try:
                     rows = self._store.outbox_claim(size, lease_seconds=self._lease)
                 except Exception:  # noqa: BLE001 - the store failing must not kill the worker
-                    self._warn_once("claim", "context_trace: cannot read the outbox at %s", self._store.path)
+                    self._warn_once(
+                        "claim",
+                        "context_trace: cannot read the outbox at %s",
+                        self._store.path,
+                    )
                     break
                 if not rows:
                     break
@@ -167,7 +177,9 @@ class OutboxExporter:
                         gone.append(row_id)
                     else:
                         retry.append(row_id)
-                        backoff = max(backoff, min(outcome.retry_after or 1.0, _MAX_ROW_BACKOFF))
+                        backoff = max(
+                            backoff, min(outcome.retry_after or 1.0, _MAX_ROW_BACKOFF)
+                        )
                 try:
                     if done:
                         self._store.outbox_done(done)
@@ -176,7 +188,11 @@ class OutboxExporter:
                     if retry:
                         self._store.outbox_release(retry, backoff)
                 except Exception:  # noqa: BLE001 - rows stay leased and come back later
-                    self._warn_once("mark", "context_trace: cannot update the outbox at %s", self._store.path)
+                    self._warn_once(
+                        "mark",
+                        "context_trace: cannot update the outbox at %s",
+                        self._store.path,
+                    )
                 exported += len(done)
                 failed += len(gone)
                 pending += len(retry)
@@ -184,7 +200,9 @@ class OutboxExporter:
                     progress(exported, attempted)
                 if retry:
                     break  # the backend is struggling: back off instead of hammering it
-        return ExportResult(exported=exported, failed=failed, retried=retried, pending=pending)
+        return ExportResult(
+            exported=exported, failed=failed, retried=retried, pending=pending
+        )
 
     def after_fork(self) -> None:
         """Called in a forked child: take fresh locks (the store reopens itself)."""
@@ -196,7 +214,9 @@ class OutboxExporter:
             self._remote.shutdown(timeout)
         finally:
             # Wait (bounded) for a delivery in progress to finish marking its rows.
-            locked = self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.5))
+            locked = self._lock.acquire(
+                timeout=-1 if timeout is None else max(timeout, 0.5)
+            )
             try:
                 self._store.shutdown(timeout)
             finally:
@@ -233,7 +253,11 @@ def replay(
     from context_trace import _config
 
     path = Path(db_path) if db_path is not None else _config.default_db_path()
-    token = token or os.environ.get(_config.ENV_TOKEN) or os.environ.get(_config.ENV_TOKEN_ALT)
+    token = (
+        token
+        or os.environ.get(_config.ENV_TOKEN)
+        or os.environ.get(_config.ENV_TOKEN_ALT)
+    )
     if not token:
         raise ValueError("token is required to replay the outbox (set CONTEXT_TOKEN)")
     endpoint = endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_ENDPOINT
@@ -241,7 +265,9 @@ def replay(
     try:
         store.check()
         remote = ContextAPIExporter(
-            token, endpoint=endpoint, allow_insecure=allow_insecure,
+            token,
+            endpoint=endpoint,
+            allow_insecure=allow_insecure,
             transcript_source=store.session_messages,
         )
         outbox = OutboxExporter(store, remote)

@@ -18,6 +18,7 @@ once. Only the standard library's :mod:`sqlite3` is used.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar, cast
 
 from context_trace._record import (
     ROLES,
@@ -187,10 +188,17 @@ _SCHEMA_V1 = (
     """,
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT INTO meta (key, value) VALUES ('dropped', 0), ('failed', 0)",
-    # Per session: transcripts, turn counts, the seen-set loaded on insert.
-    "CREATE INDEX conversations_session ON conversations (session_n, started_at)"
+    # Per session: transcripts, turn counts, the seen-set loaded on insert. Its
+    # entries are (session_n, n), so "turns of a session numbered above x" is a
+    # range seek; transcripts sort a session's few turns by time in memory.
+    "CREATE INDEX conversations_session ON conversations (session_n)"
     " WHERE session_n IS NOT NULL",
     "CREATE INDEX feedback_session ON feedback (session_id)",
+    # The outbox bound counts and drops the oldest pending rows through the
+    # first; claims find deliverable rows through the second, so rows waiting
+    # out a backoff cost nothing to skip.
+    "CREATE INDEX outbox_status ON outbox (status)",
+    "CREATE INDEX outbox_due ON outbox (lease_until)",
     # By time: a day is a started_at range; export --since reads it in order.
     "CREATE INDEX conversations_started ON conversations (started_at)",
 )
@@ -247,6 +255,13 @@ _SELECT_SEEN = (
 _SELECT_SESSION_MESSAGES = (
     "SELECT c.messages_json FROM sessions s JOIN conversations c"
     " ON c.session_n = s.n WHERE s.id = ? ORDER BY c.started_at, c.n"
+)
+# The oldest deliverable outbox rows: due ids from the small index (a top-N sort
+# over them), then their payloads by id.
+_SELECT_DUE = (
+    "SELECT o.id, o.payload FROM outbox o WHERE o.id IN (SELECT id FROM outbox"
+    " INDEXED BY outbox_due WHERE lease_until <= ? ORDER BY id LIMIT ?)"
+    " ORDER BY o.id"
 )
 _ADD_TO_COUNTER = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -479,8 +494,9 @@ class Transcript(NamedTuple):
 class _Rows:
     """A batch turned into rows in plain Python, before any lock is taken."""
 
-    # (record, its conversations row without ``n``); ``n`` and the message rows
-    # are assigned inside the transaction (see _insert_conversations).
+    # (record, its conversations row without ``n`` and ``session_n``): the
+    # numbers, and the messages of session turns, are settled inside the
+    # transaction (see _insert_conversations).
     conversations: list[tuple[Conversation, tuple[Any, ...]]]
     feedback: list[tuple[Any, ...]]
     users: dict[str, list[float]]
@@ -495,6 +511,52 @@ def _messages_json(messages: Iterable[Message]) -> str:
 
 def _messages_from_json(text: str) -> list[Message]:
     return [Message(*item) for item in _decode(text)]
+
+
+def _clean(text: str) -> str:
+    """*text* with lone surrogates (not encodable as UTF-8) replaced by ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _clean_opt(text: str | None) -> str | None:
+    return None if text is None else _clean(text)
+
+
+def _scrubbed(batch: Sequence[Record]) -> list[Record]:
+    """*batch* with every string made storable (see :func:`_clean`)."""
+    out: list[Record] = []
+    for record in batch:
+        if isinstance(record, Conversation):
+            out.append(
+                dataclasses.replace(
+                    record,
+                    id=_clean(record.id),
+                    user_id=_clean_opt(record.user_id),
+                    session_id=_clean_opt(record.session_id),
+                    messages=tuple(
+                        Message(
+                            m.role,
+                            _clean(m.content),
+                            _clean_opt(m.name),
+                            _clean_opt(m.tool_input),
+                        )
+                        for m in record.messages
+                    ),
+                    metadata={_clean(k): _clean(v) for k, v in record.metadata.items()},
+                    error=_clean_opt(record.error),
+                )
+            )
+        else:
+            out.append(
+                dataclasses.replace(
+                    record,
+                    id=_clean(record.id),
+                    session_id=_clean(record.session_id),
+                    user_id=_clean_opt(record.user_id),
+                    conversation_id=_clean_opt(record.conversation_id),
+                )
+            )
+    return out
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -600,8 +662,28 @@ def _fingerprint(content: str) -> str:
     return str(hash(content))
 
 
+class _FingerprintSet(set[tuple[str, str]]):
+    """
+    A seen-set that stores ``(role, fingerprint(content))``.
+
+    It takes and answers about plain ``message_key`` tuples, so strip_seen and
+    remember work on it unchanged, while a cached session costs ~170 bytes per
+    message whatever the messages' length.
+    """
+
+    __slots__ = ()
+
+    def __contains__(self, key: object) -> bool:
+        role, content = cast("tuple[str, str]", key)
+        return set.__contains__(self, (role, _fingerprint(content)))
+
+    def update(self, *others: Iterable[tuple[str, str]]) -> None:
+        for keys in others:
+            set.update(self, [(role, _fingerprint(content)) for role, content in keys])
+
+
 def _strip_history(
-    messages: tuple[Message, ...], seen: set[tuple[str, str]]
+    messages: tuple[Message, ...], seen: _FingerprintSet
 ) -> tuple[Message, ...]:
     """
     Drop the leading history of a turn that the session already stored.
@@ -609,19 +691,18 @@ def _strip_history(
     strip_seen runs on the messages up to the turn's last user message (the
     prompt part) and keeps that message, as the in-process dedup keeps the last
     input: asking the same question twice is stored twice. What follows (tool
-    calls, the answer) is new by construction and always kept. *seen* holds
-    ``message_key`` of fingerprinted messages (see :func:`_fingerprint`); the
-    kept messages are added to it with :func:`remember`.
+    calls, the answer) is new by construction and always kept. The kept
+    messages are added to *seen* with remember.
     """
     end = len(messages)
     for index in range(end - 1, -1, -1):
         if messages[index].role == "user":
             end = index + 1
             break
-    keyed = tuple(Message(m.role, _fingerprint(m.content)) for m in messages)
-    start = end - len(strip_seen(keyed[:end], seen))
-    remember(seen, keyed[start:])
-    return messages[start:]
+    start = end - len(strip_seen(messages[:end], seen))
+    kept = messages[start:]
+    remember(seen, kept)
+    return kept
 
 
 @dataclass(slots=True)
@@ -629,7 +710,7 @@ class _Seen:
     """A session's seen-set: keys of its messages in turns numbered up to ``upto``."""
 
     upto: int
-    keys: set[tuple[str, str]]
+    keys: _FingerprintSet
     counted: int = 0
 
 
@@ -640,7 +721,7 @@ class _SeenCache:
     Conversation numbers only grow (each is max + 1, assigned under the write
     lock), so a cached seen-set is brought up to date by reading just the
     session's turns numbered above its ``upto``: the ones other processes wrote
-    since. Keys are fingerprints, so an entry costs ~100 bytes per message.
+    since. Keys are fingerprints, so an entry costs ~170 bytes per message.
     Entries are updated in place during a transaction; if it fails the owner
     calls :meth:`clear`, so no uncommitted state survives.
     """
@@ -654,16 +735,14 @@ class _SeenCache:
         """The seen-set of a session (id and number), brought up to date."""
         entry = self._entries.get(session_id)
         if entry is None:
-            entry = self._entries[session_id] = _Seen(0, set())
+            entry = self._entries[session_id] = _Seen(0, _FingerprintSet())
         else:
             self._entries.move_to_end(session_id)
         upto = entry.upto
         keys = entry.keys
         for n, text in conn.execute(_SELECT_SEEN, (session_n, upto)):
             keys.update(
-                (role, _fingerprint(content))
-                for role, content, *_ in _decode(text)
-                if role != "tool"
+                (role, content) for role, content, *_ in _decode(text) if role != "tool"
             )
             upto = max(upto, n)
         entry.upto = upto
@@ -776,16 +855,15 @@ def _write(conn: sqlite3.Connection, rows: _Rows, cache: _SeenCache) -> list[_Se
 
 
 @contextlib.contextmanager
-def _transaction(
-    conn: sqlite3.Connection, mode: Literal["DEFERRED", "IMMEDIATE"] = "IMMEDIATE"
-) -> Iterator[None]:
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """
-    One explicit transaction (the connection runs with ``isolation_level=None``).
+    One write transaction (the connection runs with ``isolation_level=None``).
 
-    IMMEDIATE takes the write lock up front, so a writer waits for the busy
-    timeout at BEGIN instead of failing halfway with SQLITE_BUSY on upgrade.
+    BEGIN IMMEDIATE takes the write lock up front, so a writer waits for the busy
+    timeout at BEGIN instead of failing halfway with SQLITE_BUSY on upgrade, and
+    nothing read inside the transaction can change before it commits.
     """
-    conn.execute("BEGIN IMMEDIATE" if mode == "IMMEDIATE" else "BEGIN DEFERRED")
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield
         conn.execute("COMMIT")
@@ -1051,6 +1129,37 @@ class SQLiteExporter:
         self._logged.add(message)
         _logger.log(level, "%s", message)
 
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        rows: _Rows,
+        also: Callable[[sqlite3.Connection], _T],
+    ) -> tuple[list[_Seen], _T]:
+        """
+        Store *rows* and run *also* in one transaction; call with the lock held.
+
+        Returns:
+            The seen-sets to settle, and what *also* returned. On failure the
+            seen cache is cleared: it may hold keys of the rolled-back batch.
+        """
+        try:
+            with _transaction(conn):
+                touched = _write(conn, rows, self._seen)
+                return touched, also(conn)
+        except BaseException:
+            self._seen.clear()
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; closed after use once shut down."""
+        with self._lock:
+            try:
+                yield self._connection()
+            finally:
+                if self._closed:  # shutdown() timed out waiting for this call
+                    self._discard_connection()
+
     def check(self) -> None:
         """
         Open (creating if needed) the store now and raise if it cannot be used.
@@ -1065,8 +1174,8 @@ class SQLiteExporter:
 
         .. versionadded:: 0.1.0
         """
-        with self._lock:
-            self._connection()
+        with self._locked():
+            pass
 
     # -- Exporter protocol -----------------------------------------------------
 
@@ -1109,8 +1218,13 @@ class SQLiteExporter:
                 self._log_once(logging.ERROR, f"context_trace: {exc}")
                 return ExportResult.failure(n)
             try:
-                with _transaction(conn):
-                    touched = _write(conn, rows, self._seen)
+                try:
+                    touched = self._commit(conn, rows, lambda conn: None)[0]
+                except UnicodeEncodeError:
+                    # A lone surrogate somewhere (SQLite stores UTF-8 only): store
+                    # the batch with such characters replaced rather than lose it.
+                    rows = _prepare(_scrubbed(batch))
+                    touched = self._commit(conn, rows, lambda conn: None)[0]
                 self._seen.settle(touched)
             except Exception as exc:  # noqa: BLE001 - export must never raise
                 self._discard_connection()
@@ -1168,15 +1282,14 @@ class SQLiteExporter:
 
         .. versionadded:: 0.1.0
         """
-        with self._lock:
-            return _session_messages(self._connection(), session_id)
+        with self._locked() as conn:
+            return _session_messages(conn, session_id)
 
     # -- durable outbox ----------------------------------------------------------
 
     def _write_op(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run *op* in one write transaction; drop the connection on error."""
-        with self._lock:
-            conn = self._connection()
+        with self._locked() as conn:
             try:
                 with _transaction(conn):
                     return op(conn)
@@ -1206,25 +1319,32 @@ class SQLiteExporter:
         if not batch:
             return
         now = time.time()
-        payloads = [(record.id, record_to_json(record), now) for record in batch]
-        local = _prepare(batch) if self._keep_local else None
 
-        with self._lock:
-            conn = self._connection()
+        def queue(records: Sequence[Record]) -> Callable[[sqlite3.Connection], int]:
+            payloads = [(r.id, record_to_json(r), now) for r in records]
+
+            def work(conn: sqlite3.Connection) -> int:
+                conn.executemany(
+                    "INSERT INTO outbox (record_id, payload, created_at)"
+                    " VALUES (?, ?, ?)",
+                    payloads,
+                )
+                return self._enforce_bound(conn)
+
+            return work
+
+        rows = _prepare(batch if self._keep_local else ())
+        with self._locked() as conn:
             try:
-                with _transaction(conn):
-                    conn.executemany(
-                        "INSERT INTO outbox (record_id, payload, created_at)"
-                        " VALUES (?, ?, ?)",
-                        payloads,
-                    )
-                    touched = [] if local is None else _write(conn, local, self._seen)
-                    dropped, pending = self._enforce_bound(conn)
+                try:
+                    touched, dropped = self._commit(conn, rows, queue(batch))
+                except UnicodeEncodeError:
+                    clean = _scrubbed(batch)  # see export()
+                    rows = _prepare(clean if self._keep_local else ())
+                    touched, dropped = self._commit(conn, rows, queue(clean))
                 self._seen.settle(touched)
-            except BaseException as exc:
-                self._seen.clear()  # it may hold keys of the rolled-back batch
-                if isinstance(exc, sqlite3.Error):
-                    self._discard_connection()
+            except sqlite3.Error:
+                self._discard_connection()
                 raise
         if dropped:
             message = (
@@ -1232,31 +1352,33 @@ class SQLiteExporter:
                 f" {self._outbox_max} pending records; dropped the oldest"
             )
             if self._warned_full:
-                _logger.debug("%s (%d records, %d pending)", message, dropped, pending)
+                _logger.debug("%s (%d records)", message, dropped)
             else:
                 self._warned_full = True
                 _logger.warning("%s (%d records)", message, dropped)
 
-    def _enforce_bound(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        """Delete the oldest pending rows beyond outbox_max; return (dropped, pending)."""
-        # count(*) of the whole table is cheap (no row decoding); only when it is
-        # over the bound do we count pending rows exactly.
-        total = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        if total <= self._outbox_max:
-            return 0, total
+    def _enforce_bound(self, conn: sqlite3.Connection) -> int:
+        """Delete the oldest pending rows beyond outbox_max; return how many."""
+        # Row ids only grow, so max - min + 1 bounds the row count from above in
+        # two index lookups; only past the bound are pending rows counted (on
+        # the small outbox_status index, not the payload pages).
+        low = conn.execute("SELECT min(id) FROM outbox").fetchone()[0]
+        high = conn.execute("SELECT max(id) FROM outbox").fetchone()[0]
+        if low is None or high - low + 1 <= self._outbox_max:
+            return 0
         pending = conn.execute(
             "SELECT count(*) FROM outbox WHERE status = 'pending'"
         ).fetchone()[0]
-        excess = pending - self._outbox_max
+        excess = int(pending) - self._outbox_max
         if excess <= 0:
-            return 0, pending
+            return 0
         conn.execute(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
             " WHERE status = 'pending' ORDER BY id LIMIT ?)",
             (excess,),
         )
         conn.execute(_ADD_TO_COUNTER, ("dropped", excess))
-        return excess, self._outbox_max
+        return excess
 
     def outbox_claim(
         self, limit: int, lease_seconds: float = _DEFAULT_LEASE_SECONDS
@@ -1291,10 +1413,7 @@ class SQLiteExporter:
         def op(conn: sqlite3.Connection) -> tuple[float, list[tuple[int, Record]]]:
             now = time.time()
             until = now + lease_seconds
-            rows = conn.execute(
-                "SELECT id, payload FROM outbox WHERE lease_until <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
+            rows = conn.execute(_SELECT_DUE, (now, limit)).fetchall()
             claimed: list[tuple[int, Record]] = []
             broken: list[tuple[int]] = []
             for row_id, payload in rows:
@@ -1426,8 +1545,8 @@ class SQLiteExporter:
 
         .. versionadded:: 0.1.0
         """
-        with self._lock:
-            return _outbox_counts(self._connection())
+        with self._locked() as conn:
+            return _outbox_counts(conn)
 
 
 # --- reading -------------------------------------------------------------------
@@ -1441,17 +1560,20 @@ def _session_messages(conn: sqlite3.Connection, session_id: str) -> list[Message
 
 
 def _outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    pending, leased = conn.execute(
-        "SELECT coalesce(sum(status != 'leased' OR lease_until <= :now), 0),"
-        " coalesce(sum(status = 'leased' AND lease_until > :now), 0) FROM outbox",
-        {"now": time.time()},
+    # One statement, so one snapshot. count(*) runs on the smallest index, and
+    # live leases are few: neither reads the payloads.
+    total, leased, dropped, failed = conn.execute(
+        "SELECT (SELECT count(*) FROM outbox),"
+        " (SELECT count(*) FROM outbox WHERE status = 'leased' AND lease_until > ?),"
+        " (SELECT value FROM meta WHERE key = 'dropped'),"
+        " (SELECT value FROM meta WHERE key = 'failed')",
+        (time.time(),),
     ).fetchone()
-    counters = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     return {
-        "pending": int(pending),
+        "pending": int(total) - int(leased),
         "leased": int(leased),
-        "dropped": int(counters.get("dropped", 0)),
-        "failed": int(counters.get("failed", 0)),
+        "dropped": int(dropped or 0),
+        "failed": int(failed or 0),
     }
 
 

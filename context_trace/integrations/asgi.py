@@ -196,7 +196,9 @@ class ContextTraceMiddleware:
         else:
             user_id = normalize_id("user_id", _header(scope, _USER_HEADER))
         if self._session_id is not None:
-            session_id = normalize_id("session_id", await _call(self._session_id, request))
+            session_id = normalize_id(
+                "session_id", await _call(self._session_id, request)
+            )
         else:
             session_id = normalize_id("session_id", _header(scope, _SESSION_HEADER))
         if callable(self._metadata):

@@ -1,7 +1,5 @@
 """``benchmarks/_dropin.py``: the drop-in row of the overhead benchmark records."""
 
-
-
 from __future__ import annotations
 
 import importlib.util

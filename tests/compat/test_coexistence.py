@@ -1,7 +1,5 @@
 """Living beside the callbacks, collectors and tracers apps already use."""
 
-
-
 from __future__ import annotations
 
 import json

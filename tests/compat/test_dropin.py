@@ -1,7 +1,5 @@
 """``context_trace.ContextCallbackHandler``: the drop-in for the community handler."""
 
-
-
 from __future__ import annotations
 
 import asyncio

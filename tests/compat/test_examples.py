@@ -1,7 +1,5 @@
 """The compatibility examples run as written and record what they say."""
 
-
-
 from __future__ import annotations
 
 import os

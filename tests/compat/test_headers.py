@@ -1,7 +1,5 @@
 """User and session ids taken from a model's headers / OpenAI ``user`` field."""
 
-
-
 from __future__ import annotations
 
 from pathlib import Path

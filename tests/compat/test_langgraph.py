@@ -1,7 +1,5 @@
 """LangGraph agents: one conversation per graph invocation, tool calls included."""
 
-
-
 from __future__ import annotations
 
 import asyncio

@@ -371,6 +371,17 @@ class TestExport:
             open_reader().sessions()
         )
 
+    def test_unencodable_text_is_replaced(self, exporter, open_reader):
+        """A lone surrogate is stored as '?' instead of failing the whole batch."""
+        bad = turn("c1", messages=(("user", "bad \ud800 text"),))
+
+        result = exporter.export([bad, turn("c2", at=T0 + 1)])
+
+        assert ExportResult.success(2) == result
+        assert [[("user", "bad ? text")], list(HELLO)] == [
+            texts(c.messages) for c in open_reader().conversations()
+        ]
+
     def test_empty_batch(self, exporter, db):
         """An empty batch succeeds without touching the file."""
         result = exporter.export([])
@@ -802,6 +813,15 @@ class TestOutbox:
             exporter.outbox_counts()
         )
 
+    def test_unencodable_text_is_queued_replaced(self, exporter, db):
+        """The outbox, too, queues a record with a lone surrogate replaced by '?'."""
+        exporter.outbox_put([turn("c1", metadata={"k": "\udfff"})])
+
+        ((_, record),) = exporter.outbox_claim(1)
+
+        assert {"k": "?"} == record.metadata
+        assert 1 == scalar(db, "SELECT count(*) FROM conversations")
+
     def test_keep_local_stores_report_rows(self, exporter, db):
         """With keep_local the queued records also land in the report tables."""
         exporter.outbox_put([turn("c1"), rating("f1", "s1", 1)])
@@ -834,6 +854,16 @@ class TestOutbox:
         assert {"pending": 1, "leased": 0, "dropped": 0, "failed": 0} == counts
         assert [row_id] == [r for r, _ in again]
         assert 2 == scalar(db, "SELECT attempts FROM outbox")
+
+    def test_backoff_does_not_block_newer_rows(self, exporter):
+        """Rows waiting out a backoff are skipped; newer due rows are claimed."""
+        exporter.outbox_put([turn("c1")])
+        exporter.outbox_release([r for r, _ in exporter.outbox_claim(1)], 60.0)
+        exporter.outbox_put([turn("c2")])
+
+        claimed = exporter.outbox_claim(10)
+
+        assert ["c2"] == [record.id for _, record in claimed]
 
     def test_fail_deletes_and_counts(self, exporter):
         """A permanently failed row is deleted and counted."""

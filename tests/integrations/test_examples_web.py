@@ -1,7 +1,5 @@
 """The web examples (examples/flask_app.py, examples/fastapi_app.py) work as documented."""
 
-
-
 from __future__ import annotations
 
 import importlib.util

@@ -8,8 +8,6 @@ flush of the ASGI middleware; gunicorn: the pipeline's atexit hook in each
 sync worker).
 """
 
-
-
 from __future__ import annotations
 
 import json

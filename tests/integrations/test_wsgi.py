@@ -1,7 +1,5 @@
 """The framework-neutral WSGI middleware, driven through the plain WSGI protocol."""
 
-
-
 from __future__ import annotations
 
 import io

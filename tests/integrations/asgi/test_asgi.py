@@ -1,7 +1,5 @@
 """The ASGI middleware with Starlette: headers, resolvers, streaming, pass-through, lifespan flush."""
 
-
-
 from __future__ import annotations
 
 import logging

@@ -1,7 +1,5 @@
 """FastAPI: the middleware plus @track_user on endpoints whose signatures FastAPI reads."""
 
-
-
 from __future__ import annotations
 
 from typing import Any

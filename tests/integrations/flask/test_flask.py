@@ -1,7 +1,5 @@
 """The Flask extension: per-request scopes, resolvers, streaming, threads, a real server."""
 
-
-
 from __future__ import annotations
 
 import importlib.machinery
