@@ -164,7 +164,13 @@ async def time_async(factory: Callable[[], Any], n: int) -> float:
 
 
 def mem_child(turns: int) -> None:
-    """Run *turns* turns in one scope; print RSS (KiB) after each half as JSON."""
+    """
+    Run *turns* turns in one long-lived scope; print JSON with RSS and live objects.
+
+    Five checkpoints, each after a fifth of the turns, a flush and a gc: retained
+    memory that grows with the number of turns shows as a rising trend from the
+    second checkpoint on (the first includes one-off warm-up allocations).
+    """
     import gc
 
     import context_trace as ct
@@ -178,18 +184,25 @@ def mem_child(turns: int) -> None:
                     return int(line.split()[1])
         return -1
 
-    marks = []
+    marks: list[dict[str, int]] = []
+    flushed = True
     with ct.track_user("mem-user") as scope:
-        for _half in range(2):
-            for _ in range(turns // 2):
+        for _checkpoint in range(5):
+            for i in range(turns // 5):
                 chain.invoke(QUESTION)
-            ct.flush(60)
+                if i % 2000 == 1999:
+                    flushed = ct.flush(60) and flushed  # keep the queue short
+            flushed = ct.flush(60) and flushed
             gc.collect()
-            marks.append(rss())
+            marks.append({"rss_kib": rss(), "objects": len(gc.get_objects())})
         active = scope.handler.active_turns if scope.handler is not None else 0
     stats = ct.stats()
     ct.shutdown(30)
-    print(json.dumps({"rss_kib": marks, "active_turns": active, "stats": stats}))
+    print(
+        json.dumps(
+            {"marks": marks, "active_turns": active, "stats": stats, "flushed": flushed}
+        )
+    )
 
 
 def main() -> None:
@@ -278,11 +291,19 @@ def main() -> None:
             env=os.environ.copy(),
         )
         mem = json.loads(out.stdout.strip().splitlines()[-1])
-        first, second = mem["rss_kib"]
+        marks = mem["marks"]
+        step = args.mem_turns // 5
         print(
-            f"memory: {args.mem_turns} turns in one scope: RSS {first} KiB after the first half, "
-            f"{second} KiB after the second (growth {second - first} KiB), "
-            f"active turns left {mem['active_turns']}, exported {mem['stats']['exported']}"
+            f"memory: {args.mem_turns} turns in one scope, checkpoints every {step} turns:"
+        )
+        for n, mark in enumerate(marks, 1):
+            print(
+                f"  after {n * step:>7} turns: RSS {mark['rss_kib']:>7} KiB, live objects {mark['objects']:>8}"
+            )
+        print(
+            f"  growth from checkpoint 2 to 5: RSS {marks[-1]['rss_kib'] - marks[1]['rss_kib']} KiB, "
+            f"objects {marks[-1]['objects'] - marks[1]['objects']}; active turns left {mem['active_turns']}; "
+            f"exported {mem['stats']['exported']}, dropped {mem['stats']['dropped']}"
         )
         report["memory"] = mem
     if args.json_out:

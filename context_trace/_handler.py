@@ -41,7 +41,9 @@ _logger = logging.getLogger(__name__)
 # Root run id -> the recorder that records it. When two context_trace recorders
 # see the same root (a ContextCallbackHandler passed explicitly inside a scope),
 # only the first one records it. dict.setdefault and pop are atomic in CPython.
-_CLAIMED: dict[UUID, RecordingHandler] = {}
+# Keys are ``run_id.int``: UUID's __hash__ and __eq__ are Python-level calls, an
+# int's are not, and these maps are touched several times per run.
+_CLAIMED: dict[int, RecordingHandler] = {}
 
 
 class Turn:
@@ -62,7 +64,7 @@ class Turn:
     serialized: dict[str, Any] | None = None
     llm_results: list[LLMResult] | None = None
     tools: list[list[Any]] | None = None  # [name, input, output, is_error]
-    tool_runs: dict[UUID, list[Any]] | None = None
+    tool_runs: dict[int, list[Any]] | None = None
     output: Any = None
     error: BaseException | None = None
     ended: float = 0.0
@@ -71,11 +73,12 @@ class Turn:
         self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
     ) -> None:
         self.run_id = run_id
+        self.key = run_id.int
         self.scope = scope
         self.tags = tags
         self.skip = skip
         self.started = time.time()
-        self.run_ids: list[UUID] = [run_id]
+        self.run_ids: list[int] = [self.key]
 
     @property
     def has_model_call(self) -> bool:
@@ -98,7 +101,7 @@ class RecordingHandler(BaseCallbackHandler):
 
     def __init__(self, scope: Scope | None) -> None:
         self.scope = scope
-        self._turns: dict[UUID, Turn] = {}
+        self._turns: dict[int, Turn] = {}  # run_id.int of every tracked run
 
     def __repr__(self) -> str:
         scope = self.scope
@@ -121,28 +124,29 @@ class RecordingHandler(BaseCallbackHandler):
     ) -> Turn | None:
         """Register *run_id*; return its turn, or None when another recorder has it."""
         turns = self._turns
+        key = run_id.int
         if parent_run_id is not None:
-            turn = turns.get(parent_run_id)
+            turn = turns.get(parent_run_id.int)
             if turn is not None:
-                turns[run_id] = turn
-                turn.run_ids.append(run_id)
+                turns[key] = turn
+                turn.run_ids.append(key)
                 return turn
         # A root, as far as this handler knows.
-        owner = _CLAIMED.setdefault(run_id, self)
+        owner = _CLAIMED.setdefault(key, self)
         if owner is not self:
             # Another recorder records this root. Follow it as a skipped turn, so
             # the runs below it are not taken for roots and recorded a second time.
             scope = self.scope or owner.scope
             if scope is not None:
-                turns[run_id] = Turn(run_id, scope, tags, True)
+                turns[key] = Turn(run_id, scope, tags, True)
             return None
         scope = self._scope_for_root(metadata)
         if scope is None:
-            _CLAIMED.pop(run_id, None)
+            _CLAIMED.pop(key, None)
             return None
         skip = scope.session is None and not _config.get_config().keep_turn()
         turn = Turn(run_id, scope, tags, skip)
-        turns[run_id] = turn
+        turns[key] = turn
         return turn
 
     def _finish(self, turn: Turn, error: BaseException | None) -> None:
@@ -150,8 +154,8 @@ class RecordingHandler(BaseCallbackHandler):
         turns = self._turns
         for rid in turn.run_ids:
             turns.pop(rid, None)
-        if _CLAIMED.get(turn.run_id) is self:  # not when following another's root
-            _CLAIMED.pop(turn.run_id, None)
+        if _CLAIMED.get(turn.key) is self:  # not when following another's root
+            _CLAIMED.pop(turn.key, None)
         if turn.skip or not (
             turn.has_model_call or (error is not None and turn.chain_inputs is not None)
         ):
@@ -165,8 +169,9 @@ class RecordingHandler(BaseCallbackHandler):
         _config.emit(turn)
 
     def _root(self, run_id: UUID) -> Turn | None:
-        turn = self._turns.get(run_id)
-        return turn if turn is not None and turn.run_id == run_id else None
+        key = run_id.int
+        turn = self._turns.get(key)
+        return turn if turn is not None and turn.key == key else None
 
     def _root_error(self, run_id: UUID, error: BaseException, event: str) -> None:
         """The root run failed: record the turn with its error."""
@@ -200,15 +205,16 @@ class RecordingHandler(BaseCallbackHandler):
     ) -> None:
         try:
             turn = self._enter(run_id, parent_run_id, tags, metadata)
-            if turn is not None and turn.run_id == run_id:
+            if turn is not None and turn.run_id is run_id:  # the root (same object)
                 turn.chain_inputs = inputs
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_start")
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            turn = self._turns.get(run_id)
-            if turn is not None and turn.run_id == run_id:
+            key = run_id.int
+            turn = self._turns.get(key)
+            if turn is not None and turn.key == key:
                 turn.output = outputs
                 self._finish(turn, None)
         except Exception:  # noqa: BLE001 - never raise into the app
@@ -272,12 +278,13 @@ class RecordingHandler(BaseCallbackHandler):
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         try:
-            turn = self._turns.get(run_id)
+            key = run_id.int
+            turn = self._turns.get(key)
             if turn is not None:
                 if turn.llm_results is None:
                     turn.llm_results = []
                 turn.llm_results.append(response)
-                if turn.run_id == run_id:  # a model invoked directly: it is the turn
+                if turn.key == key:  # a model invoked directly: it is the turn
                     turn.output = response
                     self._finish(turn, None)
         except Exception:  # noqa: BLE001 - never raise into the app
@@ -311,19 +318,20 @@ class RecordingHandler(BaseCallbackHandler):
                 turn.tools.append(entry)
                 if turn.tool_runs is None:
                     turn.tool_runs = {}
-                turn.tool_runs[run_id] = entry
+                turn.tool_runs[run_id.int] = entry
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_tool_start")
 
     def _tool_done(self, run_id: UUID, output: Any, is_error: bool) -> None:
-        turn = self._turns.get(run_id)
+        key = run_id.int
+        turn = self._turns.get(key)
         if turn is None:
             return
-        entry = turn.tool_runs.get(run_id) if turn.tool_runs else None
+        entry = turn.tool_runs.get(key) if turn.tool_runs else None
         if entry is not None:
             entry[2] = output
             entry[3] = is_error
-        if turn.run_id == run_id:  # a tool invoked on its own: not a conversation
+        if turn.key == key:  # a tool invoked on its own: not a conversation
             self._finish(turn, output if is_error else None)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
