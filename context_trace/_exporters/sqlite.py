@@ -214,24 +214,23 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 # in one transaction when a writer opens them.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
 
-_INSERT_CONVERSATION = (
+_INSERT_CONVERSATION_HEAD = (
     "INSERT INTO conversations (n, session_n, id, user_id, session_id, started_at,"
     " ended_at, latency_ms, model, prompt_tokens, completion_tokens, total_tokens,"
     " error, metadata, messages_json)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_FEEDBACK = (
     "INSERT OR IGNORE INTO feedback (id, session_id, user_id, conversation_id,"
     " rating, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
-_UPSERT_USER = (
-    "INSERT INTO users (id, first_seen, last_seen) VALUES (?, ?, ?)"
+_UPSERT_USER_HEAD = "INSERT INTO users (id, first_seen, last_seen)"
+_UPSERT_USER_TAIL = (
     " ON CONFLICT (id) DO UPDATE SET"
     " first_seen = min(first_seen, excluded.first_seen),"
     " last_seen = max(last_seen, excluded.last_seen)"
 )
-_UPSERT_SESSION = (
-    "INSERT INTO sessions (id, user_id, started_at, last_at) VALUES (?, ?, ?, ?)"
+_UPSERT_SESSION_HEAD = "INSERT INTO sessions (id, user_id, started_at, last_at)"
+_UPSERT_SESSION_TAIL = (
     " ON CONFLICT (id) DO UPDATE SET"
     " user_id = coalesce(sessions.user_id, excluded.user_id),"
     " started_at = min(started_at, excluded.started_at),"
@@ -780,6 +779,36 @@ def _numbers(
     return found
 
 
+# SQLite's most portable limit of bound parameters per statement.
+_MAX_BIND = 999
+
+
+def _insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    rows: Sequence[Sequence[Any]],
+    tail: str = "",
+) -> None:
+    """
+    ``head VALUES (...), (...), ... tail`` in as few statements as the bind limit allows.
+
+    Why not ``executemany``: the sqlite3 module releases the GIL around every
+    step, i.e. once per row. When an app thread is busy with Python code, each
+    release costs the export thread a whole switch interval (5 ms) to get the
+    GIL back, so a per-row loop crawls at a few hundred rows a second exactly
+    when the app is loaded. One multi-row statement is one step.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, _MAX_BIND // width)
+    group = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        sql = f"{head} VALUES {','.join([group] * len(chunk))}{tail}"
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
 def _insert_conversations(
     conn: sqlite3.Connection,
     items: list[tuple[Conversation, tuple[Any, ...]]],
@@ -827,7 +856,7 @@ def _insert_conversations(
             row = (*row[:-1], _messages_json(kept))
         conversation_rows.append((n, session_n, *row))
     if conversation_rows:
-        conn.executemany(_INSERT_CONVERSATION, conversation_rows)
+        _insert_rows(conn, _INSERT_CONVERSATION_HEAD, conversation_rows)
     return list(sessions.values())
 
 
@@ -841,12 +870,20 @@ def _write(conn: sqlite3.Connection, rows: _Rows, cache: _SeenCache) -> list[_Se
     """
     touched: list[_Seen] = []
     if rows.sessions:
-        conn.executemany(_UPSERT_SESSION, rows.sessions.values())
+        _insert_rows(
+            conn,
+            _UPSERT_SESSION_HEAD,
+            list(rows.sessions.values()),
+            _UPSERT_SESSION_TAIL,
+        )
     if rows.conversations:
         touched = _insert_conversations(conn, rows.conversations, cache)
     if rows.users:
-        conn.executemany(
-            _UPSERT_USER, [(uid, a, b) for uid, (a, b) in rows.users.items()]
+        _insert_rows(
+            conn,
+            _UPSERT_USER_HEAD,
+            [(uid, a, b) for uid, (a, b) in rows.users.items()],
+            _UPSERT_USER_TAIL,
         )
     if rows.feedback:
         conn.executemany(_INSERT_FEEDBACK, rows.feedback)
@@ -928,7 +965,32 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _open_writer(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open (creating if needed) the store at *path* for writing."""
+    """
+    Open (creating if needed) the store at *path* for writing.
+
+    Several processes may open a new file at the same moment (gunicorn workers
+    flushing at exit). Switching it to WAL and creating the schema can then
+    answer "database is locked" without waiting for the busy timeout, so the
+    whole setup is retried with a short backoff until *busy_timeout* passes.
+    """
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.01
+    while True:
+        try:
+            return _open_writer_once(path, busy_timeout)
+        except OSError as exc:  # _store_error maps "locked" to OSError
+            cause = exc.__cause__
+            locked = isinstance(cause, sqlite3.OperationalError) and (
+                "locked" in str(cause) or "busy" in str(cause)
+            )
+            if not locked or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _open_writer_once(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """One attempt of :func:`_open_writer`."""
     if path != ":memory:":
         parent = os.path.dirname(os.path.abspath(path))
         try:
@@ -1324,9 +1386,9 @@ class SQLiteExporter:
             payloads = [(r.id, record_to_json(r), now) for r in records]
 
             def work(conn: sqlite3.Connection) -> int:
-                conn.executemany(
-                    "INSERT INTO outbox (record_id, payload, created_at)"
-                    " VALUES (?, ?, ?)",
+                _insert_rows(
+                    conn,
+                    "INSERT INTO outbox (record_id, payload, created_at)",
                     payloads,
                 )
                 return self._enforce_bound(conn)
