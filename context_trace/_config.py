@@ -74,7 +74,7 @@ _TRACING_ENV = (
 )
 
 DEFAULT_ENDPOINT = "https://api.context.ai"
-_DEFAULT_MAX_QUEUE = 10_000
+_DEFAULT_MAX_QUEUE = 4096  # a queued turn holds ~5 KB of references: ~20 MB at most
 _DEFAULT_FLUSH_INTERVAL = 1.0
 _DEFAULT_MAX_BATCH = 512
 _DEFAULT_SHUTDOWN_TIMEOUT = 5.0

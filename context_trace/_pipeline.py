@@ -94,7 +94,7 @@ class BatchPipeline:
         self,
         exporter: Exporter,
         *,
-        max_queue: int = 10_000,
+        max_queue: int = 4096,
         max_batch: int = 512,
         flush_interval: float = 1.0,
         prepare: Prepare | None = None,
