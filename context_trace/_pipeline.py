@@ -345,14 +345,17 @@ class BatchPipeline:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread.is_alive():
-            thread.join(timeout)
-            if thread.is_alive():
-                # Still stuck (a backend that hangs or keeps failing): cut the
-                # delivery short so the worker can persist what is queued.
-                interrupt = getattr(self._exporter, "interrupt", None)
-                if interrupt is not None:
-                    interrupt()
-                    thread.join(1.0)
+            # Most of the budget for a normal drain; the rest, if the worker is
+            # stuck in a delivery (a backend that hangs or keeps failing), for
+            # persisting what is queued after cutting that delivery short.
+            thread.join(None if timeout is None else timeout * 0.7)
+            interrupt = getattr(self._exporter, "interrupt", None)
+            if thread.is_alive() and interrupt is not None:
+                interrupt()
+                left = (
+                    None if deadline is None else max(0.0, deadline - time.monotonic())
+                )
+                thread.join(left)
         elif self._queue:
             self._drain()
         drained = not self._queue

@@ -78,6 +78,7 @@ class OutboxExporter:
         self._lease = lease_seconds
         self._lock = threading.Lock()
         self._warned: set[str] = set()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"OutboxExporter(store={self._store!r}, remote={self._remote!r})"
@@ -104,6 +105,10 @@ class OutboxExporter:
         Persisting never waits for the backend, so during an outage or with a slow
         backend new turns still reach the disk at SQLite speed.
         """
+        if self._closed:
+            # Shut down with the worker still busy (its timeout ran out): these
+            # records never reached the disk; count them, don't send half-closed.
+            return ExportResult.failure(len(batch))
         try:
             self._store.outbox_put(batch)
         except Exception:  # noqa: BLE001 - fall back to sending directly
@@ -144,7 +149,7 @@ class OutboxExporter:
         """
         exported = failed = retried = pending = attempted = 0
         with self._lock:
-            while limit is None or attempted < limit:
+            while (limit is None or attempted < limit) and not self._closed:
                 if self._remote.cooling_down:
                     break  # the backend keeps failing: leave the rows for later
                 size = (
@@ -210,6 +215,7 @@ class OutboxExporter:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Close the remote client and the store; undelivered rows stay on disk."""
+        self._closed = True
         try:
             self._remote.shutdown(timeout)
         finally:
