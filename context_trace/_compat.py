@@ -56,7 +56,7 @@ def _configure_token(token: str) -> None:
     otherwise starts again from the environment.
     """
     with _configure_lock:
-        config = _config.get_config()
+        config = _config.active_config()
         if config.exporter is not None or config.token:
             if config.token and config.token != token:
                 _config.log_once(
@@ -142,7 +142,7 @@ class ContextCallbackHandler(RecordingHandler):
         """
         if _scopes._ACTIVE_SCOPE.get() is not None:
             return None
-        if not _config.get_config().enabled:
+        if not _config.active_config().enabled:
             return None
         # A fresh anonymous scope per turn: nothing is shared between turns, and
         # the export thread fills user and session from the model's headers.

@@ -25,7 +25,7 @@ from langchain_core.tracers.context import run_collector_var, tracing_v2_callbac
 
 if TYPE_CHECKING:
     from ._exporters.base import Exporter
-    from ._pipeline import BatchPipeline, InlinePipeline
+    from ._pipeline import BatchPipeline, ClosedPipeline, InlinePipeline
 
 __all__ = [
     "ENV_DB",
@@ -39,6 +39,7 @@ __all__ = [
     "ENV_TOKEN",
     "ENV_TOKEN_ALT",
     "Config",
+    "active_config",
     "configure",
     "default_db_path",
     "emit",
@@ -260,7 +261,13 @@ def _build_config(kwargs: Mapping[str, Any]) -> Config:
         if not isinstance(endpoint, str) or not endpoint.startswith(
             ("http://", "https://")
         ):
-            raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+            shown = (
+                endpoint.split(":", 1)[0]
+                + ":…"  # never echo a URL: it may hold secrets
+                if isinstance(endpoint, str)
+                else type(endpoint).__name__
+            )
+            raise ValueError(f"endpoint must be an http(s) URL, got {shown!r}")
         values["endpoint"] = endpoint.rstrip("/")
     if "db_path" in values:
         db = values["db_path"]
@@ -302,25 +309,57 @@ class _State:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.config: Config | None = None
-        self.pipeline: BatchPipeline | InlinePipeline | None = None
+        self.pipeline: BatchPipeline | InlinePipeline | ClosedPipeline | None = None
         self.logged: set[str] = set()
+        #: why the environment's configuration was rejected (see get_config)
+        self.config_error: Exception | None = None
 
 
 _STATE = _State()
+
+
+def active_config() -> Config:
+    """
+    The configuration scopes and the recorder use; never raises.
+
+    If the environment holds a bad value (``CONTEXT_TRACE_SAMPLE_RATE=50%``),
+    recording is switched off and the problem logged once at ERROR, instead of
+    every request raising from its ``track_user``. :func:`get_config` and
+    :func:`configure` still raise it.
+    """
+    config = _STATE.config
+    if config is None:
+        with _STATE.lock:
+            if _STATE.config is None:
+                try:
+                    _STATE.config = _build_config({})
+                    _STATE.config_error = None
+                except (TypeError, ValueError) as exc:
+                    _logger.error(
+                        "context_trace: invalid configuration in the environment, "
+                        "recording is off: %s",
+                        exc,
+                    )
+                    _STATE.config_error = exc
+                    _STATE.config = Config(enabled=False)
+            config = _STATE.config
+    return config
 
 
 def get_config() -> Config:
     """
     The effective configuration (environment plus ``configure()`` arguments).
 
+    Raises:
+        TypeError, ValueError: an environment variable holds a bad value (then
+            recording is off until it is fixed or ``configure()`` is called).
+
     .. versionadded:: 0.1.0
     """
-    config = _STATE.config
-    if config is None:
-        with _STATE.lock:
-            if _STATE.config is None:
-                _STATE.config = _build_config({})
-            config = _STATE.config
+    config = active_config()
+    error = _STATE.config_error
+    if error is not None:
+        raise type(error)(str(error))
     return config
 
 
@@ -349,25 +388,40 @@ def _build_exporter(config: Config) -> Exporter:
     return OutboxExporter(store, remote)
 
 
-def _pipeline() -> BatchPipeline | InlinePipeline:
+def _new_pipeline(config: Config, exporter: Exporter) -> BatchPipeline:
+    from ._pipeline import BatchPipeline
+
+    pipeline = BatchPipeline(
+        exporter,
+        max_queue=config.max_queue,
+        max_batch=config.max_batch,
+        flush_interval=config.flush_interval,
+        redact=config.redact,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    if hasattr(exporter, "idle"):
+        # An outbox may hold rows from an earlier process: deliver now.
+        pipeline.start()
+    return pipeline
+
+
+def _pipeline() -> BatchPipeline | InlinePipeline | ClosedPipeline:
     pipeline = _STATE.pipeline
     if pipeline is None:
         with _STATE.lock:
             if _STATE.pipeline is None:
-                from ._pipeline import BatchPipeline
+                config = active_config()
+                try:
+                    _STATE.pipeline = _new_pipeline(config, _build_exporter(config))
+                except (TypeError, ValueError, OSError) as exc:
+                    # E.g. CONTEXT_ENDPOINT with plain http to a remote host. Build
+                    # once, not per turn: drop and count until reconfigured.
+                    from ._pipeline import ClosedPipeline
 
-                config = get_config()
-                created = _STATE.pipeline = BatchPipeline(
-                    _build_exporter(config),
-                    max_queue=config.max_queue,
-                    max_batch=config.max_batch,
-                    flush_interval=config.flush_interval,
-                    redact=config.redact,
-                    shutdown_timeout=config.shutdown_timeout,
-                )
-                if hasattr(created.exporter, "idle"):
-                    # An outbox may hold rows from an earlier process: deliver now.
-                    created.start()
+                    _logger.error(
+                        "context_trace: cannot export, recording is off: %s", exc
+                    )
+                    _STATE.pipeline = ClosedPipeline(str(exc))
             pipeline = _STATE.pipeline
     return pipeline
 
@@ -401,7 +455,7 @@ def wants_run_metadata() -> bool:
     through every child run costs LangChain a few microseconds per run, so it
     is not paid when nobody looks.
     """
-    config = get_config()
+    config = active_config()
     mode = config.run_metadata
     if mode != "auto":
         return bool(mode)
@@ -488,17 +542,19 @@ def configure(
     """
     kwargs = dict(locals())
     config = _build_config(kwargs)
+    # With a token the exporter is built (and its endpoint checked) now, before
+    # anything changes: a rejected configuration leaves the previous one in place.
+    start_now = config.enabled and (
+        (config.token and config.exporter is None) or hasattr(config.exporter, "idle")
+    )
+    pipeline = _new_pipeline(config, _build_exporter(config)) if start_now else None
     with _STATE.lock:
         old = _STATE.pipeline
-        _STATE.pipeline = None
+        _STATE.pipeline = pipeline
         _STATE.config = config
+        _STATE.config_error = None
     if old is not None:
         old.shutdown(config.shutdown_timeout)
-    if config.enabled and (
-        (config.token and config.exporter is None) or hasattr(config.exporter, "idle")
-    ):
-        # Start now: the outbox may hold undelivered rows from an earlier process.
-        _pipeline()
     return config
 
 
@@ -539,7 +595,7 @@ def shutdown(timeout: float | None = None) -> bool:
     if pipeline is None:
         return True
     return pipeline.shutdown(
-        get_config().shutdown_timeout if timeout is None else timeout
+        active_config().shutdown_timeout if timeout is None else timeout
     )
 
 
@@ -566,6 +622,7 @@ def reset() -> None:
     shutdown(1.0)
     with _STATE.lock:
         _STATE.config = None
+        _STATE.config_error = None
         _STATE.logged.clear()
     from ._convert import reset_header_sessions
 

@@ -347,7 +347,14 @@ def header_ids(params: Any) -> tuple[str | None, str | None]:
 
 
 class _HeaderSessions:
-    """Seen-sets of sessions known only from headers: a bounded LRU, locked."""
+    """
+    Per-session seen-sets, keyed by session id: a bounded LRU, locked.
+
+    Keyed by id, not kept on the ``Session`` object: web integrations (and
+    ``context_session(session_id=...)`` on a request handler) open a fresh
+    ``Session`` for every request of the same conversation, and header-only
+    sessions have no object at all.
+    """
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
@@ -419,12 +426,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
 
     if session_id is not None:
         inputs = _without_past_tool_calls(turn, inputs)
-    if session is not None:
-        with session._lock:
-            inputs_t = strip_seen(inputs, session._seen)
-            remember(session._seen, inputs_t)
-            remember(session._seen, rest)
-    elif session_id is not None:
+    if session_id is not None:
         inputs_t = _HEADER_SESSIONS.dedup(session_id, inputs, rest)
     else:
         inputs_t = tuple(inputs)

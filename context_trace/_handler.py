@@ -144,7 +144,7 @@ class RecordingHandler(BaseCallbackHandler):
         if scope is None:
             _CLAIMED.pop(key, None)
             return None
-        skip = scope.session is None and not _config.get_config().keep_turn()
+        skip = scope.session is None and not _config.active_config().keep_turn()
         turn = Turn(run_id, scope, tags, skip)
         turns[key] = turn
         return turn
@@ -281,9 +281,9 @@ class RecordingHandler(BaseCallbackHandler):
             key = run_id.int
             turn = self._turns.get(key)
             if turn is not None:
-                if turn.llm_results is None:
-                    turn.llm_results = []
-                turn.llm_results.append(response)
+                # dict.setdefault is atomic: parallel children of one root
+                # (RunnableParallel, a ToolNode's executor) must not lose items.
+                turn.__dict__.setdefault("llm_results", []).append(response)
                 if turn.key == key:  # a model invoked directly: it is the turn
                     turn.output = response
                     self._finish(turn, None)
@@ -313,12 +313,8 @@ class RecordingHandler(BaseCallbackHandler):
             if turn is not None:
                 name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
                 entry = [name, inputs if inputs is not None else input_str, None, False]
-                if turn.tools is None:
-                    turn.tools = []
-                turn.tools.append(entry)
-                if turn.tool_runs is None:
-                    turn.tool_runs = {}
-                turn.tool_runs[run_id.int] = entry
+                turn.__dict__.setdefault("tools", []).append(entry)
+                turn.__dict__.setdefault("tool_runs", {})[run_id.int] = entry
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_tool_start")
 

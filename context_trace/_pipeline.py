@@ -43,7 +43,7 @@ from typing import Any
 from ._exporters.base import Exporter, ExportResult
 from ._record import Record
 
-__all__ = ["STAT_KEYS", "BatchPipeline", "InlinePipeline", "Prepare"]
+__all__ = ["STAT_KEYS", "BatchPipeline", "ClosedPipeline", "InlinePipeline", "Prepare"]
 
 _logger = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ class BatchPipeline:
         self._start_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._worker_done = False
         self._pid = os.getpid()
 
     def _after_fork(self) -> None:
@@ -226,6 +227,11 @@ class BatchPipeline:
                 # outbox keeps the rest on disk for the next process).
                 self._drain()
                 self._idle()
+                # A flush() racing this exit may have queued a marker after the
+                # drain above: from here on flush() drains on its own thread, and
+                # one more drain releases anything queued before the flag.
+                self._worker_done = True
+                self._drain()
                 return
             self._idle()
 
@@ -322,6 +328,8 @@ class BatchPipeline:
         marker = _Marker()
         self._queue.append(marker)
         self._wake.set()
+        if self._worker_done:  # the worker exited (shutdown) after the check above
+            self._drain()
         return marker.done.wait(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -450,3 +458,40 @@ class InlinePipeline:
     def exporter(self) -> Exporter:
         """The exporter records go to."""
         return self._exporter
+
+
+class ClosedPipeline:
+    """
+    Stands in when no exporter could be built: drops and counts, never raises.
+
+    Built once (not per turn) when the configuration names an exporter that
+    cannot work, e.g. a plain-http endpoint on a remote host; the reason was
+    logged once. ``configure()`` replaces it.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self._lock = threading.Lock()
+        self._dropped = 0
+
+    def emit(self, item: Any) -> None:
+        """Count *item* as dropped."""
+        with self._lock:
+            self._dropped += 1
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing to flush: always True."""
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Nothing to close: always True."""
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """Same counters as :meth:`BatchPipeline.stats`; only ``dropped`` moves."""
+        with self._lock:
+            return {
+                **dict.fromkeys(STAT_KEYS, 0),
+                "enqueued": self._dropped,
+                "dropped": self._dropped,
+            }

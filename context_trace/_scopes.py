@@ -159,8 +159,6 @@ class Session:
     """
 
     __slots__ = (
-        "_lock",
-        "_seen",
         "id",
         "last_turn_id",
         "metadata",
@@ -184,10 +182,6 @@ class Session:
         self.sampled = sampled
         #: id of the last turn recorded in this session (set by the recorder)
         self.last_turn_id: str | None = None
-        # (role, content) of messages already recorded; only the export worker
-        # touches it (see _convert.py), the lock covers capture()'s inline mode.
-        self._seen: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     def rate(self, rating: int) -> None:
         """
@@ -206,7 +200,7 @@ class Session:
         if type(rating) is not int or rating not in _RATINGS:
             raise ValueError(f"rating must be -1, 0 or 1, got {rating!r}")
         self.ratings.append(int(rating))
-        if not self.sampled or not _config.get_config().enabled:
+        if not self.sampled or not _config.active_config().enabled:
             return
         scope = _ACTIVE_SCOPE.get()
         user_id = scope.user_id if scope is not None and scope.user_id else self.user_id
@@ -334,7 +328,7 @@ def _build_scope(
     if session is not None and session.metadata:
         metadata = {**session.metadata, **metadata}
     scope = Scope(user_id, session, metadata, None)
-    if _config.get_config().enabled and (session is None or session.sampled):
+    if _config.active_config().enabled and (session is None or session.sampled):
         scope.handler = _handler.RecordingHandler(scope)
     return scope
 
@@ -511,7 +505,7 @@ class _ScopeFactory:
                 session_id,
                 user_id if user_id is not None else (outer.user_id if outer else None),
                 self._metadata,
-                sampled=_config.get_config().keep_session(session_id),
+                sampled=_config.active_config().keep_session(session_id),
             )
         return _build_scope(user_id, session, self._metadata)
 
@@ -851,6 +845,12 @@ def instrument_threads() -> None:
     For apps whose thread pools live in libraries they don't control. Opt-in and
     process-wide; undo with :func:`uninstrument_threads`. Calling it twice is safe.
 
+    Every executor task runs in the context of the code that submitted it. A
+    plain thread started inside a scope keeps that scope for its whole life:
+    right for per-request worker threads, wrong for a long-lived background
+    thread a library starts lazily during a request (start such threads outside
+    any scope).
+
     .. versionadded:: 0.1.0
     """
     global _original_start, _original_submit
@@ -876,11 +876,12 @@ def instrument_threads() -> None:
             *args: Any,
             **kwargs: Any,
         ) -> Any:
-            if _ACTIVE_SCOPE.get() is not None and not isinstance(
-                self, ContextThreadPoolExecutor
-            ):
-                return original_submit(self, copy_context().run, fn, *args, **kwargs)
-            return original_submit(self, fn, *args, **kwargs)
+            if isinstance(self, ContextThreadPoolExecutor):
+                return original_submit(self, fn, *args, **kwargs)
+            # Always the submitter's context, scoped or not: a pool's worker
+            # threads may have started inside some request's scope, and a task
+            # submitted outside any scope must not run in that one.
+            return original_submit(self, copy_context().run, fn, *args, **kwargs)
 
         threading.Thread.start = start  # type: ignore[method-assign]
         ThreadPoolExecutor.submit = submit  # type: ignore[method-assign,assignment]

@@ -583,7 +583,8 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         args.token
         or os.environ.get(_config.ENV_TOKEN)
         or os.environ.get(_config.ENV_TOKEN_ALT)
-    )
+        or ""
+    ).strip()  # as configure() does: a trailing newline from a secrets file is fine
     if not token:
         raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",

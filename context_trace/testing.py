@@ -76,7 +76,7 @@ def capture(*, redact: Callable[[str], str] | None = None) -> Iterator[CapturedR
     records = CapturedRecords()
     pipeline = InlinePipeline(
         _ListExporter(records),
-        redact=redact if redact is not None else _config.get_config().redact,
+        redact=redact if redact is not None else _config.active_config().redact,
     )
     state = _config._STATE
     with state.lock:

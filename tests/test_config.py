@@ -253,3 +253,67 @@ class TestRecorderNeverBreaksTheApp:
         warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert 1 == len(warnings)
         assert "could not enqueue" in warnings[0].getMessage()
+
+
+class TestBadConfigurationNeverBreaksTheApp:
+    def test_bad_environment_value_turns_recording_off_with_one_error(
+        self, monkeypatch, caplog
+    ):
+        """CONTEXT_TRACE_SAMPLE_RATE=50% logs once and scopes keep working, unrecorded."""
+        monkeypatch.setenv("CONTEXT_TRACE_SAMPLE_RATE", "50%")
+        _config.reset()
+        chain = echo_chain()
+
+        @ct.track_user(user_id=lambda user: user)
+        def view(user: str) -> str:
+            return chain.invoke({"q": f"hi {user}"})
+
+        with (
+            caplog.at_level(logging.DEBUG, logger="context_trace"),
+            capture() as records,
+        ):
+            for i in range(3):
+                with ct.track_user(f"u{i}"):
+                    assert "x" == chain.invoke({"q": "x"})
+                assert f"hi v{i}" == view(f"v{i}")
+
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert 1 == len(errors)
+        assert "CONTEXT_TRACE_SAMPLE_RATE" in errors[0].getMessage()
+        assert [] == records
+        with pytest.raises(ValueError, match="CONTEXT_TRACE_SAMPLE_RATE"):
+            ct.get_config()
+
+    def test_unusable_exporter_from_the_environment_drops_and_counts(
+        self, monkeypatch, caplog
+    ):
+        """A plain-http remote endpoint: turns are dropped and counted, secrets never logged."""
+        monkeypatch.setenv("CONTEXT_TOKEN", FAKE_TOKEN)
+        monkeypatch.setenv(
+            "CONTEXT_ENDPOINT", "http://user:s3cretpw@analytics.invalid:8080"
+        )
+        _config.reset()
+        chain = echo_chain()
+        with caplog.at_level(logging.DEBUG):
+            for i in range(5):
+                with ct.track_user(f"u{i}"):
+                    chain.invoke({"q": "x"})
+
+        stats = ct.stats()
+        assert 5 == stats["dropped"]
+        assert 0 == stats["exported"]
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert 1 == len(errors)
+        logged = " ".join(r.getMessage() for r in caplog.records)
+        assert "s3cretpw" not in logged
+        assert FAKE_TOKEN not in logged
+
+    def test_rejected_configure_keeps_the_previous_configuration(self):
+        """configure() with an unusable endpoint raises and changes nothing."""
+        first = ct.configure(sample_rate=0.5)
+
+        with pytest.raises(ValueError, match="endpoint") as caught:
+            ct.configure(token=FAKE_TOKEN, endpoint="http://user:pw@remote.invalid")
+
+        assert "pw@" not in str(caught.value)
+        assert first is ct.get_config()

@@ -391,3 +391,29 @@ class TestServerless:
         assert [] == exporter.ids
         assert ct.flush(10)
         assert 1 == len(exporter.ids)
+
+
+class TestFlushRacingShutdown:
+    def test_flush_racing_the_worker_exit_returns(self, exporter, make_pipeline):
+        """flush() still returns when the worker exits between its check and its marker."""
+        pipeline = make_pipeline()
+        pipeline.emit(_record(1))
+        assert pipeline.flush(10)
+        real = pipeline._thread
+        assert real is not None
+        pipeline._stopping = True  # let the real worker finish its last round
+        pipeline._wake.set()
+        real.join(10)
+
+        class StillAliveAtTheCheck:
+            """The worker as flush() saw it a moment before it exited."""
+
+            def is_alive(self) -> bool:
+                return True
+
+        pipeline._thread = StillAliveAtTheCheck()  # type: ignore[assignment]
+        pipeline._queue.append(_record(2))
+
+        assert pipeline.flush(2)
+        assert ["r1", "r2"] == exporter.ids
+        pipeline._thread = real

@@ -777,6 +777,21 @@ def _check_token(token: object) -> None:
         raise ValueError("token must not contain whitespace or control characters")
 
 
+def _safe_url(endpoint: str) -> str:
+    """*endpoint* for messages: user info, query and fragment masked."""
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        if parts.username or parts.password:
+            host = f"***@{host}"
+        query = "?***" if parts.query else ""
+        return f"{parts.scheme}://{host}{parts.path}{query}"
+    except ValueError:
+        return "<unparseable URL>"
+
+
 def _check_endpoint(endpoint: object, allow_insecure: bool) -> tuple[str, bool]:
     """The normalised endpoint and whether bearer auth may go over plain http."""
     if not isinstance(endpoint, str):
@@ -784,17 +799,19 @@ def _check_endpoint(endpoint: object, allow_insecure: bool) -> tuple[str, bool]:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"endpoint must be an http(s) URL with a host, got {endpoint!r}"
+            f"endpoint must be an http(s) URL with a host, got {_safe_url(endpoint)!r}"
         )
     if parts.username or parts.password or parts.query or parts.fragment:
+        # Never echo them: credentials in a URL are secrets too.
         raise ValueError(
-            f"endpoint must not contain credentials, a query or a fragment, got {endpoint!r}"
+            "endpoint must not contain credentials, a query or a fragment, "
+            f"got {_safe_url(endpoint)!r}"
         )
     if parts.scheme == "https":
         return endpoint.rstrip("/"), False
     if not (allow_insecure or _is_loopback(parts.hostname)):
         raise ValueError(
-            f"endpoint {endpoint!r} uses plain http on a non-loopback host, which would send "
+            f"endpoint {_safe_url(endpoint)!r} uses plain http on a non-loopback host, which would send "
             "the token unencrypted; use https or pass allow_insecure=True"
         )
     return endpoint.rstrip("/"), True

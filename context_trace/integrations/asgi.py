@@ -76,7 +76,7 @@ async def _call(resolver: Callable[[Any], Any], request: Any) -> Any:
 
 
 def _flush_at_shutdown() -> None:
-    timeout = _config.get_config().shutdown_timeout
+    timeout = _config.active_config().shutdown_timeout
     try:
         done = _config.flush(timeout)
     except Exception:

@@ -743,3 +743,27 @@ class TestRecorderRobustness:
         } == set(warnings)
         assert {1} == set(warnings.values())
         assert langchain_logs == []
+
+
+class TestSessionAcrossRequests:
+    def test_history_is_not_repeated_when_each_request_opens_the_session(
+        self, records: CapturedRecords
+    ) -> None:
+        """One context_session(id) per request (the web pattern) still records each message once."""
+        from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+        from context_trace import context_session, track_user
+
+        prompt = ChatPromptTemplate.from_messages(
+            [("system", "sys"), MessagesPlaceholder("history"), ("human", "{q}")]
+        )
+        chain = prompt | ParrotFakeChatModel()
+        history: list[BaseMessage] = []
+        for question in ("one", "two", "three"):
+            with track_user("web-user"), context_session("web-session"):
+                answer = chain.invoke({"q": question, "history": history}).content
+            history += [HumanMessage(question), AIMessage(answer)]
+
+        transcript = [m.content for c in records.conversations for m in c.messages]
+
+        assert ["sys", "one", "one", "two", "two", "three", "three"] == transcript

@@ -588,6 +588,22 @@ class TestThreads:
         with ThreadPoolExecutor(max_workers=1) as pool, track_user("nobody"):
             assert pool.submit(current_user).result() is None
 
+    def test_instrumented_pool_does_not_leak_a_scope_to_later_tasks(self) -> None:
+        """A pool whose threads started inside alice's scope runs unscoped tasks unscoped."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        instrument_threads()
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                with track_user("alice"):
+                    inside = pool.submit(current_user).result()
+                outside = [pool.submit(current_user).result() for _ in range(4)]
+        finally:
+            uninstrument_threads()
+
+        assert "alice" == inside
+        assert [None] * 4 == outside
+
     def test_instrument_threads_then_uninstrument(self) -> None:
         """``instrument_threads`` carries the scope into threads; uninstrument restores."""
         original_start = threading.Thread.start
