@@ -13,31 +13,9 @@ from typing import Any
 import pytest
 from langchain_core.runnables import Runnable
 
-from context_trace import _config, uninstrument_threads
-from context_trace._scopes import current_scope
 from context_trace.testing import CapturedRecords, capture
 
 from ._helpers import echo_chain
-
-# LangSmith switches: they would make run_metadata="auto" behave differently and
-# send traces over the network.
-_TRACING_ENV = (
-    "LANGSMITH_TRACING",
-    "LANGSMITH_TRACING_V2",
-    "LANGCHAIN_TRACING_V2",
-    "LANGCHAIN_TRACING",
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_core_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No tracing env, no thread instrumentation, and no scope left active."""
-    for name in _TRACING_ENV:
-        monkeypatch.delenv(name, raising=False)
-    _config.reset()  # re-read the environment without the tracing switches
-    yield
-    uninstrument_threads()
-    assert current_scope() is None, "a test leaked an active scope"
 
 
 @pytest.fixture
