@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -395,31 +396,9 @@ def _parse_since(text: str) -> float:
     return moment.timestamp()
 
 
-def _message_dict(message: Message) -> dict[str, Any]:
-    return {
-        "role": message.role,
-        "content": message.content,
-        "name": message.name,
-        "tool_input": message.tool_input,
-    }
-
-
 def _record_dict(c: StoredConversation) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "user_id": c.user_id,
-        "session_id": c.session_id,
-        "started_at": c.started_at,
-        "ended_at": c.ended_at,
-        "latency_ms": c.latency_ms,
-        "model": c.model,
-        "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": c.completion_tokens,
-        "total_tokens": c.total_tokens,
-        "error": c.error,
-        "metadata": c.metadata,
-        "messages": [_message_dict(m) for m in c.messages],
-    }
+    """A stored conversation as plain data (messages included), for JSON and CSV."""
+    return dataclasses.asdict(c)
 
 
 def _csv_row(c: StoredConversation) -> list[Any]:
