@@ -241,10 +241,10 @@ def record_pool(
 ) -> tuple[list[Any], list[list[Any]]]:
     """Record real raw turns: *plain* outside sessions, *per_session* in each of 100 sessions."""
     import context_trace as ct
-    from context_trace import _config
+    from context_trace import _runtime
 
     keep = _Keep()
-    state = _config._STATE
+    state = _runtime._STATE
     with state.lock:
         previous, state.pipeline = state.pipeline, keep  # type: ignore[assignment]
     try:
@@ -628,13 +628,13 @@ def part_latency(
     from langchain_core.callbacks import BaseCallbackHandler
 
     import context_trace as ct
-    from context_trace import _config
+    from context_trace import _runtime
 
     class Noop(BaseCallbackHandler):
         run_inline = True
 
     noop_config: Any = {"callbacks": [Noop()]}
-    state = _config._STATE
+    state = _runtime._STATE
     drop = _Drop()
 
     def bare() -> Any:

@@ -19,8 +19,7 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 
-from . import _config
-from ._handler import Turn
+from ._log import log_once
 from ._record import (
     Conversation,
     Feedback,
@@ -30,6 +29,7 @@ from ._record import (
     remember,
     strip_seen,
 )
+from ._turn import Turn
 
 __all__ = [
     "answer_text",
@@ -483,7 +483,7 @@ def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record
                 out.append(item)
         except Exception:  # noqa: BLE001 - one bad turn must not stop the batch
             # Once per process at WARNING: a converter bug would fail every turn.
-            _config.log_once(
+            log_once(
                 _logger,
                 "convert",
                 "context_trace: could not convert a turn",

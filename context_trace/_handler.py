@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 
-from . import _config
+from . import _runtime
+from ._log import log_once
+from ._turn import Turn
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from ._scopes import Scope
 
-__all__ = ["RecordingHandler", "Turn"]
+__all__ = ["RecordingHandler"]
 
 _logger = logging.getLogger(__name__)
 
@@ -44,46 +45,6 @@ _logger = logging.getLogger(__name__)
 # Keys are ``run_id.int``: UUID's __hash__ and __eq__ are Python-level calls, an
 # int's are not, and these maps are touched several times per run.
 _CLAIMED: dict[int, RecordingHandler] = {}
-
-
-class Turn:
-    """
-    The raw state of one turn while it runs (references only, no copies).
-
-    ``_convert.to_conversation`` turns it into a ``Conversation`` on the export
-    thread.
-    """
-
-    # Class-level defaults: a new turn sets only what every turn has (this runs
-    # once per root run on the app's thread, so fewer attribute writes matter).
-    chain_inputs: Any = None
-    messages: Sequence[BaseMessage] | None = None
-    prompt: str | None = None
-    invocation_params: dict[str, Any] | None = None
-    model_metadata: dict[str, Any] | None = None
-    serialized: dict[str, Any] | None = None
-    llm_results: list[LLMResult] | None = None
-    tools: list[list[Any]] | None = None  # [name, input, output, is_error]
-    tool_runs: dict[int, list[Any]] | None = None
-    output: Any = None
-    error: BaseException | None = None
-    ended: float = 0.0
-
-    def __init__(
-        self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
-    ) -> None:
-        self.run_id = run_id
-        self.key = run_id.int
-        self.scope = scope
-        self.tags = tags
-        self.skip = skip
-        self.started = time.time()
-        self.run_ids: list[int] = [self.key]
-
-    @property
-    def has_model_call(self) -> bool:
-        """Whether a chat model or LLM ran in this turn."""
-        return self.messages is not None or self.prompt is not None
 
 
 class RecordingHandler(BaseCallbackHandler):
@@ -144,7 +105,7 @@ class RecordingHandler(BaseCallbackHandler):
         if scope is None:
             _CLAIMED.pop(key, None)
             return None
-        skip = scope.session is None and not _config.active_config().keep_turn()
+        skip = scope.session is None and not _runtime.active_config().keep_turn()
         turn = Turn(run_id, scope, tags, skip)
         turns[key] = turn
         return turn
@@ -166,7 +127,7 @@ class RecordingHandler(BaseCallbackHandler):
         session = turn.scope.session
         if session is not None:
             session.last_turn_id = turn.run_id.hex
-        _config.emit(turn)
+        _runtime.emit(turn)
 
     def _root(self, run_id: UUID) -> Turn | None:
         key = run_id.int
@@ -183,7 +144,7 @@ class RecordingHandler(BaseCallbackHandler):
             self._internal_error(event)
 
     def _internal_error(self, event: str) -> None:
-        _config.log_once(
+        log_once(
             _logger,
             f"handler.{event}",
             "context_trace: recorder failed in %s; the turn may be incomplete",

@@ -37,7 +37,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import StructuredTool
 
 import context_trace
-from context_trace import _config, _handler, cli
+from context_trace import _handler, _runtime, cli
 from context_trace._exporters.sqlite import (
     SQLiteExporter,
     SQLiteReader,
@@ -138,7 +138,7 @@ def _fail(_: object) -> object:
 
 def _populate(path: Path) -> None:
     """Record through the real pipeline: scopes, LangChain runs, emitted records."""
-    _config.configure(db_path=path, token=None)
+    _runtime.configure(db_path=path, token=None)
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", "You are helpful."),
@@ -167,7 +167,7 @@ def _populate(path: Path) -> None:
             (prompt | RunnableLambda(_fail)).invoke({"q": "break it"})
     with context_trace.context_session("sess-anon"):
         chain.invoke({"q": "anonymous question"})
-    _config.emit(
+    _runtime.emit(
         Conversation(
             id=C1,
             user_id="carol",
@@ -193,7 +193,7 @@ def _populate(path: Path) -> None:
             },
         )
     )
-    _config.emit(
+    _runtime.emit(
         Conversation(
             id=C2,
             user_id="carol",
@@ -204,7 +204,7 @@ def _populate(path: Path) -> None:
             metadata={"latency_ms": "300"},
         )
     )
-    assert _config.flush(10.0)
+    assert _runtime.flush(10.0)
     # Two records waiting for the Context API (not in the report tables).
     outbox = SQLiteExporter(path, keep_local=False)
     outbox.outbox_put(
@@ -231,11 +231,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         for name in list(os.environ):
             if name.startswith(("CONTEXT_", "GETCONTEXT_")):
                 mp.delenv(name)
-        _config.reset()
+        _runtime.reset()
         try:
             _populate(path)
         finally:
-            _config.reset()
+            _runtime.reset()
             _handler._CLAIMED.clear()
     with SQLiteReader(path) as reader:
         rows = tuple(reader.conversations())
