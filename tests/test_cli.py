@@ -38,6 +38,7 @@ from langchain_core.tools import StructuredTool
 
 import context_trace
 from context_trace import _handler, _runtime, cli
+from context_trace.cli import _format, commands
 from context_trace._exporters.sqlite import (
     SQLiteExporter,
     SQLiteReader,
@@ -1146,12 +1147,12 @@ class TestHelpers:
     )
     def test_parse_since(self, text: str, expected: datetime) -> None:
         """--since takes dates and ISO datetimes, UTC unless an offset is given."""
-        assert expected.timestamp() == cli._parse_since(text)
+        assert expected.timestamp() == commands._parse_since(text)
 
     def test_progress_bar_draws_on_a_terminal(self) -> None:
         """The progress bar redraws one line on a TTY and erases it at the end."""
         stream = _TTY()
-        bar = cli._ProgressBar(stream, "sending")
+        bar = _format._ProgressBar(stream, "sending")
 
         bar.update(5, 10)
         bar.update(10, 10)
@@ -1168,7 +1169,7 @@ class TestHelpers:
     def test_progress_bar_is_silent_off_a_terminal(self) -> None:
         """Nothing is written when the stream is not a terminal."""
         stream = io.StringIO()
-        bar = cli._ProgressBar(stream, "sending")
+        bar = _format._ProgressBar(stream, "sending")
 
         bar.update(1, 2)
         bar.close()
