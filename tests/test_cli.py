@@ -411,8 +411,8 @@ class TestUsers:
 
         assert 3 == len(json.loads(result.stdout))
 
-    def test_long_user_ids_are_cut_to_fit(self, tmp_path: Path, main: Any) -> None:
-        """A user id too long for 80 columns is cut with an ellipsis."""
+    def test_long_user_ids_are_printed_whole(self, tmp_path: Path, main: Any) -> None:
+        """A user id too long for 80 columns is printed whole, never cut."""
         path = tmp_path / "long.db"
         writer = SQLiteExporter(path)
         writer.export(
@@ -433,8 +433,8 @@ class TestUsers:
 
         row = result.stdout.splitlines()[1]
         assert 0 == result.returncode
-        assert 80 == len(row)
-        assert "user-" + "x" * 8 + "…" == row.split()[0]
+        assert "user-" + "x" * 100 == row.split()[0]
+        assert "…" not in result.stdout
         assert row.endswith(
             "1         0  2024-01-15 10:00        50 ms   0     0       0"
         )
@@ -458,6 +458,55 @@ class TestUsers:
 
 
 # --------------------------------------------------------------------------- sessions
+class TestWholeIds:
+    USER = "dd0039ed20-alice-" + "u" * 40
+    SESSION = "dd0039ed20-session-" + "s" * 45
+
+    def _store(self, tmp_path: Path) -> Path:
+        path = tmp_path / "ids.db"
+        writer = SQLiteExporter(path)
+        writer.export(
+            [
+                Conversation(
+                    id="c" * 32,
+                    user_id=self.USER,
+                    session_id=self.SESSION,
+                    started_at=C1_START,
+                    ended_at=C1_START + 0.05,
+                    messages=(Message("user", "q"), Message("assistant", "a")),
+                )
+            ]
+        )
+        writer.shutdown()
+        return path
+
+    def test_ids_printed_by_one_command_work_in_the_next(self, tmp_path: Path) -> None:
+        """Through a pipe, users and sessions print ids whole, so scripts can use them."""
+        path = self._store(tmp_path)
+
+        users = run_cli("users", "--db", str(path))
+        user_id = users.stdout.splitlines()[1].split()[0]
+        sessions = run_cli("sessions", "--user", user_id, "--db", str(path))
+        session_id = sessions.stdout.splitlines()[1].split()[0]
+        show = run_cli("show", session_id, "--db", str(path))
+
+        assert self.USER == user_id
+        assert self.SESSION == session_id
+        assert 0 == show.returncode
+        assert f"session {self.SESSION}" == show.stdout.splitlines()[0]
+
+    def test_ids_are_whole_on_a_narrow_terminal(self, tmp_path: Path) -> None:
+        """On a terminal narrower than the row, ids still print whole."""
+        path = self._store(tmp_path)
+        out = _TTY()
+        args = cli._parser().parse_args(["sessions", "--db", str(path)])
+
+        commands._cmd_sessions(args, out)
+
+        assert self.SESSION in out.getvalue()
+        assert self.USER in out.getvalue()
+
+
 class TestSessions:
     def test_json_exact(self, store: Store) -> None:
         """sessions --json: every session, most recently active first, exactly."""
@@ -571,7 +620,7 @@ class TestShow:
         assert [
             f"conversation {C1}",
             "user carol · session sess-carol",
-            "2024-01-15 10:00 · gpt-test · 100 ms · tokens 12…",
+            "2024-01-15 10:00 · gpt-test · 100 ms · tokens 12 in / 30 out",
             "─" * 50,
             "user       How do I export my data?",
             "tool       export_job",

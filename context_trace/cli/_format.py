@@ -29,6 +29,17 @@ def _width() -> int:
     return max(_MIN_WIDTH, columns)
 
 
+def _table_width(out: TextIO) -> int | None:
+    """
+    How wide a table may be on *out*: the terminal's width, or None (no limit).
+
+    Output that is not a terminal goes to a file, a pipe or a script, where a cut
+    id is a broken id: nothing is truncated there.
+    """
+    isatty = getattr(out, "isatty", None)
+    return _width() if callable(isatty) and isatty() else None
+
+
 # Control characters in stored text (escape sequences in a model's output, a
 # user id with a carriage return) would move the cursor or restyle the terminal.
 _CONTROL = {
@@ -75,16 +86,20 @@ class _Column:
 
 
 def _table(
-    columns: Sequence[_Column], rows: Iterable[Sequence[object]], width: int
+    columns: Sequence[_Column], rows: Iterable[Sequence[object]], width: int | None
 ) -> list[str]:
-    """Format *rows* as aligned columns no wider than *width* (flexible ones cut)."""
+    """
+    Format *rows* as aligned columns no wider than *width* (None: any width).
+
+    Only flexible columns (free text) are narrowed, widest first; ids never are.
+    """
     cells = [[_flat(str(value)) for value in row] for row in rows]
     widths = [
         max([len(column.header), *(len(row[i]) for row in cells)])
         for i, column in enumerate(columns)
     ]
     gap = 2
-    excess = sum(widths) + gap * (len(columns) - 1) - width
+    excess = 0 if width is None else sum(widths) + gap * (len(columns) - 1) - width
     while excess > 0:
         candidates = [
             i

@@ -27,14 +27,17 @@ from context_trace._exporters.sqlite import SQLiteReader, StoredConversation
 from ._format import (
     _Column,
     _cut,
+    _flat,
     _latency,
     _paragraph,
     _plural,
     _ProgressBar,
     _render_messages,
     _table,
+    _table_width,
     _when,
     _width,
+    _wrap,
 )
 
 _PROG = "context-trace"
@@ -123,12 +126,12 @@ def _print_json(value: Any, out: TextIO) -> None:
 
 
 # --------------------------------------------------------------------------- commands
-def _users_lines(path: Path, width: int) -> list[str]:
+def _users_lines(path: Path, width: int | None) -> list[str]:
     users = _read(path, lambda r: r.users())
     if not users:
         return [f"no users recorded yet in {path}"]
     columns = (
-        _Column("USER", flexible=True, min_width=8),
+        _Column("USER"),
         _Column("CONVS", right=True),
         _Column("SESSIONS", right=True),
         _Column("LAST SEEN"),
@@ -158,7 +161,7 @@ def _cmd_users(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _print_json([asdict(u) for u in _read(path, lambda r: r.users())], out)
         return _EXIT_OK
-    for line in _users_lines(path, _width()):
+    for line in _users_lines(path, _table_width(out)):
         print(line, file=out)
     return _EXIT_OK
 
@@ -173,12 +176,11 @@ def _cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
         who = f" for user {args.user!r}" if args.user is not None else ""
         print(f"no sessions recorded{who} in {path}", file=out)
         return _EXIT_OK
-    width = _width()
-    id_width = max(len(s.session_id) for s in sessions)
+    width = _table_width(out)
     columns = (
-        # Session ids are never cut: they are what `show` takes.
-        _Column("SESSION", min_width=id_width),
-        _Column("USER", flexible=True, min_width=6),
+        # Ids are never cut: they are what `show` and `sessions --user` take.
+        _Column("SESSION"),
+        _Column("USER"),
         _Column("LAST ACTIVE"),
         _Column("TURNS", right=True),
         _Column("UP", right=True),
@@ -226,9 +228,11 @@ def _show_lines(path: Path, ident: str, width: int) -> list[str]:
             f"{_when(meta['started_at'])} · {meta.get('model') or 'unknown model'}"
             f" · {_latency(meta['latency_ms'])}{tokens}",
         ]
-        if meta.get("error"):
-            header.append(f"error: {meta['error']}")
-    lines = [_cut(line, width) for line in header]
+    # Header lines hold ids, which are never cut (they are what `show` and
+    # `sessions --user` take); the error, free text, is wrapped instead.
+    lines = [_flat(line) for line in header]
+    if transcript.kind != "session" and meta.get("error"):
+        lines.extend(_wrap(_flat(f"error: {meta['error']}"), width))
     lines.append("─" * min(width, 60))
     if not transcript.messages:
         lines.append("(no messages)")
@@ -364,7 +368,7 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             _latency(weighted / total if total else None),
         )
     )
-    for line in _table(columns, rows, _width()):
+    for line in _table(columns, rows, _table_width(out)):
         print(line, file=out)
     return _EXIT_OK
 
