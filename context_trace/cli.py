@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__, _config
-from ._exporters.sqlite import SQLiteReader, StoredConversation
 from ._record import Message
+from ._store.models import StoredConversation
+from ._store.reader import SQLiteReader
 
 __all__ = ["main"]
 
