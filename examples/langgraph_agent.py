@@ -38,7 +38,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 import context_trace
 
 # The local store's reader (``context-trace`` on the command line shows the same).
-from context_trace._exporters.sqlite import SQLiteReader
+from context_trace._store.reader import SQLiteReader
 
 
 @tool

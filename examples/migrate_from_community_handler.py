@@ -46,7 +46,7 @@ import context_trace
 from context_trace import ContextCallbackHandler
 
 # The local store's reader (``context-trace`` on the command line shows the same).
-from context_trace._exporters.sqlite import SQLiteReader
+from context_trace._store.reader import SQLiteReader
 
 
 class FakeChatOpenAI(ParrotFakeChatModel):

@@ -38,12 +38,10 @@ from langchain_core.tools import StructuredTool
 
 import context_trace
 from context_trace import _handler, _runtime, cli
-from context_trace._exporters.sqlite import (
-    SQLiteExporter,
-    SQLiteReader,
-    StoredConversation,
-)
+from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
+from context_trace._store.models import StoredConversation
+from context_trace._store.reader import SQLiteReader
 from context_trace.cli import _format, commands
 
 from .exporters.context_server import ROUTE_LOG, ROUTE_UPSERT, FakeContextServer

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from context_trace import _demo, cli
-from context_trace._exporters.sqlite import SQLiteReader
+from context_trace._store.reader import SQLiteReader
 
 from .exporters.context_server import free_port
 

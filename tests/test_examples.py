@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteReader
+from context_trace._store.reader import SQLiteReader
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

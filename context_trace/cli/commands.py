@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from context_trace import _config
-from context_trace._exporters.sqlite import SQLiteReader, StoredConversation
+from context_trace._store.models import StoredConversation
+from context_trace._store.reader import SQLiteReader
 
 from ._format import (
     _Column,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from context_trace._exporters.sqlite import SQLiteReader
+from context_trace._store.reader import SQLiteReader
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -16,8 +16,8 @@ from context_trace import (
     track_user,
 )
 from context_trace._convert import _HeaderSessions, header_ids
-from context_trace._exporters.sqlite import SQLiteReader
 from context_trace._record import Message
+from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords
 
 from ._models import HeaderParrot, echo_chain, history_chain

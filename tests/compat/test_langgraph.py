@@ -22,9 +22,9 @@ from context_trace import (
     track_user,
 )
 from context_trace._convert import to_conversation
-from context_trace._exporters.sqlite import SQLiteReader
 from context_trace._record import Message
 from context_trace._scopes import Scope, Session
+from context_trace._store.reader import SQLiteReader
 from context_trace._turn import Turn
 from context_trace.testing import CapturedRecords
 

@@ -16,19 +16,18 @@ from typing import Any
 
 import pytest
 
-from context_trace._exporters import sqlite as sqlite_module
 from context_trace._exporters.base import ExportResult
-from context_trace._exporters.sqlite import (
+from context_trace._exporters.sqlite import SQLiteExporter
+from context_trace._record import Conversation, Feedback, Message
+from context_trace._store import schema
+from context_trace._store.codec import record_from_json, record_to_json
+from context_trace._store.models import (
     DayStats,
     SessionSummary,
-    SQLiteExporter,
-    SQLiteReader,
     StoredConversation,
     UserSummary,
-    record_from_json,
-    record_to_json,
 )
-from context_trace._record import Conversation, Feedback, Message
+from context_trace._store.reader import SQLiteReader
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 DAY = 86_400.0
@@ -217,8 +216,8 @@ class TestSchema:
         def add_column(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE conversations ADD COLUMN extra TEXT")
 
-        monkeypatch.setattr(sqlite_module, "_SCHEMA_VERSION", 2)
-        monkeypatch.setitem(sqlite_module._MIGRATIONS, 2, add_column)
+        monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+        monkeypatch.setitem(schema._MIGRATIONS, 2, add_column)
         store = SQLiteExporter(db)
         store.check()
         store.shutdown()

@@ -1,0 +1,1 @@
+"""The embedded SQLite store: schema, codec, writer, outbox and reader."""

@@ -1,0 +1,183 @@
+"""Record (de)serialisation: records and message lists to and from JSON text."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from context_trace._record import ROLES, Conversation, Feedback, Message, Record, Role
+
+_RECORD_FORMAT = 1
+# One encoder: json.dumps() with options builds a new encoder per call.
+JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+decode = json.JSONDecoder().decode
+
+
+def record_to_json(record: Record) -> str:
+    """
+    Serialise a record to compact JSON; :func:`record_from_json` reverses it.
+
+    The outbox stores records this way. Every field round-trips exactly,
+    including float timestamps and metadata.
+
+    Args:
+        record: A :class:`Conversation` or :class:`Feedback`.
+
+    Returns:
+        A JSON object as text, with ``"type"`` ``"conversation"`` or ``"feedback"``.
+
+    Raises:
+        TypeError: If *record* is neither.
+
+    .. versionadded:: 0.1.0
+    """
+    data: dict[str, Any]
+    if isinstance(record, Conversation):
+        data = {
+            "v": _RECORD_FORMAT,
+            "type": "conversation",
+            "id": record.id,
+            "user_id": record.user_id,
+            "session_id": record.session_id,
+            "started_at": record.started_at,
+            "ended_at": record.ended_at,
+            "messages": [
+                [m.role, m.content, m.name, m.tool_input] for m in record.messages
+            ],
+            "metadata": dict(record.metadata),
+            "error": record.error,
+        }
+    elif isinstance(record, Feedback):
+        data = {
+            "v": _RECORD_FORMAT,
+            "type": "feedback",
+            "id": record.id,
+            "session_id": record.session_id,
+            "user_id": record.user_id,
+            "rating": record.rating,
+            "conversation_id": record.conversation_id,
+            "created_at": record.created_at,
+        }
+    else:
+        raise TypeError(f"not a context_trace record: {type(record).__name__}")
+    return JSON.encode(data)
+
+
+def record_from_json(text: str) -> Record:
+    """
+    Rebuild a record serialised by :func:`record_to_json`.
+
+    Args:
+        text: The JSON text.
+
+    Returns:
+        The :class:`Conversation` or :class:`Feedback`, equal to the original.
+
+    Raises:
+        ValueError: If *text* is not a serialised record.
+
+    .. versionadded:: 0.1.0
+    """
+    try:
+        data = json.loads(text)
+        kind = data["type"]
+        if kind == "conversation":
+            return Conversation(
+                id=_str(data["id"]),
+                user_id=_opt_str(data["user_id"]),
+                session_id=_opt_str(data["session_id"]),
+                started_at=float(data["started_at"]),
+                ended_at=float(data["ended_at"]),
+                messages=tuple(
+                    Message(_role(role), _str(content), _opt_str(name), _opt_str(ti))
+                    for role, content, name, ti in data["messages"]
+                ),
+                metadata={_str(k): _str(v) for k, v in data["metadata"].items()},
+                error=_opt_str(data["error"]),
+            )
+        if kind == "feedback":
+            return Feedback(
+                id=_str(data["id"]),
+                session_id=_str(data["session_id"]),
+                user_id=_opt_str(data["user_id"]),
+                rating=int(data["rating"]),
+                conversation_id=_opt_str(data["conversation_id"]),
+                created_at=float(data["created_at"]),
+            )
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"not a serialised context_trace record: {exc!r}") from exc
+    raise ValueError(f"not a serialised context_trace record: type {kind!r}")
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _opt_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _role(value: object) -> Role:
+    for role in ROLES:
+        if value == role:
+            return role
+    raise ValueError(f"unknown message role {value!r}")
+
+
+def messages_json(messages: Iterable[Message]) -> str:
+    """A turn's messages as stored: ``[[role, content, name, tool_input], ...]``."""
+    return JSON.encode([[m.role, m.content, m.name, m.tool_input] for m in messages])
+
+
+def messages_from_json(text: str) -> list[Message]:
+    return [Message(*item) for item in decode(text)]
+
+
+def _clean(text: str) -> str:
+    """*text* with lone surrogates (not encodable as UTF-8) replaced by ``?``."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _clean_opt(text: str | None) -> str | None:
+    return None if text is None else _clean(text)
+
+
+def scrubbed(batch: Sequence[Record]) -> list[Record]:
+    """*batch* with every string made storable (see :func:`_clean`)."""
+    out: list[Record] = []
+    for record in batch:
+        if isinstance(record, Conversation):
+            out.append(
+                dataclasses.replace(
+                    record,
+                    id=_clean(record.id),
+                    user_id=_clean_opt(record.user_id),
+                    session_id=_clean_opt(record.session_id),
+                    messages=tuple(
+                        Message(
+                            m.role,
+                            _clean(m.content),
+                            _clean_opt(m.name),
+                            _clean_opt(m.tool_input),
+                        )
+                        for m in record.messages
+                    ),
+                    metadata={_clean(k): _clean(v) for k, v in record.metadata.items()},
+                    error=_clean_opt(record.error),
+                )
+            )
+        else:
+            out.append(
+                dataclasses.replace(
+                    record,
+                    id=_clean(record.id),
+                    session_id=_clean(record.session_id),
+                    user_id=_clean_opt(record.user_id),
+                    conversation_id=_clean_opt(record.conversation_id),
+                )
+            )
+    return out

@@ -1,0 +1,187 @@
+"""Connections to a store file: opening, pragmas, transactions and bulk inserts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .schema import (
+    APPLICATION_ID,
+    REQUIRED_TABLES,
+    SCHEMA_VERSION,
+    is_current,
+    migrate,
+    pragma_int,
+    table_names,
+)
+
+DEFAULT_BUSY_TIMEOUT = 10.0
+_WAL_AUTOCHECKPOINT_PAGES = 10_000
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
+_CACHE_SIZE = -16_384  # KiB (negative: a size, not a page count)
+
+# SQLite's most portable limit of bound parameters per statement.
+_MAX_BIND = 999
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    rows: Sequence[Sequence[Any]],
+    tail: str = "",
+) -> None:
+    """
+    ``head VALUES (...), (...), ... tail`` in as few statements as the bind limit allows.
+
+    Why not ``executemany``: the sqlite3 module releases the GIL around every
+    step, i.e. once per row. When an app thread is busy with Python code, each
+    release costs the export thread a whole switch interval (5 ms) to get the
+    GIL back, so a per-row loop crawls at a few hundred rows a second exactly
+    when the app is loaded. One multi-row statement is one step.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, _MAX_BIND // width)
+    group = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start : start + per]
+        sql = f"{head} VALUES {','.join([group] * len(chunk))}{tail}"
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """
+    One write transaction (the connection runs with ``isolation_level=None``).
+
+    BEGIN IMMEDIATE takes the write lock up front, so a writer waits for the busy
+    timeout at BEGIN instead of failing halfway with SQLITE_BUSY on upgrade, and
+    nothing read inside the transaction can change before it commits.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+
+
+# --- opening -------------------------------------------------------------------
+
+
+def store_error(path: str, exc: sqlite3.Error) -> OSError | ValueError:
+    """Map a sqlite3 error met while opening *path* to OSError or ValueError."""
+    message = f"cannot use SQLite store at {path}: {exc}"
+    if isinstance(exc, sqlite3.OperationalError):
+        return OSError(message)  # cannot open, read-only, locked, I/O error
+    return ValueError(message)  # not a database, malformed
+
+
+def open_writer(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """
+    Open (creating if needed) the store at *path* for writing.
+
+    Several processes may open a new file at the same moment (gunicorn workers
+    flushing at exit). Switching it to WAL and creating the schema can then
+    answer "database is locked" without waiting for the busy timeout, so the
+    whole setup is retried with a short backoff until *busy_timeout* passes.
+    """
+    deadline = time.monotonic() + busy_timeout
+    delay = 0.01
+    while True:
+        try:
+            return _open_writer_once(path, busy_timeout)
+        except OSError as exc:  # store_error maps "locked" to OSError
+            cause = exc.__cause__
+            locked = isinstance(cause, sqlite3.OperationalError) and (
+                "locked" in str(cause) or "busy" in str(cause)
+            )
+            if not locked or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+def _open_writer_once(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """One attempt of :func:`open_writer`."""
+    if path != ":memory:":
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(
+                f"cannot use SQLite store at {path}: cannot create directory"
+                f" {parent}: {reason}"
+            ) from exc
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves. The pipeline's
+        # worker and the outbox users call from different threads, always under
+        # SQLiteExporter._lock, hence check_same_thread=False.
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except sqlite3.Error as exc:
+        raise store_error(path, exc) from exc
+    try:
+        # WAL lets readers run beside one writer and makes commits cheap;
+        # synchronous=NORMAL is durable across application crashes in WAL mode
+        # (a power loss can drop the last commits, never corrupt the file).
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # Checkpoint every ~40 MB of WAL instead of 4 MB: pages rewritten by
+        # successive batches reach the database file once, with fewer fsyncs.
+        # The WAL is truncated back to that size after a checkpoint.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES:d}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT:d}")
+        conn.execute(f"PRAGMA cache_size = {_CACHE_SIZE:d}")
+        if not is_current(conn):  # the common case: no write lock needed
+            with transaction(conn):
+                migrate(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise store_error(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open an existing store read-only; raise a clear error if it is not one."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no context_trace database at {path}")
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot open context_trace database {path}: {exc}") from exc
+    try:
+        app_id = pragma_int(conn, "application_id")
+        version = pragma_int(conn, "user_version")
+        tables = table_names(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ValueError(
+            f"{path} is not a context_trace database ({exc}; the file is corrupt"
+            " or not SQLite)"
+        ) from exc
+    if app_id != APPLICATION_ID or not tables >= REQUIRED_TABLES:
+        conn.close()
+        raise ValueError(f"{path} is a SQLite file but not a context_trace database")
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise ValueError(
+            f"{path} has schema version {version}, newer than this context_trace"
+            f" supports ({SCHEMA_VERSION}); upgrade context_trace"
+        )
+    return conn

@@ -1,0 +1,101 @@
+"""The frozen read models the store's reader returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+from context_trace._record import Message
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    """
+    One row of :meth:`SQLiteReader.users`.
+
+    ``avg_latency_ms`` is None for a user with no recorded turn; ratings are the
+    sums over the user's sessions.
+
+    .. versionadded:: 0.1.0
+    """
+
+    user_id: str
+    conversations: int
+    sessions: int
+    last_seen: float
+    avg_latency_ms: float | None
+    ratings_up: int
+    ratings_down: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """
+    One row of :meth:`SQLiteReader.sessions`; ``turns`` counts its conversations.
+
+    .. versionadded:: 0.1.0
+    """
+
+    session_id: str
+    user_id: str | None
+    started_at: float
+    last_at: float
+    turns: int
+    rating_up: int
+    rating_down: int
+
+
+@dataclass(frozen=True, slots=True)
+class DayStats:
+    """
+    One row of :meth:`SQLiteReader.daily_stats`; ``day`` is a UTC ``YYYY-MM-DD``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    day: str
+    conversations: int
+    users: int
+    sessions: int
+    errors: int
+    avg_latency_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """
+    A stored turn as :meth:`SQLiteReader.conversations` yields it.
+
+    ``model`` and the token counts are parsed from the metadata (None when the
+    model did not report them); ``metadata`` is the full original mapping. Inside
+    a session, ``messages`` leave out history already stored for that session.
+
+    .. versionadded:: 0.1.0
+    """
+
+    id: str
+    user_id: str | None
+    session_id: str | None
+    started_at: float
+    ended_at: float
+    latency_ms: int
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    error: str | None
+    metadata: dict[str, str]
+    messages: tuple[Message, ...]
+
+
+class Transcript(NamedTuple):
+    """
+    What :meth:`SQLiteReader.transcript` found: ``(kind, metadata, messages)``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    kind: Literal["session", "conversation"]
+    metadata: dict[str, Any]
+    messages: list[Message]

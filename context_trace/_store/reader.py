@@ -1,0 +1,339 @@
+"""The read-only queries over a store, returning the read models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from context_trace._record import Message
+
+from . import outbox
+from .codec import messages_from_json
+from .connection import DEFAULT_BUSY_TIMEOUT, open_reader
+from .models import (
+    DayStats,
+    SessionSummary,
+    StoredConversation,
+    Transcript,
+    UserSummary,
+)
+
+_READ_PAGE = 500
+
+_SELECT_SESSION_MESSAGES = (
+    "SELECT c.messages_json FROM sessions s JOIN conversations c"
+    " ON c.session_n = s.n WHERE s.id = ? ORDER BY c.started_at, c.n"
+)
+
+
+def read_session_messages(conn: sqlite3.Connection, session_id: str) -> list[Message]:
+    """A session's messages in order across its turns, through *conn*."""
+    messages: list[Message] = []
+    for (text,) in conn.execute(_SELECT_SESSION_MESSAGES, (session_id,)):
+        messages.extend(messages_from_json(text))
+    return messages
+
+
+_CONVERSATION_COLUMNS = (
+    "id, user_id, session_id, started_at, ended_at, latency_ms, model,"
+    " prompt_tokens, completion_tokens, total_tokens, error, metadata, n,"
+    " messages_json"
+)
+
+
+def _conversation_metadata(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "id": row[0],
+        "user_id": row[1],
+        "session_id": row[2],
+        "started_at": row[3],
+        "ended_at": row[4],
+        "latency_ms": row[5],
+        "model": row[6],
+        "prompt_tokens": row[7],
+        "completion_tokens": row[8],
+        "total_tokens": row[9],
+        "error": row[10],
+        "metadata": json.loads(row[11]),
+    }
+
+
+class SQLiteReader:
+    """
+    Read-only queries over a context_trace SQLite store.
+
+    The ``context-trace`` CLI and tests use it. It opens the file with
+    ``mode=ro``, so it never creates or changes a store, and it can run while
+    writers are active (it sees their committed transactions). Use it as a
+    context manager, or call :meth:`close`. Use it from one thread.
+
+    Args:
+        path: The database file.
+
+    Raises:
+        FileNotFoundError: If *path* does not exist.
+        OSError: If the file cannot be opened.
+        ValueError: If the file is corrupt, not SQLite, not a context_trace
+            store, or written by a newer context_trace.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = os.fspath(path)
+        self._conn = open_reader(self._path, DEFAULT_BUSY_TIMEOUT)
+
+    @property
+    def path(self) -> str:
+        """The database file this reader reads."""
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SQLiteReader({self._path!r})"
+
+    def __enter__(self) -> SQLiteReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """
+        Close the connection; safe to call twice.
+
+        .. versionadded:: 0.1.0
+        """
+        self._conn.close()
+
+    def _rows(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()
+    ) -> list[Any]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc
+
+    def users(self) -> list[UserSummary]:
+        """
+        Per-user totals, most recently seen first.
+
+        Turns without a user are not listed (see :meth:`daily_stats`).
+
+        Returns:
+            One :class:`UserSummary` per known user.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        rows = self._rows(
+            "WITH c AS (SELECT user_id, count(*) AS n, avg(latency_ms) AS latency,"
+            "  sum(error IS NOT NULL) AS errors FROM conversations"
+            "  WHERE user_id IS NOT NULL GROUP BY user_id),"
+            " s AS (SELECT user_id, count(*) AS n, sum(rating_up) AS up,"
+            "  sum(rating_down) AS down FROM sessions"
+            "  WHERE user_id IS NOT NULL GROUP BY user_id)"
+            " SELECT u.id, coalesce(c.n, 0), coalesce(s.n, 0), u.last_seen, c.latency,"
+            "  coalesce(s.up, 0), coalesce(s.down, 0), coalesce(c.errors, 0)"
+            " FROM users u LEFT JOIN c ON c.user_id = u.id"
+            " LEFT JOIN s ON s.user_id = u.id ORDER BY u.last_seen DESC, u.id"
+        )
+        return [UserSummary(*row) for row in rows]
+
+    def sessions(
+        self, user_id: str | None = None, limit: int = 50
+    ) -> list[SessionSummary]:
+        """
+        Sessions, most recently active first.
+
+        Args:
+            user_id: Only this user's sessions; None for all.
+            limit: Most sessions returned.
+
+        Returns:
+            One :class:`SessionSummary` per session.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        select = (
+            "SELECT s.id, s.user_id, s.started_at, s.last_at,"
+            " (SELECT count(*) FROM conversations c WHERE c.session_n = s.n),"
+            " s.rating_up, s.rating_down FROM sessions s"
+        )
+        if user_id is None:
+            rows = self._rows(
+                f"{select} ORDER BY s.last_at DESC, s.id LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._rows(
+                f"{select} WHERE s.user_id = ? ORDER BY s.last_at DESC, s.id LIMIT ?",
+                (user_id, limit),
+            )
+        return [SessionSummary(*row) for row in rows]
+
+    def transcript(self, id: str) -> Transcript | None:
+        """
+        The transcript of a session or of one conversation, by id.
+
+        Args:
+            id: A session id (its turns' messages in order, by turn start time
+                then position) or a conversation id (that turn's messages).
+
+        Returns:
+            A :class:`Transcript` ``(kind, metadata, messages)``, or None when no
+            session or conversation has that id. For a session the metadata holds
+            its summary columns; for a conversation, its stored columns.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        sessions = self._rows(
+            "SELECT s.id, s.user_id, s.started_at, s.last_at,"
+            " (SELECT count(*) FROM conversations c WHERE c.session_n = s.n),"
+            " s.rating_up, s.rating_down, s.metadata FROM sessions s WHERE s.id = ?",
+            (id,),
+        )
+        if sessions:
+            row = sessions[0]
+            metadata = {
+                "session_id": row[0],
+                "user_id": row[1],
+                "started_at": row[2],
+                "last_at": row[3],
+                "turns": row[4],
+                "rating_up": row[5],
+                "rating_down": row[6],
+                "metadata": json.loads(row[7]),
+            }
+            return Transcript("session", metadata, self.session_messages(id))
+        conversations = self._rows(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (id,)
+        )
+        if not conversations:
+            return None
+        row = conversations[0]
+        return Transcript(
+            "conversation", _conversation_metadata(row), messages_from_json(row[13])
+        )
+
+    def session_messages(self, session_id: str) -> list[Message]:
+        """
+        A session's messages in order across its turns.
+
+        Args:
+            session_id: The session.
+
+        Returns:
+            The messages; empty for an unknown session.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        try:
+            return read_session_messages(self._conn, session_id)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc
+
+    def conversations(self, since: float | None = None) -> Iterator[StoredConversation]:
+        """
+        Every stored conversation with its messages, oldest first.
+
+        Used by ``context-trace export``. Rows are read in pages, so memory stays
+        flat for large stores.
+
+        Args:
+            since: Only conversations started at or after this epoch time.
+
+        Yields:
+            :class:`StoredConversation` objects.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        after: tuple[float, int] | None = None
+        while True:
+            if after is None:
+                page = self._rows(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+                    " WHERE started_at >= ? ORDER BY started_at, n LIMIT ?",
+                    (float("-inf") if since is None else since, _READ_PAGE),
+                )
+            else:
+                page = self._rows(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations"
+                    " WHERE (started_at, n) > (?, ?) ORDER BY started_at, n LIMIT ?",
+                    (after[0], after[1], _READ_PAGE),
+                )
+            if not page:
+                return
+            for row in page:
+                yield StoredConversation(
+                    id=row[0],
+                    user_id=row[1],
+                    session_id=row[2],
+                    started_at=row[3],
+                    ended_at=row[4],
+                    latency_ms=row[5],
+                    model=row[6],
+                    prompt_tokens=row[7],
+                    completion_tokens=row[8],
+                    total_tokens=row[9],
+                    error=row[10],
+                    metadata=json.loads(row[11]),
+                    messages=tuple(messages_from_json(row[13])),
+                )
+            last = page[-1]
+            after = (last[3], last[12])
+
+    def daily_stats(self) -> list[DayStats]:
+        """
+        Per UTC day totals, oldest day first.
+
+        Returns:
+            One :class:`DayStats` per day with at least one conversation.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        rows = self._rows(
+            "SELECT date(started_at, 'unixepoch') AS day, count(*),"
+            " count(DISTINCT user_id), count(DISTINCT session_id),"
+            " sum(error IS NOT NULL), avg(latency_ms)"
+            " FROM conversations GROUP BY day ORDER BY day"
+        )
+        return [DayStats(*row) for row in rows]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """
+        Outbox state, as :meth:`SQLiteExporter.outbox_counts` reports it.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.1.0
+        """
+        try:
+            return outbox.counts(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc

@@ -1,0 +1,382 @@
+"""The batch writer: records to rows, with session-history de-duplication."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from context_trace._record import (
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    remember,
+    strip_seen,
+)
+
+from .codec import JSON, decode, messages_json
+from .connection import insert_rows
+
+# SQLite before 3.32 allows at most 999 bound parameters per statement.
+_MAX_PARAMS = 500
+# Fingerprinted messages kept for recently written sessions (~170 bytes each, so
+# at most ~35 MB); a session evicted from it is read back from the file.
+_SEEN_CACHE_KEYS = 200_000
+
+_INSERT_CONVERSATION_HEAD = (
+    "INSERT INTO conversations (n, session_n, id, user_id, session_id, started_at,"
+    " ended_at, latency_ms, model, prompt_tokens, completion_tokens, total_tokens,"
+    " error, metadata, messages_json)"
+)
+_INSERT_FEEDBACK = (
+    "INSERT OR IGNORE INTO feedback (id, session_id, user_id, conversation_id,"
+    " rating, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_UPSERT_USER_HEAD = "INSERT INTO users (id, first_seen, last_seen)"
+_UPSERT_USER_TAIL = (
+    " ON CONFLICT (id) DO UPDATE SET"
+    " first_seen = min(first_seen, excluded.first_seen),"
+    " last_seen = max(last_seen, excluded.last_seen)"
+)
+_UPSERT_SESSION_HEAD = "INSERT INTO sessions (id, user_id, started_at, last_at)"
+_UPSERT_SESSION_TAIL = (
+    " ON CONFLICT (id) DO UPDATE SET"
+    " user_id = coalesce(sessions.user_id, excluded.user_id),"
+    " started_at = min(started_at, excluded.started_at),"
+    " last_at = max(last_at, excluded.last_at)"
+)
+# Counters are recounted from the feedback table rather than incremented, so a
+# re-delivered Feedback is not counted twice.
+_RECOUNT_RATINGS = (
+    "UPDATE sessions SET"
+    " rating_up = (SELECT count(*) FROM feedback f"
+    "  WHERE f.session_id = sessions.id AND f.rating > 0),"
+    " rating_down = (SELECT count(*) FROM feedback f"
+    "  WHERE f.session_id = sessions.id AND f.rating < 0)"
+    " WHERE id = ?"
+)
+# A session's turns numbered above n (see SeenCache); the rowid test runs on
+# the conversations_session index entries.
+_SELECT_SEEN = (
+    "SELECT n, messages_json FROM conversations WHERE session_n = ? AND n > ?"
+)
+
+
+@dataclass(slots=True)
+class Rows:
+    """A batch turned into rows in plain Python, before any lock is taken."""
+
+    # (record, its conversations row without ``n`` and ``session_n``): the
+    # numbers, and the messages of session turns, are settled inside the
+    # transaction (see _insert_conversations).
+    conversations: list[tuple[Conversation, tuple[Any, ...]]]
+    feedback: list[tuple[Any, ...]]
+    users: dict[str, list[float]]
+    sessions: dict[str, list[Any]]
+    rated_sessions: set[str]
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _touch_user(
+    users: dict[str, list[float]], user_id: str, a: float, b: float
+) -> None:
+    span = users.get(user_id)
+    if span is None:
+        users[user_id] = [a, b]
+    else:
+        span[0] = min(span[0], a)
+        span[1] = max(span[1], b)
+
+
+def _touch_session(
+    sessions: dict[str, list[Any]], sid: str, uid: str | None, a: float, b: float
+) -> None:
+    row = sessions.get(sid)
+    if row is None:
+        sessions[sid] = [sid, uid, a, b]
+    else:
+        row[1] = row[1] if row[1] is not None else uid
+        row[2] = min(row[2], a)
+        row[3] = max(row[3], b)
+
+
+def prepare(batch: Sequence[Record]) -> Rows:
+    """Turn *batch* into rows; raise TypeError for something that is not a record."""
+    rows = Rows([], [], {}, {}, set())
+    encode = JSON.encode
+    for record in batch:
+        if isinstance(record, Conversation):
+            meta = record.metadata
+            rows.conversations.append(
+                (
+                    record,
+                    (
+                        record.id,
+                        record.user_id,
+                        record.session_id,
+                        record.started_at,
+                        record.ended_at,
+                        record.latency_ms,
+                        meta.get("model"),
+                        _int_or_none(meta.get("prompt_tokens")),
+                        _int_or_none(meta.get("completion_tokens")),
+                        _int_or_none(meta.get("total_tokens")),
+                        record.error,
+                        encode(meta if type(meta) is dict else dict(meta)),
+                        messages_json(record.messages),
+                    ),
+                )
+            )
+            if record.session_id is not None:
+                _touch_session(
+                    rows.sessions,
+                    record.session_id,
+                    record.user_id,
+                    record.started_at,
+                    record.ended_at,
+                )
+            if record.user_id is not None:
+                _touch_user(
+                    rows.users, record.user_id, record.started_at, record.ended_at
+                )
+        elif isinstance(record, Feedback):
+            rows.feedback.append(
+                (
+                    record.id,
+                    record.session_id,
+                    record.user_id,
+                    record.conversation_id,
+                    record.rating,
+                    record.created_at,
+                )
+            )
+            at = record.created_at
+            _touch_session(rows.sessions, record.session_id, record.user_id, at, at)
+            rows.rated_sessions.add(record.session_id)
+            if record.user_id is not None:
+                _touch_user(rows.users, record.user_id, at, at)
+        else:
+            raise TypeError(f"not a context_trace record: {type(record).__name__}")
+    return rows
+
+
+def _fingerprint(content: str) -> str:
+    """
+    A short stand-in for a message's content in the seen-sets.
+
+    Python's 64-bit string hash: seen-sets live in one process only, so the
+    per-process hash seed does not matter, and two different messages of one
+    session colliding is vanishingly unlikely (~n²/2⁶⁵).
+    """
+    return str(hash(content))
+
+
+class _FingerprintSet(set[tuple[str, str]]):
+    """
+    A seen-set that stores ``(role, fingerprint(content))``.
+
+    It takes and answers about plain ``message_key`` tuples, so strip_seen and
+    remember work on it unchanged, while a cached session costs ~170 bytes per
+    message whatever the messages' length.
+    """
+
+    __slots__ = ()
+
+    def __contains__(self, key: object) -> bool:
+        role, content = cast("tuple[str, str]", key)
+        return set.__contains__(self, (role, _fingerprint(content)))
+
+    def update(self, *others: Iterable[tuple[str, str]]) -> None:
+        for keys in others:
+            set.update(self, [(role, _fingerprint(content)) for role, content in keys])
+
+
+def _strip_history(
+    messages: tuple[Message, ...], seen: _FingerprintSet
+) -> tuple[Message, ...]:
+    """
+    Drop the leading history of a turn that the session already stored.
+
+    strip_seen runs on the messages up to the turn's last user message (the
+    prompt part) and keeps that message, as the in-process dedup keeps the last
+    input: asking the same question twice is stored twice. What follows (tool
+    calls, the answer) is new by construction and always kept. The kept
+    messages are added to *seen* with remember.
+    """
+    end = len(messages)
+    for index in range(end - 1, -1, -1):
+        if messages[index].role == "user":
+            end = index + 1
+            break
+    start = end - len(strip_seen(messages[:end], seen))
+    kept = messages[start:]
+    remember(seen, kept)
+    return kept
+
+
+@dataclass(slots=True)
+class Seen:
+    """A session's seen-set: keys of its messages in turns numbered up to ``upto``."""
+
+    upto: int
+    keys: _FingerprintSet
+    counted: int = 0
+
+
+class SeenCache:
+    """
+    Per-process seen-sets of recently written sessions, bounded by key count.
+
+    Conversation numbers only grow (each is max + 1, assigned under the write
+    lock), so a cached seen-set is brought up to date by reading just the
+    session's turns numbered above its ``upto``: the ones other processes wrote
+    since. Keys are fingerprints, so an entry costs ~170 bytes per message.
+    Entries are updated in place during a transaction; if it fails the owner
+    calls :meth:`clear`, so no uncommitted state survives.
+    """
+
+    def __init__(self, max_keys: int = _SEEN_CACHE_KEYS) -> None:
+        self._entries: OrderedDict[str, Seen] = OrderedDict()
+        self._max_keys = max_keys
+        self._keys = 0
+
+    def load(self, conn: sqlite3.Connection, session_id: str, session_n: int) -> Seen:
+        """The seen-set of a session (id and number), brought up to date."""
+        entry = self._entries.get(session_id)
+        if entry is None:
+            entry = self._entries[session_id] = Seen(0, _FingerprintSet())
+        else:
+            self._entries.move_to_end(session_id)
+        upto = entry.upto
+        keys = entry.keys
+        for n, text in conn.execute(_SELECT_SEEN, (session_n, upto)):
+            keys.update(
+                (role, content) for role, content, *_ in decode(text) if role != "tool"
+            )
+            upto = max(upto, n)
+        entry.upto = upto
+        return entry
+
+    def settle(self, touched: Iterable[Seen]) -> None:
+        """After a commit: recount *touched* entries and evict the oldest."""
+        for entry in touched:
+            size = len(entry.keys)
+            self._keys += size - entry.counted
+            entry.counted = size
+        while self._keys > self._max_keys and self._entries:
+            _, evicted = self._entries.popitem(last=False)
+            self._keys -= evicted.counted
+
+    def clear(self) -> None:
+        """Forget everything (after a failed transaction, a reconnect, a fork)."""
+        self._entries.clear()
+        self._keys = 0
+
+
+def _numbers(
+    conn: sqlite3.Connection,
+    table: Literal["conversations", "sessions"],
+    ids: Iterable[str],
+) -> dict[str, int]:
+    """The row numbers of those *ids* stored in *table* (one query per 500 ids)."""
+    found: dict[str, int] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), _MAX_PARAMS):
+        chunk = unique[start : start + _MAX_PARAMS]
+        marks = ",".join("?" * len(chunk))  # placeholders only; values are bound
+        query = f"SELECT id, n FROM {table} WHERE id IN ({marks})"
+        found.update(conn.execute(query, chunk).fetchall())
+    return found
+
+
+def _insert_conversations(
+    conn: sqlite3.Connection,
+    items: list[tuple[Conversation, tuple[Any, ...]]],
+    cache: SeenCache,
+) -> list[Seen]:
+    """
+    Insert the conversations not stored yet, with their messages.
+
+    Runs inside the write transaction, after the sessions upsert (a turn stores
+    its session's number), so no other process can insert between the existence
+    check, the seen-set reads and the inserts. Conversations already stored
+    (re-delivered) are skipped whole.
+
+    Returns:
+        The seen-sets it used, for ``cache.settle`` once committed.
+    """
+    stored = set(_numbers(conn, "conversations", (record.id for record, _ in items)))
+    session_numbers = _numbers(
+        conn,
+        "sessions",
+        (record.session_id for record, _ in items if record.session_id is not None),
+    )
+    n = conn.execute("SELECT coalesce(max(n), 0) FROM conversations").fetchone()[0]
+    sessions: dict[str, Seen] = {}
+    conversation_rows: list[tuple[Any, ...]] = []
+    for record, row in items:
+        if record.id in stored:
+            continue
+        stored.add(record.id)
+        n += 1
+        sid = record.session_id
+        if sid is None:
+            conversation_rows.append((n, None, *row))
+            continue
+        # Another process (or a request with a fresh in-memory Session) may
+        # have stored this session's earlier turns: drop the history the
+        # prompt re-sent. Read from the store once per session and batch.
+        session_n = session_numbers[sid]
+        seen = sessions.get(sid)
+        if seen is None:
+            seen = sessions[sid] = cache.load(conn, sid, session_n)
+        kept = _strip_history(record.messages, seen.keys)
+        seen.upto = n
+        if len(kept) != len(record.messages):
+            row = (*row[:-1], messages_json(kept))
+        conversation_rows.append((n, session_n, *row))
+    if conversation_rows:
+        insert_rows(conn, _INSERT_CONVERSATION_HEAD, conversation_rows)
+    return list(sessions.values())
+
+
+def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> list[Seen]:
+    """
+    Store prepared rows; the caller holds a write transaction.
+
+    Returns:
+        The seen-sets used, for ``cache.settle`` after the commit. If the
+        transaction fails instead, the caller must ``cache.clear()``.
+    """
+    touched: list[Seen] = []
+    if rows.sessions:
+        insert_rows(
+            conn,
+            _UPSERT_SESSION_HEAD,
+            list(rows.sessions.values()),
+            _UPSERT_SESSION_TAIL,
+        )
+    if rows.conversations:
+        touched = _insert_conversations(conn, rows.conversations, cache)
+    if rows.users:
+        insert_rows(
+            conn,
+            _UPSERT_USER_HEAD,
+            [(uid, a, b) for uid, (a, b) in rows.users.items()],
+            _UPSERT_USER_TAIL,
+        )
+    if rows.feedback:
+        conn.executemany(_INSERT_FEEDBACK, rows.feedback)
+        conn.executemany(_RECOUNT_RATINGS, [(sid,) for sid in rows.rated_sessions])
+    return touched
