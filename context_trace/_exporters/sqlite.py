@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from context_trace._record import Message, Record
-from context_trace._store import outbox
+from context_trace._store import holder, outbox
 from context_trace._store.codec import scrubbed
 from context_trace._store.connection import (
     DEFAULT_BUSY_TIMEOUT,
@@ -431,9 +431,22 @@ class SQLiteExporter:
         if limit <= 0:
             return []
 
-        until, claimed, broken = self._write_op(
-            lambda conn: outbox.claim(conn, limit, lease_seconds)
-        )
+        me = holder.current()
+
+        def op(conn: sqlite3.Connection) -> tuple[float, list[tuple[int, Record]], int]:
+            # Leases and backoffs of processes that exited (SIGKILL, a fork child)
+            # are free at once. Looked for on every claim: an index range that
+            # skips this process's own rows, and a /proc read per other holder.
+            freed = outbox.free_dead_holders(conn, me)
+            if freed:
+                _logger.info(
+                    "context_trace: %d outbox rows held by processes that exited"
+                    " are due again",
+                    freed,
+                )
+            return outbox.claim(conn, limit, lease_seconds, me)
+
+        until, claimed, broken = self._write_op(op)
         if broken:
             _logger.warning(
                 "context_trace: dropped %d undecodable outbox rows in %s",
@@ -488,7 +501,8 @@ class SQLiteExporter:
         if not leases:
             return
         until = time.time() + retry_after
-        self._write_op(lambda conn: outbox.release(conn, leases, until))
+        me = holder.current()
+        self._write_op(lambda conn: outbox.release(conn, leases, until, me))
 
     def outbox_fail(self, row_ids: Iterable[int]) -> None:
         """

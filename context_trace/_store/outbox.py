@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from context_trace._record import Record
 
+from . import holder as _holder
 from .codec import record_from_json, record_to_json
 from .connection import insert_rows
 
@@ -26,15 +27,39 @@ _ADD_TO_COUNTER = (
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
     """The ``pending``, ``leased``, ``dropped`` and ``failed`` counts, in one read."""
-    # One statement, so one snapshot. count(*) runs on the smallest index, and
-    # live leases are few: neither reads the payloads.
-    total, leased, dropped, failed = conn.execute(
-        "SELECT (SELECT count(*) FROM outbox),"
-        " (SELECT count(*) FROM outbox WHERE status = 'leased' AND lease_until > ?),"
-        " (SELECT value FROM meta WHERE key = 'dropped'),"
-        " (SELECT value FROM meta WHERE key = 'failed')",
-        (time.time(),),
-    ).fetchone()
+    # One snapshot (a read transaction). count(*) runs on the smallest index,
+    # and live leases are few: neither reads the payloads. A lease whose holder
+    # has died is not "being delivered": it counts as pending.
+    in_transaction = conn.in_transaction
+    if not in_transaction:
+        conn.execute("BEGIN")
+    try:
+        total, dropped, failed = conn.execute(
+            "SELECT (SELECT count(*) FROM outbox),"
+            " (SELECT value FROM meta WHERE key = 'dropped'),"
+            " (SELECT value FROM meta WHERE key = 'failed')"
+        ).fetchone()
+        now = time.time()
+        try:
+            holders = conn.execute(
+                "SELECT holder, count(*) FROM outbox WHERE status = 'leased'"
+                " AND lease_until > ? GROUP BY holder",
+                (now,),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            # A v1 file opened read-only (it is migrated by the next writer):
+            # its leases name no holder and run until they expire.
+            holders = conn.execute(
+                "SELECT NULL, count(*) FROM outbox WHERE status = 'leased'"
+                " AND lease_until > ?",
+                (now,),
+            ).fetchall()
+    finally:
+        if not in_transaction:
+            conn.execute("COMMIT")
+    leased = sum(
+        int(n) for who, n in holders if who is None or _holder.is_alive(str(who))
+    )
     return {
         "pending": int(total) - int(leased),
         "leased": int(leased),
@@ -80,12 +105,42 @@ def enforce_bound(conn: sqlite3.Connection, outbox_max: int) -> int:
     return excess
 
 
+def free_dead_holders(conn: sqlite3.Connection, me: str) -> int:
+    """
+    Make every row leased or backed off by a process that has died due now.
+
+    A new process's view of the backend starts fresh, so a dead process's
+    backoff does not hold it back either. Returns how many rows were freed;
+    the caller holds a write transaction.
+    """
+    holders = [
+        str(row[0])
+        for row in conn.execute(
+            # Two index ranges around this process's own rows, which can be
+            # many during an outage: those are never scanned.
+            "SELECT DISTINCT holder FROM outbox INDEXED BY outbox_holder"
+            " WHERE holder < ? OR holder > ?",
+            (me, me),
+        )
+    ]
+    dead = [(h,) for h in holders if not _holder.is_alive(h)]
+    if not dead:
+        return 0
+    before = conn.total_changes
+    conn.executemany(
+        "UPDATE outbox SET status = 'pending', lease_until = 0, holder = NULL"
+        " WHERE holder = ?",
+        dead,
+    )
+    return conn.total_changes - before
+
+
 def claim(
-    conn: sqlite3.Connection, limit: int, lease_seconds: float
+    conn: sqlite3.Connection, limit: int, lease_seconds: float, me: str
 ) -> tuple[float, list[tuple[int, Record]], int]:
     """
-    Lease up to *limit* deliverable rows, oldest first; the caller holds a write
-    transaction.
+    Lease up to *limit* deliverable rows, oldest first, to holder *me*; the
+    caller holds a write transaction.
 
     Returns:
         The lease's end, the ``(row_id, record)`` pairs claimed, and how many
@@ -102,9 +157,9 @@ def claim(
         except ValueError:
             broken.append((row_id,))
     conn.executemany(
-        "UPDATE outbox SET status = 'leased', lease_until = ?,"
+        "UPDATE outbox SET status = 'leased', lease_until = ?, holder = ?,"
         " attempts = attempts + 1 WHERE id = ?",
-        [(until, row_id) for row_id, _ in claimed],
+        [(until, me, row_id) for row_id, _ in claimed],
     )
     if broken:
         conn.executemany("DELETE FROM outbox WHERE id = ?", broken)
@@ -121,17 +176,19 @@ def release(
     conn: sqlite3.Connection,
     leases: Sequence[tuple[int, float | None]],
     until: float,
+    me: str,
 ) -> None:
     """
     Return ``(row_id, lease)`` rows to pending, deliverable again at *until*.
 
-    A row whose lease is no longer the given one (it expired and someone else
-    claimed it) is left alone; a None lease matches any.
+    The backoff names holder *me*: if this process dies, the next one need not
+    wait it out. A row whose lease is no longer the given one (it expired and
+    someone else claimed it) is left alone; a None lease matches any.
     """
     conn.executemany(
-        "UPDATE outbox SET status = 'pending', lease_until = ?"
+        "UPDATE outbox SET status = 'pending', lease_until = ?, holder = ?"
         " WHERE id = ? AND (? IS NULL OR lease_until = ?)",
-        [(until, row_id, token, token) for row_id, token in leases],
+        [(until, me, row_id, token, token) for row_id, token in leases],
     )
 
 

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Literal
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Written to the header's application_id field ("ctrc"): tells our files apart
 # from other SQLite databases without reading any table.
 APPLICATION_ID = 0x63747263
@@ -141,7 +141,24 @@ def _create_v1(conn: sqlite3.Connection) -> None:
 # Migration hook: _MIGRATIONS[n] upgrades a store from version n - 1 to n. A
 # future version adds its step here and bumps SCHEMA_VERSION; stores are upgraded
 # in one transaction when a writer opens them.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _create_v1}
+def _add_lease_holders(conn: sqlite3.Connection) -> None:
+    """
+    v2: an outbox lease (and a backoff) names the process that set it.
+
+    A lease whose holder has died is free at once (``holder.is_alive``), instead
+    of parking the row until ``lease_until``. Rows of a v1 file have no holder:
+    their leases run out as before.
+    """
+    conn.execute("ALTER TABLE outbox ADD COLUMN holder TEXT")
+    conn.execute(
+        "CREATE INDEX outbox_holder ON outbox (holder) WHERE holder IS NOT NULL"
+    )
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _create_v1,
+    2: _add_lease_holders,
+}
 
 
 def pragma_int(

@@ -146,7 +146,7 @@ class TestSchema:
             "outbox",
             "meta",
         } <= tables
-        assert 1 == version
+        assert schema.SCHEMA_VERSION == version
         assert "wal" == mode
 
     def test_construction_touches_nothing(self, tmp_path):
@@ -216,13 +216,14 @@ class TestSchema:
         def add_column(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE conversations ADD COLUMN extra TEXT")
 
-        monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-        monkeypatch.setitem(schema._MIGRATIONS, 2, add_column)
+        target = schema.SCHEMA_VERSION + 1
+        monkeypatch.setattr(schema, "SCHEMA_VERSION", target)
+        monkeypatch.setitem(schema._MIGRATIONS, target, add_column)
         store = SQLiteExporter(db)
         store.check()
         store.shutdown()
 
-        assert 2 == scalar(db, "PRAGMA user_version")
+        assert target == scalar(db, "PRAGMA user_version")
         assert 1 == scalar(db, "SELECT count(extra IS NULL) FROM conversations")
 
 

@@ -1,4 +1,4 @@
-"""A store file written by context_trace 0.1.0 is read and written unchanged."""
+"""A store file written by context_trace 0.1.0 is read as it is and migrated by a writer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.models import UserSummary
 from context_trace._store.reader import SQLiteReader
+from context_trace._store.schema import APPLICATION_ID, SCHEMA_VERSION
 
 from .data.write_store_0_1 import QUEUED, T0
 
@@ -58,15 +59,17 @@ def texts(messages: list[Message]) -> list[tuple[str, str]]:
     return [(m.role, m.content) for m in messages]
 
 
-def test_schema_matches_a_new_store(tmp_path: Path) -> None:
-    """A store created today has exactly the tables, indexes and header of 0.1.0's."""
+def test_a_migrated_0_1_file_matches_a_new_store(tmp_path: Path, store: Path) -> None:
+    """Once a writer opens a 0.1.0 file, it has a new store's tables, indexes and header."""
     new = tmp_path / "new.sqlite"
-    writer = SQLiteExporter(new)
-    writer.check()
-    writer.shutdown()
+    for path in (new, store):
+        writer = SQLiteExporter(path)
+        writer.check()
+        writer.shutdown()
 
-    assert schema(FILE_0_1) == schema(new)
-    assert header(FILE_0_1) == header(new)
+    assert (APPLICATION_ID, 1) == header(FILE_0_1)
+    assert schema(new) == schema(store)
+    assert (APPLICATION_ID, SCHEMA_VERSION) == header(store)
 
 
 def test_reader_reads_0_1_file(store: Path) -> None:
@@ -121,4 +124,4 @@ def test_writer_continues_0_1_file(store: Path, exporter: SQLiteExporter) -> Non
     assert transcript is not None
     assert [("user", "thanks"), ("assistant", "welcome")] == texts(transcript.messages)
     assert {"pending": 0, "leased": 0, "dropped": 0, "failed": 0} == counts
-    assert header(FILE_0_1) == header(store)
+    assert (APPLICATION_ID, SCHEMA_VERSION) == header(store)
