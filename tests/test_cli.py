@@ -364,6 +364,19 @@ class TestUsers:
                 ("carol", 2, 1, 0, 0, 0),
             )
         ]
+        anonymous = store.of(None)
+        expected.append(
+            {
+                "user_id": None,
+                "conversations": len(anonymous),
+                "sessions": len({c.session_id for c in anonymous if c.session_id}),
+                "last_seen": max(c.ended_at for c in anonymous),
+                "avg_latency_ms": sum(c.latency_ms for c in anonymous) / len(anonymous),
+                "ratings_up": 0,
+                "ratings_down": 0,
+                "errors": 0,
+            }
+        )
         assert (0, "") == (result.returncode, result.stderr)
         assert expected == json.loads(result.stdout)
         assert (C2_START + 0.3, 200.0) == (
@@ -372,22 +385,25 @@ class TestUsers:
         )
 
     def test_table_from_the_installed_script(self, store: Store) -> None:
-        """The users table has one aligned row per user, within 80 columns."""
+        """The users table has one aligned row per user, then the turns with no user."""
         result = run_cli("--db", str(store.path), "users", script=True)
 
         lines = result.stdout.splitlines()
         assert (0, "") == (result.returncode, result.stderr)
         assert (
-            "USER   CONVS  SESSIONS  LAST SEEN         AVG LATENCY  UP  DOWN  ERRORS"
+            "USER       CONVS  SESSIONS  LAST SEEN         AVG LATENCY  UP  DOWN  ERRORS"
             == lines[0]
         )
-        assert ["bob", "alice", "carol"] == [line.split()[0] for line in lines[1:]]
+        assert ["bob", "alice", "carol", "(no user)"] == [
+            line[:9].strip() for line in lines[1:]
+        ]
         assert ["3", "2", "1", "1", "0"] == lines[2].split()[1:3] + lines[2].split()[
             -3:
         ]
-        assert [
-            "carol      2         1  2024-03-01 12:00       200 ms   0     0       0"
-        ] == lines[3:]
+        assert (
+            "carol          2         1  2024-03-01 12:00       200 ms   0     0       0"
+            == lines[3]
+        )
         assert [] == [line for line in lines if len(line) > 80]
 
     def test_db_from_the_environment(
@@ -399,7 +415,7 @@ class TestUsers:
         result = main("users", "--json")
 
         assert 0 == result.returncode
-        assert ["bob", "alice", "carol"] == [
+        assert ["bob", "alice", "carol", None] == [
             u["user_id"] for u in json.loads(result.stdout)
         ]
 
@@ -407,7 +423,7 @@ class TestUsers:
         """--db may also follow the command."""
         result = main("users", "--json", "--db", str(store.path))
 
-        assert 3 == len(json.loads(result.stdout))
+        assert 4 == len(json.loads(result.stdout))
 
     def test_long_user_ids_are_printed_whole(self, tmp_path: Path, main: Any) -> None:
         """A user id too long for 80 columns is printed whole, never cut."""
@@ -436,6 +452,37 @@ class TestUsers:
         assert row.endswith(
             "1         0  2024-01-15 10:00        50 ms   0     0       0"
         )
+
+    def test_turns_without_a_user_are_one_labelled_row(
+        self, tmp_path: Path, main: Any
+    ) -> None:
+        """A store holding only turns with no user lists them as one "(no user)" row."""
+        path = tmp_path / "anonymous.db"
+        writer = SQLiteExporter(path)
+        writer.export(
+            [
+                Conversation(
+                    id=f"{i:032d}",
+                    user_id=None,
+                    session_id=None,
+                    started_at=C1_START + i,
+                    ended_at=C1_START + i + 0.05,
+                    messages=(Message("user", "q"),),
+                )
+                for i in range(3)
+            ]
+        )
+        writer.shutdown()
+
+        result = main("users", "--db", str(path))
+        as_json = main("users", "--json", "--db", str(path))
+
+        assert 0 == result.returncode
+        assert "(no user)" == result.stdout.splitlines()[1][:9]
+        assert "3" == result.stdout.splitlines()[1][9:].split()[0]
+        assert [(None, 3)] == [
+            (u["user_id"], u["conversations"]) for u in json.loads(as_json.stdout)
+        ]
 
     def test_store_without_users(self, tmp_path: Path, main: Any) -> None:
         """A valid store with nothing recorded yet is not an error."""

@@ -14,12 +14,13 @@ class UserSummary:
     One row of :meth:`SQLiteReader.users`.
 
     ``avg_latency_ms`` is None for a user with no recorded turn; ratings are the
-    sums over the user's sessions.
+    sums over the user's sessions. ``user_id`` is None on the one row that
+    totals the turns recorded with no user.
 
     .. versionadded:: 0.1.0
     """
 
-    user_id: str
+    user_id: str | None
     conversations: int
     sessions: int
     last_seen: float

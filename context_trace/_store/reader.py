@@ -122,10 +122,11 @@ class SQLiteReader:
         """
         Per-user totals, most recently seen first.
 
-        Turns without a user are not listed (see :meth:`daily_stats`).
+        Turns recorded without a user are totalled in one last row whose
+        ``user_id`` is None (left out when there are none).
 
         Returns:
-            One :class:`UserSummary` per known user.
+            One :class:`UserSummary` per known user, then the no-user row.
 
         Raises:
             ValueError: If the database cannot be read.
@@ -144,7 +145,18 @@ class SQLiteReader:
             " FROM users u LEFT JOIN c ON c.user_id = u.id"
             " LEFT JOIN s ON s.user_id = u.id ORDER BY u.last_seen DESC, u.id"
         )
-        return [UserSummary(*row) for row in rows]
+        summaries = [UserSummary(*row) for row in rows]
+        anonymous = self._rows(
+            "WITH c AS (SELECT count(*) AS n, avg(latency_ms) AS latency,"
+            "  sum(error IS NOT NULL) AS errors, max(ended_at) AS last"
+            "  FROM conversations WHERE user_id IS NULL),"
+            " s AS (SELECT count(*) AS n, sum(rating_up) AS up,"
+            "  sum(rating_down) AS down FROM sessions WHERE user_id IS NULL)"
+            " SELECT NULL, c.n, s.n, c.last, c.latency, coalesce(s.up, 0),"
+            "  coalesce(s.down, 0), coalesce(c.errors, 0) FROM c, s WHERE c.n > 0"
+        )
+        summaries.extend(UserSummary(*row) for row in anonymous)
+        return summaries
 
     def sessions(
         self, user_id: str | None = None, limit: int = 50

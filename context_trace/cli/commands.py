@@ -46,6 +46,7 @@ _EXIT_OK = 0
 _EXIT_DATA = 1
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
+_NO_USER = "(no user)"  # the row totalling turns recorded without a user
 _HINT = "run 'context-trace demo' or record something first"
 # The demo's default size (the same as _demo.DEFAULT_*, which a test checks):
 # written out here so that commands other than `demo` never import the demo app.
@@ -143,7 +144,7 @@ def _users_lines(path: Path, width: int | None) -> list[str]:
     )
     rows = [
         (
-            u.user_id,
+            u.user_id if u.user_id is not None else _NO_USER,
             u.conversations,
             u.sessions,
             _when(u.last_seen),

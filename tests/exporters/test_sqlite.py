@@ -545,10 +545,11 @@ class TestReader:
         return exporter
 
     def test_users(self, filled, open_reader):
-        """users() totals each user, most recently seen first."""
+        """users() totals each user, most recently seen first, then the turns with no user."""
         assert [
             UserSummary("bob", 1, 1, T0 + DAY + 0.5, 500.0, 0, 0, 0),
             UserSummary("alice", 3, 2, T0 + 130, 2000.0, 1, 1, 1),
+            UserSummary(None, 1, 0, T0 + DAY + 1.5, 500.0, 0, 0, 0),
         ] == open_reader().users()
 
     def test_sessions(self, filled, open_reader):
