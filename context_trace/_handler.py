@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
 
 from . import _config
 
 if TYPE_CHECKING:
-    from langchain_core.messages import BaseMessage
-    from langchain_core.outputs import LLMResult
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
     from ._scopes import Scope
 
@@ -45,6 +44,10 @@ _logger = logging.getLogger(__name__)
 # int's are not, and these maps are touched several times per run.
 _CLAIMED: dict[int, RecordingHandler] = {}
 
+# A root with no model call is recorded when it answered in one of these (a
+# guardrail's refusal); see _finish.
+_TEXT_OUTPUTS = (str, BaseMessage)
+
 
 class Turn:
     """
@@ -56,14 +59,17 @@ class Turn:
 
     # Class-level defaults: a new turn sets only what every turn has (this runs
     # once per root run on the app's thread, so fewer attribute writes matter).
-    chain_inputs: Any = None
-    messages: Sequence[BaseMessage] | None = None
-    prompt: str | None = None
-    invocation_params: dict[str, Any] | None = None
-    model_metadata: dict[str, Any] | None = None
-    serialized: dict[str, Any] | None = None
-    llm_results: list[LLMResult] | None = None
-    tools: list[list[Any]] | None = None  # [name, input, output, is_error]
+    chain_inputs: Any = None  # the root's inputs at its start
+    end_inputs: Any = None  # the root's inputs at its end (streams defer them)
+    name: str | None = None  # the root run's name (``run_name``)
+    run_metadata: dict[str, Any] | None = None  # the root run's metadata
+    has_model_call: bool = False  # a chat model or LLM ran in this turn
+    # Model calls and tool runs in start order. A model call is a tuple
+    # ``(run key, input messages or prompt str, serialized, metadata,
+    # invocation params)``; a tool run is a list ``[name, input, output, is_error]``.
+    steps: list[Any] | None = None
+    results: dict[int, LLMResult] | None = None  # model run key -> its result
+    tokens: list[tuple[int, Any]] | None = None  # (model run key, streamed token)
     tool_runs: dict[int, list[Any]] | None = None
     output: Any = None
     error: BaseException | None = None
@@ -79,11 +85,6 @@ class Turn:
         self.skip = skip
         self.started = time.time()
         self.run_ids: list[int] = [self.key]
-
-    @property
-    def has_model_call(self) -> bool:
-        """Whether a chat model or LLM ran in this turn."""
-        return self.messages is not None or self.prompt is not None
 
 
 class RecordingHandler(BaseCallbackHandler):
@@ -157,10 +158,17 @@ class RecordingHandler(BaseCallbackHandler):
         if _CLAIMED.get(turn.key) is self:  # not when following another's root
             _CLAIMED.pop(turn.key, None)
         if turn.skip or not (
-            turn.has_model_call or (error is not None and turn.chain_inputs is not None)
+            turn.has_model_call
+            or (
+                turn.chain_inputs is not None
+                and (error is not None or isinstance(turn.output, _TEXT_OUTPUTS))
+            )
         ):
-            # Nothing conversational happened (a bare parser, a retriever, a tool
-            # on its own); a chain that failed before reaching its model is kept.
+            # Nothing conversational happened (a bare retriever, a tool on its
+            # own). A chain that failed before reaching its model is kept, and so
+            # is one that answered in text without a model (a guardrail's
+            # refusal); the converter drops those whose input carries no user text
+            # (a parser on its own).
             return
         turn.error = error
         session = turn.scope.session
@@ -207,6 +215,8 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._enter(run_id, parent_run_id, tags, metadata)
             if turn is not None and turn.run_id is run_id:  # the root (same object)
                 turn.chain_inputs = inputs
+                turn.run_metadata = metadata
+                turn.name = kwargs.get("name")
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_start")
 
@@ -216,6 +226,7 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._turns.get(key)
             if turn is not None and turn.key == key:
                 turn.output = outputs
+                turn.end_inputs = kwargs.get("inputs")
                 self._finish(turn, None)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_end")
@@ -223,20 +234,32 @@ class RecordingHandler(BaseCallbackHandler):
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
+        turn = self._root(run_id)
+        if turn is not None:
+            turn.end_inputs = kwargs.get("inputs")
         self._root_error(run_id, error, "on_chain_error")
 
     # ------------------------------------------------------------------ models
     @staticmethod
-    def _note_model(
+    def _model_start(
         turn: Turn,
+        run_id: UUID,
+        model_input: Any,
         serialized: dict[str, Any],
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> None:
-        """Keep what names the model (and carries header ids) of the first call."""
-        turn.invocation_params = kwargs.get("invocation_params")
-        turn.model_metadata = metadata
-        turn.serialized = serialized
+        """Keep a model call's references; a model invoked directly is the root."""
+        key = run_id.int
+        if turn.key == key:
+            turn.run_metadata = metadata
+            turn.name = kwargs.get("name")
+        turn.has_model_call = True
+        # dict.setdefault is atomic: parallel children of one root
+        # (RunnableParallel, a ToolNode's executor) must not lose items.
+        turn.__dict__.setdefault("steps", []).append(
+            (key, model_input, serialized, metadata, kwargs.get("invocation_params"))
+        )
 
     def on_chat_model_start(
         self,
@@ -251,9 +274,11 @@ class RecordingHandler(BaseCallbackHandler):
     ) -> None:
         try:
             turn = self._enter(run_id, parent_run_id, tags, metadata)
-            if turn is not None and not turn.has_model_call:
-                turn.messages = messages[0] if messages else []
-                self._note_model(turn, serialized, metadata, kwargs)
+            if turn is not None:
+                model_input = messages[0] if messages else []
+                self._model_start(
+                    turn, run_id, model_input, serialized, metadata, kwargs
+                )
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chat_model_start")
 
@@ -270,20 +295,38 @@ class RecordingHandler(BaseCallbackHandler):
     ) -> None:
         try:
             turn = self._enter(run_id, parent_run_id, tags, metadata)
-            if turn is not None and not turn.has_model_call:
-                turn.prompt = prompts[0] if prompts else ""
-                self._note_model(turn, serialized, metadata, kwargs)
+            if turn is not None:
+                prompt = prompts[0] if prompts else ""
+                self._model_start(turn, run_id, prompt, serialized, metadata, kwargs)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_start")
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        # Only streamed calls get here. The tokens are what a stream's consumer
+        # has received when it stops reading early (see _convert).
+        try:
+            key = run_id.int
+            turn = self._turns.get(key)
+            if turn is not None:
+                turn.__dict__.setdefault("tokens", []).append(
+                    (key, token if token or chunk is None else chunk)
+                )
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_new_token")
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         try:
             key = run_id.int
             turn = self._turns.get(key)
             if turn is not None:
-                # dict.setdefault is atomic: parallel children of one root
-                # (RunnableParallel, a ToolNode's executor) must not lose items.
-                turn.__dict__.setdefault("llm_results", []).append(response)
+                turn.__dict__.setdefault("results", {})[key] = response
                 if turn.key == key:  # a model invoked directly: it is the turn
                     turn.output = response
                     self._finish(turn, None)
@@ -313,7 +356,7 @@ class RecordingHandler(BaseCallbackHandler):
             if turn is not None:
                 name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
                 entry = [name, inputs if inputs is not None else input_str, None, False]
-                turn.__dict__.setdefault("tools", []).append(entry)
+                turn.__dict__.setdefault("steps", []).append(entry)
                 turn.__dict__.setdefault("tool_runs", {})[run_id.int] = entry
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_tool_start")

@@ -169,33 +169,6 @@ class TestOneInvocation:
             Message(m.role, m.content, m.name, m.tool_input) for m in transcript
         ]
 
-    def test_tool_calls_after_the_last_user_message_are_kept(self) -> None:
-        """Only tool calls before the turn's last user message count as history."""
-        old_call = AIMessage("", tool_calls=[{"name": "t", "args": {}, "id": "1"}])
-        new_call = AIMessage("", tool_calls=[{"name": "t", "args": {}, "id": "2"}])
-        turn = Turn(uuid4(), Scope(None, Session("s"), {}, None), None, False)
-        turn.messages = [
-            HumanMessage("q1"),
-            old_call,
-            ToolMessage("r1", tool_call_id="1"),
-            AIMessage("a1"),
-            HumanMessage("q2"),
-            new_call,
-            ToolMessage("r2", tool_call_id="2"),
-        ]
-
-        conversation = to_conversation(turn)
-
-        assert [
-            ("user", "q1"),
-            ("assistant", "a1"),
-            ("user", "q2"),
-            ("assistant", '[{"name":"t","args":{}}]'),
-            ("tool", "r2"),
-        ] == [(m.role, m.content) for m in conversation.messages[:-1]]
-
-
-class TestConcurrentInvocations:
     def test_threads(self) -> None:
         """50 threads, 50 users, one shared agent: 50 conversations, none mixed up."""
         exporter = InMemoryExporter()
