@@ -54,8 +54,9 @@ _ROLES: dict[str, Role] = {
 _ANSWER_KEYS = ("answer", "output", "text")
 # Conventional keys of the user's text in an input dict, most specific first.
 _INPUT_KEYS = ("question", "input", "query", "message", "q", "prompt", "text")
-# Where LangChain puts ``configurable.session_id`` (RunnableWithMessageHistory)
-# and ``configurable.thread_id`` (LangGraph): the root run's metadata.
+# The framework's session ids: ``configurable.session_id``
+# (RunnableWithMessageHistory) and ``configurable.thread_id`` (LangGraph, which
+# also copies it to the run metadata).
 _FRAMEWORK_SESSION_KEYS = ("session_id", "thread_id")
 # Root-run metadata that is LangChain's or LangGraph's own, not the app's.
 _INTERNAL_PREFIXES = ("ls_", "langgraph_", "checkpoint_", "__")
@@ -443,7 +444,7 @@ def reset_header_sessions() -> None:
 
 
 def _framework_session(metadata: Mapping[str, Any] | None) -> str | None:
-    """``configurable.session_id`` / ``thread_id``, which LangChain copies to metadata."""
+    """``session_id`` / ``thread_id`` of a run's ``configurable`` or metadata."""
     if not metadata:
         return None
     for key in _FRAMEWORK_SESSION_KEYS:
@@ -476,12 +477,14 @@ def _abandoned(turn: Turn, calls: Sequence[_Call], results: Mapping[int, Any]) -
     """
     Whether the turn is a stream its consumer stopped reading.
 
-    An async stream closed early ends its root with ``GeneratorExit`` (or
-    ``CancelledError`` under ``astream_events``); a sync one ends it normally but
-    before its model call has ended.
+    An async stream closed early ends its root with ``GeneratorExit`` (or, under
+    ``astream_events``, ``CancelledError`` after some tokens); a sync one ends it
+    normally but before its model call has ended.
     """
-    if isinstance(turn.error, (GeneratorExit, asyncio.CancelledError)):
-        return bool(turn.tokens) or turn.output is None
+    if isinstance(turn.error, GeneratorExit):
+        return True
+    if isinstance(turn.error, asyncio.CancelledError):
+        return bool(turn.tokens)  # not a cancelled ainvoke that streamed nothing
     return turn.error is None and any(c[0] not in results for c in calls)
 
 
@@ -586,7 +589,9 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         if session_id is None:
             session_id = header_session
     if session_id is None:
-        session_id = _framework_session(turn.run_metadata)
+        session_id = _framework_session(turn.configurable) or _framework_session(
+            turn.run_metadata
+        )
 
     messages: list[Message] = []
     system = _system_text(answering[1]) if answering is not None else None

@@ -25,6 +25,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
+from langchain_core.runnables.config import var_child_runnable_config
 
 from . import _config
 
@@ -64,6 +65,7 @@ class Turn:
     name: str | None = None  # the root run's name (``run_name``)
     run_metadata: dict[str, Any] | None = None  # the root run's metadata
     has_model_call: bool = False  # a chat model or LLM ran in this turn
+    configurable: dict[str, Any] | None = None  # the first model call's
     # Model calls and tool runs in start order. A model call is a tuple
     # ``(run key, input messages or prompt str, serialized, metadata,
     # invocation params)``; a tool run is a list ``[name, input, output, is_error]``.
@@ -145,7 +147,12 @@ class RecordingHandler(BaseCallbackHandler):
         if scope is None:
             _CLAIMED.pop(key, None)
             return None
-        skip = scope.session is None and not _config.active_config().keep_turn()
+        skip = (
+            scope.session is None
+            and not _config.active_config().keep_turn()
+            # A framework's session id (see _convert) makes it a session turn.
+            and not (metadata and ("session_id" in metadata or "thread_id" in metadata))
+        )
         turn = Turn(run_id, scope, tags, skip)
         turns[key] = turn
         return turn
@@ -254,7 +261,14 @@ class RecordingHandler(BaseCallbackHandler):
         if turn.key == key:
             turn.run_metadata = metadata
             turn.name = kwargs.get("name")
-        turn.has_model_call = True
+        if not turn.has_model_call:
+            # The config the model runs under: its ``configurable`` holds the
+            # framework's session id (RunnableWithMessageHistory's session_id is
+            # not copied into callback metadata).
+            config = var_child_runnable_config.get()
+            if config is not None:
+                turn.configurable = config.get("configurable")
+            turn.has_model_call = True
         # dict.setdefault is atomic: parallel children of one root
         # (RunnableParallel, a ToolNode's executor) must not lose items.
         turn.__dict__.setdefault("steps", []).append(
