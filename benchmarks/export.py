@@ -241,10 +241,10 @@ def record_pool(
 ) -> tuple[list[Any], list[list[Any]]]:
     """Record real raw turns: *plain* outside sessions, *per_session* in each of 100 sessions."""
     import context_trace as ct
-    from context_trace import _config
+    from context_trace import _runtime
 
     keep = _Keep()
-    state = _config._STATE
+    state = _runtime._STATE
     with state.lock:
         previous, state.pipeline = state.pipeline, keep  # type: ignore[assignment]
     try:
@@ -296,11 +296,10 @@ def make_turns(
 
 def reset_session_state(pool: tuple[list[Any], list[list[Any]]]) -> None:
     """Forget the in-process de-dup state, so every replay converts like the first."""
-    for turns in pool[1]:
-        for turn in turns[:1]:
-            session = turn.scope.session
-            with session._lock:
-                session._seen.clear()
+    from context_trace import _convert
+
+    if pool[1]:
+        _convert.reset_header_sessions()
 
 
 # --------------------------------------------------------------------------- pipeline runs
@@ -628,13 +627,13 @@ def part_latency(
     from langchain_core.callbacks import BaseCallbackHandler
 
     import context_trace as ct
-    from context_trace import _config
+    from context_trace import _runtime
 
     class Noop(BaseCallbackHandler):
         run_inline = True
 
     noop_config: Any = {"callbacks": [Noop()]}
-    state = _config._STATE
+    state = _runtime._STATE
     drop = _Drop()
 
     def bare() -> Any:
@@ -803,7 +802,15 @@ def main() -> None:
         "--profile", action="store_true", help="cProfile one (b) SQLite run"
     )
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, seconds in all: checks the script runs (CI), measures nothing",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.records, args.rounds, args.ops, args.lat_rounds = 500, 1, 20, 1
+        args.warmup, args.http_records, args.settle, args.pool = 5, 30, 0.5, 200
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     for var in [v for v in os.environ if v.startswith("CONTEXT_")]:

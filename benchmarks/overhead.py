@@ -217,7 +217,14 @@ def main() -> None:
     )
     ap.add_argument("--mem-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, seconds in all: checks the script runs (CI), measures nothing",
+    )
     args = ap.parse_args()
+    if args.smoke:
+        args.ops, args.rounds, args.warmup, args.mem_turns = 20, 1, 5, 500
 
     tmp = tempfile.mkdtemp(prefix="ct-overhead-")
     os.environ.setdefault("CONTEXT_TRACE_DB", os.path.join(tmp, "bench.db"))

@@ -13,10 +13,11 @@ from __future__ import annotations
 from typing import Any as _Any
 
 from ._compat import ContextCallbackHandler
-from ._config import Config, configure, flush, get_config, shutdown, stats
+from ._config import Config
 from ._exporters import Exporter, ExportResult, InMemoryExporter
 from ._handler import RecordingHandler
 from ._record import Conversation, Feedback, Message, Record
+from ._runtime import configure, flush, get_config, shutdown, stats
 from ._scopes import (
     ContextThreadPoolExecutor,
     Scope,

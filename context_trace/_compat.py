@@ -35,8 +35,9 @@ import logging
 import threading
 from typing import Any
 
-from . import _config, _scopes
+from . import _runtime, _scopes
 from ._handler import RecordingHandler
+from ._log import log_once
 from ._scopes import Scope
 
 __all__ = ["ContextCallbackHandler"]
@@ -56,10 +57,10 @@ def _configure_token(token: str) -> None:
     otherwise starts again from the environment.
     """
     with _configure_lock:
-        config = _config.active_config()
+        config = _runtime.active_config()
         if config.exporter is not None or config.token:
             if config.token and config.token != token:
-                _config.log_once(
+                log_once(
                     _logger,
                     "compat.token",
                     "context_trace: ContextCallbackHandler got a token that differs "
@@ -69,14 +70,14 @@ def _configure_token(token: str) -> None:
         # configure() starts again from the environment: pass every current value
         # it accepts, so only the token changes (Config also holds derived fields
         # that are not configure() arguments).
-        accepted = inspect.signature(_config.configure).parameters
+        accepted = inspect.signature(_runtime.configure).parameters
         current = {
             f.name: getattr(config, f.name)
             for f in dataclasses.fields(config)
             if f.name in accepted
         }
         current["token"] = token
-        _config.configure(**current)
+        _runtime.configure(**current)
 
 
 class ContextCallbackHandler(RecordingHandler):
@@ -142,7 +143,7 @@ class ContextCallbackHandler(RecordingHandler):
         """
         if _scopes._ACTIVE_SCOPE.get() is not None:
             return None
-        if not _config.active_config().enabled:
+        if not _runtime.active_config().enabled:
             return None
         # A fresh anonymous scope per turn: nothing is shared between turns, and
         # the export thread fills user and session from the model's headers.

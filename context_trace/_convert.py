@@ -22,9 +22,9 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 
-from . import _config
-from ._handler import Turn
+from ._log import log_once
 from ._record import Conversation, Feedback, Message, Record, Role
+from ._turn import Turn
 
 __all__ = [
     "answer_text",
@@ -706,7 +706,7 @@ def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record
                 out.append(item)
         except Exception:  # noqa: BLE001 - one bad turn must not stop the batch
             # Once per process at WARNING: a converter bug would fail every turn.
-            _config.log_once(
+            log_once(
                 _logger,
                 "convert",
                 "context_trace: could not convert a turn",

@@ -43,7 +43,7 @@ from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.tools import StructuredTool
 
-from . import _config
+from . import _runtime
 from ._exporters.sqlite import SQLiteExporter
 from ._scopes import current_session, current_user
 
@@ -591,7 +591,7 @@ def run_demo(
     store.check()  # a bad path fails here, in one clear error
     app = build_app()  # imports Flask: fail before reconfiguring anything
     # An explicit exporter: the demo always writes locally, whatever the env says.
-    _config.configure(exporter=store, sample_rate=1.0, enabled=True)
+    _runtime.configure(exporter=store, sample_rate=1.0, enabled=True)
 
     names = user_names(users)
     total = users * sessions_per_user * turns
@@ -660,18 +660,18 @@ def run_demo(
                 thread.join()
         if failures:
             raise RuntimeError(f"the demo failed: {failures[0]}") from failures[0]
-        if not _config.flush(_FLUSH_TIMEOUT):
+        if not _runtime.flush(_FLUSH_TIMEOUT):
             raise RuntimeError(
                 f"storing the demo's conversations in {path} did not finish in "
                 f"{_FLUSH_TIMEOUT:.0f} s"
             )
-        failed = _config.stats()["failed"]
+        failed = _runtime.stats()["failed"]
         if failed:
             raise RuntimeError(
                 f"{failed} of the demo's records could not be stored in {path}"
             )
     finally:
-        _config.shutdown()
+        _runtime.shutdown()
 
     for index in range(users):
         for s, session_id in enumerate(plan[index]):

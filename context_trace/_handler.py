@@ -27,14 +27,16 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables.config import var_child_runnable_config
 
-from . import _config
+from . import _runtime
+from ._log import log_once
+from ._turn import Turn
 
 if TYPE_CHECKING:
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
     from ._scopes import Scope
 
-__all__ = ["RecordingHandler", "Turn"]
+__all__ = ["RecordingHandler"]
 
 _logger = logging.getLogger(__name__)
 
@@ -48,45 +50,6 @@ _CLAIMED: dict[int, RecordingHandler] = {}
 # A root with no model call is recorded when it answered in one of these (a
 # guardrail's refusal); see _finish.
 _TEXT_OUTPUTS = (str, BaseMessage)
-
-
-class Turn:
-    """
-    The raw state of one turn while it runs (references only, no copies).
-
-    ``_convert.to_conversation`` turns it into a ``Conversation`` on the export
-    thread.
-    """
-
-    # Class-level defaults: a new turn sets only what every turn has (this runs
-    # once per root run on the app's thread, so fewer attribute writes matter).
-    chain_inputs: Any = None  # the root's inputs at its start
-    end_inputs: Any = None  # the root's inputs at its end (streams defer them)
-    name: str | None = None  # the root run's name (``run_name``)
-    run_metadata: dict[str, Any] | None = None  # the root run's metadata
-    has_model_call: bool = False  # a chat model or LLM ran in this turn
-    configurable: dict[str, Any] | None = None  # the first model call's
-    # Model calls and tool runs in start order. A model call is a tuple
-    # ``(run key, input messages or prompt str, serialized, metadata,
-    # invocation params)``; a tool run is a list ``[name, input, output, is_error]``.
-    steps: list[Any] | None = None
-    results: dict[int, LLMResult] | None = None  # model run key -> its result
-    tokens: list[tuple[int, Any]] | None = None  # (model run key, streamed token)
-    tool_runs: dict[int, list[Any]] | None = None
-    output: Any = None
-    error: BaseException | None = None
-    ended: float = 0.0
-
-    def __init__(
-        self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
-    ) -> None:
-        self.run_id = run_id
-        self.key = run_id.int
-        self.scope = scope
-        self.tags = tags
-        self.skip = skip
-        self.started = time.time()
-        self.run_ids: list[int] = [self.key]
 
 
 class RecordingHandler(BaseCallbackHandler):
@@ -149,7 +112,7 @@ class RecordingHandler(BaseCallbackHandler):
             return None
         skip = (
             scope.session is None
-            and not _config.active_config().keep_turn()
+            and not _runtime.active_config().keep_turn()
             # A framework's session id (see _convert) makes it a session turn.
             and not (metadata and ("session_id" in metadata or "thread_id" in metadata))
         )
@@ -181,7 +144,7 @@ class RecordingHandler(BaseCallbackHandler):
         session = turn.scope.session
         if session is not None:
             session.last_turn_id = turn.run_id.hex
-        _config.emit(turn)
+        _runtime.emit(turn)
 
     def _root(self, run_id: UUID) -> Turn | None:
         key = run_id.int
@@ -198,7 +161,7 @@ class RecordingHandler(BaseCallbackHandler):
             self._internal_error(event)
 
     def _internal_error(self, event: str) -> None:
-        _config.log_once(
+        log_once(
             _logger,
             f"handler.{event}",
             "context_trace: recorder failed in %s; the turn may be incomplete",

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exporters.base import Exporter, ExportResult
-from ._record import Record
+from ._record import Conversation, Feedback, Record
 
 __all__ = ["STAT_KEYS", "BatchPipeline", "ClosedPipeline", "InlinePipeline", "Prepare"]
 
@@ -64,6 +64,11 @@ STAT_KEYS = (
 Prepare = Callable[[Sequence[Any]], list[Record]]
 
 
+def records_only(items: Sequence[Any]) -> list[Record]:
+    """The default *prepare*: keep the items that are records already."""
+    return [item for item in items if isinstance(item, (Conversation, Feedback))]
+
+
 class _Marker:
     """A flush marker: the worker sets ``done`` when it reaches it."""
 
@@ -82,9 +87,9 @@ class BatchPipeline:
         max_queue: Items held before new ones are dropped.
         max_batch: Items per ``export`` call.
         flush_interval: Seconds the worker waits between exports at most.
-        prepare: Turns queued items into records on the worker thread; by
-            default :func:`context_trace._convert.prepare` with *redact*.
-        redact: Applied to every text by the default *prepare*.
+        prepare: Turns queued items into records on the worker thread (the
+            runtime hands in the converter); by default items are records
+            already and pass through.
         shutdown_timeout: Seconds the ``atexit`` flush may take.
 
     .. versionadded:: 0.1.0
@@ -98,7 +103,6 @@ class BatchPipeline:
         max_batch: int = 512,
         flush_interval: float = 1.0,
         prepare: Prepare | None = None,
-        redact: Callable[[str], str] | None = None,
         shutdown_timeout: float = 5.0,
     ) -> None:
         if max_queue < 1:
@@ -109,14 +113,8 @@ class BatchPipeline:
             raise ValueError(
                 f"flush_interval must be greater than 0, got {flush_interval}"
             )
-        if prepare is None:
-            from ._convert import prepare as default_prepare
-
-            def prepare(items: Sequence[Any]) -> list[Record]:
-                return default_prepare(items, redact)
-
         self._exporter = exporter
-        self._prepare = prepare
+        self._prepare = prepare if prepare is not None else records_only
         self._max_queue = max_queue
         self._max_batch = max_batch
         self._flush_interval = flush_interval
@@ -415,14 +413,9 @@ class InlinePipeline:
     runs on the caller's thread.
     """
 
-    def __init__(
-        self, exporter: Exporter, *, redact: Callable[[str], str] | None = None
-    ) -> None:
-        from ._convert import prepare
-
+    def __init__(self, exporter: Exporter, *, prepare: Prepare | None = None) -> None:
         self._exporter = exporter
-        self._redact = redact
-        self._prepare = prepare
+        self._prepare = prepare if prepare is not None else records_only
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(STAT_KEYS, 0)
 
@@ -431,7 +424,7 @@ class InlinePipeline:
         with self._lock:  # keeps session de-duplication ordered across threads
             self._counts["enqueued"] += 1
             try:
-                records = self._prepare([item], self._redact)
+                records = self._prepare([item])
                 result = self._exporter.export(records)
             except Exception:
                 _logger.warning("context_trace: inline export failed", exc_info=True)

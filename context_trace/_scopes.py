@@ -34,7 +34,8 @@ import wrapt
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import register_configure_hook
 
-from . import _config, _handler
+from . import _handler, _runtime
+from ._log import log_once
 from ._record import Feedback, new_id
 
 if TYPE_CHECKING:
@@ -200,11 +201,11 @@ class Session:
         if type(rating) is not int or rating not in _RATINGS:
             raise ValueError(f"rating must be -1, 0 or 1, got {rating!r}")
         self.ratings.append(int(rating))
-        if not self.sampled or not _config.active_config().enabled:
+        if not self.sampled or not _runtime.active_config().enabled:
             return
         scope = _ACTIVE_SCOPE.get()
         user_id = scope.user_id if scope is not None and scope.user_id else self.user_id
-        _config.emit(
+        _runtime.emit(
             Feedback(
                 id=new_id(),
                 session_id=self.id,
@@ -257,7 +258,7 @@ class Scope:
     def activate(self) -> None:
         """Make this scope current in this context; pair with :meth:`deactivate`."""
         config_token: Token[Any] | None = None
-        if _config.wants_run_metadata():
+        if _runtime.wants_run_metadata():
             # Merged into LangChain's inherited config so every run's metadata (and
             # so LangSmith and other tracers) carries user_id/session_id. LangChain
             # pays for propagating metadata through every child run, hence "auto".
@@ -328,7 +329,7 @@ def _build_scope(
     if session is not None and session.metadata:
         metadata = {**session.metadata, **metadata}
     scope = Scope(user_id, session, metadata, None)
-    if _config.active_config().enabled and (session is None or session.sampled):
+    if _runtime.active_config().enabled and (session is None or session.sampled):
         scope.handler = _handler.RecordingHandler(scope)
     return scope
 
@@ -337,7 +338,7 @@ def _build_scope(
 def _stream_done() -> None:
     """A scoped stream ended outside any scope: the turn is over (serverless flush)."""
     if _ACTIVE_SCOPE.get() is None:
-        _config.on_outermost_exit()
+        _runtime.on_outermost_exit()
 
 
 class _ScopedIterator(Iterator[T]):
@@ -505,7 +506,7 @@ class _ScopeFactory:
                 session_id,
                 user_id if user_id is not None else (outer.user_id if outer else None),
                 self._metadata,
-                sampled=_config.active_config().keep_session(session_id),
+                sampled=_runtime.active_config().keep_session(session_id),
             )
         return _build_scope(user_id, session, self._metadata)
 
@@ -534,7 +535,7 @@ class _ScopeFactory:
         if scope is not None:
             scope.deactivate()
             if _ACTIVE_SCOPE.get() is None:
-                _config.on_outermost_exit()
+                _runtime.on_outermost_exit()
 
     async def __aenter__(self) -> Any:
         return self.__enter__()
@@ -573,7 +574,7 @@ class _ScopeFactory:
             try:
                 return factory._open(resolve)
             except Exception:  # noqa: BLE001 - a failing resolver must not break the app
-                _config.log_once(
+                log_once(
                     _logger,
                     "resolver",
                     "context_trace: could not resolve the user/session; "
@@ -611,7 +612,7 @@ class _ScopeFactory:
                 finally:
                     scope.deactivate()
                     if _ACTIVE_SCOPE.get() is None:
-                        _config.on_outermost_exit()
+                        _runtime.on_outermost_exit()
 
             wrapper = async_wrapper
         else:
@@ -626,7 +627,7 @@ class _ScopeFactory:
                 finally:
                     scope.deactivate()
                     if _ACTIVE_SCOPE.get() is None:
-                        _config.on_outermost_exit()
+                        _runtime.on_outermost_exit()
 
             wrapper = sync_wrapper
         return cast(F, wrapt.decorator(wrapper)(func))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import _config
+from . import _runtime
 from ._exporters.memory import InMemoryExporter
 from ._pipeline import InlinePipeline
 from ._record import Conversation, Feedback, Record
@@ -76,18 +76,15 @@ def capture(*, redact: Callable[[str], str] | None = None) -> Iterator[CapturedR
     records = CapturedRecords()
     pipeline = InlinePipeline(
         _ListExporter(records),
-        redact=redact if redact is not None else _config.active_config().redact,
+        prepare=_runtime.preparer(
+            redact if redact is not None else _runtime.active_config().redact
+        ),
     )
-    state = _config._STATE
-    with state.lock:
-        previous = state.pipeline
-        state.pipeline = pipeline
+    previous = _runtime.install_pipeline(pipeline)
     try:
         yield records
     finally:
-        with state.lock:
-            if state.pipeline is pipeline:
-                state.pipeline = previous
+        _runtime.restore_pipeline(pipeline, previous)
 
 
 def assert_conversation(

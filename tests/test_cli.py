@@ -37,13 +37,14 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import StructuredTool
 
 import context_trace
-from context_trace import _config, _handler, cli
+from context_trace import _handler, _runtime, cli
 from context_trace._exporters.sqlite import (
     SQLiteExporter,
     SQLiteReader,
     StoredConversation,
 )
 from context_trace._record import Conversation, Message
+from context_trace.cli import _format, commands
 
 from .exporters.context_server import ROUTE_LOG, ROUTE_UPSERT, FakeContextServer
 
@@ -138,7 +139,7 @@ def _fail(_: object) -> object:
 
 def _populate(path: Path) -> None:
     """Record through the real pipeline: scopes, LangChain runs, emitted records."""
-    _config.configure(db_path=path, token=None)
+    _runtime.configure(db_path=path, token=None)
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", "You are helpful."),
@@ -167,7 +168,7 @@ def _populate(path: Path) -> None:
             (prompt | RunnableLambda(_fail)).invoke({"q": "break it"})
     with context_trace.context_session("sess-anon"):
         chain.invoke({"q": "anonymous question"})
-    _config.emit(
+    _runtime.emit(
         Conversation(
             id=C1,
             user_id="carol",
@@ -193,7 +194,7 @@ def _populate(path: Path) -> None:
             },
         )
     )
-    _config.emit(
+    _runtime.emit(
         Conversation(
             id=C2,
             user_id="carol",
@@ -204,7 +205,7 @@ def _populate(path: Path) -> None:
             metadata={"latency_ms": "300"},
         )
     )
-    assert _config.flush(10.0)
+    assert _runtime.flush(10.0)
     # Two records waiting for the Context API (not in the report tables).
     outbox = SQLiteExporter(path, keep_local=False)
     outbox.outbox_put(
@@ -231,11 +232,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
         for name in list(os.environ):
             if name.startswith(("CONTEXT_", "GETCONTEXT_")):
                 mp.delenv(name)
-        _config.reset()
+        _runtime.reset()
         try:
             _populate(path)
         finally:
-            _config.reset()
+            _runtime.reset()
             _handler._CLAIMED.clear()
     with SQLiteReader(path) as reader:
         rows = tuple(reader.conversations())
@@ -1146,12 +1147,12 @@ class TestHelpers:
     )
     def test_parse_since(self, text: str, expected: datetime) -> None:
         """--since takes dates and ISO datetimes, UTC unless an offset is given."""
-        assert expected.timestamp() == cli._parse_since(text)
+        assert expected.timestamp() == commands._parse_since(text)
 
     def test_progress_bar_draws_on_a_terminal(self) -> None:
         """The progress bar redraws one line on a TTY and erases it at the end."""
         stream = _TTY()
-        bar = cli._ProgressBar(stream, "sending")
+        bar = _format._ProgressBar(stream, "sending")
 
         bar.update(5, 10)
         bar.update(10, 10)
@@ -1168,7 +1169,7 @@ class TestHelpers:
     def test_progress_bar_is_silent_off_a_terminal(self) -> None:
         """Nothing is written when the stream is not a terminal."""
         stream = io.StringIO()
-        bar = cli._ProgressBar(stream, "sending")
+        bar = _format._ProgressBar(stream, "sending")
 
         bar.update(1, 2)
         bar.close()

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 import context_trace as ct
-from context_trace import _config
+from context_trace import _runtime
 from context_trace.testing import capture
 
 from .conftest import echo_chain
@@ -22,7 +22,7 @@ class TestEnvironment:
         monkeypatch.setenv("CONTEXT_TRACE_MAX_QUEUE", "77")
         monkeypatch.setenv("CONTEXT_TRACE_FLUSH_INTERVAL", "0.5")
         monkeypatch.setenv("CONTEXT_TRACE_DB", str(tmp_path / "x.db"))
-        _config.reset()
+        _runtime.reset()
 
         config = ct.get_config()
 
@@ -41,7 +41,7 @@ class TestEnvironment:
     def test_token_from_either_variable(self, monkeypatch, name):
         """Both CONTEXT_TOKEN and GETCONTEXT_TOKEN provide the token."""
         monkeypatch.setenv(name, FAKE_TOKEN)
-        _config.reset()
+        _runtime.reset()
 
         assert FAKE_TOKEN == ct.get_config().token
 
@@ -57,7 +57,7 @@ class TestEnvironment:
     def test_bad_environment_values_name_the_variable(self, monkeypatch, name, value):
         """A malformed variable fails with a message naming it (or its setting)."""
         monkeypatch.setenv(name, value)
-        _config.reset()
+        _runtime.reset()
 
         with pytest.raises(
             ValueError, match=name.removeprefix("CONTEXT_TRACE_").lower() + "|" + name
@@ -114,7 +114,7 @@ class TestOffSwitch:
     def test_disabled_scopes_record_nothing(self, monkeypatch):
         """CONTEXT_TRACE_DISABLED=1 makes scopes no-ops for recording."""
         monkeypatch.setenv("CONTEXT_TRACE_DISABLED", "1")
-        _config.reset()
+        _runtime.reset()
         chain = echo_chain()
         with capture() as records, ct.track_user("u1"):
             assert "u1" == ct.current_user()
@@ -168,7 +168,7 @@ class TestSampling:
         """The keep/drop decision is a pure function of the session id."""
         config = ct.configure(sample_rate=0.3)
         decisions = [config.keep_session(f"s-{i}") for i in range(100)]
-        _config.reset()
+        _runtime.reset()
         again = ct.configure(sample_rate=0.3)
 
         assert decisions == [again.keep_session(f"s-{i}") for i in range(100)]
@@ -209,7 +209,7 @@ class TestRedaction:
         with capture() as records, ct.track_user("u"):
             chain.invoke({"q": "my secret plan"})
         monkeypatch.setenv("CONTEXT_TRACE_REDACT", "email")
-        _config.reset()
+        _runtime.reset()
         with capture() as records2, ct.track_user("u"):
             chain.invoke({"q": "me@example.org"})
 
@@ -243,7 +243,7 @@ class TestRecorderNeverBreaksTheApp:
         def broken() -> None:
             raise RuntimeError("no pipeline for you")
 
-        monkeypatch.setattr(_config, "_pipeline", broken)
+        monkeypatch.setattr(_runtime, "_pipeline", broken)
         chain = echo_chain()
         with caplog.at_level(logging.DEBUG, logger="context_trace"):
             for _ in range(5):
@@ -261,7 +261,7 @@ class TestBadConfigurationNeverBreaksTheApp:
     ):
         """CONTEXT_TRACE_SAMPLE_RATE=50% logs once and scopes keep working, unrecorded."""
         monkeypatch.setenv("CONTEXT_TRACE_SAMPLE_RATE", "50%")
-        _config.reset()
+        _runtime.reset()
         chain = echo_chain()
 
         @ct.track_user(user_id=lambda user: user)
@@ -292,7 +292,7 @@ class TestBadConfigurationNeverBreaksTheApp:
         monkeypatch.setenv(
             "CONTEXT_ENDPOINT", "http://user:s3cretpw@analytics.invalid:8080"
         )
-        _config.reset()
+        _runtime.reset()
         chain = echo_chain()
         with caplog.at_level(logging.DEBUG):
             for i in range(5):

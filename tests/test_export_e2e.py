@@ -169,7 +169,7 @@ class TestSecrets:
                     chain.invoke({"q": "x"})
             assert ct.flush(20)
             assert 401 in {r.status for r in wrong.requests}
-            exporter = ct._config._STATE.pipeline.exporter  # type: ignore[union-attr]
+            exporter = ct._runtime._STATE.pipeline.exporter  # type: ignore[union-attr]
             shown = [repr(exporter), repr(ct.get_config()), str(ct.stats())]
             ct.configure(
                 exporter=fast_outbox(

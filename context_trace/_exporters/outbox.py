@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from context_trace import _config
 from context_trace._record import Record
 
 from .base import ExportResult
@@ -256,8 +257,6 @@ def replay(
 
     .. versionadded:: 0.1.0
     """
-    from context_trace import _config
-
     path = Path(db_path) if db_path is not None else _config.default_db_path()
     token = (
         token

@@ -30,7 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from context_trace import _config
+from context_trace import _runtime
+from context_trace._log import log_once
 from context_trace._scopes import (
     _ACTIVE_SCOPE,
     Scope,
@@ -106,7 +107,7 @@ def safe_header_value(value: str) -> bool:
 
 def log_resolver_error(where: str) -> None:
     """Log a failing resolver once at WARNING (DEBUG afterwards)."""
-    _config.log_once(
+    log_once(
         _logger,
         f"integrations.resolver.{where}",
         "context_trace: could not resolve the user/session in %s; serving the "
@@ -235,7 +236,7 @@ class _ScopedBody:
 def request_done() -> None:
     """The request is over: flush now in serverless mode (outermost scope only)."""
     if _ACTIVE_SCOPE.get() is None:
-        _config.on_outermost_exit()
+        _runtime.on_outermost_exit()
 
 
 # --------------------------------------------------------------------------- middleware

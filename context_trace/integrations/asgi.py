@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from context_trace import _config
+from context_trace import _runtime
 from context_trace._scopes import Scope, normalize_id, open_scope
 
 from ._wsgi import (
@@ -76,9 +76,9 @@ async def _call(resolver: Callable[[Any], Any], request: Any) -> Any:
 
 
 def _flush_at_shutdown() -> None:
-    timeout = _config.active_config().shutdown_timeout
+    timeout = _runtime.active_config().shutdown_timeout
     try:
-        done = _config.flush(timeout)
+        done = _runtime.flush(timeout)
     except Exception:
         _logger.warning("context_trace: flush at shutdown failed", exc_info=True)
         return

@@ -23,9 +23,9 @@ from context_trace import (
 )
 from context_trace._convert import to_conversation
 from context_trace._exporters.sqlite import SQLiteReader
-from context_trace._handler import Turn
 from context_trace._record import Message
 from context_trace._scopes import Scope, Session
+from context_trace._turn import Turn
 from context_trace.testing import CapturedRecords
 
 from ._models import (

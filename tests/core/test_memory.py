@@ -10,7 +10,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from context_trace import RecordingHandler, _handler, current_handler, track_user
+from context_trace import RecordingHandler, _handler, _turn, current_handler, track_user
 from context_trace.testing import CapturedRecords
 
 from ._helpers import streaming_chain
@@ -27,7 +27,7 @@ class Boom(Exception):
 
 def _live_turns() -> int:
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, _handler.Turn))
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, _turn.Turn))
 
 
 def _fail(_: Any) -> str:

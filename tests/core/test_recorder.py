@@ -34,9 +34,9 @@ from context_trace import (
     Conversation,
     Message,
     RecordingHandler,
-    _config,
     _convert,
     _handler,
+    _runtime,
     context_session,
     current_handler,
     runnable_config,
@@ -675,7 +675,7 @@ class TestRecorderRobustness:
         def broken_emit(item: Any) -> None:
             raise RuntimeError("queue bug")
 
-        monkeypatch.setattr(_config, "emit", broken_emit)
+        monkeypatch.setattr(_runtime, "emit", broken_emit)
         with caplog.at_level(logging.DEBUG, logger="context_trace"), track_user("u"):
             handler = current_handler()
             answers = [chain.invoke({"question": f"q{i}"}) for i in range(3)]
@@ -699,7 +699,7 @@ class TestRecorderRobustness:
         def no_pipeline() -> Any:
             raise OSError("disk full")
 
-        monkeypatch.setattr(_config, "_pipeline", no_pipeline)
+        monkeypatch.setattr(_runtime, "_pipeline", no_pipeline)
         with (
             caplog.at_level(logging.DEBUG, logger="context_trace"),
             context_session(user_id="u") as session,

@@ -20,6 +20,7 @@ from context_trace import (
     Scope,
     Session,
     _config,
+    _runtime,
     configure,
     context_session,
     current_handler,
@@ -670,7 +671,7 @@ class TestDisabled:
     ) -> None:
         """``CONTEXT_TRACE_DISABLED`` is read at first use after a reset."""
         monkeypatch.setenv(_config.ENV_DISABLED, value)
-        _config.reset()
+        _runtime.reset()
         with capture() as records:
 
             @track_user("env-off")
@@ -687,7 +688,7 @@ class TestDisabled:
     ) -> None:
         """``CONTEXT_TRACE_DISABLED=0`` keeps recording on."""
         monkeypatch.setenv(_config.ENV_DISABLED, "0")
-        _config.reset()
+        _runtime.reset()
         with capture() as records, track_user("env-on"):
             chain.invoke({"question": "x"})
 

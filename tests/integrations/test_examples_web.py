@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from context_trace import Conversation, InMemoryExporter, _config, flush
+from context_trace import Conversation, InMemoryExporter, _runtime, flush
 
 pytest.importorskip("flask")
 pytest.importorskip("fastapi")
@@ -92,7 +92,7 @@ class TestExamples:
         module = load_example(name, monkeypatch)
 
         assert threads == threading.active_count()
-        assert _config._STATE.pipeline is None
+        assert _runtime._STATE.pipeline is None
         assert callable(module.app)
 
     def test_chat_route_records_the_url_user(

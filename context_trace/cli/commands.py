@@ -1,24 +1,9 @@
 """
-The ``context-trace`` command: look at what context_trace recorded.
+The commands of ``context-trace``: each reads the store through the reader and
+prints through the formatting helpers (``_format.py``).
 
-Every command reads the local SQLite store (``--db``, else ``$CONTEXT_TRACE_DB``,
-else ``~/.context_trace/traces.db``)::
-
-    context-trace users                    per-user totals
-    context-trace sessions --user ava      a user's sessions
-    context-trace show SESSION_OR_TURN_ID  a transcript
-    context-trace export --format csv      every conversation, for a spreadsheet
-    context-trace stats                    totals per day
-    context-trace outbox                   records waiting for the Context API
-    context-trace replay                   deliver them now
-    context-trace demo                     record a demo app's traffic
-
-Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
-are reported in one line on stderr with exit status 1 (data: a missing or
-unreadable store, an unknown id) or 2 (usage).
-
-This is the only module of context_trace that prints.
+Every ``_cmd_*`` takes the parsed arguments and the output stream and returns an
+exit status; problems are raised as :class:`_CLIError`.
 """
 
 from __future__ import annotations
@@ -28,32 +13,35 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 import sqlite3
 import sys
-import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, _config
-from ._exporters.sqlite import SQLiteReader, StoredConversation
-from ._record import Message
+from context_trace import _config
+from context_trace._exporters.sqlite import SQLiteReader, StoredConversation
 
-__all__ = ["main"]
+from ._format import (
+    _Column,
+    _cut,
+    _latency,
+    _paragraph,
+    _plural,
+    _ProgressBar,
+    _render_messages,
+    _table,
+    _when,
+    _width,
+)
 
 _PROG = "context-trace"
 _EXIT_OK = 0
 _EXIT_DATA = 1
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
-_DEFAULT_WIDTH = 80
-_MIN_WIDTH = 40
-_ROLE_WIDTH = 11  # "assistant" plus two spaces
 _HINT = "run 'context-trace demo' or record something first"
 # The demo's default size (the same as _demo.DEFAULT_*, which a test checks):
 # written out here so that commands other than `demo` never import the demo app.
@@ -85,132 +73,6 @@ class _CLIError(Exception):
     def __init__(self, message: str, code: int = _EXIT_DATA) -> None:
         super().__init__(message)
         self.code = code
-
-
-# --------------------------------------------------------------------------- formatting
-def _width() -> int:
-    """The terminal's width (80 when not a terminal), at least 40."""
-    columns = shutil.get_terminal_size((_DEFAULT_WIDTH, 24)).columns
-    return max(_MIN_WIDTH, columns)
-
-
-# Control characters in stored text (escape sequences in a model's output, a
-# user id with a carriage return) would move the cursor or restyle the terminal.
-_CONTROL = {
-    code: "?" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
-}
-
-
-def _flat(text: str) -> str:
-    """*text* on one line, whitespace collapsed, control characters shown as "?"."""
-    if any(c in text for c in "\n\r\t"):
-        text = " ".join(text.split())
-    return text.translate(_CONTROL)
-
-
-def _cut(text: str, width: int) -> str:
-    """*text* on one line, cut to *width* characters with an ellipsis."""
-    flat = _flat(text)
-    if len(flat) <= width:
-        return flat
-    return flat[: max(0, width - 1)].rstrip() + "…"
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M")
-
-
-def _latency(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    return f"{ms / 1000:.1f} s"
-
-
-@dataclass(frozen=True)
-class _Column:
-    header: str
-    right: bool = False
-    #: May be cut (with …) to make the table fit; other columns never are.
-    flexible: bool = False
-    min_width: int = 6
-
-
-def _table(
-    columns: Sequence[_Column], rows: Iterable[Sequence[object]], width: int
-) -> list[str]:
-    """Format *rows* as aligned columns no wider than *width* (flexible ones cut)."""
-    cells = [[_flat(str(value)) for value in row] for row in rows]
-    widths = [
-        max([len(column.header), *(len(row[i]) for row in cells)])
-        for i, column in enumerate(columns)
-    ]
-    gap = 2
-    excess = sum(widths) + gap * (len(columns) - 1) - width
-    while excess > 0:
-        candidates = [
-            i
-            for i, column in enumerate(columns)
-            if column.flexible and widths[i] > max(column.min_width, len(column.header))
-        ]
-        if not candidates:
-            break
-        widest = max(candidates, key=lambda i: widths[i])
-        widths[widest] -= 1
-        excess -= 1
-
-    def line(values: Sequence[str]) -> str:
-        parts = []
-        for value, column, size in zip(values, columns, widths, strict=True):
-            text = _cut(value, size)
-            parts.append(text.rjust(size) if column.right else text.ljust(size))
-        return (" " * gap).join(parts).rstrip()
-
-    return [line([c.header for c in columns]), *(line(row) for row in cells)]
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    """Wrap *text* to *width*, keeping its own line breaks."""
-    lines: list[str] = []
-    for paragraph in text.splitlines() or [""]:
-        lines.extend(
-            textwrap.wrap(
-                paragraph.expandtabs(4).translate(_CONTROL),
-                width,
-                break_on_hyphens=False,
-                drop_whitespace=True,
-            )
-            or [""]
-        )
-    return lines
-
-
-def _render_messages(messages: Sequence[Message], width: int) -> list[str]:
-    """A transcript: the role in a column, the text wrapped beside it."""
-    text_width = max(20, width - _ROLE_WIDTH)
-    pad = " " * _ROLE_WIDTH
-    out: list[str] = []
-    for index, message in enumerate(messages):
-        if message.role == "user" and index > 0:
-            out.append("")  # a blank line before each new question
-        label = message.role.ljust(_ROLE_WIDTH)
-        if message.role == "tool":
-            out.append(label + _cut(message.name or "tool", text_width))
-            fields = (("input: ", message.tool_input), ("output: ", message.content))
-            for prefix, value in fields:
-                if value is None:
-                    continue
-                body = _wrap(value, text_width - len(prefix) - 2)
-                out.append(pad + "  " + prefix + body[0])
-                out.extend(pad + "  " + " " * len(prefix) + rest for rest in body[1:])
-            continue
-        body = _wrap(message.content, text_width)
-        out.append(label + body[0])
-        out.extend(pad + rest for rest in body[1:])
-    return out
 
 
 # --------------------------------------------------------------------------- the store
@@ -523,40 +385,6 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     return _EXIT_OK
 
 
-class _ProgressBar:
-    """A one-line progress bar on a terminal; silent when the stream is not one."""
-
-    def __init__(self, stream: TextIO, label: str, *, enabled: bool = True) -> None:
-        self._stream = stream
-        self._label = label
-        isatty = getattr(stream, "isatty", None)
-        self._enabled = enabled and callable(isatty) and bool(isatty())
-        self._lock = threading.Lock()
-        self._last = 0.0
-        self._drawn = 0
-
-    def update(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        with self._lock:
-            now = time.monotonic()
-            if done < total and now - self._last < 0.05:
-                return  # redraw at most 20 times a second
-            self._last = now
-            size = max(10, min(40, _width() - len(self._label) - 24))
-            filled = size if total <= 0 else min(size, round(size * done / total))
-            text = f"\r{self._label} [{'#' * filled}{'.' * (size - filled)}] {done}/{total}"
-            self._stream.write(text.ljust(self._drawn))
-            self._stream.flush()
-            self._drawn = len(text)
-
-    def close(self) -> None:
-        if self._enabled and self._drawn:
-            self._stream.write("\r" + " " * self._drawn + "\r")
-            self._stream.flush()
-            self._drawn = 0
-
-
 def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     token = (
         args.token
@@ -579,7 +407,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     if waiting == 0:
         print(f"nothing to deliver: the outbox in {path} is empty", file=out)
         return _EXIT_OK
-    from ._exporters.outbox import replay
+    from context_trace._exporters.outbox import replay
 
     bar = _ProgressBar(sys.stderr, "delivering")
     try:
@@ -602,20 +430,8 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     return _EXIT_OK if failed == 0 and pending == 0 else _EXIT_DATA
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _paragraph(text: str, width: int, out: TextIO) -> None:
-    # Paths and commands are never split: a long one overflows its line instead.
-    for line in textwrap.wrap(
-        text, width, break_long_words=False, break_on_hyphens=False
-    ):
-        print(line, file=out)
-
-
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from . import _demo
+    from context_trace import _demo
 
     path = _db_path(args)
     width = _width()
@@ -683,195 +499,3 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     ):
         print(f"  context-trace {command}", file=out)
     return _EXIT_OK
-
-
-# --------------------------------------------------------------------------- parser
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of at least 1, got {value}"
-        )
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    # --db works before and after the command: the sub-parsers' copy has no
-    # default (SUPPRESS), so it never overwrites a value given before the command.
-    db_help = (
-        "the SQLite store (default: $CONTEXT_TRACE_DB or ~/.context_trace/traces.db)"
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
-    as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument(
-        "--json", action="store_true", help="print JSON instead of a table"
-    )
-
-    parser = argparse.ArgumentParser(
-        prog=_PROG,
-        description="Look at the conversations context_trace recorded.",
-        epilog="Run 'context-trace demo' to record a sample app first.",
-    )
-    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
-    parser.add_argument("--db", metavar="PATH", default=None, help=db_help)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-
-    def add(
-        name: str, help: str, *parents: argparse.ArgumentParser
-    ) -> argparse.ArgumentParser:
-        return commands.add_parser(
-            name, help=help, description=help, parents=[common, *parents]
-        )
-
-    add(
-        "users",
-        "per-user totals: conversations, sessions, latency, ratings, errors",
-        as_json,
-    )
-
-    sessions = add("sessions", "sessions, most recently active first", as_json)
-    sessions.add_argument("--user", metavar="USER", help="only this user's sessions")
-    sessions.add_argument(
-        "--limit",
-        metavar="N",
-        type=_positive_int,
-        default=50,
-        help="at most N (default 50)",
-    )
-
-    show = add("show", "the transcript of a session or of one conversation")
-    show.add_argument("id", metavar="ID", help="a session id or a conversation id")
-
-    export = add("export", "every conversation as JSON lines or CSV")
-    export.add_argument(
-        "--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl"
-    )
-    export.add_argument(
-        "--since",
-        metavar="DATE",
-        type=_parse_since,
-        help="only conversations started at or after DATE "
-        "(YYYY-MM-DD or ISO datetime; UTC unless it has an offset)",
-    )
-    export.add_argument(
-        "--output", "-o", metavar="FILE", help="write to FILE (default: stdout)"
-    )
-
-    add("stats", "totals per day (UTC)", as_json)
-    add("outbox", "records waiting for the Context API, and dropped ones", as_json)
-
-    replay = add("replay", "deliver the outbox to the Context API now")
-    replay.add_argument(
-        "--token",
-        help=f"Context API token (default: ${_config.ENV_TOKEN}; prefer it, since "
-        "other users can see command-line arguments)",
-    )
-    replay.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help=f"Context API base URL (default: ${_config.ENV_ENDPOINT} or "
-        f"{_config.DEFAULT_ENDPOINT})",
-    )
-
-    demo = add(
-        "demo", "record a demo chatbot's traffic into the store (no keys needed)"
-    )
-    demo.add_argument(
-        "--users",
-        metavar="N",
-        type=_positive_int,
-        default=_DEMO_USERS,
-        help=f"simulated users (default {_DEMO_USERS})",
-    )
-    demo.add_argument(
-        "--sessions-per-user",
-        metavar="M",
-        type=_positive_int,
-        default=_DEMO_SESSIONS,
-        help=f"sessions per user (default {_DEMO_SESSIONS})",
-    )
-    demo.add_argument(
-        "--turns",
-        metavar="T",
-        type=_positive_int,
-        default=_DEMO_TURNS,
-        help=f"questions per session (default {_DEMO_TURNS})",
-    )
-    demo.add_argument(
-        "--quiet", "-q", action="store_true", help="print only a one-line summary"
-    )
-    return parser
-
-
-_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
-    "users": _cmd_users,
-    "sessions": _cmd_sessions,
-    "show": _cmd_show,
-    "export": _cmd_export,
-    "stats": _cmd_stats,
-    "outbox": _cmd_outbox,
-    "replay": _cmd_replay,
-    "demo": _cmd_demo,
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """
-    Run the ``context-trace`` command line.
-
-    The console script calls it with no arguments; call it with *argv* to run a
-    command from Python (``main(["users", "--db", "traces.db"])``).
-
-    Args:
-        argv: The arguments after the program name (default: ``sys.argv[1:]``).
-
-    Returns:
-        The exit status: 0 on success, 1 for a data problem (missing or
-        unreadable store, unknown id, undelivered records), 2 for a usage error.
-
-    .. versionadded:: 0.1.0
-    """
-    _tolerate_unencodable_output()
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error
-        return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
-    out = sys.stdout
-    try:
-        return _COMMANDS[args.command](args, out)
-    except _CLIError as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
-        return exc.code
-    except KeyboardInterrupt:
-        print(f"{_PROG}: interrupted", file=sys.stderr)
-        return _EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`context-trace export | head`): stop quietly, and
-        # keep Python from complaining about stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return _EXIT_DATA
-    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
-        print(
-            f"{_PROG}: internal error: {type(exc).__name__}: {exc} "
-            "(this is a bug in context-trace; please report it)",
-            file=sys.stderr,
-        )
-        return _EXIT_DATA
-
-
-def _tolerate_unencodable_output() -> None:
-    """On a non-UTF-8 terminal, print "?" for characters like "…" instead of failing."""
-    for stream in (sys.stdout, sys.stderr):
-        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
-        reconfigure = getattr(stream, "reconfigure", None)
-        if encoding != "utf8" and callable(reconfigure):
-            reconfigure(errors="replace")

@@ -1,0 +1,378 @@
+"""
+The runtime: the process-wide state built from a :class:`~._config.Config`.
+
+It owns the exporter and the pipeline and wires them together (the pipeline is
+handed the converter's ``prepare``; neither imports the other), and it is where
+``configure()``, ``emit()``, ``flush()``, ``shutdown()`` and ``stats()`` live.
+Scopes and the handler call into it; nothing it imports calls back.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from langchain_core.tracers.context import run_collector_var, tracing_v2_callback_var
+
+from ._config import UNSET, Config, Redactor, build_config
+from ._convert import prepare, reset_header_sessions
+from ._exporters.base import Exporter
+from ._log import log_once, reset_log_once
+from ._pipeline import STAT_KEYS, BatchPipeline, ClosedPipeline, InlinePipeline, Prepare
+
+__all__ = [
+    "active_config",
+    "configure",
+    "emit",
+    "flush",
+    "get_config",
+    "install_pipeline",
+    "on_outermost_exit",
+    "reset",
+    "shutdown",
+    "stats",
+    "wants_run_metadata",
+]
+
+_logger = logging.getLogger(__name__)
+
+AnyPipeline = BatchPipeline | InlinePipeline | ClosedPipeline
+
+
+def preparer(redact: Redactor | None) -> Prepare:
+    """The converter bound to *redact*: what a pipeline runs on its worker."""
+    return functools.partial(prepare, redact=redact)
+
+
+class _State:
+    """The process-wide state: configuration and the (lazily started) pipeline."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.config: Config | None = None
+        self.pipeline: AnyPipeline | None = None
+        #: why the environment's configuration was rejected (see get_config)
+        self.config_error: Exception | None = None
+
+
+_STATE = _State()
+
+
+def active_config() -> Config:
+    """
+    The configuration scopes and the recorder use; never raises.
+
+    If the environment holds a bad value (``CONTEXT_TRACE_SAMPLE_RATE=50%``),
+    recording is switched off and the problem logged once at ERROR, instead of
+    every request raising from its ``track_user``. :func:`get_config` and
+    :func:`configure` still raise it.
+    """
+    config = _STATE.config
+    if config is None:
+        with _STATE.lock:
+            if _STATE.config is None:
+                try:
+                    _STATE.config = build_config({})
+                    _STATE.config_error = None
+                except (TypeError, ValueError) as exc:
+                    _logger.error(
+                        "context_trace: invalid configuration in the environment, "
+                        "recording is off: %s",
+                        exc,
+                    )
+                    _STATE.config_error = exc
+                    _STATE.config = Config(enabled=False)
+            config = _STATE.config
+    return config
+
+
+def get_config() -> Config:
+    """
+    The effective configuration (environment plus ``configure()`` arguments).
+
+    Raises:
+        TypeError, ValueError: an environment variable holds a bad value (then
+            recording is off until it is fixed or ``configure()`` is called).
+
+    .. versionadded:: 0.1.0
+    """
+    config = active_config()
+    error = _STATE.config_error
+    if error is not None:
+        raise type(error)(str(error))
+    return config
+
+
+def _build_exporter(config: Config) -> Exporter:
+    if config.exporter is not None:
+        return config.exporter
+    from ._exporters.sqlite import SQLiteExporter
+
+    if not config.token:
+        return SQLiteExporter(
+            config.db_path, keep_local=True, outbox_max=config.outbox_max
+        )
+    from ._exporters.context_api import ContextAPIExporter
+    from ._exporters.outbox import OutboxExporter
+
+    store = SQLiteExporter(
+        config.db_path, keep_local=config.keep_local, outbox_max=config.outbox_max
+    )
+    remote = ContextAPIExporter(
+        config.token,
+        endpoint=config.endpoint,
+        allow_insecure=config.allow_insecure,
+        # Only a store that keeps delivered turns knows a session's transcript.
+        transcript_source=store.session_messages if config.keep_local else None,
+    )
+    return OutboxExporter(store, remote)
+
+
+def _new_pipeline(config: Config, exporter: Exporter) -> BatchPipeline:
+    pipeline = BatchPipeline(
+        exporter,
+        prepare=preparer(config.redact),
+        max_queue=config.max_queue,
+        max_batch=config.max_batch,
+        flush_interval=config.flush_interval,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    if hasattr(exporter, "idle"):
+        # An outbox may hold rows from an earlier process: deliver now.
+        pipeline.start()
+    return pipeline
+
+
+def _pipeline() -> AnyPipeline:
+    pipeline = _STATE.pipeline
+    if pipeline is None:
+        with _STATE.lock:
+            if _STATE.pipeline is None:
+                config = active_config()
+                try:
+                    _STATE.pipeline = _new_pipeline(config, _build_exporter(config))
+                except (TypeError, ValueError, OSError) as exc:
+                    # E.g. CONTEXT_ENDPOINT with plain http to a remote host. Build
+                    # once, not per turn: drop and count until reconfigured.
+                    _logger.error(
+                        "context_trace: cannot export, recording is off: %s", exc
+                    )
+                    _STATE.pipeline = ClosedPipeline(str(exc))
+            pipeline = _STATE.pipeline
+    return pipeline
+
+
+def emit(item: Any) -> None:
+    """Hand a finished turn or record to the pipeline. Never blocks, never raises."""
+    try:
+        _pipeline().emit(item)
+    except Exception:  # noqa: BLE001 - nothing may raise into the app
+        log_once(
+            _logger, "emit", "context_trace: could not enqueue a record", exc_info=True
+        )
+
+
+def wants_run_metadata() -> bool:
+    """
+    Whether scopes should put user_id/session_id into LangChain run metadata.
+
+    With ``run_metadata="auto"`` (the default) only when something reads run
+    metadata: LangSmith tracing switched on in the environment, a
+    ``tracing_v2_enabled()`` block, or ``collect_runs()``. Propagating metadata
+    through every child run costs LangChain a few microseconds per run, so it
+    is not paid when nobody looks.
+    """
+    config = active_config()
+    mode = config.run_metadata
+    if mode != "auto":
+        return bool(mode)
+    if config.env_tracing:
+        return True
+    return (
+        tracing_v2_callback_var.get() is not None or run_collector_var.get() is not None
+    )
+
+
+def on_outermost_exit() -> None:
+    """Called when the outermost scope of a context exits (serverless flush)."""
+    config = _STATE.config
+    if config is not None and config.serverless and _STATE.pipeline is not None:
+        _STATE.pipeline.flush(config.serverless_timeout)
+
+
+def configure(
+    *,
+    token: str | None = UNSET,
+    endpoint: str = UNSET,
+    db_path: str | os.PathLike[str] = UNSET,
+    exporter: Exporter | None = UNSET,
+    sample_rate: float = UNSET,
+    redact: Redactor | Sequence[str] | str | None = UNSET,
+    enabled: bool = UNSET,
+    max_queue: int = UNSET,
+    flush_interval: float = UNSET,
+    max_batch: int = UNSET,
+    serverless: bool = UNSET,
+    serverless_timeout: float = UNSET,
+    keep_local: bool = UNSET,
+    allow_insecure: bool = UNSET,
+    outbox_max: int = UNSET,
+    shutdown_timeout: float = UNSET,
+    run_metadata: bool | str = UNSET,
+) -> Config:
+    """
+    Configure context_trace; call once at start-up (optional: defaults work).
+
+    Arguments left out come from the environment, else the defaults. Calling it
+    again replaces the configuration: the previous pipeline is flushed and shut
+    down first.
+
+    Args:
+        token: Context API token (env ``CONTEXT_TOKEN`` or ``GETCONTEXT_TOKEN``).
+            With a token, turns go to the Context API through a durable local
+            outbox; without one, to the local SQLite store.
+        endpoint: Context API base URL (env ``CONTEXT_ENDPOINT``).
+        db_path: The SQLite file (env ``CONTEXT_TRACE_DB``; default
+            ``~/.context_trace/traces.db``).
+        exporter: An explicit exporter instance; overrides token and db_path.
+        sample_rate: Fraction of sessions (and of turns outside sessions) to
+            record, 0.0 to 1.0 (env ``CONTEXT_TRACE_SAMPLE_RATE``).
+        redact: A ``str -> str`` callable applied to every text before it leaves
+            the process, or a list of built-in patterns: ``"email"``,
+            ``"phone"``, ``"card"`` (env ``CONTEXT_TRACE_REDACT``, comma list).
+        enabled: False makes every scope a cheap no-op (env
+            ``CONTEXT_TRACE_DISABLED=1``).
+        max_queue: Records held in memory before new ones are dropped (env
+            ``CONTEXT_TRACE_MAX_QUEUE``).
+        flush_interval: Seconds between background exports (env
+            ``CONTEXT_TRACE_FLUSH_INTERVAL``).
+        max_batch: Records per export call.
+        serverless: Flush synchronously when the outermost scope exits, for
+            runtimes that freeze background threads (env ``CONTEXT_TRACE_SERVERLESS``).
+        serverless_timeout: Seconds that flush may take.
+        keep_local: With a token, also keep delivered turns in the local store.
+        allow_insecure: Allow a token over plain http to a non-loopback endpoint.
+        outbox_max: Undelivered records the outbox keeps before dropping the oldest.
+        shutdown_timeout: Seconds the exit-time flush may take.
+        run_metadata: Put user_id/session_id into every LangChain run's metadata:
+            True, False, or "auto" (default; only while LangSmith tracing or
+            ``collect_runs()`` is active). Env ``CONTEXT_TRACE_RUN_METADATA``.
+
+    Returns:
+        The effective :class:`Config`.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range.
+
+    .. versionadded:: 0.1.0
+    """
+    kwargs = dict(locals())
+    config = build_config(kwargs)
+    # With a token the exporter is built (and its endpoint checked) now, before
+    # anything changes: a rejected configuration leaves the previous one in place.
+    start_now = config.enabled and (
+        (config.token and config.exporter is None) or hasattr(config.exporter, "idle")
+    )
+    pipeline = _new_pipeline(config, _build_exporter(config)) if start_now else None
+    with _STATE.lock:
+        old = _STATE.pipeline
+        _STATE.pipeline = pipeline
+        _STATE.config = config
+        _STATE.config_error = None
+    if old is not None:
+        old.shutdown(config.shutdown_timeout)
+    return config
+
+
+def flush(timeout: float | None = None) -> bool:
+    """
+    Block until every turn recorded before the call is exported or given up.
+
+    Call it at the end of scripts and in tests; web apps rarely need it.
+
+    Args:
+        timeout: Seconds to wait; None waits as long as it takes.
+
+    Returns:
+        True if everything was handled in time.
+
+    .. versionadded:: 0.1.0
+    """
+    pipeline = _STATE.pipeline
+    return True if pipeline is None else pipeline.flush(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """
+    Flush, then stop the background worker and close the exporter.
+
+    Safe to call twice. A later recording starts a new pipeline.
+
+    Args:
+        timeout: Seconds the flush and close may take (default: ``shutdown_timeout``).
+
+    Returns:
+        True if everything was exported in time.
+
+    .. versionadded:: 0.1.0
+    """
+    with _STATE.lock:
+        pipeline, _STATE.pipeline = _STATE.pipeline, None
+    if pipeline is None:
+        return True
+    return pipeline.shutdown(
+        active_config().shutdown_timeout if timeout is None else timeout
+    )
+
+
+def stats() -> dict[str, int]:
+    """
+    Export counters of the current pipeline.
+
+    Returns:
+        ``enqueued``, ``exported``, ``dropped``, ``failed``, ``retried``,
+        ``pending`` (kept in the outbox for later) and ``queued`` (in memory now).
+
+    .. versionadded:: 0.1.0
+    """
+    pipeline = _STATE.pipeline
+    if pipeline is None:
+        return dict.fromkeys(STAT_KEYS, 0)
+    return pipeline.stats()
+
+
+def reset() -> None:
+    """Forget configuration and pipeline (tests): shut down, drop state, re-read env."""
+    shutdown(1.0)
+    with _STATE.lock:
+        _STATE.config = None
+        _STATE.config_error = None
+    reset_log_once()
+    reset_header_sessions()
+
+
+def _replace_config(**changes: Any) -> Config:
+    """Swap fields of the current config without touching the pipeline (testing)."""
+    with _STATE.lock:
+        _STATE.config = replace(get_config(), **changes)
+        return _STATE.config
+
+
+def install_pipeline(pipeline: AnyPipeline) -> AnyPipeline | None:
+    """Make *pipeline* the current one and return the previous (``testing.capture``)."""
+    with _STATE.lock:
+        previous, _STATE.pipeline = _STATE.pipeline, pipeline
+    return previous
+
+
+def restore_pipeline(pipeline: AnyPipeline, previous: AnyPipeline | None) -> None:
+    """Undo :func:`install_pipeline` if *pipeline* is still the current one."""
+    with _STATE.lock:
+        if _STATE.pipeline is pipeline:
+            _STATE.pipeline = previous

@@ -1,0 +1,59 @@
+"""
+A turn while it runs: the raw state the handler collects for one root run.
+
+The handler (``_handler.py``) fills it on the request path with references and
+timestamps only; the converter (``_convert.py``) reads it on the export worker.
+Both import it from here, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from langchain_core.outputs import LLMResult
+
+    from ._scopes import Scope
+
+__all__ = ["Turn"]
+
+
+class Turn:
+    """
+    The raw state of one turn while it runs (references only, no copies).
+
+    ``_convert.to_conversation`` turns it into a ``Conversation`` on the export
+    thread.
+    """
+
+    # Class-level defaults: a new turn sets only what every turn has (this runs
+    # once per root run on the app's thread, so fewer attribute writes matter).
+    chain_inputs: Any = None  # the root's inputs at its start
+    end_inputs: Any = None  # the root's inputs at its end (streams defer them)
+    name: str | None = None  # the root run's name (``run_name``)
+    run_metadata: dict[str, Any] | None = None  # the root run's metadata
+    has_model_call: bool = False  # a chat model or LLM ran in this turn
+    configurable: dict[str, Any] | None = None  # the first model call's
+    # Model calls and tool runs in start order. A model call is a tuple
+    # ``(run key, input messages or prompt str, serialized, metadata,
+    # invocation params)``; a tool run is a list ``[name, input, output, is_error]``.
+    steps: list[Any] | None = None
+    results: dict[int, LLMResult] | None = None  # model run key -> its result
+    tokens: list[tuple[int, Any]] | None = None  # (model run key, streamed token)
+    tool_runs: dict[int, list[Any]] | None = None
+    output: Any = None
+    error: BaseException | None = None
+    ended: float = 0.0
+
+    def __init__(
+        self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool
+    ) -> None:
+        self.run_id = run_id
+        self.key = run_id.int
+        self.scope = scope
+        self.tags = tags
+        self.skip = skip
+        self.started = time.time()
+        self.run_ids: list[int] = [self.key]

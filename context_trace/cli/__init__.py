@@ -1,0 +1,246 @@
+"""
+The ``context-trace`` command: look at what context_trace recorded.
+
+Every command reads the local SQLite store (``--db``, else ``$CONTEXT_TRACE_DB``,
+else ``~/.context_trace/traces.db``)::
+
+    context-trace users                    per-user totals
+    context-trace sessions --user ava      a user's sessions
+    context-trace show SESSION_OR_TURN_ID  a transcript
+    context-trace export --format csv      every conversation, for a spreadsheet
+    context-trace stats                    totals per day
+    context-trace outbox                   records waiting for the Context API
+    context-trace replay                   deliver them now
+    context-trace demo                     record a demo app's traffic
+
+Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
+``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
+are reported in one line on stderr with exit status 1 (data: a missing or
+unreadable store, an unknown id) or 2 (usage).
+
+This is the only module of context_trace that prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from context_trace import __version__, _config
+
+from .commands import (
+    _DEMO_SESSIONS,
+    _DEMO_TURNS,
+    _DEMO_USERS,
+    _EXIT_DATA,
+    _EXIT_INTERRUPTED,
+    _EXIT_USAGE,
+    _PROG,
+    _CLIError,
+    _cmd_demo,
+    _cmd_export,
+    _cmd_outbox,
+    _cmd_replay,
+    _cmd_sessions,
+    _cmd_show,
+    _cmd_stats,
+    _cmd_users,
+    _parse_since,
+)
+
+__all__ = ["main"]
+
+
+# --------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of at least 1, got {value}"
+        )
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --db works before and after the command: the sub-parsers' copy has no
+    # default (SUPPRESS), so it never overwrites a value given before the command.
+    db_help = (
+        "the SQLite store (default: $CONTEXT_TRACE_DB or ~/.context_trace/traces.db)"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Look at the conversations context_trace recorded.",
+        epilog="Run 'context-trace demo' to record a sample app first.",
+    )
+    parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
+    parser.add_argument("--db", metavar="PATH", default=None, help=db_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def add(
+        name: str, help: str, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help, description=help, parents=[common, *parents]
+        )
+
+    add(
+        "users",
+        "per-user totals: conversations, sessions, latency, ratings, errors",
+        as_json,
+    )
+
+    sessions = add("sessions", "sessions, most recently active first", as_json)
+    sessions.add_argument("--user", metavar="USER", help="only this user's sessions")
+    sessions.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_int,
+        default=50,
+        help="at most N (default 50)",
+    )
+
+    show = add("show", "the transcript of a session or of one conversation")
+    show.add_argument("id", metavar="ID", help="a session id or a conversation id")
+
+    export = add("export", "every conversation as JSON lines or CSV")
+    export.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl"
+    )
+    export.add_argument(
+        "--since",
+        metavar="DATE",
+        type=_parse_since,
+        help="only conversations started at or after DATE "
+        "(YYYY-MM-DD or ISO datetime; UTC unless it has an offset)",
+    )
+    export.add_argument(
+        "--output", "-o", metavar="FILE", help="write to FILE (default: stdout)"
+    )
+
+    add("stats", "totals per day (UTC)", as_json)
+    add("outbox", "records waiting for the Context API, and dropped ones", as_json)
+
+    replay = add("replay", "deliver the outbox to the Context API now")
+    replay.add_argument(
+        "--token",
+        help=f"Context API token (default: ${_config.ENV_TOKEN}; prefer it, since "
+        "other users can see command-line arguments)",
+    )
+    replay.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help=f"Context API base URL (default: ${_config.ENV_ENDPOINT} or "
+        f"{_config.DEFAULT_ENDPOINT})",
+    )
+
+    demo = add(
+        "demo", "record a demo chatbot's traffic into the store (no keys needed)"
+    )
+    demo.add_argument(
+        "--users",
+        metavar="N",
+        type=_positive_int,
+        default=_DEMO_USERS,
+        help=f"simulated users (default {_DEMO_USERS})",
+    )
+    demo.add_argument(
+        "--sessions-per-user",
+        metavar="M",
+        type=_positive_int,
+        default=_DEMO_SESSIONS,
+        help=f"sessions per user (default {_DEMO_SESSIONS})",
+    )
+    demo.add_argument(
+        "--turns",
+        metavar="T",
+        type=_positive_int,
+        default=_DEMO_TURNS,
+        help=f"questions per session (default {_DEMO_TURNS})",
+    )
+    demo.add_argument(
+        "--quiet", "-q", action="store_true", help="print only a one-line summary"
+    )
+    return parser
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "users": _cmd_users,
+    "sessions": _cmd_sessions,
+    "show": _cmd_show,
+    "export": _cmd_export,
+    "stats": _cmd_stats,
+    "outbox": _cmd_outbox,
+    "replay": _cmd_replay,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """
+    Run the ``context-trace`` command line.
+
+    The console script calls it with no arguments; call it with *argv* to run a
+    command from Python (``main(["users", "--db", "traces.db"])``).
+
+    Args:
+        argv: The arguments after the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 on success, 1 for a data problem (missing or
+        unreadable store, unknown id, undelivered records), 2 for a usage error.
+
+    .. versionadded:: 0.1.0
+    """
+    _tolerate_unencodable_output()
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error
+        return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
+    out = sys.stdout
+    try:
+        return _COMMANDS[args.command](args, out)
+    except _CLIError as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted", file=sys.stderr)
+        return _EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`context-trace export | head`): stop quietly, and
+        # keep Python from complaining about stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _EXIT_DATA
+    except Exception as exc:  # noqa: BLE001 - a bug still gets one line, not a traceback
+        print(
+            f"{_PROG}: internal error: {type(exc).__name__}: {exc} "
+            "(this is a bug in context-trace; please report it)",
+            file=sys.stderr,
+        )
+        return _EXIT_DATA
+
+
+def _tolerate_unencodable_output() -> None:
+    """On a non-UTF-8 terminal, print "?" for characters like "…" instead of failing."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        reconfigure = getattr(stream, "reconfigure", None)
+        if encoding != "utf8" and callable(reconfigure):
+            reconfigure(errors="replace")

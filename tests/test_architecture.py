@@ -1,0 +1,164 @@
+"""The import graph of ``context_trace`` runs one way: no cycles, extras stay in integrations."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import context_trace
+
+PACKAGE_DIR = Path(context_trace.__file__).parent
+PACKAGE = "context_trace"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _is_name_in(target: str, name: str) -> bool:
+    """Whether ``from target import name`` names something other than a submodule."""
+    if not target.startswith(PACKAGE):
+        return True
+    base = PACKAGE_DIR.parent.joinpath(*target.split("."))
+    return not (base / name).is_dir() and not (base / f"{name}.py").exists()
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module imported by *path* (module and function level, not TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                for stmt in child.orelse:
+                    visit_stmt(stmt)
+                continue
+            visit_stmt(child)
+
+    def visit_stmt(node: ast.AST) -> None:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                if not is_package:
+                    base = base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            # `from . import _runtime` imports the module _runtime; `from . import
+            # __version__` imports the package itself.
+            for alias in node.names:
+                found.add(f"{target}.{alias.name}")
+                found.add(target if _is_name_in(target, alias.name) else "")
+        visit(node)
+
+    visit(tree)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE_DIR.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        targets = set()
+        for imported in _imports(path, name):
+            # `import context_trace.x.y` also runs context_trace and context_trace.x,
+            # but a package's __init__ is its own node; count the named module only.
+            if imported in files and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def dfs(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state:
+                cycle = dfs(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = dfs(node)
+            if cycle:
+                return cycle
+    return None
+
+
+class TestImportGraph:
+    def test_the_graph_is_built_from_the_source(self):
+        """The graph sees the data path's edges (a sanity check on the parser)."""
+        graph = _graph()
+
+        assert "context_trace._runtime" in graph["context_trace._handler"]
+        assert "context_trace._turn" in graph["context_trace._convert"]
+        assert "context_trace._config" in graph["context_trace._runtime"]
+
+    def test_no_import_cycle(self):
+        """No module of context_trace imports itself back through others."""
+        assert None is _find_cycle(_graph())
+
+    def test_the_cycle_finder_finds_a_cycle(self):
+        """The check can fail: a two-module circle is reported."""
+        assert ["a", "b", "a"] == _find_cycle({"a": {"b"}, "b": {"a"}})
+
+    def test_type_checking_imports_do_not_count(self):
+        """Imports under ``if TYPE_CHECKING:`` are not edges; function-level ones are."""
+        source = (
+            "from typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from ._scopes import Scope\n"
+            "def f():\n    from . import _runtime\n"
+        )
+        path = PACKAGE_DIR / "_probe_for_test.py"
+        try:
+            path.write_text(source, encoding="utf-8")
+            found = _imports(path, "context_trace._probe_for_test")
+        finally:
+            path.unlink()
+
+        assert "context_trace._runtime" in found
+        assert "context_trace._scopes" not in found
+
+    def test_only_integrations_import_web_frameworks(self):
+        """Flask and Starlette are imported only by integrations and the apps we ship."""
+        # The demo and the dashboard are Flask applications that only the CLI
+        # loads; the library itself (and `import context_trace`) never needs Flask.
+        allowed = (
+            "context_trace.integrations",
+            "context_trace.ui",
+            "context_trace._demo",
+        )
+        offenders = []
+        for path in PACKAGE_DIR.rglob("*.py"):
+            name = _module_name(path)
+            if name.startswith(allowed):
+                continue
+            for imported in _imports(path, name):
+                if imported.split(".")[0] in {"flask", "starlette", "fastapi"}:
+                    offenders.append(f"{name} imports {imported}")
+
+        assert [] == offenders
