@@ -8,9 +8,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from context_trace import (
@@ -21,11 +19,8 @@ from context_trace import (
     flush,
     track_user,
 )
-from context_trace._convert import to_conversation
 from context_trace._exporters.sqlite import SQLiteReader
 from context_trace._record import Message
-from context_trace._scopes import Scope, Session
-from context_trace._turn import Turn
 from context_trace.testing import CapturedRecords
 
 from ._models import (
