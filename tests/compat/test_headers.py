@@ -215,7 +215,10 @@ class TestHeaderSessions:
         sessions.changed("a", "sys")
         sessions.changed("c", "sys")
 
-        assert (False, True) == (sessions.changed("a", "sys"), sessions.changed("b", "sys"))
+        assert (False, True) == (
+            sessions.changed("a", "sys"),
+            sessions.changed("b", "sys"),
+        )
 
     def test_stored_session_transcript(self, tmp_path: Path) -> None:
         """Through the SQLite store, a header session's transcript has no repeats."""

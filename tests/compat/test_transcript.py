@@ -65,7 +65,7 @@ def _replies(*texts: str, model: str | None = None, tokens: int = 0) -> Any:
     )
 
 
-def _react_agent(model: Any, tools: list[Any], **kwargs: Any) -> Any:
+def _react_agent(model: Any, tools: Any, **kwargs: Any) -> Any:
     from langgraph.prebuilt import create_react_agent
 
     with warnings.catch_warnings():
@@ -74,7 +74,7 @@ def _react_agent(model: Any, tools: list[Any], **kwargs: Any) -> Any:
         return create_react_agent(model, tools, **kwargs)
 
 
-def _rag_chain(model: Any) -> Runnable[str, str]:
+def _rag_chain(model: Any) -> Any:
     store = InMemoryVectorStore.from_texts(
         ["Refunds take 5 business days."], DeterministicFakeEmbedding(size=16)
     )
@@ -336,7 +336,9 @@ class TestHistoryOnce:
             ("assistant", "Q2"),
             ("user", "Q3"),
             ("assistant", "Q3"),
-        ] == [(m.role, m.content) for m in SQLiteReader(db).session_messages(session.id)]
+        ] == [
+            (m.role, m.content) for m in SQLiteReader(db).session_messages(session.id)
+        ]
 
 
 def _stream_chain() -> Runnable[dict[str, Any], str]:
@@ -364,7 +366,7 @@ class TestAbandonedStreams:
     ) -> None:
         """A sync stream closed early records the two chunks read, marked, no error."""
         with track_user("u"):
-            stream = _stream_chain().stream({"question": "q"})
+            stream: Any = _stream_chain().stream({"question": "q"})
             received = next(stream) + next(stream)
             stream.close()
 
@@ -378,7 +380,7 @@ class TestAbandonedStreams:
     ) -> None:
         """An astream closed early records what was read, marked, with no error."""
         async with track_user("u"):
-            stream = _stream_chain().astream({"question": "q"})
+            stream: Any = _stream_chain().astream({"question": "q"})
             received = await stream.__anext__() + await stream.__anext__()
             await stream.aclose()
             await _until_recorded(records)
@@ -513,7 +515,7 @@ class TestTools:
         graph.add_edge(START, "agent")
         graph.add_conditional_edges("agent", tools_condition)
         graph.add_edge("tools", "agent")
-        app = graph.compile()
+        app: Any = graph.compile()
 
         with track_user("u"), pytest.raises(ValueError, match="no station"):
             app.invoke({"messages": [("user", "Weather in Paris?")]})
@@ -612,14 +614,19 @@ class TestRootsWithoutAModel:
             ),
             answer,
         )
-        lambda_guard = RunnableLambda(lambda q: "Please ask about refunds.")
+        lambda_guard: Runnable[str, str] = RunnableLambda(
+            lambda q: "Please ask about refunds."
+        )
 
         with track_user("u"):
             guarded.invoke({"question": "Tell me a joke"})
             lambda_guard.invoke("What's the capital of France?")
 
         assert [
-            [("user", "Tell me a joke"), ("assistant", "I can only help with refunds.")],
+            [
+                ("user", "Tell me a joke"),
+                ("assistant", "I can only help with refunds."),
+            ],
             [
                 ("user", "What's the capital of France?"),
                 ("assistant", "Please ask about refunds."),
@@ -639,7 +646,7 @@ class TestRootsWithoutAModel:
             retriever.invoke("refunds")
             StrOutputParser().invoke("text")
             StrOutputParser().invoke(AIMessage("text"))
-            RunnablePassthrough().invoke("same")
+            RunnablePassthrough[str]().invoke("same")
             get_weather.invoke({"city": "Paris"})
 
         assert [] == list(records)
