@@ -50,6 +50,9 @@ _CLAIMED: dict[int, RecordingHandler] = {}
 # A root with no model call is recorded when it answered in one of these (a
 # guardrail's refusal); see _finish.
 _TEXT_OUTPUTS = (str, BaseMessage)
+# The framework's session ids (RunnableWithMessageHistory's, LangGraph's), in
+# the converter's order.
+_FRAMEWORK_SESSION_KEYS = ("session_id", "thread_id")
 
 
 class RecordingHandler(BaseCallbackHandler):
@@ -110,15 +113,26 @@ class RecordingHandler(BaseCallbackHandler):
         if scope is None:
             _CLAIMED.pop(key, None)
             return None
-        skip = (
-            scope.session is None
-            and not _runtime.active_config().keep_turn()
-            # A framework's session id (see _convert) makes it a session turn.
-            and not (metadata and ("session_id" in metadata or "thread_id" in metadata))
-        )
-        turn = Turn(run_id, scope, tags, skip)
+        turn = Turn(run_id, scope, tags, False)
+        if scope.session is None and _runtime.active_config().sample_rate < 1.0:
+            # Sampled at the end: a framework's session id, known only once the
+            # turn has run, samples the turn as that session (see _sampled_in).
+            turn.sampling = True
         turns[key] = turn
         return turn
+
+    @staticmethod
+    def _sampled_in(turn: Turn) -> bool:
+        """Whether a turn with no ``context_session`` is sampled in (at its end)."""
+        config = _runtime.active_config()
+        for source in (turn.configurable, turn.run_metadata):
+            if source:
+                for name in _FRAMEWORK_SESSION_KEYS:
+                    value = source.get(name)
+                    if isinstance(value, str) and value.strip():
+                        # The whole framework session is kept or dropped.
+                        return config.keep_session(value.strip())
+        return config.keep_turn()
 
     def _finish(self, turn: Turn, error: BaseException | None) -> None:
         turn.ended = time.time()
@@ -127,12 +141,16 @@ class RecordingHandler(BaseCallbackHandler):
             turns.pop(rid, None)
         if _CLAIMED.get(turn.key) is self:  # not when following another's root
             _CLAIMED.pop(turn.key, None)
-        if turn.skip or not (
-            turn.has_model_call
-            or (
-                turn.chain_inputs is not None
-                and (error is not None or isinstance(turn.output, _TEXT_OUTPUTS))
+        if (
+            turn.skip
+            or not (
+                turn.has_model_call
+                or (
+                    turn.chain_inputs is not None
+                    and (error is not None or isinstance(turn.output, _TEXT_OUTPUTS))
+                )
             )
+            or (turn.sampling and not self._sampled_in(turn))
         ):
             # Nothing conversational happened (a bare retriever, a tool on its
             # own). A chain that failed before reaching its model is kept, and so

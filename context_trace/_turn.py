@@ -35,6 +35,7 @@ class Turn:
     name: str | None = None  # the root run's name (``run_name``)
     run_metadata: dict[str, Any] | None = None  # the root run's metadata
     has_model_call: bool = False  # a chat model or LLM ran in this turn
+    sampling: bool = False  # no context_session under sample_rate < 1: decide at end
     configurable: dict[str, Any] | None = None  # the first model call's
     # Model calls and tool runs in start order. A model call is a tuple
     # ``(run key, input messages or prompt str, serialized, metadata,

@@ -38,10 +38,10 @@ from langgraph.checkpoint.memory import MemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from context_trace import configure, context_session, flush, track_user
+from context_trace import _runtime, configure, context_session, flush, track_user
 from context_trace._exporters.sqlite import SQLiteReader
 from context_trace._record import Message
-from context_trace.testing import CapturedRecords
+from context_trace.testing import CapturedRecords, capture
 
 from ._models import ToolCallingFake, get_weather
 
@@ -285,6 +285,38 @@ class TestFrameworkSessions:
             )
 
         assert ["mine"] == [c.session_id for c in records.conversations]
+
+    def test_sampling_keeps_a_framework_session_whole(self) -> None:
+        """Under sample_rate, a framework session is kept or dropped as a whole."""
+        configure(sample_rate=0.5)
+        with capture() as captured, track_user("u"):
+            chain = _history_chain()
+            agent = _react_agent(
+                GenericFakeChatModel(messages=itertools.repeat(AIMessage("ok"))),
+                [],
+                checkpointer=MemorySaver(),
+            )
+            for n in range(12):
+                for turn in range(3):
+                    chain.invoke(
+                        {"question": f"q{turn}"},
+                        config={"configurable": {"session_id": f"s{n}"}},
+                    )
+                    agent.invoke(
+                        {"messages": [("user", f"q{turn}")]},
+                        config={"configurable": {"thread_id": f"t{n}"}},
+                    )
+        config = _runtime.active_config()
+        expected = sorted(
+            sid
+            for n in range(12)
+            for sid in (f"s{n}", f"t{n}")
+            if config.keep_session(sid)
+            for _ in range(3)
+        )
+
+        assert 0 < len(expected) < 72  # some sessions sampled in, some out
+        assert expected == sorted(str(c.session_id) for c in captured.conversations)
 
 
 class TestHistoryOnce:
