@@ -531,6 +531,31 @@ class TestTools:
             turn.metadata.get("failed_tools"),
         )
 
+    def test_failed_tool_flag_survives_the_store(self, tmp_path: Path) -> None:
+        """A failed tool's flag is stored in SQLite and read back; others are not."""
+        db = tmp_path / "t.db"
+        configure(db_path=db)
+        model = ToolCallingFake(
+            messages=_calls(
+                _weather_call("broken_weather"),
+                _weather_call("get_weather"),
+                AIMessage("Sunny."),
+            )
+        )
+        agent = _react_agent(
+            model, ToolNode([broken_weather, get_weather], handle_tool_errors=True)
+        )
+
+        with track_user("u"), context_session(session_id="tools"):
+            agent.invoke({"messages": [("user", "Weather in Paris?")]})
+        flush()
+
+        assert [("broken_weather", True), ("get_weather", False)] == [
+            (m.name, m.error)
+            for m in SQLiteReader(db).session_messages("tools")
+            if m.role == "tool"
+        ]
+
     def test_tool_error_reaching_the_caller_keeps_the_order(
         self, records: CapturedRecords
     ) -> None:
