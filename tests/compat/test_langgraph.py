@@ -164,6 +164,8 @@ class TestOneInvocation:
             Message(m.role, m.content, m.name, m.tool_input) for m in transcript
         ]
 
+
+class TestConcurrentInvocations:
     def test_threads(self) -> None:
         """50 threads, 50 users, one shared agent: 50 conversations, none mixed up."""
         exporter = InMemoryExporter()
