@@ -9,26 +9,21 @@ a session's prompt re-sends, and redaction.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+from langchain_core.prompt_values import PromptValue
 
 from ._log import log_once
-from ._record import (
-    Conversation,
-    Feedback,
-    Message,
-    Record,
-    Role,
-    remember,
-    strip_seen,
-)
+from ._record import Conversation, Feedback, Message, Record, Role
 from ._turn import Turn
 
 __all__ = [
@@ -55,8 +50,17 @@ _ROLES: dict[str, Role] = {
     "tool": "tool",
     "function": "tool",
 }
-_ANSWER_KEYS = ("answer", "output", "text", "content", "result", "response")
-_INPUT_KEYS = ("input", "question", "query", "q", "message", "prompt", "text")
+# A dict's answer is under one of these keys; any other dict is kept whole (JSON).
+_ANSWER_KEYS = ("answer", "output", "text")
+# Conventional keys of the user's text in an input dict, most specific first.
+_INPUT_KEYS = ("question", "input", "query", "message", "q", "prompt", "text")
+# The framework's session ids: ``configurable.session_id``
+# (RunnableWithMessageHistory) and ``configurable.thread_id`` (LangGraph, which
+# also copies it to the run metadata).
+_FRAMEWORK_SESSION_KEYS = ("session_id", "thread_id")
+# Root-run metadata that is LangChain's or LangGraph's own, not the app's.
+_INTERNAL_PREFIXES = ("ls_", "langgraph_", "checkpoint_", "__")
+_RECORD_FIELDS = frozenset({"user_id"})
 
 # Where a model's invocation params carry HTTP headers, most specific first:
 # per-call ``extra_headers`` (OpenAI), the model's ``headers`` (what LangChain's
@@ -66,9 +70,13 @@ _HEADER_PARAMS = ("extra_headers", "headers", "default_headers")
 # Header names after lower-casing and "_" -> "-": user_id, X-User-Id, ...
 _USER_HEADERS = frozenset({"user-id", "x-user-id"})
 _SESSION_HEADERS = frozenset({"session-id", "x-session-id"})
-# Header-only sessions have no Session object to hold their de-dup state; keep
-# the seen-sets of this many recent ones (least recently used dropped first).
-_HEADER_SESSIONS_MAX = 10_000
+# The last system prompt of this many recent sessions is kept (least recently
+# used dropped first) to record a system prompt only when it changes.
+_SESSIONS_MAX = 10_000
+
+# A model call as the handler keeps it: (run key, input messages or prompt,
+# serialized, metadata, invocation params).
+_Call = tuple[int, Any, Any, Any, Any]
 
 
 def _compact(value: Any) -> str:
@@ -141,8 +149,9 @@ def answer_text(output: Any) -> str:
     The assistant's text from whatever a root run returned.
 
     An ``AIMessage`` gives its content; a str is itself; a dict gives its
-    ``messages`` list's last message (LangGraph), else its ``answer``/``output``/
-    ``text``/... value; anything else becomes compact JSON.
+    ``messages`` list's last message (LangGraph), else its ``answer``, ``output``
+    or ``text`` value, or a one-key dict's value; anything else (any other
+    dict too) becomes compact JSON.
     """
     if output is None:
         return ""
@@ -173,74 +182,102 @@ def answer_text(output: Any) -> str:
         for key in _ANSWER_KEYS:
             if key in output:
                 return answer_text(output[key])
-        if len(output) == 1:
+        if len(output) == 1:  # RunnableParallel(reply=chain): nothing is lost
             return answer_text(next(iter(output.values())))
     if isinstance(output, Sequence) and output and isinstance(output[-1], BaseMessage):
         return answer_text(output[-1])
     return _compact(output)
 
 
-def _message_list(turn: Turn) -> Sequence[BaseMessage] | None:
-    """The turn's input as LangChain messages, when it is a message list."""
-    if turn.messages is not None:
-        return turn.messages
-    inputs = turn.chain_inputs
-    if isinstance(inputs, Mapping):
-        messages = inputs.get("messages")
-        if (
-            isinstance(messages, Sequence)
-            and messages
-            and isinstance(messages[-1], BaseMessage)
-        ):
-            return messages
+def _is_message_list(value: Any) -> bool:
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and bool(value)
+        and all(_as_message(m) is not None for m in value)
+    )
+
+
+def _as_message(value: Any) -> Message | None:
+    """A LangChain message, a ``(role, text)`` pair or a ``{"role", "content"}`` dict."""
+    if isinstance(value, BaseMessage):
+        return _message(value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        role = _ROLES.get(value[0].lower())
+        return Message(role, content_text(value[1])) if role is not None else None
+    if isinstance(value, Mapping) and isinstance(value.get("role"), str):
+        role = _ROLES.get(str(value["role"]).lower())
+        if role is not None:
+            return Message(role, content_text(value.get("content")))
     return None
 
 
-def _input_messages(turn: Turn) -> list[Message]:
-    messages = _message_list(turn)
-    if messages is not None:
-        return [_message(m) for m in messages]
-    if turn.prompt is not None:
-        return [Message("user", turn.prompt)]
-    inputs = turn.chain_inputs
+def _trailing_user(messages: Sequence[Any]) -> list[Message]:
+    """The user messages after the last non-user one: what this turn's user said."""
+    out: list[Message] = []
+    for raw in reversed(messages):
+        message = _as_message(raw)
+        if message is None or message.role != "user":
+            if out or message is None or message.role != "system":
+                break
+            continue  # a trailing system message does not end the user's words
+        out.append(message)
+    out.reverse()
+    return out
+
+
+def _user_messages(inputs: Any) -> list[Message]:
+    """
+    What the user sent, read from a root run's *inputs* (empty when unclear).
+
+    A str, the trailing human messages of a message list (or of a ``messages``
+    field), or one text field of an input dict: a conventional key
+    (``question``, ``input``, ...) or the dict's only str field.
+    """
     if inputs is None:
         return []
     if isinstance(inputs, str):
-        return [Message("user", inputs)]
+        return [Message("user", inputs)] if inputs else []
     if isinstance(inputs, BaseMessage):
-        return [_message(inputs)]
+        message = _message(inputs)
+        return [message] if message.role == "user" else []
+    if isinstance(inputs, PromptValue):
+        return _trailing_user(inputs.to_messages())
+    if _is_message_list(inputs):
+        return _trailing_user(inputs)
     if isinstance(inputs, Mapping):
+        if "messages" in inputs:
+            return _user_messages(inputs["messages"])
         for key in _INPUT_KEYS:
-            if isinstance(inputs.get(key), str):
-                return [Message("user", inputs[key])]
-    return [Message("user", _compact(inputs))]
+            if key in inputs:
+                found = _user_messages(inputs[key])
+                if found:
+                    return found
+        texts = [v for v in inputs.values() if isinstance(v, str) and v]
+        if len(texts) == 1:
+            return [Message("user", texts[0])]
+    return []
 
 
-def _without_past_tool_calls(turn: Turn, inputs: list[Message]) -> list[Message]:
-    """
-    *inputs* without the tool-call requests and tool results of earlier turns.
-
-    A LangGraph agent with a checkpointer (or an app re-sending its message
-    list) sends the whole thread to the model again: earlier questions and
-    answers interleaved with earlier tool-call requests and tool results. In a
-    session those were recorded by the earlier turns (as their tool messages),
-    and they would stop the history de-duplication, which only skips the
-    leading run of already recorded messages. So inside a session, tool
-    messages and tool-calling assistant messages before the turn's last user
-    message are left out; the ones after it belong to this turn.
-    """
-    messages = _message_list(turn)
-    if messages is None:
-        return inputs
-    past = [
-        m.type in ("tool", "function")
-        or (isinstance(m, AIMessage) and bool(m.tool_calls))
-        for m in messages
+def _system_text(model_input: Any) -> str | None:
+    """The system prompt a chat model saw (its system messages joined), if any."""
+    if not isinstance(model_input, Sequence) or isinstance(model_input, str):
+        return None
+    texts = [
+        content_text(m.content)
+        for m in model_input
+        if isinstance(m, BaseMessage) and _message(m).role == "system"
     ]
-    if not any(past):
-        return inputs
-    last_user = max((i for i, m in enumerate(inputs) if m.role == "user"), default=-1)
-    return [m for i, m in enumerate(inputs) if not (i < last_user and past[i])]
+    return "\n\n".join(texts) if texts else None
+
+
+def _model_prompt(model_input: Any) -> list[Message]:
+    """The user text a model call saw: its trailing human messages, or its prompt."""
+    if isinstance(model_input, str):
+        return [Message("user", model_input)]
+    if isinstance(model_input, Sequence):
+        return _trailing_user(model_input)
+    return []
 
 
 def _text_or_json(value: Any) -> str:
@@ -253,16 +290,36 @@ def _text_or_json(value: Any) -> str:
     return _compact(value)
 
 
-def _model_name(turn: Turn) -> str | None:
-    params = turn.invocation_params or {}
+def _result_message(result: LLMResult | None) -> BaseMessage | None:
+    if result is None or not result.generations or not result.generations[0]:
+        return None
+    gen = result.generations[0][0]
+    return gen.message if isinstance(gen, ChatGeneration) else None
+
+
+def _model_name(call: _Call, result: LLMResult | None) -> str | None:
+    """The model a call used: as the response names it, else as it was called."""
+    message = _result_message(result)
+    if message is not None:
+        meta = message.response_metadata or {}
+        for key in ("model_name", "model"):
+            value = meta.get(key)
+            if isinstance(value, str) and value:
+                return value
+    if result is not None and result.llm_output:
+        value = result.llm_output.get("model_name") or result.llm_output.get("model")
+        if isinstance(value, str) and value:
+            return value
+    _key, _input, serialized, metadata, params = call
+    params = params or {}
     for key in ("model", "model_name", "model_id", "deployment_name"):
         value = params.get(key)
         if isinstance(value, str) and value:
             return value
-    meta = turn.model_metadata or {}
-    if isinstance(meta.get("ls_model_name"), str):
+    meta = metadata or {}
+    if isinstance(meta.get("ls_model_name"), str) and meta["ls_model_name"]:
         return str(meta["ls_model_name"])
-    serialized = turn.serialized or {}
+    serialized = serialized or {}
     if isinstance(serialized.get("name"), str):
         return str(serialized["name"])
     ident = serialized.get("id")
@@ -273,32 +330,29 @@ def _model_name(turn: Turn) -> str | None:
     return None
 
 
-def _usage(results: Iterable[LLMResult]) -> dict[str, int]:
+def _usage(result: LLMResult | None) -> dict[str, int]:
+    """One call's token usage (empty when the model reports none)."""
+    if result is None:
+        return {}
     totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    seen = False
-    for result in results:
-        found = False
-        for gens in result.generations:
-            for gen in gens:
-                usage = getattr(getattr(gen, "message", None), "usage_metadata", None)
-                if usage:
-                    found = seen = True
-                    totals["prompt_tokens"] += int(usage.get("input_tokens", 0) or 0)
-                    totals["completion_tokens"] += int(
-                        usage.get("output_tokens", 0) or 0
-                    )
-                    totals["total_tokens"] += int(usage.get("total_tokens", 0) or 0)
-        if not found and result.llm_output:
-            usage = result.llm_output.get("token_usage") or result.llm_output.get(
-                "usage"
-            )
-            if isinstance(usage, Mapping):
-                seen = True
-                for key in totals:
-                    value = usage.get(key)
-                    if isinstance(value, int):
-                        totals[key] += value
-    return totals if seen else {}
+    found = False
+    for gens in result.generations:
+        for gen in gens:
+            usage = getattr(getattr(gen, "message", None), "usage_metadata", None)
+            if usage:
+                found = True
+                totals["prompt_tokens"] += int(usage.get("input_tokens", 0) or 0)
+                totals["completion_tokens"] += int(usage.get("output_tokens", 0) or 0)
+                totals["total_tokens"] += int(usage.get("total_tokens", 0) or 0)
+    if not found and result.llm_output:
+        usage = result.llm_output.get("token_usage") or result.llm_output.get("usage")
+        if isinstance(usage, Mapping):
+            found = True
+            for key in totals:
+                value = usage.get(key)
+                if isinstance(value, int):
+                    totals[key] += value
+    return totals if found else {}
 
 
 def _header_id(value: Any) -> str | None:
@@ -346,129 +400,296 @@ def header_ids(params: Any) -> tuple[str | None, str | None]:
     return user, session
 
 
-class _HeaderSessions:
+class _SessionSystems:
     """
-    Per-session seen-sets, keyed by session id: a bounded LRU, locked.
+    The last system prompt recorded per session id: a bounded LRU, locked.
 
     Keyed by id, not kept on the ``Session`` object: web integrations (and
     ``context_session(session_id=...)`` on a request handler) open a fresh
-    ``Session`` for every request of the same conversation, and header-only
-    sessions have no object at all.
+    ``Session`` for every request of the same conversation, and framework or
+    header sessions have no object at all. A digest is kept, not the text.
     """
 
     def __init__(self, maxsize: int) -> None:
         self._maxsize = maxsize
         self._lock = threading.Lock()
-        self._seen: OrderedDict[str, set[tuple[str, str]]] = OrderedDict()
+        self._last: OrderedDict[str, bytes] = OrderedDict()
 
-    def dedup(
-        self, session_id: str, inputs: Sequence[Message], rest: Sequence[Message]
-    ) -> tuple[Message, ...]:
+    def changed(self, session_id: str, text: str) -> bool:
+        """Whether *text* differs from the session's last system prompt (then keep it)."""
+        digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16)
+        value = digest.digest()
         with self._lock:
-            seen = self._seen.get(session_id)
-            if seen is None:
-                seen = self._seen[session_id] = set()
-                if len(self._seen) > self._maxsize:
-                    self._seen.popitem(last=False)
-            else:
-                self._seen.move_to_end(session_id)
-            kept = strip_seen(inputs, seen)
-            remember(seen, kept)
-            remember(seen, rest)
-            return kept
+            last = self._last.get(session_id)
+            if last is not None:
+                self._last.move_to_end(session_id)
+                if last == value:
+                    return False
+            self._last[session_id] = value
+            if len(self._last) > self._maxsize:
+                self._last.popitem(last=False)
+            return True
 
     def clear(self) -> None:
         with self._lock:
-            self._seen.clear()
+            self._last.clear()
 
 
-_HEADER_SESSIONS = _HeaderSessions(_HEADER_SESSIONS_MAX)
+_SESSION_SYSTEMS = _SessionSystems(_SESSIONS_MAX)
 
 
 def reset_header_sessions() -> None:
-    """Forget the de-dup state of header-only sessions (tests, ``reset()``)."""
-    _HEADER_SESSIONS.clear()
+    """Forget the per-session system prompts seen so far (tests, ``reset()``)."""
+    _SESSION_SYSTEMS.clear()
 
 
-def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation:
+def _framework_session(metadata: Mapping[str, Any] | None) -> str | None:
+    """``session_id`` / ``thread_id`` of a run's ``configurable`` or metadata."""
+    if not metadata:
+        return None
+    for key in _FRAMEWORK_SESSION_KEYS:
+        value = _header_id(metadata.get(key))
+        if value is not None:
+            return value
+    return None
+
+
+def _run_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
+    """The root run's own metadata as ``str -> str`` (LangChain's keys left out)."""
+    out: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        if (
+            key.startswith(_INTERNAL_PREFIXES)
+            or key in _FRAMEWORK_SESSION_KEYS
+            or key in _RECORD_FIELDS
+        ):
+            continue
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = str(value)
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+    return out
+
+
+def _abandoned(turn: Turn, calls: Sequence[_Call], results: Mapping[int, Any]) -> bool:
     """
-    Build the :class:`Conversation` of a finished *turn*.
+    Whether the turn is a stream its consumer stopped reading.
 
-    The scope's user and session win; where the scope has none, the ids in the
-    model's headers (see :func:`header_ids`) are used.
+    An async stream closed early ends its root with ``GeneratorExit`` (or, under
+    ``astream_events``, ``CancelledError`` after some tokens); a sync one ends it
+    normally but before its model call has ended.
+    """
+    if isinstance(turn.error, GeneratorExit):
+        return True
+    if isinstance(turn.error, asyncio.CancelledError):
+        return bool(turn.tokens)  # not a cancelled ainvoke that streamed nothing
+    return turn.error is None and any(c[0] not in results for c in calls)
+
+
+def _answers_user(turn: Turn, users: Sequence[Message], answer: str | None) -> bool:
+    """
+    Whether a root with no model call answered the user (a guardrail's refusal).
+
+    Its input must carry the user's text, and it must have returned other text
+    or a message: a parser or a pass-through returns what it was given.
+    """
+    if not users or not answer or not isinstance(turn.output, (str, BaseMessage)):
+        return False
+    if (turn.name or "").endswith("Parser"):
+        return False
+    return answer != "\n\n".join(m.content for m in users)
+
+
+def _token_text(token: Any) -> str:
+    """A streamed token's text (a str, content blocks, or a generation chunk)."""
+    message = getattr(token, "message", None)
+    if isinstance(message, BaseMessage):
+        return content_text(message.content)
+    return content_text(token)
+
+
+def _answering_call(
+    calls: Sequence[_Call], results: Mapping[int, LLMResult], answer: str
+) -> _Call | None:
+    """The call that produced *answer*: the last one whose text is the answer."""
+    ended = [c for c in calls if c[0] in results]
+    for call in reversed(ended):
+        message = _result_message(results[call[0]])
+        text = answer_text(message) if message is not None else None
+        if text is None:
+            text = answer_text(results[call[0]])
+        if text == answer:
+            return call
+    if ended:
+        return ended[-1]
+    return calls[-1] if calls else None
+
+
+def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation | None:
+    """
+    Build the :class:`Conversation` of a finished *turn* (None: not a conversation).
+
+    The rules are the README's "What a conversation holds". Ids: the scope's
+    user, else the model's headers (see :func:`header_ids`); the session of
+    ``context_session``, else the model's headers, else the framework's
+    (``configurable.session_id``, then ``configurable.thread_id``).
     """
     scope = turn.scope
-    session = scope.session
+    steps = turn.steps or []
+    calls: list[_Call] = [s for s in steps if isinstance(s, tuple)]
+    results = turn.results or {}
+    abandoned = _abandoned(turn, calls, results)
+    error = None if abandoned else turn.error
+
+    # The user's own words: the root's input, else what the model was asked.
+    inputs = turn.end_inputs if turn.end_inputs is not None else turn.chain_inputs
+    if turn.chain_inputs is None and calls:  # a model invoked directly
+        inputs = calls[0][1]
+    users = _user_messages(inputs)
+
+    # The final answer follows the root's output (or the stream as received).
+    answer: str | None
+    if abandoned:
+        answer = None
+    else:
+        answer = answer_text(turn.output) if turn.output is not None else ""
+    answering = _answering_call(calls, results, answer or "")
+    if abandoned:
+        open_calls = [c for c in calls if c[0] not in results]
+        answering = open_calls[-1] if open_calls else answering
+        key = answering[0] if answering is not None else None
+        answer = "".join(_token_text(t) for k, t in turn.tokens or () if k == key)
+    elif not answer and answering is not None:
+        message = _result_message(results.get(answering[0]))
+        if message is not None and not getattr(message, "tool_calls", None):
+            answer = answer_text(message)
+        elif message is None and answering[0] in results:
+            answer = answer_text(results[answering[0]])
+
+    if not calls and turn.error is None and not _answers_user(turn, users, answer):
+        return None  # a parser or a lambda on its own
+    if not users and answering is not None:
+        users = _model_prompt(answering[1])
+    if not users and inputs is not None:
+        users = [Message("user", _text_or_json(inputs))]
+
     user_id = scope.user_id
+    session = scope.session
     session_id = session.id if session is not None else None
-    if user_id is None or session is None:
-        header_user, header_session = header_ids(turn.invocation_params)
+    if user_id is None or session_id is None:
+        header_user = header_session = None
+        for call in calls:
+            header_user, header_session = header_ids(call[4])
+            if header_user is not None or header_session is not None:
+                break
         if user_id is None:
             user_id = header_user
-        if session is None:
+        if session_id is None:
             session_id = header_session
-    inputs = _input_messages(turn)
-    rest: list[Message] = []
-    for name, tool_input, output, _is_error in turn.tools or ():
-        rest.append(
+    if session_id is None:
+        session_id = _framework_session(turn.configurable) or _framework_session(
+            turn.run_metadata
+        )
+
+    messages: list[Message] = []
+    system = _system_text(answering[1]) if answering is not None else None
+    if system is not None and (
+        session_id is None or _SESSION_SYSTEMS.changed(session_id, system)
+    ):
+        messages.append(Message("system", system))
+    messages.extend(users)
+    failed_tools: list[str] = []
+    for step in steps:
+        if isinstance(step, tuple):
+            if step is answering:
+                continue
+            message = _result_message(results.get(step[0]))
+            if message is not None and getattr(message, "tool_calls", None):
+                text = content_text(message.content)
+                if text:  # what the assistant said beside its tool calls
+                    messages.append(Message("assistant", text))
+            continue
+        name, tool_input, output, is_error = step
+        if is_error:
+            failed_tools.append(str(name))
+        messages.append(
             Message(
                 "tool",
                 _text_or_json(output),
                 name=str(name),
                 tool_input=_text_or_json(tool_input),
+                error=bool(is_error),
             )
         )
-    answer = answer_text(turn.output)
-    if not answer and turn.llm_results:
-        answer = answer_text(turn.llm_results[-1])
-    if answer or turn.error is None:
-        rest.append(Message("assistant", answer))
+    if answer or error is None:
+        messages.append(Message("assistant", answer or ""))
 
-    if session_id is not None:
-        inputs = _without_past_tool_calls(turn, inputs)
-    if session_id is not None:
-        inputs_t = _HEADER_SESSIONS.dedup(session_id, inputs, rest)
-    else:
-        inputs_t = tuple(inputs)
-    messages = inputs_t + tuple(rest)
-
-    metadata: dict[str, str] = dict(scope.metadata)
-    model = _model_name(turn)
-    if model:
-        metadata["model"] = model
+    metadata: dict[str, str] = _run_metadata(turn.run_metadata)
+    metadata.update(scope.metadata)  # the scope wins on a clash
+    if turn.name:
+        metadata.setdefault("run_name", turn.name)
+    if answering is not None:
+        model = _model_name(answering, results.get(answering[0]))
+        if model:
+            metadata["model"] = model
     metadata["latency_ms"] = str(round((turn.ended - turn.started) * 1000))
-    for key, value in _usage(turn.llm_results or ()).items():
-        metadata[key] = str(value)
+    totals: dict[str, int] = {}
+    per_call: list[dict[str, Any]] = []
+    for call in calls:
+        usage = _usage(results.get(call[0]))
+        for name, count in usage.items():
+            totals[name] = totals.get(name, 0) + count
+        per_call.append({"model": _model_name(call, results.get(call[0])), **usage})
+    for name, count in totals.items():
+        metadata[name] = str(count)
+    if len(calls) > 1:
+        metadata["model_calls"] = _compact(per_call)
     if turn.tags:
         metadata["tags"] = ",".join(dict.fromkeys(str(t) for t in turn.tags))
-    error: str | None = None
-    if turn.error is not None:
-        metadata["error_type"] = type(turn.error).__name__
-        metadata["error"] = str(turn.error)
-        error = f"{type(turn.error).__name__}: {turn.error}"
+    if failed_tools:
+        metadata["failed_tools"] = ",".join(failed_tools)
+    if abandoned:
+        metadata["stream_abandoned"] = "true"
+    prompt: str | None = None
+    if answering is not None:
+        seen = "\n\n".join(m.content for m in _model_prompt(answering[1]))
+        if seen and seen != "\n\n".join(m.content for m in users):
+            prompt = seen  # what the model saw (retrieved context, a template)
+    error_text: str | None = None
+    if error is not None:
+        metadata["error_type"] = type(error).__name__
+        metadata["error"] = str(error)
+        error_text = f"{type(error).__name__}: {error}"
 
     if redact is not None:
-        messages = tuple(
+        messages = [
             Message(
                 m.role,
                 redact(m.content),
                 m.name,
                 redact(m.tool_input) if m.tool_input is not None else None,
+                m.error,
             )
             for m in messages
-        )
-        if error is not None:
-            error = redact(error)
+        ]
+        if error_text is not None:
+            error_text = redact(error_text)
             metadata["error"] = redact(metadata["error"])
+        if prompt is not None:
+            prompt = redact(prompt)
+    if prompt is not None:
+        metadata["model_input"] = prompt
     return Conversation(
         id=turn.run_id.hex,
         user_id=user_id,
         session_id=session_id,
         started_at=turn.started,
         ended_at=turn.ended,
-        messages=messages,
+        messages=tuple(messages),
         metadata=metadata,
-        error=error,
+        error=error_text,
     )
 
 
@@ -478,7 +699,9 @@ def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record
     for item in items:
         try:
             if isinstance(item, Turn):
-                out.append(to_conversation(item, redact))
+                record = to_conversation(item, redact)
+                if record is not None:
+                    out.append(record)
             elif isinstance(item, (Conversation, Feedback)):
                 out.append(item)
         except Exception:  # noqa: BLE001 - one bad turn must not stop the batch

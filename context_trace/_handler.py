@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.messages import BaseMessage
+from langchain_core.runnables.config import var_child_runnable_config
 
 from . import _runtime
 from ._log import log_once
 from ._turn import Turn
 
 if TYPE_CHECKING:
-    from langchain_core.messages import BaseMessage
-    from langchain_core.outputs import LLMResult
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
     from ._scopes import Scope
 
@@ -45,6 +46,13 @@ _logger = logging.getLogger(__name__)
 # Keys are ``run_id.int``: UUID's __hash__ and __eq__ are Python-level calls, an
 # int's are not, and these maps are touched several times per run.
 _CLAIMED: dict[int, RecordingHandler] = {}
+
+# A root with no model call is recorded when it answered in one of these (a
+# guardrail's refusal); see _finish.
+_TEXT_OUTPUTS = (str, BaseMessage)
+# The framework's session ids (RunnableWithMessageHistory's, LangGraph's), in
+# the converter's order.
+_FRAMEWORK_SESSION_KEYS = ("session_id", "thread_id")
 
 
 class RecordingHandler(BaseCallbackHandler):
@@ -105,10 +113,26 @@ class RecordingHandler(BaseCallbackHandler):
         if scope is None:
             _CLAIMED.pop(key, None)
             return None
-        skip = scope.session is None and not _runtime.active_config().keep_turn()
-        turn = Turn(run_id, scope, tags, skip)
+        turn = Turn(run_id, scope, tags, False)
+        if scope.session is None and _runtime.active_config().sample_rate < 1.0:
+            # Sampled at the end: a framework's session id, known only once the
+            # turn has run, samples the turn as that session (see _sampled_in).
+            turn.sampling = True
         turns[key] = turn
         return turn
+
+    @staticmethod
+    def _sampled_in(turn: Turn) -> bool:
+        """Whether a turn with no ``context_session`` is sampled in (at its end)."""
+        config = _runtime.active_config()
+        for source in (turn.configurable, turn.run_metadata):
+            if source:
+                for name in _FRAMEWORK_SESSION_KEYS:
+                    value = source.get(name)
+                    if isinstance(value, str) and value.strip():
+                        # The whole framework session is kept or dropped.
+                        return config.keep_session(value.strip())
+        return config.keep_turn()
 
     def _finish(self, turn: Turn, error: BaseException | None) -> None:
         turn.ended = time.time()
@@ -117,11 +141,22 @@ class RecordingHandler(BaseCallbackHandler):
             turns.pop(rid, None)
         if _CLAIMED.get(turn.key) is self:  # not when following another's root
             _CLAIMED.pop(turn.key, None)
-        if turn.skip or not (
-            turn.has_model_call or (error is not None and turn.chain_inputs is not None)
+        if (
+            turn.skip
+            or not (
+                turn.has_model_call
+                or (
+                    turn.chain_inputs is not None
+                    and (error is not None or isinstance(turn.output, _TEXT_OUTPUTS))
+                )
+            )
+            or (turn.sampling and not self._sampled_in(turn))
         ):
-            # Nothing conversational happened (a bare parser, a retriever, a tool
-            # on its own); a chain that failed before reaching its model is kept.
+            # Nothing conversational happened (a bare retriever, a tool on its
+            # own). A chain that failed before reaching its model is kept, and so
+            # is one that answered in text without a model (a guardrail's
+            # refusal); the converter drops those whose input carries no user text
+            # (a parser on its own).
             return
         turn.error = error
         session = turn.scope.session
@@ -168,6 +203,8 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._enter(run_id, parent_run_id, tags, metadata)
             if turn is not None and turn.run_id is run_id:  # the root (same object)
                 turn.chain_inputs = inputs
+                turn.run_metadata = metadata
+                turn.name = kwargs.get("name")
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_start")
 
@@ -177,6 +214,7 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._turns.get(key)
             if turn is not None and turn.key == key:
                 turn.output = outputs
+                turn.end_inputs = kwargs.get("inputs")
                 self._finish(turn, None)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_end")
@@ -184,20 +222,39 @@ class RecordingHandler(BaseCallbackHandler):
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
+        turn = self._root(run_id)
+        if turn is not None:
+            turn.end_inputs = kwargs.get("inputs")
         self._root_error(run_id, error, "on_chain_error")
 
     # ------------------------------------------------------------------ models
     @staticmethod
-    def _note_model(
+    def _model_start(
         turn: Turn,
+        run_id: UUID,
+        model_input: Any,
         serialized: dict[str, Any],
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
     ) -> None:
-        """Keep what names the model (and carries header ids) of the first call."""
-        turn.invocation_params = kwargs.get("invocation_params")
-        turn.model_metadata = metadata
-        turn.serialized = serialized
+        """Keep a model call's references; a model invoked directly is the root."""
+        key = run_id.int
+        if turn.key == key:
+            turn.run_metadata = metadata
+            turn.name = kwargs.get("name")
+        if not turn.has_model_call:
+            # The config the model runs under: its ``configurable`` holds the
+            # framework's session id (RunnableWithMessageHistory's session_id is
+            # not copied into callback metadata).
+            config = var_child_runnable_config.get()
+            if config is not None:
+                turn.configurable = config.get("configurable")
+            turn.has_model_call = True
+        # dict.setdefault is atomic: parallel children of one root
+        # (RunnableParallel, a ToolNode's executor) must not lose items.
+        turn.__dict__.setdefault("steps", []).append(
+            (key, model_input, serialized, metadata, kwargs.get("invocation_params"))
+        )
 
     def on_chat_model_start(
         self,
@@ -212,9 +269,11 @@ class RecordingHandler(BaseCallbackHandler):
     ) -> None:
         try:
             turn = self._enter(run_id, parent_run_id, tags, metadata)
-            if turn is not None and not turn.has_model_call:
-                turn.messages = messages[0] if messages else []
-                self._note_model(turn, serialized, metadata, kwargs)
+            if turn is not None:
+                model_input = messages[0] if messages else []
+                self._model_start(
+                    turn, run_id, model_input, serialized, metadata, kwargs
+                )
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chat_model_start")
 
@@ -231,20 +290,38 @@ class RecordingHandler(BaseCallbackHandler):
     ) -> None:
         try:
             turn = self._enter(run_id, parent_run_id, tags, metadata)
-            if turn is not None and not turn.has_model_call:
-                turn.prompt = prompts[0] if prompts else ""
-                self._note_model(turn, serialized, metadata, kwargs)
+            if turn is not None:
+                prompt = prompts[0] if prompts else ""
+                self._model_start(turn, run_id, prompt, serialized, metadata, kwargs)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_start")
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        # Only streamed calls get here. The tokens are what a stream's consumer
+        # has received when it stops reading early (see _convert).
+        try:
+            key = run_id.int
+            turn = self._turns.get(key)
+            if turn is not None:
+                turn.__dict__.setdefault("tokens", []).append(
+                    (key, token if token or chunk is None else chunk)
+                )
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_new_token")
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         try:
             key = run_id.int
             turn = self._turns.get(key)
             if turn is not None:
-                # dict.setdefault is atomic: parallel children of one root
-                # (RunnableParallel, a ToolNode's executor) must not lose items.
-                turn.__dict__.setdefault("llm_results", []).append(response)
+                turn.__dict__.setdefault("results", {})[key] = response
                 if turn.key == key:  # a model invoked directly: it is the turn
                     turn.output = response
                     self._finish(turn, None)
@@ -274,7 +351,7 @@ class RecordingHandler(BaseCallbackHandler):
             if turn is not None:
                 name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
                 entry = [name, inputs if inputs is not None else input_str, None, False]
-                turn.__dict__.setdefault("tools", []).append(entry)
+                turn.__dict__.setdefault("steps", []).append(entry)
                 turn.__dict__.setdefault("tool_runs", {})[run_id.int] = entry
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_tool_start")

@@ -46,13 +46,15 @@ class Message:
 
     ``role`` is ``system``, ``user``, ``assistant`` or ``tool``. For a tool message
     ``name`` is the tool's name, ``tool_input`` what it was called with (text or
-    compact JSON) and ``content`` what it returned.
+    compact JSON) and ``content`` what it returned; ``error`` is True when the
+    tool failed (``content`` is then the error).
     """
 
     role: Role
     content: str
     name: str | None = None
     tool_input: str | None = None
+    error: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,10 @@ Both import it from here, so neither imports the other.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 if TYPE_CHECKING:
-    from langchain_core.messages import BaseMessage
     from langchain_core.outputs import LLMResult
 
     from ._scopes import Scope
@@ -32,14 +30,19 @@ class Turn:
 
     # Class-level defaults: a new turn sets only what every turn has (this runs
     # once per root run on the app's thread, so fewer attribute writes matter).
-    chain_inputs: Any = None
-    messages: Sequence[BaseMessage] | None = None
-    prompt: str | None = None
-    invocation_params: dict[str, Any] | None = None
-    model_metadata: dict[str, Any] | None = None
-    serialized: dict[str, Any] | None = None
-    llm_results: list[LLMResult] | None = None
-    tools: list[list[Any]] | None = None  # [name, input, output, is_error]
+    chain_inputs: Any = None  # the root's inputs at its start
+    end_inputs: Any = None  # the root's inputs at its end (streams defer them)
+    name: str | None = None  # the root run's name (``run_name``)
+    run_metadata: dict[str, Any] | None = None  # the root run's metadata
+    has_model_call: bool = False  # a chat model or LLM ran in this turn
+    sampling: bool = False  # no context_session under sample_rate < 1: decide at end
+    configurable: dict[str, Any] | None = None  # the first model call's
+    # Model calls and tool runs in start order. A model call is a tuple
+    # ``(run key, input messages or prompt str, serialized, metadata,
+    # invocation params)``; a tool run is a list ``[name, input, output, is_error]``.
+    steps: list[Any] | None = None
+    results: dict[int, LLMResult] | None = None  # model run key -> its result
+    tokens: list[tuple[int, Any]] | None = None  # (model run key, streamed token)
     tool_runs: dict[int, list[Any]] | None = None
     output: Any = None
     error: BaseException | None = None
@@ -55,8 +58,3 @@ class Turn:
         self.skip = skip
         self.started = time.time()
         self.run_ids: list[int] = [self.key]
-
-    @property
-    def has_model_call(self) -> bool:
-        """Whether a chat model or LLM ran in this turn."""
-        return self.messages is not None or self.prompt is not None

@@ -99,9 +99,8 @@ def build_agent() -> Runnable[Any, Any]:
 AGENT = build_agent()
 
 
-@context_trace.track_user(
-    user_id=lambda user_id: user_id, session_id=lambda thread_id: thread_id
-)
+# No session wiring: LangGraph's thread_id names the session.
+@context_trace.track_user(user_id=lambda user_id: user_id)
 def ask(user_id: str, thread_id: str, question: str) -> str:
     """Run one turn of *thread_id* for *user_id*; return the agent's answer."""
     result = AGENT.invoke(

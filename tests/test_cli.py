@@ -779,6 +779,7 @@ def _as_dict(c: Any) -> dict[str, Any]:
                 "content": m.content,
                 "name": m.name,
                 "tool_input": m.tool_input,
+                "error": m.error,
             }
             for m in c.messages
         ],
@@ -810,14 +811,22 @@ C1_JSON = {
             "content": "How do I export my data?",
             "name": None,
             "tool_input": None,
+            "error": False,
         },
         {
             "role": "tool",
             "content": "job 17 queued",
             "name": "export_job",
             "tool_input": '{"format":"csv"}',
+            "error": False,
         },
-        {"role": "assistant", "content": LONG_ANSWER, "name": None, "tool_input": None},
+        {
+            "role": "assistant",
+            "content": LONG_ANSWER,
+            "name": None,
+            "tool_input": None,
+            "error": False,
+        },
     ],
 }
 

@@ -43,9 +43,7 @@ def record_to_json(record: Record) -> str:
             "session_id": record.session_id,
             "started_at": record.started_at,
             "ended_at": record.ended_at,
-            "messages": [
-                [m.role, m.content, m.name, m.tool_input] for m in record.messages
-            ],
+            "messages": [message_row(m) for m in record.messages],
             "metadata": dict(record.metadata),
             "error": record.error,
         }
@@ -91,8 +89,14 @@ def record_from_json(text: str) -> Record:
                 started_at=float(data["started_at"]),
                 ended_at=float(data["ended_at"]),
                 messages=tuple(
-                    Message(_role(role), _str(content), _opt_str(name), _opt_str(ti))
-                    for role, content, name, ti in data["messages"]
+                    Message(
+                        _role(row[0]),
+                        _str(row[1]),
+                        _opt_str(row[2]),
+                        _opt_str(row[3]),
+                        row[4:] == [True],  # a failed tool (written only when so)
+                    )
+                    for row in data["messages"]
                 ),
                 metadata={_str(k): _str(v) for k, v in data["metadata"].items()},
                 error=_opt_str(data["error"]),
@@ -128,9 +132,22 @@ def _role(value: object) -> Role:
     raise ValueError(f"unknown message role {value!r}")
 
 
+def message_row(m: Message) -> list[Any]:
+    """
+    A message as stored: ``[role, content, name, tool_input]``, then ``true``.
+
+    The ``true`` marks a failed tool and is omitted otherwise, so rows written by
+    0.1 read the same.
+    """
+    row: list[Any] = [m.role, m.content, m.name, m.tool_input]
+    if m.error:
+        row.append(True)
+    return row
+
+
 def messages_json(messages: Iterable[Message]) -> str:
-    """A turn's messages as stored: ``[[role, content, name, tool_input], ...]``."""
-    return JSON.encode([[m.role, m.content, m.name, m.tool_input] for m in messages])
+    """A turn's messages as stored (see :func:`message_row`)."""
+    return JSON.encode([message_row(m) for m in messages])
 
 
 def messages_from_json(text: str) -> list[Message]:
@@ -163,6 +180,7 @@ def scrubbed(batch: Sequence[Record]) -> list[Record]:
                             _clean(m.content),
                             _clean_opt(m.name),
                             _clean_opt(m.tool_input),
+                            m.error,
                         )
                         for m in record.messages
                     ),

@@ -15,7 +15,7 @@ from context_trace import (
     flush,
     track_user,
 )
-from context_trace._convert import _HeaderSessions, header_ids
+from context_trace._convert import _SessionSystems, header_ids
 from context_trace._record import Message
 from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords
@@ -207,20 +207,17 @@ class TestHeaderSessions:
         assert [3, 3] == [len(c.messages) for c in records.conversations]
 
     def test_lru_forgets_the_least_recent_session(self) -> None:
-        """The seen-sets are bounded: the least recently used session is dropped."""
-        sessions = _HeaderSessions(2)
-        system = Message("system", "sys")
+        """The per-session system prompts are bounded: the least recent is dropped."""
+        sessions = _SessionSystems(2)
 
-        sessions.dedup("a", [system, Message("user", "q")], [])
-        sessions.dedup("b", [system, Message("user", "q")], [])
-        sessions.dedup("a", [system, Message("user", "q2")], [])
-        sessions.dedup("c", [system, Message("user", "q")], [])
+        sessions.changed("a", "sys")
+        sessions.changed("b", "sys")
+        sessions.changed("a", "sys")
+        sessions.changed("c", "sys")
 
-        assert (Message("user", "q3"),) == sessions.dedup(
-            "a", [system, Message("user", "q3")], []
-        )
-        assert (system, Message("user", "q3")) == sessions.dedup(
-            "b", [system, Message("user", "q3")], []
+        assert (False, True) == (
+            sessions.changed("a", "sys"),
+            sessions.changed("b", "sys"),
         )
 
     def test_stored_session_transcript(self, tmp_path: Path) -> None:

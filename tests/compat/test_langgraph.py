@@ -8,9 +8,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
-from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from context_trace import (
@@ -21,11 +19,8 @@ from context_trace import (
     flush,
     track_user,
 )
-from context_trace._convert import to_conversation
 from context_trace._record import Message
-from context_trace._scopes import Scope, Session
 from context_trace._store.reader import SQLiteReader
-from context_trace._turn import Turn
 from context_trace.testing import CapturedRecords
 
 from ._models import (
@@ -168,31 +163,6 @@ class TestOneInvocation:
         assert [*_expected("u3", "Paris")[1], *_expected("u3", "Rome")[1]] == [
             Message(m.role, m.content, m.name, m.tool_input) for m in transcript
         ]
-
-    def test_tool_calls_after_the_last_user_message_are_kept(self) -> None:
-        """Only tool calls before the turn's last user message count as history."""
-        old_call = AIMessage("", tool_calls=[{"name": "t", "args": {}, "id": "1"}])
-        new_call = AIMessage("", tool_calls=[{"name": "t", "args": {}, "id": "2"}])
-        turn = Turn(uuid4(), Scope(None, Session("s"), {}, None), None, False)
-        turn.messages = [
-            HumanMessage("q1"),
-            old_call,
-            ToolMessage("r1", tool_call_id="1"),
-            AIMessage("a1"),
-            HumanMessage("q2"),
-            new_call,
-            ToolMessage("r2", tool_call_id="2"),
-        ]
-
-        conversation = to_conversation(turn)
-
-        assert [
-            ("user", "q1"),
-            ("assistant", "a1"),
-            ("user", "q2"),
-            ("assistant", '[{"name":"t","args":{}}]'),
-            ("tool", "r2"),
-        ] == [(m.role, m.content) for m in conversation.messages[:-1]]
 
 
 class TestConcurrentInvocations:

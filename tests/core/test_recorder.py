@@ -162,8 +162,8 @@ class TestConversationRecord:
             ("assistant", "hi there"),
         ]
 
-    def test_history_in_order(self, records: CapturedRecords) -> None:
-        """System, history and the new user message are kept in order."""
+    def test_history_is_left_to_earlier_turns(self, records: CapturedRecords) -> None:
+        """The system prompt and the new user message are kept; re-sent history is not."""
         prompt = ChatPromptTemplate.from_messages(
             [("system", "sys"), MessagesPlaceholder("history"), ("human", "{q}")]
         )
@@ -174,8 +174,6 @@ class TestConversationRecord:
 
         assert _shape(records.conversations[0]) == [
             ("system", "sys"),
-            ("user", "earlier"),
-            ("assistant", "reply"),
             ("user", "now"),
             ("assistant", "now"),
         ]
@@ -254,7 +252,7 @@ class TestRunnables:
         ]
 
     def test_llm_with_string_prompt(self, records: CapturedRecords) -> None:
-        """A string-prompt LLM records the prompt as the user message."""
+        """A string-prompt LLM records the user's text; the rendered prompt is detail."""
         llm = FakeListLLM(responses=["forty-two"])
         with track_user("u"):
             llm.invoke("What is the answer?")
@@ -266,7 +264,8 @@ class TestRunnables:
             ("user", "What is the answer?"),
             ("assistant", "forty-two"),
         ]
-        assert _shape(second) == [("user", "Say hi"), ("assistant", "forty-two")]
+        assert _shape(second) == [("user", "hi"), ("assistant", "forty-two")]
+        assert "Say hi" == second.metadata["model_input"]
         assert first.metadata["model"] == "FakeListLLM"
 
     def test_runnable_parallel_is_one_turn(self, records: CapturedRecords) -> None:
@@ -337,7 +336,7 @@ class TestRunnables:
         assert [c.answer for c in records.conversations] == ["a b c"]
 
     def test_tool_called_inside_a_lambda(self, records: CapturedRecords) -> None:
-        """A tool called inside a RunnableLambda is a tool message with input and output."""
+        """A tool called inside a RunnableLambda is a tool message; the user is the input."""
 
         def with_sum(question: str) -> str:
             return f"{question}: {add.invoke({'a': 2, 'b': 3})}"
@@ -349,7 +348,7 @@ class TestRunnables:
         (conversation,) = records.conversations
 
         assert [
-            Message("user", "sum: 5"),
+            Message("user", "sum"),
             Message("tool", "5", name="add", tool_input='{"a":2,"b":3}'),
             Message("assistant", "sum: 5"),
         ] == list(conversation.messages)
