@@ -420,50 +420,78 @@ def _wrap_result(scope: Scope, result: Any) -> Any:
     return result
 
 
+def _qualname(obj: Any) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or repr(obj)
+    return f"{module}.{name}" if module else name
+
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
 def _make_resolver(
     name: str, source: Callable[..., Any], wrapped: Callable[..., Any]
 ) -> Callable[[tuple[Any, ...], dict[str, Any], Any], Any]:
     """
-    Call *source* with the decorated function's arguments.
+    Bind *source* to the decorated function's parameters, by name.
 
-    A resolver written with the function's own signature gets the call as is; a
-    narrower one (``lambda user_id: user_id`` on ``def chat(user_id, text)``)
-    gets the parameters it names, bound by name.
+    Every call is bound to *wrapped*'s signature with its defaults applied, so
+    the resolver gets the parameters it declares by name, however the caller
+    passed them (positionally or by keyword), and all of them when it takes
+    ``**kwargs``. ``self``/``cls`` only when the resolver names them. What can
+    be checked without a call is checked now: a resolver naming a parameter the
+    function lacks, or one it can never be given, is a TypeError at decoration.
     """
+    fn_name, src_name = _qualname(wrapped), _qualname(source)
     try:
         source_sig = inspect.signature(source)
         target_sig = inspect.signature(wrapped)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # no signature (some builtins): pass it as is
         return lambda args, kwargs, instance: source(*args, **kwargs)
-    params = source_sig.parameters.values()
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
-        return lambda args, kwargs, instance: source(*args, **kwargs)
-    target_names = list(target_sig.parameters)
-    wanted = [p.name for p in params]
-    unknown = [
-        n for n in wanted if n not in target_sig.parameters and n not in ("self", "cls")
-    ]
-    if unknown and not any(
-        p.kind is p.VAR_KEYWORD for p in target_sig.parameters.values()
-    ):
-        raise TypeError(
-            f"{name} callable takes parameter(s) {', '.join(unknown)} that "
-            f"{getattr(wrapped, '__qualname__', wrapped)!r} does not have"
-        )
+    target = target_sig.parameters
+    target_takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in target.values())
+    var_names = {
+        p.name for p in target.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    source_takes_kwargs = False
+    wanted: list[str] = []
+    for p in source_sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            source_takes_kwargs = True
+        elif p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            raise TypeError(
+                f"{name} resolver {src_name} for {fn_name}() has positional-only"
+                f" parameter {p.name!r}: resolvers are called with the function's"
+                " arguments by name"
+            )
+        elif p.kind in _NAMED:
+            if p.name not in target and not target_takes_kwargs:
+                raise TypeError(
+                    f"{name} resolver {src_name} takes parameter {p.name!r}, which"
+                    f" {fn_name}() does not have (it takes"
+                    f" {', '.join(target) or 'no parameters'})"
+                )
+            wanted.append(p.name)
     # Bound methods come in through wrapt without self/cls in args.
-    drop_first = bool(target_names) and target_names[0] in ("self", "cls")
+    names = list(target)
+    drop_first = bool(names) and names[0] in ("self", "cls")
+    implicit = {names[0]} if drop_first else set()
 
     def resolve(args: tuple[Any, ...], kwargs: dict[str, Any], instance: Any) -> Any:
         call_args = (instance, *args) if drop_first and instance is not None else args
-        try:
-            bound = target_sig.bind_partial(*call_args, **kwargs)
-        except TypeError:
-            return source(*args, **kwargs)
+        bound = target_sig.bind(*call_args, **kwargs)
         bound.apply_defaults()
-        values = dict(bound.arguments)
-        for p in target_sig.parameters.values():
-            if p.kind is p.VAR_KEYWORD and p.name in values:
-                values.update(values.pop(p.name))
+        values = bound.arguments
+        for var in var_names & values.keys():
+            if target[var].kind is inspect.Parameter.VAR_KEYWORD:
+                values = {**values, **values[var]}
+        if source_takes_kwargs:
+            given = {
+                k: v
+                for k, v in values.items()
+                if k not in var_names and (k not in implicit or k in wanted)
+            }
+            return source(**given)
         return source(**{n: values[n] for n in wanted if n in values})
 
     return resolve
@@ -564,6 +592,8 @@ class _ScopeFactory:
             if callable(source)
         }
         factory = self
+        fn_name = _qualname(target)
+        log_key = f"resolver:{fn_name}:{id(target)}"
 
         def open_for(
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -574,12 +604,13 @@ class _ScopeFactory:
             try:
                 return factory._open(resolve)
             except Exception:  # noqa: BLE001 - a failing resolver must not break the app
+                # Once per decorated function: one broken route must not hide another.
                 log_once(
                     _logger,
-                    "resolver",
-                    "context_trace: could not resolve the user/session; "
-                    "running %s unscoped",
-                    getattr(target, "__qualname__", target),
+                    log_key,
+                    "context_trace: the user/session resolver of %s() raised; "
+                    "running it unattributed",
+                    fn_name,
                     exc_info=True,
                 )
                 # Unscoped: the caller's state as it is (the outer scope, if any).
@@ -647,9 +678,12 @@ def track_user(
     metadata; leaving restores the outer state.
 
     Args:
-        user_id: A str or int, or a callable that receives the decorated
-            function's arguments (all of them, or just the ones it names) and
-            returns the id. None leaves the user as it is (from an outer scope).
+        user_id: A non-empty str or an int, or a resolver: a callable that
+            receives, by name, the decorated function's arguments it declares
+            (all of them if it takes ``**kwargs``; ``self`` only if it names it)
+            and returns the id. A resolver returning None means "no user for this
+            request": the turn is recorded with no user (an outer scope's user,
+            if there is one, is kept).
         session_id: Put the turns in this session (same forms as *user_id*).
         metadata: Extra ``str -> str`` details attached to every turn.
 
@@ -664,6 +698,11 @@ def track_user(
 
     .. versionadded:: 0.1.0
     """
+    if user_id is None:
+        raise TypeError(
+            "track_user() user_id must be a non-empty str, an int or a callable,"
+            " got None (for a request with no user, pass a callable that returns None)"
+        )
     _check_id("user_id", user_id, allow_callable=True)
     _check_id("session_id", session_id, allow_callable=True)
     meta = _check_metadata(metadata)

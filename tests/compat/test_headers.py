@@ -155,11 +155,14 @@ class TestAttribution:
     def test_headers_apply_to_scope_recorders_too(
         self, records: CapturedRecords
     ) -> None:
-        """A track_user(None) scope with a header user is attributed to that user."""
+        """A scope whose resolver finds no user takes the user from the model's headers."""
         chain = echo_chain(HeaderParrot(headers={"X-User-Id": "via-header"}))
 
-        with track_user(None, metadata={"tenant": "acme"}):
+        @track_user(lambda: None, metadata={"tenant": "acme"})
+        def ask() -> None:
             chain.invoke({"question": "q"})
+
+        ask()
 
         assert [("via-header", "acme")] == [
             (c.user_id, c.metadata["tenant"]) for c in records.conversations
