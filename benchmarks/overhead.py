@@ -10,6 +10,8 @@ of them alike:
 - ``bare``: no callbacks at all.
 - ``noop``: a do-nothing inline callback handler passed in ``config`` (what
   LangChain's callback dispatch costs: the floor for any callback recorder).
+- ``decorator``: a function decorated with ``@track_user(lambda user_id, **_: ...)``
+  (the resolver bound by name on every call), otherwise as ``track_user``.
 - ``track_user``: inside ``with context_trace.track_user(...)``, exporting to a
   SQLite file in a temp dir (the default sink) on the background thread.
 - ``dropin``: ``context_trace.ContextCallbackHandler`` passed explicitly.
@@ -105,6 +107,20 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
             return await chain.ainvoke(QUESTION)
 
     out["track_user"] = (scoped, ascoped)
+
+    # The decorator with a resolver bound by name (the binding runs per call).
+    @ct.track_user(lambda user_id, **_: user_id)
+    def decorated(user_id: str, question: dict[str, str]) -> Any:
+        return chain.invoke(question)
+
+    @ct.track_user(lambda user_id, **_: user_id)
+    async def adecorated(user_id: str, question: dict[str, str]) -> Any:
+        return await chain.ainvoke(question)
+
+    out["decorator"] = (
+        lambda: decorated("bench-user", QUESTION),
+        lambda: adecorated("bench-user", QUESTION),
+    )
 
     if hasattr(ct, "ContextCallbackHandler"):
         sys.path.insert(0, HERE)
