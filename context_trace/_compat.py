@@ -117,6 +117,8 @@ class ContextCallbackHandler(RecordingHandler):
     .. versionadded:: 0.1.0
     """
 
+    _shares_runs = True  # two instances on one run tree record it once
+
     def __init__(self, token: str = "", verbose: bool = False, **kwargs: Any) -> None:
         if not isinstance(token, str):
             raise TypeError(f"token must be a str, got {type(token).__name__}")

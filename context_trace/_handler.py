@@ -47,6 +47,13 @@ _logger = logging.getLogger(__name__)
 # int's are not, and these maps are touched several times per run.
 _CLAIMED: dict[int, RecordingHandler] = {}
 
+# Run id -> the drop-in recorder whose turn holds that run. Two drop-in
+# ContextCallbackHandler instances on one tree (one on the chain, one on the
+# model: the shape the Context docs warn about) each see a "root": the second
+# sees the model run, whose parent is already in the first one's turn. Only
+# handlers with ``_shares_runs`` write here, so scope recorders pay nothing.
+_SHARED_RUNS: dict[int, RecordingHandler] = {}
+
 # A root with no model call is recorded when it answered in one of these (a
 # guardrail's refusal); see _finish.
 _TEXT_OUTPUTS = (str, BaseMessage)
@@ -67,6 +74,8 @@ class RecordingHandler(BaseCallbackHandler):
 
     run_inline = True  # async runs call it on the event loop, in the run's context
     raise_error = False  # our own problems never reach the app
+    #: register every tracked run in ``_SHARED_RUNS`` (the drop-in handler)
+    _shares_runs = False
 
     def __init__(self, scope: Scope | None) -> None:
         self.scope = scope
@@ -99,7 +108,13 @@ class RecordingHandler(BaseCallbackHandler):
             if turn is not None:
                 turns[key] = turn
                 turn.run_ids.append(key)
+                if self._shares_runs:
+                    _SHARED_RUNS[key] = self
                 return turn
+            holder = _SHARED_RUNS.get(parent_run_id.int)
+            if holder is not None and holder is not self:
+                # A run inside another drop-in's turn: that one records it.
+                return None
         # A root, as far as this handler knows.
         owner = _CLAIMED.setdefault(key, self)
         if owner is not self:
@@ -114,6 +129,8 @@ class RecordingHandler(BaseCallbackHandler):
             _CLAIMED.pop(key, None)
             return None
         turn = Turn(run_id, scope, tags, False)
+        if self._shares_runs:
+            _SHARED_RUNS[key] = self
         if scope.session is None and _runtime.active_config().sample_rate < 1.0:
             # Sampled at the end: a framework's session id, known only once the
             # turn has run, samples the turn as that session (see _sampled_in).
@@ -139,6 +156,10 @@ class RecordingHandler(BaseCallbackHandler):
         turns = self._turns
         for rid in turn.run_ids:
             turns.pop(rid, None)
+        if self._shares_runs:
+            for rid in turn.run_ids:
+                if _SHARED_RUNS.get(rid) is self:
+                    del _SHARED_RUNS[rid]
         if _CLAIMED.get(turn.key) is self:  # not when following another's root
             _CLAIMED.pop(turn.key, None)
         if (

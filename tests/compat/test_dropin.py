@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableParallel
 
 import context_trace
@@ -177,6 +178,43 @@ class TestRecordingWithoutScope:
         assert [("u-both", "once")] == [
             (c.user_id, c.answer) for c in records.conversations
         ]
+
+    def test_two_instances_on_model_and_chain_record_one_turn(
+        self, records: CapturedRecords
+    ) -> None:
+        """The docs' "wrong example": one instance on the model, another on the chain, one turn."""
+        on_model, on_chain = ContextCallbackHandler(), ContextCallbackHandler()
+        prompt = ChatPromptTemplate.from_messages([("human", "{question}")])
+        chat = HeaderParrot(headers={"user_id": "u-two"}, callbacks=[on_model])
+        chain = prompt | chat
+
+        chain.invoke({"question": "once"}, config={"callbacks": [on_chain]})
+        chain.invoke({"question": "twice"}, config={"callbacks": [on_chain]})
+
+        assert [("u-two", "once"), ("u-two", "twice")] == [
+            (c.user_id, c.answer) for c in records.conversations
+        ]
+
+    def test_three_instances_under_concurrency_record_each_turn_once(
+        self, records: CapturedRecords
+    ) -> None:
+        """Three drop-ins on one tree, 16 threads x 10 turns: each turn exactly once."""
+        model_handler = ContextCallbackHandler()
+        prompt = ChatPromptTemplate.from_messages([("human", "{question}")])
+        chain = (prompt | HeaderParrot(callbacks=[model_handler])).with_config(
+            callbacks=[ContextCallbackHandler()]
+        )
+        outer = ContextCallbackHandler()
+
+        def work(t: int) -> None:
+            for i in range(10):
+                chain.invoke({"question": f"{t}-{i}"}, config={"callbacks": [outer]})
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(work, range(16)))
+
+        answers = sorted(c.answer for c in records.conversations)
+        assert sorted(f"{t}-{i}" for t in range(16) for i in range(10)) == answers
 
     def test_bound_with_config(self, records: CapturedRecords) -> None:
         """chain.with_config(callbacks=[handler]) records every call."""
