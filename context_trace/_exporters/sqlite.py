@@ -33,7 +33,7 @@ from context_trace._store.connection import (
     open_writer,
     transaction,
 )
-from context_trace._store.reader import read_session_messages
+from context_trace._store.reader import outbox_counts, read_session_messages
 from context_trace._store.writer import Rows, Seen, SeenCache, prepare, write
 
 from .base import ExportResult
@@ -542,4 +542,4 @@ class SQLiteExporter:
         .. versionadded:: 0.1.0
         """
         with self._locked() as conn:
-            return outbox.counts(conn)
+            return outbox_counts(conn)

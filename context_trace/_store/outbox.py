@@ -25,49 +25,6 @@ _ADD_TO_COUNTER = (
 )
 
 
-def counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """The ``pending``, ``leased``, ``dropped`` and ``failed`` counts, in one read."""
-    # One snapshot (a read transaction). count(*) runs on the smallest index,
-    # and live leases are few: neither reads the payloads. A lease whose holder
-    # has died is not "being delivered": it counts as pending.
-    in_transaction = conn.in_transaction
-    if not in_transaction:
-        conn.execute("BEGIN")
-    try:
-        total, dropped, failed = conn.execute(
-            "SELECT (SELECT count(*) FROM outbox),"
-            " (SELECT value FROM meta WHERE key = 'dropped'),"
-            " (SELECT value FROM meta WHERE key = 'failed')"
-        ).fetchone()
-        now = time.time()
-        try:
-            holders = conn.execute(
-                "SELECT holder, count(*) FROM outbox WHERE status = 'leased'"
-                " AND lease_until > ? GROUP BY holder",
-                (now,),
-            ).fetchall()
-        except sqlite3.OperationalError:
-            # A v1 file opened read-only (it is migrated by the next writer):
-            # its leases name no holder and run until they expire.
-            holders = conn.execute(
-                "SELECT NULL, count(*) FROM outbox WHERE status = 'leased'"
-                " AND lease_until > ?",
-                (now,),
-            ).fetchall()
-    finally:
-        if not in_transaction:
-            conn.execute("COMMIT")
-    leased = sum(
-        int(n) for who, n in holders if who is None or _holder.is_alive(str(who))
-    )
-    return {
-        "pending": int(total) - int(leased),
-        "leased": int(leased),
-        "dropped": int(dropped or 0),
-        "failed": int(failed or 0),
-    }
-
-
 def payloads(records: Sequence[Record], now: float) -> list[tuple[str, str, float]]:
     """The outbox rows of *records*, serialised before any lock is taken."""
     return [(r.id, record_to_json(r), now) for r in records]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from context_trace._record import Message
 
-from . import outbox
+from . import holder as _holder
 from .codec import messages_from_json
 from .connection import DEFAULT_BUSY_TIMEOUT, open_reader
 from .models import (
@@ -58,6 +59,49 @@ def _conversation_metadata(row: Sequence[Any]) -> dict[str, Any]:
         "total_tokens": row[9],
         "error": row[10],
         "metadata": json.loads(row[11]),
+    }
+
+
+def outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """The ``pending``, ``leased``, ``dropped`` and ``failed`` counts, in one read."""
+    # One snapshot (a read transaction). count(*) runs on the smallest index,
+    # and live leases are few: neither reads the payloads. A lease whose holder
+    # has died is not "being delivered": it counts as pending.
+    in_transaction = conn.in_transaction
+    if not in_transaction:
+        conn.execute("BEGIN")
+    try:
+        total, dropped, failed = conn.execute(
+            "SELECT (SELECT count(*) FROM outbox),"
+            " (SELECT value FROM meta WHERE key = 'dropped'),"
+            " (SELECT value FROM meta WHERE key = 'failed')"
+        ).fetchone()
+        now = time.time()
+        try:
+            holders = conn.execute(
+                "SELECT holder, count(*) FROM outbox WHERE status = 'leased'"
+                " AND lease_until > ? GROUP BY holder",
+                (now,),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            # A v1 file opened read-only (it is migrated by the next writer):
+            # its leases name no holder and run until they expire.
+            holders = conn.execute(
+                "SELECT NULL, count(*) FROM outbox WHERE status = 'leased'"
+                " AND lease_until > ?",
+                (now,),
+            ).fetchall()
+    finally:
+        if not in_transaction:
+            conn.execute("COMMIT")
+    leased = sum(
+        int(n) for who, n in holders if who is None or _holder.is_alive(str(who))
+    )
+    return {
+        "pending": int(total) - int(leased),
+        "leased": int(leased),
+        "dropped": int(dropped or 0),
+        "failed": int(failed or 0),
     }
 
 
@@ -344,7 +388,7 @@ class SQLiteReader:
         .. versionadded:: 0.1.0
         """
         try:
-            return outbox.counts(self._conn)
+            return outbox_counts(self._conn)
         except sqlite3.DatabaseError as exc:
             raise ValueError(
                 f"cannot read context_trace database {self._path}: {exc}"
