@@ -137,13 +137,14 @@ class TestDefaultRun:
 
         assert (
             f"Try next, with CONTEXT_TRACE_DB={demo.path} set (or --db {demo.path}):"
-            == " ".join(lines[start:-3])
+            == " ".join(lines[start:-4])
         )
         assert [
             "  context-trace sessions --user ben",
             "  context-trace stats",
             "  context-trace export --format csv -o demo.csv",
-        ] == lines[-3:]
+            "  context-trace ui   (the same, in your browser)",
+        ] == lines[-4:]
 
     def test_fits_80_columns(self, demo: DemoRun) -> None:
         """Every line of the output fits an 80-column terminal."""

@@ -54,13 +54,37 @@ _ABANDONED: list[sqlite3.Connection] = []
 _WRITERS: weakref.WeakSet[SQLiteExporter] = weakref.WeakSet()
 
 
+# The writers whose lock the forking thread holds across os.fork(), so that no
+# other thread is inside a transaction when the child is made: a child made
+# mid-transaction inherits SQLite's in-process lock state ("database is locked"
+# for every connection it opens) for a lock no thread of its own will release.
+_HELD_ACROSS_FORK: list[SQLiteExporter] = []
+_FORK_WAIT_SECONDS = 2.0  # a batch commits in milliseconds; never block fork for long
+
+
+def _before_fork() -> None:
+    for writer in list(_WRITERS):
+        if writer._lock.acquire(timeout=_FORK_WAIT_SECONDS):
+            _HELD_ACROSS_FORK.append(writer)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD_ACROSS_FORK:
+        _HELD_ACROSS_FORK.pop()._lock.release()
+
+
 def _after_fork_in_child() -> None:
+    _HELD_ACROSS_FORK.clear()
     for writer in list(_WRITERS):
         writer._forget_parent_state()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 # --- the exporter ----------------------------------------------------------------

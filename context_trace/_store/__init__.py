@@ -1,1 +1,1 @@
-"""The embedded SQLite store: schema, codec, writer, outbox and reader."""
+"""The embedded SQLite store, one module per concept (see ARCHITECTURE.md)."""

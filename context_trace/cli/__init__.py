@@ -12,13 +12,15 @@ else ``~/.context_trace/traces.db``)::
     context-trace outbox                   records waiting for the Context API
     context-trace replay                   deliver them now
     context-trace demo                     record a demo app's traffic
+    context-trace ui                       the same, in a local web dashboard
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
 ``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
 are reported in one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
-This is the only module of context_trace that prints.
+This package and the dashboard's server (``context_trace.ui.serve``) are the
+only parts of context_trace that print.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from context_trace import __version__, _config
@@ -47,6 +50,7 @@ from .commands import (
     _cmd_sessions,
     _cmd_show,
     _cmd_stats,
+    _cmd_ui,
     _cmd_users,
     _parse_since,
 )
@@ -149,6 +153,22 @@ def _parser() -> argparse.ArgumentParser:
         f"{_config.DEFAULT_ENDPOINT})",
     )
 
+    ui = add("ui", "browse the store in a local, read-only web dashboard")
+    ui.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    ui.add_argument("--port", type=int, default=8765, help="default: 8765")
+    ui.add_argument("--open", action="store_true", help="open it in a web browser")
+    ui.add_argument(
+        "--index",
+        type=Path,
+        help="the dashboard's own index file (default: <db>.ui-index next to"
+        " the store, or under ~/.cache/context-trace if that is read-only)",
+    )
+    ui.add_argument(
+        "--token",
+        help="require this token from every request (default:"
+        " $CONTEXT_TRACE_UI_TOKEN; required for a non-loopback --host)",
+    )
+
     demo = add(
         "demo", "record a demo chatbot's traffic into the store (no keys needed)"
     )
@@ -188,6 +208,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "outbox": _cmd_outbox,
     "replay": _cmd_replay,
     "demo": _cmd_demo,
+    "ui": _cmd_ui,
 }
 
 

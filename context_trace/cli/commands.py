@@ -502,6 +502,21 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"sessions --user {result.error_user}",
         "stats",
         "export --format csv -o demo.csv",
+        "ui   (the same, in your browser)",
     ):
         print(f"  context-trace {command}", file=out)
     return _EXIT_OK
+
+
+def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from context_trace.ui import serve
+    except ImportError as exc:
+        raise _CLIError(str(exc)) from None
+    try:
+        return serve.main(
+            _db_path(args), args.host, args.port, args.token, args.open, out,
+            args.index,
+        )  # fmt: skip
+    except serve.UIError as exc:
+        raise _CLIError(str(exc)) from None

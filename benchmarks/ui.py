@@ -1,0 +1,268 @@
+"""
+Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
+
+    python benchmarks/ui.py [--conversations 1000000] [--users 50000]
+        [--append 100000] [--reps 15] [--db FILE] [--smoke] [--json FILE]
+
+1. Builds a store of ``--conversations`` turns from ``--users`` users (5% with
+   no user, 3% failed, sessions of about four turns, a rating on one session in
+   ten, 60 days of history) with the real writer: ``SQLiteExporter.export`` of
+   ``Conversation`` records in batches of 512. The clock runs over the
+   ``export`` calls only: *writer throughput, building*.
+2. Builds the dashboard's sidecar index (``<db>.ui-index``) from scratch, as the
+   first ``context-trace ui`` on that store does: *index build time*.
+3. Appends ``--append`` more turns to the full store, index in place: *writer
+   throughput on the full store* (the figure the dashboard must not lower; with
+   0.2's first design, triggers in the store, it fell from ~23,000 to ~12,200).
+4. Brings the index level with the appended turns in the chunks a request runs
+   (``REQUEST_CHUNK``, 1,000 turns): *incremental refresh*, per chunk and in all.
+5. Times each page and API call ``--reps`` times through the WSGI app in this
+   process (server time, no network): p50 and p95 per call. Target: p95 <= 300 ms.
+
+``--smoke`` runs it small (20,000 turns, 1,000 users) in well under a minute.
+Build time for the full size is several minutes. Timings are noisy on a shared
+machine; report them as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from context_trace._exporters.sqlite import SQLiteExporter
+from context_trace._record import Conversation, Feedback, Message
+from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
+
+_BATCH = 512
+_WORDS = [
+    "order",
+    "refund",
+    "shipping",
+    "invoice",
+    "password",
+    "account",
+    "delivery",
+    "return",
+    "label",
+    "discount",
+    "warranty",
+    "upgrade",
+    "cancel",
+    "subscription",
+    "billing",
+    "address",
+    "tracking",
+]
+
+
+def _records(
+    count: int, users: int, start_index: int, now: float, rng: random.Random
+) -> Iterator[list[Conversation | Feedback]]:
+    """Batches of records, generated lazily so memory stays flat."""
+    batch: list[Conversation | Feedback] = []
+    span = 60 * 86_400.0
+    for i in range(start_index, start_index + count):
+        anon = rng.random() < 0.05
+        user = None if anon else f"user-{rng.randrange(users):05d}"
+        session = None if anon else f"s-{user}-{i // (4 * users)}"
+        started = now - span * (1 - i / (start_index + count)) - rng.random() * 60
+        latency = rng.lognormvariate(6.5, 0.6) / 1000
+        words = " ".join(rng.choice(_WORDS) for _ in range(6))
+        batch.append(
+            Conversation(
+                id=f"c{i:08d}",
+                user_id=user,
+                session_id=session,
+                started_at=started,
+                ended_at=started + latency,
+                messages=(
+                    Message("user", f"question {i} about {words}"),
+                    Message("assistant", f"here is the answer about {words}"),
+                ),
+                metadata={
+                    "model": rng.choice(("gpt-4o-mini", "claude-haiku", "llama-3")),
+                    "prompt_tokens": str(rng.randrange(20, 400)),
+                    "completion_tokens": str(rng.randrange(10, 300)),
+                },
+                error="TimeoutError: upstream" if rng.random() < 0.03 else None,
+            )
+        )
+        if session is not None and rng.random() < 0.025:
+            batch.append(
+                Feedback(f"f{i}", session, user, rng.choice((1, 1, -1)), None, started)
+            )
+        if len(batch) >= _BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write(path: Path, batches: Iterator[list[Conversation | Feedback]]) -> float:
+    """Export every batch; returns conversations per second over the exports."""
+    store = SQLiteExporter(path)
+    store.check()
+    total = 0
+    elapsed = 0.0
+    for batch in batches:
+        total += sum(isinstance(r, Conversation) for r in batch)
+        began = time.perf_counter()
+        if store.export(batch).failed:
+            raise SystemExit("export failed")
+        elapsed += time.perf_counter() - began
+    store.shutdown()
+    return total / elapsed
+
+
+def _calls(path: Path, index: Path) -> list[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("ATTACH DATABASE ? AS ui", (str(index),))
+    heavy = conn.execute(
+        "SELECT user_key FROM ui_user_stats WHERE user_key != ''"
+        " ORDER BY conversations DESC LIMIT 1"
+    ).fetchone()[0]
+    session = conn.execute(
+        "SELECT id FROM sessions WHERE user_id = ? ORDER BY last_at DESC LIMIT 1",
+        (heavy,),
+    ).fetchone()[0]
+    middle = conn.execute("SELECT max(n) / 2 FROM conversations").fetchone()[0]
+    conn.close()
+    calls = []
+    for prefix in ("", "/api"):
+        root = "/api/overview" if prefix else "/"
+        calls += [f"{root}?range={r}" for r in ("24h", "7d", "30d", "all")]
+        users = f"{prefix}/users"
+        calls += [
+            users,
+            f"{users}?sort=conversations",
+            f"{users}?sort=errors&order=asc&offset=25000",
+            f"{users}?q=user-0042",
+            f"{prefix}/user?id={heavy}",
+            f"{prefix}/user?anonymous=1",
+            f"{prefix}/session?id={session}",
+        ]
+        conv = f"{prefix}/conversations"
+        calls += [
+            conv,
+            f"{conv}?before={middle}",
+            f"{conv}?q=refund",
+            f"{conv}?q=refund+warranty+billing",
+            f"{conv}?q=question+{middle}",
+            f"{conv}?user={heavy}",
+            f"{conv}?anonymous=1",
+            f"{conv}?errors=1",
+            f"{conv}?model=claude-haiku&range=7d",
+            f"{conv}?rating=down",
+            f"{conv}?q=refund&errors=1&range=30d",
+        ]
+    calls.append("/api/models")
+    return calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conversations", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=50_000)
+    parser.add_argument("--append", type=int, default=100_000)
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--db", type=Path, help="keep the store here")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    if args.smoke:
+        args.conversations, args.users, args.append, args.reps = 20_000, 1_000, 5_000, 5
+    path = args.db or Path(tempfile.mkdtemp()) / "ui-bench.db"
+    if path.exists():
+        raise SystemExit(f"{path} exists; give a new --db")
+    rng = random.Random(13)
+    now = time.time()
+    figures: dict[str, object] = {
+        "conversations": args.conversations,
+        "users": args.users,
+    }
+
+    print(f"building a store of {args.conversations:,} turns in {path} ...")
+    batches = _records(args.conversations, args.users, 0, now - 3600, rng)
+    building = _write(path, batches)
+    figures["writer_building_per_s"] = round(building)
+    print(f"  writer, building: {building:,.0f} conversations/s")
+
+    began = time.perf_counter()
+    index = UIIndex(path)
+    index.build()
+    build = time.perf_counter() - began
+    figures["index_build_s"] = round(build, 1)
+    size = (
+        sum(
+            Path(f"{index.path}{end}").stat().st_size
+            for end in ("", "-wal")
+            if Path(f"{index.path}{end}").exists()
+        )
+        / 1e6
+    )
+    figures["index_mb"] = round(size)
+    print(f"  index build (first run): {build:.1f} s, {size:,.0f} MB at {index.path}")
+
+    extra = _records(args.append, args.users, args.conversations, now, rng)
+    after = _write(path, extra)
+    figures["writer_full_store_per_s"] = round(after)
+    print(
+        f"  writer on the full store ({args.append:,} more): {after:,.0f}"
+        " conversations/s"
+    )
+
+    chunks = []
+    began = time.perf_counter()
+    caught_up = False
+    while not caught_up:
+        step = time.perf_counter()
+        caught_up = index.refresh(REQUEST_CHUNK)
+        chunks.append((time.perf_counter() - step) * 1000)
+    refresh = time.perf_counter() - began
+    chunks.sort()
+    figures["refresh_s"] = round(refresh, 1)
+    figures["refresh_chunk_p95_ms"] = round(chunks[round(0.95 * (len(chunks) - 1))], 1)
+    print(
+        f"  incremental refresh of {args.append:,} turns: {refresh:.1f} s in"
+        f" {len(chunks)} chunks, p95 {figures['refresh_chunk_p95_ms']} ms per chunk"
+    )
+
+    from context_trace.ui.app import create_app
+
+    client = create_app(path, index=index, refresh_interval=0).test_client()
+    results: dict[str, dict[str, float]] = {}
+    print(f"\n{'call':<62} {'p50 ms':>8} {'p95 ms':>8}")
+    worst = 0.0
+    for call in _calls(path, index.path):
+        times = []
+        for _ in range(args.reps):
+            began = time.perf_counter()
+            response = client.get(call)
+            times.append((time.perf_counter() - began) * 1000)
+            if response.status_code != 200:
+                raise SystemExit(f"{call}: HTTP {response.status_code}")
+        times.sort()
+        p50 = statistics.median(times)
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        worst = max(worst, p95)
+        results[call] = {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1)}
+        print(f"{call[:62]:<62} {p50:8.1f} {p95:8.1f}")
+    figures["calls"] = results
+    figures["worst_p95_ms"] = round(worst, 1)
+    print(f"\nworst p95: {worst:.1f} ms (target 300 ms)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,619 @@
+"""
+The dashboard's queries and the frozen read models they return.
+
+:class:`Analytics` opens a store read-only (``mode=ro``) and answers every
+question ``context-trace ui`` asks: an overview for a time range, the users
+table, a user's sessions, a session's turns, and a filtered, searchable list of
+conversations. Totals, per-user lists and full-text search come from the
+dashboard's sidecar index (see :mod:`.ui_index`), attached read-only as ``ui``;
+transcripts and sessions come from the store itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from context_trace._record import Message
+from context_trace._store.codec import messages_from_json as _messages_from_json
+
+from .ui_index import LATENCY_BUCKETS_PER_DECADE, default_index_path
+
+__all__ = [
+    "RANGES",
+    "USER_SORTS",
+    "Analytics",
+    "ConversationRow",
+    "DayPoint",
+    "Overview",
+    "Page",
+    "SessionRow",
+    "SessionView",
+    "TurnView",
+    "UserRow",
+]
+
+RANGES: dict[str, float | None] = {
+    "24h": 86_400.0,
+    "7d": 7 * 86_400.0,
+    "30d": 30 * 86_400.0,
+    "all": None,
+}
+USER_SORTS: dict[str, str] = {
+    "conversations": "conversations",
+    "sessions": "sessions",
+    "first_seen": "first_at",
+    "last_seen": "last_at",
+    "tokens": "prompt_tokens + completion_tokens",
+    "rating_up": "rating_up",
+    "rating_down": "rating_down",
+    "errors": "errors",
+    "user": "user_key",
+}
+_SPARK_DAYS = 14
+# The numbers of a user's turns ('' for the turns with no user), from the index:
+# the store has no per-user index (see ui_index).
+_USER_TURNS = "SELECT n AS un FROM ui_turns WHERE user_key = ?"
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class DayPoint:
+    """One day of the overview charts; ``day`` is a UTC ``YYYY-MM-DD``."""
+
+    day: str
+    conversations: int
+    active_users: int
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """Totals for a time range; latency percentiles are in ms, None without data."""
+
+    range: str
+    conversations: int
+    errors: int
+    error_rate: float
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    rating_up: int
+    rating_down: int
+    days: tuple[DayPoint, ...]
+    top_users: tuple[tuple[str | None, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """One row of the users table; ``user_id`` None is the turns with no user."""
+
+    user_id: str | None
+    conversations: int
+    sessions: int
+    first_seen: float | None
+    last_seen: float | None
+    latency_p50_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    rating_up: int
+    rating_down: int
+    errors: int
+    activity: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRow:
+    """One session in a user's list."""
+
+    session_id: str
+    user_id: str | None
+    started_at: float
+    last_at: float
+    turns: int
+    errors: int
+    rating_up: int
+    rating_down: int
+    last_message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnView:
+    """One turn of a session: its messages and measurements."""
+
+    conversation_id: str
+    started_at: float
+    latency_ms: int
+    model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    error: str | None
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """A session with every turn, in order."""
+
+    session: SessionRow
+    turns: tuple[TurnView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    """One conversation in the searchable list; ``preview`` is its first user text."""
+
+    n: int
+    conversation_id: str
+    user_id: str | None
+    session_id: str | None
+    started_at: float
+    latency_ms: int
+    model: str | None
+    error: str | None
+    preview: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of rows; ``next`` is the cursor (or offset) of the next page, if any."""
+
+    items: tuple[Any, ...]
+    next: str | None
+    total: int | None = None
+
+
+def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> float | None:
+    total = sum(n for _, n in buckets)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for bucket, n in sorted(buckets):
+        seen += n
+        if seen >= rank:
+            return round(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE), 1)
+    return None  # pragma: no cover - the loop always reaches the total
+
+
+def _percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of *values* (sorted here)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
+
+
+def _fts_query(text: str) -> str:
+    """Each word as a quoted FTS5 string: user text never reaches FTS5's syntax."""
+    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+
+
+def _key(user_id: str | None) -> str:
+    return "" if user_id is None else user_id
+
+
+def _user(key: str) -> str | None:
+    return None if key == "" else key
+
+
+def _preview(messages: Sequence[Message]) -> str:
+    for message in messages:
+        if message.role == "user":
+            return message.content[:160]
+    return messages[0].content[:160] if messages else ""
+
+
+class Analytics:
+    """
+    Read-only dashboard queries over one store; use one instance per thread.
+
+    Args:
+        path: The store.
+        index: Its dashboard index, built by :class:`.ui_index.UIIndex`
+            (default: :func:`.ui_index.default_index_path`).
+        now: Epoch seconds to use as "now" for time ranges (default: the clock).
+
+    Raises:
+        FileNotFoundError: If *path* does not exist.
+        ValueError: If *index* has not been built.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        index: str | os.PathLike[str] | None = None,
+        now: float | None = None,
+    ) -> None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no context_trace database at {path}")
+        index_path = Path(index) if index is not None else default_index_path(path)
+        uri = Path(path).absolute().as_uri() + "?mode=ro"
+        self._conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+        self._now = now
+        try:
+            if not index_path.exists():
+                raise ValueError(
+                    f"no dashboard index at {index_path}: build it with"
+                    " context_trace._store.ui_index.UIIndex (context-trace ui does)"
+                )
+            self._conn.execute(
+                "ATTACH DATABASE ? AS ui",
+                (index_path.absolute().as_uri() + "?mode=ro",),
+            )
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    def __enter__(self) -> Analytics:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def _since(self, range_: str) -> float | None:
+        span = RANGES[range_]
+        if span is None:
+            return None
+        now = time.time() if self._now is None else self._now
+        return now - span
+
+    # --- overview -------------------------------------------------------------
+
+    def overview(self, range_: str = "7d") -> Overview:
+        """
+        Totals, percentiles, ratings, daily series and top users for a range.
+
+        ``24h`` is computed from the turns themselves (exact percentiles); the
+        longer ranges from the per-day summaries, whole UTC days, with
+        percentiles from the latency histogram (within about 6%).
+        """
+        since = self._since(range_)
+        if range_ == "24h" and since is not None:
+            return self._overview_raw(range_, since)
+        first_day = (
+            "" if since is None else time.strftime("%Y-%m-%d", time.gmtime(since))
+        )
+        day_rows = self._rows(
+            "SELECT day, conversations, active_users, errors, prompt_tokens,"
+            " completion_tokens, rating_up, rating_down FROM ui_day_stats"
+            " WHERE day >= ? ORDER BY day",
+            (first_day,),
+        )
+        hist = self._rows(
+            "SELECT bucket, sum(n) FROM ui_latency_hist WHERE day >= ? GROUP BY bucket",
+            (first_day,),
+        )
+        if since is None:
+            top = self._rows(
+                "SELECT user_key, conversations FROM ui_user_stats"
+                " WHERE conversations > 0 ORDER BY conversations DESC, user_key LIMIT 10"
+            )
+        else:
+            top = self._rows(
+                "SELECT user_key, sum(conversations) AS c FROM ui_user_day"
+                " WHERE day >= ?"
+                " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
+                (first_day,),
+            )
+        conversations = sum(r[1] for r in day_rows)
+        errors = sum(r[3] for r in day_rows)
+        return Overview(
+            range=range_,
+            conversations=conversations,
+            errors=errors,
+            error_rate=errors / conversations if conversations else 0.0,
+            latency_p50_ms=_percentile_from_hist(hist, 0.50),
+            latency_p95_ms=_percentile_from_hist(hist, 0.95),
+            prompt_tokens=sum(r[4] for r in day_rows),
+            completion_tokens=sum(r[5] for r in day_rows),
+            rating_up=sum(r[6] for r in day_rows),
+            rating_down=sum(r[7] for r in day_rows),
+            days=tuple(DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]),
+            top_users=tuple((_user(k), n) for k, n in top),
+        )
+
+    def _overview_raw(self, range_: str, since: float) -> Overview:
+        rows = self._rows(
+            "SELECT date(started_at, 'unixepoch'), coalesce(user_id, ''), latency_ms,"
+            " error IS NOT NULL, coalesce(prompt_tokens, 0),"
+            " coalesce(completion_tokens, 0) FROM conversations WHERE started_at >= ?",
+            (since,),
+        )
+        ratings = self._rows(
+            "SELECT coalesce(sum(rating > 0), 0), coalesce(sum(rating < 0), 0)"
+            " FROM feedback WHERE created_at >= ?",
+            (since,),
+        )[0]
+        per_day: dict[str, tuple[int, set[str]]] = {}
+        per_user: dict[str, int] = {}
+        for day, key, _, _, _, _ in rows:
+            count, users = per_day.setdefault(day, (0, set()))
+            users.add(key)
+            per_day[day] = (count + 1, users)
+            per_user[key] = per_user.get(key, 0) + 1
+        errors = sum(r[3] for r in rows)
+        latencies = [r[2] for r in rows]
+        top = sorted(per_user.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        return Overview(
+            range=range_,
+            conversations=len(rows),
+            errors=errors,
+            error_rate=errors / len(rows) if rows else 0.0,
+            latency_p50_ms=_percentile(latencies, 0.50),
+            latency_p95_ms=_percentile(latencies, 0.95),
+            prompt_tokens=sum(r[4] for r in rows),
+            completion_tokens=sum(r[5] for r in rows),
+            rating_up=int(ratings[0]),
+            rating_down=int(ratings[1]),
+            days=tuple(
+                DayPoint(day, count, len(users))
+                for day, (count, users) in sorted(per_day.items())
+            ),
+            top_users=tuple((_user(k), n) for k, n in top),
+        )
+
+    # --- users ----------------------------------------------------------------
+
+    def users(
+        self,
+        *,
+        search: str = "",
+        sort: str = "last_seen",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page:
+        """
+        A page of the users table, the no-user row included (as ``user_id`` None).
+
+        Raises:
+            ValueError: For an unknown *sort*.
+        """
+        if sort not in USER_SORTS:
+            raise ValueError(f"sort must be one of {sorted(USER_SORTS)}, got {sort!r}")
+        where, params = "", []
+        if search:
+            escaped = (
+                search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            )
+            where = " WHERE user_key LIKE ? ESCAPE '\\'"
+            params.append(f"%{escaped}%")
+        order = "DESC" if descending else "ASC"
+        total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
+        rows = self._rows(
+            "SELECT user_key, conversations, sessions, first_at, last_at,"
+            " prompt_tokens, completion_tokens, rating_up, rating_down, errors"
+            f" FROM ui_user_stats{where}"
+            f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
+            [*params, limit + 1, offset],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        keys = [r[0] for r in rows]
+        now = time.time() if self._now is None else self._now
+        days = [
+            time.strftime("%Y-%m-%d", time.gmtime(now - i * _DAY))
+            for i in range(_SPARK_DAYS - 1, -1, -1)
+        ]
+        activity: dict[str, dict[str, int]] = {k: {} for k in keys}
+        if keys:
+            # Point lookups (day, user) in the (day, user_key) primary key.
+            marks = ",".join("?" * len(keys))
+            day_marks = ",".join("?" * len(days))
+            for key, day, count in self._rows(
+                "SELECT user_key, day, conversations FROM ui_user_day"
+                f" WHERE day IN ({day_marks}) AND user_key IN ({marks})",
+                [*days, *keys],
+            ):
+                activity[key][day] = count
+        items = tuple(
+            UserRow(
+                user_id=_user(r[0]),
+                conversations=r[1],
+                sessions=r[2],
+                first_seen=r[3],
+                last_seen=r[4],
+                latency_p50_ms=self._user_p50(r[0]),
+                prompt_tokens=r[5],
+                completion_tokens=r[6],
+                rating_up=r[7],
+                rating_down=r[8],
+                errors=r[9],
+                activity=tuple(activity[r[0]].get(d, 0) for d in days),
+            )
+            for r in rows
+        )
+        return Page(items, str(offset + limit) if more else None, total)
+
+    def _user_p50(self, key: str) -> float | None:
+        values = self._rows(
+            "SELECT latency_ms FROM ui_turns WHERE user_key = ?", (key,)
+        )
+        return _percentile([v[0] for v in values], 0.5)
+
+    def user(self, user_id: str | None) -> UserRow | None:
+        """One user's row (None: the no-user row), or None if unknown."""
+        key = _key(user_id)
+        rows = self._rows(
+            "SELECT user_key, conversations, sessions, first_at, last_at,"
+            " prompt_tokens, completion_tokens, rating_up, rating_down, errors"
+            " FROM ui_user_stats WHERE user_key = ?",
+            (key,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return UserRow(
+            _user(r[0]), r[1], r[2], r[3], r[4], self._user_p50(key),
+            r[5], r[6], r[7], r[8], r[9], (),
+        )  # fmt: skip
+
+    # --- sessions -------------------------------------------------------------
+
+    def sessions(
+        self, user_id: str | None, *, before: float | None = None, limit: int = 50
+    ) -> Page:
+        """A user's sessions, most recently active first; *before* is a ``last_at`` cursor."""
+        cond = "u.user_key = ?"
+        params: list[Any] = [_key(user_id)]
+        if before is not None:
+            cond += " AND u.last_at < ?"
+            params.append(before)
+        rows = self._rows(
+            "SELECT s.n, s.id, s.user_id, s.started_at, s.last_at, s.rating_up,"
+            " s.rating_down, u.last_at FROM ui_sessions u"
+            f" JOIN sessions s ON s.n = u.n WHERE {cond}"
+            " ORDER BY u.last_at DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = tuple(self._session_row(r) for r in rows)
+        return Page(items, repr(rows[-1][7]) if more and rows else None)
+
+    def _session_row(self, r: Sequence[Any]) -> SessionRow:
+        turns, errors, last = self._rows(
+            "SELECT count(*), coalesce(sum(error IS NOT NULL), 0),"
+            " (SELECT messages_json FROM conversations WHERE session_n = ?1"
+            "  ORDER BY started_at DESC, n DESC LIMIT 1)"
+            " FROM conversations WHERE session_n = ?1",
+            (r[0],),
+        )[0]
+        messages = _messages_from_json(last) if last else []
+        return SessionRow(
+            session_id=r[1],
+            user_id=r[2],
+            started_at=r[3],
+            last_at=r[4],
+            turns=turns,
+            errors=errors,
+            rating_up=r[5],
+            rating_down=r[6],
+            last_message=messages[-1].content[:200] if messages else None,
+        )
+
+    def session(self, session_id: str) -> SessionView | None:
+        """A session with its turns in order, or None if unknown."""
+        rows = self._rows(
+            "SELECT n, id, user_id, started_at, last_at, rating_up, rating_down"
+            " FROM sessions WHERE id = ?",
+            (session_id,),
+        )
+        if not rows:
+            return None
+        turns = self._rows(
+            "SELECT id, started_at, latency_ms, model, prompt_tokens,"
+            " completion_tokens, error, messages_json FROM conversations"
+            " WHERE session_n = ? ORDER BY started_at, n",
+            (rows[0][0],),
+        )
+        return SessionView(
+            self._session_row(rows[0]),
+            tuple(
+                TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
+                         tuple(_messages_from_json(t[7])))
+                for t in turns
+            ),
+        )  # fmt: skip
+
+    # --- conversations --------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Every model name seen, for the filter."""
+        return [r[0] for r in self._rows("SELECT model FROM ui_models ORDER BY model")]
+
+    def conversations(
+        self,
+        *,
+        search: str = "",
+        user_id: str | None = None,
+        anonymous: bool = False,
+        rating: str | None = None,
+        errors_only: bool = False,
+        model: str | None = None,
+        range_: str = "all",
+        before: int | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """
+        Conversations, newest first, filtered; *before* is the ``n`` cursor.
+
+        Args:
+            search: Words that must all appear in the turn's messages (FTS5).
+            user_id: Only this user's turns; *anonymous* for the turns with none.
+            rating: ``"up"`` or ``"down"``: only turns of sessions rated so.
+            errors_only: Only failed turns.
+            model: Only this model's turns.
+            range_: A key of :data:`RANGES`.
+
+        Raises:
+            ValueError: For an unknown *rating* or *range_*.
+        """
+        if rating not in (None, "up", "down"):
+            raise ValueError(f"rating must be 'up' or 'down', got {rating!r}")
+        if range_ not in RANGES:
+            raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
+        conds: list[str] = []
+        params: list[Any] = []
+        source = "conversations c"
+        order = "c.n"
+        if search.strip():
+            # The FTS table drives the loop in descending rowid order, so the
+            # first page of a common word stops after `limit` matches.
+            source = "conversations_fts f JOIN conversations c ON c.n = f.rowid"
+            order = "f.rowid"
+            conds.append("conversations_fts MATCH ?")
+            params.append(_fts_query(search))
+            if user_id is not None or anonymous:
+                conds.append(f"c.n IN ({_USER_TURNS})")
+                params.append("" if anonymous else user_id)
+        elif user_id is not None or anonymous:
+            source = "ui_turns u JOIN conversations c ON c.n = u.n"
+            order = "u.n"
+            conds.append("u.user_key = ?")
+            params.append("" if anonymous else user_id)
+        if rating is not None:
+            column = "rating_up" if rating == "up" else "rating_down"
+            conds.append(f"c.session_n IN (SELECT n FROM sessions WHERE {column} > 0)")
+        if errors_only:
+            conds.append("c.error IS NOT NULL")
+        if model:
+            conds.append("c.model = ?")
+            params.append(model)
+        since = self._since(range_)
+        if since is not None:
+            conds.append("c.started_at >= ?")
+            params.append(since)
+        if before is not None:
+            conds.append(f"{order} < ?")
+            params.append(before)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        rows = self._rows(
+            "SELECT c.n, c.id, c.user_id, c.session_id, c.started_at, c.latency_ms,"
+            f" c.model, c.error, c.messages_json FROM {source}{where}"
+            f" ORDER BY {order} DESC LIMIT ?",
+            [*params, limit + 1],
+        )
+        more = len(rows) > limit
+        items = tuple(
+            ConversationRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                            _preview(_messages_from_json(r[8])))
+            for r in rows[:limit]
+        )  # fmt: skip
+        return Page(items, str(items[-1].n) if more and items else None)

@@ -1,0 +1,483 @@
+"""
+The dashboard's index: a sidecar SQLite file that ``context-trace ui`` owns.
+
+The store stays exactly as the writer makes it (schema version 1: no triggers,
+no extra indexes), so recording pays nothing for the dashboard. Everything the
+dashboard needs to answer fast lives in a separate file, by default
+``<store>.ui-index`` next to the store (see :func:`default_index_path`):
+
+- summary tables (``ui_*``): totals per user, per day, per user and day, a
+  latency histogram per day, and the models seen;
+- per-user lists of turn and session numbers (``ui_turns``, ``ui_sessions``),
+  which stand in for the per-user indexes the store does without;
+- ``conversations_fts``, an FTS5 index over the messages' text.
+
+:class:`UIIndex` fills it incrementally from the store, opened read-only
+(``mode=ro``). Conversations are append-only and numbered in commit order
+(``n``, the INTEGER PRIMARY KEY), so a watermark on ``n`` finds the new ones;
+sessions likewise by their ``n``, plus the sessions that new turns or ratings
+touched (their ``last_at`` and user change). Feedback is append-only too
+(``INSERT OR IGNORE`` by id) but has no row number: new rows are found by id
+when the store's count of them grows. Each :meth:`UIIndex.refresh` handles a
+bounded chunk in one transaction on the sidecar, so readers never see half a
+chunk and a caller never waits long.
+
+Turns with no user are counted under the user key ``''`` (user ids are never
+empty: :func:`context_trace._scopes.normalize_id` rejects blank ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "INDEX_VERSION",
+    "LATENCY_BUCKETS_PER_DECADE",
+    "REQUEST_CHUNK",
+    "UIIndex",
+    "default_index_path",
+]
+
+# Latency histograms use logarithmic buckets: bucket b holds latencies around
+# 10 ** (b / LATENCY_BUCKETS_PER_DECADE) ms, so a percentile read from them is
+# within about 6% of the exact value.
+LATENCY_BUCKETS_PER_DECADE = 20
+# The sidecar's own schema (its user_version). A sidecar of another version is
+# rebuilt from the store: it holds nothing the store does not.
+INDEX_VERSION = 1
+_APPLICATION_ID = 0x63747569  # "ctui"
+# The turns the dashboard indexes before answering a request, at most.
+REQUEST_CHUNK = 1000
+_SUFFIX = ".ui-index"
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    """
+    CREATE TABLE ui_user_stats (
+        user_key TEXT PRIMARY KEY,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        sessions INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        latency_sum INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        rating_up INTEGER NOT NULL DEFAULT 0,
+        rating_down INTEGER NOT NULL DEFAULT 0,
+        first_at REAL,
+        last_at REAL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE ui_day_stats (
+        day TEXT PRIMARY KEY,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        active_users INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        latency_sum INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        rating_up INTEGER NOT NULL DEFAULT 0,
+        rating_down INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE ui_user_day (
+        day TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, user_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE ui_latency_hist (
+        day TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, bucket)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE ui_models (
+        model TEXT PRIMARY KEY,
+        conversations INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID
+    """,
+    # A user's turns (by the turn's own user id), newest last: the user page's
+    # list, the conversations filter and the per-user latency median.
+    """
+    CREATE TABLE ui_turns (
+        user_key TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        PRIMARY KEY (user_key, n)
+    ) WITHOUT ROWID
+    """,
+    # The store's sessions by user, most recently active first.
+    """
+    CREATE TABLE ui_sessions (
+        n INTEGER PRIMARY KEY,
+        user_key TEXT NOT NULL,
+        last_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX ui_sessions_user ON ui_sessions (user_key, last_at)",
+    # The feedback rows counted so far (feedback has no row number to track).
+    "CREATE TABLE ui_feedback (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    # Contentless: the text lives in the store's conversations.messages_json;
+    # the index maps words to conversations.n.
+    "CREATE VIRTUAL TABLE conversations_fts USING fts5("
+    "body, content='', tokenize='unicode61 remove_diacritics 2')",
+    "INSERT INTO meta (key, value) VALUES ('conversation_n', 0), ('session_n', 0),"
+    " ('feedback', 0), ('store_first', NULL)",
+)
+
+# One chunk: the new conversations numbered (?1, ?2], with what the summaries need.
+_CHUNK = (
+    "CREATE TEMP TABLE chunk AS SELECT n, coalesce(user_id, '') AS user_key,"
+    " session_n, date(started_at, 'unixepoch') AS day, started_at, latency_ms,"
+    " error IS NOT NULL AS failed, coalesce(prompt_tokens, 0) AS prompt_tokens,"
+    " coalesce(completion_tokens, 0) AS completion_tokens, model,"
+    " CAST(round(log(max(latency_ms, 1))"
+    f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS bucket"
+    " FROM store.conversations WHERE n > ?1 AND n <= ?2"
+)
+_APPLY_CHUNK = (
+    "INSERT INTO conversations_fts (rowid, body) SELECT c.n,"
+    " (SELECT group_concat(coalesce(json_extract(m.value, '$[1]'), '') || ' '"
+    " || coalesce(json_extract(m.value, '$[3]'), ''), char(10))"
+    " FROM json_each(c.messages_json) m)"
+    " FROM store.conversations c WHERE c.n > ?1 AND c.n <= ?2",
+    "INSERT INTO ui_turns (user_key, n, latency_ms)"
+    " SELECT user_key, n, latency_ms FROM chunk ORDER BY user_key, n",
+    "INSERT INTO ui_user_day (day, user_key, conversations)"
+    " SELECT day, user_key, count(*) FROM chunk GROUP BY day, user_key"
+    " ON CONFLICT (day, user_key) DO UPDATE SET"
+    " conversations = conversations + excluded.conversations",
+    "INSERT INTO ui_day_stats (day, conversations, errors, latency_sum,"
+    " prompt_tokens, completion_tokens)"
+    " SELECT day, count(*), sum(failed), sum(latency_ms), sum(prompt_tokens),"
+    " sum(completion_tokens) FROM chunk GROUP BY day"
+    " ON CONFLICT (day) DO UPDATE SET"
+    " conversations = conversations + excluded.conversations,"
+    " errors = errors + excluded.errors,"
+    " latency_sum = latency_sum + excluded.latency_sum,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens",
+    # Active users per day: recounted for the days this chunk touched.
+    "UPDATE ui_day_stats SET active_users = (SELECT count(*) FROM ui_user_day u"
+    " WHERE u.day = ui_day_stats.day) WHERE day IN (SELECT DISTINCT day FROM chunk)",
+    "INSERT INTO ui_user_stats (user_key, conversations, errors, latency_sum,"
+    " prompt_tokens, completion_tokens, first_at, last_at)"
+    " SELECT user_key, count(*), sum(failed), sum(latency_ms), sum(prompt_tokens),"
+    " sum(completion_tokens), min(started_at), max(started_at)"
+    " FROM chunk GROUP BY user_key"
+    " ON CONFLICT (user_key) DO UPDATE SET"
+    " conversations = conversations + excluded.conversations,"
+    " errors = errors + excluded.errors,"
+    " latency_sum = latency_sum + excluded.latency_sum,"
+    " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+    " completion_tokens = completion_tokens + excluded.completion_tokens,"
+    " first_at = min(coalesce(first_at, excluded.first_at), excluded.first_at),"
+    " last_at = max(coalesce(last_at, excluded.last_at), excluded.last_at)",
+    "INSERT INTO ui_latency_hist (day, bucket, n)"
+    " SELECT day, bucket, count(*) FROM chunk GROUP BY day, bucket"
+    " ON CONFLICT (day, bucket) DO UPDATE SET n = n + excluded.n",
+    "INSERT INTO ui_models (model, conversations)"
+    " SELECT model, count(*) FROM chunk WHERE model IS NOT NULL GROUP BY model"
+    " ON CONFLICT (model) DO UPDATE SET conversations = conversations + excluded.conversations",
+    "INSERT INTO touched_sessions (n) SELECT DISTINCT session_n FROM chunk"
+    " WHERE session_n IS NOT NULL ON CONFLICT (n) DO NOTHING",
+)
+# New feedback rows (at most ?1), by id, while the store holds more than counted.
+_NEW_FEEDBACK = (
+    "CREATE TEMP TABLE new_feedback AS SELECT f.id, coalesce(f.user_id, '') AS"
+    " user_key, f.session_id, date(f.created_at, 'unixepoch') AS day, f.rating"
+    " FROM store.feedback f WHERE NOT EXISTS"
+    " (SELECT 1 FROM main.ui_feedback k WHERE k.id = f.id) LIMIT ?1"
+)
+_APPLY_FEEDBACK = (
+    "INSERT INTO ui_feedback (id) SELECT id FROM new_feedback",
+    "INSERT INTO ui_user_stats (user_key, rating_up, rating_down)"
+    " SELECT user_key, sum(rating > 0), sum(rating < 0) FROM new_feedback"
+    " GROUP BY user_key ON CONFLICT (user_key) DO UPDATE SET"
+    " rating_up = rating_up + excluded.rating_up,"
+    " rating_down = rating_down + excluded.rating_down",
+    "INSERT INTO ui_day_stats (day, rating_up, rating_down)"
+    " SELECT day, sum(rating > 0), sum(rating < 0) FROM new_feedback GROUP BY day"
+    " ON CONFLICT (day) DO UPDATE SET rating_up = rating_up + excluded.rating_up,"
+    " rating_down = rating_down + excluded.rating_down",
+    # A rating upserts its session in the store (it may be the session's first row).
+    "INSERT INTO touched_sessions (n) SELECT s.n FROM store.sessions s"
+    " WHERE s.id IN (SELECT session_id FROM new_feedback) ON CONFLICT (n) DO NOTHING",
+)
+# Sessions: mirror every touched one (new, or changed by a new turn or rating),
+# then recount sessions for the users they moved from and to.
+_APPLY_SESSIONS = (
+    "INSERT INTO touched_keys (user_key) SELECT DISTINCT u.user_key FROM ui_sessions u"
+    " WHERE u.n IN (SELECT n FROM touched_sessions) ON CONFLICT DO NOTHING",
+    "INSERT INTO ui_sessions (n, user_key, last_at)"
+    " SELECT s.n, coalesce(s.user_id, ''), s.last_at FROM store.sessions s"
+    " WHERE s.n IN (SELECT n FROM touched_sessions) ON CONFLICT (n) DO UPDATE SET"
+    " user_key = excluded.user_key, last_at = excluded.last_at",
+    "INSERT INTO touched_keys (user_key) SELECT DISTINCT u.user_key FROM ui_sessions u"
+    " WHERE u.n IN (SELECT n FROM touched_sessions) ON CONFLICT DO NOTHING",
+    "INSERT INTO ui_user_stats (user_key) SELECT user_key FROM touched_keys"
+    " WHERE true ON CONFLICT (user_key) DO NOTHING",
+    "UPDATE ui_user_stats SET sessions = (SELECT count(*) FROM ui_sessions s"
+    " WHERE s.user_key = ui_user_stats.user_key)"
+    " WHERE user_key IN (SELECT user_key FROM touched_keys)",
+)
+
+
+def default_index_path(store: str | os.PathLike[str]) -> Path:
+    """
+    Where the dashboard keeps its index for *store*.
+
+    ``<store>.ui-index`` next to the store when that directory is writable,
+    else a file named after the store's absolute path in the user's cache
+    directory (``$XDG_CACHE_HOME/context-trace``, default ``~/.cache``).
+
+    .. versionadded:: 0.2.0
+    """
+    path = Path(store).absolute()
+    beside = path.with_name(path.name + _SUFFIX)
+    if os.access(beside if beside.exists() else path.parent, os.W_OK):
+        return beside
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return cache / "context-trace" / f"{path.name}-{digest}{_SUFFIX}"
+
+
+def _ro_uri(path: str | os.PathLike[str]) -> str:
+    return Path(path).absolute().as_uri() + "?mode=ro"
+
+
+class UIIndex:
+    """
+    Keeps the dashboard's sidecar index in step with a store; thread-safe.
+
+    Args:
+        store: The context_trace store, only ever read (``mode=ro``).
+        path: The sidecar file (default: :func:`default_index_path`); created
+            if missing, rebuilt if it belongs to another store or version.
+
+    Raises:
+        FileNotFoundError: If *store* does not exist.
+        ValueError: If *store* is not a context_trace store.
+        OSError: If the sidecar cannot be created.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if not os.path.exists(store):
+            raise FileNotFoundError(f"no context_trace database at {store}")
+        self.store = Path(store)
+        self.path = Path(path) if path is not None else default_index_path(store)
+        self._lock = threading.Lock()
+        self._seen_version: int | None = None
+        self._caught_up = False
+        self._closed = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(
+                self.path.absolute().as_uri(),
+                uri=True,
+                timeout=30.0,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise OSError(
+                f"cannot create the dashboard index {self.path}: {exc}"
+            ) from None
+        try:
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA temp_store = MEMORY")
+            self._conn.execute("ATTACH DATABASE ? AS store", (_ro_uri(self.store),))
+            tables = {
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT name FROM store.sqlite_master WHERE type = 'table'"
+                )
+            }
+            if not {"conversations", "sessions", "feedback"} <= tables:
+                raise ValueError(f"{store} is not a context_trace store")
+            self._prepare()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def close(self) -> None:
+        """Close the sidecar connection (waits for a refresh in progress)."""
+        with self._lock:
+            self._closed = True
+            self._conn.close()
+
+    def __enter__(self) -> UIIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _prepare(self) -> None:
+        """Create the sidecar's schema, or start over if it is not this store's."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
+            ).fetchone()
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            first = conn.execute(
+                "SELECT id FROM store.conversations ORDER BY n LIMIT 1"
+            ).fetchone()
+            last_n = conn.execute(
+                "SELECT coalesce(max(n), 0) FROM store.conversations"
+            ).fetchone()[0]
+            stale = fresh or version != INDEX_VERSION
+            if not stale:
+                meta = self._meta()
+                known = meta["store_first"]
+                # Another store under this name (a new file, or one emptied):
+                # its first turn or its numbering differs from what we indexed.
+                stale = meta["conversation_n"] > last_n or (
+                    known is not None and (first is None or first[0] != known)
+                )
+            if stale:
+                for kind, name in conn.execute(
+                    "SELECT type, name FROM sqlite_master WHERE type IN"
+                    " ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+                    " AND name NOT LIKE 'conversations_fts_%'"
+                ).fetchall():
+                    conn.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {_APPLICATION_ID:d}")
+                conn.execute(f"PRAGMA user_version = {INDEX_VERSION:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _meta(self) -> dict[str, Any]:
+        return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def refresh(self, max_rows: int = 5000) -> bool:
+        """
+        Index up to *max_rows* new conversations (and as many feedback rows).
+
+        One transaction on the sidecar; returns at once when the store has not
+        changed since the last call that caught up.
+
+        Returns:
+            True if the index is now level with the store (as of this call),
+            or if the index has been closed.
+        """
+        with self._lock:
+            if self._closed:
+                return True
+            conn = self._conn
+            changed = conn.execute("PRAGMA store.data_version").fetchone()[0]
+            if self._caught_up and changed == self._seen_version:
+                return True
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                caught_up = self._step(max_rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            finally:
+                for table in (
+                    "chunk",
+                    "new_feedback",
+                    "touched_sessions",
+                    "touched_keys",
+                ):
+                    conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+            self._seen_version = changed
+            self._caught_up = caught_up
+            return caught_up
+
+    def _step(self, max_rows: int) -> bool:
+        conn = self._conn
+        meta = self._meta()
+        start = int(meta["conversation_n"])
+        session_start = int(meta["session_n"])
+        counted = int(meta["feedback"])
+        last_n, last_session = conn.execute(
+            "SELECT (SELECT coalesce(max(n), 0) FROM store.conversations),"
+            " (SELECT coalesce(max(n), 0) FROM store.sessions)"
+        ).fetchone()
+        end = min(last_n, start + max_rows)
+        session_end = min(last_session, session_start + max_rows)
+        conn.execute("CREATE TEMP TABLE touched_sessions (n INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TEMP TABLE touched_keys (user_key TEXT PRIMARY KEY)")
+        if end > start:
+            conn.execute(_CHUNK, (start, end))
+            for statement in _APPLY_CHUNK:
+                conn.execute(statement, (start, end) if "?1" in statement else ())
+            if meta["store_first"] is None:
+                conn.execute(
+                    "UPDATE meta SET value = (SELECT id FROM store.conversations"
+                    " ORDER BY n LIMIT 1) WHERE key = 'store_first'"
+                )
+        conn.execute(
+            "INSERT INTO touched_sessions (n) SELECT n FROM store.sessions"
+            " WHERE n > ? AND n <= ? ON CONFLICT (n) DO NOTHING",
+            (session_start, session_end),
+        )
+        stored_feedback = conn.execute(
+            "SELECT count(*) FROM store.feedback"
+        ).fetchone()[0]
+        added = 0
+        if stored_feedback > counted:
+            conn.execute(_NEW_FEEDBACK, (max_rows,))
+            added = conn.execute("SELECT count(*) FROM new_feedback").fetchone()[0]
+            for statement in _APPLY_FEEDBACK:
+                conn.execute(statement)
+        for statement in _APPLY_SESSIONS:
+            conn.execute(statement)
+        conn.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            [(end, "conversation_n"), (session_end, "session_n"),
+             (counted + added, "feedback")],
+        )  # fmt: skip
+        return bool(
+            end == last_n
+            and session_end == last_session
+            and (counted + added >= stored_feedback)
+        )
+
+    def build(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """
+        Bring the index level with the store, in chunks.
+
+        Args:
+            progress: Called after each chunk with (turns indexed, turns in the store).
+        """
+        while not self.refresh(max_rows=50_000):
+            if progress is not None:
+                done, total = self.counts()
+                progress(done, total)
+
+    def counts(self) -> tuple[int, int]:
+        """(turns indexed, turns in the store)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT (SELECT value FROM meta WHERE key = 'conversation_n'),"
+                " (SELECT coalesce(max(n), 0) FROM store.conversations)"
+            ).fetchone()
+        return int(row[0]), int(row[1])

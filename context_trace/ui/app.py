@@ -1,0 +1,423 @@
+"""
+The dashboard's Flask app: server-rendered pages and the JSON API they mirror.
+
+Every request opens the store read-only through
+:class:`context_trace._store.analytics.Analytics`, with the dashboard's sidecar
+index (:class:`context_trace._store.ui_index.UIIndex`) attached. The index is
+brought level with the store before each request, one bounded chunk at most,
+and by a background thread every couple of seconds. Templates autoescape and
+no stored text is ever marked safe. With a token, every request must carry it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+try:
+    from flask import Flask, Response, g, jsonify, redirect, render_template, request
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "context_trace.ui requires Flask and waitress; install 'context-trace[ui]'"
+    ) from exc
+
+from context_trace._store.analytics import RANGES, USER_SORTS, Analytics
+from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
+
+__all__ = ["CSP", "create_app"]
+
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self';"
+    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+_COOKIE = "context_trace_ui"
+_PAGE = 50
+_MAX_PAGE = 500
+# New turns indexed before a request, at most: about 50 ms on a loaded machine.
+_REQUEST_CHUNK = REQUEST_CHUNK
+_logger = logging.getLogger(__name__)
+
+
+class _Refresher:
+    """Keeps an index level with its store: before requests and on an interval."""
+
+    def __init__(self, index: UIIndex, interval: float) -> None:
+        self.index = index
+        self._failed = False
+        self._stop = threading.Event()
+        if interval > 0:
+            thread = threading.Thread(
+                target=self._run, args=(interval,), name="context-trace-ui-index",
+                daemon=True,
+            )  # fmt: skip
+            thread.start()
+
+    def refresh(self, max_rows: int) -> bool:
+        """One bounded step; a failure is logged once and the index serves as is."""
+        try:
+            return self.index.refresh(max_rows)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._failed:
+                self._failed = True
+                _logger.warning("context-trace ui: cannot update the index: %s", exc)
+            return True
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            while not self._stop.is_set() and not self.refresh(_REQUEST_CHUNK):
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _cookie_value(token: str) -> str:
+    # The cookie holds a digest, not the token itself.
+    return hmac.new(
+        token.encode(), b"context-trace-ui-cookie", hashlib.sha256
+    ).hexdigest()
+
+
+def _json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _json(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    return value
+
+
+def _limit() -> int:
+    raw = request.args.get("limit", str(_PAGE))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= _MAX_PAGE:
+        raise _BadRequest(f"limit must be a whole number from 1 to {_MAX_PAGE}")
+    return value
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _range() -> str:
+    value = request.args.get("range", "7d")
+    if value not in RANGES:
+        raise _BadRequest(f"range must be one of {', '.join(RANGES)}")
+    return value
+
+
+def _int_arg(name: str) -> int | None:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be a whole number") from None
+
+
+def _float_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise _BadRequest(f"{name} must be a number") from None
+
+
+def _fmt_time(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
+
+
+def _sparkline(values: tuple[int, ...]) -> str:
+    """SVG polyline points (a 70 x 16 box) for an activity series."""
+    if not values:
+        return ""
+    top = max(values) or 1
+    step = 70 / max(1, len(values) - 1)
+    return " ".join(
+        f"{i * step:.1f},{15 - 14 * v / top:.1f}" for i, v in enumerate(values)
+    )
+
+
+def create_app(
+    db_path: str | os.PathLike[str],
+    *,
+    token: str | None = None,
+    index: UIIndex | None = None,
+    refresh_interval: float = 2.0,
+) -> Flask:
+    """
+    Build the dashboard app over the store at *db_path*.
+
+    Args:
+        db_path: A context_trace store, opened read-only per request.
+        token: If set, every request needs it (Bearer header, or the cookie
+            that ``?token=`` or the login form sets).
+        index: The store's dashboard index (default: one at the default path).
+            It is built to the store's current state here if it is behind.
+        refresh_interval: Seconds between background index updates (0: only
+            before requests).
+
+    Returns:
+        A WSGI app; ``app.extensions["context_trace_ui"]`` holds its index.
+
+    .. versionadded:: 0.2.0
+    """
+    app = Flask(__name__)
+    path = os.fspath(db_path)
+    expected = _cookie_value(token) if token else None
+    if index is None:
+        index = UIIndex(path)
+    index.build()
+    refresher = _Refresher(index, refresh_interval)
+    app.extensions["context_trace_ui"] = refresher
+    index_path = index.path
+
+    def store() -> Analytics:
+        if "store" not in g:
+            g.store = Analytics(path, index_path)
+        result: Analytics = g.store
+        return result
+
+    @app.teardown_request
+    def _close(_exc: BaseException | None) -> None:
+        analytics = g.pop("store", None)
+        if analytics is not None:
+            analytics.close()
+
+    @app.before_request
+    def _authenticate() -> Any:
+        if token is None or expected is None:
+            return None
+        if request.path.startswith("/static/"):
+            return None
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer ") and hmac.compare_digest(
+            header[7:].encode(), token.encode()
+        ):
+            return None
+        cookie = request.cookies.get(_COOKIE, "")
+        if hmac.compare_digest(cookie.encode(), expected.encode()):
+            return None
+        given = request.args.get("token") if request.method == "GET" else None
+        if request.path == "/login" and request.method == "POST":
+            given = request.form.get("token", "")
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            args = {k: v for k, v in request.args.items() if k != "token"}
+            target = "/" if request.path == "/login" else request.path
+            if args:
+                target += "?" + urlencode(args)
+            response = redirect(target, code=303)
+            response.set_cookie(
+                _COOKIE, expected, httponly=True, samesite="Strict", path="/"
+            )
+            return response
+        if request.path.startswith("/api/"):
+            return jsonify(error="unauthorized: send the dashboard token"), 401
+        return render_template("login.html", failed=given is not None), 401
+
+    @app.before_request
+    def _refresh() -> None:  # after _authenticate: registered later
+        if not request.path.startswith("/static/"):
+            refresher.refresh(_REQUEST_CHUNK)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        if not request.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.errorhandler(_BadRequest)
+    def _bad(exc: _BadRequest) -> Any:
+        if request.path.startswith("/api/"):
+            return jsonify(error=str(exc)), 400
+        return render_template("error.html", message=str(exc)), 400
+
+    @app.errorhandler(404)
+    def _missing(_exc: Exception) -> Any:
+        if request.path.startswith("/api/"):
+            return jsonify(error="not found"), 404
+        return render_template("error.html", message="Not found."), 404
+
+    app.jinja_env.globals.update(fmt_time=_fmt_time, sparkline=_sparkline)
+
+    def url(endpoint: str, **params: Any) -> str:
+        clean = {k: v for k, v in params.items() if v not in (None, "", False)}
+        return endpoint + ("?" + urlencode(clean) if clean else "")
+
+    app.jinja_env.globals["url"] = url
+
+    # --- data, shared by pages and API -----------------------------------------
+
+    def overview_data() -> Any:
+        return store().overview(_range())
+
+    def users_data() -> Any:
+        sort = request.args.get("sort", "last_seen")
+        if sort not in USER_SORTS:
+            raise _BadRequest(f"sort must be one of {', '.join(sorted(USER_SORTS))}")
+        order = request.args.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise _BadRequest("order must be asc or desc")
+        return store().users(
+            search=request.args.get("q", ""),
+            sort=sort,
+            descending=order == "desc",
+            offset=_int_arg("offset") or 0,
+            limit=_limit(),
+        )
+
+    def user_arg() -> tuple[str | None, bool]:
+        if request.args.get("anonymous") == "1":
+            return None, True
+        user_id = request.args.get("id") or request.args.get("user")
+        return (user_id or None), False
+
+    def user_data() -> Any:
+        user_id, anonymous = user_arg()
+        if user_id is None and not anonymous:
+            raise _BadRequest("give id=USER or anonymous=1")
+        row = store().user(user_id)
+        if row is None:
+            return None, None
+        sessions = store().sessions(
+            user_id, before=_float_arg("before"), limit=_limit()
+        )
+        return row, sessions
+
+    def session_data() -> Any:
+        session_id = request.args.get("id")
+        if not session_id:
+            raise _BadRequest("give id=SESSION")
+        return store().session(session_id)
+
+    def conversations_data() -> Any:
+        user_id, anonymous = user_arg()
+        rating = request.args.get("rating") or None
+        if rating not in (None, "up", "down"):
+            raise _BadRequest("rating must be up or down")
+        range_ = request.args.get("range", "all")
+        if range_ not in RANGES:
+            raise _BadRequest(f"range must be one of {', '.join(RANGES)}")
+        return store().conversations(
+            search=request.args.get("q", ""),
+            user_id=user_id,
+            anonymous=anonymous,
+            rating=rating,
+            errors_only=request.args.get("errors") == "1",
+            model=request.args.get("model") or None,
+            range_=range_,
+            before=_int_arg("before"),
+            limit=_limit(),
+        )
+
+    # --- JSON API -------------------------------------------------------------
+
+    def api(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def view() -> Any:
+            return jsonify(_json(fn()))
+
+        view.__name__ = "api_" + fn.__name__
+        return view
+
+    app.add_url_rule("/api/overview", view_func=api(overview_data))
+
+    def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def view() -> Any:
+            page = fn()
+            return jsonify(items=_json(page.items), next=page.next, total=page.total)
+
+        view.__name__ = "api_page_" + fn.__name__
+        return view
+
+    app.add_url_rule("/api/users", view_func=api_page(users_data))
+    app.add_url_rule("/api/conversations", view_func=api_page(conversations_data))
+
+    @app.route("/api/user")
+    def api_user() -> Any:
+        row, sessions = user_data()
+        if row is None:
+            return jsonify(error="not found"), 404
+        return jsonify(
+            user=_json(row),
+            sessions={"items": _json(sessions.items), "next": sessions.next},
+        )
+
+    @app.route("/api/session")
+    def api_session() -> Any:
+        view = session_data()
+        if view is None:
+            return jsonify(error="not found"), 404
+        return jsonify(_json(view))
+
+    @app.route("/api/models")
+    def api_models() -> Any:
+        return jsonify(items=store().models())
+
+    # --- pages ----------------------------------------------------------------
+
+    @app.route("/")
+    def overview_page() -> Any:
+        return render_template("overview.html", o=overview_data(), ranges=RANGES)
+
+    @app.route("/users")
+    def users_page() -> Any:
+        return render_template(
+            "users.html",
+            page=users_data(),
+            q=request.args.get("q", ""),
+            sort=request.args.get("sort", "last_seen"),
+            order=request.args.get("order", "desc"),
+            offset=_int_arg("offset") or 0,
+        )
+
+    @app.route("/user")
+    def user_page() -> Any:
+        row, sessions = user_data()
+        if row is None:
+            return render_template("error.html", message="No such user."), 404
+        return render_template("user.html", user=row, sessions=sessions)
+
+    @app.route("/session")
+    def session_page() -> Any:
+        view = session_data()
+        if view is None:
+            return render_template("error.html", message="No such session."), 404
+        return render_template("session.html", view=view)
+
+    @app.route("/conversations")
+    def conversations_page() -> Any:
+        return render_template(
+            "conversations.html",
+            page=conversations_data(),
+            models=store().models(),
+            args=request.args,
+            ranges=RANGES,
+        )
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login_page() -> Any:
+        return redirect("/", code=303)
+
+    return app

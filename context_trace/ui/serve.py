@@ -1,0 +1,195 @@
+"""
+Run the dashboard for ``context-trace ui``: checks, the dashboard index brought
+level with the store (built whole the first time), then waitress on the chosen
+address until Ctrl-C. The store is only ever read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sqlite3
+import sys
+import time
+import webbrowser
+from pathlib import Path
+from typing import TextIO
+
+try:
+    import waitress
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "context_trace.ui requires Flask and waitress; install 'context-trace[ui]'"
+    ) from exc
+
+from context_trace._store.ui_index import UIIndex
+
+from .app import create_app
+
+__all__ = [
+    "ENV_UI_TOKEN",
+    "UIError",
+    "is_loopback",
+    "main",
+    "make_server",
+    "open_index",
+]
+
+ENV_UI_TOKEN = "CONTEXT_TRACE_UI_TOKEN"
+_THREADS = 8
+
+
+class UIError(Exception):
+    """A problem found before serving (bad host, missing store): one line for the user."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* only reaches this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def open_index(path: Path, out: TextIO, index_path: Path | None = None) -> UIIndex:
+    """
+    Open the store's dashboard index and bring it level with the store.
+
+    The first run indexes every stored turn (about a minute per million,
+    progress on *out*); later runs only the turns added since.
+
+    Raises:
+        UIError: If the store is missing or unreadable, or the index cannot be
+            written.
+
+    .. versionadded:: 0.2.0
+    """
+    if not path.exists():
+        raise UIError(f"no database at {path} (run 'context-trace demo' to make one)")
+    if path.is_dir():
+        raise UIError(f"{path} is a directory, not a database")
+    try:
+        index = UIIndex(path, index_path)
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        raise UIError(f"cannot index {path}: {exc}") from None
+    try:
+        done, total = index.counts()
+        if total - done > 50_000:
+            print(f"Indexing {total - done:,} turns into {index.path} ...", file=out)
+            out.flush()
+        shown = [time.monotonic()]
+
+        def progress(indexed: int, stored: int) -> None:
+            if time.monotonic() - shown[0] >= 5:
+                shown[0] = time.monotonic()
+                print(f"  {indexed:,} / {stored:,}", file=out)
+                out.flush()
+
+        index.build(progress)
+    except (sqlite3.Error, OSError) as exc:
+        index.close()
+        raise UIError(f"cannot index {path} into {index.path}: {exc}") from None
+    return index
+
+
+def make_server(
+    db: str | os.PathLike[str],
+    host: str,
+    port: int,
+    token: str | None,
+    index: UIIndex | None = None,
+) -> waitress.server.BaseWSGIServer:
+    """
+    Build (and bind) the waitress server for the dashboard over *db*.
+
+    Args:
+        index: The store's dashboard index (default: one at the default path).
+
+    Raises:
+        UIError: If *host* is not loopback and *token* is empty.
+
+    .. versionadded:: 0.2.0
+    """
+    if not is_loopback(host) and not token:
+        raise UIError(
+            f"--host {host} is reachable from other machines; set a token with"
+            f" --token or {ENV_UI_TOKEN} to serve it"
+        )
+    app = create_app(db, token=token or None, index=index)
+    server: waitress.server.BaseWSGIServer = waitress.create_server(
+        app, host=host, port=port, threads=_THREADS, ident="context-trace"
+    )
+    return server
+
+
+def main(
+    db: Path,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    open_browser: bool = False,
+    out: TextIO = sys.stdout,
+    index_path: Path | None = None,
+) -> int:
+    """
+    Serve the dashboard until Ctrl-C; the ``context-trace ui`` command.
+
+    Args:
+        db: The store.
+        host: Address to bind; other than loopback only with a token.
+        port: TCP port (0: any free port).
+        token: Required from every request when set (default:
+            ``$CONTEXT_TRACE_UI_TOKEN``).
+        open_browser: Open the URL in a web browser.
+        out: Where the URL is printed.
+        index_path: The dashboard's index file (default:
+            :func:`context_trace._store.ui_index.default_index_path`).
+
+    Returns:
+        0 after Ctrl-C.
+
+    Raises:
+        UIError: If the host, token or store is unusable.
+
+    .. versionadded:: 0.2.0
+    """
+    token = token or os.environ.get(ENV_UI_TOKEN) or None
+    if not is_loopback(host) and not token:
+        make_server(db, host, port, token)  # raises UIError
+    index = open_index(db, out, index_path)
+    try:
+        server = make_server(db, host, port, token, index)
+    except OSError as exc:
+        index.close()
+        raise UIError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    bound = server.effective_port
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound}/"
+    print(f"context-trace ui: serving {db} read-only at {url}", file=out)
+    if token:
+        print("A token is required: open the URL and enter it.", file=out)
+    print("Press Ctrl-C to stop.", file=out)
+    out.flush()
+    if open_browser:
+        webbrowser.open(url)
+
+    def _stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (a service manager) stops it as cleanly as Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.close()
+        index.close()
+    print("context-trace ui: stopped", file=out)
+    return 0

@@ -1,0 +1,70 @@
+"""
+Screenshots of the dashboard for the README, taken from the demo's store.
+
+    python scripts/screenshots.py [--out docs]
+
+Runs ``context-trace demo`` into a temporary store, serves ``context-trace ui``
+over it on a free loopback port, and saves the Users page and the demo's
+showcase session (the one with a tool call) as PNGs with Debian's headless
+Chromium (``apt-get install chromium chromium-driver``) through Selenium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import quote
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from context_trace._demo import run_demo
+from context_trace.ui.serve import make_server
+
+_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--window-size=1280,800",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    db = Path(tempfile.mkdtemp()) / "demo.db"
+    result = run_demo(db)
+    server = make_server(db, "127.0.0.1", 0, None)
+    url = f"http://127.0.0.1:{server.effective_port}"
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in _FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        pages = {
+            "ui-users.png": "/users?sort=conversations",
+            "ui-session.png": f"/session?id={quote(result.showcase_session)}",
+        }
+        for name, path in pages.items():
+            driver.get(url + path)
+            driver.save_screenshot(str(args.out / name))
+            print(f"wrote {args.out / name}")
+    finally:
+        driver.quit()
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
