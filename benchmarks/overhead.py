@@ -10,10 +10,16 @@ of them alike:
 - ``bare``: no callbacks at all.
 - ``noop``: a do-nothing inline callback handler passed in ``config`` (what
   LangChain's callback dispatch costs: the floor for any callback recorder).
+- ``noop+meta``: the same handler, with ``user_id`` in the run metadata (what
+  LangChain's metadata propagation adds: the floor for a recorder that gives every
+  run the user's id, as ``track_user`` does by default).
 - ``decorator``: a function decorated with ``@track_user(lambda user_id, **_: ...)``
   (the resolver bound by name on every call), otherwise as ``track_user``.
 - ``track_user``: inside ``with context_trace.track_user(...)``, exporting to a
-  SQLite file in a temp dir (the default sink) on the background thread.
+  SQLite file in a temp dir (the default sink) on the background thread, with
+  ``user_id`` in every run's metadata (``run_metadata=True``, the default).
+- ``track_user:auto``: the same with ``run_metadata="auto"`` (the opt-out: no
+  run metadata unless LangSmith or ``collect_runs()`` reads it).
 - ``dropin``: ``context_trace.ContextCallbackHandler`` passed explicitly.
 - ``seed``: langchain_community's ``ContextCallbackHandler`` pointed at a loopback
   server (only when langchain_community is installed).
@@ -90,11 +96,16 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
         run_inline = True
 
     noop_cfg = {"callbacks": [Noop()]}
+    meta_cfg = {"callbacks": [Noop()], "metadata": {"user_id": "bench-user"}}
     out: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
         "bare": (lambda: chain.invoke(QUESTION), lambda: chain.ainvoke(QUESTION)),
         "noop": (
             lambda: chain.invoke(QUESTION, config=noop_cfg),
             lambda: chain.ainvoke(QUESTION, config=noop_cfg),
+        ),
+        "noop+meta": (
+            lambda: chain.invoke(QUESTION, config=meta_cfg),
+            lambda: chain.ainvoke(QUESTION, config=meta_cfg),
         ),
     }
 
@@ -107,6 +118,7 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
             return await chain.ainvoke(QUESTION)
 
     out["track_user"] = (scoped, ascoped)
+    out["track_user:auto"] = (scoped, ascoped)  # run under run_metadata="auto"
 
     # The decorator with a resolver bound by name (the binding runs per call).
     @ct.track_user(lambda user_id, **_: user_id)
@@ -256,7 +268,17 @@ def main() -> None:
     rows = contenders(chain)
     loop = asyncio.new_event_loop()
     units = [(name, mode) for name in rows for mode in ("invoke", "ainvoke")]
+    run_metadata: bool | str = "unset"  # rows ending ":auto" opt out; others True
+
+    def settle(name: str) -> None:
+        nonlocal run_metadata
+        wanted: bool | str = "auto" if name.endswith(":auto") else True
+        if wanted != run_metadata:
+            ct.configure(run_metadata=wanted)
+            run_metadata = wanted
+
     for name, mode in units:  # warm-up
+        settle(name)
         if mode == "invoke":
             time_sync(rows[name][0], args.warmup)
         else:
@@ -265,6 +287,7 @@ def main() -> None:
     for _ in range(args.rounds):
         random.shuffle(units)
         for name, mode in units:
+            settle(name)
             if mode == "invoke":
                 results[(name, mode)].append(time_sync(rows[name][0], args.ops))
             else:
@@ -276,7 +299,7 @@ def main() -> None:
 
     report: dict[str, Any] = {"rows": {}, "ops": args.ops, "rounds": args.rounds}
     print(
-        f"{'row':<12}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}"
+        f"{'row':<16}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}"
     )
     for mode in ("invoke", "ainvoke"):
         bare = results[("bare", mode)]
@@ -289,7 +312,7 @@ def main() -> None:
             added = statistics.median(v - b for v, b in zip(vals, bare, strict=True))
             vs_noop = added / noop_added if noop_added > 0 else float("nan")
             print(
-                f"{name:<12}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}"
+                f"{name:<16}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}"
             )
             report["rows"][f"{name}/{mode}"] = {
                 "median_us": statistics.median(vals),

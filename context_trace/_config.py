@@ -107,7 +107,7 @@ class Config:
     allow_insecure: bool = False
     outbox_max: int = _DEFAULT_OUTBOX_MAX
     shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT
-    run_metadata: bool | str = "auto"
+    run_metadata: bool | str = True
     #: "auto" resolved once from the environment: is LangSmith tracing on?
     env_tracing: bool = False
 

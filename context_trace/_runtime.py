@@ -181,11 +181,12 @@ def wants_run_metadata() -> bool:
     """
     Whether scopes should put user_id/session_id into LangChain run metadata.
 
-    With ``run_metadata="auto"`` (the default) only when something reads run
-    metadata: LangSmith tracing switched on in the environment, a
+    Always with ``run_metadata=True`` (the default), so the app's own handlers see
+    who a run is for. With ``run_metadata="auto"`` only when something known reads
+    run metadata: LangSmith tracing switched on in the environment, a
     ``tracing_v2_enabled()`` block, or ``collect_runs()``. Propagating metadata
-    through every child run costs LangChain a few microseconds per run, so it
-    is not paid when nobody looks.
+    through every child run costs LangChain a few microseconds per run (see the
+    README's "Performance"), which "auto" saves when nobody looks.
     """
     config = active_config()
     mode = config.run_metadata
@@ -259,9 +260,11 @@ def configure(
         allow_insecure: Allow a token over plain http to a non-loopback endpoint.
         outbox_max: Undelivered records the outbox keeps before dropping the oldest.
         shutdown_timeout: Seconds the exit-time flush may take.
-        run_metadata: Put user_id/session_id into every LangChain run's metadata:
-            True, False, or "auto" (default; only while LangSmith tracing or
-            ``collect_runs()`` is active). Env ``CONTEXT_TRACE_RUN_METADATA``.
+        run_metadata: Put user_id/session_id into every LangChain run's metadata,
+            so the app's own callback handlers and tracers see them: True (default),
+            False, or "auto" (only while LangSmith tracing or ``collect_runs()`` is
+            active, which saves LangChain's metadata propagation on every run).
+            Env ``CONTEXT_TRACE_RUN_METADATA``.
 
     Returns:
         The effective :class:`Config`.

@@ -11,7 +11,8 @@ restores the outer state exactly, whatever happened in between.
   LangChain's ``register_configure_hook`` so every run configured in this context
   gets the handler, with no ``callbacks=`` passed anywhere.
 - LangChain's own ``var_child_runnable_config`` gets ``user_id``/``session_id``
-  merged into its metadata, so other tracers (LangSmith) see them on the runs.
+  merged into its metadata, so the app's own handlers and tracers (LangSmith) see
+  them on the runs (``run_metadata``, on by default).
 
 ContextVars are copied into asyncio tasks and into LangChain's executor threads
 (``batch`` uses ``contextvars.copy_context``), so scopes follow the work there.
@@ -259,9 +260,10 @@ class Scope:
         """Make this scope current in this context; pair with :meth:`deactivate`."""
         config_token: Token[Any] | None = None
         if _runtime.wants_run_metadata():
-            # Merged into LangChain's inherited config so every run's metadata (and
-            # so LangSmith and other tracers) carries user_id/session_id. LangChain
-            # pays for propagating metadata through every child run, hence "auto".
+            # Merged into LangChain's inherited config so every run's metadata (the
+            # app's own handlers, LangSmith and other tracers) carries
+            # user_id/session_id. LangChain pays for propagating metadata through
+            # every child run; run_metadata="auto" or False saves that.
             parent = var_child_runnable_config.get()
             metadata = {
                 **((parent or {}).get("metadata") or {}),

@@ -444,6 +444,7 @@ class TestRunMetadata:
         self, chain: Runnable[dict[str, Any], str]
     ) -> None:
         """With run_metadata="auto" and no tracer active, run metadata is untouched (documented)."""
+        configure(run_metadata="auto")
         recorder = MetadataRecorder()
         with context_session("meta-s", user_id="meta-u"):
             chain.invoke({"question": "x"}, config={"callbacks": [recorder]})
@@ -451,6 +452,52 @@ class TestRunMetadata:
         seen = [*recorder.chain_metadata.values(), *recorder.model_metadata.values()]
 
         assert len(seen) == 4  # sequence, prompt, parser, model
+        assert [m.get("user_id") for m in seen] == [None] * 4
+
+    def test_the_apps_own_handler_sees_the_ids_by_default(
+        self, chain: Runnable[dict[str, Any], str]
+    ) -> None:
+        """A handler attached with ``with_config(callbacks=...)`` sees who each run is for."""
+        recorder = MetadataRecorder()
+        logged = chain.with_config(callbacks=[recorder])
+        with track_user("own-u"):
+            logged.invoke({"question": "x"})
+        with context_session("own-s", user_id="own-v"):
+            logged.invoke({"question": "y"})
+
+        seen = [*recorder.chain_metadata.values(), *recorder.model_metadata.values()]
+
+        assert (
+            sorted((m.get("user_id"), m.get("session_id")) for m in seen)
+            == [("own-u", None)] * 4 + [("own-v", "own-s")] * 4
+        )
+
+    def test_the_ids_stay_out_of_the_recorded_metadata(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """The scope's ids in run metadata are not recorded again as turn metadata."""
+        with context_session("rec-s", user_id="rec-u"):
+            chain.invoke({"question": "x"}, config={"callbacks": [MetadataRecorder()]})
+
+        (turn,) = records.conversations
+
+        assert (turn.user_id, turn.session_id, sorted(turn.metadata)) == (
+            "rec-u",
+            "rec-s",
+            ["latency_ms", "model", "run_name"],
+        )
+
+    def test_run_metadata_false_leaves_the_apps_handlers_alone(
+        self, chain: Runnable[dict[str, Any], str]
+    ) -> None:
+        """The opt-out (``run_metadata=False``) gives plain handlers today's metadata."""
+        configure(run_metadata=False)
+        recorder = MetadataRecorder()
+        with collect_runs(), track_user("off-u"):
+            chain.invoke({"question": "x"}, config={"callbacks": [recorder]})
+
+        seen = [*recorder.chain_metadata.values(), *recorder.model_metadata.values()]
+
         assert [m.get("user_id") for m in seen] == [None] * 4
 
     def test_ids_reach_a_callback_handler_when_enabled(
