@@ -414,11 +414,25 @@ class _ScopedAsyncIterator(AsyncIterator[T]):
 
 
 def _wrap_result(scope: Scope, result: Any) -> Any:
-    """A returned generator keeps the scope for every later step."""
+    """
+    A returned generator keeps the scope for every later step.
+
+    So does the body of a streamed web response a decorated view returns: a
+    Flask/Werkzeug ``Response`` over a generator (``is_streamed``, body in
+    ``.response``) or a Starlette ``StreamingResponse`` (``.body_iterator``). The
+    server iterates those after the view returned, outside the view's scope.
+    """
     if inspect.isgenerator(result):
         return _ScopedIterator(scope, result)
     if inspect.isasyncgen(result):
         return _ScopedAsyncIterator(scope, result)
+    body = getattr(result, "body_iterator", None)
+    if body is not None and inspect.isasyncgen(body):
+        result.body_iterator = _ScopedAsyncIterator(scope, body)
+    elif getattr(result, "is_streamed", False):
+        body = getattr(result, "response", None)
+        if inspect.isgenerator(body):
+            result.response = _ScopedIterator(scope, body)
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 pytest.importorskip("fastapi")
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
@@ -69,6 +71,25 @@ def make_app() -> FastAPI:
             "dep": dep,
         }
 
+    @app.get("/stream/{user_id}")
+    @track_user(user_id=lambda user_id: user_id)
+    def stream(user_id: str, message: str) -> StreamingResponse:
+        def body() -> Iterator[str]:
+            yield from CHAIN.stream(message)
+            yield f"|{current_user()}"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    @app.get("/astream/{user_id}")
+    @track_user(user_id=lambda user_id: user_id)
+    async def astream(user_id: str, message: str) -> StreamingResponse:
+        async def body() -> AsyncIterator[str]:
+            async for chunk in CHAIN.astream(message):
+                yield chunk
+            yield f"|{current_user()}"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
     return app
 
 
@@ -101,6 +122,25 @@ class TestTrackUserOnEndpoints:
         assert "s-1" == response.headers["X-Session-Id"]
         [conversation] = conversations(exporter)
         assert ("u-path", "s-1") == (conversation.user_id, conversation.session_id)
+
+    @pytest.mark.parametrize("path", ["/stream", "/astream"])
+    def test_a_streaming_endpoint_is_attributed_to_its_path_user(
+        self, exporter: InMemoryExporter, path: str
+    ) -> None:
+        """A decorated endpoint returning a StreamingResponse records for its user."""
+        client = TestClient(make_app())
+
+        response = client.get(
+            f"{path}/u-path?message=hello",
+            headers={"X-User-Id": "u-header", "X-Session-Id": "s-2"},
+        )
+
+        assert "hello|u-path" == response.text
+        [conversation] = conversations(exporter)
+        assert ("u-path", "s-2") == (conversation.user_id, conversation.session_id)
+        assert [("user", "hello"), ("assistant", "hello")] == [
+            (m.role, m.content) for m in conversation.messages
+        ]
 
     @pytest.mark.parametrize("path", ["/chat/{user_id}", "/achat/{user_id}"])
     def test_openapi_schema_lists_the_parameters(self, path: str) -> None:

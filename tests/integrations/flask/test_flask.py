@@ -81,6 +81,27 @@ def add_routes(app: Flask) -> Flask:
 
         return Response(generate())
 
+    @app.get("/stream/<user_id>")
+    @track_user(user_id=lambda user_id: user_id)
+    def stream_for(user_id: str) -> Response:
+        message = request.args["message"]
+
+        def generate() -> Iterator[str]:
+            yield from streaming_chain(f"streamed for {message}").stream(message)
+            yield f"|{current_user()}"
+
+        return Response(generate())
+
+    @app.get("/stream-with-context/<user_id>")
+    @track_user(user_id=lambda user_id: user_id)
+    def stream_with_context_for(user_id: str) -> Response:
+        def generate() -> Iterator[str]:
+            message = request.args["message"]
+            yield from streaming_chain(f"streamed for {message}").stream(message)
+            yield f"|{current_user()}"
+
+        return Response(stream_with_context(generate()))
+
     return app
 
 
@@ -383,6 +404,25 @@ class TestStreaming:
         assert b"streamed for hello" == response.data
         [conversation] = conversations(exporter)
         assert "u-stream" == conversation.user_id
+        assert [("user", "hello"), ("assistant", "streamed for hello")] == transcript(
+            conversation
+        )
+
+    @pytest.mark.parametrize("route", ["/stream", "/stream-with-context"])
+    def test_a_streaming_view_with_a_resolver_is_attributed_to_its_user(
+        self, exporter: InMemoryExporter, route: str
+    ) -> None:
+        """@track_user(user_id=lambda user_id: ...) on a view that streams its body."""
+        client = make_app().test_client()
+
+        response = client.get(
+            f"{route}/u-route?message=hello",
+            headers={"X-User-Id": "u-header", "X-Session-Id": "s-3"},
+        )
+
+        assert b"streamed for hello|u-route" == response.data
+        [conversation] = conversations(exporter)
+        assert ("u-route", "s-3") == (conversation.user_id, conversation.session_id)
         assert [("user", "hello"), ("assistant", "streamed for hello")] == transcript(
             conversation
         )
