@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -121,9 +122,37 @@ def _write(path: Path, batches: Iterator[list[Conversation | Feedback]]) -> floa
     return total / elapsed
 
 
-def _calls(path: Path, index: Path) -> list[str]:
-    import sqlite3
+def _migrate_a_v1_copy(
+    path: Path, users: int, now: float, rng: random.Random
+) -> tuple[float, float]:
+    """
+    Seconds for a writer to open a v1 copy of the store, and its rate after.
 
+    The copy is made a v1 file (0.1's layout: the outbox without its holder
+    column) and migrated in place by the first writer that opens it.
+    """
+    copy = path.with_name(path.name + ".v1")
+    source = sqlite3.connect(path)
+    target = sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    target.execute("DROP INDEX outbox_holder")
+    target.execute("ALTER TABLE outbox DROP COLUMN holder")
+    target.execute("PRAGMA user_version = 1")
+    target.commit()
+    target.close()
+    began = time.perf_counter()
+    store = SQLiteExporter(copy)
+    store.check()
+    store.shutdown()
+    migration = time.perf_counter() - began
+    rate = _write(copy, _records(20_000, users, 10**9, now, rng))
+    for end in ("", "-wal", "-shm"):
+        Path(f"{copy}{end}").unlink(missing_ok=True)
+    return migration, rate
+
+
+def _calls(path: Path, index: Path) -> list[str]:
     conn = sqlite3.connect(path)
     conn.execute("ATTACH DATABASE ? AS ui", (str(index),))
     heavy = conn.execute(
@@ -195,6 +224,14 @@ def main() -> None:
     building = _write(path, batches)
     figures["writer_building_per_s"] = round(building)
     print(f"  writer, building: {building:,.0f} conversations/s")
+
+    migration, migrated = _migrate_a_v1_copy(path, args.users, now, random.Random(1))
+    figures["migration_s"] = round(migration, 2)
+    figures["writer_migrated_per_s"] = round(migrated)
+    print(
+        f"  migration of a v1 (0.1) copy of it: {migration:.2f} s; then the writer"
+        f" on the migrated file: {migrated:,.0f} conversations/s"
+    )
 
     began = time.perf_counter()
     index = UIIndex(path)
