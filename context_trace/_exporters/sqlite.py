@@ -33,7 +33,11 @@ from context_trace._store.connection import (
     open_writer,
     transaction,
 )
-from context_trace._store.reader import outbox_counts, read_session_messages
+from context_trace._store.reader import (
+    outbox_counts,
+    outbox_destinations,
+    read_session_messages,
+)
 from context_trace._store.writer import Rows, Seen, SeenCache, prepare, write
 
 from .base import ExportResult
@@ -374,16 +378,22 @@ class SQLiteExporter:
                 self._discard_connection()
                 raise
 
-    def outbox_put(self, batch: Sequence[Record]) -> None:
+    def outbox_put(
+        self,
+        batch: Sequence[Record],
+        destinations: Sequence[str] = (outbox.DEFAULT_DESTINATION,),
+    ) -> None:
         """
         Durably queue *batch* for delivery, in one transaction.
 
-        Each record becomes a pending row. With ``keep_local`` the records are
+        Each record becomes a pending row per destination (``"context"``,
+        ``"otlp"``), delivered, retried and counted on its own. With ``keep_local`` the records are
         also stored in the report tables. When more than ``outbox_max`` rows are
         pending, the oldest pending rows are deleted and counted as ``dropped``.
 
         Args:
             batch: The records to queue.
+            destinations: Where each record goes; one row per destination.
 
         Raises:
             OSError, ValueError: If the store cannot be opened.
@@ -398,7 +408,7 @@ class SQLiteExporter:
         now = time.time()
 
         def queue(records: Sequence[Record]) -> Callable[[sqlite3.Connection], int]:
-            payloads = outbox.payloads(records, now)
+            payloads = outbox.payloads(records, now, destinations)
             return lambda conn: outbox.put(conn, payloads, self._outbox_max)
 
         rows = prepare(batch if self._keep_local else ())
@@ -426,10 +436,14 @@ class SQLiteExporter:
                 _logger.warning("%s (%d records)", message, dropped)
 
     def outbox_claim(
-        self, limit: int, lease_seconds: float = _DEFAULT_LEASE_SECONDS
+        self,
+        limit: int,
+        lease_seconds: float = _DEFAULT_LEASE_SECONDS,
+        destination: str = outbox.DEFAULT_DESTINATION,
     ) -> list[tuple[int, Record]]:
         """
-        Lease up to *limit* deliverable rows, oldest first, to this process.
+        Lease up to *limit* deliverable rows for *destination*, oldest first, to
+        this process.
 
         A row is deliverable when it is pending and its backoff has passed, or
         when an earlier lease expired (its holder crashed or hung). The lease is
@@ -440,6 +454,7 @@ class SQLiteExporter:
         Args:
             limit: Most rows to claim.
             lease_seconds: How long the rows stay reserved for this process.
+            destination: Whose rows (``"context"``, ``"otlp"``).
 
         Returns:
             ``(row_id, record)`` pairs; pass the row ids to :meth:`outbox_done`,
@@ -468,7 +483,7 @@ class SQLiteExporter:
                     " are due again",
                     freed,
                 )
-            return outbox.claim(conn, limit, lease_seconds, me)
+            return outbox.claim(conn, limit, lease_seconds, me, destination)
 
         until, claimed, broken = self._write_op(op)
         if broken:
@@ -528,7 +543,11 @@ class SQLiteExporter:
         me = holder.current()
         self._write_op(lambda conn: outbox.release(conn, leases, until, me))
 
-    def outbox_fail(self, row_ids: Iterable[int]) -> None:
+    def outbox_fail(
+        self,
+        row_ids: Iterable[int],
+        destination: str = outbox.DEFAULT_DESTINATION,
+    ) -> None:
         """
         Give up on rows for good: delete them and count them as ``failed``.
 
@@ -537,6 +556,8 @@ class SQLiteExporter:
 
         Args:
             row_ids: Row ids from :meth:`outbox_claim`.
+            destination: The destination they were claimed for (its own
+                ``failed`` count goes up too).
 
         Raises:
             OSError, ValueError: If the store cannot be opened.
@@ -548,7 +569,7 @@ class SQLiteExporter:
         leases = self._lease_params(row_ids)
         if not leases:
             return
-        self._write_op(lambda conn: outbox.fail(conn, leases))
+        self._write_op(lambda conn: outbox.fail(conn, leases, destination))
 
     def outbox_counts(self) -> dict[str, int]:
         """
@@ -567,3 +588,17 @@ class SQLiteExporter:
         """
         with self._locked() as conn:
             return outbox_counts(conn)
+
+    def outbox_destinations(self) -> dict[str, dict[str, int]]:
+        """
+        The outbox per destination: ``waiting`` and ``failed`` rows of each.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the read fails.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.2.0
+        """
+        with self._locked() as conn:
+            return outbox_destinations(conn)
