@@ -151,6 +151,7 @@ _LOG_BODY = (
 )
 _THREAD_BODY = _models.Paths1S2Rf6XApiV1LogConversationThreadPostRequestbodyContentApplicationJsonSchema
 
+
 @dataclass(slots=True)
 class _ThreadState:
     """What this exporter sent to one thread: message count, last assistant index."""

@@ -54,9 +54,7 @@ class TestDestinations:
             again,
         )
 
-    def test_each_destination_delivers_through_its_sender(
-        self, tmp_path: Path
-    ) -> None:
+    def test_each_destination_delivers_through_its_sender(self, tmp_path: Path) -> None:
         """Each sender gets its own rows; a failure is counted for its destination."""
         path = tmp_path / "o.db"
         store = SQLiteExporter(path, keep_local=False)
