@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -55,6 +56,7 @@ class OTLPReceiver:
     def __init__(self) -> None:
         self.script: list[tuple[int, dict[str, str]]] = []
         self.requests: list[tuple[int, dict[str, str], list[Received]]] = []
+        self.times: list[float] = []  # time.monotonic() of each request
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         receiver = self
@@ -77,7 +79,10 @@ class OTLPReceiver:
                     status, headers = (
                         receiver.script.pop(0) if receiver.script else (200, {})
                     )
-                    receiver.requests.append((status, dict(self.headers), spans))
+                    receiver.requests.append(
+                        (status, {k.lower(): v for k, v in self.headers.items()}, spans)
+                    )
+                    receiver.times.append(time.monotonic())
                     receiver.changed.notify_all()
                 payload = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(status)
