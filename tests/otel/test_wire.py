@@ -250,3 +250,24 @@ class TestCrash:
             (r.attributes["input.value"] for r in roots),
             key=lambda q: int(q.split()[1]),
         )
+
+
+class TestRequestSpan:
+    def test_request_span_is_the_parent_on_the_wire(
+        self, receiver: OTLPReceiver, tmp_path: Path, memory: Any
+    ) -> None:
+        """The app's request span, current at turn start, is the root's parent."""
+        provider = memory[0]
+        _configure(receiver, tmp_path / "t.db")
+        with provider.get_tracer("app").start_as_current_span("POST /chat") as request:
+            _turns(1)
+        assert ct.flush(10)
+        context = request.get_span_context()
+        (root,) = [s for s in receiver.accepted() if s.name == "RunnableSequence"]
+        chat = next(s for s in receiver.accepted() if s.name.startswith("chat "))
+
+        assert (f"{context.trace_id:032x}", f"{context.span_id:016x}") == (
+            root.trace_id,
+            root.parent_id,
+        )
+        assert (root.trace_id, root.span_id) == (chat.trace_id, chat.parent_id)
