@@ -301,6 +301,27 @@ def _otlp_environment(values: dict[str, Any]) -> None:
     )
 
 
+def otlp_settings() -> dict[str, Any]:
+    """
+    The OTLP settings from the environment alone (``context-trace replay``).
+
+    Returns:
+        ``otlp_endpoint``, ``otlp_headers``, ``resource``, ``capture_content``.
+
+    Raises:
+        ValueError: An ``OTEL_*`` variable holds a bad value.
+    """
+    values: dict[str, Any] = {}
+    _otlp_environment(values)
+    return {
+        "otlp_endpoint": DEFAULT_OTLP_TRACES_ENDPOINT,
+        "otlp_headers": {},
+        "resource": {},
+        "capture_content": True,
+        **values,
+    }
+
+
 def _check_otlp(values: dict[str, Any]) -> None:
     """Validate the OTLP arguments and settle ``exporters`` and ``otlp``."""
     exporter = values.get("exporter")

@@ -305,6 +305,10 @@ def replay(
     """
     Deliver the outbox of *db_path* now (``context-trace replay``).
 
+    Each destination with rows waiting is delivered: the Context API's with
+    *token*, OTLP's to the endpoint the ``OTEL_EXPORTER_OTLP_*`` variables name
+    (needs ``context-trace[otel]``).
+
     Args:
         db_path: The SQLite file (default: the configured one).
         token: Context API token (default: ``CONTEXT_TOKEN``/``GETCONTEXT_TOKEN``).
@@ -316,9 +320,11 @@ def replay(
         ``(delivered, failed, pending)``: pending rows stay for a later attempt.
 
     Raises:
-        ValueError: no token, or a bad endpoint.
+        ValueError: Context API rows wait and there is no token; a bad endpoint
+            or OTEL_* variable.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 Delivers every destination's rows (OTLP too).
     """
     path = Path(db_path) if db_path is not None else _config.default_db_path()
     token = (
@@ -326,19 +332,28 @@ def replay(
         or os.environ.get(_config.ENV_TOKEN)
         or os.environ.get(_config.ENV_TOKEN_ALT)
     )
-    if not token:
-        raise ValueError("token is required to replay the outbox (set CONTEXT_TOKEN)")
     endpoint = endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_ENDPOINT
     store = SQLiteExporter(path, keep_local=False)
     try:
         store.check()
-        remote = ContextAPIExporter(
-            token,
-            endpoint=endpoint,
-            allow_insecure=allow_insecure,
-            transcript_source=store.session_messages,
-        )
-        outbox = OutboxExporter(store, remote)
+        waiting = {
+            name for name, row in store.outbox_destinations().items() if row["waiting"]
+        }
+        senders: dict[str, Sender] = {}
+        if CONTEXT in waiting or not waiting:
+            if not token:
+                raise ValueError(
+                    "token is required to replay the outbox (set CONTEXT_TOKEN)"
+                )
+            senders[CONTEXT] = ContextAPIExporter(
+                token,
+                endpoint=endpoint,
+                allow_insecure=allow_insecure,
+                transcript_source=store.session_messages,
+            )
+        if OTLP in waiting:
+            senders[OTLP] = _otlp_from_environment()
+        outbox = OutboxExporter(store, senders=senders)
         # An explicit replay means "now": forget the backoff of waiting rows (rows
         # leased by a live process keep their lease).
         store._write_op(
@@ -347,7 +362,25 @@ def replay(
             )
         )
         result = outbox.deliver(progress=progress)
-        remote.shutdown(5.0)
+        for sender in senders.values():
+            sender.shutdown(5.0)
         return result.exported, result.failed, store.outbox_counts()["pending"]
     finally:
         store.shutdown()
+
+
+def _otlp_from_environment() -> Sender:
+    """An OTLP/HTTP sender configured from the ``OTEL_*`` variables."""
+    settings = _config.otlp_settings()
+    try:
+        from .otlp import OTLPSender
+    except ImportError as exc:
+        raise ValueError(
+            "the outbox holds OTLP rows: install 'context-trace[otel]' to replay them"
+        ) from exc
+    return OTLPSender(
+        settings["otlp_endpoint"],
+        headers=settings["otlp_headers"],
+        resource=settings["resource"],
+        capture_content=settings["capture_content"],
+    )

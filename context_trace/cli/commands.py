@@ -409,7 +409,9 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         or os.environ.get(_config.ENV_TOKEN_ALT)
         or ""
     ).strip()  # as configure() does: a trailing newline from a secrets file is fine
-    if not token:
+    per = _read(_db_path(args), lambda r: r.outbox_destinations())
+    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says (#12).
+    if not token and (not per or per.get("context", {}).get("waiting", 0)):
         raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",
             _EXIT_USAGE,

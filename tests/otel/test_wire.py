@@ -271,3 +271,43 @@ class TestRequestSpan:
             root.parent_id,
         )
         assert (root.trace_id, root.span_id) == (chat.trace_id, chat.parent_id)
+
+
+class TestReplayCommand:
+    def test_replay_delivers_otlp_rows_without_a_token(
+        self, receiver: OTLPReceiver, tmp_path: Path
+    ) -> None:
+        """context-trace outbox shows OTLP rows; replay sends them to OTEL_* endpoint."""
+        db = tmp_path / "replay.db"
+        down = f"http://127.0.0.1:{_closed_port()}/v1/traces"
+        ct.configure(exporter="otlp", otlp_endpoint=down, db_path=db)
+        _turns(3)
+        assert ct.flush(10)
+        ct.shutdown()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CONTEXT", "OTEL_"))
+        }
+        env["PYTHONPATH"] = str(REPO)
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = receiver.url
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "context_trace", *args, "--db", str(db)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+
+        before = cli("outbox")
+        replayed = cli("replay")
+
+        assert "  otlp          3 waiting, 0 failed" in before.stdout.splitlines()
+        assert (0, "delivered 3, failed 0, still pending 0\n") == (
+            replayed.returncode,
+            replayed.stdout,
+        )
+        assert 3 == len(_roots(receiver))
