@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 
 __all__ = [
     "ROLES",
@@ -58,13 +58,14 @@ class Message:
     error: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(NamedTuple):
     """
     One model call or tool run of a turn, as the OTLP exporter needs it (#12).
 
     Recorded only while OTLP export is on. The exporter builds a GenAI span
-    from it on the export worker; nothing here depends on OpenTelemetry.
+    from it on the export worker; nothing here depends on OpenTelemetry. A
+    named tuple rather than a frozen dataclass: the outbox decodes every span
+    it delivers, and a tuple is built in one step (``Span._make(row)``).
 
     Attributes:
         id: The span id, 16 hex digits (from the run id).

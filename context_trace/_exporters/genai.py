@@ -62,6 +62,7 @@ class SpanData:
         "events",
         "name",
         "parent_id",
+        "shared",
         "span_id",
         "start_ns",
         "trace_id",
@@ -76,6 +77,7 @@ class SpanData:
         start_ns: int,
         end_ns: int,
         attributes: dict[str, AttributeValue],
+        shared: dict[str, AttributeValue],
         *,
         client: bool = False,
     ) -> None:
@@ -85,7 +87,10 @@ class SpanData:
         self.parent_id = parent_id
         self.start_ns = start_ns
         self.end_ns = end_ns
+        #: the span's own attributes
         self.attributes = attributes
+        #: the attributes every span of the record carries (one dict, shared)
+        self.shared = shared
         self.client = client  # SpanKind.CLIENT (a model call), else INTERNAL
         #: (error.type, description) when the span failed
         self.error: tuple[str, str] | None = None
@@ -94,6 +99,10 @@ class SpanData:
 
     def __repr__(self) -> str:
         return f"<SpanData {self.name!r} {self.span_id:016x}>"
+
+    def all_attributes(self) -> dict[str, AttributeValue]:
+        """The shared attributes, then the span's own."""
+        return {**self.shared, **self.attributes}
 
 
 def _ns(seconds: float) -> int:
@@ -143,7 +152,7 @@ def _parts(text: str) -> list[dict[str, str]]:
 def _child_span(
     span: Span, trace_id: int, root_id: int, common: dict[str, AttributeValue]
 ) -> SpanData:
-    attributes = dict(common)
+    attributes: dict[str, AttributeValue] = {}
     if span.kind == "chat":
         attributes[sc.GEN_AI_OPERATION_NAME] = "chat"
         attributes[sc.OI_SPAN_KIND] = "LLM"
@@ -175,6 +184,7 @@ def _child_span(
         _ns(span.started_at),
         _ns(span.ended_at),
         attributes,
+        common,
         client=span.kind == "chat",
     )
     if span.error is not None:
@@ -193,8 +203,7 @@ def _conversation_spans(record: Conversation, capture_content: bool) -> list[Spa
     parent = int(record.parent_span_id, 16) if record.parent_span_id else None
     root_id = root_span_id(record.id)
     common = _attribution(record.user_id, record.session_id, record.metadata)
-    attributes = dict(common)
-    attributes[sc.OI_SPAN_KIND] = "CHAIN"
+    attributes: dict[str, AttributeValue] = {sc.OI_SPAN_KIND: "CHAIN"}
     app_metadata = {k: v for k, v in record.metadata.items() if k not in _OWN_METADATA}
     if app_metadata:
         attributes[sc.OI_METADATA] = _JSON.encode(app_metadata)
@@ -222,6 +231,7 @@ def _conversation_spans(record: Conversation, capture_content: bool) -> list[Spa
         _ns(record.started_at),
         _ns(record.ended_at),
         attributes,
+        common,
     )
     if record.error is not None:
         _fail(root, record.error, root.end_ns)
@@ -248,7 +258,7 @@ def _feedback_span(record: Feedback) -> SpanData:
     else:  # the rated turn is not known here: a trace of its own
         trace_id = int(record.id, 16) or 1
         parent = None
-    attributes = _attribution(record.user_id, record.session_id, {})
+    shared = _attribution(record.user_id, record.session_id, {})
     evaluation: dict[str, AttributeValue] = {
         sc.EVALUATION_NAME: "user_rating",
         sc.EVALUATION_SCORE_VALUE: float(record.rating),
@@ -256,7 +266,7 @@ def _feedback_span(record: Feedback) -> SpanData:
             record.rating, str(record.rating)
         ),
     }
-    attributes.update(evaluation)
+    attributes = dict(evaluation)
     attributes[sc.OI_SPAN_KIND] = "EVALUATOR"
     at = _ns(record.created_at)
     span = SpanData(
@@ -267,6 +277,7 @@ def _feedback_span(record: Feedback) -> SpanData:
         at,
         at,
         attributes,
+        shared,
     )
     span.events.append((sc.EVALUATION_EVENT, at, dict(evaluation)))
     return span

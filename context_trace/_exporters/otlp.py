@@ -13,7 +13,8 @@ worker, both built on the mapping of ``genai.py``:
   ``TracerProvider`` (``configure(tracer_provider=...)``), so its processors
   and exporters decide where they go.
 
-Needs the ``otel`` extra: ``pip install 'context-trace[otel]'``.
+:class:`OTLPSender` needs only the standard library (the body is written by
+``otlp_wire.py``); :class:`ProviderSender` needs the app's OpenTelemetry SDK.
 """
 
 from __future__ import annotations
@@ -37,31 +38,9 @@ from context_trace._log import log_once
 from context_trace._record import Conversation, Record
 
 from .base import Outcome
-from .genai import AttributeValue, SpanData, record_spans
+from .genai import record_spans
+from .otlp_wire import encode_spans
 from .semconv import SERVICE_NAME
-
-try:
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-    from opentelemetry.proto.common.v1.common_pb2 import (
-        AnyValue,
-        ArrayValue,
-        InstrumentationScope,
-        KeyValue,
-    )
-    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-    from opentelemetry.proto.trace.v1.trace_pb2 import (
-        ResourceSpans,
-        ScopeSpans,
-        Status,
-    )
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-except ImportError as exc:  # pragma: no cover - exercised by the no-extras CI job
-    raise ImportError(
-        "context_trace's OTLP export requires OpenTelemetry; install"
-        " 'context-trace[otel]'"
-    ) from exc
 
 __all__ = [
     "DEFAULT_TRACES_ENDPOINT",
@@ -79,10 +58,6 @@ _TRANSIENT = frozenset({429, 502, 503, 504})
 _DEFAULT_TIMEOUT = 10.0
 _DEFAULT_BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
-_KIND_INTERNAL = PbSpan.SpanKind.SPAN_KIND_INTERNAL
-_KIND_CLIENT = PbSpan.SpanKind.SPAN_KIND_CLIENT
-_STATUS_ERROR = Status.StatusCode.STATUS_CODE_ERROR
-_FLAGS_SAMPLED = 0x1  # W3C trace flags: sampled
 
 Clock = Callable[[], float]
 
@@ -96,46 +71,7 @@ def _scope_version() -> str:
         return "0"
 
 
-# -- protobuf ------------------------------------------------------------------------
-
-
-def _any_value(value: AttributeValue) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    return AnyValue(
-        array_value=ArrayValue(values=[AnyValue(string_value=str(v)) for v in value])
-    )
-
-
-def _key_values(attributes: Mapping[str, AttributeValue]) -> list[KeyValue]:
-    return [KeyValue(key=k, value=_any_value(v)) for k, v in attributes.items()]
-
-
-def _pb_span(span: SpanData) -> PbSpan:
-    out = PbSpan(
-        trace_id=span.trace_id.to_bytes(16, "big"),
-        span_id=span.span_id.to_bytes(8, "big"),
-        name=span.name,
-        kind=_KIND_CLIENT if span.client else _KIND_INTERNAL,
-        start_time_unix_nano=span.start_ns,
-        end_time_unix_nano=span.end_ns,
-        attributes=_key_values(span.attributes),
-        flags=_FLAGS_SAMPLED,
-    )
-    if span.parent_id is not None:
-        out.parent_span_id = span.parent_id.to_bytes(8, "big")
-    for name, at, attributes in span.events:
-        out.events.add(time_unix_nano=at, name=name, attributes=_key_values(attributes))
-    if span.error is not None:
-        out.status.code = _STATUS_ERROR
-        out.status.message = span.error[1]
-    return out
+# -- the request body ----------------------------------------------------------------
 
 
 def encode_request(
@@ -152,26 +88,9 @@ def encode_request(
         capture_content: See :func:`~.genai.record_spans`.
     """
     spans = [
-        _pb_span(span)
-        for record in records
-        for span in record_spans(record, capture_content)
+        span for record in records for span in record_spans(record, capture_content)
     ]
-    request = ExportTraceServiceRequest(
-        resource_spans=[
-            ResourceSpans(
-                resource=Resource(attributes=_key_values(resource)),
-                scope_spans=[
-                    ScopeSpans(
-                        scope=InstrumentationScope(
-                            name=_SCOPE_NAME, version=_scope_version()
-                        ),
-                        spans=spans,
-                    )
-                ],
-            )
-        ]
-    )
-    return bytes(request.SerializeToString())
+    return encode_spans(spans, resource, _SCOPE_NAME, _scope_version())
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -453,7 +372,7 @@ class ProviderSender:
                 data.name,
                 context=parent_ctx,
                 kind=SpanKind.CLIENT if data.client else SpanKind.INTERNAL,
-                attributes=data.attributes,
+                attributes=data.all_attributes(),
                 start_time=data.start_ns,
             )
             for name, at, attributes in data.events:

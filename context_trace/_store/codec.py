@@ -136,52 +136,24 @@ def record_from_json(text: str) -> Record:
 
 def span_row(s: Span) -> list[Any]:
     """A span as stored: its fields in order (see :class:`Span`)."""
-    return [
-        s.id,
-        s.parent_id,
-        s.kind,
-        s.name,
-        s.started_at,
-        s.ended_at,
-        s.request_model,
-        s.response_model,
-        s.provider,
-        s.input_tokens,
-        s.output_tokens,
-        list(s.finish_reasons),
-        s.tool_call_id,
-        s.error,
-    ]
+    return list(s)
 
 
-def _opt_int(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected an int, got {value!r}")
-    return value
+_SPAN_FIELDS = len(Span._fields)
 
 
 def _span(row: list[Any]) -> Span:
-    kind = row[2]
-    if kind not in ("chat", "tool"):
-        raise ValueError(f"unknown span kind {kind!r}")
-    return Span(
-        id=_str(row[0]),
-        parent_id=_opt_str(row[1]),
-        kind=kind,
-        name=_str(row[3]),
-        started_at=float(row[4]),
-        ended_at=float(row[5]),
-        request_model=_opt_str(row[6]),
-        response_model=_opt_str(row[7]),
-        provider=_opt_str(row[8]),
-        input_tokens=_opt_int(row[9]),
-        output_tokens=_opt_int(row[10]),
-        finish_reasons=tuple(_str(r) for r in row[11]),
-        tool_call_id=_opt_str(row[12]),
-        error=_opt_str(row[13]),
-    )
+    if (
+        len(row) != _SPAN_FIELDS
+        or row[2] not in ("chat", "tool")
+        or not isinstance(row[0], str)
+        or not isinstance(row[3], str)
+    ):
+        raise ValueError(f"not a stored span: {row!r}")
+    row[4] = float(row[4])
+    row[5] = float(row[5])
+    row[11] = tuple(_str(r) for r in row[11])
+    return Span._make(row)
 
 
 def _str(value: object) -> str:
