@@ -201,7 +201,7 @@ def run_outbox(turns: list[Any], url: str, path: str) -> Timing:
             outbox.export(turns[i : i + _BATCH])
             outbox.deliver()
         elapsed = _since(started)
-        assert 0 == outbox.pending(), "rows left in the outbox"
+        assert outbox.pending() == 0, "rows left in the outbox"
         return elapsed
     finally:
         outbox.shutdown(5)

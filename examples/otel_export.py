@@ -103,12 +103,14 @@ ct.configure(exporter="sqlite,otlp", db_path=db_path, token=None)
 app_tracer = TracerProvider().get_tracer("travel-bot")
 agent = build_agent()
 
-with app_tracer.start_as_current_span("POST /chat") as request:
-    with ct.track_user("alice", metadata={"plan": "pro"}):
-        with ct.context_session("trip-lisbon") as session:
-            result = agent.invoke({"messages": [("human", "Weather in Lisbon?")]})
-            print(f"alice: Weather in Lisbon?\nbot:   {result['messages'][-1].content}")
-            session.rate(1)
+with (
+    app_tracer.start_as_current_span("POST /chat") as request,
+    ct.track_user("alice", metadata={"plan": "pro"}),
+    ct.context_session("trip-lisbon") as session,
+):
+    result = agent.invoke({"messages": [("human", "Weather in Lisbon?")]})
+    print(f"alice: Weather in Lisbon?\nbot:   {result['messages'][-1].content}")
+    session.rate(1)
 
 ct.flush(10)
 trace_id = f"{request.get_span_context().trace_id:032x}"

@@ -101,7 +101,7 @@ class TestErrors:
 
     def test_bad_exporter_argument(self) -> None:
         """exporter='zipkin' names the argument."""
-        with pytest.raises(ValueError, match="^exporter must be a comma list"):
+        with pytest.raises(ValueError, match=r"^exporter must be a comma list"):
             ct.configure(exporter="zipkin")
 
     def test_bad_endpoint_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:

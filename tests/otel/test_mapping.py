@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,8 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import context_trace as ct
 from context_trace import _handler, _turn
-
-from ..compat._models import WeatherBot, build_agent
+from tests.compat._models import WeatherBot, build_agent
 
 Memory = tuple[TracerProvider, InMemorySpanExporter]
 ATTRIBUTION = {"user.id": "u1", "plan": "pro"}
@@ -34,13 +32,12 @@ SESSION = {"session.id": "s1", "gen_ai.conversation.id": "s1"}
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """The recorder's clock ticks one second per reading, from 1000.0."""
     ticks = itertools.count(1000)
     fake = SimpleNamespace(time=lambda: float(next(ticks)))
     monkeypatch.setattr(_handler, "time", fake)
     monkeypatch.setattr(_turn, "time", fake)
-    yield
 
 
 def _configure(memory: Memory, **kwargs: Any) -> InMemorySpanExporter:
@@ -154,7 +151,8 @@ class TestChat:
             root.name,
             chat.name,
         )
-        assert chat.parent is not None and root.context.span_id == chat.parent.span_id
+        assert chat.parent is not None
+        assert root.context.span_id == chat.parent.span_id
         attributes = dict(chat.attributes or {})
         assert (7, 3, "fake-2024", ("stop",)) == (
             attributes["gen_ai.usage.input_tokens"],
@@ -312,9 +310,8 @@ class TestRequestSpan:
         provider, _ = memory
         exporter = _configure(memory)
         tracer = provider.get_tracer("app")
-        with tracer.start_as_current_span("GET /chat") as request:
-            with ct.track_user("u1"):
-                _chain().invoke({"question": "hi"})
+        with tracer.start_as_current_span("GET /chat") as request, ct.track_user("u1"):
+            _chain().invoke({"question": "hi"})
         spans = _spans(exporter)
         root = next(s for s in spans if s.name == "RunnableSequence")
 
