@@ -21,8 +21,17 @@ Rows (medians over rounds, one core: everything below runs on one thread):
 
 ``turns/s`` is wall-clock; ``turns/CPU-s`` divides by this process's CPU
 time (the receiver's is not counted), i.e. the rate one core sustains.
-Target: at least 5,000 turns/s for ``outbox`` and ``pipeline``. Run by hand;
-``--smoke`` (CI) runs tiny sizes and checks only that it works.
+Target: at least 5,000 turns/s for ``outbox`` and ``pipeline``.
+
+Then the request path (``--ops`` calls per row per round, ``--lat-rounds``
+rounds, rows in a freshly shuffled order each round): the median µs of
+``chain.invoke`` (``prompt | ParrotFakeChatModel | StrOutputParser``) inside
+``track_user`` with the local store only (``sqlite``), and with
+``exporter="sqlite,otlp"`` to the same receiver (``sqlite,otlp``), against the
+bare chain; ``configure()`` switches between them between blocks (after a
+flush), so both rows see the same machine. Target: ``sqlite,otlp`` within noise
+of ``sqlite``. Run by hand; ``--smoke`` (CI) runs tiny sizes and checks only
+that it works.
 """
 
 from __future__ import annotations
@@ -223,6 +232,62 @@ def run_pipeline(turns: list[Any], url: str, path: str) -> Timing:
         pipeline.shutdown(5)
 
 
+def request_path(args: argparse.Namespace, url: str, tmp: str) -> None:
+    import random
+
+    from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    import context_trace as ct
+
+    chain = (
+        ChatPromptTemplate.from_messages([("system", "Be brief."), ("human", "{q}")])
+        | ParrotFakeChatModel()
+        | StrOutputParser()
+    )
+    question = {"q": "What is the capital of France?"}
+    db = os.path.join(tmp, "request.db")
+    settings: dict[str, dict[str, Any]] = {
+        "bare": {"db_path": db},
+        "sqlite": {"db_path": db},
+        "sqlite,otlp": {"db_path": db, "exporter": "sqlite,otlp", "otlp_endpoint": url},
+    }
+
+    def block(name: str, n: int) -> float:
+        ct.configure(**settings[name])
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            if name == "bare":
+                chain.invoke(question)
+            else:
+                with ct.track_user("bench-user"):
+                    chain.invoke(question)
+            samples.append(time.perf_counter_ns() - t0)
+        ct.flush(60)
+        return statistics.median(samples) / 1000.0
+
+    for name in settings:  # warm-up
+        block(name, args.ops // 2)
+    results: dict[str, list[float]] = {name: [] for name in settings}
+    order = list(settings)
+    for _ in range(args.lat_rounds):
+        random.shuffle(order)
+        for name in order:
+            results[name].append(block(name, args.ops))
+    ct.shutdown(10)
+    print(f"request path: {args.ops} calls x {args.lat_rounds} rounds, medians")
+    print(f"{'row':<12} {'µs':>8} {'x bare':>8} {'x sqlite':>9}")
+    bare, local = results["bare"], results["sqlite"]
+    for name, vals in results.items():
+        ratio = statistics.median(v / b for v, b in zip(vals, bare, strict=True))
+        vs_local = statistics.median(v / s for v, s in zip(vals, local, strict=True))
+        print(
+            f"{name:<12} {statistics.median(vals):>8.1f} {ratio:>8.3f} {vs_local:>9.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,17 +295,27 @@ def main() -> None:
     ap.add_argument("--turns", type=int, default=20_000, help="turns per run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tmpdir", help="where the outbox files go")
+    ap.add_argument("--ops", type=int, default=300, help="calls per request-path row")
+    ap.add_argument("--lat-rounds", type=int, default=15)
+    ap.add_argument(
+        "--skip", default="", help="comma list of parts to skip: export,request"
+    )
     ap.add_argument(
         "--smoke", action="store_true", help="tiny sizes: checks the script runs"
     )
     args = ap.parse_args()
     if args.smoke:
-        args.turns, args.rounds = 300, 1
+        args.turns, args.rounds, args.ops, args.lat_rounds = 300, 1, 10, 1
+    skip = {p.strip() for p in args.skip.split(",") if p.strip()}
     for var in [v for v in os.environ if v.startswith(("CONTEXT_", "OTEL_"))]:
         del os.environ[var]
     tmp = tempfile.mkdtemp(prefix="ct-otel-", dir=args.tmpdir)
     receiver = Receiver()
     try:
+        if "request" not in skip:
+            request_path(args, receiver.url, tmp)
+        if "export" in skip:
+            return
         turns = make_turns(args.turns)
         rows: dict[str, list[Timing]] = {"encode": [], "outbox": [], "pipeline": []}
         runners: dict[str, Callable[[int], Timing]] = {
