@@ -365,9 +365,12 @@ class RecordingHandler(BaseCallbackHandler):
     def on_llm_error(
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
-        turn = self._turns.get(run_id.int)
-        if turn is not None and turn.tree is not None:
-            self._run_ended(turn, run_id.int, error)
+        try:
+            turn = self._turns.get(run_id.int)
+            if turn is not None and turn.tree is not None:
+                self._run_ended(turn, run_id.int, error)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_error")
         self._root_error(run_id, error, "on_llm_error")
 
     @staticmethod

@@ -14,6 +14,7 @@ protobuf or through the app's tracer provider; the attribute names are in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -105,6 +106,16 @@ class SpanData:
         return {**self.shared, **self.attributes}
 
 
+def _hex64(text: str | None) -> int | None:
+    """A 16-hex-digit span id, or None (also for anything else)."""
+    if text is None or len(text) != 16:
+        return None
+    try:
+        return int(text, 16) or None
+    except ValueError:
+        return None
+
+
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
@@ -179,8 +190,8 @@ def _child_span(
     data = SpanData(
         name,
         trace_id,
-        int(span.id, 16),
-        int(span.parent_id, 16) if span.parent_id is not None else root_id,
+        _hex64(span.id) or id128(span.id) & _MASK64 or 1,
+        _hex64(span.parent_id) or root_id,
         _ns(span.started_at),
         _ns(span.ended_at),
         attributes,
@@ -192,15 +203,28 @@ def _child_span(
     return data
 
 
+def id128(text: str) -> int:
+    """
+    A record id as a 128-bit trace id: the id itself when it is 32 hex digits
+    (a run id, ``new_id()``), else a digest of it (a record made by hand).
+    """
+    if len(text) == 32:
+        try:
+            return int(text, 16) or 1
+        except ValueError:
+            pass
+    digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16)
+    return int.from_bytes(digest.digest(), "big") or 1
+
+
 def root_span_id(conversation_id: str) -> int:
     """The root span id of a turn: the low 64 bits of its id (the run id)."""
-    return (int(conversation_id, 16) & _MASK64) or 1
+    return (id128(conversation_id) & _MASK64) or 1
 
 
 def _conversation_spans(record: Conversation, capture_content: bool) -> list[SpanData]:
-    own_trace = int(record.id, 16) or 1
-    trace_id = int(record.trace_id, 16) if record.trace_id else own_trace
-    parent = int(record.parent_span_id, 16) if record.parent_span_id else None
+    trace_id = id128(record.trace_id) if record.trace_id else id128(record.id)
+    parent = _hex64(record.parent_span_id)
     root_id = root_span_id(record.id)
     common = _attribution(record.user_id, record.session_id, record.metadata)
     attributes: dict[str, AttributeValue] = {sc.OI_SPAN_KIND: "CHAIN"}
@@ -253,10 +277,10 @@ def _conversation_spans(record: Conversation, capture_content: bool) -> list[Spa
 
 def _feedback_span(record: Feedback) -> SpanData:
     if record.conversation_id:
-        trace_id = int(record.trace_id or record.conversation_id, 16) or 1
+        trace_id = id128(record.trace_id or record.conversation_id)
         parent: int | None = root_span_id(record.conversation_id)
     else:  # the rated turn is not known here: a trace of its own
-        trace_id = int(record.id, 16) or 1
+        trace_id = id128(record.id)
         parent = None
     shared = _attribution(record.user_id, record.session_id, {})
     evaluation: dict[str, AttributeValue] = {
