@@ -8,6 +8,7 @@ from pathlib import Path
 from context_trace import cli
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Feedback
+from context_trace._store.schema import SCHEMA_VERSION
 from context_trace._store.ui_index import UIIndex, default_index_path
 
 from .conftest import Server, build_store, checksum, turn
@@ -63,7 +64,10 @@ def test_writer_creates_no_triggers_or_dashboard_tables(tmp_path: Path):
     assert [] == [
         name for _, name in schema if name.startswith(("ui_", "conversations_fts"))
     ]
-    assert 1 == sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
+    assert (
+        SCHEMA_VERSION
+        == (sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0])
+    )
 
 
 def test_ui_leaves_the_store_schema_alone_and_writes_its_sidecar(tmp_path: Path):
