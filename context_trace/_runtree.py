@@ -154,9 +154,7 @@ def build_spans(turn: Turn, model_name: ModelName, usage: Usage) -> tuple[Span, 
                     started_at=started,
                     ended_at=ended,
                     tool_call_id=call_id if isinstance(call_id, str) else None,
-                    error=_error_text(error if error is not None else None)
-                    if not is_error
-                    else _error_text(output),
+                    error=_error_text(output if is_error else error),
                 )
             )
     return tuple(spans)

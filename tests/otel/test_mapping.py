@@ -267,6 +267,39 @@ class TestErrors:
             )
         ] == [(e.name, dict(e.attributes or {})) for e in root.events]
 
+    def test_failed_tool_is_an_error_span(self, memory: Memory) -> None:
+        """A tool that raises: its execute_tool span is ERROR; the turn still answers."""
+        from langchain_core.tools import tool
+        from langgraph.graph import START, MessagesState, StateGraph
+        from langgraph.prebuilt import ToolNode, tools_condition
+
+        @tool
+        def get_weather(city: str) -> str:
+            """Get the weather."""
+            raise RuntimeError(f"no data for {city}")
+
+        model = WeatherBot().bind_tools([get_weather])
+        graph = StateGraph(MessagesState)
+        graph.add_node(
+            "agent", lambda state: {"messages": [model.invoke(state["messages"])]}
+        )
+        graph.add_node("tools", ToolNode([get_weather], handle_tool_errors=True))
+        graph.add_edge(START, "agent")
+        graph.add_conditional_edges("agent", tools_condition)
+        graph.add_edge("tools", "agent")
+        exporter = _configure(memory)
+        with ct.track_user("u1"):
+            graph.compile().invoke({"messages": [("human", "weather in Oslo?")]})
+        spans = _spans(exporter)
+        tool_span = next(s for s in spans if s.name == "execute_tool get_weather")
+
+        assert (StatusCode.ERROR, "no data for Oslo", "RuntimeError") == (
+            tool_span.status.status_code,
+            tool_span.status.description,
+            (tool_span.attributes or {})["error.type"],
+        )
+        assert StatusCode.UNSET == spans[0].status.status_code
+
 
 class TestSessionsAndRatings:
     def test_session_on_every_span_and_rating(self, memory: Memory) -> None:
