@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from context_trace._record import Record
 
@@ -123,10 +123,12 @@ def claim(
     lease_seconds: float,
     me: str,
     destination: str = DEFAULT_DESTINATION,
+    decode: Callable[[str], Record] = record_from_json,
 ) -> tuple[float, list[tuple[int, Record]], int]:
     """
     Lease up to *limit* deliverable rows for *destination*, oldest first, to
-    holder *me*; the caller holds a write transaction.
+    holder *me*; the caller holds a write transaction. *decode* turns a payload
+    back into its record (``record_from_json``, or a cache in front of it).
 
     Returns:
         The lease's end, the ``(row_id, record)`` pairs claimed, and how many
@@ -139,7 +141,7 @@ def claim(
     broken: list[tuple[int]] = []
     for row_id, payload in rows:
         try:
-            claimed.append((row_id, record_from_json(payload)))
+            claimed.append((row_id, decode(payload)))
         except ValueError:
             broken.append((row_id,))
     conn.executemany(
