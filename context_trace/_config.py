@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote
 
 from ._exporters.base import Exporter
 from ._redact import builtin_redactor
@@ -26,6 +27,7 @@ __all__ = [
     "ENV_DB",
     "ENV_DISABLED",
     "ENV_ENDPOINT",
+    "ENV_EXPORTER",
     "ENV_FLUSH_INTERVAL",
     "ENV_MAX_QUEUE",
     "ENV_REDACT",
@@ -53,6 +55,18 @@ ENV_FLUSH_INTERVAL = "CONTEXT_TRACE_FLUSH_INTERVAL"
 ENV_SERVERLESS = "CONTEXT_TRACE_SERVERLESS"
 ENV_REDACT = "CONTEXT_TRACE_REDACT"
 ENV_RUN_METADATA = "CONTEXT_TRACE_RUN_METADATA"
+ENV_EXPORTER = "CONTEXT_TRACE_EXPORTER"
+# The OpenTelemetry environment (#12), as the OTel SDK and collectors read it.
+ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_OTLP_HEADERS = "OTEL_EXPORTER_OTLP_HEADERS"
+ENV_OTLP_TRACES_HEADERS = "OTEL_EXPORTER_OTLP_TRACES_HEADERS"
+ENV_OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
+ENV_OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
+ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+#: The named exporters ``exporter=`` / ``CONTEXT_TRACE_EXPORTER`` accept.
+EXPORTER_NAMES = ("sqlite", "otlp")
+DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
 # LangSmith/LangChain switches that turn tracing on from the environment.
 _TRACING_ENV = (
     "LANGSMITH_TRACING",
@@ -110,6 +124,15 @@ class Config:
     run_metadata: bool | str = True
     #: "auto" resolved once from the environment: is LangSmith tracing on?
     env_tracing: bool = False
+    #: named exporters (``exporter="sqlite,otlp"``); empty: the default choice
+    exporters: tuple[str, ...] = ()
+    #: OTLP export on (``otlp`` named, or a tracer provider given)
+    otlp: bool = False
+    otlp_endpoint: str = DEFAULT_OTLP_TRACES_ENDPOINT
+    otlp_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    resource: Mapping[str, str] = field(default_factory=dict)
+    capture_content: bool = True
+    tracer_provider: Any = None
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -117,7 +140,8 @@ class Config:
             f"Config(token={token}, endpoint={self.endpoint!r}, db_path={str(self.db_path)!r}, "
             f"exporter={self.exporter!r}, sample_rate={self.sample_rate}, "
             f"enabled={self.enabled}, max_queue={self.max_queue}, "
-            f"flush_interval={self.flush_interval}, serverless={self.serverless})"
+            f"flush_interval={self.flush_interval}, serverless={self.serverless}, "
+            f"exporters={self.exporters!r}, otlp={self.otlp})"
         )
 
     def keep_session(self, session_id: str) -> bool:
@@ -197,6 +221,139 @@ def _resolve_redact(value: Any) -> Redactor | None:
     )
 
 
+def _exporter_names(raw: str, source: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(p.strip().lower() for p in raw.split(",") if p.strip()))
+    if not names or any(n not in EXPORTER_NAMES for n in names):
+        raise ValueError(
+            f"{source} must be a comma list of {', '.join(EXPORTER_NAMES)}, got {raw!r}"
+        )
+    return names
+
+
+def _pairs(raw: str, source: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (values percent-decoded), as the OpenTelemetry spec writes it."""
+    out: dict[str, str] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            # Never echo the value: headers hold API keys.
+            raise ValueError(f"{source} must be a comma list of key=value pairs")
+        out[unquote(key.strip())] = unquote(value.strip())
+    return out
+
+
+def _check_url(value: Any, source: str) -> str:
+    if not isinstance(value, str) or not value.startswith(("http://", "https://")):
+        shown = (
+            value.split(":", 1)[0] + ":…"
+            if isinstance(value, str)
+            else type(value).__name__
+        )
+        raise ValueError(f"{source} must be an http(s) URL, got {shown!r}")
+    return value
+
+
+def _otlp_environment(values: dict[str, Any]) -> None:
+    """
+    The OpenTelemetry variables: endpoint, headers, resource, content switch.
+
+    Read only with OTLP export on (an app's own OTel setup is none of our
+    business otherwise); an explicit argument wins over its variable.
+    """
+    explicit = dict(values)
+    traces = os.environ.get(ENV_OTLP_TRACES_ENDPOINT, "").strip()
+    base = os.environ.get(ENV_OTLP_ENDPOINT, "").strip()
+    if traces:
+        values["otlp_endpoint"] = _check_url(traces, ENV_OTLP_TRACES_ENDPOINT)
+    elif base:
+        values["otlp_endpoint"] = (
+            _check_url(base, ENV_OTLP_ENDPOINT).rstrip("/") + "/v1/traces"
+        )
+    headers: dict[str, str] = {}
+    for name in (ENV_OTLP_HEADERS, ENV_OTLP_TRACES_HEADERS):
+        if os.environ.get(name, "").strip():
+            headers.update(_pairs(os.environ[name], name))
+    if headers:
+        values["otlp_headers"] = headers
+    resource: dict[str, str] = {}
+    if os.environ.get(ENV_OTEL_RESOURCE_ATTRIBUTES, "").strip():
+        resource.update(
+            _pairs(
+                os.environ[ENV_OTEL_RESOURCE_ATTRIBUTES], ENV_OTEL_RESOURCE_ATTRIBUTES
+            )
+        )
+    service = os.environ.get(ENV_OTEL_SERVICE_NAME, "").strip()
+    if service:
+        resource["service.name"] = service
+    if resource:
+        values["resource"] = resource
+    capture = _env_bool(ENV_CAPTURE_CONTENT)
+    if capture is not None:
+        values["capture_content"] = capture
+    values.update(
+        {
+            k: v
+            for k, v in explicit.items()
+            if k in ("otlp_endpoint", "otlp_headers", "resource", "capture_content")
+        }
+    )
+
+
+def otlp_settings() -> dict[str, Any]:
+    """
+    The OTLP settings from the environment alone (``context-trace replay``).
+
+    Returns:
+        ``otlp_endpoint``, ``otlp_headers``, ``resource``, ``capture_content``.
+
+    Raises:
+        ValueError: An ``OTEL_*`` variable holds a bad value.
+    """
+    values: dict[str, Any] = {}
+    _otlp_environment(values)
+    return {
+        "otlp_endpoint": DEFAULT_OTLP_TRACES_ENDPOINT,
+        "otlp_headers": {},
+        "resource": {},
+        "capture_content": True,
+        **values,
+    }
+
+
+def _check_otlp(values: dict[str, Any]) -> None:
+    """Validate the OTLP arguments and settle ``exporters`` and ``otlp``."""
+    exporter = values.get("exporter")
+    if isinstance(exporter, str):
+        values["exporters"] = _exporter_names(exporter, "exporter")
+        values["exporter"] = None
+    provider = values.get("tracer_provider")
+    values["otlp"] = values.get("exporter") is None and (
+        "otlp" in values.get("exporters", ()) or provider is not None
+    )
+    if "otlp_endpoint" in values:
+        values["otlp_endpoint"] = _check_url(values["otlp_endpoint"], "otlp_endpoint")
+    if values["otlp"]:
+        _otlp_environment(values)
+    headers = values.get("otlp_headers")
+    if headers is not None and not (
+        isinstance(headers, Mapping)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    ):
+        raise TypeError("otlp_headers must be a mapping of str to str")
+    if "capture_content" in values and not isinstance(values["capture_content"], bool):
+        raise TypeError(
+            "capture_content must be a bool, got "
+            f"{type(values['capture_content']).__name__}"
+        )
+    if provider is not None and not hasattr(provider, "get_tracer"):
+        raise TypeError(
+            "tracer_provider must be an OpenTelemetry TracerProvider, got "
+            f"{type(provider).__name__}"
+        )
+
+
 #: "not passed": configure() arguments left out come from the environment.
 UNSET: Any = object()
 
@@ -233,6 +390,8 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
     values["env_tracing"] = any(
         os.environ.get(name, "").strip().lower() in _TRUE for name in _TRACING_ENV
     )
+    if os.environ.get(ENV_EXPORTER, "").strip():
+        values["exporters"] = _exporter_names(os.environ[ENV_EXPORTER], ENV_EXPORTER)
 
     values.update({k: v for k, v in kwargs.items() if v is not UNSET})
 
@@ -260,6 +419,7 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         if not isinstance(db, (str, os.PathLike)) or not str(db):
             raise TypeError(f"db_path must be a path, got {db!r}")
         values["db_path"] = Path(db).expanduser()
+    _check_otlp(values)
     if values.get("exporter") is not None and not isinstance(
         values["exporter"], Exporter
     ):

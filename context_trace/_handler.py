@@ -108,6 +108,9 @@ class RecordingHandler(BaseCallbackHandler):
             if turn is not None:
                 turns[key] = turn
                 turn.run_ids.append(key)
+                tree = turn.tree
+                if tree is not None:  # OTLP export is on: the span tree (#12)
+                    tree[key] = [parent_run_id.int, time.time(), 0.0, None, None]
                 if self._shares_runs:
                     _SHARED_RUNS[key] = self
                 return turn
@@ -131,10 +134,16 @@ class RecordingHandler(BaseCallbackHandler):
         turn = Turn(run_id, scope, tags, False)
         if self._shares_runs:
             _SHARED_RUNS[key] = self
-        if scope.session is None and _runtime.active_config().sample_rate < 1.0:
+        config = _runtime.active_config()
+        if scope.session is None and config.sample_rate < 1.0:
             # Sampled at the end: a framework's session id, known only once the
             # turn has run, samples the turn as that session (see _sampled_in).
             turn.sampling = True
+        if config.otlp:
+            # Spans need the run tree and times, and the app's current span: a
+            # context read, paid only with OTLP export on.
+            turn.tree = {}
+            turn.trace_parent = _runtime.current_trace_parent()
         turns[key] = turn
         return turn
 
@@ -183,6 +192,8 @@ class RecordingHandler(BaseCallbackHandler):
         session = turn.scope.session
         if session is not None:
             session.last_turn_id = turn.run_id.hex
+            parent = turn.trace_parent
+            session.last_trace_id = None if parent is None else f"{parent[0]:032x}"
         _runtime.emit(turn)
 
     def _root(self, run_id: UUID) -> Turn | None:
@@ -343,6 +354,8 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._turns.get(key)
             if turn is not None:
                 turn.__dict__.setdefault("results", {})[key] = response
+                if turn.tree is not None and key in turn.tree:
+                    turn.tree[key][2] = time.time()
                 if turn.key == key:  # a model invoked directly: it is the turn
                     turn.output = response
                     self._finish(turn, None)
@@ -352,7 +365,21 @@ class RecordingHandler(BaseCallbackHandler):
     def on_llm_error(
         self, error: BaseException, *, run_id: UUID, **kwargs: Any
     ) -> None:
+        try:
+            turn = self._turns.get(run_id.int)
+            if turn is not None and turn.tree is not None:
+                self._run_ended(turn, run_id.int, error)
+        except Exception:  # noqa: BLE001 - never raise into the app
+            self._internal_error("on_llm_error")
         self._root_error(run_id, error, "on_llm_error")
+
+    @staticmethod
+    def _run_ended(turn: Turn, key: int, error: BaseException | None) -> None:
+        """Note a child run's end for its span (OTLP export on)."""
+        entry = turn.tree.get(key) if turn.tree is not None else None
+        if entry is not None:
+            entry[2] = time.time()
+            entry[3] = error
 
     # ------------------------------------------------------------------ tools
     def on_tool_start(
@@ -374,6 +401,10 @@ class RecordingHandler(BaseCallbackHandler):
                 entry = [name, inputs if inputs is not None else input_str, None, False]
                 turn.__dict__.setdefault("steps", []).append(entry)
                 turn.__dict__.setdefault("tool_runs", {})[run_id.int] = entry
+                if turn.tree is not None:
+                    node = turn.tree.get(run_id.int)
+                    if node is not None:
+                        node[4] = kwargs.get("tool_call_id")
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_tool_start")
 
@@ -386,6 +417,8 @@ class RecordingHandler(BaseCallbackHandler):
         if entry is not None:
             entry[2] = output
             entry[3] = is_error
+        if turn.tree is not None:
+            self._run_ended(turn, key, output if is_error else None)
         if turn.key == key:  # a tool invoked on its own: not a conversation
             self._finish(turn, output if is_error else None)
 

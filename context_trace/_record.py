@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 
 __all__ = [
     "ROLES",
@@ -24,6 +24,7 @@ __all__ = [
     "Message",
     "Record",
     "Role",
+    "Span",
     "message_key",
     "new_id",
     "remember",
@@ -57,6 +58,48 @@ class Message:
     error: bool = False
 
 
+class Span(NamedTuple):
+    """
+    One model call or tool run of a turn, as the OTLP exporter needs it (#12).
+
+    Recorded only while OTLP export is on. The exporter builds a GenAI span
+    from it on the export worker; nothing here depends on OpenTelemetry. A
+    named tuple rather than a frozen dataclass: the outbox decodes every span
+    it delivers, and a tuple is built in one step (``Span._make(row)``).
+
+    Attributes:
+        id: The span id, 16 hex digits (from the run id).
+        parent_id: The enclosing span's id; None when it is the turn's root span.
+        kind: ``"chat"`` (a chat model or LLM call) or ``"tool"``.
+        name: The model (as requested) or the tool's name.
+        started_at: Epoch seconds when the run started.
+        ended_at: Epoch seconds when it ended (its start when it never ended).
+        request_model: The model the call asked for.
+        response_model: The model the response names, when it names one.
+        provider: The provider LangChain reports (``ls_provider``), if any.
+        input_tokens: Prompt tokens, when the model reports usage.
+        output_tokens: Completion tokens, when reported.
+        finish_reasons: Why each generation stopped, when reported.
+        tool_call_id: The model's id for this tool call, if any.
+        error: ``"ExcType: message"`` when the run failed.
+    """
+
+    id: str
+    parent_id: str | None
+    kind: Literal["chat", "tool"]
+    name: str
+    started_at: float
+    ended_at: float
+    request_model: str | None = None
+    response_model: str | None = None
+    provider: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    finish_reasons: tuple[str, ...] = ()
+    tool_call_id: str | None = None
+    error: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """
@@ -76,6 +119,12 @@ class Conversation:
             reports usage, ``tags``, ``error_type``/``error`` for a failed turn, and
             the scope's own metadata.
         error: ``"ExcType: message"`` when the turn failed, else None.
+        spans: The turn's model calls and tool runs with their times and
+            parents, recorded only while OTLP export is on (else empty).
+        trace_id: The trace (32 hex) of the OpenTelemetry span that was current
+            when the turn started, if any; the turn's root span is then a
+            child of *parent_span_id* in it.
+        parent_span_id: That span's id (16 hex).
     """
 
     id: str
@@ -86,6 +135,9 @@ class Conversation:
     messages: tuple[Message, ...]
     metadata: Mapping[str, str] = field(default_factory=dict)
     error: str | None = None
+    spans: tuple[Span, ...] = ()
+    trace_id: str | None = None
+    parent_span_id: str | None = None
 
     @property
     def latency_ms(self) -> int:
@@ -107,7 +159,9 @@ class Feedback:
     A rating (-1, 0 or +1) given to a session's last assistant message.
 
     ``conversation_id`` is the id of the turn that produced that message when it is
-    known in this process, else None.
+    known in this process, else None. ``trace_id`` is that turn's trace when it
+    ran inside an OpenTelemetry trace of the app's (else the trace is the turn's
+    own, whose id is ``conversation_id``).
     """
 
     id: str
@@ -116,6 +170,7 @@ class Feedback:
     rating: int
     conversation_id: str | None = None
     created_at: float = field(default_factory=time.time)
+    trace_id: str | None = None
 
 
 Record = Union[Conversation, Feedback]

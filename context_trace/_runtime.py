@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from ._pipeline import STAT_KEYS, BatchPipeline, ClosedPipeline, InlinePipeline,
 __all__ = [
     "active_config",
     "configure",
+    "current_trace_parent",
     "emit",
     "flush",
     "get_config",
@@ -108,29 +109,82 @@ def get_config() -> Config:
     return config
 
 
+def current_trace_parent() -> tuple[int, int] | None:
+    """
+    ``(trace id, span id)`` of the OpenTelemetry span current now, if any.
+
+    The handler calls it as a turn starts, only with OTLP export on (#12): one
+    context read on the request path.
+    """
+    trace = _otel_trace()
+    if trace is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return (context.trace_id, context.span_id) if context.is_valid else None
+
+
+@functools.cache
+def _otel_trace() -> Any:
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return trace
+
+
+def _otlp_sender(config: Config) -> Any:
+    """The ``otlp`` destination's sender: the app's provider, or our OTLP/HTTP."""
+    try:
+        from ._exporters import otlp
+    except ImportError as exc:
+        raise ValueError(
+            "exporter 'otlp' requires OpenTelemetry: install 'context-trace[otel]'"
+        ) from exc
+    if config.tracer_provider is not None:
+        return otlp.ProviderSender(
+            config.tracer_provider, capture_content=config.capture_content
+        )
+    return otlp.OTLPSender(
+        config.otlp_endpoint,
+        headers=config.otlp_headers,
+        resource=config.resource,
+        capture_content=config.capture_content,
+    )
+
+
 def _build_exporter(config: Config) -> Exporter:
     if config.exporter is not None:
         return config.exporter
     from ._exporters.sqlite import SQLiteExporter
 
-    if not config.token:
+    if not config.token and not config.otlp:
         return SQLiteExporter(
             config.db_path, keep_local=True, outbox_max=config.outbox_max
         )
-    from ._exporters.context_api import ContextAPIExporter
-    from ._exporters.outbox import OutboxExporter
+    from ._exporters.outbox import CONTEXT, OTLP, OutboxExporter
 
+    # The local report tables: when "sqlite" is named (sqlite,otlp), with
+    # keep_local, or when nothing is named and there is no token (the default).
+    keep_local = config.keep_local or (
+        "sqlite" in config.exporters if config.exporters else not config.token
+    )
     store = SQLiteExporter(
-        config.db_path, keep_local=config.keep_local, outbox_max=config.outbox_max
+        config.db_path, keep_local=keep_local, outbox_max=config.outbox_max
     )
-    remote = ContextAPIExporter(
-        config.token,
-        endpoint=config.endpoint,
-        allow_insecure=config.allow_insecure,
-        # Only a store that keeps delivered turns knows a session's transcript.
-        transcript_source=store.session_messages if config.keep_local else None,
-    )
-    return OutboxExporter(store, remote)
+    senders: dict[str, Any] = {}
+    if config.token:
+        from ._exporters.context_api import ContextAPIExporter
+
+        senders[CONTEXT] = ContextAPIExporter(
+            config.token,
+            endpoint=config.endpoint,
+            allow_insecure=config.allow_insecure,
+            # Only a store that keeps delivered turns knows a session's transcript.
+            transcript_source=store.session_messages if keep_local else None,
+        )
+    if config.otlp:
+        senders[OTLP] = _otlp_sender(config)
+    return OutboxExporter(store, senders=senders)
 
 
 def _new_pipeline(config: Config, exporter: Exporter) -> BatchPipeline:
@@ -211,7 +265,7 @@ def configure(
     token: str | None = UNSET,
     endpoint: str = UNSET,
     db_path: str | os.PathLike[str] = UNSET,
-    exporter: Exporter | None = UNSET,
+    exporter: Exporter | str | None = UNSET,
     sample_rate: float = UNSET,
     redact: Redactor | Sequence[str] | str | None = UNSET,
     enabled: bool = UNSET,
@@ -225,6 +279,10 @@ def configure(
     outbox_max: int = UNSET,
     shutdown_timeout: float = UNSET,
     run_metadata: bool | str = UNSET,
+    otlp_endpoint: str = UNSET,
+    otlp_headers: Mapping[str, str] = UNSET,
+    tracer_provider: Any = UNSET,
+    capture_content: bool = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -240,7 +298,11 @@ def configure(
         endpoint: Context API base URL (env ``CONTEXT_ENDPOINT``).
         db_path: The SQLite file (env ``CONTEXT_TRACE_DB``; default
             ``~/.context_trace/traces.db``).
-        exporter: An explicit exporter instance; overrides token and db_path.
+        exporter: An explicit exporter instance (overrides token and db_path), or
+            named exporters: ``"sqlite"`` (the local store), ``"otlp"``
+            (OpenTelemetry, needs ``context-trace[otel]``) or both,
+            ``"sqlite,otlp"`` (env ``CONTEXT_TRACE_EXPORTER``). A token adds
+            the Context API beside them.
         sample_rate: Fraction of sessions (and of turns outside sessions) to
             record, 0.0 to 1.0 (env ``CONTEXT_TRACE_SAMPLE_RATE``).
         redact: A ``str -> str`` callable applied to every text before it leaves
@@ -265,6 +327,15 @@ def configure(
             False, or "auto" (only while LangSmith tracing or ``collect_runs()`` is
             active, which saves LangChain's metadata propagation on every run).
             Env ``CONTEXT_TRACE_RUN_METADATA``.
+        otlp_endpoint: The OTLP/HTTP traces URL (env
+            ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, or
+            ``OTEL_EXPORTER_OTLP_ENDPOINT`` plus ``/v1/traces``; default
+            ``http://localhost:4318/v1/traces``).
+        otlp_headers: Request headers for it (env ``OTEL_EXPORTER_OTLP_HEADERS``).
+        tracer_provider: Send the spans through the app's OpenTelemetry
+            ``TracerProvider`` instead (turns OTLP export on).
+        capture_content: Put transcripts on the spans (default True; env
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
 
     Returns:
         The effective :class:`Config`.
@@ -280,7 +351,8 @@ def configure(
     # With a token the exporter is built (and its endpoint checked) now, before
     # anything changes: a rejected configuration leaves the previous one in place.
     start_now = config.enabled and (
-        (config.token and config.exporter is None) or hasattr(config.exporter, "idle")
+        ((config.token or config.otlp) and config.exporter is None)
+        or hasattr(config.exporter, "idle")
     )
     pipeline = _new_pipeline(config, _build_exporter(config)) if start_now else None
     with _STATE.lock:

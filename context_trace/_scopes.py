@@ -162,6 +162,7 @@ class Session:
 
     __slots__ = (
         "id",
+        "last_trace_id",
         "last_turn_id",
         "metadata",
         "ratings",
@@ -184,6 +185,8 @@ class Session:
         self.sampled = sampled
         #: id of the last turn recorded in this session (set by the recorder)
         self.last_turn_id: str | None = None
+        #: that turn's OpenTelemetry trace, when it ran inside the app's (#12)
+        self.last_trace_id: str | None = None
 
     def rate(self, rating: int) -> None:
         """
@@ -213,6 +216,7 @@ class Session:
                 user_id=user_id,
                 rating=int(rating),
                 conversation_id=self.last_turn_id,
+                trace_id=self.last_trace_id,
             )
         )
 

@@ -47,6 +47,12 @@ class Turn:
     output: Any = None
     error: BaseException | None = None
     ended: float = 0.0
+    # Only while OTLP export is on (#12): every run below the root, by key, as
+    # ``[parent key, start, end (0.0 until it ends), error, tool_call_id]``;
+    # ``_runtree.build_spans`` turns it into span records on the worker.
+    tree: dict[int, list[Any]] | None = None
+    # The OpenTelemetry span current when the turn started: (trace id, span id).
+    trace_parent: tuple[int, int] | None = None
 
     def __init__(
         self, run_id: UUID, scope: Scope, tags: list[str] | None, skip: bool

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from context_trace._record import Record
 
-__all__ = ["ExportResult", "Exporter"]
+__all__ = ["ExportResult", "Exporter", "Outcome", "OutcomeStatus", "Sender"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,4 +60,58 @@ class Exporter(Protocol):
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Release resources; called once, after the last ``export``."""
+        ...
+
+
+OutcomeStatus = Literal["delivered", "retry", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """
+    What happened to one record a sender tried to deliver (``export_each``).
+
+    Attributes:
+        status: ``"delivered"``; ``"retry"`` (a transient failure, or not attempted:
+            try again later); ``"failed"`` (permanent: sending it again would fail
+            the same way).
+        retry_after: For ``"retry"``, seconds to wait before trying again (the
+            server's ``Retry-After``, the circuit's remaining cool-down, or the next
+            backoff delay), else None.
+        attempts: Requests made for the record; 0 when it was not attempted (open
+            circuit, batch deadline passed, shutdown, earlier record of the same
+            session undelivered).
+        detail: A short reason, e.g. ``"HTTP 503 on /api/v1/log/conversation/thread"``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    status: OutcomeStatus
+    retry_after: float | None = None
+    attempts: int = 0
+    detail: str = ""
+
+
+@runtime_checkable
+class Sender(Protocol):
+    """
+    What the outbox delivers one destination's rows through (#12).
+
+    ``export_each`` says what happened to each record, so the outbox can delete,
+    release with a backoff, or drop and count each row; it never raises.
+    ``cooling_down`` is True while the sender would not send anything (an open
+    circuit), so the outbox leaves the rows on disk instead of claiming them.
+    """
+
+    @property
+    def cooling_down(self) -> bool:
+        """True while nothing would be sent (circuit open)."""
+        ...
+
+    def export_each(self, batch: Sequence[Record]) -> list[Outcome]:
+        """Deliver *batch* in order; one :class:`Outcome` per record; never raise."""
+        ...
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop: cut a delivery short and release resources."""
         ...

@@ -85,7 +85,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal, TypeGuard
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
@@ -101,7 +101,7 @@ from getcontext.token import Credential
 
 from context_trace._record import Conversation, Feedback, Message, Record
 
-from .base import ExportResult
+from .base import ExportResult, Outcome, OutcomeStatus
 
 __all__ = ["DEFAULT_ENDPOINT", "ContextAPIExporter", "Outcome", "OutcomeStatus"]
 
@@ -150,34 +150,6 @@ _LOG_BODY = (
     _models.PathsLi5TynApiV1LogConversationPostRequestbodyContentApplicationJsonSchema
 )
 _THREAD_BODY = _models.Paths1S2Rf6XApiV1LogConversationThreadPostRequestbodyContentApplicationJsonSchema
-
-OutcomeStatus = Literal["delivered", "retry", "failed"]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """
-    What happened to one record in :meth:`ContextAPIExporter.export_each`.
-
-    Attributes:
-        status: ``"delivered"``; ``"retry"`` (a transient failure, or not attempted:
-            try again later); ``"failed"`` (permanent: sending it again would fail
-            the same way).
-        retry_after: For ``"retry"``, seconds to wait before trying again (the
-            server's ``Retry-After``, the circuit's remaining cool-down, or the next
-            backoff delay), else None.
-        attempts: Requests made for the record; 0 when it was not attempted (open
-            circuit, batch deadline passed, shutdown, earlier record of the same
-            session undelivered).
-        detail: A short reason, e.g. ``"HTTP 503 on /api/v1/log/conversation/thread"``.
-
-    .. versionadded:: 0.1.0
-    """
-
-    status: OutcomeStatus
-    retry_after: float | None = None
-    attempts: int = 0
-    detail: str = ""
 
 
 @dataclass(slots=True)

@@ -1,8 +1,10 @@
 """
-The durable outbox: the Context API exporter behind a local SQLite queue.
+The durable outbox: remote senders (the Context API, OTLP) behind a local SQLite queue.
 
-When a token is configured, every batch is first written to the local SQLite
-file (one transaction), and only then delivered to the Context API. A row is
+When a remote destination is configured (a Context token, OTLP export), every
+batch is first written to the local SQLite file (one transaction, one row per
+record and destination), and only then delivered, each destination through its
+own sender (:class:`~.base.Sender`). A row is
 deleted after a 2xx, returned to the queue with a backoff after a transient
 failure, and deleted and counted after a permanent one. So an outage, an exit
 or a crash loses nothing that reached the disk: undelivered rows are retried
@@ -21,15 +23,20 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from context_trace import _config
 from context_trace._record import Record
 
-from .base import ExportResult
+from .base import ExportResult, Outcome, Sender
 from .context_api import DEFAULT_ENDPOINT, ContextAPIExporter
 from .sqlite import SQLiteExporter
+
+#: The destination names the outbox knows (a row's ``destination`` column).
+CONTEXT = "context"
+OTLP = "otlp"
 
 __all__ = ["OutboxExporter", "replay"]
 
@@ -50,31 +57,44 @@ Progress = Callable[[int, int], None]
 
 class OutboxExporter:
     """
-    Write every batch to the local store, then deliver it to the Context API.
+    Write every batch to the local store, then deliver it to each destination.
 
     Args:
         store: The SQLite store holding the outbox (and, with *keep_local*,
             the report tables the CLI reads).
-        remote: The Context API exporter.
+        remote: The Context API exporter (destination ``"context"``).
+        senders: More destinations by name (``{"otlp": OTLPSender(...)}``).
         claim_size: Rows delivered per attempt.
         lease_seconds: How long claimed rows stay reserved for this process;
             longer than the remote exporter's *deadline*.
 
+    Raises:
+        ValueError: no destination, or *claim_size* < 1.
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *senders*: several destinations, one outbox.
     """
 
     def __init__(
         self,
         store: SQLiteExporter,
-        remote: ContextAPIExporter,
+        remote: Sender | None = None,
         *,
+        senders: Mapping[str, Sender] | None = None,
         claim_size: int = _DEFAULT_CLAIM,
         lease_seconds: float = _DEFAULT_LEASE,
     ) -> None:
         if claim_size < 1:
             raise ValueError(f"claim_size must be at least 1, got {claim_size}")
+        named: dict[str, Sender] = {}
+        if remote is not None:
+            named[CONTEXT] = remote
+        named.update(senders or {})
+        if not named:
+            raise ValueError("OutboxExporter needs at least one destination")
         self._store = store
-        self._remote = remote
+        self._senders = named
+        self._destinations = tuple(named)
         self._claim_size = claim_size
         self._lease = lease_seconds
         self._lock = threading.Lock()
@@ -82,7 +102,7 @@ class OutboxExporter:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"OutboxExporter(store={self._store!r}, remote={self._remote!r})"
+        return f"OutboxExporter(store={self._store!r}, senders={self._senders!r})"
 
     @property
     def store(self) -> SQLiteExporter:
@@ -90,9 +110,14 @@ class OutboxExporter:
         return self._store
 
     @property
-    def remote(self) -> ContextAPIExporter:
-        """The Context API exporter."""
-        return self._remote
+    def remote(self) -> Any:
+        """The Context API exporter, else the first destination's sender."""
+        return self._senders.get(CONTEXT) or next(iter(self._senders.values()))
+
+    @property
+    def senders(self) -> Mapping[str, Sender]:
+        """The destinations by name."""
+        return dict(self._senders)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         level = logging.DEBUG if key in self._warned else logging.WARNING
@@ -111,14 +136,21 @@ class OutboxExporter:
             # records never reached the disk; count them, don't send half-closed.
             return ExportResult.failure(len(batch))
         try:
-            self._store.outbox_put(batch)
+            self._store.outbox_put(batch, self._destinations)
         except Exception:  # noqa: BLE001 - fall back to sending directly
             self._warn_once(
                 "put",
                 "context_trace: cannot write the outbox at %s; sending without a local copy",
                 self._store.path,
             )
-            return self._remote.export(batch)
+            outcomes: list[Outcome] = []
+            for sender in self._senders.values():
+                outcomes.extend(sender.export_each(batch))
+            return ExportResult(
+                exported=sum(1 for o in outcomes if o.status == "delivered"),
+                failed=sum(1 for o in outcomes if o.status != "delivered"),
+                retried=sum(max(0, o.attempts - 1) for o in outcomes),
+            )
         return ExportResult()
 
     def idle(self) -> ExportResult:
@@ -127,7 +159,8 @@ class OutboxExporter:
 
     def interrupt(self) -> None:
         """Cut a delivery short (shutdown with a backend that hangs): rows stay on disk."""
-        self._remote.shutdown(0.0)
+        for sender in self._senders.values():
+            sender.shutdown(0.0)
 
     def pending(self) -> int:
         """Rows waiting in the outbox now (pending or being delivered)."""
@@ -148,64 +181,88 @@ class OutboxExporter:
             What happened: exported, failed (permanently), retried, and pending
             (rows returned to the queue for a later attempt).
         """
-        exported = failed = retried = pending = attempted = 0
+        total = ExportResult()
         with self._lock:
-            while (limit is None or attempted < limit) and not self._closed:
-                if self._remote.cooling_down:
-                    break  # the backend keeps failing: leave the rows for later
-                size = (
-                    self._claim_size
-                    if limit is None
-                    else min(self._claim_size, limit - attempted)
+            for name in self._destinations:
+                left = None if limit is None else limit - total_attempted(total)
+                if left is not None and left <= 0:
+                    break
+                result = self._deliver_one(name, self._senders[name], left, progress)
+                total = ExportResult(
+                    exported=total.exported + result.exported,
+                    failed=total.failed + result.failed,
+                    retried=total.retried + result.retried,
+                    pending=total.pending + result.pending,
                 )
-                try:
-                    rows = self._store.outbox_claim(size, lease_seconds=self._lease)
-                except Exception:  # noqa: BLE001 - the store failing must not kill the worker
-                    self._warn_once(
-                        "claim",
-                        "context_trace: cannot read the outbox at %s",
-                        self._store.path,
+        return total
+
+    def _deliver_one(
+        self,
+        destination: str,
+        sender: Sender,
+        limit: int | None,
+        progress: Progress | None,
+    ) -> ExportResult:
+        """:meth:`deliver` for one destination's rows; call with the lock held."""
+        exported = failed = retried = pending = attempted = 0
+        while (limit is None or attempted < limit) and not self._closed:
+            if sender.cooling_down:
+                break  # the backend keeps failing: leave the rows for later
+            size = (
+                self._claim_size
+                if limit is None
+                else min(self._claim_size, limit - attempted)
+            )
+            try:
+                rows = self._store.outbox_claim(
+                    size, lease_seconds=self._lease, destination=destination
+                )
+            except Exception:  # noqa: BLE001 - the store failing must not kill the worker
+                self._warn_once(
+                    "claim",
+                    "context_trace: cannot read the outbox at %s",
+                    self._store.path,
+                )
+                break
+            if not rows:
+                break
+            attempted += len(rows)
+            outcomes = sender.export_each([record for _, record in rows])
+            done: list[int] = []
+            gone: list[int] = []
+            retry: list[int] = []
+            backoff = 0.0
+            for (row_id, _), outcome in zip(rows, outcomes, strict=True):
+                retried += max(0, outcome.attempts - 1)
+                if outcome.status == "delivered":
+                    done.append(row_id)
+                elif outcome.status == "failed":
+                    gone.append(row_id)
+                else:
+                    retry.append(row_id)
+                    backoff = max(
+                        backoff, min(outcome.retry_after or 1.0, _MAX_ROW_BACKOFF)
                     )
-                    break
-                if not rows:
-                    break
-                attempted += len(rows)
-                outcomes = self._remote.export_each([record for _, record in rows])
-                done: list[int] = []
-                gone: list[int] = []
-                retry: list[int] = []
-                backoff = 0.0
-                for (row_id, _), outcome in zip(rows, outcomes, strict=True):
-                    retried += max(0, outcome.attempts - 1)
-                    if outcome.status == "delivered":
-                        done.append(row_id)
-                    elif outcome.status == "failed":
-                        gone.append(row_id)
-                    else:
-                        retry.append(row_id)
-                        backoff = max(
-                            backoff, min(outcome.retry_after or 1.0, _MAX_ROW_BACKOFF)
-                        )
-                try:
-                    if done:
-                        self._store.outbox_done(done)
-                    if gone:
-                        self._store.outbox_fail(gone)
-                    if retry:
-                        self._store.outbox_release(retry, backoff)
-                except Exception:  # noqa: BLE001 - rows stay leased and come back later
-                    self._warn_once(
-                        "mark",
-                        "context_trace: cannot update the outbox at %s",
-                        self._store.path,
-                    )
-                exported += len(done)
-                failed += len(gone)
-                pending += len(retry)
-                if progress is not None:
-                    progress(exported, attempted)
+            try:
+                if done:
+                    self._store.outbox_done(done)
+                if gone:
+                    self._store.outbox_fail(gone, destination)
                 if retry:
-                    break  # the backend is struggling: back off instead of hammering it
+                    self._store.outbox_release(retry, backoff)
+            except Exception:  # noqa: BLE001 - rows stay leased and come back later
+                self._warn_once(
+                    "mark",
+                    "context_trace: cannot update the outbox at %s",
+                    self._store.path,
+                )
+            exported += len(done)
+            failed += len(gone)
+            pending += len(retry)
+            if progress is not None:
+                progress(exported, attempted)
+            if retry:
+                break  # the backend is struggling: back off instead of hammering it
         return ExportResult(
             exported=exported, failed=failed, retried=retried, pending=pending
         )
@@ -215,10 +272,11 @@ class OutboxExporter:
         self._lock = threading.Lock()
 
     def shutdown(self, timeout: float | None = None) -> None:
-        """Close the remote client and the store; undelivered rows stay on disk."""
+        """Close the senders and the store; undelivered rows stay on disk."""
         self._closed = True
         try:
-            self._remote.shutdown(timeout)
+            for sender in self._senders.values():
+                sender.shutdown(timeout)
         finally:
             # Wait (bounded) for a delivery in progress to finish marking its rows.
             locked = self._lock.acquire(
@@ -229,6 +287,11 @@ class OutboxExporter:
             finally:
                 if locked:
                     self._lock.release()
+
+
+def total_attempted(result: ExportResult) -> int:
+    """Rows a delivery pass attempted (the sum of its outcomes)."""
+    return result.exported + result.failed + result.pending
 
 
 def replay(
@@ -242,6 +305,10 @@ def replay(
     """
     Deliver the outbox of *db_path* now (``context-trace replay``).
 
+    Each destination with rows waiting is delivered: the Context API's with
+    *token*, OTLP's to the endpoint the ``OTEL_EXPORTER_OTLP_*`` variables name
+    (needs ``context-trace[otel]``).
+
     Args:
         db_path: The SQLite file (default: the configured one).
         token: Context API token (default: ``CONTEXT_TOKEN``/``GETCONTEXT_TOKEN``).
@@ -253,9 +320,11 @@ def replay(
         ``(delivered, failed, pending)``: pending rows stay for a later attempt.
 
     Raises:
-        ValueError: no token, or a bad endpoint.
+        ValueError: Context API rows wait and there is no token; a bad endpoint
+            or OTEL_* variable.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 Delivers every destination's rows (OTLP too).
     """
     path = Path(db_path) if db_path is not None else _config.default_db_path()
     token = (
@@ -263,19 +332,28 @@ def replay(
         or os.environ.get(_config.ENV_TOKEN)
         or os.environ.get(_config.ENV_TOKEN_ALT)
     )
-    if not token:
-        raise ValueError("token is required to replay the outbox (set CONTEXT_TOKEN)")
     endpoint = endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_ENDPOINT
     store = SQLiteExporter(path, keep_local=False)
     try:
         store.check()
-        remote = ContextAPIExporter(
-            token,
-            endpoint=endpoint,
-            allow_insecure=allow_insecure,
-            transcript_source=store.session_messages,
-        )
-        outbox = OutboxExporter(store, remote)
+        waiting = {
+            name for name, row in store.outbox_destinations().items() if row["waiting"]
+        }
+        senders: dict[str, Sender] = {}
+        if CONTEXT in waiting or not waiting:
+            if not token:
+                raise ValueError(
+                    "token is required to replay the outbox (set CONTEXT_TOKEN)"
+                )
+            senders[CONTEXT] = ContextAPIExporter(
+                token,
+                endpoint=endpoint,
+                allow_insecure=allow_insecure,
+                transcript_source=store.session_messages,
+            )
+        if OTLP in waiting:
+            senders[OTLP] = _otlp_from_environment()
+        outbox = OutboxExporter(store, senders=senders)
         # An explicit replay means "now": forget the backoff of waiting rows (rows
         # leased by a live process keep their lease).
         store._write_op(
@@ -284,7 +362,25 @@ def replay(
             )
         )
         result = outbox.deliver(progress=progress)
-        remote.shutdown(5.0)
+        for sender in senders.values():
+            sender.shutdown(5.0)
         return result.exported, result.failed, store.outbox_counts()["pending"]
     finally:
         store.shutdown()
+
+
+def _otlp_from_environment() -> Sender:
+    """An OTLP/HTTP sender configured from the ``OTEL_*`` variables."""
+    settings = _config.otlp_settings()
+    try:
+        from .otlp import OTLPSender
+    except ImportError as exc:
+        raise ValueError(
+            "the outbox holds OTLP rows: install 'context-trace[otel]' to replay them"
+        ) from exc
+    return OTLPSender(
+        settings["otlp_endpoint"],
+        headers=settings["otlp_headers"],
+        resource=settings["resource"],
+        capture_content=settings["capture_content"],
+    )

@@ -22,18 +22,23 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from context_trace._record import Message, Record
 from context_trace._store import holder, outbox
-from context_trace._store.codec import scrubbed
+from context_trace._store.codec import record_from_json, scrubbed
 from context_trace._store.connection import (
     DEFAULT_BUSY_TIMEOUT,
     open_writer,
     transaction,
 )
-from context_trace._store.reader import outbox_counts, read_session_messages
+from context_trace._store.reader import (
+    outbox_counts,
+    outbox_destinations,
+    read_session_messages,
+)
 from context_trace._store.writer import Rows, Seen, SeenCache, prepare, write
 
 from .base import ExportResult
@@ -46,6 +51,11 @@ _T = TypeVar("_T")
 _DEFAULT_OUTBOX_MAX = 100_000
 _DEFAULT_LEASE_SECONDS = 60.0
 _MAX_LOGGED_ERRORS = 64
+# Records this process queued lately, by payload text: a claim soon after the
+# put (the worker's usual rhythm) skips decoding them again, which was a quarter
+# of the OTLP export path's time. The text is the whole record (the codec round-
+# trips exactly), so a hit is the same record. A few claims' worth.
+_RECENT_PAYLOADS = 2048
 
 # Connections inherited across os.fork(). The child must neither use nor close
 # them (closing would touch the parent's locks and WAL index), so they are kept
@@ -147,6 +157,7 @@ class SQLiteExporter:
         # only touch a row while it still carries that lease (see outbox_release).
         self._leases: dict[int, float] = {}
         self._seen = SeenCache()
+        self._recent: OrderedDict[str, Record] = OrderedDict()
         _WRITERS.add(self)
 
     @property
@@ -168,6 +179,7 @@ class SQLiteExporter:
         self._pid = os.getpid()
         self._leases.clear()
         self._seen.clear()
+        self._recent.clear()
 
     def _connection(self) -> sqlite3.Connection:
         """The writer connection, opened on first use; call with the lock held."""
@@ -374,16 +386,22 @@ class SQLiteExporter:
                 self._discard_connection()
                 raise
 
-    def outbox_put(self, batch: Sequence[Record]) -> None:
+    def outbox_put(
+        self,
+        batch: Sequence[Record],
+        destinations: Sequence[str] = (outbox.DEFAULT_DESTINATION,),
+    ) -> None:
         """
         Durably queue *batch* for delivery, in one transaction.
 
-        Each record becomes a pending row. With ``keep_local`` the records are
+        Each record becomes a pending row per destination (``"context"``,
+        ``"otlp"``), delivered, retried and counted on its own. With ``keep_local`` the records are
         also stored in the report tables. When more than ``outbox_max`` rows are
         pending, the oldest pending rows are deleted and counted as ``dropped``.
 
         Args:
             batch: The records to queue.
+            destinations: Where each record goes; one row per destination.
 
         Raises:
             OSError, ValueError: If the store cannot be opened.
@@ -398,7 +416,11 @@ class SQLiteExporter:
         now = time.time()
 
         def queue(records: Sequence[Record]) -> Callable[[sqlite3.Connection], int]:
-            payloads = outbox.payloads(records, now)
+            payloads = outbox.payloads(records, now, destinations)
+            if destinations:
+                step = len(destinations)
+                for record, row in zip(records, payloads[::step], strict=True):
+                    self._remember(row[1], record)
             return lambda conn: outbox.put(conn, payloads, self._outbox_max)
 
         rows = prepare(batch if self._keep_local else ())
@@ -425,11 +447,25 @@ class SQLiteExporter:
                 self._warned_full = True
                 _logger.warning("%s (%d records)", message, dropped)
 
+    def _remember(self, payload: str, record: Record) -> None:
+        recent = self._recent
+        recent[payload] = record
+        if len(recent) > _RECENT_PAYLOADS:
+            recent.popitem(last=False)
+
+    def _decode(self, payload: str) -> Record:
+        record = self._recent.get(payload)
+        return record if record is not None else record_from_json(payload)
+
     def outbox_claim(
-        self, limit: int, lease_seconds: float = _DEFAULT_LEASE_SECONDS
+        self,
+        limit: int,
+        lease_seconds: float = _DEFAULT_LEASE_SECONDS,
+        destination: str = outbox.DEFAULT_DESTINATION,
     ) -> list[tuple[int, Record]]:
         """
-        Lease up to *limit* deliverable rows, oldest first, to this process.
+        Lease up to *limit* deliverable rows for *destination*, oldest first, to
+        this process.
 
         A row is deliverable when it is pending and its backoff has passed, or
         when an earlier lease expired (its holder crashed or hung). The lease is
@@ -440,6 +476,7 @@ class SQLiteExporter:
         Args:
             limit: Most rows to claim.
             lease_seconds: How long the rows stay reserved for this process.
+            destination: Whose rows (``"context"``, ``"otlp"``).
 
         Returns:
             ``(row_id, record)`` pairs; pass the row ids to :meth:`outbox_done`,
@@ -468,7 +505,9 @@ class SQLiteExporter:
                     " are due again",
                     freed,
                 )
-            return outbox.claim(conn, limit, lease_seconds, me)
+            return outbox.claim(
+                conn, limit, lease_seconds, me, destination, self._decode
+            )
 
         until, claimed, broken = self._write_op(op)
         if broken:
@@ -528,7 +567,11 @@ class SQLiteExporter:
         me = holder.current()
         self._write_op(lambda conn: outbox.release(conn, leases, until, me))
 
-    def outbox_fail(self, row_ids: Iterable[int]) -> None:
+    def outbox_fail(
+        self,
+        row_ids: Iterable[int],
+        destination: str = outbox.DEFAULT_DESTINATION,
+    ) -> None:
         """
         Give up on rows for good: delete them and count them as ``failed``.
 
@@ -537,6 +580,8 @@ class SQLiteExporter:
 
         Args:
             row_ids: Row ids from :meth:`outbox_claim`.
+            destination: The destination they were claimed for (its own
+                ``failed`` count goes up too).
 
         Raises:
             OSError, ValueError: If the store cannot be opened.
@@ -548,7 +593,7 @@ class SQLiteExporter:
         leases = self._lease_params(row_ids)
         if not leases:
             return
-        self._write_op(lambda conn: outbox.fail(conn, leases))
+        self._write_op(lambda conn: outbox.fail(conn, leases, destination))
 
     def outbox_counts(self) -> dict[str, int]:
         """
@@ -567,3 +612,17 @@ class SQLiteExporter:
         """
         with self._locked() as conn:
             return outbox_counts(conn)
+
+    def outbox_destinations(self) -> dict[str, dict[str, int]]:
+        """
+        The outbox per destination: ``waiting`` and ``failed`` rows of each.
+
+        Raises:
+            OSError, ValueError: If the store cannot be opened.
+            sqlite3.Error: If the read fails.
+            RuntimeError: After :meth:`shutdown`.
+
+        .. versionadded:: 0.2.0
+        """
+        with self._locked() as conn:
+            return outbox_destinations(conn)

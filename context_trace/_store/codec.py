@@ -7,7 +7,15 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from context_trace._record import ROLES, Conversation, Feedback, Message, Record, Role
+from context_trace._record import (
+    ROLES,
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    Role,
+    Span,
+)
 
 _RECORD_FORMAT = 1
 # One encoder: json.dumps() with options builds a new encoder per call.
@@ -47,6 +55,11 @@ def record_to_json(record: Record) -> str:
             "metadata": dict(record.metadata),
             "error": record.error,
         }
+        # Written only when present, so records without spans read as before.
+        if record.spans:
+            data["spans"] = [span_row(s) for s in record.spans]
+        if record.trace_id is not None:
+            data["trace"] = [record.trace_id, record.parent_span_id]
     elif isinstance(record, Feedback):
         data = {
             "v": _RECORD_FORMAT,
@@ -58,6 +71,8 @@ def record_to_json(record: Record) -> str:
             "conversation_id": record.conversation_id,
             "created_at": record.created_at,
         }
+        if record.trace_id is not None:
+            data["trace_id"] = record.trace_id
     else:
         raise TypeError(f"not a context_trace record: {type(record).__name__}")
     return JSON.encode(data)
@@ -100,6 +115,9 @@ def record_from_json(text: str) -> Record:
                 ),
                 metadata={_str(k): _str(v) for k, v in data["metadata"].items()},
                 error=_opt_str(data["error"]),
+                spans=tuple(_span(row) for row in data.get("spans", ())),
+                trace_id=_opt_str(data.get("trace", (None, None))[0]),
+                parent_span_id=_opt_str(data.get("trace", (None, None))[1]),
             )
         if kind == "feedback":
             return Feedback(
@@ -109,10 +127,33 @@ def record_from_json(text: str) -> Record:
                 rating=int(data["rating"]),
                 conversation_id=_opt_str(data["conversation_id"]),
                 created_at=float(data["created_at"]),
+                trace_id=_opt_str(data.get("trace_id")),
             )
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a serialised context_trace record: {exc!r}") from exc
     raise ValueError(f"not a serialised context_trace record: type {kind!r}")
+
+
+def span_row(s: Span) -> list[Any]:
+    """A span as stored: its fields in order (see :class:`Span`)."""
+    return list(s)
+
+
+_SPAN_FIELDS = len(Span._fields)
+
+
+def _span(row: list[Any]) -> Span:
+    if (
+        len(row) != _SPAN_FIELDS
+        or row[2] not in ("chat", "tool")
+        or not isinstance(row[0], str)
+        or not isinstance(row[3], str)
+    ):
+        raise ValueError(f"not a stored span: {row!r}")
+    row[4] = float(row[4])
+    row[5] = float(row[5])
+    row[11] = tuple(_str(r) for r in row[11])
+    return Span._make(row)
 
 
 def _str(value: object) -> str:

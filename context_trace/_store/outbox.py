@@ -1,10 +1,16 @@
-"""The outbox's SQL side: queue, lease, settle, bound and count pending records."""
+"""
+The outbox's SQL side: queue, lease, settle, bound and count pending records.
+
+Every row names its destination (``context``, ``otlp``): a record queued for
+several destinations is one row per destination, and each destination's rows
+are claimed, released and failed on their own (#12).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from context_trace._record import Record
 
@@ -16,25 +22,44 @@ from .connection import insert_rows
 # over them), then their payloads by id.
 _SELECT_DUE = (
     "SELECT o.id, o.payload FROM outbox o WHERE o.id IN (SELECT id FROM outbox"
-    " INDEXED BY outbox_due WHERE lease_until <= ? ORDER BY id LIMIT ?)"
-    " ORDER BY o.id"
+    " INDEXED BY outbox_destination_due WHERE destination = ? AND lease_until <= ?"
+    " ORDER BY id LIMIT ?) ORDER BY o.id"
 )
+#: The destination of rows written without one (and of every row of a v2 file).
+DEFAULT_DESTINATION = "context"
 _ADD_TO_COUNTER = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value"
 )
 
 
-def payloads(records: Sequence[Record], now: float) -> list[tuple[str, str, float]]:
-    """The outbox rows of *records*, serialised before any lock is taken."""
-    return [(r.id, record_to_json(r), now) for r in records]
+def failed_key(destination: str) -> str:
+    """The ``meta`` counter of rows failed for *destination* (``failed`` is the total)."""
+    return f"failed:{destination}"
+
+
+def payloads(
+    records: Sequence[Record],
+    now: float,
+    destinations: Sequence[str] = (DEFAULT_DESTINATION,),
+) -> list[tuple[str, str, float, str]]:
+    """The outbox rows of *records*, serialised once, before any lock is taken."""
+    rows: list[tuple[str, str, float, str]] = []
+    for r in records:
+        payload = record_to_json(r)
+        rows.extend((r.id, payload, now, d) for d in destinations)
+    return rows
 
 
 def put(
-    conn: sqlite3.Connection, rows: Sequence[tuple[str, str, float]], outbox_max: int
+    conn: sqlite3.Connection,
+    rows: Sequence[tuple[str, str, float, str]],
+    outbox_max: int,
 ) -> int:
     """Queue *rows* as pending; return how many of the oldest the bound dropped."""
-    insert_rows(conn, "INSERT INTO outbox (record_id, payload, created_at)", rows)
+    insert_rows(
+        conn, "INSERT INTO outbox (record_id, payload, created_at, destination)", rows
+    )
     return enforce_bound(conn, outbox_max)
 
 
@@ -93,11 +118,17 @@ def free_dead_holders(conn: sqlite3.Connection, me: str) -> int:
 
 
 def claim(
-    conn: sqlite3.Connection, limit: int, lease_seconds: float, me: str
+    conn: sqlite3.Connection,
+    limit: int,
+    lease_seconds: float,
+    me: str,
+    destination: str = DEFAULT_DESTINATION,
+    decode: Callable[[str], Record] = record_from_json,
 ) -> tuple[float, list[tuple[int, Record]], int]:
     """
-    Lease up to *limit* deliverable rows, oldest first, to holder *me*; the
-    caller holds a write transaction.
+    Lease up to *limit* deliverable rows for *destination*, oldest first, to
+    holder *me*; the caller holds a write transaction. *decode* turns a payload
+    back into its record (``record_from_json``, or a cache in front of it).
 
     Returns:
         The lease's end, the ``(row_id, record)`` pairs claimed, and how many
@@ -105,12 +136,12 @@ def claim(
     """
     now = time.time()
     until = now + lease_seconds
-    rows = conn.execute(_SELECT_DUE, (now, limit)).fetchall()
+    rows = conn.execute(_SELECT_DUE, (destination, now, limit)).fetchall()
     claimed: list[tuple[int, Record]] = []
     broken: list[tuple[int]] = []
     for row_id, payload in rows:
         try:
-            claimed.append((row_id, record_from_json(payload)))
+            claimed.append((row_id, decode(payload)))
         except ValueError:
             broken.append((row_id,))
     conn.executemany(
@@ -121,6 +152,7 @@ def claim(
     if broken:
         conn.executemany("DELETE FROM outbox WHERE id = ?", broken)
         conn.execute(_ADD_TO_COUNTER, ("failed", len(broken)))
+        conn.execute(_ADD_TO_COUNTER, (failed_key(destination), len(broken)))
     return until, claimed, len(broken)
 
 
@@ -149,7 +181,11 @@ def release(
     )
 
 
-def fail(conn: sqlite3.Connection, leases: Sequence[tuple[int, float | None]]) -> None:
+def fail(
+    conn: sqlite3.Connection,
+    leases: Sequence[tuple[int, float | None]],
+    destination: str = DEFAULT_DESTINATION,
+) -> None:
     """Delete ``(row_id, lease)`` rows for good and count them as ``failed``."""
     before = conn.total_changes
     conn.executemany(
@@ -159,3 +195,4 @@ def fail(conn: sqlite3.Connection, leases: Sequence[tuple[int, float | None]]) -
     deleted = conn.total_changes - before
     if deleted:
         conn.execute(_ADD_TO_COUNTER, ("failed", deleted))
+        conn.execute(_ADD_TO_COUNTER, (failed_key(destination), deleted))

@@ -105,6 +105,31 @@ def outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+def outbox_destinations(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """
+    Per destination: rows ``waiting`` now (pending or leased) and ``failed`` in total.
+
+    Every destination that has rows waiting or ever failed a row is listed; a
+    file written before destinations existed (v2) lists its rows as ``context``.
+    """
+    out: dict[str, dict[str, int]] = {}
+    try:
+        waiting = conn.execute(
+            "SELECT destination, count(*) FROM outbox GROUP BY destination"
+        ).fetchall()
+    except sqlite3.OperationalError:  # a v2 file opened read-only
+        waiting = conn.execute("SELECT 'context', count(*) FROM outbox").fetchall()
+    for name, n in waiting:
+        if n:
+            out[str(name)] = {"waiting": int(n), "failed": 0}
+    for key, value in conn.execute(
+        "SELECT key, value FROM meta WHERE key LIKE 'failed:%'"
+    ):
+        name = str(key).split(":", 1)[1]
+        out.setdefault(name, {"waiting": 0, "failed": 0})["failed"] = int(value)
+    return dict(sorted(out.items()))
+
+
 class SQLiteReader:
     """
     Read-only queries over a context_trace SQLite store.
@@ -377,6 +402,22 @@ class SQLiteReader:
             " FROM conversations GROUP BY day ORDER BY day"
         )
         return [DayStats(*row) for row in rows]
+
+    def outbox_destinations(self) -> dict[str, dict[str, int]]:
+        """
+        The outbox per destination: ``waiting`` and ``failed`` rows of each.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.2.0
+        """
+        try:
+            return outbox_destinations(self._conn)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(
+                f"cannot read context_trace database {self._path}: {exc}"
+            ) from exc
 
     def outbox_counts(self) -> dict[str, int]:
         """

@@ -6,7 +6,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Literal
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Written to the header's application_id field ("ctrc"): tells our files apart
 # from other SQLite databases without reading any table.
 APPLICATION_ID = 0x63747263
@@ -155,9 +155,29 @@ def _add_lease_holders(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_destinations(conn: sqlite3.Connection) -> None:
+    """
+    v3: each outbox row names the destination it is for (#12).
+
+    One outbox serves several senders (the Context API, an OTLP backend): a
+    record queued for two of them is two rows, claimed, retried and counted per
+    destination. Rows of a v2 file were all for the Context API. Claims find a
+    destination's due rows through ``outbox_destination_due`` (which replaces
+    ``outbox_due``).
+    """
+    conn.execute(
+        "ALTER TABLE outbox ADD COLUMN destination TEXT NOT NULL DEFAULT 'context'"
+    )
+    conn.execute("DROP INDEX IF EXISTS outbox_due")
+    conn.execute(
+        "CREATE INDEX outbox_destination_due ON outbox (destination, lease_until)"
+    )
+
+
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _create_v1,
     2: _add_lease_holders,
+    3: _add_destinations,
 }
 
 

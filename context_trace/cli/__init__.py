@@ -9,7 +9,7 @@ else ``~/.context_trace/traces.db``)::
     context-trace show SESSION_OR_TURN_ID  a transcript
     context-trace export --format csv      every conversation, for a spreadsheet
     context-trace stats                    totals per day
-    context-trace outbox                   records waiting for the Context API
+    context-trace outbox                   records waiting for delivery (Context API, OTLP)
     context-trace replay                   deliver them now
     context-trace demo                     record a demo app's traffic
     context-trace ui                       the same, in a local web dashboard
@@ -138,9 +138,17 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add("stats", "totals per day (UTC)", as_json)
-    add("outbox", "records waiting for the Context API, and dropped ones", as_json)
+    add(
+        "outbox",
+        "records waiting for delivery (Context API, OTLP), and dropped ones",
+        as_json,
+    )
 
-    replay = add("replay", "deliver the outbox to the Context API now")
+    replay = add(
+        "replay",
+        "deliver the outbox now (Context API rows need a token; OTLP rows go to"
+        " the OTEL_EXPORTER_OTLP_* endpoint)",
+    )
     replay.add_argument(
         "--token",
         help=f"Context API token (default: ${_config.ENV_TOKEN}; prefer it, since "

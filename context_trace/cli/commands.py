@@ -376,9 +376,14 @@ def _cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
-    counts = _read(_db_path(args), lambda r: r.outbox_counts())
+    path = _db_path(args)
+    counts = _read(path, lambda r: r.outbox_counts())
+    per = _read(path, lambda r: r.outbox_destinations())
+    # Per destination only when there is more than the Context API (#12), so a
+    # Context-only outbox prints as it always did.
+    several = any(name != "context" for name in per)
     if args.json:
-        _print_json(counts, out)
+        _print_json({**counts, "destinations": per} if several else counts, out)
         return _EXIT_OK
     labels = {
         "pending": "waiting for delivery",
@@ -388,6 +393,12 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     }
     for key, value in counts.items():
         print(f"{key:<8} {value:>8}  {labels.get(key, '')}".rstrip(), file=out)
+    if several:
+        for name, row in per.items():
+            print(
+                f"  {name:<8} {row['waiting']:>6} waiting, {row['failed']} failed",
+                file=out,
+            )
     return _EXIT_OK
 
 
@@ -398,7 +409,9 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         or os.environ.get(_config.ENV_TOKEN_ALT)
         or ""
     ).strip()  # as configure() does: a trailing newline from a secrets file is fine
-    if not token:
+    per = _read(_db_path(args), lambda r: r.outbox_destinations())
+    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says (#12).
+    if not token and (not per or per.get("context", {}).get("waiting", 0)):
         raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",
             _EXIT_USAGE,

@@ -1,0 +1,6 @@
+"""OpenTelemetry export (#12); skipped without the ``otel`` extra."""
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk")
+pytest.importorskip("opentelemetry.proto")
