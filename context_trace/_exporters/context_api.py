@@ -74,7 +74,6 @@ with message ids returned at ingestion instead, which the client cannot express.
 
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import logging
 import math
@@ -101,7 +100,7 @@ from getcontext.token import Credential
 
 from context_trace._record import Conversation, Feedback, Message, Record
 
-from .base import ExportResult, Outcome, OutcomeStatus
+from .base import ExportResult, Outcome, OutcomeStatus, retry_after_seconds
 
 __all__ = ["DEFAULT_ENDPOINT", "ContextAPIExporter", "Outcome", "OutcomeStatus"]
 
@@ -715,25 +714,11 @@ def _merge(
 
 
 def _retry_after(exc: HttpResponseError) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), if any."""
+    """Seconds from the response's ``Retry-After`` header, if any."""
     headers = getattr(exc.response, "headers", None)
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
+    return retry_after_seconds(
+        headers.get("Retry-After") if headers is not None else None
+    )
 
 
 # -- argument checks -----------------------------------------------------------------

@@ -19,11 +19,9 @@ worker, both built on the mapping of ``genai.py``:
 
 from __future__ import annotations
 
-import email.utils
 import functools
 import importlib.metadata
 import logging
-import math
 import random
 import threading
 import time
@@ -31,13 +29,12 @@ import urllib.error
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from context_trace._log import log_once
 from context_trace._record import Conversation, Record
 
-from .base import Outcome
+from .base import Outcome, retry_after_seconds
 from .genai import record_spans
 from .otlp_wire import encode_spans
 from .semconv import SERVICE_NAME
@@ -91,26 +88,6 @@ def encode_request(
         span for record in records for span in record_spans(record, capture_content)
     ]
     return encode_spans(spans, resource, _SCOPE_NAME, _scope_version())
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), if any."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 # -- the OTLP/HTTP sender ------------------------------------------------------------
