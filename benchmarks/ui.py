@@ -129,14 +129,17 @@ def _migrate_a_v1_copy(
     Seconds for a writer to open a v1 copy of the store, and its rate after.
 
     The copy is made a v1 file (0.1's layout: the outbox without its holder
-    column) and migrated in place by the first writer that opens it.
+    and destination columns) and migrated in place by the first writer that opens it.
     """
     copy = path.with_name(path.name + ".v1")
     source = sqlite3.connect(path)
     target = sqlite3.connect(copy)
     source.backup(target)
     source.close()
-    target.execute("DROP INDEX outbox_holder")
+    target.execute("DROP INDEX outbox_destination_due")  # v3
+    target.execute("ALTER TABLE outbox DROP COLUMN destination")
+    target.execute("CREATE INDEX outbox_due ON outbox (lease_until)")
+    target.execute("DROP INDEX outbox_holder")  # v2
     target.execute("ALTER TABLE outbox DROP COLUMN holder")
     target.execute("PRAGMA user_version = 1")
     target.commit()
