@@ -167,29 +167,36 @@ def main(
         raise UIError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from None
-    bound = server.effective_port
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{bound}/"
-    print(f"context-trace ui: serving {db} read-only at {url}", file=out)
-    if token:
-        print("A token is required: open the URL and enter it.", file=out)
-    print("Press Ctrl-C to stop.", file=out)
-    out.flush()
-    if open_browser:
-        webbrowser.open(url)
 
     def _stop(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    # SIGTERM (a service manager) stops it as cleanly as Ctrl-C.
+    # SIGTERM (a service manager) stops it as cleanly as Ctrl-C. Both are
+    # handled from before the URL is printed: a Ctrl-C the moment the URL
+    # appears is still a clean stop, not a traceback or status 130.
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
+        bound = server.effective_port
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{bound}/"
+        print(f"context-trace ui: serving {db} read-only at {url}", file=out)
+        if token:
+            print("A token is required: open the URL and enter it.", file=out)
+        print("Press Ctrl-C to stop.", file=out)
+        out.flush()
+        if open_browser:
+            webbrowser.open(url)
         server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.close()
-        index.close()
+        # A second Ctrl-C while closing must not leave the index open.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            server.close()
+            index.close()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous)
     print("context-trace ui: stopped", file=out)
     return 0

@@ -261,3 +261,28 @@ def test_analytics_needs_a_built_index(tmp_path: Path):
     sqlite3.connect(plain).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(ValueError, match=r"plain\.db is not a context_trace store"):
         UIIndex(plain)
+
+
+def test_ctrl_c_right_after_the_url_is_clean(store_path: Path, tmp_path: Path):
+    """Ctrl-C the moment the URL is printed (before the loop runs) still stops
+    cleanly: status 0, the port released, the index closed."""
+    import io
+    import socket
+
+    from context_trace.ui.serve import main as serve
+
+    class CtrlCOnFlush(io.StringIO):
+        def flush(self) -> None:
+            if "Press Ctrl-C" in self.getvalue():
+                raise KeyboardInterrupt
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = CtrlCOnFlush()
+    code = serve(store_path, port=port, out=out, index_path=tmp_path / "i.db")
+
+    assert 0 == code
+    assert out.getvalue().endswith("context-trace ui: stopped\n")
+    with socket.socket() as again:  # the listening socket was closed
+        again.bind(("127.0.0.1", port))
