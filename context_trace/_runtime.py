@@ -141,6 +141,7 @@ def _new_pipeline(config: Config, exporter: Exporter) -> BatchPipeline:
         max_batch=config.max_batch,
         flush_interval=config.flush_interval,
         shutdown_timeout=config.shutdown_timeout,
+        backpressure_timeout=config.backpressure_timeout,
     )
     if hasattr(exporter, "idle"):
         # An outbox may hold rows from an earlier process: deliver now.
@@ -224,6 +225,7 @@ def configure(
     outbox_max: int = UNSET,
     shutdown_timeout: float = UNSET,
     run_metadata: bool | str = UNSET,
+    backpressure_timeout: float = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -262,6 +264,10 @@ def configure(
         run_metadata: Put user_id/session_id into every LangChain run's metadata:
             True, False, or "auto" (default; only while LangSmith tracing or
             ``collect_runs()`` is active). Env ``CONTEXT_TRACE_RUN_METADATA``.
+        backpressure_timeout: Seconds a finished turn may wait for room when the
+            queue is at its high-water mark (``2 * max_batch``), so an
+            overloaded worker catches up instead of dropping; 0 never waits
+            (env ``CONTEXT_TRACE_BACKPRESSURE_TIMEOUT``).
 
     Returns:
         The effective :class:`Config`.
@@ -337,7 +343,9 @@ def stats() -> dict[str, int]:
 
     Returns:
         ``enqueued``, ``exported``, ``dropped``, ``failed``, ``retried``,
-        ``pending`` (kept in the outbox for later) and ``queued`` (in memory now).
+        ``pending`` (kept in the outbox for later), ``queued`` (in memory now),
+        ``waited`` (turns that waited for room at the high-water mark) and
+        ``waited_ms`` (their total wait).
 
     .. versionadded:: 0.1.0
     """
