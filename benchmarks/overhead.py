@@ -1,7 +1,8 @@
 """
 Per-invoke overhead of recording, as ratios against the bare chain (same run).
 
-    python benchmarks/overhead.py [--ops 300] [--rounds 15] [--mem-turns 100000]
+    python benchmarks/overhead.py [--ops 300] [--rounds 15] [--mem-turns 20000]
+                                  [--mem-session-turns N] [--mem-only]
 
 Chain: ``ChatPromptTemplate | ParrotFakeChatModel | StrOutputParser``. Rows, run
 interleaved in a freshly shuffled order every round so machine noise hits all
@@ -27,8 +28,10 @@ of them alike:
 Each row is measured for ``invoke`` and ``ainvoke``. The report prints the
 median µs per call, the ratio to bare (median over rounds of per-round ratios),
 and how much the recorder adds compared with what the no-op handler adds.
-Finally a child process runs ``--mem-turns`` turns in one long-lived scope and
-prints RSS growth between the first and the second half (flat means no leak).
+Finally a child process runs ``--mem-turns`` turns in one long-lived scope, and
+another with a ``context_session`` every 5 turns, and each prints its RSS growth
+after 500 warm-up turns (the target is <= 3 MiB for 20,000 turns) and its live
+objects per checkpoint (flat means no leak).
 
 Run by hand; not part of the test suite.
 """
@@ -191,14 +194,18 @@ async def time_async(factory: Callable[[], Any], n: int) -> float:
     return statistics.median(samples) / 1000.0
 
 
-def mem_child(turns: int) -> None:
+def mem_child(turns: int, session_turns: int) -> None:
     """
-    Run *turns* turns in one long-lived scope; print JSON with RSS and live objects.
+    Run *turns* turns in one process; print JSON with RSS and live objects.
 
-    Five checkpoints, each after a fifth of the turns, a flush and a gc: retained
-    memory that grows with the number of turns shows as a rising trend from the
-    second checkpoint on (the first includes one-off warm-up allocations).
+    500 warm-up turns first (imports, the store's schema, the worker), then a
+    baseline, then five checkpoints, each after a fifth of the turns, a flush and
+    a gc. ``growth`` is the RSS at the last checkpoint minus the baseline (what a
+    long-lived web worker pays); retained memory that grows with the number of
+    turns shows as a rising trend from the second checkpoint on. With
+    *session_turns*, every that many turns share one ``context_session``.
     """
+    import contextlib
     import gc
 
     import context_trace as ct
@@ -212,25 +219,86 @@ def mem_child(turns: int) -> None:
                     return int(line.split()[1])
         return -1
 
+    session: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+
+    def turn(i: int) -> None:
+        nonlocal session
+        if session_turns and i % session_turns == 0:
+            session.__exit__(None, None, None)
+            session = ct.context_session()
+            session.__enter__()
+        chain.invoke(QUESTION)
+
     marks: list[dict[str, int]] = []
     flushed = True
     with ct.track_user("mem-user") as scope:
+        for i in range(500):
+            turn(i)
+        flushed = ct.flush(60) and flushed
+        gc.collect()
+        base = rss()
+        done = 500
         for _checkpoint in range(5):
             for i in range(turns // 5):
-                chain.invoke(QUESTION)
+                turn(done)
+                done += 1
                 if i % 2000 == 1999:
                     flushed = ct.flush(60) and flushed  # keep the queue short
             flushed = ct.flush(60) and flushed
             gc.collect()
             marks.append({"rss_kib": rss(), "objects": len(gc.get_objects())})
+        session.__exit__(None, None, None)
         active = scope.handler.active_turns if scope.handler is not None else 0
     stats = ct.stats()
     ct.shutdown(30)
     print(
         json.dumps(
-            {"marks": marks, "active_turns": active, "stats": stats, "flushed": flushed}
+            {
+                "base_rss_kib": base,
+                "growth_kib": marks[-1]["rss_kib"] - base,
+                "marks": marks,
+                "active_turns": active,
+                "stats": stats,
+                "flushed": flushed,
+            }
         )
     )
+
+
+def run_mem(turns: int, session_turns: int) -> dict[str, Any]:
+    """Run :func:`mem_child` in a fresh process and print its checkpoints."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--mem-child",
+            str(turns),
+            "--mem-session-turns",
+            str(session_turns),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ.copy(),
+    )
+    mem: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    marks = mem["marks"]
+    step = turns // 5
+    shape = f"sessions of {session_turns} turns" if session_turns else "one scope"
+    print(f"memory: {turns} turns ({shape}) after 500 warm-up turns:")
+    print(f"  baseline: RSS {mem['base_rss_kib']:>7} KiB")
+    for n, mark in enumerate(marks, 1):
+        print(
+            f"  after {n * step:>7} turns: RSS {mark['rss_kib']:>7} KiB, live objects {mark['objects']:>8}"
+        )
+    print(
+        f"  growth over the {turns} turns: RSS {mem['growth_kib']} KiB"
+        f" ({mem['growth_kib'] / 1024:.1f} MiB); from checkpoint 2 to 5:"
+        f" RSS {marks[-1]['rss_kib'] - marks[1]['rss_kib']} KiB, "
+        f"objects {marks[-1]['objects'] - marks[1]['objects']}; active turns left {mem['active_turns']}; "
+        f"exported {mem['stats']['exported']}, dropped {mem['stats']['dropped']}"
+    )
+    return mem
 
 
 def main() -> None:
@@ -241,8 +309,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument(
-        "--mem-turns", type=int, default=100_000, help="0 skips the memory check"
+        "--mem-turns", type=int, default=20_000, help="0 skips the memory check"
     )
+    ap.add_argument(
+        "--mem-session-turns",
+        type=int,
+        default=None,
+        help="turns per context_session in the memory check (default: both"
+        " without sessions and with sessions of 5 turns; 0: without only)",
+    )
+    ap.add_argument("--mem-only", action="store_true", help="skip the timing rows")
     ap.add_argument("--mem-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out")
     ap.add_argument(
@@ -259,7 +335,12 @@ def main() -> None:
     for var in ("CONTEXT_TOKEN", "GETCONTEXT_TOKEN"):
         os.environ.pop(var, None)
     if args.mem_child:
-        mem_child(args.mem_child)
+        mem_child(args.mem_child, args.mem_session_turns or 0)
+        return
+    shapes = [0, 5] if args.mem_session_turns is None else [args.mem_session_turns]
+    if args.mem_only:
+        for session_turns in shapes:
+            run_mem(args.mem_turns, session_turns)
         return
 
     import context_trace as ct
@@ -324,34 +405,10 @@ def main() -> None:
     ct.shutdown(30)
 
     if args.mem_turns:
-        out = subprocess.run(
-            [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--mem-child",
-                str(args.mem_turns),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=os.environ.copy(),
-        )
-        mem = json.loads(out.stdout.strip().splitlines()[-1])
-        marks = mem["marks"]
-        step = args.mem_turns // 5
-        print(
-            f"memory: {args.mem_turns} turns in one scope, checkpoints every {step} turns:"
-        )
-        for n, mark in enumerate(marks, 1):
-            print(
-                f"  after {n * step:>7} turns: RSS {mark['rss_kib']:>7} KiB, live objects {mark['objects']:>8}"
-            )
-        print(
-            f"  growth from checkpoint 2 to 5: RSS {marks[-1]['rss_kib'] - marks[1]['rss_kib']} KiB, "
-            f"objects {marks[-1]['objects'] - marks[1]['objects']}; active turns left {mem['active_turns']}; "
-            f"exported {mem['stats']['exported']}, dropped {mem['stats']['dropped']}"
-        )
-        report["memory"] = mem
+        report["memory"] = {
+            str(session_turns): run_mem(args.mem_turns, session_turns)
+            for session_turns in shapes
+        }
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)

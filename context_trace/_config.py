@@ -24,6 +24,7 @@ from ._redact import builtin_redactor
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "ENV_BACKPRESSURE_TIMEOUT",
     "ENV_DB",
     "ENV_DISABLED",
     "ENV_ENDPOINT",
@@ -67,6 +68,7 @@ ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 #: The named exporters ``exporter=`` / ``CONTEXT_TRACE_EXPORTER`` accept.
 EXPORTER_NAMES = ("sqlite", "otlp")
 DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+ENV_BACKPRESSURE_TIMEOUT = "CONTEXT_TRACE_BACKPRESSURE_TIMEOUT"
 # LangSmith/LangChain switches that turn tracing on from the environment.
 _TRACING_ENV = (
     "LANGSMITH_TRACING",
@@ -82,6 +84,10 @@ _DEFAULT_MAX_BATCH = 512
 _DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 _DEFAULT_SERVERLESS_TIMEOUT = 2.0
 _DEFAULT_OUTBOX_MAX = 100_000
+# Seconds an emit at the queue's high-water mark waits for the worker (see
+# _pipeline.py): long enough for the worker to take a batch when app threads
+# hold the GIL, short enough to stay invisible next to a real model call.
+_DEFAULT_BACKPRESSURE_TIMEOUT = 0.1
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -122,6 +128,7 @@ class Config:
     outbox_max: int = _DEFAULT_OUTBOX_MAX
     shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT
     run_metadata: bool | str = True
+    backpressure_timeout: float = _DEFAULT_BACKPRESSURE_TIMEOUT
     #: "auto" resolved once from the environment: is LangSmith tracing on?
     env_tracing: bool = False
     #: named exporters (``exporter="sqlite,otlp"``); empty: the default choice
@@ -376,6 +383,7 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         (ENV_SAMPLE_RATE, "sample_rate", float),
         (ENV_MAX_QUEUE, "max_queue", int),
         (ENV_FLUSH_INTERVAL, "flush_interval", float),
+        (ENV_BACKPRESSURE_TIMEOUT, "backpressure_timeout", float),
     ):
         number = _env_number(env, kind)
         if number is not None:
@@ -435,7 +443,12 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
     for key in ("max_queue", "max_batch", "outbox_max"):
         if key in values:
             _check_number(key, values[key], low=1, integer=True)
-    for key in ("flush_interval", "serverless_timeout", "shutdown_timeout"):
+    for key in (
+        "flush_interval",
+        "serverless_timeout",
+        "shutdown_timeout",
+        "backpressure_timeout",
+    ):
         if key in values:
             _check_number(key, values[key], low=0.0, low_open=key == "flush_interval")
     if "redact" in values:

@@ -10,9 +10,9 @@ a session's prompt re-sends, and redaction.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -72,8 +72,14 @@ _HEADER_PARAMS = ("extra_headers", "headers", "default_headers")
 _USER_HEADERS = frozenset({"user-id", "x-user-id"})
 _SESSION_HEADERS = frozenset({"session-id", "x-session-id"})
 # The last system prompt of this many recent sessions is kept (least recently
-# used dropped first) to record a system prompt only when it changes.
+# used dropped first) to record a system prompt only when it changes, within
+# _SESSIONS_MAX_BYTES of memory (~900 sessions with 32-character ids): every
+# web worker pays it.
 _SESSIONS_MAX = 10_000
+_SESSIONS_MAX_BYTES = 256 * 1024
+# What an entry costs besides its id: the hash and the OrderedDict entry (and
+# its share of the table), measured with tracemalloc.
+_SESSION_ENTRY_BYTES = 200
 
 # A model call as the handler keeps it: (run key, input messages or prompt,
 # serialized, metadata, invocation params).
@@ -403,37 +409,57 @@ def header_ids(params: Any) -> tuple[str | None, str | None]:
 
 class _SessionSystems:
     """
-    The last system prompt recorded per session id: a bounded LRU, locked.
+    The last system prompt recorded per session id: an LRU bounded in bytes, locked.
 
     Keyed by id, not kept on the ``Session`` object: web integrations (and
     ``context_session(session_id=...)`` on a request handler) open a fresh
     ``Session`` for every request of the same conversation, and framework or
-    header sessions have no object at all. A digest is kept, not the text.
+    header sessions have no object at all. The prompt's 64-bit hash is kept,
+    not the text (one process only, so the hash seed does not matter). A
+    session evicted records its system prompt once more on its next turn (the
+    local store's history de-duplication then drops it again).
+
+    Args:
+        maxsize: The most sessions kept.
+        max_bytes: The most memory the entries may hold (each counted as its
+            id plus a fixed overhead).
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, max_bytes: int = _SESSIONS_MAX_BYTES) -> None:
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
-        self._last: OrderedDict[str, bytes] = OrderedDict()
+        self._last: OrderedDict[str, int] = OrderedDict()
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated bytes the entries hold now."""
+        return self._bytes
 
     def changed(self, session_id: str, text: str) -> bool:
         """Whether *text* differs from the session's last system prompt (then keep it)."""
-        digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=16)
-        value = digest.digest()
+        value = hash(text)
         with self._lock:
             last = self._last.get(session_id)
             if last is not None:
                 self._last.move_to_end(session_id)
                 if last == value:
                     return False
+            else:
+                self._bytes += sys.getsizeof(session_id) + _SESSION_ENTRY_BYTES
             self._last[session_id] = value
-            if len(self._last) > self._maxsize:
-                self._last.popitem(last=False)
+            while self._last and (
+                len(self._last) > self._maxsize or self._bytes > self._max_bytes
+            ):
+                evicted, _ = self._last.popitem(last=False)
+                self._bytes -= sys.getsizeof(evicted) + _SESSION_ENTRY_BYTES
             return True
 
     def clear(self) -> None:
         with self._lock:
             self._last.clear()
+            self._bytes = 0
 
 
 _SESSION_SYSTEMS = _SessionSystems(_SESSIONS_MAX)

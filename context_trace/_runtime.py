@@ -195,6 +195,7 @@ def _new_pipeline(config: Config, exporter: Exporter) -> BatchPipeline:
         max_batch=config.max_batch,
         flush_interval=config.flush_interval,
         shutdown_timeout=config.shutdown_timeout,
+        backpressure_timeout=config.backpressure_timeout,
     )
     if hasattr(exporter, "idle"):
         # An outbox may hold rows from an earlier process: deliver now.
@@ -283,6 +284,7 @@ def configure(
     otlp_headers: Mapping[str, str] = UNSET,
     tracer_provider: Any = UNSET,
     capture_content: bool = UNSET,
+    backpressure_timeout: float = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -336,6 +338,10 @@ def configure(
             ``TracerProvider`` instead (turns OTLP export on).
         capture_content: Put transcripts on the spans (default True; env
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
+        backpressure_timeout: Seconds a finished turn may wait for room when the
+            queue is at its high-water mark (``2 * max_batch``), so an
+            overloaded worker catches up instead of dropping; 0 never waits
+            (env ``CONTEXT_TRACE_BACKPRESSURE_TIMEOUT``).
 
     Returns:
         The effective :class:`Config`.
@@ -412,7 +418,9 @@ def stats() -> dict[str, int]:
 
     Returns:
         ``enqueued``, ``exported``, ``dropped``, ``failed``, ``retried``,
-        ``pending`` (kept in the outbox for later) and ``queued`` (in memory now).
+        ``pending`` (kept in the outbox for later), ``queued`` (in memory now),
+        ``waited`` (turns that waited for room at the high-water mark) and
+        ``waited_ms`` (their total wait).
 
     .. versionadded:: 0.1.0
     """

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -172,6 +173,108 @@ class TestBackpressure:
         assert [f"r{i}" for i in range(11)] == exporter.ids
         drops = [r for r in caplog.records if "dropping" in r.getMessage()]
         assert 1 == len(drops)
+
+
+class SlowExporter:
+    """Takes 5 ms per batch: much slower than many app threads can record."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.users: list[str | None] = []
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        time.sleep(0.005)
+        for record in batch:
+            assert isinstance(record, Conversation)
+            self.ids.append(record.id)
+            self.users.append(record.user_id)
+        return ExportResult.success(len(batch))
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        pass
+
+
+class TestOverload:
+    def test_threads_outpacing_a_slow_exporter_lose_nothing(self, monkeypatch):
+        """16 threads x 150 turns into a slow exporter: all 2,400 stored, 0 dropped."""
+        # A generous bound: the test is about waiting instead of dropping, not
+        # about how long a loaded CI machine takes to schedule the worker.
+        monkeypatch.setenv("CONTEXT_TRACE_BACKPRESSURE_TIMEOUT", "10")
+        exporter = SlowExporter()
+        ct.configure(exporter=exporter, max_queue=64, max_batch=16)
+        chain = echo_chain()
+        barrier = threading.Barrier(16)
+
+        def work(k: int) -> None:
+            barrier.wait()
+            for i in range(150):
+                with ct.track_user(f"t{k}"):
+                    chain.invoke({"q": f"t{k} {i}"})
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert ct.flush(30)
+        stats = ct.stats()
+
+        assert 0 == stats["dropped"]
+        assert 2400 == stats["exported"]
+        assert 2400 == len(set(exporter.ids))
+        assert {f"t{k}": 150 for k in range(16)} == {
+            user: exporter.users.count(user) for user in set(exporter.users)
+        }
+        assert stats["waited"] > 0
+
+    def test_a_hung_exporter_costs_one_wait_not_one_per_emit(
+        self, exporter, make_pipeline
+    ):
+        """With the worker stuck, one emit waits out the bound; the rest drop at once."""
+        exporter.gate.clear()
+        pipeline = make_pipeline(max_batch=1, max_queue=10, backpressure_timeout=0.5)
+        pipeline.emit(_record(0))
+        assert exporter.entered.wait(10)
+        started = time.monotonic()
+        for i in range(1, 101):
+            pipeline.emit(_record(i))
+        elapsed = time.monotonic() - started
+        exporter.gate.set()
+        assert pipeline.flush(10)
+        stats = pipeline.stats()
+
+        assert 0.5 <= elapsed < 3.0
+        assert 1 == stats["waited"]
+        assert 90 == stats["dropped"]
+        assert [f"r{i}" for i in range(11)] == exporter.ids
+
+    def test_the_worker_itself_never_waits(self, make_pipeline):
+        """An item emitted from the worker thread at the mark is queued or dropped at once."""
+        pipeline: BatchPipeline | None = None
+        waited: list[float] = []
+
+        class Reentrant(RecordingExporter):
+            def export(self, batch: Sequence[Record]) -> ExportResult:
+                if pipeline is not None and not waited:
+                    started = time.monotonic()
+                    for i in range(100, 130):
+                        pipeline.emit(_record(i))
+                    waited.append(time.monotonic() - started)
+                return super().export(batch)
+
+        pipeline = BatchPipeline(
+            Reentrant(), max_batch=4, max_queue=16, backpressure_timeout=5.0
+        )
+        try:
+            pipeline.emit(_record(0))
+            assert pipeline.flush(10)
+            stats = pipeline.stats()
+        finally:
+            pipeline.shutdown(5)
+
+        assert waited[0] < 1.0
+        assert 0 == stats["waited"]
+        assert 14 == stats["dropped"]
 
 
 class TestFailures:

@@ -39,7 +39,7 @@ from context_trace._store.reader import (
     outbox_destinations,
     read_session_messages,
 )
-from context_trace._store.writer import Rows, Seen, SeenCache, prepare, write
+from context_trace._store.writer import Rows, SeenCache, Touched, prepare, write
 
 from .base import ExportResult
 
@@ -223,7 +223,7 @@ class SQLiteExporter:
         conn: sqlite3.Connection,
         rows: Rows,
         also: Callable[[sqlite3.Connection], _T],
-    ) -> tuple[list[Seen], _T]:
+    ) -> tuple[Touched, _T]:
         """
         Store *rows* and run *also* in one transaction; call with the lock held.
 

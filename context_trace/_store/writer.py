@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
+from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from context_trace._record import (
-    Conversation,
-    Feedback,
-    Message,
-    Record,
-    remember,
-    strip_seen,
-)
+from context_trace._record import Conversation, Feedback, Message, Record
 
 from .codec import JSON, decode, messages_json
 from .connection import insert_rows
 
 # SQLite before 3.32 allows at most 999 bound parameters per statement.
 _MAX_PARAMS = 500
-# Fingerprinted messages kept for recently written sessions (~170 bytes each, so
-# at most ~35 MB); a session evicted from it is read back from the file.
-_SEEN_CACHE_KEYS = 200_000
+# Bytes of seen-sets kept for recently written sessions (a 5-turn session costs
+# ~400 bytes, so ~1,300 sessions); a session evicted from it is read back from
+# the file. Every web worker pays this, so it is small.
+_SEEN_CACHE_BYTES = 512 * 1024
 
 _INSERT_CONVERSATION_HEAD = (
     "INSERT INTO conversations (n, session_n, id, user_id, session_id, started_at,"
@@ -171,58 +168,85 @@ def prepare(batch: Sequence[Record]) -> Rows:
     return rows
 
 
-def _fingerprint(content: str) -> str:
+def _fingerprint(role: str, content: str) -> int:
     """
-    A short stand-in for a message's content in the seen-sets.
+    A 64-bit stand-in for a message's ``(role, content)`` in the seen-sets.
 
-    Python's 64-bit string hash: seen-sets live in one process only, so the
-    per-process hash seed does not matter, and two different messages of one
-    session colliding is vanishingly unlikely (~n²/2⁶⁵).
+    Python's hash: seen-sets live in one process only, so the per-process hash
+    seed does not matter, and two different messages of one session colliding
+    is vanishingly unlikely (~n²/2⁶⁵).
     """
-    return str(hash(content))
+    return hash((role, content))
 
 
-class _FingerprintSet(set[tuple[str, str]]):
+class _Fingerprints:
     """
-    A seen-set that stores ``(role, fingerprint(content))``.
+    A session's seen-set: the sorted fingerprints of its messages in an array.
 
-    It takes and answers about plain ``message_key`` tuples, so strip_seen and
-    remember work on it unchanged, while a cached session costs ~170 bytes per
-    message whatever the messages' length.
+    Eight bytes per message, where a ``set`` of tuples cost ~170: a session's
+    seen-set is small and read a few times per batch, so a binary search over
+    a compact array beats a hash table on memory at no visible cost in time.
     """
 
-    __slots__ = ()
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values = array("q")
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     def __contains__(self, key: object) -> bool:
         role, content = cast("tuple[str, str]", key)
-        return set.__contains__(self, (role, _fingerprint(content)))
+        return self._has(_fingerprint(role, content))
 
-    def update(self, *others: Iterable[tuple[str, str]]) -> None:
-        for keys in others:
-            set.update(self, [(role, _fingerprint(content)) for role, content in keys])
+    def _has(self, value: int) -> bool:
+        values = self._values
+        index = bisect_left(values, value)
+        return index < len(values) and values[index] == value
+
+    def add(self, role: str, content: str) -> None:
+        value = _fingerprint(role, content)
+        values = self._values
+        index = bisect_left(values, value)
+        if index == len(values) or values[index] != value:
+            values.insert(index, value)
+
+    def nbytes(self) -> int:
+        """The bytes the array holds (its allocated buffer included)."""
+        return sys.getsizeof(self._values)
 
 
 def _strip_history(
-    messages: tuple[Message, ...], seen: _FingerprintSet
+    messages: tuple[Message, ...], seen: _Fingerprints
 ) -> tuple[Message, ...]:
     """
     Drop the leading history of a turn that the session already stored.
 
-    strip_seen runs on the messages up to the turn's last user message (the
-    prompt part) and keeps that message, as the in-process dedup keeps the last
-    input: asking the same question twice is stored twice. What follows (tool
-    calls, the answer) is new by construction and always kept. The kept
-    messages are added to *seen* with remember.
+    Like ``strip_seen``, on the messages up to the turn's last user message (the
+    prompt part), always keeping that message, as the in-process dedup keeps
+    the last input: asking the same question twice is stored twice. What
+    follows (tool calls, the answer) is new by construction and always kept.
+    The kept messages other than tool results are added to *seen*.
     """
     end = len(messages)
     for index in range(end - 1, -1, -1):
         if messages[index].role == "user":
             end = index + 1
             break
-    start = end - len(strip_seen(messages[:end], seen))
+    start = 0
+    while start < end - 1 and (messages[start].role, messages[start].content) in seen:
+        start += 1
     kept = messages[start:]
-    remember(seen, kept)
+    for message in kept:
+        if message.role != "tool":
+            seen.add(message.role, message.content)
     return kept
+
+
+# What a cached session costs besides its fingerprints and its id: the Seen
+# object, the array header and the OrderedDict entry (measured with tracemalloc).
+_ENTRY_BYTES = 200
 
 
 @dataclass(slots=True)
@@ -230,58 +254,78 @@ class Seen:
     """A session's seen-set: keys of its messages in turns numbered up to ``upto``."""
 
     upto: int
-    keys: _FingerprintSet
+    keys: _Fingerprints
     counted: int = 0
+
+
+#: The seen-sets a write used, by session id, for ``SeenCache.settle``.
+Touched = list[tuple[str, Seen]]
 
 
 class SeenCache:
     """
-    Per-process seen-sets of recently written sessions, bounded by key count.
+    Per-process seen-sets of recently written sessions, bounded in bytes.
 
     Conversation numbers only grow (each is max + 1, assigned under the write
     lock), so a cached seen-set is brought up to date by reading just the
     session's turns numbered above its ``upto``: the ones other processes wrote
-    since. Keys are fingerprints, so an entry costs ~170 bytes per message.
-    Entries are updated in place during a transaction; if it fails the owner
-    calls :meth:`clear`, so no uncommitted state survives.
+    since. A session evicted (least recently written first) is read back from
+    the file when it is written again, so the bound costs a query, never a
+    duplicate. Entries are updated in place during a transaction; if it fails
+    the owner calls :meth:`clear`, so no uncommitted state survives.
+
+    Args:
+        max_bytes: The most memory the cached seen-sets may hold (an estimate
+            kept per entry: its fingerprints, its session id and a fixed
+            overhead).
     """
 
-    def __init__(self, max_keys: int = _SEEN_CACHE_KEYS) -> None:
+    def __init__(self, max_bytes: int = _SEEN_CACHE_BYTES) -> None:
         self._entries: OrderedDict[str, Seen] = OrderedDict()
-        self._max_keys = max_keys
-        self._keys = 0
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated bytes the cached entries hold now."""
+        return self._bytes
+
+    @property
+    def max_bytes(self) -> int:
+        """The bound on :attr:`nbytes`."""
+        return self._max_bytes
 
     def load(self, conn: sqlite3.Connection, session_id: str, session_n: int) -> Seen:
         """The seen-set of a session (id and number), brought up to date."""
         entry = self._entries.get(session_id)
         if entry is None:
-            entry = self._entries[session_id] = Seen(0, _FingerprintSet())
+            entry = self._entries[session_id] = Seen(0, _Fingerprints())
         else:
             self._entries.move_to_end(session_id)
         upto = entry.upto
         keys = entry.keys
         for n, text in conn.execute(_SELECT_SEEN, (session_n, upto)):
-            keys.update(
-                (role, content) for role, content, *_ in decode(text) if role != "tool"
-            )
+            for role, content, *_ in decode(text):
+                if role != "tool":
+                    keys.add(role, content)
             upto = max(upto, n)
         entry.upto = upto
         return entry
 
-    def settle(self, touched: Iterable[Seen]) -> None:
+    def settle(self, touched: Iterable[tuple[str, Seen]]) -> None:
         """After a commit: recount *touched* entries and evict the oldest."""
-        for entry in touched:
-            size = len(entry.keys)
-            self._keys += size - entry.counted
+        for session_id, entry in touched:
+            size = entry.keys.nbytes() + sys.getsizeof(session_id) + _ENTRY_BYTES
+            self._bytes += size - entry.counted
             entry.counted = size
-        while self._keys > self._max_keys and self._entries:
+        while self._bytes > self._max_bytes and self._entries:
             _, evicted = self._entries.popitem(last=False)
-            self._keys -= evicted.counted
+            self._bytes -= evicted.counted
 
     def clear(self) -> None:
         """Forget everything (after a failed transaction, a reconnect, a fork)."""
         self._entries.clear()
-        self._keys = 0
+        self._bytes = 0
 
 
 def _numbers(
@@ -304,7 +348,7 @@ def _insert_conversations(
     conn: sqlite3.Connection,
     items: list[tuple[Conversation, tuple[Any, ...]]],
     cache: SeenCache,
-) -> list[Seen]:
+) -> Touched:
     """
     Insert the conversations not stored yet, with their messages.
 
@@ -348,10 +392,10 @@ def _insert_conversations(
         conversation_rows.append((n, session_n, *row))
     if conversation_rows:
         insert_rows(conn, _INSERT_CONVERSATION_HEAD, conversation_rows)
-    return list(sessions.values())
+    return list(sessions.items())
 
 
-def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> list[Seen]:
+def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> Touched:
     """
     Store prepared rows; the caller holds a write transaction.
 
@@ -359,7 +403,7 @@ def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> list[Seen]:
         The seen-sets used, for ``cache.settle`` after the commit. If the
         transaction fails instead, the caller must ``cache.clear()``.
     """
-    touched: list[Seen] = []
+    touched: Touched = []
     if rows.sessions:
         insert_rows(
             conn,
