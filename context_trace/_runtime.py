@@ -339,7 +339,7 @@ def configure(
         capture_content: Put transcripts on the spans (default True; env
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``).
         backpressure_timeout: Seconds a finished turn may wait for room when the
-            queue is at its high-water mark (``2 * max_batch``), so an
+            queue is at its high-water mark (256 turns), so an
             overloaded worker catches up instead of dropping; 0 never waits
             (env ``CONTEXT_TRACE_BACKPRESSURE_TIMEOUT``).
 

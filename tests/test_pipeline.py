@@ -248,6 +248,67 @@ class TestOverload:
         assert 90 == stats["dropped"]
         assert [f"r{i}" for i in range(11)] == exporter.ids
 
+    def test_the_high_water_mark_is_256_queued_turns(self, exporter, make_pipeline):
+        """With the worker busy, 256 queued turns cost no wait; the next one waits.
+
+        Queued turns hold their LangChain objects and RSS keeps the peak, so the
+        mark is small (it was 2 x max_batch = 1,024).
+        """
+        exporter.gate.clear()
+        pipeline = make_pipeline(backpressure_timeout=0.2)
+        pipeline.emit(_record(0))
+        pipeline.flush(0)  # wake the worker: it takes r0 and blocks in export
+        assert exporter.entered.wait(10)
+        for i in range(1, 257):
+            pipeline.emit(_record(i))
+        before = pipeline.stats()["waited"]
+        pipeline.emit(_record(257))
+        after = pipeline.stats()["waited"]
+        exporter.gate.set()
+        assert pipeline.flush(10)
+
+        assert (0, 1) == (before, after)
+        assert 258 == pipeline.stats()["exported"]
+
+    def test_turns_are_released_once_converted(self):
+        """While the exporter writes a batch, the turns it came from are already free:
+        what waits for the write is the record, not the turn's objects."""
+        import gc
+        import weakref
+
+        class Turnish:
+            def __init__(self, i: int) -> None:
+                self.i = i
+
+        refs: dict[str, weakref.ref[Turnish]] = {}
+        alive: list[int] = []
+
+        class Checking(RecordingExporter):
+            def export(self, batch: Sequence[Record]) -> ExportResult:
+                gc.collect()
+                alive.append(sum(refs[r.id]() is not None for r in batch))
+                return super().export(batch)
+
+        def prepare(items: Sequence[object]) -> list[Record]:
+            return [_record(item.i) for item in items if isinstance(item, Turnish)]
+
+        exporter = Checking()
+        pipeline = BatchPipeline(
+            exporter, prepare=prepare, max_batch=512, flush_interval=30.0
+        )
+        try:
+            for i in range(300):
+                item = Turnish(i)
+                refs[f"r{i}"] = weakref.ref(item)
+                pipeline.emit(item)
+                del item
+            assert pipeline.flush(10)
+        finally:
+            pipeline.shutdown(5)
+
+        assert 300 == len(exporter.ids)
+        assert [0] * len(alive) == alive
+
     def test_the_worker_itself_never_waits(self, make_pipeline):
         """An item emitted from the worker thread at the mark is queued or dropped at once."""
         pipeline: BatchPipeline | None = None

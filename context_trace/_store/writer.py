@@ -14,10 +14,8 @@ from typing import Any, Literal, cast
 from context_trace._record import Conversation, Feedback, Message, Record
 
 from .codec import JSON, decode, messages_json
-from .connection import insert_rows
+from .connection import bind_limit, insert_rows
 
-# SQLite before 3.32 allows at most 999 bound parameters per statement.
-_MAX_PARAMS = 500
 # Bytes of seen-sets kept for recently written sessions (a 5-turn session costs
 # ~400 bytes, so ~1,300 sessions); a session evicted from it is read back from
 # the file. Every web worker pays this, so it is small.
@@ -55,10 +53,16 @@ _RECOUNT_RATINGS = (
     "  WHERE f.session_id = sessions.id AND f.rating < 0)"
     " WHERE id = ?"
 )
-# A session's turns numbered above n (see SeenCache); the rowid test runs on
-# the conversations_session index entries.
-_SELECT_SEEN = (
-    "SELECT n, messages_json FROM conversations WHERE session_n = ? AND n > ?"
+# Sessions' turns numbered above their cached upto (see SeenCache), for many
+# sessions in one statement; each (session_n, upto) pair probes the
+# conversations_session index. One query per batch, not one per session: each
+# statement releases the GIL, and on a busy process getting it back costs the
+# export thread a switch interval (5 ms), so per-session queries made a batch
+# with 100 new sessions take half a second.
+_SELECT_SEEN_MANY = (
+    "WITH wanted (session_n, upto) AS (VALUES {pairs})"
+    " SELECT c.session_n, c.n, c.messages_json FROM wanted"
+    " JOIN conversations AS c ON c.session_n = wanted.session_n AND c.n > wanted.upto"
 )
 
 
@@ -295,22 +299,41 @@ class SeenCache:
         """The bound on :attr:`nbytes`."""
         return self._max_bytes
 
-    def load(self, conn: sqlite3.Connection, session_id: str, session_n: int) -> Seen:
-        """The seen-set of a session (id and number), brought up to date."""
-        entry = self._entries.get(session_id)
-        if entry is None:
-            entry = self._entries[session_id] = Seen(0, _Fingerprints())
-        else:
-            self._entries.move_to_end(session_id)
-        upto = entry.upto
-        keys = entry.keys
-        for n, text in conn.execute(_SELECT_SEEN, (session_n, upto)):
-            for role, content, *_ in decode(text):
-                if role != "tool":
-                    keys.add(role, content)
-            upto = max(upto, n)
-        entry.upto = upto
-        return entry
+    def load(
+        self, conn: sqlite3.Connection, sessions: dict[str, int]
+    ) -> dict[str, Seen]:
+        """
+        The seen-sets of *sessions* (id to session number), brought up to date.
+
+        One query (per half the bind limit of sessions) reads the turns each has gained since its
+        cached ``upto`` (all its turns for a session not cached).
+        """
+        entries = self._entries
+        found: dict[str, Seen] = {}
+        by_number: dict[int, Seen] = {}
+        for session_id, session_n in sessions.items():
+            entry = entries.get(session_id)
+            if entry is None:
+                entry = entries[session_id] = Seen(0, _Fingerprints())
+            else:
+                entries.move_to_end(session_id)
+            found[session_id] = by_number[session_n] = entry
+        pairs = [(n, entry.upto) for n, entry in by_number.items()]
+        step = bind_limit(conn) // 2
+        for start in range(0, len(pairs), step):
+            chunk = pairs[start : start + step]
+            # placeholders only; values are bound
+            query = _SELECT_SEEN_MANY.format(pairs=",".join(["(?, ?)"] * len(chunk)))
+            params = [value for pair in chunk for value in pair]
+            for session_n, n, text in conn.execute(query, params):
+                entry = by_number[session_n]
+                keys = entry.keys
+                for role, content, *_ in decode(text):
+                    if role != "tool":
+                        keys.add(role, content)
+                if n > entry.upto:
+                    entry.upto = n
+        return found
 
     def settle(self, touched: Iterable[tuple[str, Seen]]) -> None:
         """After a commit: recount *touched* entries and evict the oldest."""
@@ -333,11 +356,12 @@ def _numbers(
     table: Literal["conversations", "sessions"],
     ids: Iterable[str],
 ) -> dict[str, int]:
-    """The row numbers of those *ids* stored in *table* (one query per 500 ids)."""
+    """The row numbers of those *ids* stored in *table* (as few queries as the bind limit allows)."""
     found: dict[str, int] = {}
     unique = list(dict.fromkeys(ids))
-    for start in range(0, len(unique), _MAX_PARAMS):
-        chunk = unique[start : start + _MAX_PARAMS]
+    step = bind_limit(conn)
+    for start in range(0, len(unique), step):
+        chunk = unique[start : start + step]
         marks = ",".join("?" * len(chunk))  # placeholders only; values are bound
         query = f"SELECT id, n FROM {table} WHERE id IN ({marks})"
         found.update(conn.execute(query, chunk).fetchall())
@@ -367,7 +391,17 @@ def _insert_conversations(
         (record.session_id for record, _ in items if record.session_id is not None),
     )
     n = conn.execute("SELECT coalesce(max(n), 0) FROM conversations").fetchone()[0]
-    sessions: dict[str, Seen] = {}
+    # Another process (or a request with a fresh in-memory Session) may have
+    # stored these sessions' earlier turns: the history a prompt re-sent is
+    # dropped. Read from the store once per batch.
+    sessions = cache.load(
+        conn,
+        {
+            sid: session_numbers[sid]
+            for record, _ in items
+            if (sid := record.session_id) is not None and record.id not in stored
+        },
+    )
     conversation_rows: list[tuple[Any, ...]] = []
     for record, row in items:
         if record.id in stored:
@@ -378,13 +412,8 @@ def _insert_conversations(
         if sid is None:
             conversation_rows.append((n, None, *row))
             continue
-        # Another process (or a request with a fresh in-memory Session) may
-        # have stored this session's earlier turns: drop the history the
-        # prompt re-sent. Read from the store once per session and batch.
         session_n = session_numbers[sid]
-        seen = sessions.get(sid)
-        if seen is None:
-            seen = sessions[sid] = cache.load(conn, sid, session_n)
+        seen = sessions[sid]
         kept = _strip_history(record.messages, seen.keys)
         seen.upto = n
         if len(kept) != len(record.messages):
