@@ -32,35 +32,16 @@ _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
 WRITER_CACHE_KIB = 1024
 # Memory-mapped I/O off: mapped pages of the file count in the worker's RSS.
 WRITER_MMAP_BYTES = 0
-# Prepared statements kept: none. The bulk statements' SQL varies with the rows
-# of the batch (see insert_rows, SeenCache.load), so any cache fills with
-# one-off statements of up to ~100 KiB each (16 of them measured +1.5 MiB RSS
-# with sessions); preparing a statement again costs microseconds per batch.
-WRITER_CACHED_STATEMENTS = 0
+# Prepared statements kept. The bulk inserts' SQL varies with the rows of the
+# batch (see insert_rows), so the sqlite3 module's default of 128 fills with
+# one-off statements of up to ~100 KiB each; preparing one again costs microseconds.
+WRITER_CACHED_STATEMENTS = 16
 # Readers (the CLI, a transcript for ratings) are short-lived and scan: they
 # get a bigger cache of their own.
 READER_CACHE_KIB = 16 * 1024
 
-# SQLite's most portable limit of bound parameters per statement (before 3.32).
+# SQLite's most portable limit of bound parameters per statement.
 _MAX_BIND = 999
-# What a statement binds at most where the library allows more (3.32+ allows
-# 32,766): a 512-turn batch's conversations fit in one statement.
-_MAX_BIND_WIDE = 8192
-
-
-def bind_limit(conn: sqlite3.Connection) -> int:
-    """The most parameters one statement on *conn* may bind (at most 8,192)."""
-    getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
-    if getlimit is None:
-        return _MAX_BIND
-    try:
-        limit = int(getlimit(_LIMIT_VARIABLE_NUMBER))
-    except sqlite3.Error:
-        return _MAX_BIND
-    return max(_MAX_BIND, min(_MAX_BIND_WIDE, limit))
-
-
-_LIMIT_VARIABLE_NUMBER = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
 
 
 def insert_rows(
@@ -76,13 +57,12 @@ def insert_rows(
     step, i.e. once per row. When an app thread is busy with Python code, each
     release costs the export thread a whole switch interval (5 ms) to get the
     GIL back, so a per-row loop crawls at a few hundred rows a second exactly
-    when the app is loaded. One multi-row statement is one step, and there
-    are as few statements as the library's bind limit allows.
+    when the app is loaded. One multi-row statement is one step.
     """
     if not rows:
         return
     width = len(rows[0])
-    per = max(1, bind_limit(conn) // width)
+    per = max(1, _MAX_BIND // width)
     group = "(" + ",".join("?" * width) + ")"
     for start in range(0, len(rows), per):
         chunk = rows[start : start + per]

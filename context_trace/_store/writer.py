@@ -14,7 +14,14 @@ from typing import Any, Literal, cast
 from context_trace._record import Conversation, Feedback, Message, Record
 
 from .codec import JSON, decode, messages_json
-from .connection import bind_limit, insert_rows
+from .connection import insert_rows
+
+# SQLite before 3.32 allows at most 999 bound parameters per statement. Bigger
+# statements were measured slower and heavier: with up to 8,192 parameters a
+# 512-turn batch is fewer statements, but every batch's shape differs, so the
+# prepared-statement cache holds (or, without a cache, re-prepares) ~100 KiB
+# programs; 500-parameter chunks repeat one shape and stay cached.
+_MAX_PARAMS = 500
 
 # Bytes of seen-sets kept for recently written sessions (a 5-turn session costs
 # ~400 bytes, so ~1,300 sessions); a session evicted from it is read back from
@@ -305,7 +312,7 @@ class SeenCache:
         """
         The seen-sets of *sessions* (id to session number), brought up to date.
 
-        One query (per half the bind limit of sessions) reads the turns each has gained since its
+        One query per 250 sessions reads the turns each has gained since its
         cached ``upto`` (all its turns for a session not cached).
         """
         entries = self._entries
@@ -319,7 +326,7 @@ class SeenCache:
                 entries.move_to_end(session_id)
             found[session_id] = by_number[session_n] = entry
         pairs = [(n, entry.upto) for n, entry in by_number.items()]
-        step = bind_limit(conn) // 2
+        step = _MAX_PARAMS // 2
         for start in range(0, len(pairs), step):
             chunk = pairs[start : start + step]
             # placeholders only; values are bound
@@ -356,12 +363,11 @@ def _numbers(
     table: Literal["conversations", "sessions"],
     ids: Iterable[str],
 ) -> dict[str, int]:
-    """The row numbers of those *ids* stored in *table* (as few queries as the bind limit allows)."""
+    """The row numbers of those *ids* stored in *table* (one query per 500 ids)."""
     found: dict[str, int] = {}
     unique = list(dict.fromkeys(ids))
-    step = bind_limit(conn)
-    for start in range(0, len(unique), step):
-        chunk = unique[start : start + step]
+    for start in range(0, len(unique), _MAX_PARAMS):
+        chunk = unique[start : start + _MAX_PARAMS]
         marks = ",".join("?" * len(chunk))  # placeholders only; values are bound
         query = f"SELECT id, n FROM {table} WHERE id IN ({marks})"
         found.update(conn.execute(query, chunk).fetchall())
