@@ -22,6 +22,10 @@ from .connection import insert_rows
 # prepared-statement cache holds (or, without a cache, re-prepares) ~100 KiB
 # programs; 500-parameter chunks repeat one shape and stay cached.
 _MAX_PARAMS = 500
+# Sessions per history read (SeenCache.load): 8 for a typical batch, 64 for a
+# big one; two statement shapes, both kept prepared.
+_SEEN_PAIRS_FEW = 8
+_SEEN_PAIRS = 64
 
 # Bytes of seen-sets kept for recently written sessions (a 5-turn session costs
 # ~400 bytes, so ~1,300 sessions); a session evicted from it is read back from
@@ -312,7 +316,7 @@ class SeenCache:
         """
         The seen-sets of *sessions* (id to session number), brought up to date.
 
-        One query per 250 sessions reads the turns each has gained since its
+        One query per 64 sessions reads the turns each has gained since its
         cached ``upto`` (all its turns for a session not cached).
         """
         entries = self._entries
@@ -326,11 +330,14 @@ class SeenCache:
                 entries.move_to_end(session_id)
             found[session_id] = by_number[session_n] = entry
         pairs = [(n, entry.upto) for n, entry in by_number.items()]
-        step = _MAX_PARAMS // 2
+        # A fixed number of pairs per statement (the last chunk padded with a
+        # session number no row has), so the statement is prepared once and
+        # stays in the connection's cache.
+        step = _SEEN_PAIRS if len(pairs) > _SEEN_PAIRS_FEW else _SEEN_PAIRS_FEW
+        query = _SELECT_SEEN_MANY.format(pairs=",".join(["(?, ?)"] * step))
         for start in range(0, len(pairs), step):
             chunk = pairs[start : start + step]
-            # placeholders only; values are bound
-            query = _SELECT_SEEN_MANY.format(pairs=",".join(["(?, ?)"] * len(chunk)))
+            chunk += [(-1, 0)] * (step - len(chunk))
             params = [value for pair in chunk for value in pair]
             for session_n, n, text in conn.execute(query, params):
                 entry = by_number[session_n]
