@@ -28,7 +28,7 @@ Threading model:
   (``waited``, ``waited_ms``).
 - The worker sleeps on that Event with ``flush_interval`` as timeout, so records
   wait at most that long. It exports with ``_export_lock`` held, the only place
-  that pops from the queue, so draining is ordered. After taking each batch it
+  that pops from the queue, so draining is ordered. After taking each chunk it
   bumps ``_progress`` and, if an emitter waits, notifies ``_room``.
 - ``flush`` appends a marker to the queue and waits for the worker to reach it:
   since the queue is FIFO, everything emitted before the call has then been
@@ -191,8 +191,8 @@ class BatchPipeline:
         self._start_lock = threading.Lock()
         self._drop_lock = threading.Lock()
         # Emitters at the high-water mark wait here; the worker notifies after
-        # taking a batch. _progress counts batches taken; _stalled_at is its
-        # value when a wait timed out with no batch taken (-1: not stalled).
+        # taking a chunk. _progress counts chunks taken; _stalled_at is its
+        # value when a wait timed out with nothing taken (-1: not stalled).
         self._room = threading.Condition(threading.Lock())
         self._waiters = 0
         self._progress = 0
@@ -243,7 +243,7 @@ class BatchPipeline:
 
     def _make_room(self) -> bool:
         """
-        Back-pressure: wait (bounded) until the worker takes a batch.
+        Back-pressure: wait (bounded) until the worker takes a chunk.
 
         Returns:
             Whether the item may be queued (the queue is below ``max_queue``).
@@ -267,7 +267,7 @@ class BatchPipeline:
                         left = deadline - time.monotonic_ns()
                         if left <= 0:
                             if self._progress == progress:
-                                self._stalled_at = progress  # no batch taken
+                                self._stalled_at = progress  # nothing taken
                             break
                         self._room.wait(left / 1e9)
                 finally:

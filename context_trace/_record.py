@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Union
+from typing import Literal, NamedTuple, Protocol, Union
 
 __all__ = [
     "ROLES",
@@ -24,6 +24,7 @@ __all__ = [
     "Message",
     "Record",
     "Role",
+    "SeenSet",
     "Span",
     "message_key",
     "new_id",
@@ -181,8 +182,15 @@ def message_key(message: Message) -> tuple[str, str]:
     return (message.role, message.content)
 
 
+class SeenSet(Container[tuple[str, str]], Protocol):
+    """What :func:`strip_seen` and :func:`remember` need of a session's seen-set:
+    a ``set`` of message keys, or the local store's compact fingerprints."""
+
+    def update(self, keys: Iterable[tuple[str, str]], /) -> None: ...
+
+
 def strip_seen(
-    inputs: Iterable[Message], seen: set[tuple[str, str]]
+    inputs: Iterable[Message], seen: Container[tuple[str, str]]
 ) -> tuple[Message, ...]:
     """
     Drop the leading *inputs* already in *seen* (history the prompt re-sends).
@@ -201,7 +209,7 @@ def strip_seen(
     return tuple(items[start:])
 
 
-def remember(seen: set[tuple[str, str]], messages: Iterable[Message]) -> None:
+def remember(seen: SeenSet, messages: Iterable[Message]) -> None:
     """Add *messages* to a session's *seen* set (see :func:`strip_seen`)."""
     seen.update(message_key(m) for m in messages if m.role != "tool")
 

@@ -11,7 +11,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from context_trace._record import Conversation, Feedback, Message, Record
+from context_trace._record import (
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    remember,
+    strip_seen,
+)
 
 from .codec import JSON, decode, messages_json
 from .connection import insert_rows
@@ -227,6 +234,10 @@ class _Fingerprints:
         if index == len(values) or values[index] != value:
             values.insert(index, value)
 
+    def update(self, keys: Iterable[tuple[str, str]], /) -> None:
+        for role, content in keys:
+            self.add(role, content)
+
     def nbytes(self) -> int:
         """The bytes the array holds (its allocated buffer included)."""
         return sys.getsizeof(self._values)
@@ -238,24 +249,20 @@ def _strip_history(
     """
     Drop the leading history of a turn that the session already stored.
 
-    Like ``strip_seen``, on the messages up to the turn's last user message (the
-    prompt part), always keeping that message, as the in-process dedup keeps
-    the last input: asking the same question twice is stored twice. What
-    follows (tool calls, the answer) is new by construction and always kept.
-    The kept messages other than tool results are added to *seen*.
+    strip_seen runs on the messages up to the turn's last user message (the
+    prompt part) and keeps that message, as the in-process dedup keeps the last
+    input: asking the same question twice is stored twice. What follows (tool
+    calls, the answer) is new by construction and always kept. The kept
+    messages are added to *seen* with remember.
     """
     end = len(messages)
     for index in range(end - 1, -1, -1):
         if messages[index].role == "user":
             end = index + 1
             break
-    start = 0
-    while start < end - 1 and (messages[start].role, messages[start].content) in seen:
-        start += 1
+    start = end - len(strip_seen(messages[:end], seen))
     kept = messages[start:]
-    for message in kept:
-        if message.role != "tool":
-            seen.add(message.role, message.content)
+    remember(seen, kept)
     return kept
 
 
