@@ -17,15 +17,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, BaseMessageChunk
 from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 
 from ._log import log_once
 from ._record import Conversation, Feedback, Message, Record, Role
 from ._runtree import build_spans
-from ._turn import Turn
+from ._turn import Received, Turn
 
 __all__ = [
     "answer_text",
@@ -561,6 +562,67 @@ def _token_text(token: Any) -> str:
     return content_text(token)
 
 
+def _received_message(item: Any, shape: str) -> BaseMessage | None:
+    """The AI message (or chunk) a LangGraph stream *item* carries, if any."""
+    payload: Any = None
+    if shape == "bare":
+        payload = item
+    elif shape == "v2":
+        if isinstance(item, Mapping) and item.get("type") == "messages":
+            payload = item.get("data")
+    elif isinstance(item, tuple):
+        if len(item) == 2 and (
+            shape == "ns" or (shape == "mode" and item[0] == "messages")
+        ):
+            payload = item[1]
+        elif shape == "ns_mode" and len(item) == 3 and item[1] == "messages":
+            payload = item[2]
+    # A messages payload is ``(message, metadata)``.
+    if isinstance(payload, tuple) and len(payload) == 2:
+        message = payload[0]
+        if isinstance(message, BaseMessage) and _ROLES.get(message.type) == "assistant":
+            return message
+    return None
+
+
+def _received_answer(received: Received) -> tuple[Any, str]:
+    """
+    The id and text of the last AI message a stream handed its consumer.
+
+    Its chunks' text joined (a whole message is its own text); ``(None, "")``
+    when the consumer got no AI message.
+    """
+    texts: dict[Any, list[str]] = {}
+    last: Any = None
+    for item in received.items:
+        message = _received_message(item, received.shape)
+        if message is None:
+            continue
+        last = message.id
+        text = content_text(message.content)
+        if isinstance(message, BaseMessageChunk):
+            texts.setdefault(last, []).append(text)
+        else:
+            texts[last] = [text]
+    return last, "".join(texts.get(last, ()))
+
+
+def _message_call(
+    calls: Sequence[_Call], results: Mapping[int, LLMResult], message_id: Any
+) -> _Call | None:
+    """The model call whose message has *message_id* (its result's, or its run's)."""
+    if not isinstance(message_id, str) or not message_id:
+        return None
+    for call in reversed(calls):
+        message = _result_message(results.get(call[0]))
+        if message is not None and message.id == message_id:
+            return call
+        run = str(UUID(int=call[0]))
+        if message_id in (f"lc_run--{run}", f"run-{run}"):  # an unfinished call
+            return call
+    return None
+
+
 def _answering_call(
     calls: Sequence[_Call], results: Mapping[int, LLMResult], answer: str
 ) -> _Call | None:
@@ -610,8 +672,14 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     if abandoned:
         open_calls = [c for c in calls if c[0] not in results]
         answering = open_calls[-1] if open_calls else answering
-        key = answering[0] if answering is not None else None
-        answer = "".join(_token_text(t) for k, t in turn.tokens or () if k == key)
+        if turn.received is not None:
+            # A LangGraph messages stream: what its consumer got, not what the
+            # model generated (the stream runs the model's step to its end).
+            message_id, answer = _received_answer(turn.received)
+            answering = _message_call(calls, results, message_id) or answering
+        else:
+            key = answering[0] if answering is not None else None
+            answer = "".join(_token_text(t) for k, t in turn.tokens or () if k == key)
     elif not answer and answering is not None:
         message = _result_message(results.get(answering[0]))
         if message is not None and not _field(message, "tool_calls"):

@@ -27,9 +27,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables.config import var_child_runnable_config
 
-from . import _runtime
+from . import _graph_streams, _runtime
 from ._log import log_once
-from ._turn import Turn
+from ._turn import RECEIVING, Turn
 
 if TYPE_CHECKING:
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
@@ -80,6 +80,9 @@ class RecordingHandler(BaseCallbackHandler):
     def __init__(self, scope: Scope | None) -> None:
         self.scope = scope
         self._turns: dict[int, Turn] = {}  # run_id.int of every tracked run
+        if not _graph_streams.installed:
+            # LangGraph's streams report what their consumer received (once).
+            _graph_streams.install()
 
     def __repr__(self) -> str:
         scope = self.scope
@@ -237,6 +240,12 @@ class RecordingHandler(BaseCallbackHandler):
                 turn.chain_inputs = inputs
                 turn.run_metadata = metadata
                 turn.name = kwargs.get("name")
+                # A LangGraph messages stream starting this root: keep what its
+                # consumer receives (see _graph_streams). A read, not a write.
+                received = RECEIVING.get()
+                if received is not None and not received.taken:
+                    received.taken = True
+                    turn.received = received
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_chain_start")
 
@@ -337,7 +346,8 @@ class RecordingHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         # Only streamed calls get here. The tokens are what a stream's consumer
-        # has received when it stops reading early (see _convert).
+        # has received when it stops reading early (see _convert); a LangGraph
+        # messages stream is read for that instead (Turn.received).
         try:
             key = run_id.int
             turn = self._turns.get(key)

@@ -9,6 +9,7 @@ Both import it from here, so neither imports the other.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -17,7 +18,34 @@ if TYPE_CHECKING:
 
     from ._scopes import Scope
 
-__all__ = ["Turn"]
+__all__ = ["RECEIVING", "Received", "Turn"]
+
+
+class Received:
+    """
+    What a LangGraph messages stream handed its consumer: its items, by reference.
+
+    ``_graph_streams`` fills ``items`` on the consumer's side (one append per
+    item); the converter reads the text out of them on the export thread, for an
+    abandoned stream's answer. ``shape`` says how an item holds its payload:
+    ``"bare"`` (the payload), ``"ns"`` (``(namespace, payload)``), ``"mode"``
+    (``(mode, payload)``), ``"ns_mode"`` (``(namespace, mode, payload)``) or
+    ``"v2"`` (a ``{"type", "ns", "data"}`` dict).
+    """
+
+    __slots__ = ("items", "shape", "taken")
+
+    def __init__(self, shape: str) -> None:
+        self.items: list[Any] = []
+        self.shape = shape
+        self.taken = False  # a turn holds it (the first root run that saw it)
+
+
+# Set by a LangGraph messages stream while it takes its first step, the step
+# that starts its root run; the handler hands it to that root's turn.
+RECEIVING: ContextVar[Received | None] = ContextVar(
+    "context_trace.receiving", default=None
+)
 
 
 class Turn:
@@ -43,6 +71,9 @@ class Turn:
     steps: list[Any] | None = None
     results: dict[int, LLMResult] | None = None  # model run key -> its result
     tokens: list[tuple[int, Any]] | None = None  # (model run key, streamed token)
+    # What a LangGraph messages stream handed its consumer (``_graph_streams``):
+    # an abandoned stream's answer is read from it, not from ``tokens``.
+    received: Received | None = None
     tool_runs: dict[int, list[Any]] | None = None
     output: Any = None
     error: BaseException | None = None

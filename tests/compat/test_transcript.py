@@ -466,12 +466,8 @@ class TestAbandonedStreams:
     def test_langgraph_messages_stream_abandoned(
         self, records: CapturedRecords
     ) -> None:
-        """A LangGraph messages stream left early records the generated answer, marked."""
-        agent = _react_agent(
-            GenericFakeChatModel(messages=iter([AIMessage("alpha beta gamma")])),
-            [],
-            checkpointer=MemorySaver(),
-        )
+        """A LangGraph messages stream left early records what was read, marked."""
+        agent = _alpha_agent()
 
         with track_user("u"):
             stream = agent.stream(
@@ -479,20 +475,164 @@ class TestAbandonedStreams:
                 config={"configurable": {"thread_id": "t"}},
                 stream_mode="messages",
             )
-            next(stream)
-            next(stream)
+            received = "".join(chunk.content for chunk, _meta in _take(stream, 2))
             stream.close()
 
         (turn,) = records.conversations
 
         # LangGraph runs the model's step to its end before it yields the first
-        # token, so what the model generated is all a callback can see.
-        assert ("alpha beta gamma", "true", None, "t") == (
+        # token, so the callbacks saw every token: the answer is what the stream
+        # handed its consumer, not what the model generated.
+        assert "alpha " == received
+        assert (received, "true", None, "t") == (
             turn.answer,
             turn.metadata.get("stream_abandoned"),
             turn.error,
             turn.session_id,
         )
+        assert [("user", "hi"), ("assistant", received)] == _shape(turn)
+
+    async def test_langgraph_messages_astream_abandoned(
+        self, records: CapturedRecords
+    ) -> None:
+        """A LangGraph messages astream closed early records what was read, marked."""
+        agent = _alpha_agent()
+
+        async with track_user("u"):
+            stream = agent.astream(
+                {"messages": [("user", "hi")]},
+                config={"configurable": {"thread_id": "t"}},
+                stream_mode="messages",
+            )
+            first = await stream.__anext__()
+            second = await stream.__anext__()
+            await stream.aclose()
+            await _until_recorded(records)
+
+        (turn,) = records.conversations
+
+        received = first[0].content + second[0].content
+        assert "alpha " == received
+        assert (received, "true", None, "t") == (
+            turn.answer,
+            turn.metadata.get("stream_abandoned"),
+            turn.error,
+            turn.session_id,
+        )
+
+    def test_langgraph_messages_stream_read_to_the_end_is_not_marked(
+        self, records: CapturedRecords
+    ) -> None:
+        """A LangGraph messages stream read to the end records the whole answer."""
+        agent = _alpha_agent()
+
+        with track_user("u"):
+            received = "".join(
+                chunk.content
+                for chunk, _meta in agent.stream(
+                    {"messages": [("user", "hi")]},
+                    config={"configurable": {"thread_id": "t"}},
+                    stream_mode="messages",
+                )
+            )
+
+        (turn,) = records.conversations
+
+        assert ("alpha beta gamma", "alpha beta gamma", None, None) == (
+            received,
+            turn.answer,
+            turn.metadata.get("stream_abandoned"),
+            turn.error,
+        )
+
+    def test_langgraph_stream_mode_list_abandoned(
+        self, records: CapturedRecords
+    ) -> None:
+        """With a list of modes, the messages items the consumer read are recorded."""
+        agent = _alpha_agent()
+
+        with track_user("u"):
+            stream = agent.stream(
+                {"messages": [("user", "hi")]},
+                config={"configurable": {"thread_id": "t"}},
+                stream_mode=["updates", "messages"],
+            )
+            items = _take(stream, 3)
+            stream.close()
+
+        (turn,) = records.conversations
+
+        received = "".join(p[0].content for mode, p in items if mode == "messages")
+        assert "alpha beta" == received
+        assert (received, "true", None) == (
+            turn.answer,
+            turn.metadata.get("stream_abandoned"),
+            turn.error,
+        )
+
+    def test_langgraph_subgraphs_stream_abandoned(
+        self, records: CapturedRecords
+    ) -> None:
+        """With ``subgraphs=True`` items lead with a namespace; the text is the same."""
+        agent = _alpha_agent()
+
+        with track_user("u"):
+            stream = agent.stream(
+                {"messages": [("user", "hi")]},
+                config={"configurable": {"thread_id": "t"}},
+                stream_mode=["messages"],
+                subgraphs=True,
+            )
+            items = _take(stream, 2)
+            stream.close()
+
+        (turn,) = records.conversations
+
+        received = "".join(p[0].content for _ns, _mode, p in items)
+        assert ("alpha ", "alpha ", "true") == (
+            received,
+            turn.answer,
+            turn.metadata.get("stream_abandoned"),
+        )
+
+    def test_langgraph_values_stream_abandoned_is_unaffected(
+        self, records: CapturedRecords
+    ) -> None:
+        """A values stream left early is recorded as before: marked, no tokens."""
+        agent = _alpha_agent()
+
+        with track_user("u"):
+            stream = agent.stream(
+                {"messages": [("user", "hi")]},
+                config={"configurable": {"thread_id": "t"}},
+                stream_mode="values",
+            )
+            states = _take(stream, 2)
+            stream.close()
+
+        (turn,) = records.conversations
+
+        # No messages mode: nothing streamed tokens, and the stream is not read
+        # for its states, so the abandoned turn's answer is empty (as before),
+        # even though the second state held the model's whole answer.
+        assert "alpha beta gamma" == states[-1]["messages"][-1].content
+        assert ("", "true", None) == (
+            turn.answer,
+            turn.metadata.get("stream_abandoned"),
+            turn.error,
+        )
+
+
+def _alpha_agent() -> Any:
+    return _react_agent(
+        GenericFakeChatModel(messages=iter([AIMessage("alpha beta gamma")])),
+        [],
+        checkpointer=MemorySaver(),
+    )
+
+
+def _take(stream: Iterator[Any], count: int) -> list[Any]:
+    return [next(stream) for _ in range(count)]
 
 
 @tool
