@@ -21,6 +21,9 @@ of them alike:
   ``user_id`` in every run's metadata (``run_metadata=True``, the default).
 - ``track_user:auto``: the same with ``run_metadata="auto"`` (the opt-out: no
   run metadata unless LangSmith or ``collect_runs()`` reads it).
+- ``track_user:no-export``: the same scope, with the finished turns discarded
+  instead of queued (no export thread work): what recording costs on the request
+  path alone. The gap to ``track_user`` is the export thread's share of the GIL.
 - ``dropin``: ``context_trace.ContextCallbackHandler`` passed explicitly.
 - ``seed``: langchain_community's ``ContextCallbackHandler`` pointed at a loopback
   server (only when langchain_community is installed).
@@ -89,6 +92,22 @@ class _Sink(BaseHTTPRequestHandler):
         pass
 
 
+class _Discard:
+    """A stand-in pipeline that drops every turn (the ``:no-export`` row)."""
+
+    def emit(self, item: Any) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
 def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
     """name -> (sync call, async call factory)."""
     from langchain_core.callbacks import BaseCallbackHandler
@@ -122,6 +141,7 @@ def contenders(chain: Any) -> dict[str, tuple[Callable[[], Any], Callable[[], An
 
     out["track_user"] = (scoped, ascoped)
     out["track_user:auto"] = (scoped, ascoped)  # run under run_metadata="auto"
+    out["track_user:no-export"] = (scoped, ascoped)  # turns discarded (see settle)
 
     # The decorator with a resolver bound by name (the binding runs per call).
     @ct.track_user(lambda user_id, **_: user_id)
@@ -351,12 +371,25 @@ def main() -> None:
     units = [(name, mode) for name in rows for mode in ("invoke", "ainvoke")]
     run_metadata: bool | str = "unset"  # rows ending ":auto" opt out; others True
 
+    from context_trace import _runtime
+
+    state = _runtime._STATE
+    exporting: list[Any] = []  # the real pipeline while a no-export row runs
+
     def settle(name: str) -> None:
         nonlocal run_metadata
+        if exporting:
+            with state.lock:
+                state.pipeline = exporting.pop()
         wanted: bool | str = "auto" if name.endswith(":auto") else True
         if wanted != run_metadata:
             ct.configure(run_metadata=wanted)
             run_metadata = wanted
+        if name.endswith(":no-export"):
+            ct.flush(60)  # the real pipeline's backlog is not this row's
+            with state.lock:
+                exporting.append(state.pipeline)
+                state.pipeline = _Discard()  # type: ignore[assignment]
 
     for name, mode in units:  # warm-up
         settle(name)
@@ -375,12 +408,13 @@ def main() -> None:
                 results[(name, mode)].append(
                     loop.run_until_complete(time_async(rows[name][1], args.ops))
                 )
+        settle("bare")  # the real pipeline back before flushing
         ct.flush(60)
     loop.close()
 
     report: dict[str, Any] = {"rows": {}, "ops": args.ops, "rounds": args.rounds}
     print(
-        f"{'row':<16}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}"
+        f"{'row':<22}{'mode':<9}{'median µs':>11}{'x bare':>9}{'added µs':>10}{'vs noop':>9}"
     )
     for mode in ("invoke", "ainvoke"):
         bare = results[("bare", mode)]
@@ -393,7 +427,7 @@ def main() -> None:
             added = statistics.median(v - b for v, b in zip(vals, bare, strict=True))
             vs_noop = added / noop_added if noop_added > 0 else float("nan")
             print(
-                f"{name:<16}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}"
+                f"{name:<22}{mode:<9}{statistics.median(vals):>11.1f}{ratio:>9.3f}{added:>10.1f}{vs_noop:>9.2f}"
             )
             report["rows"][f"{name}/{mode}"] = {
                 "median_us": statistics.median(vals),
