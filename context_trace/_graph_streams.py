@@ -188,7 +188,13 @@ class _ReceivedStream(_Proxy):
             if received is None:
                 return item
         else:
-            item = step()
+            try:
+                item = step()
+            except StopIteration:
+                # Read to the end: the turn is not abandoned, its items unneeded.
+                self._self_received = None
+                received.items = []
+                raise
         received.items.append(item)
         return item
 
@@ -230,7 +236,13 @@ class _ReceivedAsyncStream(_Proxy):
             if received is None:
                 return item
         else:
-            item = await step()
+            try:
+                item = await step()
+            except StopAsyncIteration:
+                # Read to the end: the turn is not abandoned, its items unneeded.
+                self._self_received = None
+                received.items = []
+                raise
         received.items.append(item)
         return item
 

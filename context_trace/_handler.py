@@ -242,7 +242,9 @@ class RecordingHandler(BaseCallbackHandler):
                 turn.name = kwargs.get("name")
                 # A LangGraph messages stream starting this root: keep what its
                 # consumer receives (see _graph_streams). A read, not a write.
-                received = RECEIVING.get()
+                # Only a run with no parent is the graph's own: a scope opened
+                # inside one of its nodes sees the ContextVar too.
+                received = RECEIVING.get() if parent_run_id is None else None
                 if received is not None and not received.taken:
                     received.taken = True
                     turn.received = received

@@ -150,6 +150,51 @@ class TestTheStreamIsUnchanged:
         assert None is RECEIVING.get()
         stream.close()
 
+    def test_a_scope_inside_a_node_keeps_its_own_answer(
+        self, records: CapturedRecords
+    ) -> None:
+        """
+        A graph streamed outside any scope (as LangGraph's server runs it) whose
+        node opens a scope and leaves a stream after one chunk: that turn keeps
+        the chunk it read, not the outer graph's items.
+        """
+        from langchain_core.runnables import RunnableLambda
+        from langgraph.graph import START, MessagesState, StateGraph
+
+        def node(state: dict[str, Any]) -> dict[str, Any]:
+            inner = GenericFakeChatModel(messages=iter([AIMessage("one two three")]))
+            with track_user("u-inner"):
+                stream = (RunnableLambda(lambda x: x) | inner).stream("hi inner")
+                first = next(stream)
+                stream.close()
+            return {"messages": [AIMessage("graph says " + str(first.content))]}
+
+        graph = StateGraph(MessagesState)
+        graph.add_node("n", node)
+        graph.add_edge(START, "n")
+        list(graph.compile().stream(QUESTION, stream_mode="messages"))
+
+        (turn,) = records.conversations
+
+        assert ("u-inner", [("user", "hi inner"), ("assistant", "one")]) == (
+            turn.user_id,
+            _shape(turn),
+        )
+
+    def test_a_stream_read_to_the_end_lets_go_of_its_items(
+        self, records: CapturedRecords
+    ) -> None:
+        """Once exhausted, nothing the consumer got is held for the turn."""
+        with track_user("u"):
+            stream = _alpha_agent().stream(QUESTION, stream_mode="messages")
+            held = None
+            for _ in stream:
+                held = stream._self_received
+            after = stream._self_received
+
+        assert (True, None) == (held is not None, after)
+        assert 1 == len(records.conversations)
+
     def test_the_marker_is_reset_after_the_first_step(
         self, records: CapturedRecords
     ) -> None:

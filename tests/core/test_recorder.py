@@ -239,6 +239,36 @@ class TestAnswers:
 
         assert expected == records.conversations[0].answer
 
+    def test_tool_calls_and_usage_as_extra_fields_or_properties(self) -> None:
+        """Fields a message carries as a pydantic extra or a property are read too."""
+        from langchain_core.messages import ChatMessage
+        from langchain_core.outputs import ChatGeneration, LLMResult
+
+        calls = [{"name": "f", "args": {"x": 1}, "id": "c1"}]
+
+        class PropertyCalls(BaseMessage):
+            type: str = "ai"
+
+            @property
+            def tool_calls(self) -> list[dict[str, Any]]:
+                return calls
+
+        usage = {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}
+        extra_usage = ChatMessage(role="assistant", content="a", usage_metadata=usage)
+        result = LLMResult(generations=[[ChatGeneration(message=extra_usage)]])
+
+        assert [
+            '[{"name":"f","args":{"x":1}}]',
+            '[{"name":"f","args":{"x":1}}]',
+            {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        ] == [
+            _convert.answer_text(
+                ChatMessage(role="assistant", content="", tool_calls=calls)
+            ),
+            _convert.answer_text(PropertyCalls(content="")),
+            _convert._usage(result),
+        ]
+
 
 class TestRunnables:
     def test_chat_model_invoked_directly(self, records: CapturedRecords) -> None:
