@@ -28,8 +28,10 @@ _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
 # sized for appending, not for reading. Its page cache holds a batch's dirty
 # pages (the tail of conversations, the id indexes' touched leaves); a bigger
 # cache only keeps pages it never reads again, and SQLite grows it until full
-# (16 MiB cost ~16 MiB of RSS per worker, at no gain in measured throughput).
-WRITER_CACHE_KIB = 1024
+# (16 MiB cost ~16 MiB of RSS per worker, at no gain in measured throughput;
+# 512 KiB against 1 MiB: -0.3 to -1 MiB of RSS over 20,000 turns, store
+# throughput within run-to-run noise, benchmarks/export.py).
+WRITER_CACHE_KIB = 512
 # Memory-mapped I/O off: mapped pages of the file count in the worker's RSS.
 WRITER_MMAP_BYTES = 0
 # Prepared statements kept. The bulk inserts' SQL varies with the rows of the

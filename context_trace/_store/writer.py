@@ -35,9 +35,9 @@ _SEEN_PAIRS_FEW = 8
 _SEEN_PAIRS = 64
 
 # Bytes of seen-sets kept for recently written sessions (a 5-turn session costs
-# ~400 bytes, so ~1,300 sessions); a session evicted from it is read back from
+# ~400 bytes, so ~650 sessions); a session evicted from it is read back from
 # the file. Every web worker pays this, so it is small.
-_SEEN_CACHE_BYTES = 512 * 1024
+_SEEN_CACHE_BYTES = 256 * 1024
 
 _INSERT_CONVERSATION_HEAD = (
     "INSERT INTO conversations (n, session_n, id, user_id, session_id, started_at,"

@@ -48,7 +48,7 @@ class TestWriterConnection:
     def test_the_writer_caches_little_and_readers_keep_their_own_settings(
         self, tmp_path: Path
     ) -> None:
-        """The writer's page cache is 1 MiB with mmap off; a reader gets 16 MiB."""
+        """The writer's page cache is 512 KiB with mmap off; a reader gets 16 MiB."""
         db = tmp_path / "store.db"
         exporter = SQLiteExporter(db)
         exporter.export([_turn(0, 0)])
@@ -60,13 +60,13 @@ class TestWriterConnection:
         finally:
             exporter.shutdown(5)
 
-        assert (-1024, 0) == writer
+        assert (-512, 0) == writer
         assert -16 * 1024 == read_cache
 
 
 class TestSessionCaches:
     def test_seen_sets_stay_within_their_byte_bound(self, tmp_path: Path) -> None:
-        """3,000 sessions written twice keep the writer's caches under 512 KiB + SQL."""
+        """3,000 sessions written twice keep the writer's caches under 256 KiB + SQL."""
         exporter = SQLiteExporter(tmp_path / "store.db")
         try:
             exporter.export([_turn(SESSIONS, 0)])  # schema, first statements
@@ -85,8 +85,8 @@ class TestSessionCaches:
             exporter.shutdown(5)
 
         # The seen-sets' bound, plus the SQL text of the statements kept prepared.
-        assert retained <= 512 * 1024 + 256 * 1024, retained
-        assert 512 * 1024 == cache.max_bytes
+        assert retained <= 256 * 1024 + 256 * 1024, retained
+        assert 256 * 1024 == cache.max_bytes
         assert cache.nbytes <= cache.max_bytes
 
     def test_an_evicted_session_still_stores_no_history_twice(
