@@ -26,7 +26,7 @@ from langchain_core.prompt_values import PromptValue
 from ._log import log_once
 from ._record import Conversation, Feedback, Message, Record, Role
 from ._runtree import build_spans
-from ._turn import Received, Turn
+from ._turn import ModelResult, Received, Turn
 
 __all__ = [
     "answer_text",
@@ -192,8 +192,10 @@ def _message(msg: BaseMessage) -> Message:
     return Message(role, text)
 
 
-def _generation_text(gen: Generation) -> str:
+def _generation_text(gen: Generation | ModelResult) -> str:
     if isinstance(gen, ChatGeneration):
+        return answer_text(gen.message)
+    if type(gen) is ModelResult and gen.message is not None:
         return answer_text(gen.message)
     return gen.text
 
@@ -219,6 +221,8 @@ def answer_text(output: Any) -> str:
                 [{"name": c.get("name"), "args": c.get("args")} for c in calls]
             )
         return text
+    if type(output) is ModelResult:
+        return _generation_text(output)
     if isinstance(output, LLMResult):
         if output.generations and output.generations[0]:
             return _generation_text(output.generations[0][0])
@@ -343,14 +347,16 @@ def _text_or_json(value: Any) -> str:
     return _compact(value)
 
 
-def _result_message(result: LLMResult | None) -> BaseMessage | None:
+def _result_message(result: LLMResult | ModelResult | None) -> BaseMessage | None:
+    if type(result) is ModelResult:
+        return result.message
     if result is None or not result.generations or not result.generations[0]:
         return None
     gen = result.generations[0][0]
     return gen.message if isinstance(gen, ChatGeneration) else None
 
 
-def _model_name(call: _Call, result: LLMResult | None) -> str | None:
+def _model_name(call: _Call, result: LLMResult | ModelResult | None) -> str | None:
     """The model a call used: as the response names it, else as it was called."""
     message = _result_message(result)
     if message is not None:
@@ -383,7 +389,7 @@ def _model_name(call: _Call, result: LLMResult | None) -> str | None:
     return None
 
 
-def _usage(result: LLMResult | None) -> dict[str, int]:
+def _usage(result: LLMResult | ModelResult | None) -> dict[str, int]:
     """One call's token usage (empty when the model reports none)."""
     if result is None:
         return {}
@@ -629,7 +635,9 @@ def _received_answer(received: Received) -> tuple[Any, str]:
 
 
 def _message_call(
-    calls: Sequence[_Call], results: Mapping[int, LLMResult], message_id: Any
+    calls: Sequence[_Call],
+    results: Mapping[int, LLMResult | ModelResult],
+    message_id: Any,
 ) -> _Call | None:
     """The model call whose message has *message_id* (its result's, or its run's)."""
     if not isinstance(message_id, str) or not message_id:
@@ -645,7 +653,7 @@ def _message_call(
 
 
 def _answering_call(
-    calls: Sequence[_Call], results: Mapping[int, LLMResult], answer: str
+    calls: Sequence[_Call], results: Mapping[int, LLMResult | ModelResult], answer: str
 ) -> _Call | None:
     """The call that produced *answer*: the last one whose text is the answer."""
     ended = [c for c in calls if c[0] in results]
@@ -670,7 +678,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     ``context_session``, else the model's headers, else the framework's
     (``configurable.session_id``, then ``configurable.thread_id``).
     """
-    scope = turn.scope
     steps = turn.steps or []
     calls: list[_Call] = [s for s in steps if isinstance(s, tuple)]
     results = turn.results or {}
@@ -715,8 +722,8 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     if not users and inputs is not None:
         users = [Message("user", _text_or_json(inputs))]
 
-    user_id = scope.user_id
-    session = scope.session
+    user_id = turn.user_id
+    session = turn.session
     session_id = session.id if session is not None else None
     if user_id is None or session_id is None:
         header_user = header_session = None
@@ -767,7 +774,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         messages.append(Message("assistant", answer or ""))
 
     metadata: dict[str, str] = _run_metadata(turn.run_metadata)
-    metadata.update(scope.metadata)  # the scope wins on a clash
+    metadata.update(turn.scope_metadata)  # the scope wins on a clash
     if turn.name:
         metadata.setdefault("run_name", turn.name)
     totals: dict[str, int] = {}

@@ -29,7 +29,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from . import _graph_streams, _runtime
 from ._log import log_once
-from ._turn import RECEIVING, Turn
+from ._turn import RECEIVING, Turn, light_result
 
 if TYPE_CHECKING:
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
@@ -166,12 +166,14 @@ class RecordingHandler(BaseCallbackHandler):
     def _finish(self, turn: Turn, error: BaseException | None) -> None:
         turn.ended = time.time()
         turns = self._turns
-        for rid in turn.run_ids:
+        run_ids = turn.run_ids
+        for rid in run_ids:
             turns.pop(rid, None)
         if self._shares_runs:
-            for rid in turn.run_ids:
+            for rid in run_ids:
                 if _SHARED_RUNS.get(rid) is self:
                     del _SHARED_RUNS[rid]
+        del turn.run_ids  # freed here, not kept alive while the turn is queued
         if _CLAIMED.get(turn.key) is self:  # not when following another's root
             _CLAIMED.pop(turn.key, None)
         if (
@@ -192,7 +194,7 @@ class RecordingHandler(BaseCallbackHandler):
             # (a parser on its own).
             return
         turn.error = error
-        session = turn.scope.session
+        session = turn.session
         if session is not None:
             session.last_turn_id = turn.run_id.hex
             parent = turn.trace_parent
@@ -365,11 +367,12 @@ class RecordingHandler(BaseCallbackHandler):
             key = run_id.int
             turn = self._turns.get(key)
             if turn is not None:
-                turn.__dict__.setdefault("results", {})[key] = response
+                result = light_result(response)
+                turn.__dict__.setdefault("results", {})[key] = result
                 if turn.tree is not None and key in turn.tree:
                     turn.tree[key][2] = time.time()
                 if turn.key == key:  # a model invoked directly: it is the turn
-                    turn.output = response
+                    turn.output = result
                     self._finish(turn, None)
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_end")

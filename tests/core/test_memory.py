@@ -120,3 +120,82 @@ class TestLongLivedScope:
 
         assert len(records.conversations) == 500
         assert live == []
+
+
+class _KeepQueued:
+    """A pipeline stand-in that keeps every finished turn, as a busy queue does."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def emit(self, item: Any) -> None:
+        self.items.append(item)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+
+class TestQueuedTurns:
+    def test_a_queued_turn_keeps_few_objects_alive(
+        self, chain: Runnable[dict[str, Any], str]
+    ) -> None:
+        """
+        A finished turn waiting for the worker keeps at most 16 tracked objects.
+
+        Each counts towards the cyclic collector's thresholds while it waits, and
+        those kept past a young collection are promoted (full collections cost
+        ~70 ms against a bare chain's none). It was 27: the whole LLMResult, the
+        scope and its handler (a cycle), the run-id list and an empty tags list.
+        """
+        from context_trace import _runtime
+
+        state = _runtime._STATE
+        keep = _KeepQueued()
+        with track_user("warm"):
+            chain.invoke({"question": "warm up"})
+        with state.lock:
+            previous, state.pipeline = state.pipeline, keep  # type: ignore[assignment]
+        try:
+            for i in range(20):
+                with track_user("u1"):
+                    chain.invoke({"question": f"warm {i}"})
+            gc.collect()
+            before = len(gc.get_objects())
+            for i in range(200):
+                with track_user("u1"):
+                    chain.invoke({"question": f"q{i}"})
+            gc.collect()
+            per_turn = (len(gc.get_objects()) - before) / 200
+        finally:
+            with state.lock:
+                state.pipeline = previous
+
+        assert 220 == len(keep.items)
+        assert per_turn <= 16, per_turn
+
+    def test_a_result_with_several_generations_is_kept_whole(self) -> None:
+        """One generation is kept light; several (n > 1) keep the LLMResult itself."""
+        from langchain_core.messages import AIMessage
+        from langchain_core.outputs import ChatGeneration, LLMResult
+
+        one = LLMResult(generations=[[ChatGeneration(message=AIMessage("a"))]])
+        two = LLMResult(
+            generations=[
+                [
+                    ChatGeneration(message=AIMessage("a")),
+                    ChatGeneration(message=AIMessage("b")),
+                ]
+            ]
+        )
+
+        light = _turn.light_result(one)
+        assert isinstance(light, _turn.ModelResult)
+        assert light.message is one.generations[0][0].message
+        assert [[light]] == light.generations
+        assert _turn.light_result(two) is two
