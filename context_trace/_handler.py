@@ -109,8 +109,11 @@ class RecordingHandler(BaseCallbackHandler):
         if parent_run_id is not None:
             turn = turns.get(parent_run_id.int)
             if turn is not None:
+                try:
+                    turn.run_ids.append(key)
+                except AttributeError:  # its root ended meanwhile (another thread)
+                    return None
                 turns[key] = turn
-                turn.run_ids.append(key)
                 tree = turn.tree
                 if tree is not None:  # OTLP export is on: the span tree (#12)
                     tree[key] = [parent_run_id.int, time.time(), 0.0, None, None]
@@ -173,7 +176,7 @@ class RecordingHandler(BaseCallbackHandler):
             for rid in run_ids:
                 if _SHARED_RUNS.get(rid) is self:
                     del _SHARED_RUNS[rid]
-        del turn.run_ids  # freed here, not kept alive while the turn is queued
+        del turn.run_ids  # freed now, not kept alive while the turn is queued
         if _CLAIMED.get(turn.key) is self:  # not when following another's root
             _CLAIMED.pop(turn.key, None)
         if (

@@ -336,13 +336,10 @@ def _build_scope(
         metadata = {**session.metadata, **metadata}
     scope = Scope(user_id, session, metadata, None)
     if _runtime.active_config().enabled and (session is None or session.sampled):
-        # The handler gets a twin without a handler, not the scope itself: a
-        # scope <-> handler cycle would outlive the request as garbage that only
-        # the cyclic collector frees (three objects per request towards its
-        # thresholds; see _turn.ModelResult).
-        scope.handler = _handler.RecordingHandler(
-            Scope(user_id, session, metadata, None)
-        )
+        # A cycle (scope.handler.scope is scope): re-entering handler.scope must
+        # record again. Turns copy the scope's attribution instead of holding it,
+        # so the pair is young garbage once the request's block ends.
+        scope.handler = _handler.RecordingHandler(scope)
     return scope
 
 

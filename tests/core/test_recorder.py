@@ -664,6 +664,47 @@ class TestSessionTranscript:
 
 
 class TestRecorderRobustness:
+    def test_a_child_starting_as_its_root_ends_is_let_go(
+        self, records: CapturedRecords, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """
+        A child run another thread starts while its root finishes: not an error.
+
+        The root's end frees its run-id list; a child that found the root's turn
+        just before is not added to it (the turn is already on its way out).
+        """
+        import uuid
+
+        with track_user("u"):
+            handler = current_handler()
+        assert handler is not None
+        root, child = uuid.uuid4(), uuid.uuid4()
+
+        class EndsTheRootOnLookup(dict[int, Any]):
+            armed = False  # set for the child's lookup of its parent
+
+            def get(self, key: int, default: Any = None) -> Any:
+                found = super().get(key, default)
+                if key == root.int and self.armed:
+                    self.armed = False
+                    handler.on_chain_end("done", run_id=root)  # the other thread
+                return found
+
+        turns = EndsTheRootOnLookup()
+
+        handler._turns = turns
+        handler.on_chain_start({}, {"question": "q"}, run_id=root)
+        turns.armed = True
+        with caplog.at_level(logging.DEBUG, logger="context_trace"):
+            handler.on_chat_model_start(
+                {}, [[HumanMessage("q")]], run_id=child, parent_run_id=root
+            )
+
+        assert [] == [
+            r.getMessage() for r in caplog.records if "failed" in r.getMessage()
+        ]
+        assert 0 == handler.active_turns
+
     def test_handler_flags(self) -> None:
         """The recorder never raises into LangChain and runs inline in async runs."""
         assert (
