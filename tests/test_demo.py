@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -239,7 +240,43 @@ class TestDefaultRun:
             ui.communicate(timeout=30)
         assert sorted(USERS) == sorted(u["user_id"] for u in users)
 
-    def test_fits_80_columns(self, demo: DemoRun) -> None:
+    def test_readme_cli_examples_work_on_the_demo(self, demo: DemoRun) -> None:
+        """The README's CLI examples, on the demo's store, find the users they name."""
+        readme = (REPO / "README.md").read_text(encoding="utf-8")
+        block = re.search(
+            r"The `context-trace` command reads it.*?```\n(.*?)```", readme, re.DOTALL
+        )
+        assert block is not None
+        commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+        with SQLiteReader(demo.path) as reader:
+            ben = [s.session_id for s in reader.sessions() if s.user_id == "ben"]
+        # replay asks for the token its comment names (nothing is sent: the
+        # demo's outbox is empty, and the endpoint is a closed loopback port).
+        token = {
+            "CONTEXT_TOKEN": "test-token-123",
+            "CONTEXT_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        }
+        runs = {}
+        for command in commands:
+            args = shlex.split(command.replace("SESSION_OR_ID", ben[0]))
+            if args[1] == "demo":
+                continue  # the fixture's own run
+            env = _env(HOME=str(demo.home), **(token if args[1] == "replay" else {}))
+            runs[args[1]] = subprocess.run(
+                [sys.executable, "-m", "context_trace", *args[1:], "--db", str(demo.path)],
+                capture_output=True, text=True, encoding="utf-8", env=env,
+                timeout=120, check=False,
+            )  # fmt: skip
+
+        assert {name: (0, "") for name in runs} == {
+            name: (r.returncode, r.stderr) for name, r in runs.items()
+        }
+        assert sorted(ben) == sorted(
+            line.split()[0] for line in runs["sessions"].stdout.splitlines()[1:]
+        )
+        assert runs["show"].stdout.splitlines()[1].startswith("user ben · 3 turns · ")
+        assert 36 == len(runs["export"].stdout.splitlines())
+
         """Every line of the output, the suggested commands too, fits 80 columns."""
         assert [] == [line for line in demo.lines if len(line) > 80]
 

@@ -382,7 +382,7 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     path = _db_path(args)
     counts = _read(path, lambda r: r.outbox_counts())
     per = _read(path, lambda r: r.outbox_destinations())
-    # Per destination only when there is more than the Context API (#12), so a
+    # Per destination only when there is more than the Context API (OTLP), so a
     # Context-only outbox prints as it always did.
     several = any(name != "context" for name in per)
     if args.json:
@@ -413,7 +413,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         or ""
     ).strip()  # as configure() does: a trailing newline from a secrets file is fine
     per = _read(_db_path(args), lambda r: r.outbox_destinations())
-    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says (#12).
+    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says.
     if not token and (not per or per.get("context", {}).get("waiting", 0)):
         raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",
