@@ -203,7 +203,6 @@ class TestDefaultRun:
         """Each "Try next" command, run by a shell as printed, reads the demo's data."""
         commands = demo.lines[-4:]
         env = _env(HOME=str(demo.home), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-        env.pop("CONTEXT_TRACE_DB", None)
 
         def shell(command: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(

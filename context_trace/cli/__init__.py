@@ -2,7 +2,8 @@
 The ``context-trace`` command: look at what context_trace recorded.
 
 Every command reads the local SQLite store (``--db``, else ``$CONTEXT_TRACE_DB``,
-else ``~/.context_trace/traces.db``)::
+else ``~/.context_trace/traces.db``), except ``demo``, which writes a store of its
+own (``--db``, else ``~/.context_trace/demo.db``)::
 
     context-trace users                    per-user totals
     context-trace sessions --user ava      a user's sessions
