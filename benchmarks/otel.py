@@ -1,5 +1,5 @@
 """
-OTLP export throughput: 3-span turns through the outbox to a loopback receiver (#12).
+OTLP export throughput: 3-span turns through the outbox to a loopback receiver.
 
     python benchmarks/otel.py [--turns 20000] [--rounds 3] [--tmpdir DIR] [--smoke]
 

@@ -4,7 +4,7 @@ Soak: many threads, then many asyncio tasks, recording into the default local st
     python benchmarks/soak.py [--threads 32] [--thread-turns 1562]
                               [--tasks 200] [--task-turns 250] [--pause 0.001]
 
-The load of issue #9, item 9: each of ``--threads`` threads runs ``--thread-turns``
+The overload that back-pressure was built for: each of ``--threads`` threads runs ``--thread-turns``
 turns of ``RunnableLambda(pause) | prompt | ParrotFakeChatModel() | StrOutputParser()``
 inside ``track_user`` (one scope per turn, as a request would open), then
 ``--tasks`` asyncio tasks run ``--task-turns`` turns each the same way with

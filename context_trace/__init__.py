@@ -34,7 +34,7 @@ from ._scopes import (
     uninstrument_threads,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Config",

@@ -837,7 +837,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         messages=tuple(messages),
         metadata=metadata,
         error=error_text,
-        # OTLP export on (#12): the run tree as span records, and the app's span.
+        # OTLP export on: the run tree as span records, and the app's span.
         spans=build_spans(turn, _model_name, _usage) if turn.tree is not None else (),
         trace_id=None if turn.trace_parent is None else f"{turn.trace_parent[0]:032x}",
         parent_span_id=(

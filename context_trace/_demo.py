@@ -3,8 +3,10 @@ The ``context-trace demo``: a small support chatbot, recorded for real.
 
 :func:`run_demo` starts a Flask app with the :class:`ContextTrace` extension on a
 loopback port, drives it over real HTTP with one client thread per simulated
-user, and records every turn in the local SQLite store, the way a deployed app
-would. Nothing is faked on the recording side: the users, sessions, ratings and
+user, and records every turn in a SQLite store of its own, the way a deployed
+app would. The demo's store is never the app's: :func:`run_demo` replaces a
+store it recorded before (re-running does not add up) and refuses one that
+holds anything else. Nothing is faked on the recording side: the users, sessions, ratings and
 the one failing turn all travel through headers, the per-request scopes, the
 LangChain callbacks, the background pipeline and the SQLite exporter.
 
@@ -22,7 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import urllib.error
@@ -46,6 +51,7 @@ from langchain_core.tools import StructuredTool
 from . import _runtime
 from ._exporters.sqlite import SQLiteExporter
 from ._scopes import current_session, current_user
+from ._store.reader import SQLiteReader
 
 if TYPE_CHECKING:
     import flask
@@ -55,6 +61,7 @@ __all__ = [
     "DEFAULT_SESSIONS_PER_USER",
     "DEFAULT_TURNS",
     "DEFAULT_USERS",
+    "DEMO_METADATA",
     "DemoChatModel",
     "DemoResult",
     "build_app",
@@ -67,6 +74,8 @@ __all__ = [
 DEFAULT_USERS = 6
 DEFAULT_SESSIONS_PER_USER = 2
 DEFAULT_TURNS = 3
+# On every turn the demo records: how run_demo tells its own store from an app's.
+DEMO_METADATA = {"source": "context-trace demo"}
 _MAX_USERS = 200
 _MAX_SESSIONS = 50
 _MAX_TURNS = 50
@@ -354,7 +363,8 @@ def build_app(chain: Runnable[dict[str, Any], str] | None = None) -> flask.Flask
     ``{"answer", "user", "session"}``, or 502 with ``{"error"}`` when the chain
     fails) and ``POST /feedback`` (JSON ``{"rating": -1|0|1}``, rates the
     session). The user and session come from the ``X-User-Id`` and
-    ``X-Session-Id`` headers; each session's history is kept in memory.
+    ``X-Session-Id`` headers; each session's history is kept in memory. Every
+    turn carries :data:`DEMO_METADATA`.
 
     Args:
         chain: The chain to answer with (default: :func:`build_chain`).
@@ -373,7 +383,7 @@ def build_app(chain: Runnable[dict[str, Any], str] | None = None) -> flask.Flask
 
     answer_chain = chain if chain is not None else build_chain()
     app = flask.Flask("context_trace_demo")
-    ContextTrace(app)
+    ContextTrace(app, metadata=DEMO_METADATA)
     histories: dict[str, list[BaseMessage]] = {}
     lock = threading.Lock()
 
@@ -547,6 +557,42 @@ def _check_count(name: str, value: object, high: int) -> int:
     return value
 
 
+def _check_replaceable(path: Path) -> None:
+    """
+    Raise ValueError unless *path* is missing, empty or a store the demo wrote:
+    the demo replaces its store, so it must never be pointed at an app's.
+    """
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a database")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with SQLiteReader(path) as reader:
+        outbox = reader.outbox_counts()
+        foreign = outbox["pending"] + outbox["leased"] > 0 or any(
+            c.metadata.get(key) != value
+            for c in reader.conversations()
+            for key, value in DEMO_METADATA.items()
+        )
+    if foreign:
+        raise ValueError(
+            f"{path} holds conversations the demo did not record; the demo replaces "
+            "its store, so it leaves this one alone: choose another file"
+        )
+
+
+def _install(staging: Path, path: Path) -> None:
+    """Move the finished store *staging* to *path*, over the previous demo store."""
+    # The old store's WAL and shared-memory files belong to the old file.
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{path}{suffix}")
+    os.replace(staging, path)
+    # The writer checkpoints its WAL into the file as it closes; if it could not,
+    # the WAL holds committed turns and goes along.
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(f"{staging}-wal", f"{path}-wal")
+
+
 def run_demo(
     db_path: str | PathLike[str],
     *,
@@ -558,12 +604,14 @@ def run_demo(
     """
     Run the demo app, drive it with concurrent users, and store every turn.
 
-    It reconfigures context_trace in this process to write to the SQLite store at
-    *db_path* (a Context token in the environment is ignored) and shuts the
-    pipeline down at the end, after everything is stored.
+    It reconfigures context_trace in this process to write to a new SQLite store
+    (a Context token in the environment is ignored), shuts the pipeline down
+    after everything is stored, and then moves the store to *db_path*,
+    replacing the previous demo's: re-running never adds up. A store at
+    *db_path* that holds anything but the demo's turns is refused, untouched.
 
     Args:
-        db_path: The SQLite store to write (created if missing).
+        db_path: The demo's SQLite store (created if missing, else replaced).
         users: Simulated users, each on its own client thread.
         sessions_per_user: Sessions each user opens, one after the other.
         turns: Questions per session.
@@ -575,21 +623,56 @@ def run_demo(
 
     Raises:
         TypeError, ValueError: A count is not an int in range.
-        OSError, ValueError: The store cannot be created or is not a
-            context_trace store.
+        OSError, ValueError: The store cannot be created, is not a
+            context_trace store, or holds turns the demo did not record.
         RuntimeError: The app answered unexpectedly, or storing timed out.
         ImportError: Flask is not installed.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Records into a new store and replaces the previous demo's with it;
+       refuses a store with other turns.
     """
     _check_count("users", users, _MAX_USERS)
     _check_count("sessions_per_user", sessions_per_user, _MAX_SESSIONS)
     _check_count("turns", turns, _MAX_TURNS)
     started = time.monotonic()
     path = Path(db_path).expanduser()
-    store = SQLiteExporter(path)
-    store.check()  # a bad path fails here, in one clear error
-    app = build_app()  # imports Flask: fail before reconfiguring anything
+    _check_replaceable(path)
+    app = build_app()  # imports Flask: fail before writing or reconfiguring anything
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Recorded in a new store beside the target, moved over it once complete: a
+    # failed run leaves the previous demo store as it was.
+    staging_dir = Path(tempfile.mkdtemp(prefix=".context-trace-demo-", dir=path.parent))
+    try:
+        result = _record(
+            app,
+            staging_dir / path.name,
+            path,
+            users,
+            sessions_per_user,
+            turns,
+            progress,
+        )
+        _install(staging_dir / path.name, path)
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _record(
+    app: flask.Flask,
+    staging: Path,
+    path: Path,
+    users: int,
+    sessions_per_user: int,
+    turns: int,
+    progress: Callable[[int, int], None] | None,
+) -> DemoResult:
+    """Drive *app* and store its turns in *staging*; *path* is the store's name."""
+    store = SQLiteExporter(staging)
+    store.check()
     # An explicit exporter: the demo always writes locally, whatever the env says.
     _runtime.configure(exporter=store, sample_rate=1.0, enabled=True)
 
@@ -691,5 +774,4 @@ def run_demo(
     result.errors = 1
     result.error_user = names[error_slot[0]]
     result.showcase_session = plan[0][0]
-    result.seconds = time.monotonic() - started
     return result

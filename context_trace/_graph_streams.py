@@ -1,5 +1,5 @@
 """
-LangGraph's streams report what their consumer received (issue #10).
+LangGraph's streams report what their consumer received.
 
 ``Pregel.stream(stream_mode="messages")`` runs a model's step to its end before
 it yields the first token, so the callbacks see every token the model generated,

@@ -115,7 +115,7 @@ class RecordingHandler(BaseCallbackHandler):
                     return None
                 turns[key] = turn
                 tree = turn.tree
-                if tree is not None:  # OTLP export is on: the span tree (#12)
+                if tree is not None:  # OTLP export is on: the span tree
                     tree[key] = [parent_run_id.int, time.time(), 0.0, None, None]
                 if self._shares_runs:
                     _SHARED_RUNS[key] = self

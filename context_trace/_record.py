@@ -61,7 +61,7 @@ class Message:
 
 class Span(NamedTuple):
     """
-    One model call or tool run of a turn, as the OTLP exporter needs it (#12).
+    One model call or tool run of a turn, as the OTLP exporter needs it.
 
     Recorded only while OTLP export is on. The exporter builds a GenAI span
     from it on the export worker; nothing here depends on OpenTelemetry. A

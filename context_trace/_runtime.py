@@ -113,7 +113,7 @@ def current_trace_parent() -> tuple[int, int] | None:
     """
     ``(trace id, span id)`` of the OpenTelemetry span current now, if any.
 
-    The handler calls it as a turn starts, only with OTLP export on (#12): one
+    The handler calls it as a turn starts, only with OTLP export on: one
     context read on the request path.
     """
     trace = _otel_trace()

@@ -1,5 +1,5 @@
 """
-A finished turn's run tree as span records: runs on the export worker (#12).
+A finished turn's run tree as span records: runs on the export worker.
 
 The handler notes, while OTLP export is on, each run's parent, start and end
 (``Turn.tree``); this module turns the model calls and tool runs among them

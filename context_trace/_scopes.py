@@ -185,7 +185,7 @@ class Session:
         self.sampled = sampled
         #: id of the last turn recorded in this session (set by the recorder)
         self.last_turn_id: str | None = None
-        #: that turn's OpenTelemetry trace, when it ran inside the app's (#12)
+        #: that turn's OpenTelemetry trace, when it ran inside the app's
         self.last_trace_id: str | None = None
 
     def rate(self, rating: int) -> None:

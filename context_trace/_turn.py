@@ -140,7 +140,7 @@ class Turn:
     output: Any = None
     error: BaseException | None = None
     ended: float = 0.0
-    # Only while OTLP export is on (#12): every run below the root, by key, as
+    # Only while OTLP export is on: every run below the root, by key, as
     # ``[parent key, start, end (0.0 until it ends), error, tool_call_id]``;
     # ``_runtree.build_spans`` turns it into span records on the worker.
     tree: dict[int, list[Any]] | None = None

@@ -1,18 +1,25 @@
 """
 ``context-trace demo``: a real Flask app, real HTTP clients, the real store.
 
-The default run happens once per module in a subprocess (with a Context token
-in its environment, which the demo must ignore); the tests then check what it
-printed and, exactly, what it stored.
+The default run happens once per module in a subprocess, with a home directory
+of its own, a Context token and an app's store in ``CONTEXT_TRACE_DB`` (which
+the demo must both ignore); the tests then check what it printed, exactly what
+it stored, and that every command it suggests works.
 """
 
 from __future__ import annotations
 
+import configparser
+import csv
+import hashlib
 import json
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,8 @@ from typing import Any
 import pytest
 
 from context_trace import _demo, cli
+from context_trace._exporters.sqlite import SQLiteExporter
+from context_trace._record import Conversation, Message
 from context_trace._store.reader import SQLiteReader
 
 from .exporters.context_server import free_port
@@ -27,6 +36,9 @@ from .exporters.context_server import free_port
 REPO = Path(__file__).resolve().parent.parent
 USERS = ["ava", "ben", "chloe", "dev", "emma", "farid"]
 FAILED_TURN = "TimeoutError: order service did not answer within 2.0 s"
+# Where the console scripts of this environment are (the first README command
+# puts `context-trace` there).
+BIN = Path(sys.executable).parent
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -55,23 +67,59 @@ def run_demo_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
 
 @dataclass(frozen=True)
 class DemoRun:
-    path: Path
+    home: Path
+    app_store: Path
+    app_store_digest: str
     result: subprocess.CompletedProcess[str]
+
+    @property
+    def path(self) -> Path:
+        return self.home / ".context_trace" / "demo.db"
 
     @property
     def lines(self) -> list[str]:
         return self.result.stdout.splitlines()
 
 
+def _app_store(path: Path) -> str:
+    """An app's store with one turn of its own, written by the real writer; its digest."""
+    store = SQLiteExporter(path)
+    turn = Conversation(
+        id="app-turn-1",
+        user_id="alice",
+        session_id="app-session",
+        started_at=1_765_000_000.0,
+        ended_at=1_765_000_001.0,
+        messages=(Message("user", "hi"), Message("assistant", "hello")),
+        metadata={},
+    )
+    assert 0 == store.export([turn]).failed
+    store.shutdown()
+    return _digest(path)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for suffix in ("", "-wal"):
+        part = Path(f"{path}{suffix}")
+        if part.exists():
+            digest.update(part.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """The default demo (6 users x 2 sessions x 3 turns), run once."""
-    path = tmp_path_factory.mktemp("demo") / "demo.db"
+    """The default demo (6 users x 2 sessions x 3 turns), run once, with no --db."""
+    home = tmp_path_factory.mktemp("home")
+    app_store = tmp_path_factory.mktemp("app") / "traces.db"
+    digest = _app_store(app_store)
     env = _env(
+        HOME=str(home),
+        CONTEXT_TRACE_DB=str(app_store),
         CONTEXT_TOKEN="test-token-123",
         CONTEXT_ENDPOINT=f"http://127.0.0.1:{free_port()}",
     )
-    return DemoRun(path, run_demo_cli("--db", str(path), env=env))
+    return DemoRun(home, app_store, digest, run_demo_cli(env=env))
 
 
 def _user_rows(lines: list[str]) -> dict[str, tuple[str, ...]]:
@@ -94,12 +142,13 @@ class TestDefaultRun:
         assert (0, "") == (demo.result.returncode, demo.result.stderr)
 
     def test_says_where_it_writes(self, demo: DemoRun) -> None:
-        """The output names the local store and says the Context token is ignored."""
+        """The output names the demo's own store and what it leaves alone."""
         text = " ".join(demo.result.stdout.split())
 
         assert (
-            f"Everything goes to the local store {demo.path}; the demo ignores "
-            "CONTEXT_TOKEN." in text
+            "Everything goes to the demo's own store ~/.context_trace/demo.db, "
+            "replacing the last demo's; your store (CONTEXT_TRACE_DB, "
+            "~/.context_trace/traces.db) and CONTEXT_TOKEN are left alone." in text
         )
         assert re.search(
             r"Demo done in \d+\.\d s: 6 users, 12 sessions, 36 conversations "
@@ -131,23 +180,103 @@ class TestDefaultRun:
         ] == shown[8:11]
 
     def test_ends_with_hints(self, demo: DemoRun) -> None:
-        """The output ends with commands to try, and how to point them at this store."""
-        lines = demo.lines
-        start = max(i for i, line in enumerate(lines) if line.startswith("Try next"))
-
-        assert (
-            f"Try next, with CONTEXT_TRACE_DB={demo.path} set (or --db {demo.path}):"
-            == " ".join(lines[start:-4])
-        )
+        """The output ends with commands to try, each pointed at the demo's store."""
         assert [
-            "  context-trace sessions --user ben",
-            "  context-trace stats",
-            "  context-trace export --format csv -o demo.csv",
-            "  context-trace ui   (the same, in your browser)",
-        ] == lines[-4:]
+            "Try next, on the demo's store:",
+            "  context-trace sessions --user ben --db ~/.context_trace/demo.db",
+            "  context-trace stats --db ~/.context_trace/demo.db",
+            "  context-trace export --format csv -o demo.csv --db "
+            "~/.context_trace/demo.db",
+            "  context-trace ui --db ~/.context_trace/demo.db  # the dashboard",
+        ] == demo.lines[-5:]
 
-    def test_fits_80_columns(self, demo: DemoRun) -> None:
-        """Every line of the output fits an 80-column terminal."""
+    def test_leaves_the_apps_store_alone(self, demo: DemoRun) -> None:
+        """CONTEXT_TRACE_DB's store is unchanged; only the demo's store is written."""
+        written = sorted(p.name for p in (demo.home / ".context_trace").iterdir())
+
+        assert demo.app_store_digest == _digest(demo.app_store)
+        # (A reader, the demo's own report, may leave -wal and -shm files.)
+        assert ["demo.db"] == [n for n in written if not n.endswith(("-wal", "-shm"))]
+        assert [".context_trace"] == [p.name for p in demo.home.iterdir()]
+
+    def test_suggested_commands_work(self, demo: DemoRun, tmp_path: Path) -> None:
+        """Each "Try next" command, run by a shell as printed, reads the demo's data."""
+        commands = demo.lines[-4:]
+        env = _env(HOME=str(demo.home), PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+
+        def shell(command: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                command, shell=True, capture_output=True, text=True, cwd=tmp_path,
+                env=env, timeout=120, check=False,
+            )  # fmt: skip
+
+        sessions, stats, export = (shell(c) for c in commands[:3])
+
+        assert [(0, ""), (0, ""), (0, "exported 36 conversations to demo.csv\n")] == [
+            (r.returncode, r.stderr) for r in (sessions, stats, export)
+        ]
+        assert 2 == sum(
+            line.split()[1] == "ben" for line in sessions.stdout.splitlines()[1:]
+        )
+        assert "36" == stats.stdout.splitlines()[1].split()[1]
+        with (tmp_path / "demo.csv").open(newline="", encoding="utf-8") as f:
+            assert 36 == len(list(csv.DictReader(f)))
+        # The dashboard serves until Ctrl-C: run it on a free port, read one page.
+        ui = subprocess.Popen(
+            f"exec {commands[3]} --port {free_port()}".replace("  # the dashboard", ""),
+            shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+        try:
+            assert ui.stdout is not None
+            line = ui.stdout.readline()
+            url = line[line.index("http://") :].split()[0].rstrip("/")
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(url + "/api/users", timeout=60) as response:
+                users = json.load(response)["items"]
+        finally:
+            ui.send_signal(signal.SIGINT)
+            ui.communicate(timeout=30)
+        assert sorted(USERS) == sorted(u["user_id"] for u in users)
+
+    def test_readme_cli_examples_work_on_the_demo(self, demo: DemoRun) -> None:
+        """The README's CLI examples, on the demo's store, find the users they name."""
+        readme = (REPO / "README.md").read_text(encoding="utf-8")
+        block = re.search(
+            r"The `context-trace` command reads it.*?```\n(.*?)```", readme, re.DOTALL
+        )
+        assert block is not None
+        commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
+        with SQLiteReader(demo.path) as reader:
+            ben = [s.session_id for s in reader.sessions() if s.user_id == "ben"]
+        # replay asks for the token its comment names (nothing is sent: the
+        # demo's outbox is empty, and the endpoint is a closed loopback port).
+        token = {
+            "CONTEXT_TOKEN": "test-token-123",
+            "CONTEXT_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        }
+        runs = {}
+        for command in commands:
+            args = shlex.split(command.replace("SESSION_OR_ID", ben[0]))
+            if args[1] == "demo":
+                continue  # the fixture's own run
+            env = _env(HOME=str(demo.home), **(token if args[1] == "replay" else {}))
+            runs[args[1]] = subprocess.run(
+                [sys.executable, "-m", "context_trace", *args[1:], "--db", str(demo.path)],
+                capture_output=True, text=True, encoding="utf-8", env=env,
+                timeout=120, check=False,
+            )  # fmt: skip
+
+        assert {name: (0, "") for name in runs} == {
+            name: (r.returncode, r.stderr) for name, r in runs.items()
+        }
+        assert sorted(ben) == sorted(
+            line.split()[0] for line in runs["sessions"].stdout.splitlines()[1:]
+        )
+        assert runs["show"].stdout.splitlines()[1].startswith("user ben · 3 turns · ")
+        assert 36 == len(runs["export"].stdout.splitlines())
+
+        """Every line of the output, the suggested commands too, fits 80 columns."""
         assert [] == [line for line in demo.lines if len(line) > 80]
 
     def test_stores_every_turn(self, demo: DemoRun) -> None:
@@ -185,30 +314,54 @@ class TestDefaultRun:
 
 
 class TestOtherRuns:
-    def test_quiet_runs_add_up(self, tmp_path: Path) -> None:
-        """--quiet prints one line; a second run adds new sessions to the store."""
+    def test_a_rerun_replaces_the_demo(self, tmp_path: Path) -> None:
+        """--quiet prints one line naming the store; a rerun replaces the demo's data."""
         path = tmp_path / "small.db"
         args = ("--db", str(path), "-q", "--users", "2", "--sessions-per-user", "1")
 
-        first = run_demo_cli(*args, "--turns", "2", env=_env(COLUMNS="120"))
-        second = run_demo_cli(*args, "--turns", "2", env=_env(COLUMNS="120"))
+        first = run_demo_cli(*args, "--turns", "2", env=_env(COLUMNS="200"))
+        with SQLiteReader(path) as reader:
+            first_sessions = {s.session_id for s in reader.sessions()}
+        second = run_demo_cli(*args, "--turns", "2", env=_env(COLUMNS="200"))
 
         for result in (first, second):
             assert (0, "") == (result.returncode, result.stderr)
             assert re.fullmatch(
                 r"Demo done in \d+\.\d s: 2 users, 2 sessions, 4 conversations "
-                r"\(1 failed\), 2 ratings\.\n",
+                rf"\(1 failed\), 2 ratings, in {re.escape(str(path))}\.\n",
                 result.stdout,
             )
         with SQLiteReader(path) as reader:
             users = reader.users()
-            sessions = reader.sessions()
+            sessions = {s.session_id for s in reader.sessions()}
             errors = [c.error for c in reader.conversations() if c.error]
-        assert [("ava", 4), ("ben", 4)] == sorted(
+        assert [("ava", 2), ("ben", 2)] == sorted(
             (u.user_id, u.conversations) for u in users
         )
-        assert 4 == len(sessions)
-        assert [FAILED_TURN] * 2 == errors
+        assert 2 == len(sessions)
+        assert set() == sessions & first_sessions
+        assert [FAILED_TURN] == errors
+        assert ["small.db"] == [
+            p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))
+        ]
+
+    def test_refuses_a_store_with_other_turns(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--db naming an app's store: one line, exit 1, the store untouched."""
+        path = tmp_path / "traces.db"
+        digest = _app_store(path)
+
+        code = cli.main(["demo", "--db", str(path), "--quiet"])
+
+        captured = capsys.readouterr()
+        assert (1, "") == (code, captured.out)
+        assert (
+            f"context-trace: error: {path} holds conversations the demo did not "
+            "record; the demo replaces its store, so it leaves this one alone: "
+            "choose another file\n"
+        ) == captured.err
+        assert digest == _digest(path)
 
     def test_in_process_reports_progress(self, tmp_path: Path) -> None:
         """run_demo calls progress once per turn, in order, and returns the plan."""
@@ -260,8 +413,8 @@ class TestOtherRuns:
         captured = capsys.readouterr()
         assert (1, "") == (code, captured.out)
         assert (
-            f"context-trace: error: cannot use SQLite store at {path}: file is not a "
-            "database\n"
+            f"context-trace: error: {path} is not a context_trace database (file is "
+            "not a database; the file is corrupt or not SQLite)\n"
         ) == captured.err
 
     def test_cli_defaults_match_the_demo(
@@ -274,6 +427,27 @@ class TestOtherRuns:
         assert f"simulated users (default {_demo.DEFAULT_USERS})" in text
         assert f"sessions per user (default {_demo.DEFAULT_SESSIONS_PER_USER})" in text
         assert f"questions per session (default {_demo.DEFAULT_TURNS})" in text
+
+
+class TestFirstCommand:
+    def test_installs_what_the_demo_and_dashboard_need(self) -> None:
+        """The README's first command installs Flask (the demo) and waitress (the ui)."""
+        readme = (REPO / "README.md").read_text(encoding="utf-8")
+        first = re.search(r"```bash\n(.*?)\n```", readme, re.DOTALL)
+        assert first is not None
+        extras = re.search(r'pip install -e "\.\[([\w,]+)\]"', first.group(1))
+        assert extras is not None
+        setup = configparser.ConfigParser()
+        setup.read(REPO / "setup.cfg", encoding="utf-8")
+        installed = {
+            re.split(r"[<>=!~\[ ;]", requirement.strip())[0].lower()
+            for extra in extras.group(1).split(",")
+            for requirement in setup["options.extras_require"][extra].splitlines()
+            if requirement.strip()
+        }
+
+        assert first.group(1).endswith(" && .venv/bin/context-trace demo")
+        assert {"flask", "waitress"} <= installed
 
 
 class TestApp:

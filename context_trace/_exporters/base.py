@@ -98,7 +98,7 @@ class Outcome:
 @runtime_checkable
 class Sender(Protocol):
     """
-    What the outbox delivers one destination's rows through (#12).
+    What the outbox delivers one destination's rows through: the Context API or OTLP.
 
     ``export_each`` says what happened to each record, so the outbox can delete,
     release with a backoff, or drop and count each row; it never raises.

@@ -1,5 +1,5 @@
 """
-Records to GenAI spans: the mapping, with no OpenTelemetry import (#12).
+Records to GenAI spans: the mapping, with no OpenTelemetry import.
 
 :func:`record_spans` turns one :class:`~context_trace._record.Conversation`
 (a turn) into its trace: a root span, a ``chat {model}`` span per model call and

@@ -1,5 +1,5 @@
 """
-OpenTelemetry export (#12): the outbox's ``otlp`` destination.
+OpenTelemetry export: the outbox's ``otlp`` destination.
 
 Two senders, both fed by the durable outbox (``outbox.py``) on the export
 worker, both built on the mapping of ``genai.py``:

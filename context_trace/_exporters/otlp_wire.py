@@ -1,5 +1,5 @@
 """
-OTLP protobuf, written directly: an ``ExportTraceServiceRequest`` as bytes (#12).
+OTLP protobuf, written directly: an ``ExportTraceServiceRequest`` as bytes.
 
 Why not build ``opentelemetry-proto`` message objects: constructing one Python
 object per attribute and value cost about 150 µs per 3-span turn, most of the

@@ -1,5 +1,5 @@
 """
-The span attribute names the OTLP exporter writes, in one place (#12).
+The span attribute names the OTLP exporter writes, in one place.
 
 GenAI semantic conventions (open-telemetry/semantic-conventions-genai; the
 provider is ``gen_ai.provider.name``, not the deprecated ``gen_ai.system``),

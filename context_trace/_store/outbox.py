@@ -3,7 +3,7 @@ The outbox's SQL side: queue, lease, settle, bound and count pending records.
 
 Every row names its destination (``context``, ``otlp``): a record queued for
 several destinations is one row per destination, and each destination's rows
-are claimed, released and failed on their own (#12).
+are claimed, released and failed on their own.
 """
 
 from __future__ import annotations

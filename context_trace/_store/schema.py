@@ -157,7 +157,8 @@ def _add_lease_holders(conn: sqlite3.Connection) -> None:
 
 def _add_destinations(conn: sqlite3.Connection) -> None:
     """
-    v3: each outbox row names the destination it is for (#12).
+    v3: each outbox row names the destination it is for (the Context API or
+    OTLP).
 
     One outbox serves several senders (the Context API, an OTLP backend): a
     record queued for two of them is two rows, claimed, retried and counted per

@@ -2,7 +2,8 @@
 The ``context-trace`` command: look at what context_trace recorded.
 
 Every command reads the local SQLite store (``--db``, else ``$CONTEXT_TRACE_DB``,
-else ``~/.context_trace/traces.db``)::
+else ``~/.context_trace/traces.db``), except ``demo``, which writes a store of its
+own (``--db``, else ``~/.context_trace/demo.db``)::
 
     context-trace users                    per-user totals
     context-trace sessions --user ava      a user's sessions
@@ -11,7 +12,7 @@ else ``~/.context_trace/traces.db``)::
     context-trace stats                    totals per day
     context-trace outbox                   records waiting for delivery (Context API, OTLP)
     context-trace replay                   deliver them now
-    context-trace demo                     record a demo app's traffic
+    context-trace demo                     record a demo app's traffic (its own store)
     context-trace ui                       the same, in a local web dashboard
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
@@ -35,6 +36,7 @@ from typing import TextIO
 from context_trace import __version__, _config
 
 from .commands import (
+    _DEMO_DB,
     _DEMO_SESSIONS,
     _DEMO_TURNS,
     _DEMO_USERS,
@@ -97,10 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.required = True
 
     def add(
-        name: str, help: str, *parents: argparse.ArgumentParser
+        name: str,
+        help: str,
+        *parents: argparse.ArgumentParser,
+        db: argparse.ArgumentParser = common,
     ) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=help, description=help, parents=[common, *parents]
+            name, help=help, description=help, parents=[db, *parents]
         )
 
     add(
@@ -177,8 +182,19 @@ def _parser() -> argparse.ArgumentParser:
         " $CONTEXT_TRACE_UI_TOKEN; required for a non-loopback --host)",
     )
 
+    # The demo has a store of its own: its --db ignores $CONTEXT_TRACE_DB.
+    demo_db = argparse.ArgumentParser(add_help=False)
+    demo_db.add_argument(
+        "--db",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help=f"the demo's own store, replaced on each run (default: {_DEMO_DB}); "
+        "a store with other turns is refused",
+    )
     demo = add(
-        "demo", "record a demo chatbot's traffic into the store (no keys needed)"
+        "demo",
+        "record a demo chatbot's traffic into a store of its own (no keys needed)",
+        db=demo_db,
     )
     demo.add_argument(
         "--users",

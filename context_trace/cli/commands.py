@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import os
+import shlex
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +54,8 @@ _HINT = "run 'context-trace demo' or record something first"
 _DEMO_USERS = 6
 _DEMO_SESSIONS = 2
 _DEMO_TURNS = 3
+# The demo's own store: never the app's (``$CONTEXT_TRACE_DB``, traces.db).
+_DEMO_DB = "~/.context_trace/demo.db"
 _CSV_COLUMNS = (
     "id",
     "user_id",
@@ -379,7 +382,7 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     path = _db_path(args)
     counts = _read(path, lambda r: r.outbox_counts())
     per = _read(path, lambda r: r.outbox_destinations())
-    # Per destination only when there is more than the Context API (#12), so a
+    # Per destination only when there is more than the Context API (OTLP), so a
     # Context-only outbox prints as it always did.
     several = any(name != "context" for name in per)
     if args.json:
@@ -410,7 +413,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         or ""
     ).strip()  # as configure() does: a trailing newline from a secrets file is fine
     per = _read(_db_path(args), lambda r: r.outbox_destinations())
-    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says (#12).
+    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says.
     if not token and (not per or per.get("context", {}).get("waiting", 0)):
         raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",
@@ -449,10 +452,23 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
     return _EXIT_OK if failed == 0 and pending == 0 else _EXIT_DATA
 
 
+def _shell_path(path: Path) -> str:
+    """*path* as a shell word: ``~/...`` under the home directory, else quoted."""
+    try:
+        relative = path.relative_to(Path.home()).as_posix()
+    except ValueError:
+        return shlex.quote(str(path))
+    return (
+        "~/" + relative if shlex.quote(relative) == relative else shlex.quote(str(path))
+    )
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from context_trace import _demo
 
-    path = _db_path(args)
+    # Only --db: $CONTEXT_TRACE_DB names the app's store, which the demo never touches.
+    path = Path(args.db or _DEMO_DB).expanduser()
+    where = _shell_path(path)
     width = _width()
     if not args.quiet:
         _paragraph(
@@ -464,8 +480,9 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
             out,
         )
         _paragraph(
-            f"Everything goes to the local store {path}; the demo ignores "
-            f"{_config.ENV_TOKEN}.",
+            f"Everything goes to the demo's own store {where}, replacing the last "
+            f"demo's; your store ({_config.ENV_DB}, ~/.context_trace/traces.db) and "
+            f"{_config.ENV_TOKEN} are left alone.",
             width,
             out,
         )
@@ -489,11 +506,12 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
         f"Demo done in {result.seconds:.1f} s: {_plural(len(result.users), 'user')}, "
         f"{_plural(len(result.sessions), 'session')}, "
         f"{_plural(result.conversations, 'conversation')} ({result.errors} failed), "
-        f"{_plural(result.ratings, 'rating')}."
+        f"{_plural(result.ratings, 'rating')}"
     )
-    _paragraph(summary, width, out)
     if args.quiet:
+        _paragraph(f"{summary}, in {where}.", width, out)
         return _EXIT_OK
+    _paragraph(f"{summary}.", width, out)
     print(file=out)
     print("$ context-trace users", file=out)
     for line in _users_lines(path, width):
@@ -503,21 +521,15 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     for line in _show_lines(path, result.showcase_session, width):
         print(line, file=out)
     print(file=out)
-    if path == _config.default_db_path():
-        print("Try next:", file=out)
-    else:
-        _paragraph(
-            f"Try next, with {_config.ENV_DB}={path} set (or --db {path}):",
-            width,
-            out,
-        )
-    for command in (
-        f"sessions --user {result.error_user}",
-        "stats",
-        "export --format csv -o demo.csv",
-        "ui   (the same, in your browser)",
+    # Whole commands, never cut or wrapped: each is meant to be pasted as it is.
+    print("Try next, on the demo's store:", file=out)
+    for command, note in (
+        (f"sessions --user {result.error_user}", ""),
+        ("stats", ""),
+        ("export --format csv -o demo.csv", ""),
+        ("ui", "  # the dashboard"),
     ):
-        print(f"  context-trace {command}", file=out)
+        print(f"  context-trace {command} --db {where}{note}", file=out)
     return _EXIT_OK
 
 

@@ -1,4 +1,4 @@
-"""LangGraph's streams, followed for what their consumer received (issue #10)."""
+"""LangGraph's streams, followed for what their consumer received."""
 
 from __future__ import annotations
 

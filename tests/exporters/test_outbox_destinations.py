@@ -1,4 +1,4 @@
-"""One outbox, several destinations (#12): rows per destination, claimed and counted apart."""
+"""One outbox, several destinations: rows per destination, claimed and counted apart."""
 
 from __future__ import annotations
 

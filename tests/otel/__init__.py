@@ -1,4 +1,4 @@
-"""OpenTelemetry export (#12); skipped without the ``otel`` extra."""
+"""OpenTelemetry export; skipped without the ``otel`` extra."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Every span carries its own turn's user under threads and asyncio tasks (#12)."""
+"""Every span carries its own turn's user under threads and asyncio tasks."""
 
 from __future__ import annotations
 

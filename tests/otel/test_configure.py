@@ -1,4 +1,4 @@
-"""Configuring OTLP export: names, the OpenTelemetry environment, clear errors (#12)."""
+"""Configuring OTLP export: names, the OpenTelemetry environment, clear errors."""
 
 from __future__ import annotations
 

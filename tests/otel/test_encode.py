@@ -1,4 +1,4 @@
-"""The OTLP protobuf written by hand decodes with opentelemetry-proto (#12)."""
+"""The OTLP protobuf written by hand decodes with opentelemetry-proto."""
 
 from __future__ import annotations
 

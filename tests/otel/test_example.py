@@ -1,4 +1,4 @@
-"""``examples/otel_export.py`` runs as written against a real OTLP receiver (#12)."""
+"""``examples/otel_export.py`` runs as written against a real OTLP receiver."""
 
 from __future__ import annotations
 

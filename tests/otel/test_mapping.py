@@ -1,4 +1,4 @@
-"""The GenAI mapping, through the real SDK and its in-memory span exporter (#12)."""
+"""The GenAI mapping, through the real SDK and its in-memory span exporter."""
 
 from __future__ import annotations
 

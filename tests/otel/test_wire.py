@@ -1,4 +1,4 @@
-"""OTLP/HTTP on the wire, to a real receiver on 127.0.0.1, through the outbox (#12)."""
+"""OTLP/HTTP on the wire, to a real receiver on 127.0.0.1, through the outbox."""
 
 from __future__ import annotations
 

@@ -1,17 +1,25 @@
-"""Fixtures for the dashboard: a store written by the real writer, a real server."""
+"""
+Fixtures for the dashboard: a store written by the real writer, a real server,
+and a real headless Chromium (Debian's) for the browser tests.
+
+Every browser test takes the ``browser`` fixture, which decides what a machine
+without Chromium does (see :func:`no_browser`): the README's test command skips
+the browser tests there, saying how to install it; CI fails instead.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,24 @@ from context_trace._record import Conversation, Feedback, Message
 NOW = time.time()
 XSS_SCRIPT = "<script>window.__pwned = 1; document.title = 'pwned';</script>"
 XSS_IMG = "<img src=x onerror=\"window.__pwned = 2; document.title = 'pwned'\">"
+
+# Set (to 1) where the browser tests must run: a missing browser is then an
+# error, not a skip. .ci/run sets it; a set CI variable (CI=true) does the same.
+REQUIRE_BROWSER_ENV = "CONTEXT_TRACE_REQUIRE_BROWSER"
+INSTALL_HINT = "apt-get install chromium chromium-driver"
+# Debian's Chromium and its driver, found on PATH (never a downloaded browser).
+BROWSER_PROGRAMS = ("chromium", "chromedriver")
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+)
+_FALSE = ("", "0", "false", "no", "off")
 
 
 def turn(
@@ -167,3 +193,59 @@ def server(store_path: Path) -> Iterator[Server]:
     srv = Server(store_path)
     yield srv
     srv.stop()
+
+
+def requiring_variable(environ: Mapping[str, str]) -> str | None:
+    """
+    The variable that requires the browser tests to run (``NAME=value``), if any:
+    the requiring variable when set, else CI. ``0``, ``false`` or ``no`` do not
+    require them, so ``CONTEXT_TRACE_REQUIRE_BROWSER=0`` lets a CI without a
+    browser skip them.
+    """
+    for name in (REQUIRE_BROWSER_ENV, "CI"):
+        value = environ.get(name, "").strip()
+        if value:
+            return None if value.lower() in _FALSE else f"{name}={value}"
+    return None
+
+
+def no_browser(missing: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str]:
+    """
+    What the browser tests do when the *missing* programs are not found:
+    ``("skip", reason)`` on a developer's machine, ``("fail", reason)`` where
+    :func:`requiring_variable` finds the browser required.
+    """
+    reason = (
+        "the browser tests need Debian's chromium and chromium-driver "
+        f"({INSTALL_HINT}); not found on PATH: {', '.join(missing)}"
+    )
+    required_by = requiring_variable(environ)
+    if required_by is not None:
+        return "fail", f"{reason}; {required_by} requires them"
+    return "skip", reason
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium driven by Selenium; skips or fails without one."""
+    # Module scope: set up before the function-scoped fixture of tests/conftest.py
+    # that clears CONTEXT_* variables, so the requiring variable is still there.
+    found = {name: shutil.which(name) for name in BROWSER_PROGRAMS}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        action, reason = no_browser(missing, os.environ)
+        if action == "fail":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found["chromium"]
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(found["chromedriver"]), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
