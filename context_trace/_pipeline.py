@@ -468,8 +468,13 @@ class BatchPipeline:
         if self._closed:
             return True
         self._closed = True
-        with self._room:  # emitters waiting for room drop at once
-            self._room.notify_all()
+        # Emitters waiting for room drop at once. Bounded: shutdown also runs in
+        # the SIGTERM handler, on a main thread that may hold this lock itself.
+        if self._room.acquire(timeout=0.1):
+            try:
+                self._room.notify_all()
+            finally:
+                self._room.release()
         atexit.unregister(self._at_exit)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping = True
