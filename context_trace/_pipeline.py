@@ -37,6 +37,13 @@ Threading model:
   (bounded), then closes the exporter with the time left.
 - After ``os.fork`` the child gets an empty queue, fresh locks and no thread;
   the thread starts again on the child's first ``emit``.
+- Exit: ``atexit`` shuts the pipeline down (bounded). A ``multiprocessing``
+  child (``Process``, ``Pool`` workers; fork, forkserver) ends with
+  ``os._exit``, where ``atexit`` never runs, right after
+  ``multiprocessing.util._exit_function`` has run the registered
+  ``util.Finalize`` callbacks: the pipeline registers one there too, and again
+  in each child (the child clears the registry after the fork, then runs the
+  ``util.register_after_fork`` callbacks).
 - The thread runs in an empty ``contextvars.Context``: no user scope is active
   there, so nothing the exporter does is ever recorded.
 """
@@ -47,6 +54,7 @@ import atexit
 import contextvars
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -88,6 +96,9 @@ _WAKE_AT = 64
 # so a wait at 256 is short.
 _HIGH_WATER = 256
 _DEFAULT_BACKPRESSURE_TIMEOUT = 0.1
+# multiprocessing runs finalizers of priority >= 0 first, before it terminates
+# and joins the exiting process's own children.
+_MP_EXIT_PRIORITY = 0
 
 #: Converts queued items (raw turns, records) into records; runs on the worker.
 Prepare = Callable[[Sequence[Any]], list[Record]]
@@ -172,6 +183,8 @@ class BatchPipeline:
         self._waited_ns = 0
         self._init_runtime()
         atexit.register(self._at_exit)
+        self._finalizer: Any = None
+        self._watch_multiprocessing()
         # A weak reference: the fork hook must not keep old pipelines alive.
         ref = weakref.WeakMethod(self._after_fork)
 
@@ -201,11 +214,44 @@ class BatchPipeline:
         self._worker_done = False
         self._pid = os.getpid()
 
+    def _watch_multiprocessing(self) -> None:
+        """
+        Shut down at a ``multiprocessing`` child's exit, which skips ``atexit``.
+
+        Registers a ``util.Finalize`` (run by ``util._exit_function`` before the
+        child's ``os._exit``), and an after-fork callback that registers it
+        again in each child, whose bootstrap clears the finalizers it inherited.
+        Only once ``multiprocessing`` is imported: before that no child of it
+        exists, and a fork made later calls this again (``_after_fork``).
+        """
+        util: Any = sys.modules.get("multiprocessing.util")
+        if util is None or self._closed:
+            return
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+        ref = weakref.ref(self)
+
+        def _at_multiprocessing_exit() -> None:
+            pipeline = ref()
+            if pipeline is not None:
+                pipeline._at_exit()
+
+        self._finalizer = util.Finalize(
+            None, _at_multiprocessing_exit, exitpriority=_MP_EXIT_PRIORITY
+        )
+        util.register_after_fork(self, BatchPipeline._watch_multiprocessing)
+
     def _after_fork(self) -> None:
         # The child has a copy of the parent's queue (the parent exports those) and
         # no worker thread: start clean. Exporters holding connections reopen on
         # their own (SQLite tracks the pid; see _exporters/).
         self._init_runtime()
+        try:
+            self._watch_multiprocessing()
+        except Exception:
+            _logger.warning(
+                "context_trace: cannot watch multiprocessing's exit", exc_info=True
+            )
         after_fork = getattr(self._exporter, "after_fork", None)
         if callable(after_fork):
             try:
@@ -476,6 +522,9 @@ class BatchPipeline:
             finally:
                 self._room.release()
         atexit.unregister(self._at_exit)
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+            self._finalizer = None
         deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping = True
         self._wake.set()

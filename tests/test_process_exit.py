@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -201,3 +202,69 @@ class TestSigterm:
 
         assert False is ct.get_config().flush_on_sigterm
         assert signal.SIG_DFL == disposition
+
+
+# Each multiprocessing child writes PER_CHILD turns and returns normally; the parent
+# writes some before it starts them. Settings come from the environment, as a
+# forkserver child, which never runs the parent's configure(), would see them.
+MP_SCRIPT = textwrap.dedent(
+    """
+    import json, multiprocessing, sys
+    import context_trace as ct
+    from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+
+    def work(name, turns):
+        model = ParrotFakeChatModel()
+        for i in range(turns):
+            with ct.track_user(f"{name}-{i}"):
+                model.invoke(f"hello {i}")
+        return turns
+
+    if __name__ == "__main__":
+        method, kind = sys.argv[1], sys.argv[2]
+        children, per_child, in_parent = 6, 150, 10
+        for i in range(in_parent):
+            work("parent", 1)
+        ctx = multiprocessing.get_context(method)
+        jobs = [(f"child{k}", per_child) for k in range(children)]
+        if kind == "process":
+            procs = [ctx.Process(target=work, args=job) for job in jobs]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            returned = [p.exitcode for p in procs]
+        else:
+            pool = ctx.Pool(3)
+            returned = pool.starmap(work, jobs)
+            pool.close()
+            pool.join()
+        print(json.dumps({"returned": returned, "expected": in_parent + children * per_child}))
+    """
+)
+
+
+class TestMultiprocessingChildren:
+    @pytest.mark.parametrize("kind", ["process", "pool"])
+    @pytest.mark.parametrize("method", ["fork", "forkserver"])
+    def test_children_that_return_lose_nothing(
+        self, tmp_path: Path, method: str, kind: str
+    ):
+        """Process and Pool children (fork, forkserver) store every turn before os._exit."""
+        db = tmp_path / "mp.db"
+        script = tmp_path / "mp_script.py"
+        script.write_text(MP_SCRIPT, encoding="utf-8")
+
+        done = subprocess.run(
+            [sys.executable, str(script), method, kind],
+            env=_env(CONTEXT_TRACE_DB=str(db), CONTEXT_TRACE_FLUSH_INTERVAL="60"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+        assert 0 == done.returncode, done.stderr
+        result = json.loads(done.stdout)
+        expected = [0] * 6 if kind == "process" else [150] * 6
+        assert expected == result["returned"]
+        assert result["expected"] == _count(db)
