@@ -555,12 +555,16 @@ class BatchPipeline:
         if self._pid == os.getpid():
             self.shutdown(self._shutdown_timeout)
 
+    def queued(self) -> int:
+        """Items waiting in memory now (no I/O, no lock: safe in a signal handler)."""
+        return sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+
     def stats(self) -> dict[str, int]:
         """
         Counters: enqueued, exported, dropped, failed, retried, pending, queued,
         waited (emits that waited for room) and waited_ms (their total wait).
         """
-        queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+        queued = self.queued()
         pending = self._pending
         backlog = getattr(self._exporter, "pending", None)
         if callable(backlog):  # an outbox knows its backlog exactly

@@ -215,12 +215,13 @@ def _flush_at_sigterm(timeout: float) -> None:
     pipeline = _STATE.pipeline
     if pipeline is None or pipeline.shutdown(timeout):
         return
-    _logger.warning(
-        "context_trace: SIGTERM: %d turns were not exported within"
-        " shutdown_timeout (%s s) and are lost",
-        pipeline.stats()["queued"],
-        timeout,
-    )
+    if isinstance(pipeline, BatchPipeline):  # the others never keep a queue
+        _logger.warning(
+            "context_trace: SIGTERM: %d turns were not exported within"
+            " shutdown_timeout (%s s) and are lost",
+            pipeline.queued(),
+            timeout,
+        )
 
 
 def _sigterm_timeout() -> float:
