@@ -30,6 +30,7 @@ __all__ = [
     "ENV_ENDPOINT",
     "ENV_EXPORTER",
     "ENV_FLUSH_INTERVAL",
+    "ENV_FLUSH_ON_SIGTERM",
     "ENV_MAX_QUEUE",
     "ENV_REDACT",
     "ENV_RUN_METADATA",
@@ -57,6 +58,7 @@ ENV_SERVERLESS = "CONTEXT_TRACE_SERVERLESS"
 ENV_REDACT = "CONTEXT_TRACE_REDACT"
 ENV_RUN_METADATA = "CONTEXT_TRACE_RUN_METADATA"
 ENV_EXPORTER = "CONTEXT_TRACE_EXPORTER"
+ENV_FLUSH_ON_SIGTERM = "CONTEXT_TRACE_FLUSH_ON_SIGTERM"
 # The OpenTelemetry environment (for OTLP export), as the OTel SDK and collectors read it.
 ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -129,6 +131,7 @@ class Config:
     shutdown_timeout: float = _DEFAULT_SHUTDOWN_TIMEOUT
     run_metadata: bool | str = True
     backpressure_timeout: float = _DEFAULT_BACKPRESSURE_TIMEOUT
+    flush_on_sigterm: bool = True
     #: "auto" resolved once from the environment: is LangSmith tracing on?
     env_tracing: bool = False
     #: named exporters (``exporter="sqlite,otlp"``); empty: the default choice
@@ -379,6 +382,9 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
     serverless = _env_bool(ENV_SERVERLESS)
     if serverless is not None:
         values["serverless"] = serverless
+    flush_on_sigterm = _env_bool(ENV_FLUSH_ON_SIGTERM)
+    if flush_on_sigterm is not None:
+        values["flush_on_sigterm"] = flush_on_sigterm
     for env, key, kind in (
         (ENV_SAMPLE_RATE, "sample_rate", float),
         (ENV_MAX_QUEUE, "max_queue", int),
@@ -437,7 +443,13 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         )
     if "sample_rate" in values:
         _check_number("sample_rate", values["sample_rate"], low=0.0, high=1.0)
-    for key in ("enabled", "serverless", "keep_local", "allow_insecure"):
+    for key in (
+        "enabled",
+        "serverless",
+        "keep_local",
+        "allow_insecure",
+        "flush_on_sigterm",
+    ):
         if key in values and not isinstance(values[key], bool):
             raise TypeError(f"{key} must be a bool, got {type(values[key]).__name__}")
     for key in ("max_queue", "max_batch", "outbox_max"):

@@ -37,6 +37,13 @@ Threading model:
   (bounded), then closes the exporter with the time left.
 - After ``os.fork`` the child gets an empty queue, fresh locks and no thread;
   the thread starts again on the child's first ``emit``.
+- Exit: ``atexit`` shuts the pipeline down (bounded). A ``multiprocessing``
+  child (``Process``, ``Pool`` workers; fork, forkserver) ends with
+  ``os._exit``, where ``atexit`` never runs, right after
+  ``multiprocessing.util._exit_function`` has run the registered
+  ``util.Finalize`` callbacks: the pipeline registers one there too, and again
+  in each child (the child clears the registry after the fork, then runs the
+  ``util.register_after_fork`` callbacks).
 - The thread runs in an empty ``contextvars.Context``: no user scope is active
   there, so nothing the exporter does is ever recorded.
 """
@@ -47,6 +54,7 @@ import atexit
 import contextvars
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -88,6 +96,9 @@ _WAKE_AT = 64
 # so a wait at 256 is short.
 _HIGH_WATER = 256
 _DEFAULT_BACKPRESSURE_TIMEOUT = 0.1
+# multiprocessing runs finalizers of priority >= 0 first, before it terminates
+# and joins the exiting process's own children.
+_MP_EXIT_PRIORITY = 0
 
 #: Converts queued items (raw turns, records) into records; runs on the worker.
 Prepare = Callable[[Sequence[Any]], list[Record]]
@@ -172,6 +183,8 @@ class BatchPipeline:
         self._waited_ns = 0
         self._init_runtime()
         atexit.register(self._at_exit)
+        self._finalizer: Any = None
+        self._watch_multiprocessing()
         # A weak reference: the fork hook must not keep old pipelines alive.
         ref = weakref.WeakMethod(self._after_fork)
 
@@ -201,11 +214,44 @@ class BatchPipeline:
         self._worker_done = False
         self._pid = os.getpid()
 
+    def _watch_multiprocessing(self) -> None:
+        """
+        Shut down at a ``multiprocessing`` child's exit, which skips ``atexit``.
+
+        Registers a ``util.Finalize`` (run by ``util._exit_function`` before the
+        child's ``os._exit``), and an after-fork callback that registers it
+        again in each child, whose bootstrap clears the finalizers it inherited.
+        Only once ``multiprocessing`` is imported: before that no child of it
+        exists, and a fork made later calls this again (``_after_fork``).
+        """
+        util: Any = sys.modules.get("multiprocessing.util")
+        if util is None or self._closed:
+            return
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+        ref = weakref.ref(self)
+
+        def _at_multiprocessing_exit() -> None:
+            pipeline = ref()
+            if pipeline is not None:
+                pipeline._at_exit()
+
+        self._finalizer = util.Finalize(
+            None, _at_multiprocessing_exit, exitpriority=_MP_EXIT_PRIORITY
+        )
+        util.register_after_fork(self, BatchPipeline._watch_multiprocessing)
+
     def _after_fork(self) -> None:
         # The child has a copy of the parent's queue (the parent exports those) and
         # no worker thread: start clean. Exporters holding connections reopen on
         # their own (SQLite tracks the pid; see _exporters/).
         self._init_runtime()
+        try:
+            self._watch_multiprocessing()
+        except Exception:
+            _logger.warning(
+                "context_trace: cannot watch multiprocessing's exit", exc_info=True
+            )
         after_fork = getattr(self._exporter, "after_fork", None)
         if callable(after_fork):
             try:
@@ -468,9 +514,17 @@ class BatchPipeline:
         if self._closed:
             return True
         self._closed = True
-        with self._room:  # emitters waiting for room drop at once
-            self._room.notify_all()
+        # Emitters waiting for room drop at once. Bounded: shutdown also runs in
+        # the SIGTERM handler, on a main thread that may hold this lock itself.
+        if self._room.acquire(timeout=0.1):
+            try:
+                self._room.notify_all()
+            finally:
+                self._room.release()
         atexit.unregister(self._at_exit)
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+            self._finalizer = None
         deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping = True
         self._wake.set()
@@ -501,12 +555,16 @@ class BatchPipeline:
         if self._pid == os.getpid():
             self.shutdown(self._shutdown_timeout)
 
+    def queued(self) -> int:
+        """Items waiting in memory now (no I/O, no lock: safe in a signal handler)."""
+        return sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+
     def stats(self) -> dict[str, int]:
         """
         Counters: enqueued, exported, dropped, failed, retried, pending, queued,
         waited (emits that waited for room) and waited_ms (their total wait).
         """
-        queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+        queued = self.queued()
         pending = self._pending
         backlog = getattr(self._exporter, "pending", None)
         if callable(backlog):  # an outbox knows its backlog exactly

@@ -19,6 +19,7 @@ from typing import Any
 
 from langchain_core.tracers.context import run_collector_var, tracing_v2_callback_var
 
+from . import _sigterm
 from ._config import UNSET, Config, Redactor, build_config
 from ._convert import prepare, reset_header_sessions
 from ._exporters.base import Exporter
@@ -203,6 +204,38 @@ def _new_pipeline(config: Config, exporter: Exporter) -> BatchPipeline:
     return pipeline
 
 
+def _flush_at_sigterm(timeout: float) -> None:
+    """
+    SIGTERM's flush (see ``_sigterm``): shut the pipeline down within *timeout*.
+
+    Runs in the signal handler on the main thread; it takes no lock that thread
+    could hold (``_STATE.lock`` included), and every wait in ``shutdown`` is
+    bounded, so the process ends in time even when an export hangs.
+    """
+    pipeline = _STATE.pipeline
+    if pipeline is None or pipeline.shutdown(timeout):
+        return
+    if isinstance(pipeline, BatchPipeline):  # the others never keep a queue
+        _logger.warning(
+            "context_trace: SIGTERM: %d turns were not exported within"
+            " shutdown_timeout (%s s) and are lost",
+            pipeline.queued(),
+            timeout,
+        )
+
+
+def _sigterm_timeout() -> float:
+    return active_config().shutdown_timeout
+
+
+def _handle_sigterm(config: Config) -> None:
+    """Take SIGTERM (only from its default disposition) or give it back."""
+    if config.enabled and config.flush_on_sigterm:
+        _sigterm.install(_flush_at_sigterm, _sigterm_timeout)
+    else:
+        _sigterm.uninstall()
+
+
 def _pipeline() -> AnyPipeline:
     pipeline = _STATE.pipeline
     if pipeline is None:
@@ -211,6 +244,9 @@ def _pipeline() -> AnyPipeline:
                 config = active_config()
                 try:
                     _STATE.pipeline = _new_pipeline(config, _build_exporter(config))
+                    # The first turn: on the main thread, a script's usual case,
+                    # SIGTERM can be taken now if configure() never ran.
+                    _handle_sigterm(config)
                 except (TypeError, ValueError, OSError) as exc:
                     # E.g. CONTEXT_ENDPOINT with plain http to a remote host. Build
                     # once, not per turn: drop and count until reconfigured.
@@ -285,6 +321,7 @@ def configure(
     tracer_provider: Any = UNSET,
     capture_content: bool = UNSET,
     backpressure_timeout: float = UNSET,
+    flush_on_sigterm: bool = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -342,6 +379,12 @@ def configure(
             queue is at its high-water mark (256 turns), so an
             overloaded worker catches up instead of dropping; 0 never waits
             (env ``CONTEXT_TRACE_BACKPRESSURE_TIMEOUT``).
+        flush_on_sigterm: When SIGTERM has Python's default disposition (no
+            handler of the app's own), handle it: export what is queued (within
+            ``shutdown_timeout``), then end the process by SIGTERM as before.
+            Taken on the main thread at ``configure()`` or the first recorded
+            turn; an app's own handler is never replaced. Default True (env
+            ``CONTEXT_TRACE_FLUSH_ON_SIGTERM=0`` turns it off).
 
     Returns:
         The effective :class:`Config`.
@@ -368,6 +411,7 @@ def configure(
         _STATE.config_error = None
     if old is not None:
         old.shutdown(config.shutdown_timeout)
+    _handle_sigterm(config)
     return config
 
 
@@ -433,6 +477,7 @@ def stats() -> dict[str, int]:
 def reset() -> None:
     """Forget configuration and pipeline (tests): shut down, drop state, re-read env."""
     shutdown(1.0)
+    _sigterm.uninstall()
     with _STATE.lock:
         _STATE.config = None
         _STATE.config_error = None

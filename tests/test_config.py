@@ -52,6 +52,7 @@ class TestEnvironment:
             ("CONTEXT_TRACE_MAX_QUEUE", "1.5"),
             ("CONTEXT_TRACE_DISABLED", "maybe"),
             ("CONTEXT_TRACE_SAMPLE_RATE", "2"),
+            ("CONTEXT_TRACE_FLUSH_ON_SIGTERM", "sometimes"),
         ],
     )
     def test_bad_environment_values_name_the_variable(self, monkeypatch, name, value):
@@ -80,6 +81,7 @@ class TestValidation:
             ({"max_queue": 2.5}, TypeError, "max_queue"),
             ({"flush_interval": 0}, ValueError, "flush_interval"),
             ({"enabled": "yes"}, TypeError, "enabled"),
+            ({"flush_on_sigterm": 1}, TypeError, "flush_on_sigterm must be a bool"),
             ({"endpoint": "ftp://x"}, ValueError, "endpoint"),
             ({"token": 123}, TypeError, "token"),
             ({"exporter": object()}, TypeError, "exporter"),

@@ -502,6 +502,35 @@ class TestExit:
         assert 50 == count
 
 
+class TestStoreDeletedWhileRunning:
+    def test_stats_count_what_the_recreated_store_holds(self, tmp_path: Path):
+        """Turns after the store file is deleted are in a recreated file and counted."""
+        db = tmp_path / "deleted.db"
+        ct.configure(db_path=db, flush_interval=30.0)
+        chain = echo_chain()
+        for i in range(20):
+            with ct.track_user(f"u{i}"):
+                chain.invoke({"q": f"before {i}"})
+        assert ct.flush(20)
+        db.unlink()
+        for i in range(30):
+            with ct.track_user(f"u{i}"):
+                chain.invoke({"q": f"after {i}"})
+        assert ct.flush(20)
+
+        stats = ct.stats()
+        assert (50, 0) == (stats["exported"], stats["failed"])
+        assert db.exists()
+        import sqlite3
+
+        con = sqlite3.connect(db)
+        try:
+            (count,) = con.execute("select count(*) from conversations").fetchone()
+        finally:
+            con.close()
+        assert 30 == count
+
+
 class TestThroughTheScopes:
     def test_module_flush_and_stats_cover_recorded_turns(self, exporter):
         """ct.flush() delivers turns recorded under scopes; ct.stats() counts them."""

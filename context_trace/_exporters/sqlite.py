@@ -149,13 +149,19 @@ class SQLiteExporter:
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # (device, inode) of the file the connection opened: see _moved().
+        self._identity: tuple[int, int] | None = None
         self._pid = os.getpid()
         self._closed = False
         self._logged: set[str] = set()
         self._warned_full = False
-        # row id -> lease_until of the rows this instance claimed; release/fail
-        # only touch a row while it still carries that lease (see outbox_release).
-        self._leases: dict[int, float] = {}
+        # row id -> (lease_until, file generation) of the rows this instance
+        # claimed; release/fail only touch a row while it still carries that
+        # lease (see outbox_release), and none of them touches a row of a file
+        # that was deleted or replaced since (_generation counts the reopenings:
+        # a new file numbers its rows from 1 again).
+        self._leases: dict[int, tuple[float, int]] = {}
+        self._generation = 0
         self._seen = SeenCache()
         self._recent: OrderedDict[str, Record] = OrderedDict()
         _WRITERS.add(self)
@@ -193,16 +199,82 @@ class SQLiteExporter:
                 self._conn = None
             self._pid = os.getpid()
             self._leases.clear()
+        if self._conn is not None and self._moved():
+            # Writes would go on "succeeding" into the unlinked file and be lost
+            # with it; the store at the path is the one the CLI reads.
+            self._drop_moved_connection()
         if self._conn is None:
             # A new connection may see a different file (replaced, restored):
             # start with no cached seen-sets.
             self._seen.clear()
             self._conn = open_writer(self._path, self._busy_timeout)
+            self._identity = self._file_identity()
         return self._conn
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at the path now; None if there is none."""
+        if self._path == ":memory:" or not self._path:
+            return None
+        try:
+            info = os.stat(self._path)
+        except OSError:
+            return None
+        return (info.st_dev, info.st_ino)
+
+    def _moved(self) -> bool:
+        """
+        Whether the file at the path is no longer the one the connection has open.
+
+        One ``stat`` per batch (each export or outbox call), not per row. A
+        failing ``stat`` other than "no such file" (a permission change) keeps
+        the connection: only a missing or different file counts.
+        """
+        if self._identity is None:
+            return False
+        try:
+            info = os.stat(self._path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) != self._identity
+
+    def _drop_moved_connection(self) -> None:
+        """
+        Close a connection whose file was deleted or replaced, leaving no WAL.
+
+        SQLite closing such a connection neither checkpoints nor deletes its WAL
+        and shared-memory files (they are named after the path, and the file has
+        moved), so the next connection at that path would replay this store's
+        pages over the new file. A ``TRUNCATE`` checkpoint first empties the WAL
+        into the old file.
+        """
+        conn = self._conn
+        undelivered = 0
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                (undelivered,) = conn.execute("SELECT count(*) FROM outbox").fetchone()
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._discard_connection()
+        self._generation += 1
+        lost = (
+            f"; {undelivered} undelivered outbox records in it are lost"
+            if undelivered
+            else ""
+        )
+        _logger.warning(
+            "context_trace: the SQLite store at %s was deleted or replaced while"
+            " in use; reopening the path (a deleted store is created again,"
+            " empty)%s",
+            self._path,
+            lost,
+        )
 
     def _discard_connection(self) -> None:
         """Close the connection after an error; the next call reopens and rechecks."""
         conn, self._conn = self._conn, None
+        self._identity = None
         self._seen.clear()
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
@@ -494,7 +566,9 @@ class SQLiteExporter:
 
         me = holder.current()
 
-        def op(conn: sqlite3.Connection) -> tuple[float, list[tuple[int, Record]], int]:
+        def op(
+            conn: sqlite3.Connection,
+        ) -> tuple[tuple[float, list[tuple[int, Record]], int], int]:
             # Leases and backoffs of processes that exited (SIGKILL, a fork child)
             # are free at once. Looked for on every claim: an index range that
             # skips this process's own rows, and a /proc read per other holder.
@@ -505,11 +579,12 @@ class SQLiteExporter:
                     " are due again",
                     freed,
                 )
-            return outbox.claim(
+            claim = outbox.claim(
                 conn, limit, lease_seconds, me, destination, self._decode
             )
+            return claim, self._generation
 
-        until, claimed, broken = self._write_op(op)
+        (until, claimed, broken), generation = self._write_op(op)
         if broken:
             _logger.warning(
                 "context_trace: dropped %d undecodable outbox rows in %s",
@@ -517,11 +592,31 @@ class SQLiteExporter:
                 self._path,
             )
         for row_id, _ in claimed:
-            self._leases[row_id] = until
+            self._leases[row_id] = (until, generation)
         return claimed
 
-    def _lease_params(self, row_ids: Iterable[int]) -> list[tuple[int, float | None]]:
-        return [(row_id, self._leases.pop(row_id, None)) for row_id in row_ids]
+    def _lease_params(
+        self, row_ids: Iterable[int]
+    ) -> list[tuple[int, float | None, int]]:
+        """``(row_id, lease or None, generation)``; an unknown id is of the file now."""
+        params: list[tuple[int, float | None, int]] = []
+        for row_id in row_ids:
+            lease = self._leases.pop(row_id, None)
+            params.append(
+                (row_id, None, self._generation) if lease is None else (row_id, *lease)
+            )
+        return params
+
+    def _in_this_file(
+        self, params: Sequence[tuple[int, float | None, int]]
+    ) -> list[tuple[int, float | None]]:
+        """
+        The leases of rows in the file open now; call inside a write op.
+
+        A row claimed from a file that has since been deleted or replaced is not
+        this file's row of the same number: it is left alone.
+        """
+        return [(r, lease) for r, lease, gen in params if gen == self._generation]
 
     def outbox_done(self, row_ids: Iterable[int]) -> None:
         """
@@ -537,9 +632,13 @@ class SQLiteExporter:
 
         .. versionadded:: 0.1.0
         """
-        done = [row_id for row_id, _ in self._lease_params(row_ids)]
-        if done:
-            self._write_op(lambda conn: outbox.done(conn, done))
+        params = self._lease_params(row_ids)
+        if params:
+            self._write_op(
+                lambda conn: outbox.done(
+                    conn, [r for r, _ in self._in_this_file(params)]
+                )
+            )
 
     def outbox_release(self, row_ids: Iterable[int], retry_after: float) -> None:
         """
@@ -560,12 +659,14 @@ class SQLiteExporter:
 
         .. versionadded:: 0.1.0
         """
-        leases = self._lease_params(row_ids)
-        if not leases:
+        params = self._lease_params(row_ids)
+        if not params:
             return
         until = time.time() + retry_after
         me = holder.current()
-        self._write_op(lambda conn: outbox.release(conn, leases, until, me))
+        self._write_op(
+            lambda conn: outbox.release(conn, self._in_this_file(params), until, me)
+        )
 
     def outbox_fail(
         self,
@@ -590,10 +691,12 @@ class SQLiteExporter:
 
         .. versionadded:: 0.1.0
         """
-        leases = self._lease_params(row_ids)
-        if not leases:
+        params = self._lease_params(row_ids)
+        if not params:
             return
-        self._write_op(lambda conn: outbox.fail(conn, leases, destination))
+        self._write_op(
+            lambda conn: outbox.fail(conn, self._in_this_file(params), destination)
+        )
 
     def outbox_counts(self) -> dict[str, int]:
         """

@@ -746,6 +746,72 @@ class TestBrokenStore:
             SQLiteExporter(db, **kwargs)
 
 
+def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == LOGGER and r.levelno == logging.WARNING
+    ]
+
+
+class TestDeletedStore:
+    def test_a_deleted_file_is_recreated_with_one_warning(self, db, caplog):
+        """Turns written after the file is deleted land in a recreated store, not nowhere."""
+        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        store = SQLiteExporter(db)
+        before = store.export([turn("before-1"), turn("before-2")])
+        db.unlink()
+
+        after = [store.export([turn(f"after-{i}", at=T0 + i)]) for i in range(3)]
+        with SQLiteReader(db) as reader:
+            stored = [c.id for c in reader.conversations()]
+        store.shutdown()
+
+        assert ExportResult.success(2) == before
+        assert [ExportResult.success(1)] * 3 == after
+        assert ["after-0", "after-1", "after-2"] == stored
+        assert [
+            f"context_trace: the SQLite store at {db} was deleted or replaced while"
+            " in use; reopening the path (a deleted store is created again, empty)"
+        ] == warnings_logged(caplog)
+
+    def test_outbox_rows_claimed_from_the_deleted_file_stay_there(self, db, caplog):
+        """Finishing a claim from the deleted file never touches the new file's rows."""
+        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        store = SQLiteExporter(db, keep_local=False)
+        store.outbox_put([turn("old-1"), turn("old-2")])
+        ((old_id, _),) = store.outbox_claim(1)
+        db.unlink()
+
+        store.outbox_put([turn("new-1")])  # in the new file, numbered from 1 again
+        store.outbox_done([old_id])  # the delivery claimed before the deletion ends
+        pending = [record.id for _, record in store.outbox_claim(10)]
+        store.shutdown()
+
+        assert ["new-1"] == pending
+        assert 1 == scalar(db, "SELECT count(*) FROM outbox")
+        (warning,) = warnings_logged(caplog)
+        assert warning.endswith("; 2 undelivered outbox records in it are lost")
+
+    def test_a_replaced_file_is_reopened(self, db, tmp_path):
+        """A store moved into place (a restored copy) gets the later turns, intact."""
+        store = SQLiteExporter(db)
+        store.export([turn("old-1")])
+        copy = tmp_path / "copy.db"
+        other = SQLiteExporter(copy)
+        other.export([turn("restored-1")])
+        other.shutdown()
+        os.replace(copy, db)
+
+        store.export([turn("new-1", at=T0 + 1)])
+        store.shutdown()
+        with SQLiteReader(db) as reader:
+            stored = [c.id for c in reader.conversations()]
+
+        assert ["restored-1", "new-1"] == stored
+        assert "ok" == scalar(db, "pragma integrity_check")
+
+
 class TestProcesses:
     def test_two_processes_lose_nothing(self, db, open_reader):
         """Two processes writing 2,000 turns each at once store all 4,000."""
