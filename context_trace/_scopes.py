@@ -25,10 +25,13 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar, Token, copy_context
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import wrapt
@@ -113,7 +116,9 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
-            raise TypeError(f"metadata keys must be str, got {key!r}")
+            raise TypeError(
+                f"metadata keys must be str, got {type(key).__name__} {_safe_repr(key)}"
+            )
         if isinstance(value, str):
             out[key] = value
             continue
@@ -123,8 +128,121 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
                 f"metadata[{key!r}] must be a str or have a meaningful str(), "
                 f"got {cls.__name__}"
             )
-        out[key] = str(value)
+        try:
+            out[key] = str(value)
+        except Exception as exc:  # the app's own __str__/__repr__ raised
+            raise TypeError(
+                f"metadata[{key!r}] must be a str or have a working str(): str() of"
+                f" its {cls.__name__} raised {type(exc).__name__}"
+            ) from exc
     return out
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when the value's own repr raises."""
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - only for an error message
+        return f"<{type(value).__name__} whose repr() raised>"
+
+
+def _being_decorated(value: Any, frame: FrameType | None) -> bool:
+    """
+    Whether *value* is a function the calling code is decorating right now.
+
+    ``@track_user`` without parentheses hands the decorated function to
+    ``track_user`` as its first argument, where a resolver is allowed. A
+    resolver is a function that already has its name (or a lambda); the
+    function under a decorator was just made by the code calling us (its code
+    is one of that code's constants) and is not bound to its name yet.
+    """
+    if isinstance(value, (classmethod, staticmethod)):
+        return True  # a bare decorator above @classmethod/@staticmethod
+    name = getattr(value, "__name__", None)
+    if frame is None or not isinstance(name, str) or name == "<lambda>":
+        return False
+    try:
+        code = getattr(inspect.unwrap(value), "__code__", None)
+        if code is None or code not in frame.f_code.co_consts:
+            return False
+        return frame.f_locals.get(name) is not value
+    except Exception:  # noqa: BLE001 - a heuristic must never break the app
+        return False
+
+
+def _caller() -> FrameType | None:
+    """The frame that called ``track_user``/``context_session`` (None if unknown)."""
+    try:
+        return sys._getframe(2)
+    except (AttributeError, ValueError):  # not CPython, or no such frame
+        return None
+
+
+def _check_source(
+    factory: str, name: str, value: object, frame: FrameType | None, bare: bool
+) -> None:
+    """
+    Reject what can never work as a resolver, when the decorator is made.
+
+    *bare* is set for the first positional parameter, the one a decorator
+    applied without parentheses fills with the decorated function.
+    """
+    if not callable(value) and not isinstance(value, classmethod):
+        return
+    if bare and _being_decorated(value, frame):
+        inner: Any = getattr(value, "__func__", value)
+        fn = f"{getattr(inner, '__qualname__', type(inner).__name__)}()"
+        if factory == "track_user":
+            raise TypeError(
+                "track_user needs a user id or a resolver: write"
+                " @track_user(user_id=lambda user_id: user_id) (with parentheses,"
+                ' naming the parameter that holds the id) or @track_user("alice")'
+                f" above {fn}; @track_user alone passes {fn} itself as the user id"
+            )
+        raise TypeError(
+            "context_session is called to make the decorator: write"
+            f" @context_session() above {fn} (a new session per call), or"
+            " @context_session(session_id=lambda session_id: session_id) to take"
+            f" the id from an argument; @context_session alone passes {fn} itself"
+            " as the session id"
+        )
+    if isinstance(value, (classmethod, staticmethod)):
+        raise TypeError(
+            f"{name} must be a str, an int or a callable, got {type(value).__name__}"
+        )
+    target = inspect.unwrap(cast("Callable[..., Any]", value))
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{name} resolver {_qualname(target)} is async: {factory}() calls"
+            " resolvers synchronously, so it must return the id itself"
+        )
+    if inspect.isgeneratorfunction(target):
+        raise TypeError(
+            f"{name} resolver {_qualname(target)} is a generator function:"
+            " it must return the id itself"
+        )
+
+
+def _warn_literal_parameter(
+    name: str, source: IdSource, target: Callable[..., Any]
+) -> None:
+    """Warn when a literal id is the name of one of the decorated function's parameters."""
+    if not isinstance(source, str) or not source.isidentifier():
+        return
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    param = parameters.get(source)
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        return
+    warnings.warn(
+        f"{name}={source!r} on {_qualname(target)}() is a literal id: every call is"
+        f" recorded with {name} {source!r}, not the value of its {source!r}"
+        f" argument. To use the argument, write {name}=lambda {source}: {source}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def normalize_id(name: str, value: object) -> str | None:
@@ -606,6 +724,8 @@ class _ScopeFactory:
         target = (
             func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
         )
+        _warn_literal_parameter("user_id", self._user_id, target)
+        _warn_literal_parameter("session_id", self._session_id, target)
         resolvers = {
             name: _make_resolver(name, source, target)
             for name, source in (
@@ -726,6 +846,8 @@ def track_user(
             "track_user() user_id must be a non-empty str, an int or a callable,"
             " got None (for a request with no user, pass a callable that returns None)"
         )
+    _check_source("track_user", "user_id", user_id, _caller(), bare=True)
+    _check_source("track_user", "session_id", session_id, None, bare=False)
     _check_id("user_id", user_id, allow_callable=True)
     _check_id("session_id", session_id, allow_callable=True)
     meta = _check_metadata(metadata)
@@ -758,6 +880,8 @@ def context_session(
 
     .. versionadded:: 0.1.0
     """
+    _check_source("context_session", "session_id", session_id, _caller(), bare=True)
+    _check_source("context_session", "user_id", user_id, None, bare=False)
     _check_id("session_id", session_id, allow_callable=True)
     _check_id("user_id", user_id, allow_callable=True)
     meta = _check_metadata(metadata)
