@@ -415,7 +415,7 @@ def _usage(result: LLMResult | ModelResult | None) -> dict[str, int]:
 
 
 def _header_id(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         return None
     text = str(value).strip()
     return text or None

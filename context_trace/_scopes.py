@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar, Token, copy_context
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from uuid import UUID
 
 import wrapt
 from langchain_core.runnables.config import var_child_runnable_config
@@ -71,7 +72,7 @@ _logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-IdLike = str | int
+IdLike = str | int | UUID
 IdSource = IdLike | Callable[..., Any] | None
 
 _ACTIVE_SCOPE: ContextVar[Scope | None] = ContextVar(
@@ -97,10 +98,12 @@ def _check_id(name: str, value: object, *, allow_callable: bool) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not (
-        isinstance(value, (str, int)) or (allow_callable and callable(value))
+        isinstance(value, (str, int, UUID)) or (allow_callable and callable(value))
     ):
         expected = (
-            "a str, an int or a callable" if allow_callable else "a str or an int"
+            "a str, an int, a UUID or a callable"
+            if allow_callable
+            else "a str, an int or a UUID"
         )
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
     if isinstance(value, str) and not value.strip():
@@ -249,14 +252,18 @@ def normalize_id(name: str, value: object) -> str | None:
     """
     Normalise a resolved id (from a resolver callable or a header) to str or None.
 
+    A str is stripped (blank is None), an int is its decimal text and a UUID its
+    canonical form (``str(uuid)``: lowercase, hyphenated).
+
     Raises:
-        TypeError: the value is neither None, a str nor an int.
+        TypeError: the value is neither None, a str, an int nor a UUID.
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         raise TypeError(
-            f"{name} resolver returned {type(value).__name__}, expected str or int"
+            f"{name} resolver returned {type(value).__name__},"
+            " expected a str, an int or a UUID"
         )
     text = str(value).strip()
     return text or None
@@ -742,17 +749,49 @@ class _ScopeFactory:
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Scope:
             def resolve(source: IdSource, name: str) -> Any:
-                return resolvers[name](args, kwargs, instance)
+                # A resolver that raises or returns something that is not an id
+                # gives no id, as None does: the request runs and its turns are
+                # recorded (an outer scope's user kept, else with no user). Logged
+                # once per function and id at WARNING, at DEBUG afterwards: one
+                # broken route must not hide another.
+                try:
+                    value = resolvers[name](args, kwargs, instance)
+                except Exception:  # noqa: BLE001 - a failing resolver must not break the app
+                    log_once(
+                        _logger,
+                        f"{log_key}:{name}",
+                        "context_trace: the %s resolver of %s() raised; the call"
+                        " is recorded with no %s",
+                        name,
+                        fn_name,
+                        name,
+                        exc_info=True,
+                    )
+                    return None
+                try:
+                    return normalize_id(name, value)
+                except TypeError:
+                    log_once(
+                        _logger,
+                        f"{log_key}:{name}",
+                        "context_trace: the %s resolver of %s() returned %s, which"
+                        " is not an id (a str, an int or a UUID); the call is"
+                        " recorded with no %s",
+                        name,
+                        fn_name,
+                        type(value).__name__,
+                        name,
+                    )
+                    return None
 
             try:
                 return factory._open(resolve)
-            except Exception:  # noqa: BLE001 - a failing resolver must not break the app
-                # Once per decorated function: one broken route must not hide another.
+            except Exception:  # noqa: BLE001 - must not break the app
                 log_once(
                     _logger,
                     log_key,
-                    "context_trace: the user/session resolver of %s() raised; "
-                    "running it unattributed",
+                    "context_trace: could not open the scope of %s(); running it"
+                    " unattributed",
                     fn_name,
                     exc_info=True,
                 )
@@ -821,12 +860,15 @@ def track_user(
     metadata; leaving restores the outer state.
 
     Args:
-        user_id: A non-empty str or an int, or a resolver: a callable that
-            receives, by name, the decorated function's arguments it declares
-            (all of them if it takes ``**kwargs``; ``self`` only if it names it)
-            and returns the id. A resolver returning None means "no user for this
-            request": the turn is recorded with no user (an outer scope's user,
-            if there is one, is kept).
+        user_id: A non-empty str, an int or a ``uuid.UUID`` (kept as its
+            canonical string), or a resolver: a callable that receives, by
+            name, the decorated function's arguments it declares (all of them
+            if it takes ``**kwargs``; ``self`` only if it names it) and returns
+            the id. A resolver returning None means "no user for this
+            request": the turn is recorded with no user (an outer scope's
+            user, if there is one, is kept). A resolver that raises or returns
+            something that is not an id is treated the same way, and logged
+            once per function with the parameter and the type it returned.
         session_id: Put the turns in this session (same forms as *user_id*).
         metadata: Extra ``str -> str`` details attached to every turn.
 
@@ -836,14 +878,17 @@ def track_user(
         when *session_id* is given.
 
     Raises:
-        TypeError: *user_id*, *session_id* or *metadata* has the wrong type.
+        TypeError: *user_id*, *session_id* or *metadata* has the wrong type, a
+            resolver is async, or the decorator was written without
+            parentheses (``@track_user``).
         ValueError: an id is an empty string.
 
     .. versionadded:: 0.1.0
     """
     if user_id is None:
         raise TypeError(
-            "track_user() user_id must be a non-empty str, an int or a callable,"
+            "track_user() user_id must be a non-empty str, an int, a UUID or a"
+            " callable,"
             " got None (for a request with no user, pass a callable that returns None)"
         )
     _check_source("track_user", "user_id", user_id, _caller(), bare=True)
@@ -869,13 +914,15 @@ def context_session(
     rates its last answer. As a decorator, every call opens its own session.
 
     Args:
-        session_id: The thread's id (str, int, or a callable like *user_id* of
-            :func:`track_user`). A new 32-hex-character id when None.
+        session_id: The thread's id (str, int, UUID, or a callable like
+            *user_id* of :func:`track_user`). A new 32-hex-character id when
+            None (and when a resolver gives no id).
         user_id: The user, when not already set by an outer :func:`track_user`.
         metadata: Extra ``str -> str`` details attached to every turn.
 
     Raises:
-        TypeError: an argument has the wrong type.
+        TypeError: an argument has the wrong type, a resolver is async, or the
+            decorator was written without parentheses (``@context_session``).
         ValueError: an id is an empty string.
 
     .. versionadded:: 0.1.0

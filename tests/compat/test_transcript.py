@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -274,6 +275,19 @@ class TestFrameworkSessions:
             [("user", "hi"), ("assistant", "Hello!")],
             [("user", "and Paris?"), ("assistant", "Paris is sunny.")],
         ] == [_shape(c) for c in records.conversations]
+
+    def test_langgraph_thread_id_as_a_uuid(self, records: CapturedRecords) -> None:
+        """A UUID thread_id is the session, as its canonical string."""
+        agent = _react_agent(_replies("Hello!"), [], checkpointer=MemorySaver())
+        thread = uuid.uuid4()
+
+        with track_user("u"):
+            agent.invoke(
+                {"messages": [("user", "hi")]},
+                config={"configurable": {"thread_id": thread}},
+            )
+
+        assert [str(thread)] == [c.session_id for c in records.conversations]
 
     def test_explicit_session_wins(self, records: CapturedRecords) -> None:
         """An open context_session wins over the framework's session id."""

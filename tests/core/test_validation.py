@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 import warnings
 from typing import Any
 
@@ -57,6 +58,24 @@ class TestIds:
         """0 is a real id, not "no user"."""
         with track_user(0):
             assert current_user() == "0"
+
+    def test_uuids_are_ids(self, records: CapturedRecords) -> None:
+        """A UUID user or session id is kept as its canonical string form."""
+        user, session = (
+            uuid.uuid4(),
+            uuid.UUID("{12345678-1234-5678-1234-56781234ABCD}"),
+        )
+
+        with track_user(user), context_session(session) as opened:
+            assert (str(user), "12345678-1234-5678-1234-56781234abcd") == (
+                current_user(),
+                opened.id,
+            )
+            ParrotFakeChatModel().invoke("hi")
+
+        assert [(str(user), "12345678-1234-5678-1234-56781234abcd")] == [
+            (c.user_id, c.session_id) for c in records.conversations
+        ]
 
 
 class TestMetadata:
@@ -153,21 +172,22 @@ class TestResolvers:
             propagate("not a function")  # type: ignore[arg-type]
 
     @pytest.mark.parametrize(
-        "resolver",
+        ("resolver", "named"),
         [
-            lambda user_id: 1 / 0,
-            lambda user_id: ["not", "an", "id"],
-            lambda user_id: 2.5,
+            (lambda user_id: 1 / 0, "ZeroDivisionError"),
+            (lambda user_id: ["not", "an", "id"], "list"),
+            (lambda user_id: 2.5, "float"),
         ],
         ids=["raises", "returns-list", "returns-float"],
     )
-    def test_failing_resolver_runs_unscoped_and_warns_once(
+    def test_failing_resolver_records_with_no_user_and_warns_once(
         self,
         resolver: Any,
+        named: str,
         records: CapturedRecords,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A resolver that fails at call time: the call runs unscoped, one warning."""
+        """A resolver that fails at call time: every turn is recorded with no user, one warning."""
 
         @track_user(resolver)
         def chat(user_id: str, text: str) -> tuple[str | None, str]:
@@ -176,12 +196,46 @@ class TestResolvers:
         with caplog.at_level(logging.DEBUG, logger="context_trace"):
             results = [chat("u", f"t{i}") for i in range(3)]
 
-        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
 
         assert results == [(None, "t0"), (None, "t1"), (None, "t2")]
-        assert len(warnings) == 1
-        assert "chat" in warnings[0].getMessage()
-        assert records == []
+        assert len(warned) == 1
+        message = warned[0].getMessage() + (warned[0].exc_text or "")
+        assert "chat()" in message
+        assert "user_id" in message
+        assert named in message
+        assert [(None, "t0"), (None, "t1"), (None, "t2")] == [
+            (c.user_id, c.messages[0].content) for c in records.conversations
+        ]
+
+    def test_resolver_returning_a_uuid(self, records: CapturedRecords) -> None:
+        """A resolver returning a UUID attributes the turn to its string form."""
+        user = uuid.uuid4()
+
+        @track_user(lambda user_id: user_id)
+        def chat(user_id: uuid.UUID) -> str | None:
+            ParrotFakeChatModel().invoke("hi")
+            return current_user()
+
+        assert str(user) == chat(user)
+        assert [str(user)] == [c.user_id for c in records.conversations]
+
+    def test_failing_resolver_keeps_the_outer_user_and_session_resolver(
+        self, records: CapturedRecords
+    ) -> None:
+        """A bad user_id value leaves the outer user; a good session resolver still applies."""
+
+        @track_user(lambda user_id: object(), session_id=lambda thread: thread)
+        def chat(user_id: str, thread: str) -> None:
+            ParrotFakeChatModel().invoke("hi")
+
+        with track_user("outer"):
+            chat("u", "t-1")
+        chat("u", "t-2")
+
+        assert [("outer", "t-1"), (None, "t-2")] == [
+            (c.user_id, c.session_id) for c in records.conversations
+        ]
 
     def test_resolver_returning_none_leaves_user_unset(self) -> None:
         """A resolver returning None (anonymous request) keeps the outer user."""
