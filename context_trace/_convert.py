@@ -4,7 +4,7 @@ Turning raw turns into records: runs on the export thread, never on the app's.
 Everything that costs anything happens here: extracting text from LangChain
 messages (content-block lists included), picking the final answer out of
 whatever the root run returned, summing token usage, de-duplicating the history
-a session's prompt re-sends, and redaction.
+a session's prompt re-sends (a turn with no session keeps it), and redaction.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 
 from ._log import log_once
-from ._record import Conversation, Feedback, Message, Record, Role
+from ._record import Conversation, Feedback, Message, Record, Role, message_key
 from ._runtree import build_spans
 from ._turn import ModelResult, Received, Turn
 
@@ -316,6 +316,103 @@ def _user_messages(inputs: Any) -> list[Message]:
     return []
 
 
+def _earlier(messages: Sequence[Any]) -> list[Message]:
+    """
+    The messages of a list before its trailing user words (see :func:`_trailing_user`).
+
+    Empty when the list ends with no user message: then the user's words came
+    from elsewhere and what is before them is unclear. System messages are left
+    out: the system prompt is recorded from the answering call.
+    """
+    converted = [_as_message(m) for m in messages]
+    end = len(converted)
+    found = False
+    while end:
+        message = converted[end - 1]
+        if message is None:
+            break
+        if message.role == "user":
+            found = True
+        elif found or message.role != "system":
+            break
+        end -= 1
+    if not found:
+        return []
+    return [m for m in converted[:end] if m is not None and m.role != "system"]
+
+
+def _input_history(inputs: Any, users: Sequence[Message]) -> list[Message]:
+    """
+    The history a root run's *inputs* carry before this turn's *users* words.
+
+    The messages before the user's words in a message list (or a ``messages``
+    field), and the message lists an input dict carries beside the user's text
+    (a ``MessagesPlaceholder`` the app fills: ``history``, ``chat_history``).
+    """
+    history: list[Message] = []
+    if isinstance(inputs, PromptValue):
+        history = _earlier(inputs.to_messages())
+    elif _is_message_list(inputs):
+        history = _earlier(inputs)
+    elif isinstance(inputs, Mapping):
+        if "messages" in inputs:
+            return _input_history(inputs["messages"], users)
+        for value in inputs.values():
+            if not _is_message_list(value):
+                continue
+            if _trailing_user(value) == users:  # the user's words are its end
+                history.extend(_earlier(value))
+            else:
+                converted = (_as_message(m) for m in value)
+                history.extend(
+                    m for m in converted if m is not None and m.role != "system"
+                )
+    # The user's words are recorded after the history, never twice.
+    if users and history[-len(users) :] == list(users):
+        del history[-len(users) :]
+    return history
+
+
+def _input_messages(inputs: Any) -> list[Message]:
+    """Every message of the message lists in a root run's *inputs*."""
+    if isinstance(inputs, PromptValue):
+        inputs = inputs.to_messages()
+    if _is_message_list(inputs):
+        return [m for m in map(_as_message, inputs) if m is not None]
+    out: list[Message] = []
+    if isinstance(inputs, Mapping):
+        for value in inputs.values():
+            if _is_message_list(value):
+                out.extend(m for m in map(_as_message, value) if m is not None)
+    return out
+
+
+def _history(
+    inputs: Any, users: Sequence[Message], calls: Sequence[_Call]
+) -> list[Message]:
+    """
+    The history a turn with no session keeps: what its input re-sent before the
+    user's words (no earlier turn of a session holds it).
+
+    Read from the first model call that saw it, keeping only messages that came
+    from the root's input (not a template's few-shot examples): the call's
+    message list is LangChain's own, while the input's lists are the app's and
+    are often appended to after the call returns, before the worker reads
+    them. A turn with no model call reads its input.
+    """
+    if not calls:
+        return _input_history(inputs, users)
+    sent = {message_key(m) for m in _input_messages(inputs)}
+    if not sent:
+        return []
+    for call in calls:
+        if _is_sequence(call[1]):
+            earlier = [m for m in _earlier(call[1]) if message_key(m) in sent]
+            if earlier:
+                return earlier
+    return []
+
+
 def _system_text(model_input: Any) -> str | None:
     """The system prompt a chat model saw (its system messages joined), if any."""
     if not _is_sequence(model_input):
@@ -415,7 +512,7 @@ def _usage(result: LLMResult | ModelResult | None) -> dict[str, int]:
 
 
 def _header_id(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         return None
     text = str(value).strip()
     return text or None
@@ -746,6 +843,9 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         session_id is None or _SESSION_SYSTEMS.changed(session_id, system)
     ):
         messages.append(Message("system", system))
+    if session_id is None:
+        # No session holds the earlier turns: keep the history the input re-sent.
+        messages.extend(_history(inputs, users, calls))
     messages.extend(users)
     failed_tools: list[str] = []
     for step in steps:

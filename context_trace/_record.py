@@ -114,7 +114,9 @@ class Conversation:
         ended_at: Epoch seconds when it ended.
         messages: The turn's messages in order. Inside a session, messages already
             recorded earlier in the same session (history the prompt re-sends) are
-            left out, so concatenating a session's turns gives its transcript.
+            left out, so concatenating a session's turns gives its transcript. A
+            turn with no session keeps the history its input re-sent, before the
+            user's words.
         metadata: ``str -> str`` details: ``model``, ``latency_ms``,
             ``prompt_tokens``/``completion_tokens``/``total_tokens`` when the model
             reports usage, ``tags``, ``error_type``/``error`` for a failed turn, and

@@ -25,11 +25,15 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar, Token, copy_context
+from types import FrameType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
+from uuid import UUID
 
 import wrapt
 from langchain_core.runnables.config import var_child_runnable_config
@@ -68,7 +72,7 @@ _logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-IdLike = str | int
+IdLike = str | int | UUID
 IdSource = IdLike | Callable[..., Any] | None
 
 _ACTIVE_SCOPE: ContextVar[Scope | None] = ContextVar(
@@ -94,10 +98,12 @@ def _check_id(name: str, value: object, *, allow_callable: bool) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not (
-        isinstance(value, (str, int)) or (allow_callable and callable(value))
+        isinstance(value, (str, int, UUID)) or (allow_callable and callable(value))
     ):
         expected = (
-            "a str, an int or a callable" if allow_callable else "a str or an int"
+            "a str, an int, a UUID or a callable"
+            if allow_callable
+            else "a str, an int or a UUID"
         )
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
     if isinstance(value, str) and not value.strip():
@@ -113,7 +119,9 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
-            raise TypeError(f"metadata keys must be str, got {key!r}")
+            raise TypeError(
+                f"metadata keys must be str, got {type(key).__name__} {_safe_repr(key)}"
+            )
         if isinstance(value, str):
             out[key] = value
             continue
@@ -123,22 +131,139 @@ def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
                 f"metadata[{key!r}] must be a str or have a meaningful str(), "
                 f"got {cls.__name__}"
             )
-        out[key] = str(value)
+        try:
+            out[key] = str(value)
+        except Exception as exc:  # the app's own __str__/__repr__ raised
+            raise TypeError(
+                f"metadata[{key!r}] must be a str or have a working str(): str() of"
+                f" its {cls.__name__} raised {type(exc).__name__}"
+            ) from exc
     return out
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)``, or a placeholder when the value's own repr raises."""
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - only for an error message
+        return f"<{type(value).__name__} whose repr() raised>"
+
+
+def _being_decorated(value: Any, frame: FrameType | None) -> bool:
+    """
+    Whether *value* is a function the calling code is decorating right now.
+
+    ``@track_user`` without parentheses hands the decorated function to
+    ``track_user`` as its first argument, where a resolver is allowed. A
+    resolver is a function that already has its name (or a lambda); the
+    function under a decorator was just made by the code calling us (its code
+    is one of that code's constants) and is not bound to its name yet.
+    """
+    if isinstance(value, (classmethod, staticmethod)):
+        return True  # a bare decorator above @classmethod/@staticmethod
+    name = getattr(value, "__name__", None)
+    if frame is None or not isinstance(name, str) or name == "<lambda>":
+        return False
+    try:
+        code = getattr(inspect.unwrap(value), "__code__", None)
+        if code is None or code not in frame.f_code.co_consts:
+            return False
+        return frame.f_locals.get(name) is not value
+    except Exception:  # noqa: BLE001 - a heuristic must never break the app
+        return False
+
+
+def _caller() -> FrameType | None:
+    """The frame that called ``track_user``/``context_session`` (None if unknown)."""
+    try:
+        return sys._getframe(2)
+    except (AttributeError, ValueError):  # not CPython, or no such frame
+        return None
+
+
+def _check_source(
+    factory: str, name: str, value: object, frame: FrameType | None, bare: bool
+) -> None:
+    """
+    Reject what can never work as a resolver, when the decorator is made.
+
+    *bare* is set for the first positional parameter, the one a decorator
+    applied without parentheses fills with the decorated function.
+    """
+    if not callable(value) and not isinstance(value, classmethod):
+        return
+    if bare and _being_decorated(value, frame):
+        inner: Any = getattr(value, "__func__", value)
+        fn = f"{getattr(inner, '__qualname__', type(inner).__name__)}()"
+        if factory == "track_user":
+            raise TypeError(
+                "track_user needs a user id or a resolver: write"
+                " @track_user(user_id=lambda user_id: user_id) (with parentheses,"
+                ' naming the parameter that holds the id) or @track_user("alice")'
+                f" above {fn}; @track_user alone passes {fn} itself as the user id"
+            )
+        raise TypeError(
+            "context_session is called to make the decorator: write"
+            f" @context_session() above {fn} (a new session per call), or"
+            " @context_session(session_id=lambda session_id: session_id) to take"
+            f" the id from an argument; @context_session alone passes {fn} itself"
+            " as the session id"
+        )
+    if isinstance(value, (classmethod, staticmethod)):
+        raise TypeError(
+            f"{name} must be a str, an int or a callable, got {type(value).__name__}"
+        )
+    target = inspect.unwrap(cast("Callable[..., Any]", value))
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{name} resolver {_qualname(target)} is async: {factory}() calls"
+            " resolvers synchronously, so it must return the id itself"
+        )
+    if inspect.isgeneratorfunction(target):
+        raise TypeError(
+            f"{name} resolver {_qualname(target)} is a generator function:"
+            " it must return the id itself"
+        )
+
+
+def _warn_literal_parameter(
+    name: str, source: IdSource, target: Callable[..., Any]
+) -> None:
+    """Warn when a literal id is the name of one of the decorated function's parameters."""
+    if not isinstance(source, str) or not source.isidentifier():
+        return
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    param = parameters.get(source)
+    if param is None or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+        return
+    warnings.warn(
+        f"{name}={source!r} on {_qualname(target)}() is a literal id: every call is"
+        f" recorded with {name} {source!r}, not the value of its {source!r}"
+        f" argument. To use the argument, write {name}=lambda {source}: {source}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def normalize_id(name: str, value: object) -> str | None:
     """
     Normalise a resolved id (from a resolver callable or a header) to str or None.
 
+    A str is stripped (blank is None), an int is its decimal text and a UUID its
+    canonical form (``str(uuid)``: lowercase, hyphenated).
+
     Raises:
-        TypeError: the value is neither None, a str nor an int.
+        TypeError: the value is neither None, a str, an int nor a UUID.
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         raise TypeError(
-            f"{name} resolver returned {type(value).__name__}, expected str or int"
+            f"{name} resolver returned {type(value).__name__},"
+            " expected a str, an int or a UUID"
         )
     text = str(value).strip()
     return text or None
@@ -606,6 +731,8 @@ class _ScopeFactory:
         target = (
             func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
         )
+        _warn_literal_parameter("user_id", self._user_id, target)
+        _warn_literal_parameter("session_id", self._session_id, target)
         resolvers = {
             name: _make_resolver(name, source, target)
             for name, source in (
@@ -622,17 +749,49 @@ class _ScopeFactory:
             instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Scope:
             def resolve(source: IdSource, name: str) -> Any:
-                return resolvers[name](args, kwargs, instance)
+                # A resolver that raises or returns something that is not an id
+                # gives no id, as None does: the request runs and its turns are
+                # recorded (an outer scope's user kept, else with no user). Logged
+                # once per function and id at WARNING, at DEBUG afterwards: one
+                # broken route must not hide another.
+                try:
+                    value = resolvers[name](args, kwargs, instance)
+                except Exception:  # noqa: BLE001 - a failing resolver must not break the app
+                    log_once(
+                        _logger,
+                        f"{log_key}:{name}",
+                        "context_trace: the %s resolver of %s() raised; the call"
+                        " is recorded with no %s",
+                        name,
+                        fn_name,
+                        name,
+                        exc_info=True,
+                    )
+                    return None
+                try:
+                    return normalize_id(name, value)
+                except TypeError:
+                    log_once(
+                        _logger,
+                        f"{log_key}:{name}",
+                        "context_trace: the %s resolver of %s() returned %s, which"
+                        " is not an id (a str, an int or a UUID); the call is"
+                        " recorded with no %s",
+                        name,
+                        fn_name,
+                        type(value).__name__,
+                        name,
+                    )
+                    return None
 
             try:
                 return factory._open(resolve)
-            except Exception:  # noqa: BLE001 - a failing resolver must not break the app
-                # Once per decorated function: one broken route must not hide another.
+            except Exception:  # noqa: BLE001 - must not break the app
                 log_once(
                     _logger,
                     log_key,
-                    "context_trace: the user/session resolver of %s() raised; "
-                    "running it unattributed",
+                    "context_trace: could not open the scope of %s(); running it"
+                    " unattributed",
                     fn_name,
                     exc_info=True,
                 )
@@ -701,12 +860,15 @@ def track_user(
     metadata; leaving restores the outer state.
 
     Args:
-        user_id: A non-empty str or an int, or a resolver: a callable that
-            receives, by name, the decorated function's arguments it declares
-            (all of them if it takes ``**kwargs``; ``self`` only if it names it)
-            and returns the id. A resolver returning None means "no user for this
-            request": the turn is recorded with no user (an outer scope's user,
-            if there is one, is kept).
+        user_id: A non-empty str, an int or a ``uuid.UUID`` (kept as its
+            canonical string), or a resolver: a callable that receives, by
+            name, the decorated function's arguments it declares (all of them
+            if it takes ``**kwargs``; ``self`` only if it names it) and returns
+            the id. A resolver returning None means "no user for this
+            request": the turn is recorded with no user (an outer scope's
+            user, if there is one, is kept). A resolver that raises or returns
+            something that is not an id is treated the same way, and logged
+            once per function with the parameter and the type it returned.
         session_id: Put the turns in this session (same forms as *user_id*).
         metadata: Extra ``str -> str`` details attached to every turn.
 
@@ -716,16 +878,21 @@ def track_user(
         when *session_id* is given.
 
     Raises:
-        TypeError: *user_id*, *session_id* or *metadata* has the wrong type.
+        TypeError: *user_id*, *session_id* or *metadata* has the wrong type, a
+            resolver is async, or the decorator was written without
+            parentheses (``@track_user``).
         ValueError: an id is an empty string.
 
     .. versionadded:: 0.1.0
     """
     if user_id is None:
         raise TypeError(
-            "track_user() user_id must be a non-empty str, an int or a callable,"
+            "track_user() user_id must be a non-empty str, an int, a UUID or a"
+            " callable,"
             " got None (for a request with no user, pass a callable that returns None)"
         )
+    _check_source("track_user", "user_id", user_id, _caller(), bare=True)
+    _check_source("track_user", "session_id", session_id, None, bare=False)
     _check_id("user_id", user_id, allow_callable=True)
     _check_id("session_id", session_id, allow_callable=True)
     meta = _check_metadata(metadata)
@@ -747,17 +914,21 @@ def context_session(
     rates its last answer. As a decorator, every call opens its own session.
 
     Args:
-        session_id: The thread's id (str, int, or a callable like *user_id* of
-            :func:`track_user`). A new 32-hex-character id when None.
+        session_id: The thread's id (str, int, UUID, or a callable like
+            *user_id* of :func:`track_user`). A new 32-hex-character id when
+            None (and when a resolver gives no id).
         user_id: The user, when not already set by an outer :func:`track_user`.
         metadata: Extra ``str -> str`` details attached to every turn.
 
     Raises:
-        TypeError: an argument has the wrong type.
+        TypeError: an argument has the wrong type, a resolver is async, or the
+            decorator was written without parentheses (``@context_session``).
         ValueError: an id is an empty string.
 
     .. versionadded:: 0.1.0
     """
+    _check_source("context_session", "session_id", session_id, _caller(), bare=True)
+    _check_source("context_session", "user_id", user_id, None, bare=False)
     _check_id("session_id", session_id, allow_callable=True)
     _check_id("user_id", user_id, allow_callable=True)
     meta = _check_metadata(metadata)

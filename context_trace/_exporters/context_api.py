@@ -661,9 +661,15 @@ class ContextAPIExporter:
 def _messages(record: Conversation) -> list[Any]:
     started = datetime.fromtimestamp(record.started_at, tz=timezone.utc)
     ended = datetime.fromtimestamp(record.ended_at, tz=timezone.utc)
+    # Up to the turn's last user message (a session-less turn's history, then
+    # the question) the messages were there when it started; the rest (tools,
+    # the answer) came by its end.
+    asked = max(
+        (i for i, m in enumerate(record.messages) if m.role == "user"), default=-1
+    )
     out: list[Any] = []
-    for message in record.messages:
-        when = started if message.role in ("system", "user") else ended
+    for index, message in enumerate(record.messages):
+        when = started if index <= asked or message.role == "system" else ended
         if message.role == "tool":
             name = message.name or "tool"
             text = (

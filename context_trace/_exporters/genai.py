@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Union
 
-from context_trace._record import Conversation, Feedback, Record, Span
+from context_trace._record import Conversation, Feedback, Message, Record, Span
 
 from . import semconv as sc
 
@@ -222,6 +222,28 @@ def root_span_id(conversation_id: str) -> int:
     return (id128(conversation_id) & _MASK64) or 1
 
 
+def _turn_inputs(messages: Sequence[Message]) -> tuple[list[Message], list[str]]:
+    """
+    What the turn's model was given, and the user's own words this turn.
+
+    The inputs are the system, user and assistant messages up to the turn's
+    last run of user messages (a turn with no session keeps the history its
+    prompt re-sent before it); the words are that run's texts.
+    """
+    end = start = None
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            if end is None:
+                end = index + 1
+            start = index
+        elif start is not None:
+            break
+    if start is None or end is None:
+        return [m for m in messages if m.role == "system"], []
+    inputs = [m for m in messages[:end] if m.role != "tool"]
+    return inputs, [m.content for m in messages[start:end]]
+
+
 def _conversation_spans(record: Conversation, capture_content: bool) -> list[SpanData]:
     trace_id = id128(record.trace_id) if record.trace_id else id128(record.id)
     parent = _hex64(record.parent_span_id)
@@ -233,12 +255,11 @@ def _conversation_spans(record: Conversation, capture_content: bool) -> list[Spa
         attributes[sc.OI_METADATA] = _JSON.encode(app_metadata)
     tools = [m for m in record.messages if m.role == "tool"]
     if capture_content:
-        inputs = [m for m in record.messages if m.role in ("system", "user")]
+        inputs, users = _turn_inputs(record.messages)
         answer = record.answer
         attributes[sc.GEN_AI_INPUT_MESSAGES] = _JSON.encode(
             [{"role": m.role, "parts": _parts(m.content)} for m in inputs]
         )
-        users = [m.content for m in inputs if m.role == "user"]
         attributes[sc.OI_INPUT_VALUE] = "\n\n".join(users)
         attributes[sc.OI_INPUT_MIME_TYPE] = "text/plain"
         if answer is not None:

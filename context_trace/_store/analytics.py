@@ -204,9 +204,20 @@ def _user(key: str) -> str | None:
 
 
 def _preview(messages: Sequence[Message]) -> str:
-    for message in messages:
-        if message.role == "user":
-            return message.content[:160]
+    """
+    The turn's own question: the first of its last run of user messages.
+
+    A turn with no session keeps the history its prompt re-sent before it,
+    so the first user message can be an earlier question.
+    """
+    start = None
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user":
+            start = index
+        elif start is not None:
+            break
+    if start is not None:
+        return messages[start].content[:160]
     return messages[0].content[:160] if messages else ""
 
 

@@ -70,7 +70,8 @@ class StoredConversation:
 
     ``model`` and the token counts are parsed from the metadata (None when the
     model did not report them); ``metadata`` is the full original mapping. Inside
-    a session, ``messages`` leave out history already stored for that session.
+    a session, ``messages`` leave out history already stored for that session;
+    a turn with no session keeps the history its input re-sent.
 
     .. versionadded:: 0.1.0
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,6 +276,19 @@ class TestFrameworkSessions:
             [("user", "and Paris?"), ("assistant", "Paris is sunny.")],
         ] == [_shape(c) for c in records.conversations]
 
+    def test_langgraph_thread_id_as_a_uuid(self, records: CapturedRecords) -> None:
+        """A UUID thread_id is the session, as its canonical string."""
+        agent = _react_agent(_replies("Hello!"), [], checkpointer=MemorySaver())
+        thread = uuid.uuid4()
+
+        with track_user("u"):
+            agent.invoke(
+                {"messages": [("user", "hi")]},
+                config={"configurable": {"thread_id": thread}},
+            )
+
+        assert [str(thread)] == [c.session_id for c in records.conversations]
+
     def test_explicit_session_wins(self, records: CapturedRecords) -> None:
         """An open context_session wins over the framework's session id."""
         chain = _history_chain()
@@ -319,23 +333,143 @@ class TestFrameworkSessions:
         assert expected == sorted(str(c.session_id) for c in captured.conversations)
 
 
+def _placeholder_chain() -> Runnable[dict[str, Any], str]:
+    """A system prompt, the history the app passes in, the question; echoes it."""
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", "You are terse."),
+            MessagesPlaceholder("history"),
+            ("human", "{question}"),
+        ]
+    )
+    return prompt | ParrotFakeChatModel() | StrOutputParser()
+
+
+def _three_turns(chain: Runnable[dict[str, Any], str]) -> None:
+    """Ask Q1, Q2, Q3, re-sending the history each time (as an app does)."""
+    history: list[Any] = []
+    for question in ("Q1", "Q2", "Q3"):
+        answer = chain.invoke({"history": history, "question": question})
+        history += [("human", question), ("ai", answer)]
+
+
+_THIRD_WITH_HISTORY = [
+    ("system", "You are terse."),
+    ("user", "Q1"),
+    ("assistant", "Q1"),
+    ("user", "Q2"),
+    ("assistant", "Q2"),
+    ("user", "Q3"),
+    ("assistant", "Q3"),
+]
+
+
 class TestHistoryOnce:
-    def test_outside_a_session_a_turn_holds_its_own_exchange(
+    def test_without_a_session_a_turn_keeps_the_history_it_was_sent(
         self, records: CapturedRecords
     ) -> None:
-        """Outside a session, turn 3 holds Q3 and A3, not the whole history."""
-        prompt = ChatPromptTemplate.from_messages(
-            [MessagesPlaceholder("history"), ("human", "{question}")]
-        )
-        chain = prompt | ParrotFakeChatModel() | StrOutputParser()
-        history: list[BaseMessage] = []
+        """With no session to hold it, turn 3 keeps the history before Q3 and A3."""
+        with track_user("u"):
+            _three_turns(_placeholder_chain())
+
+        assert _THIRD_WITH_HISTORY == _shape(records[-1])
+        assert "model_input" not in records[-1].metadata
+        assert [None] * 3 == [c.session_id for c in records.conversations]
+
+    def test_without_a_session_the_store_keeps_the_history(
+        self, tmp_path: Path
+    ) -> None:
+        """Through the SQLite store, a session-less turn's history is still there."""
+        db = tmp_path / "t.db"
+        configure(db_path=db)
 
         with track_user("u"):
-            for question in ("Q1", "Q2", "Q3"):
-                answer = chain.invoke({"history": history, "question": question})
-                history += [("human", question), ("ai", answer)]  # type: ignore[list-item]
+            _three_turns(_placeholder_chain())
+        flush()
+        stored = list(SQLiteReader(db).conversations())
+
+        assert [None] * 3 == [c.session_id for c in stored]
+        assert _THIRD_WITH_HISTORY == [(m.role, m.content) for m in stored[-1].messages]
+
+    def test_few_shot_examples_are_not_history(self, records: CapturedRecords) -> None:
+        """A template's few-shot examples stay out; the history the app sent is kept."""
+        examples = FewShotChatMessagePromptTemplate(
+            examples=[{"q": "Can I pay by card?", "a": "Yes."}],
+            example_prompt=ChatPromptTemplate.from_messages(
+                [("human", "{q}"), ("ai", "{a}")]
+            ),
+        )
+        prompt = ChatPromptTemplate.from_messages(
+            [examples, MessagesPlaceholder("history"), ("human", "{question}")]
+        )
+        chain = prompt | ParrotFakeChatModel() | StrOutputParser()
+
+        with track_user("u"):
+            chain.invoke(
+                {"history": [("human", "Hi"), ("ai", "Hello")], "question": "Refund?"}
+            )
+
+        assert [
+            ("user", "Hi"),
+            ("assistant", "Hello"),
+            ("user", "Refund?"),
+            ("assistant", "Refund?"),
+        ] == _shape(records[-1])
+
+    def test_in_a_session_a_turn_holds_only_its_own_exchange(
+        self, records: CapturedRecords
+    ) -> None:
+        """In a session, turn 3 holds Q3 and A3: the session's turns hold the rest."""
+        with track_user("u"), context_session(session_id="s"):
+            _three_turns(_placeholder_chain())
 
         assert [("user", "Q3"), ("assistant", "Q3")] == _shape(records[-1])
+
+    def test_a_model_called_with_history_and_no_session(
+        self, records: CapturedRecords
+    ) -> None:
+        """A chat model invoked with a message list keeps the messages before the question."""
+        with track_user("u"):
+            ParrotFakeChatModel().invoke(
+                [
+                    ("system", "Be brief."),
+                    ("human", "hi"),
+                    ("ai", "hello"),
+                    ("human", "and more?"),
+                ]
+            )
+
+        assert [
+            ("system", "Be brief."),
+            ("user", "hi"),
+            ("assistant", "hello"),
+            ("user", "and more?"),
+            ("assistant", "and more?"),
+        ] == _shape(records[-1])
+
+    def test_an_agent_given_its_messages_without_a_checkpointer(
+        self, records: CapturedRecords
+    ) -> None:
+        """A LangGraph agent handed the whole conversation keeps it when there is no thread."""
+        agent = _react_agent(_replies("Paris is sunny."), [])
+
+        with track_user("u"):
+            agent.invoke(
+                {
+                    "messages": [
+                        ("user", "hi"),
+                        ("assistant", "Hello!"),
+                        ("user", "and Paris?"),
+                    ]
+                }
+            )
+
+        assert [
+            ("user", "hi"),
+            ("assistant", "Hello!"),
+            ("user", "and Paris?"),
+            ("assistant", "Paris is sunny."),
+        ] == _shape(records[-1])
 
     def test_changing_system_prompt_in_the_store(self, tmp_path: Path) -> None:
         """A system prompt is stored when it changes; the exchanges once each."""

@@ -235,10 +235,10 @@ class TestEveryKind:
         assert original.__qualname__ == decorated.__qualname__
 
     @pytest.mark.parametrize("kind", KINDS)
-    async def test_failing_resolver_runs_the_call_unscoped(
+    async def test_failing_resolver_records_the_call_with_no_user(
         self, kind: str, records: CapturedRecords
     ) -> None:
-        """A call whose resolver raises still runs, unscoped: nothing is recorded."""
+        """A call whose resolver raises still runs, and its turn is recorded with no user."""
 
         def bad(user_id: str) -> str:
             raise LookupError(user_id)
@@ -249,7 +249,7 @@ class TestEveryKind:
 
         assert observed == [None, "hi", None]
         assert current_user() is None
-        assert records == []
+        assert [None] == [c.user_id for c in records.conversations]
 
     @pytest.mark.parametrize("kind", KINDS)
     async def test_failing_resolver_keeps_the_outer_scope(

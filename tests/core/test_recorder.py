@@ -163,20 +163,27 @@ class TestConversationRecord:
         ]
 
     def test_history_is_left_to_earlier_turns(self, records: CapturedRecords) -> None:
-        """The system prompt and the new user message are kept; re-sent history is not."""
+        """In a session the system prompt and the new message are kept, not re-sent history."""
         prompt = ChatPromptTemplate.from_messages(
             [("system", "sys"), MessagesPlaceholder("history"), ("human", "{q}")]
         )
         chain = prompt | ParrotFakeChatModel() | StrOutputParser()
         history: list[BaseMessage] = [HumanMessage("earlier"), AIMessage("reply")]
+        with track_user("u"), context_session():
+            chain.invoke({"history": history, "q": "now"})
         with track_user("u"):
             chain.invoke({"history": history, "q": "now"})
 
-        assert _shape(records.conversations[0]) == [
-            ("system", "sys"),
-            ("user", "now"),
-            ("assistant", "now"),
-        ]
+        assert [
+            [("system", "sys"), ("user", "now"), ("assistant", "now")],
+            [
+                ("system", "sys"),
+                ("user", "earlier"),
+                ("assistant", "reply"),
+                ("user", "now"),
+                ("assistant", "now"),
+            ],
+        ] == [_shape(c) for c in records.conversations]
 
     def test_only_the_first_model_call_gives_inputs(
         self, records: CapturedRecords

@@ -181,10 +181,10 @@ class TestMismatchAtDecoration:
 
 
 class TestFailureAtRequestTime:
-    def test_raising_resolver_runs_unattributed_and_logs_once_per_function(
+    def test_raising_resolver_records_with_no_user_and_logs_once_per_function(
         self, records: CapturedRecords, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """The request runs, nothing is attributed, and each function warns once, by name."""
+        """The request runs, its turn is recorded with no user, each function warns once."""
 
         def broken(user_id: str) -> str:
             raise KeyError(user_id)
@@ -204,7 +204,7 @@ class TestFailureAtRequestTime:
             r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
         ]
         assert ["one", "one", "two"] == answers
-        assert [] == records.conversations
+        assert [None, None, None] == [c.user_id for c in records.conversations]
         assert 2 == len(warnings)
         assert "first" in warnings[0]
         assert "second" in warnings[1]

@@ -157,6 +157,29 @@ class TestPlainConversation:
             "2023-11-14T22:13:21.250Z",
         ] == [m["event_timestamp"] for m in conversation["messages"]]
 
+    def test_history_kept_without_a_session_is_timed_before_the_answer(
+        self, server, make_exporter
+    ):
+        """A session-less turn's history is sent in order, all of it at the turn's start."""
+        exporter = make_exporter()
+        record = turn(
+            Message("user", "Q1"),
+            Message("assistant", "A1"),
+            Message("user", "Q2"),
+            Message("assistant", "A2"),
+        )
+
+        exporter.export([record])
+
+        (request,) = server.requests
+        messages = request.body["conversation"]["messages"]
+        assert [
+            ("user", "Q1", "2023-11-14T22:13:20.000Z"),
+            ("assistant", "A1", "2023-11-14T22:13:20.000Z"),
+            ("user", "Q2", "2023-11-14T22:13:20.000Z"),
+            ("assistant", "A2", "2023-11-14T22:13:21.250Z"),
+        ] == [(m["role"], m["message"], m["event_timestamp"]) for m in messages]
+
     def test_failed_turn_carries_error_metadata(self, server, make_exporter):
         """A failed turn's error is split into error_type and error metadata."""
         exporter = make_exporter()

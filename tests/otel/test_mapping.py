@@ -371,3 +371,37 @@ class TestOff:
             captured.conversations[0].spans,
             captured.conversations[0].trace_id,
         )
+
+
+class TestHistoryWithoutASession:
+    def test_root_span_carries_the_history_and_the_turns_own_words(
+        self, memory: Memory
+    ) -> None:
+        """A session-less turn's history is in its input messages; input.value is its question."""
+        from langchain_core.prompts import MessagesPlaceholder
+
+        exporter = _configure(memory)
+        prompt = ChatPromptTemplate.from_messages(
+            [
+                ("system", "You are terse."),
+                MessagesPlaceholder("history"),
+                ("human", "{question}"),
+            ]
+        )
+        with ct.track_user("u1"):
+            (prompt | ParrotFakeChatModel() | StrOutputParser()).invoke(
+                {"history": [("human", "Q1"), ("ai", "A1")], "question": "Q2"}
+            )
+        root = _spans(exporter)[0]
+        attributes = dict(root.attributes or {})
+
+        assert [
+            ("system", "You are terse."),
+            ("user", "Q1"),
+            ("assistant", "A1"),
+            ("user", "Q2"),
+        ] == [
+            (m["role"], m["parts"][0]["content"])
+            for m in json.loads(str(attributes["gen_ai.input.messages"]))
+        ]
+        assert "Q2" == attributes["input.value"]

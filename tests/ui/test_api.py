@@ -286,3 +286,34 @@ def test_ctrl_c_right_after_the_url_is_clean(store_path: Path, tmp_path: Path):
     assert out.getvalue().endswith("context-trace ui: stopped\n")
     with socket.socket() as again:  # the listening socket was closed
         again.bind(("127.0.0.1", port))
+
+
+def test_preview_of_a_turn_that_keeps_its_history(tmp_path: Path):
+    """A session-less turn keeps its history; its preview is still its own question."""
+    from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+    from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+    import context_trace as ct
+    from context_trace._store.analytics import Analytics
+    from context_trace._store.ui_index import UIIndex
+
+    db = tmp_path / "history.db"
+    ct.configure(db_path=db)
+    prompt = ChatPromptTemplate.from_messages(
+        [MessagesPlaceholder("history"), ("human", "{question}")]
+    )
+    chain = prompt | ParrotFakeChatModel()
+    with ct.track_user("u"):
+        chain.invoke(
+            {"history": [("human", "first"), ("ai", "one")], "question": "second"}
+        )
+    assert ct.flush()
+    with UIIndex(db) as index:
+        index.build()
+    analytics = Analytics(db)
+    try:
+        [row] = analytics.conversations().items
+    finally:
+        analytics.close()
+
+    assert "second" == row.preview

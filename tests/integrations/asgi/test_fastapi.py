@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -19,6 +21,7 @@ from pydantic import BaseModel
 from context_trace import (
     Conversation,
     InMemoryExporter,
+    context_session,
     current_session,
     current_user,
     flush,
@@ -89,6 +92,22 @@ def make_app() -> FastAPI:
             yield f"|{current_user()}"
 
         return StreamingResponse(body(), media_type="text/plain")
+
+    @app.get("/users/{user_id}/ask")
+    @context_session(session_id=lambda conversation: conversation)
+    @track_user(user_id=lambda user_id: user_id)
+    def ask(user_id: UUID, message: str, conversation: UUID) -> dict[str, Any]:
+        session = current_session()
+        return {
+            "answer": CHAIN.invoke(message),
+            "user": current_user(),
+            "session": session.id if session else None,
+        }
+
+    @app.get("/profiles/{profile_id}/ask")
+    @track_user(user_id=lambda profile_id: {"profile": profile_id})
+    def ask_profile(profile_id: int, message: str) -> dict[str, Any]:
+        return {"answer": CHAIN.invoke(message), "user": current_user()}
 
     return app
 
@@ -163,3 +182,51 @@ class TestTrackUserOnEndpoints:
 
         assert 422 == response.status_code
         assert [] == conversations(exporter)
+
+
+class TestUUIDIds:
+    def test_uuid_path_and_query_parameters_attribute_every_request(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """``user_id: UUID`` (and a UUID session) resolve to their canonical strings."""
+        client = TestClient(make_app())
+        users = [uuid4() for _ in range(3)]
+        conversation = uuid4()
+
+        answers = [
+            client.get(
+                f"/users/{str(user).upper()}/ask",
+                params={"message": f"m{n}", "conversation": conversation.hex},
+            ).json()
+            for n, user in enumerate(users)
+        ]
+
+        assert [
+            {"answer": f"m{n}", "user": str(user), "session": str(conversation)}
+            for n, user in enumerate(users)
+        ] == answers
+        assert [(str(user), str(conversation)) for user in users] == [
+            (c.user_id, c.session_id) for c in conversations(exporter)
+        ]
+
+    def test_resolver_returning_a_non_id_records_the_turn_anonymously(
+        self, exporter: InMemoryExporter, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A resolver value that is no id: served, recorded with no user, warned by name."""
+        client = TestClient(make_app())
+
+        with caplog.at_level(logging.WARNING, logger="context_trace"):
+            answers = [
+                client.get(f"/profiles/{n}/ask", params={"message": f"m{n}"}).json()
+                for n in range(3)
+            ]
+
+        warned = [r.getMessage() for r in caplog.records]
+        assert [{"answer": f"m{n}", "user": None} for n in range(3)] == answers
+        assert [(None, f"m{n}") for n in range(3)] == [
+            (c.user_id, c.answer) for c in conversations(exporter)
+        ]
+        assert 1 == len(warned)
+        assert "ask_profile()" in warned[0]
+        assert "user_id" in warned[0]
+        assert "dict" in warned[0]
