@@ -23,6 +23,7 @@ from typing import Any
 from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
 
+from .connection import read_uri
 from .ui_index import LATENCY_BUCKETS_PER_DECADE, default_index_path
 
 __all__ = [
@@ -236,8 +237,7 @@ class Analytics:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no context_trace database at {path}")
         index_path = Path(index) if index is not None else default_index_path(path)
-        uri = Path(path).absolute().as_uri() + "?mode=ro"
-        self._conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+        self._conn = sqlite3.connect(read_uri(path), uri=True, timeout=10.0)
         self._now = now
         try:
             if not index_path.exists():

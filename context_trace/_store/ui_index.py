@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .connection import read_uri
+
 __all__ = [
     "INDEX_VERSION",
     "LATENCY_BUCKETS_PER_DECADE",
@@ -254,10 +256,6 @@ def default_index_path(store: str | os.PathLike[str]) -> Path:
     return cache / "context-trace" / f"{path.name}-{digest}{_SUFFIX}"
 
 
-def _ro_uri(path: str | os.PathLike[str]) -> str:
-    return Path(path).absolute().as_uri() + "?mode=ro"
-
-
 class UIIndex:
     """
     Keeps the dashboard's sidecar index in step with a store; thread-safe.
@@ -305,7 +303,7 @@ class UIIndex:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA temp_store = MEMORY")
-            self._conn.execute("ATTACH DATABASE ? AS store", (_ro_uri(self.store),))
+            self._conn.execute("ATTACH DATABASE ? AS store", (read_uri(self.store),))
             tables = {
                 r[0]
                 for r in self._conn.execute(
