@@ -784,6 +784,7 @@ def _as_dict(c: Any) -> dict[str, Any]:
             }
             for m in c.messages
         ],
+        "rating": c.rating,
     }
 
 
@@ -829,6 +830,7 @@ C1_JSON = {
             "error": False,
         },
     ],
+    "rating": None,
 }
 
 

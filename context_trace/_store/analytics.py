@@ -557,7 +557,7 @@ class Analytics:
         Args:
             search: Words that must all appear in the turn's messages (FTS5).
             user_id: Only this user's turns; *anonymous* for the turns with none.
-            rating: ``"up"`` or ``"down"``: only turns of sessions rated so.
+            rating: ``"up"`` or ``"down"``: only the turns rated so.
             errors_only: Only failed turns.
             model: Only this model's turns.
             range_: A key of :data:`RANGES`.
@@ -589,8 +589,10 @@ class Analytics:
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
         if rating is not None:
-            column = "rating_up" if rating == "up" else "rating_down"
-            conds.append(f"c.session_n IN (SELECT n FROM sessions WHERE {column} > 0)")
+            sign = ">" if rating == "up" else "<"
+            conds.append(
+                f"c.id IN (SELECT conversation_id FROM feedback WHERE rating {sign} 0)"
+            )
         if errors_only:
             conds.append("c.error IS NOT NULL")
         if model:

@@ -73,6 +73,7 @@ class StoredConversation:
     a session, ``messages`` leave out history already stored for that session.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``rating``.
     """
 
     id: str
@@ -88,6 +89,8 @@ class StoredConversation:
     error: str | None
     metadata: dict[str, str]
     messages: tuple[Message, ...]
+    #: The turn's rating (-1, 0 or 1; the last one given), None when unrated.
+    rating: int | None = None
 
 
 class Transcript(NamedTuple):
