@@ -97,7 +97,15 @@ def _records(
         )
         if session is not None and rng.random() < 0.025:
             batch.append(
-                Feedback(f"f{i}", session, user, rng.choice((1, 1, -1)), None, started)
+                # Rated once answered: a rating targets an answered turn.
+                Feedback(
+                    f"f{i}",
+                    session,
+                    user,
+                    rng.choice((1, 1, -1)),
+                    None,
+                    started + latency,
+                )
             )
         if len(batch) >= _BATCH:
             yield batch

@@ -198,7 +198,7 @@ class RecordingHandler(BaseCallbackHandler):
             return
         turn.error = error
         session = turn.session
-        if session is not None:
+        if session is not None and error is None:  # rate() targets answered turns
             session.last_turn_id = turn.run_id.hex
             parent = turn.trace_parent
             session.last_trace_id = None if parent is None else f"{parent[0]:032x}"

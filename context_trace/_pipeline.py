@@ -82,6 +82,7 @@ STAT_KEYS = (
     "queued",
     "waited",
     "waited_ms",
+    "rejected",
 )
 
 # Queued items that wake the worker before its interval (or max_batch, if
@@ -175,6 +176,7 @@ class BatchPipeline:
         self._taken = 0
         self._exported = 0
         self._failed = 0
+        self._rejected = 0
         self._retried = 0
         self._pending = 0
         self._dropped = 0
@@ -468,6 +470,7 @@ class BatchPipeline:
         self._failed += result.failed
         self._retried += result.retried
         self._pending += result.pending
+        self._rejected += result.rejected
 
     # ------------------------------------------------------------------ control
     def flush(self, timeout: float | None = None) -> bool:
@@ -562,7 +565,8 @@ class BatchPipeline:
     def stats(self) -> dict[str, int]:
         """
         Counters: enqueued, exported, dropped, failed, retried, pending, queued,
-        waited (emits that waited for room) and waited_ms (their total wait).
+        waited (emits that waited for room), waited_ms (their total wait) and
+        rejected (ratings whose session or turn the store does not hold).
         """
         queued = self.queued()
         pending = self._pending
@@ -584,6 +588,7 @@ class BatchPipeline:
             "queued": queued,
             "waited": self._waited,
             "waited_ms": self._waited_ns // 1_000_000,
+            "rejected": self._rejected,
         }
 
     @property
@@ -620,6 +625,7 @@ class InlinePipeline:
                 return
             self._counts["exported"] += result.exported
             self._counts["failed"] += result.failed + (1 - len(records))
+            self._counts["rejected"] += result.rejected
 
     def flush(self, timeout: float | None = None) -> bool:
         """Nothing is ever queued: always True."""

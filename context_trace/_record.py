@@ -159,12 +159,14 @@ class Conversation:
 @dataclass(frozen=True, slots=True)
 class Feedback:
     """
-    A rating (-1, 0 or +1) given to a session's last assistant message.
+    A rating (-1, 0 or +1) of one turn of a session (see ``Session.rate``).
 
-    ``conversation_id`` is the id of the turn that produced that message when it is
-    known in this process, else None. ``trace_id`` is that turn's trace when it
-    ran inside an OpenTelemetry trace of the app's (else the trace is the turn's
-    own, whose id is ``conversation_id``).
+    ``conversation_id`` is the rated turn: the one named to ``rate``, else the
+    session's last answered turn when this process knows it, else None, and the
+    local store resolves it where the rating is written (its last answered turn
+    at ``created_at``). ``trace_id`` is that turn's trace when it ran inside an
+    OpenTelemetry trace of the app's (else the trace is the turn's own, whose id
+    is ``conversation_id``).
     """
 
     id: str

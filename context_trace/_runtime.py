@@ -463,8 +463,9 @@ def stats() -> dict[str, int]:
     Returns:
         ``enqueued``, ``exported``, ``dropped``, ``failed``, ``retried``,
         ``pending`` (kept in the outbox for later), ``queued`` (in memory now),
-        ``waited`` (turns that waited for room at the high-water mark) and
-        ``waited_ms`` (their total wait).
+        ``waited`` (turns that waited for room at the high-water mark),
+        ``waited_ms`` (their total wait) and ``rejected`` (ratings not stored
+        because the store holds no such session or turn).
 
     .. versionadded:: 0.1.0
     """

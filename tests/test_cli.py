@@ -45,6 +45,7 @@ from context_trace._store.reader import SQLiteReader
 from context_trace.cli import _format, commands
 
 from .exporters.context_server import ROUTE_LOG, ROUTE_UPSERT, FakeContextServer
+from .read_only import assert_read_only, no_write_override, read_only
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-123"
@@ -783,6 +784,7 @@ def _as_dict(c: Any) -> dict[str, Any]:
             }
             for m in c.messages
         ],
+        "rating": c.rating,
     }
 
 
@@ -828,6 +830,7 @@ C1_JSON = {
             "error": False,
         },
     ],
+    "rating": None,
 }
 
 
@@ -1227,6 +1230,45 @@ class TestBadStores:
         result = main("users", "--db", str(tmp_path))
 
         assert_one_line_error(result, 1, f"{tmp_path} is a directory, not a database")
+
+
+class TestReadOnlyStore:
+    def test_every_command_reads_a_store_in_a_read_only_directory(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """A store copied into a directory nobody may write reads as the original."""
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        handed = tmp_path / "handed-over"
+        handed.mkdir()
+        copy = handed / "traces.db"
+        shutil.copyfile(store.path, copy)
+        commands = [
+            ["users", "--json"],
+            ["sessions", "--json"],
+            ["show", "sess-alice-1"],
+            ["export"],
+            ["stats", "--json"],
+            ["outbox", "--json"],
+        ]
+        expected = [run_cli(*command, *_db(store)).stdout for command in commands]
+
+        with read_only(handed):
+            assert_read_only(handed)
+            results = [
+                subprocess.run(
+                    [sys.executable, "-m", "context_trace", *command, "--db", str(copy)],
+                    capture_output=True, text=True, encoding="utf-8", cwd=REPO,
+                    env=_env(), timeout=60, check=False,
+                    preexec_fn=no_write_override,
+                )
+                for command in commands
+            ]  # fmt: skip
+
+        assert [(0, "", out) for out in expected] == [
+            (r.returncode, r.stderr, r.stdout) for r in results
+        ]
+        assert ["traces.db"] == sorted(p.name for p in handed.iterdir())
 
 
 # --------------------------------------------------------------------------- helpers

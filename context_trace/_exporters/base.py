@@ -35,12 +35,16 @@ class ExportResult:
         retried: Retry attempts made while exporting the batch.
         pending: Records kept for a later attempt (e.g. in a durable outbox);
             neither delivered nor lost.
+        rejected: Records refused by the rules of what they describe: a
+            rating whose session or turn the store does not hold. Neither
+            stored nor retried.
     """
 
     exported: int = 0
     failed: int = 0
     retried: int = 0
     pending: int = 0
+    rejected: int = 0
 
     @classmethod
     def success(cls, n: int, retried: int = 0) -> ExportResult:

@@ -136,7 +136,7 @@ class OutboxExporter:
             # records never reached the disk; count them, don't send half-closed.
             return ExportResult.failure(len(batch))
         try:
-            self._store.outbox_put(batch, self._destinations)
+            refused = self._store.outbox_put(batch, self._destinations)
         except Exception:  # noqa: BLE001 - fall back to sending directly
             self._warn_once(
                 "put",
@@ -151,7 +151,7 @@ class OutboxExporter:
                 failed=sum(1 for o in outcomes if o.status != "delivered"),
                 retried=sum(max(0, o.attempts - 1) for o in outcomes),
             )
-        return ExportResult()
+        return ExportResult(rejected=refused)
 
     def idle(self) -> ExportResult:
         """Deliver rows that are due (the pipeline calls it after each drain and flush)."""

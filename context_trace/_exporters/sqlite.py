@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
-from context_trace._record import Message, Record
+from context_trace._record import Feedback, Message, Record
 from context_trace._store import holder, outbox
 from context_trace._store.codec import record_from_json, scrubbed
 from context_trace._store.connection import (
@@ -39,7 +39,7 @@ from context_trace._store.reader import (
     outbox_destinations,
     read_session_messages,
 )
-from context_trace._store.writer import Rows, SeenCache, Touched, prepare, write
+from context_trace._store.writer import Rows, SeenCache, Written, prepare, write
 
 from .base import ExportResult
 
@@ -95,6 +95,25 @@ if hasattr(os, "register_at_fork"):  # not on Windows
         after_in_parent=_after_fork_in_parent,
         after_in_child=_after_fork_in_child,
     )
+
+
+def _nothing(conn: sqlite3.Connection, written: Written) -> None:
+    return None
+
+
+def _as_stored(records: Sequence[Record], written: Written) -> list[Record]:
+    """*records* with each rating as it was stored, the refused ones left out."""
+    if not written.ratings and not written.refused:
+        return list(records)
+    stored = {feedback.id: feedback for feedback in written.ratings}
+    out: list[Record] = []
+    for record in records:
+        if isinstance(record, Feedback):
+            if record.id in stored:
+                out.append(stored[record.id])
+        else:
+            out.append(record)
+    return out
 
 
 # --- the exporter ----------------------------------------------------------------
@@ -294,22 +313,34 @@ class SQLiteExporter:
         self,
         conn: sqlite3.Connection,
         rows: Rows,
-        also: Callable[[sqlite3.Connection], _T],
-    ) -> tuple[Touched, _T]:
+        also: Callable[[sqlite3.Connection, Written], _T],
+    ) -> tuple[Written, _T]:
         """
         Store *rows* and run *also* in one transaction; call with the lock held.
 
         Returns:
-            The seen-sets to settle, and what *also* returned. On failure the
-            seen cache is cleared: it may hold keys of the rolled-back batch.
+            What the write did (the seen-sets to settle, the ratings stored and
+            refused), and what *also* returned. On failure the seen cache is
+            cleared: it may hold keys of the rolled-back batch.
         """
         try:
             with transaction(conn):
-                touched = write(conn, rows, self._seen)
-                return touched, also(conn)
+                written = write(conn, rows, self._seen)
+                return written, also(conn, written)
         except BaseException:
             self._seen.clear()
             raise
+
+    def _settle(self, written: Written) -> int:
+        """After a commit: settle the seen-sets, report refused ratings; their count."""
+        self._seen.settle(written.touched)
+        for refused in written.refused:
+            self._log_once(
+                logging.WARNING,
+                "context_trace: a rating of session"
+                f" {refused.feedback.session_id!r} was not stored: {refused.reason}",
+            )
+        return len(written.refused)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
@@ -345,14 +376,18 @@ class SQLiteExporter:
         Store *batch* in one transaction; never raises.
 
         Re-delivered records are stored once. Session turns lose leading history
-        that another writer already stored for the session.
+        that another writer already stored for the session. Ratings follow the
+        rating model (:mod:`context_trace._store.ratings`): one whose session or
+        turn the store does not hold is not stored, is counted as ``rejected``
+        and logged once per session.
 
         Args:
             batch: The records to store.
 
         Returns:
-            ``ExportResult.success(n)``, or ``ExportResult.failure(n)`` when the
-            store cannot be opened or written (logged once per distinct error).
+            The records stored (``exported``) and refused (``rejected``), or
+            ``ExportResult.failure(n)`` when the store cannot be opened or
+            written (logged once per distinct error).
 
         .. versionadded:: 0.1.0
         """
@@ -380,13 +415,13 @@ class SQLiteExporter:
                 return ExportResult.failure(n)
             try:
                 try:
-                    touched = self._commit(conn, rows, lambda conn: None)[0]
+                    written = self._commit(conn, rows, _nothing)[0]
                 except UnicodeEncodeError:
                     # A lone surrogate somewhere (SQLite stores UTF-8 only): store
                     # the batch with such characters replaced rather than lose it.
                     rows = prepare(scrubbed(batch))
-                    touched = self._commit(conn, rows, lambda conn: None)[0]
-                self._seen.settle(touched)
+                    written = self._commit(conn, rows, _nothing)[0]
+                refused = self._settle(written)
             except Exception as exc:  # noqa: BLE001 - export must never raise
                 self._discard_connection()
                 self._log_once(
@@ -398,7 +433,7 @@ class SQLiteExporter:
             finally:
                 if self._closed:  # shutdown() timed out waiting for this export
                     self._discard_connection()
-        return ExportResult.success(n)
+        return ExportResult(exported=n - refused, rejected=refused)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """
@@ -462,7 +497,7 @@ class SQLiteExporter:
         self,
         batch: Sequence[Record],
         destinations: Sequence[str] = (outbox.DEFAULT_DESTINATION,),
-    ) -> None:
+    ) -> int:
         """
         Durably queue *batch* for delivery, in one transaction.
 
@@ -475,6 +510,10 @@ class SQLiteExporter:
             batch: The records to queue.
             destinations: Where each record goes; one row per destination.
 
+        Returns:
+            The ratings refused (with ``keep_local``: their session or turn is
+            not in the store); they are neither stored nor queued.
+
         Raises:
             OSError, ValueError: If the store cannot be opened.
             TypeError: If *batch* holds something that is not a record.
@@ -484,27 +523,35 @@ class SQLiteExporter:
         .. versionadded:: 0.1.0
         """
         if not batch:
-            return
+            return 0
         now = time.time()
 
-        def queue(records: Sequence[Record]) -> Callable[[sqlite3.Connection], int]:
-            payloads = outbox.payloads(records, now, destinations)
-            if destinations:
-                step = len(destinations)
-                for record, row in zip(records, payloads[::step], strict=True):
-                    self._remember(row[1], record)
-            return lambda conn: outbox.put(conn, payloads, self._outbox_max)
+        def queue(
+            records: Sequence[Record],
+        ) -> Callable[[sqlite3.Connection, Written], int]:
+            def put(conn: sqlite3.Connection, written: Written) -> int:
+                # With the report tables, ratings leave as stored: their turn
+                # and user resolved, the refused ones not at all.
+                final = _as_stored(records, written) if self._keep_local else records
+                payloads = outbox.payloads(final, now, destinations)
+                if destinations:
+                    step = len(destinations)
+                    for record, row in zip(final, payloads[::step], strict=True):
+                        self._remember(row[1], record)
+                return outbox.put(conn, payloads, self._outbox_max)
+
+            return put
 
         rows = prepare(batch if self._keep_local else ())
         with self._locked() as conn:
             try:
                 try:
-                    touched, dropped = self._commit(conn, rows, queue(batch))
+                    written, dropped = self._commit(conn, rows, queue(batch))
                 except UnicodeEncodeError:
                     clean = scrubbed(batch)  # see export()
                     rows = prepare(clean if self._keep_local else ())
-                    touched, dropped = self._commit(conn, rows, queue(clean))
-                self._seen.settle(touched)
+                    written, dropped = self._commit(conn, rows, queue(clean))
+                refused = self._settle(written)
             except sqlite3.Error:
                 self._discard_connection()
                 raise
@@ -518,6 +565,7 @@ class SQLiteExporter:
             else:
                 self._warned_full = True
                 _logger.warning("%s (%d records)", message, dropped)
+        return refused
 
     def _remember(self, payload: str, record: Record) -> None:
         recent = self._recent

@@ -23,6 +23,7 @@ from typing import Any
 from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
 
+from .connection import read_uri
 from .ui_index import LATENCY_BUCKETS_PER_DECADE, default_index_path
 
 __all__ = [
@@ -247,8 +248,7 @@ class Analytics:
         if not os.path.exists(path):
             raise FileNotFoundError(f"no context_trace database at {path}")
         index_path = Path(index) if index is not None else default_index_path(path)
-        uri = Path(path).absolute().as_uri() + "?mode=ro"
-        self._conn = sqlite3.connect(uri, uri=True, timeout=10.0)
+        self._conn = sqlite3.connect(read_uri(path), uri=True, timeout=10.0)
         self._now = now
         try:
             if not index_path.exists():
@@ -568,7 +568,7 @@ class Analytics:
         Args:
             search: Words that must all appear in the turn's messages (FTS5).
             user_id: Only this user's turns; *anonymous* for the turns with none.
-            rating: ``"up"`` or ``"down"``: only turns of sessions rated so.
+            rating: ``"up"`` or ``"down"``: only the turns rated so.
             errors_only: Only failed turns.
             model: Only this model's turns.
             range_: A key of :data:`RANGES`.
@@ -600,8 +600,10 @@ class Analytics:
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
         if rating is not None:
-            column = "rating_up" if rating == "up" else "rating_down"
-            conds.append(f"c.session_n IN (SELECT n FROM sessions WHERE {column} > 0)")
+            sign = ">" if rating == "up" else "<"
+            conds.append(
+                f"c.id IN (SELECT conversation_id FROM feedback WHERE rating {sign} 0)"
+            )
         if errors_only:
             conds.append("c.error IS NOT NULL")
         if model:

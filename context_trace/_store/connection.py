@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -179,25 +180,100 @@ def _open_writer_once(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def read_uri(path: str | os.PathLike[str], busy_timeout: float = 10.0) -> str:
+    """
+    The URI that reads the existing store at *path* without writing anything.
+
+    ``mode=ro`` as a rule: it sees what writers commit while it reads. A WAL
+    store in a directory this process cannot write (a copy handed to an
+    analyst, a read-only mount) cannot be read that way when its ``-shm`` file
+    is missing, because SQLite must create it to read the WAL index: see
+    :func:`_fallback_uri`.
+
+    Raises:
+        OSError: The store's log cannot be read from its directory.
+    """
+    uri = Path(path).absolute().as_uri() + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+    except sqlite3.Error:
+        return uri  # the caller opens it again and reports the error
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as exc:
+        return _fallback_uri(path, exc) or uri
+    except sqlite3.DatabaseError:
+        pass  # corrupt or not SQLite: the caller reports it
+    finally:
+        conn.close()
+    return uri
+
+
+def _fallback_uri(
+    path: str | os.PathLike[str], exc: sqlite3.OperationalError
+) -> str | None:
+    """
+    How to read a store that ``mode=ro`` could not (*exc*), or None.
+
+    Only a directory this process cannot write is worked around. With no
+    ``-wal`` file (a store closed cleanly) nothing lives outside the database
+    file and nobody can be writing it, so it is read as ``immutable=1``. A
+    ``-wal`` without its ``-shm`` cannot be read there at all: an OSError says
+    how to fix it.
+    """
+    if "locked" in str(exc) or "busy" in str(exc):
+        return None
+    directory = os.path.dirname(os.path.abspath(path))
+    if _can_create_in(directory):
+        return None  # not a read-only directory: the caller reports *exc*
+    wal = os.fspath(path) + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        raise OSError(
+            f"cannot read context_trace database {path}: its directory"
+            f" {directory} is read-only and its write-ahead log ({wal}) has"
+            " no -shm file; copy the store with its -wal file into a"
+            f" writable directory ({exc})"
+        ) from exc
+    return Path(path).absolute().as_uri() + "?mode=ro&immutable=1"
+
+
+def _can_create_in(directory: str) -> bool:
+    """Whether this process can create a file in *directory* (tried, not guessed:
+    ``os.access`` answers for the real user, and root's answer ignores capabilities)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".context-trace-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return True
+
+
 def open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
     """Open an existing store read-only; raise a clear error if it is not one."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no context_trace database at {path}")
     uri = Path(path).absolute().as_uri() + "?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
-    except sqlite3.Error as exc:
-        raise OSError(f"cannot open context_trace database {path}: {exc}") from exc
-    try:
-        app_id = pragma_int(conn, "application_id")
-        version = pragma_int(conn, "user_version")
-        tables = table_names(conn)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise ValueError(
-            f"{path} is not a context_trace database ({exc}; the file is corrupt"
-            " or not SQLite)"
-        ) from exc
+    while True:
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot open context_trace database {path}: {exc}") from exc
+        try:
+            app_id = pragma_int(conn, "application_id")
+            version = pragma_int(conn, "user_version")
+            tables = table_names(conn)
+            break
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            fallback = None if "immutable" in uri else _fallback_uri(path, exc)
+            if fallback is None:
+                raise _not_a_store(path, exc) from exc
+            uri = fallback
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise _not_a_store(path, exc) from exc
     if app_id != APPLICATION_ID or not tables >= REQUIRED_TABLES:
         conn.close()
         raise ValueError(f"{path} is a SQLite file but not a context_trace database")
@@ -209,3 +285,10 @@ def open_reader(path: str, busy_timeout: float) -> sqlite3.Connection:
         )
     conn.execute(f"PRAGMA cache_size = {-READER_CACHE_KIB:d}")
     return conn
+
+
+def _not_a_store(path: str, exc: sqlite3.DatabaseError) -> ValueError:
+    return ValueError(
+        f"{path} is not a context_trace database ({exc}; the file is corrupt"
+        " or not SQLite)"
+    )

@@ -74,6 +74,7 @@ class StoredConversation:
     a turn with no session keeps the history its input re-sent.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``rating``.
     """
 
     id: str
@@ -89,6 +90,8 @@ class StoredConversation:
     error: str | None
     metadata: dict[str, str]
     messages: tuple[Message, ...]
+    #: The turn's rating (-1, 0 or 1; the last one given), None when unrated.
+    rating: int | None = None
 
 
 class Transcript(NamedTuple):

@@ -38,10 +38,14 @@ def read_session_messages(conn: sqlite3.Connection, session_id: str) -> list[Mes
     return messages
 
 
+# The turn's rating is found through the feedback table's session index.
 _CONVERSATION_COLUMNS = (
     "id, user_id, session_id, started_at, ended_at, latency_ms, model,"
     " prompt_tokens, completion_tokens, total_tokens, error, metadata, n,"
-    " messages_json"
+    " messages_json, (SELECT f.rating FROM feedback f"
+    "  WHERE f.session_id = conversations.session_id"
+    "  AND f.conversation_id = conversations.id"
+    "  ORDER BY f.created_at DESC LIMIT 1)"
 )
 
 
@@ -59,6 +63,7 @@ def _conversation_metadata(row: Sequence[Any]) -> dict[str, Any]:
         "total_tokens": row[9],
         "error": row[10],
         "metadata": json.loads(row[11]),
+        "rating": row[14],
     }
 
 
@@ -379,6 +384,7 @@ class SQLiteReader:
                     error=row[10],
                     metadata=json.loads(row[11]),
                     messages=tuple(messages_from_json(row[13])),
+                    rating=row[14],
                 )
             last = page[-1]
             after = (last[3], last[12])

@@ -16,9 +16,9 @@ dashboard needs to answer fast lives in a separate file, by default
 (``mode=ro``). Conversations are append-only and numbered in commit order
 (``n``, the INTEGER PRIMARY KEY), so a watermark on ``n`` finds the new ones;
 sessions likewise by their ``n``, plus the sessions that new turns or ratings
-touched (their ``last_at`` and user change). Feedback is append-only too
-(``INSERT OR IGNORE`` by id) but has no row number: new rows are found by id
-when the store's count of them grows. Each :meth:`UIIndex.refresh` handles a
+touched (their ``last_at`` and user change). Ratings are one row per turn, a
+newer rating replacing the older row, with no row number: when their count or
+times change, the rows that left are counted out and the new ones in, by id. Each :meth:`UIIndex.refresh` handles a
 bounded chunk in one transaction on the sidecar, so readers never see half a
 chunk and a caller never waits long.
 
@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .connection import read_uri
+
 __all__ = [
     "INDEX_VERSION",
     "LATENCY_BUCKETS_PER_DECADE",
@@ -50,7 +52,7 @@ __all__ = [
 LATENCY_BUCKETS_PER_DECADE = 20
 # The sidecar's own schema (its user_version). A sidecar of another version is
 # rebuilt from the store: it holds nothing the store does not.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _APPLICATION_ID = 0x63747569  # "ctui"
 # The turns the dashboard indexes before answering a request, at most.
 REQUEST_CHUNK = 1000
@@ -127,14 +129,23 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX ui_sessions_user ON ui_sessions (user_key, last_at)",
-    # The feedback rows counted so far (feedback has no row number to track).
-    "CREATE TABLE ui_feedback (id TEXT PRIMARY KEY) WITHOUT ROWID",
+    # The store's ratings as counted so far: a turn's newer rating replaces
+    # the older row in the store, so a row that left is counted out again.
+    """
+    CREATE TABLE ui_feedback (
+        id TEXT PRIMARY KEY,
+        user_key TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        rating INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
     # Contentless: the text lives in the store's conversations.messages_json;
     # the index maps words to conversations.n.
     "CREATE VIRTUAL TABLE conversations_fts USING fts5("
     "body, content='', tokenize='unicode61 remove_diacritics 2')",
     "INSERT INTO meta (key, value) VALUES ('conversation_n', 0), ('session_n', 0),"
-    " ('feedback', 0), ('store_first', NULL)",
+    " ('feedback', ''), ('store_first', NULL)",
 )
 
 # One chunk: the new conversations numbered (?1, ?2], with what the summaries need.
@@ -194,15 +205,35 @@ _APPLY_CHUNK = (
     "INSERT INTO touched_sessions (n) SELECT DISTINCT session_n FROM chunk"
     " WHERE session_n IS NOT NULL ON CONFLICT (n) DO NOTHING",
 )
-# New feedback rows (at most ?1), by id, while the store holds more than counted.
-_NEW_FEEDBACK = (
+# The store's ratings changed (their count and times, ``_FEEDBACK_PRINT``): the
+# rows that left the store (replaced by a newer rating of their turn) are
+# counted out, the new ones in. Ratings are few next to turns: both are
+# anti-joins on the ids, done whole.
+_FEEDBACK_PRINT = "SELECT count(*), total(created_at) FROM store.feedback"
+_DIFF_FEEDBACK = (
+    "CREATE TEMP TABLE gone_feedback AS SELECT k.* FROM main.ui_feedback k"
+    " WHERE NOT EXISTS (SELECT 1 FROM store.feedback f WHERE f.id = k.id)",
     "CREATE TEMP TABLE new_feedback AS SELECT f.id, coalesce(f.user_id, '') AS"
     " user_key, f.session_id, date(f.created_at, 'unixepoch') AS day, f.rating"
     " FROM store.feedback f WHERE NOT EXISTS"
-    " (SELECT 1 FROM main.ui_feedback k WHERE k.id = f.id) LIMIT ?1"
+    " (SELECT 1 FROM main.ui_feedback k WHERE k.id = f.id)",
 )
 _APPLY_FEEDBACK = (
-    "INSERT INTO ui_feedback (id) SELECT id FROM new_feedback",
+    "UPDATE ui_user_stats SET"
+    " rating_up = rating_up - (SELECT count(*) FROM gone_feedback g"
+    "  WHERE g.user_key = ui_user_stats.user_key AND g.rating > 0),"
+    " rating_down = rating_down - (SELECT count(*) FROM gone_feedback g"
+    "  WHERE g.user_key = ui_user_stats.user_key AND g.rating < 0)"
+    " WHERE user_key IN (SELECT user_key FROM gone_feedback)",
+    "UPDATE ui_day_stats SET"
+    " rating_up = rating_up - (SELECT count(*) FROM gone_feedback g"
+    "  WHERE g.day = ui_day_stats.day AND g.rating > 0),"
+    " rating_down = rating_down - (SELECT count(*) FROM gone_feedback g"
+    "  WHERE g.day = ui_day_stats.day AND g.rating < 0)"
+    " WHERE day IN (SELECT day FROM gone_feedback)",
+    "DELETE FROM ui_feedback WHERE id IN (SELECT id FROM gone_feedback)",
+    "INSERT INTO ui_feedback (id, user_key, session_id, day, rating)"
+    " SELECT id, user_key, session_id, day, rating FROM new_feedback",
     "INSERT INTO ui_user_stats (user_key, rating_up, rating_down)"
     " SELECT user_key, sum(rating > 0), sum(rating < 0) FROM new_feedback"
     " GROUP BY user_key ON CONFLICT (user_key) DO UPDATE SET"
@@ -212,9 +243,10 @@ _APPLY_FEEDBACK = (
     " SELECT day, sum(rating > 0), sum(rating < 0) FROM new_feedback GROUP BY day"
     " ON CONFLICT (day) DO UPDATE SET rating_up = rating_up + excluded.rating_up,"
     " rating_down = rating_down + excluded.rating_down",
-    # A rating upserts its session in the store (it may be the session's first row).
+    # A rating moves its session's last activity.
     "INSERT INTO touched_sessions (n) SELECT s.n FROM store.sessions s"
-    " WHERE s.id IN (SELECT session_id FROM new_feedback) ON CONFLICT (n) DO NOTHING",
+    " WHERE s.id IN (SELECT session_id FROM new_feedback"
+    "  UNION SELECT session_id FROM gone_feedback) ON CONFLICT (n) DO NOTHING",
 )
 # Sessions: mirror every touched one (new, or changed by a new turn or rating),
 # then recount sessions for the users they moved from and to.
@@ -252,10 +284,6 @@ def default_index_path(store: str | os.PathLike[str]) -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
     return cache / "context-trace" / f"{path.name}-{digest}{_SUFFIX}"
-
-
-def _ro_uri(path: str | os.PathLike[str]) -> str:
-    return Path(path).absolute().as_uri() + "?mode=ro"
 
 
 class UIIndex:
@@ -305,7 +333,7 @@ class UIIndex:
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA temp_store = MEMORY")
-            self._conn.execute("ATTACH DATABASE ? AS store", (_ro_uri(self.store),))
+            self._conn.execute("ATTACH DATABASE ? AS store", (read_uri(self.store),))
             tables = {
                 r[0]
                 for r in self._conn.execute(
@@ -376,7 +404,7 @@ class UIIndex:
 
     def refresh(self, max_rows: int = 5000) -> bool:
         """
-        Index up to *max_rows* new conversations (and as many feedback rows).
+        Index up to *max_rows* new conversations, and the ratings that changed.
 
         One transaction on the sidecar; returns at once when the store has not
         changed since the last call that caught up.
@@ -403,6 +431,7 @@ class UIIndex:
                 for table in (
                     "chunk",
                     "new_feedback",
+                    "gone_feedback",
                     "touched_sessions",
                     "touched_keys",
                 ):
@@ -416,7 +445,7 @@ class UIIndex:
         meta = self._meta()
         start = int(meta["conversation_n"])
         session_start = int(meta["session_n"])
-        counted = int(meta["feedback"])
+        counted = meta["feedback"]
         last_n, last_session = conn.execute(
             "SELECT (SELECT coalesce(max(n), 0) FROM store.conversations),"
             " (SELECT coalesce(max(n), 0) FROM store.sessions)"
@@ -439,27 +468,18 @@ class UIIndex:
             " WHERE n > ? AND n <= ? ON CONFLICT (n) DO NOTHING",
             (session_start, session_end),
         )
-        stored_feedback = conn.execute(
-            "SELECT count(*) FROM store.feedback"
-        ).fetchone()[0]
-        added = 0
-        if stored_feedback > counted:
-            conn.execute(_NEW_FEEDBACK, (max_rows,))
-            added = conn.execute("SELECT count(*) FROM new_feedback").fetchone()[0]
-            for statement in _APPLY_FEEDBACK:
+        ratings = "{}:{!r}".format(*conn.execute(_FEEDBACK_PRINT).fetchone())
+        if ratings != counted:
+            for statement in (*_DIFF_FEEDBACK, *_APPLY_FEEDBACK):
                 conn.execute(statement)
         for statement in _APPLY_SESSIONS:
             conn.execute(statement)
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),
-             (counted + added, "feedback")],
+             (ratings, "feedback")],
         )  # fmt: skip
-        return bool(
-            end == last_n
-            and session_end == last_session
-            and (counted + added >= stored_feedback)
-        )
+        return bool(end == last_n and session_end == last_session)
 
     def build(self, progress: Callable[[int, int], None] | None = None) -> None:
         """

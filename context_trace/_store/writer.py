@@ -22,6 +22,7 @@ from context_trace._record import (
 
 from .codec import JSON, decode, messages_json
 from .connection import insert_rows
+from .ratings import Refused, store_ratings
 
 # SQLite before 3.32 allows at most 999 bound parameters per statement. Bigger
 # statements were measured slower and heavier: with up to 8,192 parameters a
@@ -44,10 +45,6 @@ _INSERT_CONVERSATION_HEAD = (
     " ended_at, latency_ms, model, prompt_tokens, completion_tokens, total_tokens,"
     " error, metadata, messages_json)"
 )
-_INSERT_FEEDBACK = (
-    "INSERT OR IGNORE INTO feedback (id, session_id, user_id, conversation_id,"
-    " rating, created_at) VALUES (?, ?, ?, ?, ?, ?)"
-)
 _UPSERT_USER_HEAD = "INSERT INTO users (id, first_seen, last_seen)"
 _UPSERT_USER_TAIL = (
     " ON CONFLICT (id) DO UPDATE SET"
@@ -60,16 +57,6 @@ _UPSERT_SESSION_TAIL = (
     " user_id = coalesce(sessions.user_id, excluded.user_id),"
     " started_at = min(started_at, excluded.started_at),"
     " last_at = max(last_at, excluded.last_at)"
-)
-# Counters are recounted from the feedback table rather than incremented, so a
-# re-delivered Feedback is not counted twice.
-_RECOUNT_RATINGS = (
-    "UPDATE sessions SET"
-    " rating_up = (SELECT count(*) FROM feedback f"
-    "  WHERE f.session_id = sessions.id AND f.rating > 0),"
-    " rating_down = (SELECT count(*) FROM feedback f"
-    "  WHERE f.session_id = sessions.id AND f.rating < 0)"
-    " WHERE id = ?"
 )
 # Sessions' turns numbered above their cached upto (see SeenCache), for many
 # sessions in one statement; each (session_n, upto) pair probes the
@@ -92,10 +79,22 @@ class Rows:
     # numbers, and the messages of session turns, are settled inside the
     # transaction (see _insert_conversations).
     conversations: list[tuple[Conversation, tuple[Any, ...]]]
-    feedback: list[tuple[Any, ...]]
+    # Ratings are resolved inside the transaction, after the turns (ratings.py).
+    feedback: list[Feedback]
     users: dict[str, list[float]]
     sessions: dict[str, list[Any]]
-    rated_sessions: set[str]
+
+
+@dataclass(slots=True)
+class Written:
+    """What :func:`write` did beyond inserting rows."""
+
+    #: The seen-sets used, for ``SeenCache.settle`` after the commit.
+    touched: Touched
+    #: The ratings as stored: their turn and their session's user resolved.
+    ratings: list[Feedback]
+    #: The ratings not stored because their session or turn is unknown.
+    refused: list[Refused]
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -132,7 +131,7 @@ def _touch_session(
 
 def prepare(batch: Sequence[Record]) -> Rows:
     """Turn *batch* into rows; raise TypeError for something that is not a record."""
-    rows = Rows([], [], {}, {}, set())
+    rows = Rows([], [], {}, {})
     encode = JSON.encode
     for record in batch:
         if isinstance(record, Conversation):
@@ -170,21 +169,8 @@ def prepare(batch: Sequence[Record]) -> Rows:
                     rows.users, record.user_id, record.started_at, record.ended_at
                 )
         elif isinstance(record, Feedback):
-            rows.feedback.append(
-                (
-                    record.id,
-                    record.session_id,
-                    record.user_id,
-                    record.conversation_id,
-                    record.rating,
-                    record.created_at,
-                )
-            )
-            at = record.created_at
-            _touch_session(rows.sessions, record.session_id, record.user_id, at, at)
-            rows.rated_sessions.add(record.session_id)
-            if record.user_id is not None:
-                _touch_user(rows.users, record.user_id, at, at)
+            # No session or user row: a rating never creates one (ratings.py).
+            rows.feedback.append(record)
         else:
             raise TypeError(f"not a context_trace record: {type(record).__name__}")
     return rows
@@ -444,13 +430,16 @@ def _insert_conversations(
     return list(sessions.items())
 
 
-def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> Touched:
+def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> Written:
     """
     Store prepared rows; the caller holds a write transaction.
 
+    Ratings go last, so a rating finds the turns of its own batch.
+
     Returns:
-        The seen-sets used, for ``cache.settle`` after the commit. If the
-        transaction fails instead, the caller must ``cache.clear()``.
+        The seen-sets used, for ``cache.settle`` after the commit (if the
+        transaction fails instead, the caller must ``cache.clear()``), and the
+        ratings stored and refused.
     """
     touched: Touched = []
     if rows.sessions:
@@ -469,7 +458,7 @@ def write(conn: sqlite3.Connection, rows: Rows, cache: SeenCache) -> Touched:
             [(uid, a, b) for uid, (a, b) in rows.users.items()],
             _UPSERT_USER_TAIL,
         )
-    if rows.feedback:
-        conn.executemany(_INSERT_FEEDBACK, rows.feedback)
-        conn.executemany(_RECOUNT_RATINGS, [(sid,) for sid in rows.rated_sessions])
-    return touched
+    if not rows.feedback:
+        return Written(touched, [], [])
+    ratings, refused = store_ratings(conn, rows.feedback)
+    return Written(touched, ratings, refused)

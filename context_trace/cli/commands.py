@@ -72,6 +72,7 @@ _CSV_COLUMNS = (
     "answer",
     "metadata",
     "messages",
+    "rating",
 )
 
 
@@ -227,9 +228,10 @@ def _show_lines(path: Path, ident: str, width: int) -> list[str]:
                 f" · tokens {meta['prompt_tokens']} in / "
                 f"{meta['completion_tokens']} out"
             )
+        rated = "" if meta.get("rating") is None else f" · rated {meta['rating']:+d}"
         header = [
             f"conversation {meta['id']}",
-            f"user {user} · session {meta.get('session_id') or '-'}",
+            f"user {user} · session {meta.get('session_id') or '-'}{rated}",
             f"{_when(meta['started_at'])} · {meta.get('model') or 'unknown model'}"
             f" · {_latency(meta['latency_ms'])}{tokens}",
         ]
@@ -284,6 +286,7 @@ def _csv_row(c: StoredConversation) -> list[Any]:
         answer,
         json.dumps(c.metadata, ensure_ascii=False, sort_keys=True),
         json.dumps(record["messages"], ensure_ascii=False),
+        "" if c.rating is None else c.rating,
     ]
 
 

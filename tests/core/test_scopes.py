@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
-from langchain_core.runnables import Runnable
+from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import collect_runs
 
@@ -234,6 +234,39 @@ class TestContextSession:
         )
         assert [rating] == session.ratings
 
+    def test_rate_after_a_failed_turn_targets_the_last_answer(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """A turn that failed is not what a later rating targets: the last answer is."""
+        with context_session(user_id="ivy") as session:
+            chain.invoke({"question": "first"})
+            with pytest.raises(ValueError, match="boom"):
+                (chain | RunnableLambda(_boom)).invoke({"question": "second"})
+            session.rate(-1)
+
+        answered, failed = records.conversations
+        (feedback,) = records.feedback
+
+        assert failed.error is not None
+        assert answered.id == feedback.conversation_id
+
+    def test_rate_a_named_turn(
+        self, chain: Runnable[dict[str, Any], str], records: CapturedRecords
+    ) -> None:
+        """``turn_id=`` rates that turn, not the last one."""
+        with context_session(user_id="ivy") as session:
+            chain.invoke({"question": "first"})
+            first_id = session.last_turn_id
+            chain.invoke({"question": "second"})
+            session.rate(1, turn_id=first_id)
+
+        (feedback,) = records.feedback
+
+        assert (records.conversations[0].id, 1) == (
+            feedback.conversation_id,
+            feedback.rating,
+        )
+
     def test_rate_before_any_turn(self, records: CapturedRecords) -> None:
         """Rating a session with no turn yet records feedback with no conversation id."""
         with context_session("empty") as session:
@@ -254,6 +287,10 @@ class TestContextSession:
         assert [("jon", records.conversations[0].id)] == [
             (f.user_id, f.conversation_id) for f in records.feedback
         ]
+
+
+def _boom(_: object) -> str:
+    raise ValueError("boom")
 
 
 class TestAccessors:

@@ -127,6 +127,30 @@ class TestRate:
 
         assert (session.ratings, list(records)) == ([], [])
 
+    @pytest.mark.parametrize(
+        ("turn_id", "error", "message"),
+        [
+            (42, TypeError, "turn_id must be a str (a turn's id), got int"),
+            (b"c1", TypeError, "turn_id must be a str (a turn's id), got bytes"),
+            ("", ValueError, "turn_id must not be empty"),
+            ("  ", ValueError, "turn_id must not be empty"),
+        ],
+        ids=repr,
+    )
+    def test_bad_turn_id(
+        self,
+        turn_id: Any,
+        error: type[Exception],
+        message: str,
+        records: CapturedRecords,
+    ) -> None:
+        """A turn id that is not a non-empty str fails at the call, naming turn_id."""
+        with context_session() as session, pytest.raises(error) as raised:
+            session.rate(1, turn_id=turn_id)
+
+        assert message == str(raised.value)
+        assert (session.ratings, list(records)) == ([], [])
+
 
 class TestResolvers:
     def test_resolver_naming_unknown_parameter(self) -> None:

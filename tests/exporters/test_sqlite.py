@@ -11,6 +11,7 @@ import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def turn(
 
 
 def rating(
-    id: str, session: str, value: int, *, user: str | None = "u1", at: float = T0
+    id: str, session: str, value: int, *, user: str | None = "u1", at: float = T0 + 60
 ) -> Feedback:
     return Feedback(
         id=id, session_id=session, user_id=user, rating=value, created_at=at
@@ -295,7 +296,7 @@ class TestExport:
             created_at=T0 + 3.25,
         )
 
-        exporter.export([feedback])
+        exporter.export([turn("c9", user="alice", session="s1"), feedback])
         with raw(db) as conn:
             row = conn.execute("SELECT * FROM feedback").fetchone()
 
@@ -351,25 +352,103 @@ class TestExport:
         assert ("u1", T0, T0 + 100.5) == user
         assert ("s1", "u1", T0, T0 + 100.5) == session
 
-    def test_rating_counters(self, exporter, open_reader):
-        """Ratings count up and down per session; a re-delivered rating counts once."""
-        up, down = rating("f1", "s1", 1), rating("f2", "s1", -1)
+    def test_the_last_rating_of_a_turn_wins(self, exporter, open_reader, db):
+        """A turn keeps its newest rating; a late older one or a re-delivery changes nothing."""
+        up, down = rating("f1", "s1", 1, at=T0 + 61), rating("f2", "s1", -1, at=T0 + 62)
+        exporter.export([turn("c1", session="s1"), turn("c2", session="s1", at=T0 + 1)])
+
+        exporter.export([up, down])
+        exporter.export([up, down])  # re-delivered
+        exporter.export([rating("f3", "s1", 1, at=T0 + 60)])  # older, late
+        (summary,) = open_reader().sessions()
+        with raw(db) as conn:
+            rows = conn.execute("SELECT id, conversation_id FROM feedback").fetchall()
+
+        assert (0, 1) == (summary.rating_up, summary.rating_down)
+        assert [("f2", "c2")] == rows
+
+    def test_a_neutral_rating_replaces_a_thumbs_down(self, exporter, open_reader):
+        """Rating 0 after -1 leaves the turn neutral: neither up nor down."""
         exporter.export([turn("c1", session="s1")])
 
-        exporter.export([up, rating("f3", "s1", 1), down])
-        exporter.export([up, down])
-        exporter.export([rating("f4", "s1", 0)])
+        exporter.export([rating("f1", "s1", -1, at=T0 + 61)])
+        exporter.export([rating("f2", "s1", 0, at=T0 + 62)])
         (summary,) = open_reader().sessions()
 
-        assert (2, 1) == (summary.rating_up, summary.rating_down)
+        assert (0, 0) == (summary.rating_up, summary.rating_down)
 
-    def test_rating_for_unknown_session_creates_it(self, exporter, open_reader):
-        """A rating that arrives before any turn of its session creates the session."""
-        exporter.export([rating("f1", "s9", 1, user="bob", at=T0 + 7)])
+    def test_rating_for_unknown_session_is_refused(self, exporter, open_reader, caplog):
+        """A rating of a session the store lacks creates no session or user: refused, logged."""
+        caplog.set_level(logging.WARNING, logger=LOGGER)
 
-        assert [SessionSummary("s9", "bob", T0 + 7, T0 + 7, 0, 1, 0)] == (
-            open_reader().sessions()
-        )
+        first = exporter.export([rating("f1", "s9", 1, user="bob", at=T0 + 7)])
+        again = exporter.export([rating("f2", "s9", -1, user="bob", at=T0 + 8)])
+        reader = open_reader()
+
+        assert ([], []) == (reader.sessions(), reader.users())
+        assert (ExportResult(rejected=1), ExportResult(rejected=1)) == (first, again)
+        assert [
+            "context_trace: a rating of session 's9' was not stored:"
+            " the store holds no such session"
+        ] == [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    @pytest.mark.parametrize(
+        ("feedback", "reason"),
+        [
+            (
+                Feedback("f1", "s1", "u1", 1, "c-other", T0 + 60),
+                "the session has no turn 'c-other'",
+            ),
+            (
+                Feedback("f1", "s1", "u1", 1, "c2", T0 + 60),
+                "the session has no turn 'c2'",
+            ),
+            (
+                Feedback("f1", "s1", "u1", 1, None, T0 + 0.1),
+                "the session had no answered turn when it was rated",
+            ),
+        ],
+    )
+    def test_rating_of_a_turn_not_in_the_session_is_refused(
+        self, exporter, db, caplog, feedback, reason
+    ):
+        """An unknown turn, another session's turn, or a rating before any answer: refused."""
+        caplog.set_level(logging.WARNING, logger=LOGGER)
+        exporter.export([turn("c1", session="s1"), turn("c2", session="s2")])
+
+        result = exporter.export([feedback])
+
+        assert 0 == scalar(db, "SELECT count(*) FROM feedback")
+        assert ExportResult(rejected=1) == result
+        assert [
+            f"context_trace: a rating of session 's1' was not stored: {reason}"
+        ] == [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    def test_rating_targets_the_last_answered_turn_and_its_sessions_user(
+        self, exporter, db
+    ):
+        """With no turn named, the last turn with an answer before the rating; the session's user."""
+        exporter.export(
+            [
+                turn("c1", user="alice", session="s1"),
+                turn("c2", user="alice", session="s1", at=T0 + 10),
+                turn(
+                    "c3", user="alice", session="s1", at=T0 + 20,
+                    messages=(("user", "and?"),), error="ValueError: x",
+                ),
+                turn("c4", user="alice", session="s1", at=T0 + 100),
+            ]
+        )  # fmt: skip
+
+        exporter.export([rating("f1", "s1", -1, user="mallory", at=T0 + 30)])
+        with raw(db) as conn:
+            stored = conn.execute(
+                "SELECT conversation_id, user_id FROM feedback"
+            ).fetchall()
+            users = [r[0] for r in conn.execute("SELECT id FROM users")]
+
+        assert [("c2", "alice")] == stored
+        assert ["alice"] == users
 
     def test_unencodable_text_is_replaced(self, exporter, open_reader):
         """A lone surrogate is stored as '?' instead of failing the whole batch."""
@@ -874,7 +953,10 @@ class TestOutbox:
         counts = exporter.outbox_counts()
         exporter.outbox_done([row_id for row_id, _ in claimed])
 
-        assert batch[:2] == [record for _, record in claimed]
+        # The rating is queued as stored: with the turn it rates.
+        assert [batch[0], replace(batch[1], conversation_id="c2")] == [
+            record for _, record in claimed
+        ]
         assert {"pending": 1, "leased": 2, "dropped": 0, "failed": 0} == counts
         assert {"pending": 1, "leased": 0, "dropped": 0, "failed": 0} == (
             exporter.outbox_counts()
@@ -891,10 +973,26 @@ class TestOutbox:
 
     def test_keep_local_stores_report_rows(self, exporter, db):
         """With keep_local the queued records also land in the report tables."""
-        exporter.outbox_put([turn("c1"), rating("f1", "s1", 1)])
+        exporter.outbox_put([turn("c1", session="s1"), rating("f1", "s1", 1)])
 
         assert 1 == scalar(db, "SELECT count(*) FROM conversations")
         assert 1 == scalar(db, "SELECT count(*) FROM feedback")
+
+    def test_keep_local_queues_no_refused_or_outdated_rating(self, exporter, db):
+        """With keep_local, a rating the store refuses or has a newer one for is not queued."""
+        exporter.outbox_put(
+            [turn("c1", session="s1"), rating("f2", "s1", -1, at=T0 + 62)]
+        )
+        exporter.outbox_claim(10)
+
+        refused = exporter.outbox_put(
+            [rating("f1", "s1", 1, at=T0 + 61), rating("f3", "s9", 1)]
+        )
+        with raw(db) as conn:
+            stored = conn.execute("SELECT id, rating FROM feedback").fetchall()
+
+        assert (1, []) == (refused, exporter.outbox_claim(10))
+        assert [("f2", -1)] == stored
 
     def test_without_keep_local_only_the_outbox(self, db):
         """Without keep_local only the outbox holds the records."""
@@ -1012,7 +1110,7 @@ class TestOutbox:
 
     def test_rows_survive_reopening(self, db):
         """Undelivered rows are claimed by a new process after the old one stopped."""
-        batch = [turn("c1", metadata={"k": "v"}), rating("f1", "s1", -1)]
+        batch = [turn("c1", session="s1", metadata={"k": "v"}), rating("f1", "s1", -1)]
         old = SQLiteExporter(db)
         old.outbox_put(batch)
         old.outbox_claim(1, lease_seconds=0.0)  # crashed mid-delivery
@@ -1022,7 +1120,9 @@ class TestOutbox:
         claimed = new.outbox_claim(10)
         new.shutdown()
 
-        assert batch == [record for _, record in claimed]
+        assert [batch[0], replace(batch[1], conversation_id="c1")] == [
+            record for _, record in claimed
+        ]
 
     def test_undecodable_row_is_failed(self, exporter, db):
         """A row whose payload cannot be decoded is deleted and counted as failed."""

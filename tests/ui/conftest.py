@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,13 @@ def checksum(path: Path) -> str:
 class Server:
     """``context-trace ui`` in a subprocess on a free loopback port."""
 
-    def __init__(self, db: Path, *extra: str, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        db: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ):
         self.db = db
         full_env = {**os.environ, **(env or {})}
         self.proc = subprocess.Popen(
@@ -147,6 +153,7 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
             env=full_env,
+            preexec_fn=preexec_fn,
         )  # fmt: skip
         assert self.proc.stdout is not None
         line = ""

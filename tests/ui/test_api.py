@@ -173,8 +173,9 @@ class TestConversations:
 
         assert {"c-a1", "c-a2", "c-a3", "c-a4"} == ids("user=alice")
         assert {"c-n1", "c-n2", "c-n3"} == ids("anonymous=1")
-        assert {"c-a1", "c-a2", "c-a3"} == ids("rating=up")
-        assert {"c-b1", "c-b2"} == ids("rating=down")
+        # Each session's rating went to its last answered turn.
+        assert {"c-a3"} == ids("rating=up")
+        assert {"c-b2"} == ids("rating=down")
         assert {"c-a2"} == ids("errors=1")
         assert {"c-a4"} == ids("model=other")
         assert {"c-a1", "c-a2", "c-a3"} == ids("user=alice&range=24h")

@@ -11,7 +11,7 @@ from context_trace._record import Feedback
 from context_trace._store.schema import SCHEMA_VERSION
 from context_trace._store.ui_index import UIIndex, default_index_path
 
-from .conftest import Server, build_store, checksum, turn
+from .conftest import NOW, Server, build_store, checksum, turn
 
 _TABLES = (
     "ui_user_stats",
@@ -113,16 +113,20 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path):
         0 == writer.export([turn("late-4", "dave", "s-d", 2, 45, "late dave")]).failed
     )
     # Ratings after the turns: on an old session, and twice on the new one.
+    rated = writer.export(
+        [
+            Feedback("f3", "s-a1", "alice", -1, None, NOW),
+            Feedback("f4", "s-c", "carol", 1, None, NOW),
+            Feedback("f4", "s-c", "carol", 1, None, NOW),  # re-delivered
+            Feedback("f5", "s-x", "erin", 1, None, NOW),  # no such session
+        ]
+    )
+    assert (0, 1) == (rated.failed, rated.rejected)
+    while not index.refresh(max_rows=2):
+        pass
+    # carol changes her mind: the newer rating replaces the counted one.
     assert (
-        0
-        == writer.export(
-            [
-                Feedback("f3", "s-a1", "alice", -1, None, 1.0e9),
-                Feedback("f4", "s-c", "carol", 1, None, 1.0e9),
-                Feedback("f4", "s-c", "carol", 1, None, 1.0e9),  # re-delivered
-                Feedback("f5", "s-x", "erin", 1, None, 1.0e9),  # a session of its own
-            ]
-        ).failed
+        0 == writer.export([Feedback("f6", "s-c", "carol", -1, None, NOW + 1)]).failed
     )
     writer.shutdown()
     while not index.refresh(max_rows=2):
@@ -137,8 +141,8 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path):
     stats = {row[0]: row for row in incremental["ui_user_stats"]}
     # user_key, conversations, sessions, errors, latency_sum, tokens in/out, up, down
     assert ("alice", 5, 2, 1, 1043, 50, 25, 1, 1) == stats["alice"][:9]
-    assert (1, 1, 1, 0) == (stats["carol"][1], stats["carol"][2], *stats["carol"][7:9])
-    assert (0, 1) == (stats["erin"][1], stats["erin"][7])
+    assert (1, 1, 0, 1) == (stats["carol"][1], stats["carol"][2], *stats["carol"][7:9])
+    assert "erin" not in stats
     assert (1, 1) == (stats["dave"][1], stats["dave"][2])  # s-d moved to dave
     assert (4, 0) == (stats[""][1], stats[""][2])
 
