@@ -10,7 +10,14 @@ import pytest
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.runnables import Runnable, RunnableLambda
 
-from context_trace import RecordingHandler, _handler, _turn, current_handler, track_user
+from context_trace import (
+    RecordingHandler,
+    _handler,
+    _turn,
+    current_handler,
+    flush,
+    track_user,
+)
 from context_trace.testing import CapturedRecords
 
 from ._helpers import streaming_chain
@@ -159,25 +166,33 @@ class TestQueuedTurns:
         keep = _KeepQueued()
         with track_user("warm"):
             chain.invoke({"question": "warm up"})
+        # The real worker goes idle first: objects it (or a thread left by an earlier
+        # test) allocates while we count are not the queued turns'.
+        flush()
         with state.lock:
             previous, state.pipeline = state.pipeline, keep  # type: ignore[assignment]
         try:
             for i in range(20):
                 with track_user("u1"):
                     chain.invoke({"question": f"warm {i}"})
-            gc.collect()
-            before = len(gc.get_objects())
-            for i in range(200):
-                with track_user("u1"):
-                    chain.invoke({"question": f"q{i}"})
-            gc.collect()
-            per_turn = (len(gc.get_objects()) - before) / 200
+            # Two rounds, the smaller kept: another thread can only add objects to a
+            # round, never take the turns' own away.
+            rounds = []
+            for r in range(2):
+                gc.collect()
+                before = len(gc.get_objects())
+                for i in range(200):
+                    with track_user("u1"):
+                        chain.invoke({"question": f"q{r}-{i}"})
+                gc.collect()
+                rounds.append((len(gc.get_objects()) - before) / 200)
+            per_turn = min(rounds)
         finally:
             with state.lock:
                 state.pipeline = previous
 
-        assert 220 == len(keep.items)
-        assert per_turn <= 16, per_turn
+        assert 420 == len(keep.items)
+        assert per_turn <= 16, rounds
 
     def test_a_result_with_several_generations_is_kept_whole(self) -> None:
         """One generation is kept light; several (n > 1) keep the LLMResult itself."""
