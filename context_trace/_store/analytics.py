@@ -191,8 +191,14 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def _fts_query(text: str) -> str:
-    """Each word as a quoted FTS5 string: user text never reaches FTS5's syntax."""
-    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    """
+    Each word as a quoted FTS5 string: user text never reaches FTS5's syntax.
+
+    FTS5 reads a query only up to a NUL character (an unterminated string
+    otherwise); the tokenizer splits words there anyway, so NUL is a space.
+    """
+    words = text.replace("\x00", " ").split()
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
 
 
 def _key(user_id: str | None) -> str:
@@ -573,13 +579,14 @@ class Analytics:
         params: list[Any] = []
         source = "conversations c"
         order = "c.n"
-        if search.strip():
+        query = _fts_query(search)
+        if query:
             # The FTS table drives the loop in descending rowid order, so the
             # first page of a common word stops after `limit` matches.
             source = "conversations_fts f JOIN conversations c ON c.n = f.rowid"
             order = "f.rowid"
             conds.append("conversations_fts MATCH ?")
-            params.append(_fts_query(search))
+            params.append(query)
             if user_id is not None or anonymous:
                 conds.append(f"c.n IN ({_USER_TURNS})")
                 params.append("" if anonymous else user_id)
