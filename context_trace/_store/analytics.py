@@ -11,6 +11,7 @@ transcripts and sessions come from the store itself.
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import sqlite3
@@ -23,7 +24,7 @@ from typing import Any
 from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
 
-from .ui_index import LATENCY_BUCKETS_PER_DECADE, default_index_path
+from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
 
 __all__ = [
     "RANGES",
@@ -61,6 +62,10 @@ _SPARK_DAYS = 14
 # the store has no per-user index (see ui_index).
 _USER_TURNS = "SELECT n AS un FROM ui_turns WHERE user_key = ?"
 _DAY = 86_400.0
+# Search snippets: FTS5 marks matches with these control characters (removed
+# from the text first), which become <mark> tags once the text is escaped.
+_HIT_START, _HIT_END = "\x02", "\x03"
+_SNIPPET_WORDS = 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +152,12 @@ class SessionView:
 
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
-    """One conversation in the searchable list; ``preview`` is its first user text."""
+    """
+    One conversation in the searchable list; ``preview`` is its first user text.
+
+    ``snippet`` (a search's rows only) is the passage that matched, as HTML:
+    the stored text escaped, each matched word in ``<mark>``.
+    """
 
     n: int
     conversation_id: str
@@ -158,11 +168,16 @@ class ConversationRow:
     model: str | None
     error: str | None
     preview: str
+    snippet: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of rows; ``next`` is the cursor (or offset) of the next page, if any."""
+    """
+    A page of rows; ``next`` is the cursor (or offset) of the next page, if any.
+
+    ``total`` counts every row that matches (all pages), where the query counts.
+    """
 
     items: tuple[Any, ...]
     next: str | None
@@ -199,6 +214,21 @@ def _fts_query(text: str) -> str:
     """
     words = text.replace("\x00", " ").split()
     return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def _search_body(messages: Sequence[Message]) -> str:
+    """
+    A turn's searchable text: the words the index holds (contents and tool
+    inputs), with " · " between messages (a separator, as the index's newline).
+    """
+    text = " · ".join(f"{m.content} {m.tool_input or ''}" for m in messages)
+    return text.replace(_HIT_START, " ").replace(_HIT_END, " ")
+
+
+def _marked(snippet: str) -> str:
+    """Escape a snippet's text, then turn FTS5's match markers into <mark> tags."""
+    escaped = html.escape(" ".join(snippet.split()))
+    return escaped.replace(_HIT_START, "<mark>").replace(_HIT_END, "</mark>")
 
 
 def _key(user_id: str | None) -> str:
@@ -562,6 +592,8 @@ class Analytics:
 
         Args:
             search: Words that must all appear in the turn's messages (FTS5).
+                With words to search, the page counts every match (``total``)
+                and each row carries its marked ``snippet``.
             user_id: Only this user's turns; *anonymous* for the turns with none.
             rating: ``"up"`` or ``"down"``: only turns of sessions rated so.
             errors_only: Only failed turns.
@@ -607,6 +639,12 @@ class Analytics:
         if since is not None:
             conds.append("c.started_at >= ?")
             params.append(since)
+        total = None
+        if query:
+            # The number of matches, every page: the conditions but the cursor.
+            total = self._rows(
+                f"SELECT count(*) FROM {source} WHERE {' AND '.join(conds)}", params
+            )[0][0]
         if before is not None:
             conds.append(f"{order} < ?")
             params.append(before)
@@ -618,9 +656,43 @@ class Analytics:
             [*params, limit + 1],
         )
         more = len(rows) > limit
+        rows = rows[:limit]
+        messages = {r[0]: _messages_from_json(r[8]) for r in rows}
+        snippets = self._snippets(query, messages) if query else {}
         items = tuple(
             ConversationRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
-                            _preview(_messages_from_json(r[8])))
-            for r in rows[:limit]
+                            _preview(messages[r[0]]), snippets.get(r[0]))
+            for r in rows
         )  # fmt: skip
-        return Page(items, str(items[-1].n) if more and items else None)
+        return Page(items, str(items[-1].n) if more and items else None, total)
+
+    def _snippets(
+        self, query: str, messages: dict[int, list[Message]]
+    ) -> dict[int, str]:
+        """
+        The passage of each turn that *query* matched, marked (see ConversationRow).
+
+        The index keeps no text (it is contentless), so FTS5's ``snippet()`` runs
+        on a temporary FTS5 table of this page's turns, tokenized as the index
+        is: the marked words are exactly the ones the search matched. Temporary
+        tables live outside the store, which stays read-only.
+        """
+        conn = self._conn
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.snippets USING fts5("
+            f"body, tokenize='{FTS_TOKENIZE}')"
+        )
+        try:
+            conn.execute("DELETE FROM temp.snippets")
+            conn.executemany(
+                "INSERT INTO temp.snippets (rowid, body) VALUES (?, ?)",
+                [(n, _search_body(m)) for n, m in messages.items()],
+            )
+            found = conn.execute(
+                "SELECT rowid, snippet(snippets, 0, ?, ?, '…', ?) FROM temp.snippets"
+                " WHERE snippets MATCH ?",
+                (_HIT_START, _HIT_END, _SNIPPET_WORDS, query),
+            ).fetchall()
+        finally:
+            conn.commit()  # end the implicit transaction the temporary writes began
+        return {n: _marked(text) for n, text in found}

@@ -6,7 +6,9 @@ Every request opens the store read-only through
 index (:class:`context_trace._store.ui_index.UIIndex`) attached. The index is
 brought level with the store before each request, one bounded chunk at most,
 and by a background thread every couple of seconds. Templates autoescape and
-no stored text is ever marked safe. With a token, every request must carry it.
+no stored text is ever marked safe unescaped: a search snippet is the stored
+text escaped, with ``<mark>`` tags added around the matched words only. With a
+token, every request must carry it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ try:
         render_template,
         request,
     )
+    from markupsafe import Markup
     from werkzeug.datastructures import ImmutableMultiDict
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
@@ -231,6 +234,11 @@ def _fmt_time(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
 
 
+def _snippet(marked: str) -> Markup:
+    """A search snippet as markup: Analytics escaped its text and added <mark> tags."""
+    return Markup(marked)
+
+
 def _sparkline(values: tuple[int, ...]) -> str:
     """SVG polyline points (a 70 x 16 box) for an activity series."""
     if not values:
@@ -348,6 +356,7 @@ def create_app(
         return render_template("error.html", message="Not found."), 404
 
     app.jinja_env.globals.update(fmt_time=_fmt_time, sparkline=_sparkline)
+    app.jinja_env.filters["snippet"] = _snippet
 
     def url(endpoint: str, **params: Any) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "", False)}

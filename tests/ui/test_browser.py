@@ -94,7 +94,26 @@ def test_search_form(browser, server):
     assert [] == severe_logs(browser)
 
 
-@pytest.mark.parametrize("page", ["/session?id=s-b1", "/conversations?user=bob"])
+def test_search_shows_the_count_and_marked_snippets(browser, server):
+    """A search says how many turns matched and marks the words in each snippet."""
+    browser.get(server.url + "/conversations")
+    box = browser.find_element(By.NAME, "q")
+    box.send_keys("pwned")
+    box.submit()
+    count = browser.find_element(By.ID, "match-count").text
+    snippets = browser.find_elements(By.CSS_SELECTOR, "#conversations .snippet")
+    marks = browser.find_elements(By.CSS_SELECTOR, "#conversations .snippet mark")
+
+    assert "2 matches" == count
+    assert 2 == len(snippets)
+    assert "<script>window.__pwned = 1;" in snippets[1].text
+    assert {"pwned"} == {mark.text for mark in marks}
+    assert [] == severe_logs(browser)
+
+
+@pytest.mark.parametrize(
+    "page", ["/session?id=s-b1", "/conversations?user=bob", "/conversations?q=pwned"]
+)
 def test_stored_payloads_do_not_execute(browser, server, page):
     """Stored <script> and <img onerror> payloads render as text and never run."""
     browser.get(server.url + page)
