@@ -12,12 +12,14 @@ transcripts and sessions come from the store itself.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +81,19 @@ class DayPoint:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    """Totals for a time range; latency percentiles are in ms, None without data."""
+    """
+    Totals for a time range; latency percentiles are whole ms, None without data.
+
+    ``days`` has one point per UTC day of the range, today last, days without
+    turns included (as zeros): ``7d`` is today and the 6 days before it.
+    """
 
     range: str
     conversations: int
     errors: int
     error_rate: float
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
+    latency_p50_ms: int | None
+    latency_p95_ms: int | None
     prompt_tokens: int
     completion_tokens: int
     rating_up: int
@@ -104,7 +111,7 @@ class UserRow:
     sessions: int
     first_seen: float | None
     last_seen: float | None
-    latency_p50_ms: float | None
+    latency_p50_ms: int | None
     prompt_tokens: int
     completion_tokens: int
     rating_up: int
@@ -130,7 +137,12 @@ class SessionRow:
 
 @dataclass(frozen=True, slots=True)
 class TurnView:
-    """One turn of a session: its messages and measurements."""
+    """
+    One turn of a session: its messages, measurements and metadata.
+
+    ``rating`` is the turn's rating (-1, 0 or 1; the last one given wins), None
+    if it has none; ``metadata`` is the turn's ``str -> str`` metadata.
+    """
 
     conversation_id: str
     started_at: float
@@ -140,13 +152,16 @@ class TurnView:
     completion_tokens: int | None
     error: str | None
     messages: tuple[Message, ...]
+    metadata: dict[str, str]
+    rating: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class SessionView:
-    """A session with every turn, in order."""
+    """A session with its metadata and every turn, in order."""
 
     session: SessionRow
+    metadata: dict[str, str]
     turns: tuple[TurnView, ...]
 
 
@@ -184,7 +199,8 @@ class Page:
     total: int | None = None
 
 
-def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> float | None:
+def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> int | None:
+    """A percentile in whole ms from the latency histogram (within about 6%)."""
     total = sum(n for _, n in buckets)
     if not total:
         return None
@@ -193,16 +209,28 @@ def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> float
     for bucket, n in sorted(buckets):
         seen += n
         if seen >= rank:
-            return round(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE), 1)
+            return round(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE))
     return None  # pragma: no cover - the loop always reaches the total
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of *values* (sorted here)."""
+def _percentile(values: Sequence[int], q: float) -> int | None:
+    """Nearest-rank percentile of *values* (whole ms, sorted here)."""
     if not values:
         return None
     ordered = sorted(values)
-    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
+    return int(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
+
+
+def _day(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+
+
+def _days_between(first: str, last: str) -> list[str]:
+    """Every UTC day from *first* to *last* (``YYYY-MM-DD``), both included."""
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [
+        (start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)
+    ]
 
 
 def _fts_query(text: str) -> str:
@@ -229,6 +257,30 @@ def _marked(snippet: str) -> str:
     """Escape a snippet's text, then turn FTS5's match markers into <mark> tags."""
     escaped = html.escape(" ".join(snippet.split()))
     return escaped.replace(_HIT_START, "<mark>").replace(_HIT_END, "</mark>")
+
+
+def _fill_days(
+    points: dict[str, DayPoint], first: str, last: str
+) -> tuple[DayPoint, ...]:
+    """One point per day from *first* (or the first with data) to *last*."""
+    if not first:
+        if not points:
+            return ()
+        first = min(points)
+    return tuple(
+        points.get(day) or DayPoint(day, 0, 0) for day in _days_between(first, last)
+    )
+
+
+def _metadata(text: str | None) -> dict[str, str]:
+    """A stored metadata column as ``str -> str`` ({} when empty or unreadable)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _key(user_id: str | None) -> str:
@@ -302,12 +354,14 @@ class Analytics:
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._conn.execute(sql, params).fetchall()
 
+    def _clock(self) -> float:
+        return time.time() if self._now is None else self._now
+
     def _since(self, range_: str) -> float | None:
         span = RANGES[range_]
         if span is None:
             return None
-        now = time.time() if self._now is None else self._now
-        return now - span
+        return self._clock() - span
 
     # --- overview -------------------------------------------------------------
 
@@ -322,9 +376,10 @@ class Analytics:
         since = self._since(range_)
         if range_ == "24h" and since is not None:
             return self._overview_raw(range_, since)
-        first_day = (
-            "" if since is None else time.strftime("%Y-%m-%d", time.gmtime(since))
-        )
+        today = _day(self._clock())
+        span = RANGES[range_]
+        # N whole days, today included: today minus N - 1 days.
+        first_day = "" if span is None else _day(self._clock() - span + _DAY)
         day_rows = self._rows(
             "SELECT day, conversations, active_users, errors, prompt_tokens,"
             " completion_tokens, rating_up, rating_down FROM ui_day_stats"
@@ -360,7 +415,11 @@ class Analytics:
             completion_tokens=sum(r[5] for r in day_rows),
             rating_up=sum(r[6] for r in day_rows),
             rating_down=sum(r[7] for r in day_rows),
-            days=tuple(DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]),
+            days=_fill_days(
+                {r[0]: DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]},
+                first_day,
+                today,
+            ),
             top_users=tuple((_user(k), n) for k, n in top),
         )
 
@@ -397,9 +456,10 @@ class Analytics:
             completion_tokens=sum(r[5] for r in rows),
             rating_up=int(ratings[0]),
             rating_down=int(ratings[1]),
-            days=tuple(
-                DayPoint(day, count, len(users))
-                for day, (count, users) in sorted(per_day.items())
+            days=_fill_days(
+                {d: DayPoint(d, n, len(users)) for d, (n, users) in per_day.items()},
+                _day(since),
+                _day(self._clock()),
             ),
             top_users=tuple((_user(k), n) for k, n in top),
         )
@@ -477,7 +537,7 @@ class Analytics:
         )
         return Page(items, str(offset + limit) if more else None, total)
 
-    def _user_p50(self, key: str) -> float | None:
+    def _user_p50(self, key: str) -> int | None:
         values = self._rows(
             "SELECT latency_ms FROM ui_turns WHERE user_key = ?", (key,)
         )
@@ -547,23 +607,33 @@ class Analytics:
     def session(self, session_id: str) -> SessionView | None:
         """A session with its turns in order, or None if unknown."""
         rows = self._rows(
-            "SELECT n, id, user_id, started_at, last_at, rating_up, rating_down"
-            " FROM sessions WHERE id = ?",
+            "SELECT n, id, user_id, started_at, last_at, rating_up, rating_down,"
+            " metadata FROM sessions WHERE id = ?",
             (session_id,),
         )
         if not rows:
             return None
         turns = self._rows(
             "SELECT id, started_at, latency_ms, model, prompt_tokens,"
-            " completion_tokens, error, messages_json FROM conversations"
+            " completion_tokens, error, messages_json, metadata FROM conversations"
             " WHERE session_n = ? ORDER BY started_at, n",
             (rows[0][0],),
         )
+        # Each turn's ratings in the order given: the last one wins.
+        ratings = dict(
+            self._rows(
+                "SELECT conversation_id, rating FROM feedback WHERE session_id = ?"
+                " AND conversation_id IS NOT NULL ORDER BY created_at, id",
+                (session_id,),
+            )
+        )
         return SessionView(
             self._session_row(rows[0]),
+            _metadata(rows[0][7]),
             tuple(
                 TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
-                         tuple(_messages_from_json(t[7])))
+                         tuple(_messages_from_json(t[7])), _metadata(t[8]),
+                         ratings.get(t[0]))
                 for t in turns
             ),
         )  # fmt: skip

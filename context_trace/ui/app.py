@@ -234,6 +234,22 @@ def _fmt_time(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
 
 
+def _fmt_ms(value: float | None) -> str:
+    """
+    A latency as people read it: whole ms below a second, then seconds.
+
+    ``412 ms``, ``1.4 s``, ``12.3 s``, ``135 s``: no more digits than the
+    measure holds (percentiles over several days come from a histogram that is
+    within about 6%).
+    """
+    if value is None:
+        return "-"
+    if value < 999.5:
+        return f"{round(value)} ms"
+    seconds = value / 1000
+    return f"{seconds:.1f} s" if seconds < 99.95 else f"{round(seconds)} s"
+
+
 def _snippet(marked: str) -> Markup:
     """A search snippet as markup: Analytics escaped its text and added <mark> tags."""
     return Markup(marked)
@@ -355,7 +371,9 @@ def create_app(
             return jsonify(error="not found"), 404
         return render_template("error.html", message="Not found."), 404
 
-    app.jinja_env.globals.update(fmt_time=_fmt_time, sparkline=_sparkline)
+    app.jinja_env.globals.update(
+        fmt_time=_fmt_time, fmt_ms=_fmt_ms, sparkline=_sparkline
+    )
     app.jinja_env.filters["snippet"] = _snippet
 
     def url(endpoint: str, **params: Any) -> str:
