@@ -30,6 +30,7 @@ from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_pa
 
 __all__ = [
     "RANGES",
+    "SEARCH_COUNT_LIMIT",
     "USER_SORTS",
     "Analytics",
     "ConversationRow",
@@ -68,6 +69,9 @@ _DAY = 86_400.0
 # from the text first), which become <mark> tags once the text is escaped.
 _HIT_START, _HIT_END = "\x02", "\x03"
 _SNIPPET_WORDS = 24
+# A search with filters on the turns' columns counts among this many of its
+# newest word matches at most (each costs a row read): a bounded cost per page.
+SEARCH_COUNT_LIMIT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,12 +195,15 @@ class Page:
     """
     A page of rows; ``next`` is the cursor (or offset) of the next page, if any.
 
-    ``total`` counts every row that matches (all pages), where the query counts.
+    ``total`` counts every row that matches (all pages), where the query counts;
+    ``total_exact`` is False when it is a lower bound (a search with filters
+    counts among its newest word matches only: see ``Analytics.conversations``).
     """
 
     items: tuple[Any, ...]
     next: str | None
     total: int | None = None
+    total_exact: bool = True
 
 
 def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> int | None:
@@ -662,8 +669,11 @@ class Analytics:
 
         Args:
             search: Words that must all appear in the turn's messages (FTS5).
-                With words to search, the page counts every match (``total``)
-                and each row carries its marked ``snippet``.
+                With words, the page counts the matches (``total``) and each
+                row carries its marked ``snippet``. With *rating*,
+                *errors_only*, *model* or a *range_* as well, only the newest
+                :data:`SEARCH_COUNT_LIMIT` turns holding the words are
+                counted; when there are more, ``total_exact`` is False.
             user_id: Only this user's turns; *anonymous* for the turns with none.
             rating: ``"up"`` or ``"down"``: only turns of sessions rated so.
             errors_only: Only failed turns.
@@ -690,13 +700,16 @@ class Analytics:
             conds.append("conversations_fts MATCH ?")
             params.append(query)
             if user_id is not None or anonymous:
-                conds.append(f"c.n IN ({_USER_TURNS})")
+                conds.append(f"f.rowid IN ({_USER_TURNS})")
                 params.append("" if anonymous else user_id)
         elif user_id is not None or anonymous:
             source = "ui_turns u JOIN conversations c ON c.n = u.n"
             order = "u.n"
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
+        # The conditions before this point read the index; the ones after, the
+        # turn's own row (see _count_matches).
+        index_conds, index_params = len(conds), len(params)
         if rating is not None:
             column = "rating_up" if rating == "up" else "rating_down"
             conds.append(f"c.session_n IN (SELECT n FROM sessions WHERE {column} > 0)")
@@ -709,12 +722,13 @@ class Analytics:
         if since is not None:
             conds.append("c.started_at >= ?")
             params.append(since)
-        total = None
+        total, exact = None, True
         if query:
             # The number of matches, every page: the conditions but the cursor.
-            total = self._rows(
-                f"SELECT count(*) FROM {source} WHERE {' AND '.join(conds)}", params
-            )[0][0]
+            total, exact = self._count_matches(
+                (conds[:index_conds], params[:index_params]),
+                (conds[index_conds:], params[index_params:]),
+            )
         if before is not None:
             conds.append(f"{order} < ?")
             params.append(before)
@@ -734,7 +748,35 @@ class Analytics:
                             _preview(messages[r[0]]), snippets.get(r[0]))
             for r in rows
         )  # fmt: skip
-        return Page(items, str(items[-1].n) if more and items else None, total)
+        return Page(items, str(items[-1].n) if more and items else None, total, exact)
+
+    def _count_matches(
+        self,
+        index: tuple[list[str], list[Any]],
+        turn: tuple[list[str], list[Any]],
+    ) -> tuple[int, bool]:
+        """
+        (matches, exact) of a search: *index* conditions (the words, the user)
+        are answered by the sidecar; *turn* conditions need each match's row.
+
+        Without turn conditions the FTS index counts alone, exactly and fast.
+        With them, only the newest :data:`SEARCH_COUNT_LIMIT` word matches are
+        read, so the cost does not grow with the store; past that the count is
+        a lower bound, and *exact* is False.
+        """
+        where = " AND ".join(index[0])
+        hits = self._rows(
+            f"SELECT count(*) FROM conversations_fts f WHERE {where}", index[1]
+        )[0][0]
+        if not turn[0]:
+            return hits, True
+        total = self._rows(
+            "SELECT count(*) FROM (SELECT f.rowid AS n FROM conversations_fts f"
+            f" WHERE {where} ORDER BY f.rowid DESC LIMIT ?) h"
+            f" JOIN conversations c ON c.n = h.n WHERE {' AND '.join(turn[0])}",
+            [*index[1], SEARCH_COUNT_LIMIT, *turn[1]],
+        )[0][0]
+        return total, hits <= SEARCH_COUNT_LIMIT
 
     def _snippets(
         self, query: str, messages: dict[int, list[Message]]

@@ -44,7 +44,12 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "context_trace.ui requires Flask and waitress; install 'context-trace[ui]'"
     ) from exc
 
-from context_trace._store.analytics import RANGES, USER_SORTS, Analytics
+from context_trace._store.analytics import (
+    RANGES,
+    SEARCH_COUNT_LIMIT,
+    USER_SORTS,
+    Analytics,
+)
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 
 __all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
@@ -372,7 +377,10 @@ def create_app(
         return render_template("error.html", message="Not found."), 404
 
     app.jinja_env.globals.update(
-        fmt_time=_fmt_time, fmt_ms=_fmt_ms, sparkline=_sparkline
+        fmt_time=_fmt_time,
+        fmt_ms=_fmt_ms,
+        sparkline=_sparkline,
+        search_count_limit=SEARCH_COUNT_LIMIT,
     )
     app.jinja_env.filters["snippet"] = _snippet
 
@@ -460,7 +468,12 @@ def create_app(
     def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
         def view() -> Any:
             page = fn()
-            return jsonify(items=_json(page.items), next=page.next, total=page.total)
+            return jsonify(
+                items=_json(page.items),
+                next=page.next,
+                total=page.total,
+                total_exact=page.total_exact,
+            )
 
         view.__name__ = "api_page_" + fn.__name__
         return view

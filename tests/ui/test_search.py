@@ -81,3 +81,21 @@ def test_search_syntax_characters_find_turns(search_server, text, expected):
 
     assert [expected] == [c["conversation_id"] for c in body["items"]]
     assert 1 == body["total"]
+
+
+def test_a_filtered_count_is_bounded_and_says_so(search_server, monkeypatch):
+    """With a filter on the turns' columns, a search counts among its newest
+    SEARCH_COUNT_LIMIT word matches only, and flags the total as a lower bound."""
+    from context_trace._store import analytics
+    from context_trace._store.ui_index import default_index_path
+
+    db = search_server.db
+    with analytics.Analytics(db, default_index_path(db)) as store:
+        exact = store.conversations(search="refund", range_="24h")
+        monkeypatch.setattr(analytics, "SEARCH_COUNT_LIMIT", 3)
+        bounded = store.conversations(search="refund", range_="24h")
+        unfiltered = store.conversations(search="refund")
+
+    assert (8, True) == (exact.total, exact.total_exact)
+    assert (3, False) == (bounded.total, bounded.total_exact)
+    assert (8, True) == (unfiltered.total, unfiltered.total_exact)
