@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ContextThreadPoolExecutor",
+    "RequestSession",
     "Scope",
     "Session",
     "context_session",
@@ -84,6 +85,10 @@ _ACTIVE_HANDLER: ContextVar[RecordingHandler | None] = ContextVar(
 # The tokens of the innermost activation in this context (see Scope.activate).
 _TOKENS: ContextVar[list[Any] | None] = ContextVar(
     "context_trace.scope_tokens", default=None
+)
+# Set by the web integrations for the length of a request (see RequestSession).
+_REQUEST_SESSION: ContextVar[RequestSession | None] = ContextVar(
+    "context_trace.request_session", default=None
 )
 # inheritable=True: child runs keep the handler even when they are configured in
 # another context (LangChain copies handlers from the parent run manager).
@@ -367,6 +372,26 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, user_id={self.user_id!r})"
+
+
+class RequestSession:
+    """
+    The session a web request put its turns in last, for its ``X-Session-Id``.
+
+    A web integration makes one per request and sets it in ``_REQUEST_SESSION``
+    around the app; every session opened in that request (the one from the
+    request's header or resolver, a route's own ``context_session`` or
+    ``track_user(session_id=...)``) writes its id here when it is opened. The
+    object is shared, not copied, with the threads and tasks the request's
+    context is copied into (a sync endpoint in a thread pool), so the response
+    header names the session the route actually used, even after the route's
+    own scope has ended.
+    """
+
+    __slots__ = ("id",)
+
+    def __init__(self) -> None:
+        self.id: str | None = None
 
 
 # --------------------------------------------------------------------------- scope
@@ -704,6 +729,9 @@ class _ScopeFactory:
                 self._metadata,
                 sampled=_runtime.active_config().keep_session(session_id),
             )
+            request = _REQUEST_SESSION.get()
+            if request is not None:
+                request.id = session_id
         return _build_scope(user_id, session, self._metadata)
 
     @staticmethod

@@ -11,12 +11,15 @@ transcripts and sessions come from the store itself.
 
 from __future__ import annotations
 
+import html
+import json
 import math
 import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,11 @@ from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
 
 from .connection import read_uri
-from .ui_index import LATENCY_BUCKETS_PER_DECADE, default_index_path
+from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
 
 __all__ = [
     "RANGES",
+    "SEARCH_COUNT_LIMIT",
     "USER_SORTS",
     "Analytics",
     "ConversationRow",
@@ -62,6 +66,13 @@ _SPARK_DAYS = 14
 # the store has no per-user index (see ui_index).
 _USER_TURNS = "SELECT n AS un FROM ui_turns WHERE user_key = ?"
 _DAY = 86_400.0
+# Search snippets: FTS5 marks matches with these control characters (removed
+# from the text first), which become <mark> tags once the text is escaped.
+_HIT_START, _HIT_END = "\x02", "\x03"
+_SNIPPET_WORDS = 24
+# A search with filters on the turns' columns counts among this many of its
+# newest word matches at most (each costs a row read): a bounded cost per page.
+SEARCH_COUNT_LIMIT = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +86,19 @@ class DayPoint:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    """Totals for a time range; latency percentiles are in ms, None without data."""
+    """
+    Totals for a time range; latency percentiles are whole ms, None without data.
+
+    ``days`` has one point per UTC day of the range, today last, days without
+    turns included (as zeros): ``7d`` is today and the 6 days before it.
+    """
 
     range: str
     conversations: int
     errors: int
     error_rate: float
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
+    latency_p50_ms: int | None
+    latency_p95_ms: int | None
     prompt_tokens: int
     completion_tokens: int
     rating_up: int
@@ -100,7 +116,7 @@ class UserRow:
     sessions: int
     first_seen: float | None
     last_seen: float | None
-    latency_p50_ms: float | None
+    latency_p50_ms: int | None
     prompt_tokens: int
     completion_tokens: int
     rating_up: int
@@ -126,7 +142,12 @@ class SessionRow:
 
 @dataclass(frozen=True, slots=True)
 class TurnView:
-    """One turn of a session: its messages and measurements."""
+    """
+    One turn of a session: its messages, measurements and metadata.
+
+    ``rating`` is the turn's rating (-1, 0 or 1; the last one given wins), None
+    if it has none; ``metadata`` is the turn's ``str -> str`` metadata.
+    """
 
     conversation_id: str
     started_at: float
@@ -136,19 +157,27 @@ class TurnView:
     completion_tokens: int | None
     error: str | None
     messages: tuple[Message, ...]
+    metadata: dict[str, str]
+    rating: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class SessionView:
-    """A session with every turn, in order."""
+    """A session with its metadata and every turn, in order."""
 
     session: SessionRow
+    metadata: dict[str, str]
     turns: tuple[TurnView, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
-    """One conversation in the searchable list; ``preview`` is its first user text."""
+    """
+    One conversation in the searchable list; ``preview`` is its first user text.
+
+    ``snippet`` (a search's rows only) is the passage that matched, as HTML:
+    the stored text escaped, each matched word in ``<mark>``.
+    """
 
     n: int
     conversation_id: str
@@ -159,18 +188,27 @@ class ConversationRow:
     model: str | None
     error: str | None
     preview: str
+    snippet: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of rows; ``next`` is the cursor (or offset) of the next page, if any."""
+    """
+    A page of rows; ``next`` is the cursor (or offset) of the next page, if any.
+
+    ``total`` counts every row that matches (all pages), where the query counts;
+    ``total_exact`` is False when it is a lower bound (a search with filters
+    counts among its newest word matches only: see ``Analytics.conversations``).
+    """
 
     items: tuple[Any, ...]
     next: str | None
     total: int | None = None
+    total_exact: bool = True
 
 
-def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> float | None:
+def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> int | None:
+    """A percentile in whole ms from the latency histogram (within about 6%)."""
     total = sum(n for _, n in buckets)
     if not total:
         return None
@@ -179,21 +217,78 @@ def _percentile_from_hist(buckets: Sequence[tuple[int, int]], q: float) -> float
     for bucket, n in sorted(buckets):
         seen += n
         if seen >= rank:
-            return round(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE), 1)
+            return round(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE))
     return None  # pragma: no cover - the loop always reaches the total
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile of *values* (sorted here)."""
+def _percentile(values: Sequence[int], q: float) -> int | None:
+    """Nearest-rank percentile of *values* (whole ms, sorted here)."""
     if not values:
         return None
     ordered = sorted(values)
-    return float(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
+    return int(ordered[max(0, math.ceil(q * len(ordered)) - 1)])
+
+
+def _day(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(epoch))
+
+
+def _days_between(first: str, last: str) -> list[str]:
+    """Every UTC day from *first* to *last* (``YYYY-MM-DD``), both included."""
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    return [
+        (start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1)
+    ]
 
 
 def _fts_query(text: str) -> str:
-    """Each word as a quoted FTS5 string: user text never reaches FTS5's syntax."""
-    return " ".join('"' + word.replace('"', '""') + '"' for word in text.split())
+    """
+    Each word as a quoted FTS5 string: user text never reaches FTS5's syntax.
+
+    FTS5 reads a query only up to a NUL character (an unterminated string
+    otherwise); the tokenizer splits words there anyway, so NUL is a space.
+    """
+    words = text.replace("\x00", " ").split()
+    return " ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def _search_body(messages: Sequence[Message]) -> str:
+    """
+    A turn's searchable text: the words the index holds (contents and tool
+    inputs), with " · " between messages (a separator, as the index's newline).
+    """
+    text = " · ".join(f"{m.content} {m.tool_input or ''}" for m in messages)
+    return text.replace(_HIT_START, " ").replace(_HIT_END, " ")
+
+
+def _marked(snippet: str) -> str:
+    """Escape a snippet's text, then turn FTS5's match markers into <mark> tags."""
+    escaped = html.escape(" ".join(snippet.split()))
+    return escaped.replace(_HIT_START, "<mark>").replace(_HIT_END, "</mark>")
+
+
+def _fill_days(
+    points: dict[str, DayPoint], first: str, last: str
+) -> tuple[DayPoint, ...]:
+    """One point per day from *first* (or the first with data) to *last*."""
+    if not first:
+        if not points:
+            return ()
+        first = min(points)
+    return tuple(
+        points.get(day) or DayPoint(day, 0, 0) for day in _days_between(first, last)
+    )
+
+
+def _metadata(text: str | None) -> dict[str, str]:
+    """A stored metadata column as ``str -> str`` ({} when empty or unreadable)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _key(user_id: str | None) -> str:
@@ -277,12 +372,14 @@ class Analytics:
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return self._conn.execute(sql, params).fetchall()
 
+    def _clock(self) -> float:
+        return time.time() if self._now is None else self._now
+
     def _since(self, range_: str) -> float | None:
         span = RANGES[range_]
         if span is None:
             return None
-        now = time.time() if self._now is None else self._now
-        return now - span
+        return self._clock() - span
 
     # --- overview -------------------------------------------------------------
 
@@ -297,9 +394,10 @@ class Analytics:
         since = self._since(range_)
         if range_ == "24h" and since is not None:
             return self._overview_raw(range_, since)
-        first_day = (
-            "" if since is None else time.strftime("%Y-%m-%d", time.gmtime(since))
-        )
+        today = _day(self._clock())
+        span = RANGES[range_]
+        # N whole days, today included: today minus N - 1 days.
+        first_day = "" if span is None else _day(self._clock() - span + _DAY)
         day_rows = self._rows(
             "SELECT day, conversations, active_users, errors, prompt_tokens,"
             " completion_tokens, rating_up, rating_down FROM ui_day_stats"
@@ -335,7 +433,11 @@ class Analytics:
             completion_tokens=sum(r[5] for r in day_rows),
             rating_up=sum(r[6] for r in day_rows),
             rating_down=sum(r[7] for r in day_rows),
-            days=tuple(DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]),
+            days=_fill_days(
+                {r[0]: DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]},
+                first_day,
+                today,
+            ),
             top_users=tuple((_user(k), n) for k, n in top),
         )
 
@@ -372,9 +474,10 @@ class Analytics:
             completion_tokens=sum(r[5] for r in rows),
             rating_up=int(ratings[0]),
             rating_down=int(ratings[1]),
-            days=tuple(
-                DayPoint(day, count, len(users))
-                for day, (count, users) in sorted(per_day.items())
+            days=_fill_days(
+                {d: DayPoint(d, n, len(users)) for d, (n, users) in per_day.items()},
+                _day(since),
+                _day(self._clock()),
             ),
             top_users=tuple((_user(k), n) for k, n in top),
         )
@@ -452,7 +555,7 @@ class Analytics:
         )
         return Page(items, str(offset + limit) if more else None, total)
 
-    def _user_p50(self, key: str) -> float | None:
+    def _user_p50(self, key: str) -> int | None:
         values = self._rows(
             "SELECT latency_ms FROM ui_turns WHERE user_key = ?", (key,)
         )
@@ -522,23 +625,33 @@ class Analytics:
     def session(self, session_id: str) -> SessionView | None:
         """A session with its turns in order, or None if unknown."""
         rows = self._rows(
-            "SELECT n, id, user_id, started_at, last_at, rating_up, rating_down"
-            " FROM sessions WHERE id = ?",
+            "SELECT n, id, user_id, started_at, last_at, rating_up, rating_down,"
+            " metadata FROM sessions WHERE id = ?",
             (session_id,),
         )
         if not rows:
             return None
         turns = self._rows(
             "SELECT id, started_at, latency_ms, model, prompt_tokens,"
-            " completion_tokens, error, messages_json FROM conversations"
+            " completion_tokens, error, messages_json, metadata FROM conversations"
             " WHERE session_n = ? ORDER BY started_at, n",
             (rows[0][0],),
         )
+        # Each turn's ratings in the order given: the last one wins.
+        ratings = dict(
+            self._rows(
+                "SELECT conversation_id, rating FROM feedback WHERE session_id = ?"
+                " AND conversation_id IS NOT NULL ORDER BY created_at, id",
+                (session_id,),
+            )
+        )
         return SessionView(
             self._session_row(rows[0]),
+            _metadata(rows[0][7]),
             tuple(
                 TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
-                         tuple(_messages_from_json(t[7])))
+                         tuple(_messages_from_json(t[7])), _metadata(t[8]),
+                         ratings.get(t[0]))
                 for t in turns
             ),
         )  # fmt: skip
@@ -567,6 +680,11 @@ class Analytics:
 
         Args:
             search: Words that must all appear in the turn's messages (FTS5).
+                With words, the page counts the matches (``total``) and each
+                row carries its marked ``snippet``. With *rating*,
+                *errors_only*, *model* or a *range_* as well, only the newest
+                :data:`SEARCH_COUNT_LIMIT` turns holding the words are
+                counted; when there are more, ``total_exact`` is False.
             user_id: Only this user's turns; *anonymous* for the turns with none.
             rating: ``"up"`` or ``"down"``: only the turns rated so.
             errors_only: Only failed turns.
@@ -584,21 +702,25 @@ class Analytics:
         params: list[Any] = []
         source = "conversations c"
         order = "c.n"
-        if search.strip():
+        query = _fts_query(search)
+        if query:
             # The FTS table drives the loop in descending rowid order, so the
             # first page of a common word stops after `limit` matches.
             source = "conversations_fts f JOIN conversations c ON c.n = f.rowid"
             order = "f.rowid"
             conds.append("conversations_fts MATCH ?")
-            params.append(_fts_query(search))
+            params.append(query)
             if user_id is not None or anonymous:
-                conds.append(f"c.n IN ({_USER_TURNS})")
+                conds.append(f"f.rowid IN ({_USER_TURNS})")
                 params.append("" if anonymous else user_id)
         elif user_id is not None or anonymous:
             source = "ui_turns u JOIN conversations c ON c.n = u.n"
             order = "u.n"
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
+        # The conditions before this point read the index; the ones after, the
+        # turn's own row (see _count_matches).
+        index_conds, index_params = len(conds), len(params)
         if rating is not None:
             sign = ">" if rating == "up" else "<"
             conds.append(
@@ -613,6 +735,13 @@ class Analytics:
         if since is not None:
             conds.append("c.started_at >= ?")
             params.append(since)
+        total, exact = None, True
+        if query:
+            # The number of matches, every page: the conditions but the cursor.
+            total, exact = self._count_matches(
+                (conds[:index_conds], params[:index_params]),
+                (conds[index_conds:], params[index_params:]),
+            )
         if before is not None:
             conds.append(f"{order} < ?")
             params.append(before)
@@ -624,9 +753,71 @@ class Analytics:
             [*params, limit + 1],
         )
         more = len(rows) > limit
+        rows = rows[:limit]
+        messages = {r[0]: _messages_from_json(r[8]) for r in rows}
+        snippets = self._snippets(query, messages) if query else {}
         items = tuple(
             ConversationRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
-                            _preview(_messages_from_json(r[8])))
-            for r in rows[:limit]
+                            _preview(messages[r[0]]), snippets.get(r[0]))
+            for r in rows
         )  # fmt: skip
-        return Page(items, str(items[-1].n) if more and items else None)
+        return Page(items, str(items[-1].n) if more and items else None, total, exact)
+
+    def _count_matches(
+        self,
+        index: tuple[list[str], list[Any]],
+        turn: tuple[list[str], list[Any]],
+    ) -> tuple[int, bool]:
+        """
+        (matches, exact) of a search: *index* conditions (the words, the user)
+        are answered by the sidecar; *turn* conditions need each match's row.
+
+        Without turn conditions the FTS index counts alone, exactly and fast.
+        With them, only the newest :data:`SEARCH_COUNT_LIMIT` word matches are
+        read, so the cost does not grow with the store; past that the count is
+        a lower bound, and *exact* is False.
+        """
+        where = " AND ".join(index[0])
+        hits = self._rows(
+            f"SELECT count(*) FROM conversations_fts f WHERE {where}", index[1]
+        )[0][0]
+        if not turn[0]:
+            return hits, True
+        total = self._rows(
+            "SELECT count(*) FROM (SELECT f.rowid AS n FROM conversations_fts f"
+            f" WHERE {where} ORDER BY f.rowid DESC LIMIT ?) h"
+            f" JOIN conversations c ON c.n = h.n WHERE {' AND '.join(turn[0])}",
+            [*index[1], SEARCH_COUNT_LIMIT, *turn[1]],
+        )[0][0]
+        return total, hits <= SEARCH_COUNT_LIMIT
+
+    def _snippets(
+        self, query: str, messages: dict[int, list[Message]]
+    ) -> dict[int, str]:
+        """
+        The passage of each turn that *query* matched, marked (see ConversationRow).
+
+        The index keeps no text (it is contentless), so FTS5's ``snippet()`` runs
+        on a temporary FTS5 table of this page's turns, tokenized as the index
+        is: the marked words are exactly the ones the search matched. Temporary
+        tables live outside the store, which stays read-only.
+        """
+        conn = self._conn
+        conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.snippets USING fts5("
+            f"body, tokenize='{FTS_TOKENIZE}')"
+        )
+        try:
+            conn.execute("DELETE FROM temp.snippets")
+            conn.executemany(
+                "INSERT INTO temp.snippets (rowid, body) VALUES (?, ?)",
+                [(n, _search_body(m)) for n, m in messages.items()],
+            )
+            found = conn.execute(
+                "SELECT rowid, snippet(snippets, 0, ?, ?, '…', ?) FROM temp.snippets"
+                " WHERE snippets MATCH ?",
+                (_HIT_START, _HIT_END, _SNIPPET_WORDS, query),
+            ).fetchall()
+        finally:
+            conn.commit()  # end the implicit transaction the temporary writes began
+        return {n: _marked(text) for n, text in found}

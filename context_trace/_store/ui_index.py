@@ -39,6 +39,7 @@ from typing import Any
 from .connection import read_uri
 
 __all__ = [
+    "FTS_TOKENIZE",
     "INDEX_VERSION",
     "LATENCY_BUCKETS_PER_DECADE",
     "REQUEST_CHUNK",
@@ -57,6 +58,8 @@ _APPLICATION_ID = 0x63747569  # "ctui"
 # The turns the dashboard indexes before answering a request, at most.
 REQUEST_CHUNK = 1000
 _SUFFIX = ".ui-index"
+# How the full-text index splits text into words; search snippets use the same.
+FTS_TOKENIZE = "unicode61 remove_diacritics 2"
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -143,7 +146,7 @@ _SCHEMA = (
     # Contentless: the text lives in the store's conversations.messages_json;
     # the index maps words to conversations.n.
     "CREATE VIRTUAL TABLE conversations_fts USING fts5("
-    "body, content='', tokenize='unicode61 remove_diacritics 2')",
+    f"body, content='', tokenize='{FTS_TOKENIZE}')",
     "INSERT INTO meta (key, value) VALUES ('conversation_n', 0), ('session_n', 0),"
     " ('feedback', ''), ('store_first', NULL)",
 )

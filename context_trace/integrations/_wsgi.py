@@ -34,6 +34,8 @@ from context_trace import _runtime
 from context_trace._log import log_once
 from context_trace._scopes import (
     _ACTIVE_SCOPE,
+    _REQUEST_SESSION,
+    RequestSession,
     Scope,
     _check_metadata,
     normalize_id,
@@ -127,11 +129,14 @@ class RequestScope:
     where they were set). :attr:`scope` stays readable for the response body.
     """
 
-    __slots__ = ("_active", "scope")
+    __slots__ = ("_active", "scope", "session")
 
     def __init__(self) -> None:
         #: The scope the rest of the request (and its body) runs in, or None.
         self.scope: Scope | None = None
+        #: The session the request used last (its header's, or one its view
+        #: opened); set while ``_REQUEST_SESSION`` holds it (see the middleware).
+        self.session = RequestSession()
         self._active: list[Scope] = []
 
     def enter(self, scope: Scope) -> None:
@@ -170,13 +175,20 @@ class RequestScope:
         log_resolver_error(where)
         self.release()
         self.scope = None
+        self.session.id = None  # served without the session it may have opened
         try:
             self.enter(open_scope(None, None, {}))
         except Exception:
             _logger.debug("context_trace: serving the request unscoped", exc_info=True)
 
     def start_response(self, start_response: StartResponse) -> StartResponse:
-        """Wrap *start_response* to echo the session id in ``X-Session-Id``."""
+        """
+        Wrap *start_response* to name the request's session in ``X-Session-Id``.
+
+        The session named is the last one the request opened, which may be a
+        view's own ``context_session`` that has ended by the time Flask starts
+        the response.
+        """
 
         def start(
             status: str,
@@ -185,8 +197,7 @@ class RequestScope:
             | tuple[None, None, None]
             | None = None,
         ) -> Callable[[bytes], object]:
-            scope = self.scope
-            session_id = scope.session_id if scope is not None else None
+            session_id = self.session.id
             if (
                 session_id is not None
                 and safe_header_value(session_id)
@@ -312,6 +323,7 @@ class ContextTraceWSGIMiddleware:
         request = RequestScope()
         environ[ENVIRON_KEY] = request
         in_request = _IN_REQUEST.set(True)
+        request_session = _REQUEST_SESSION.set(request.session)
         try:
             try:
                 scope = self._open(environ)
@@ -330,6 +342,7 @@ class ContextTraceWSGIMiddleware:
             request_done()
             raise
         finally:
+            _REQUEST_SESSION.reset(request_session)
             _IN_REQUEST.reset(in_request)
         final = request.scope
         file_wrapper = environ.get("wsgi.file_wrapper")

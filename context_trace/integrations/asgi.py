@@ -28,7 +28,13 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from context_trace import _runtime
-from context_trace._scopes import Scope, normalize_id, open_scope
+from context_trace._scopes import (
+    _REQUEST_SESSION,
+    RequestSession,
+    Scope,
+    normalize_id,
+    open_scope,
+)
 
 from ._wsgi import (
     _IN_REQUEST,
@@ -156,21 +162,27 @@ class ContextTraceMiddleware:
         if kind != "http" or _IN_REQUEST.get():
             await self.app(scope, receive, send)
             return
-        ct_scope = await self._open_scope(scope)
-        if ct_scope is None:
-            await self.app(scope, receive, send)
-            return
-        session_id = ct_scope.session_id
-        if session_id is not None and safe_header_value(session_id):
-            send = self._session_send(send, session_id)
-        in_request = _IN_REQUEST.set(True)
-        ct_scope.activate()
+        # Every session the request opens (its own, an endpoint's) is noted
+        # here; the response header names the last one.
+        session = RequestSession()
+        request_session = _REQUEST_SESSION.set(session)
         try:
-            await self.app(scope, receive, send)
+            ct_scope = await self._open_scope(scope)
+            if ct_scope is None:
+                await self.app(scope, receive, send)
+                return
+            if ct_scope.session is None:
+                session.id = None  # a failed resolver: served without a session
+            in_request = _IN_REQUEST.set(True)
+            ct_scope.activate()
+            try:
+                await self.app(scope, receive, self._session_send(send, session))
+            finally:
+                ct_scope.deactivate()
+                _IN_REQUEST.reset(in_request)
+                request_done()
         finally:
-            ct_scope.deactivate()
-            _IN_REQUEST.reset(in_request)
-            request_done()
+            _REQUEST_SESSION.reset(request_session)
 
     async def _open_scope(self, scope: ASGIScope) -> Scope | None:
         try:
@@ -208,14 +220,19 @@ class ContextTraceMiddleware:
         return open_scope(user_id, session_id, metadata)
 
     @staticmethod
-    def _session_send(send: Send, session_id: str) -> Send:
-        value = session_id.encode("ascii")
+    def _session_send(send: Send, session: RequestSession) -> Send:
+        """Add ``X-Session-Id``: the session the request used last, when it starts."""
 
         async def send_with_session(message: Message) -> None:
-            if message.get("type") == "http.response.start":
+            session_id = session.id
+            if (
+                message.get("type") == "http.response.start"
+                and session_id is not None
+                and safe_header_value(session_id)
+            ):
                 headers = list(message.get("headers") or ())
                 if not any(key.lower() == _SESSION_HEADER for key, _ in headers):
-                    headers.append((_SESSION_HEADER, value))
+                    headers.append((_SESSION_HEADER, session_id.encode("ascii")))
                     message = {**message, "headers": headers}
             await send(message)
 

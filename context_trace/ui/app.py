@@ -6,7 +6,9 @@ Every request opens the store read-only through
 index (:class:`context_trace._store.ui_index.UIIndex`) attached. The index is
 brought level with the store before each request, one bounded chunk at most,
 and by a background thread every couple of seconds. Templates autoescape and
-no stored text is ever marked safe. With a token, every request must carry it.
+no stored text is ever marked safe unescaped: a search snippet is the stored
+text escaped, with ``<mark>`` tags added around the matched words only. With a
+token, every request must carry it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -24,16 +27,32 @@ from typing import Any
 from urllib.parse import urlencode
 
 try:
-    from flask import Flask, Response, g, jsonify, redirect, render_template, request
+    from flask import (
+        Flask,
+        Request,
+        Response,
+        g,
+        jsonify,
+        redirect,
+        render_template,
+        request,
+    )
+    from markupsafe import Markup
+    from werkzeug.datastructures import ImmutableMultiDict
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError(
         "context_trace.ui requires Flask and waitress; install 'context-trace[ui]'"
     ) from exc
 
-from context_trace._store.analytics import RANGES, USER_SORTS, Analytics
+from context_trace._store.analytics import (
+    RANGES,
+    SEARCH_COUNT_LIMIT,
+    USER_SORTS,
+    Analytics,
+)
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 
-__all__ = ["CSP", "create_app"]
+__all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self';"
@@ -42,6 +61,36 @@ CSP = (
 _COOKIE = "context_trace_ui"
 _PAGE = 50
 _MAX_PAGE = 500
+# Offsets and cursors: the largest integer JSON readers (JavaScript) hold
+# exactly, well inside SQLite's 64-bit integers even with a page added.
+_MAX_INT = 2**53 - 1
+# Search text, at most: far below SQLite's LIKE pattern limit (50,000 bytes).
+_MAX_SEARCH = 1000
+# The query (and form) parameters each endpoint reads, and the ones every
+# endpoint reads. Reading a parameter not listed here raises LookupError: the
+# hostile-input test walks this table with the app's url_map, so a new endpoint
+# or parameter cannot be left out of it.
+GLOBAL_PARAMETERS = frozenset({"token"})
+_USER_PARAMS = frozenset({"id", "user", "anonymous"})
+_USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit"})
+_CONVERSATIONS_PARAMS = _USER_PARAMS | {
+    "q", "rating", "range", "errors", "model", "before", "limit",
+}  # fmt: skip
+PARAMETERS: dict[str, frozenset[str]] = {
+    "overview_page": frozenset({"range"}),
+    "users_page": _USERS_PARAMS,
+    "user_page": _USER_PARAMS | {"before", "limit"},
+    "session_page": frozenset({"id"}),
+    "conversations_page": _CONVERSATIONS_PARAMS,
+    "login_page": frozenset(),
+    "api_overview": frozenset({"range"}),
+    "api_users": _USERS_PARAMS,
+    "api_user": _USER_PARAMS | {"before", "limit"},
+    "api_session": frozenset({"id"}),
+    "api_conversations": _CONVERSATIONS_PARAMS,
+    "api_models": frozenset(),
+    "static": frozenset(),
+}
 # New turns indexed before a request, at most: about 50 ms on a loaded machine.
 _REQUEST_CHUNK = REQUEST_CHUNK
 _logger = logging.getLogger(__name__)
@@ -97,8 +146,42 @@ def _json(value: Any) -> Any:
     return value
 
 
+class _DeclaredArgs(ImmutableMultiDict[str, str]):
+    """Query or form values that refuse a name the endpoint has not declared."""
+
+    def __getitem__(self, key: str) -> str:
+        _check_declared(key)
+        return super().__getitem__(key)
+
+    def getlist(self, key: str, type: Any = None) -> list[Any]:
+        _check_declared(key)
+        return super().getlist(key, type)
+
+
+def _check_declared(name: str) -> None:
+    endpoint = request.endpoint
+    if name in GLOBAL_PARAMETERS or (
+        endpoint is not None and name in PARAMETERS.get(endpoint, ())
+    ):
+        return
+    raise LookupError(
+        f"endpoint {endpoint!r} reads the undeclared parameter {name!r}:"
+        " add it to context_trace.ui.app.PARAMETERS"
+    )
+
+
+class _Request(Request):
+    parameter_storage_class = _DeclaredArgs
+
+
+class _BadRequest(Exception):
+    pass
+
+
 def _limit() -> int:
-    raw = request.args.get("limit", str(_PAGE))
+    raw = request.args.get("limit", "")
+    if raw == "":
+        return _PAGE
     try:
         value = int(raw)
     except ValueError:
@@ -106,10 +189,6 @@ def _limit() -> int:
     if not 1 <= value <= _MAX_PAGE:
         raise _BadRequest(f"limit must be a whole number from 1 to {_MAX_PAGE}")
     return value
-
-
-class _BadRequest(Exception):
-    pass
 
 
 def _range() -> str:
@@ -124,9 +203,12 @@ def _int_arg(name: str) -> int | None:
     if raw in (None, ""):
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise _BadRequest(f"{name} must be a whole number") from None
+        value = -1
+    if not 0 <= value <= _MAX_INT:
+        raise _BadRequest(f"{name} must be a whole number from 0 to {_MAX_INT}")
+    return value
 
 
 def _float_arg(name: str) -> float | None:
@@ -134,15 +216,48 @@ def _float_arg(name: str) -> float | None:
     if raw in (None, ""):
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise _BadRequest(f"{name} must be a number") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise _BadRequest(f"{name} must be a finite number, 0 or more")
+    return value
+
+
+def _search_arg() -> str:
+    value = request.args.get("q", "")
+    if len(value) > _MAX_SEARCH:
+        raise _BadRequest(
+            f"q must be at most {_MAX_SEARCH} characters, got {len(value)}"
+        )
+    return value
 
 
 def _fmt_time(value: float | None) -> str:
     if value is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
+
+
+def _fmt_ms(value: float | None) -> str:
+    """
+    A latency as people read it: whole ms below a second, then seconds.
+
+    ``412 ms``, ``1.4 s``, ``12.3 s``, ``135 s``: no more digits than the
+    measure holds (percentiles over several days come from a histogram that is
+    within about 6%).
+    """
+    if value is None:
+        return "-"
+    if value < 999.5:
+        return f"{round(value)} ms"
+    seconds = value / 1000
+    return f"{seconds:.1f} s" if seconds < 99.95 else f"{round(seconds)} s"
+
+
+def _snippet(marked: str) -> Markup:
+    """A search snippet as markup: Analytics escaped its text and added <mark> tags."""
+    return Markup(marked)
 
 
 def _sparkline(values: tuple[int, ...]) -> str:
@@ -181,6 +296,7 @@ def create_app(
     .. versionadded:: 0.2.0
     """
     app = Flask(__name__)
+    app.request_class = _Request
     path = os.fspath(db_path)
     expected = _cookie_value(token) if token else None
     if index is None:
@@ -260,7 +376,13 @@ def create_app(
             return jsonify(error="not found"), 404
         return render_template("error.html", message="Not found."), 404
 
-    app.jinja_env.globals.update(fmt_time=_fmt_time, sparkline=_sparkline)
+    app.jinja_env.globals.update(
+        fmt_time=_fmt_time,
+        fmt_ms=_fmt_ms,
+        sparkline=_sparkline,
+        search_count_limit=SEARCH_COUNT_LIMIT,
+    )
+    app.jinja_env.filters["snippet"] = _snippet
 
     def url(endpoint: str, **params: Any) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "", False)}
@@ -281,7 +403,7 @@ def create_app(
         if order not in ("asc", "desc"):
             raise _BadRequest("order must be asc or desc")
         return store().users(
-            search=request.args.get("q", ""),
+            search=_search_arg(),
             sort=sort,
             descending=order == "desc",
             offset=_int_arg("offset") or 0,
@@ -297,7 +419,7 @@ def create_app(
     def user_data() -> Any:
         user_id, anonymous = user_arg()
         if user_id is None and not anonymous:
-            raise _BadRequest("give id=USER or anonymous=1")
+            raise _BadRequest("id must name a user (or give anonymous=1)")
         row = store().user(user_id)
         if row is None:
             return None, None
@@ -309,7 +431,7 @@ def create_app(
     def session_data() -> Any:
         session_id = request.args.get("id")
         if not session_id:
-            raise _BadRequest("give id=SESSION")
+            raise _BadRequest("id must name a session")
         return store().session(session_id)
 
     def conversations_data() -> Any:
@@ -321,7 +443,7 @@ def create_app(
         if range_ not in RANGES:
             raise _BadRequest(f"range must be one of {', '.join(RANGES)}")
         return store().conversations(
-            search=request.args.get("q", ""),
+            search=_search_arg(),
             user_id=user_id,
             anonymous=anonymous,
             rating=rating,
@@ -341,18 +463,25 @@ def create_app(
         view.__name__ = "api_" + fn.__name__
         return view
 
-    app.add_url_rule("/api/overview", view_func=api(overview_data))
+    app.add_url_rule("/api/overview", "api_overview", api(overview_data))
 
     def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
         def view() -> Any:
             page = fn()
-            return jsonify(items=_json(page.items), next=page.next, total=page.total)
+            return jsonify(
+                items=_json(page.items),
+                next=page.next,
+                total=page.total,
+                total_exact=page.total_exact,
+            )
 
         view.__name__ = "api_page_" + fn.__name__
         return view
 
-    app.add_url_rule("/api/users", view_func=api_page(users_data))
-    app.add_url_rule("/api/conversations", view_func=api_page(conversations_data))
+    app.add_url_rule("/api/users", "api_users", api_page(users_data))
+    app.add_url_rule(
+        "/api/conversations", "api_conversations", api_page(conversations_data)
+    )
 
     @app.route("/api/user")
     def api_user() -> Any:
@@ -386,7 +515,7 @@ def create_app(
         return render_template(
             "users.html",
             page=users_data(),
-            q=request.args.get("q", ""),
+            q=_search_arg(),
             sort=request.args.get("sort", "last_seen"),
             order=request.args.get("order", "desc"),
             offset=_int_arg("offset") or 0,

@@ -285,3 +285,83 @@ class TestGunicorn:
         assert pids == {
             metadata["worker_pid"] for user, metadata in rows if user != "warmup"
         }
+
+
+SESSION_APP = """
+from fastapi import FastAPI
+from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.output_parsers import StrOutputParser
+
+from context_trace import context_session, track_user
+from context_trace.integrations.asgi import ContextTraceMiddleware
+
+CHAIN = ParrotFakeChatModel() | StrOutputParser()
+
+app = FastAPI()
+app.add_middleware(ContextTraceMiddleware)
+
+
+@app.get("/async-own")
+async def async_own(message: str):
+    async with context_session("route-async"):
+        return {"answer": await CHAIN.ainvoke(message)}
+
+
+@app.get("/sync-own")
+def sync_own(message: str):  # run in the thread pool
+    with context_session("route-sync"):
+        return {"answer": CHAIN.invoke(message)}
+
+
+@app.get("/tracked/{user_id}")
+@track_user(user_id=lambda user_id: user_id, session_id=lambda user_id: f"s-{user_id}")
+def tracked(user_id: str, message: str):
+    return {"answer": CHAIN.invoke(message)}
+"""
+
+
+class TestSessionHeaderUvicorn:
+    def test_header_names_the_session_the_endpoint_used(
+        self, tmp_path: Path, servers: list[_Server]
+    ) -> None:
+        """Under uvicorn, X-Session-Id names the session an endpoint opened itself
+        (async, sync in the thread pool, track_user), whatever the request sent."""
+        pytest.importorskip("fastapi")
+        (tmp_path / "session_app.py").write_text(textwrap.dedent(SESSION_APP))
+        db = tmp_path / "traces.db"
+        server = _Server(
+            [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", "0",
+             "--no-access-log", "session_app:app"],
+            tmp_path,
+            db,
+        )  # fmt: skip
+        servers.append(server)
+        [port] = server.wait_for(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+        paths = {"/async-own": "route-async", "/sync-own": "route-sync",
+                 "/tracked/ann": "s-ann"}  # fmt: skip
+        headers: dict[tuple[str, str], str | None] = {}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            for path in paths:
+                for sent in ("", "from-the-client"):
+                    response = client.get(
+                        path,
+                        params={"message": f"{path}|{sent}"},
+                        headers={"X-Session-Id": sent} if sent else {},
+                    )
+                    response.raise_for_status()
+                    headers[(path, sent)] = response.headers.get("X-Session-Id")
+        server.terminate()
+        conn = sqlite3.connect(db)
+        try:
+            rows = conn.execute(
+                "SELECT json_extract(messages_json, '$[0][1]'), session_id"
+                " FROM conversations"
+            ).fetchall()
+        finally:
+            conn.close()
+        recorded = {tuple(message.split("|")): session for message, session in rows}
+
+        assert {(p, s): paths[p] for p in paths for s in ("", "from-the-client")} == (
+            headers
+        )
+        assert headers == recorded

@@ -9,6 +9,7 @@ the browser tests there, saying how to install it; CI fails instead.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -256,3 +257,33 @@ def browser() -> Iterator[Any]:
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
+
+
+RATED_LATENCIES = {"r1": 1412, "r2": 87, "r3": 12345}
+
+
+def build_rated_store(path: Path) -> None:
+    """rita's session s-r: three turns (1412, 87 and 12345 ms) with metadata;
+    r1 rated up then down (the last rating wins), r2 rated up, r3 unrated."""
+    convs = []
+    for i, (cid, latency) in enumerate(RATED_LATENCIES.items()):
+        conv = turn(cid, "rita", "s-r", 300 - i * 10, latency, f"question {cid}")
+        meta = {**conv.metadata, "plan": "pro", "region": "<b>eu</b>"}
+        convs.append(dataclasses.replace(conv, metadata=meta))
+    feedback = [
+        Feedback("fr1", "s-r", "rita", 1, "r1", NOW - 200),
+        Feedback("fr2", "s-r", "rita", -1, "r1", NOW - 100),
+        Feedback("fr3", "s-r", "rita", 1, "r2", NOW - 150),
+    ]
+    store = SQLiteExporter(path)
+    assert 0 == store.export([*convs, *feedback]).failed
+    store.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    path = tmp_path_factory.mktemp("rated") / "traces.db"
+    build_rated_store(path)
+    srv = Server(path)
+    yield srv
+    srv.stop()

@@ -63,7 +63,26 @@ def test_search_form(browser, server):
     assert [] == severe_logs(browser)
 
 
-@pytest.mark.parametrize("page", ["/session?id=s-b1", "/conversations?user=bob"])
+def test_search_shows_the_count_and_marked_snippets(browser, server):
+    """A search says how many turns matched and marks the words in each snippet."""
+    browser.get(server.url + "/conversations")
+    box = browser.find_element(By.NAME, "q")
+    box.send_keys("pwned")
+    box.submit()
+    count = browser.find_element(By.ID, "match-count").text
+    snippets = browser.find_elements(By.CSS_SELECTOR, "#conversations .snippet")
+    marks = browser.find_elements(By.CSS_SELECTOR, "#conversations .snippet mark")
+
+    assert "2 matches" == count
+    assert 2 == len(snippets)
+    assert "<script>window.__pwned = 1;" in snippets[1].text
+    assert {"pwned"} == {mark.text for mark in marks}
+    assert [] == severe_logs(browser)
+
+
+@pytest.mark.parametrize(
+    "page", ["/session?id=s-b1", "/conversations?user=bob", "/conversations?q=pwned"]
+)
 def test_stored_payloads_do_not_execute(browser, server, page):
     """Stored <script> and <img onerror> payloads render as text and never run."""
     browser.get(server.url + page)
@@ -74,4 +93,52 @@ def test_stored_payloads_do_not_execute(browser, server, page):
     assert "<script>window.__pwned = 1;" in text
     assert "<img src=x onerror=" in text
     assert [] == browser.find_elements(By.CSS_SELECTOR, "main script, main img")
+    assert [] == severe_logs(browser)
+
+
+@pytest.mark.parametrize(("range_", "bars"), [("7d", 7), ("30d", 30)])
+def test_a_range_draws_one_bar_per_day(browser, server, range_, bars):
+    """Clicking 7d (30d) draws 7 (30) bars in each daily chart."""
+    browser.get(server.url + "/?range=all")
+    browser.find_element(By.LINK_TEXT, range_).click()
+
+    for chart in ("chart-conversations", "chart-active_users"):
+        assert bars == len(browser.find_elements(By.CSS_SELECTOR, f"#{chart} rect"))
+    assert [] == severe_logs(browser)
+
+
+def test_ratings_read_as_words_and_the_emoji_have_names(browser, server):
+    """The ratings card reads 'helpful 1 · unhelpful 1'; each emoji has a name."""
+    browser.get(server.url + "/?range=all")
+    card = browser.find_element(By.ID, "stat-ratings")
+    names = [e.accessible_name for e in card.find_elements(By.CLASS_NAME, "emoji")]
+
+    assert "👍 helpful 1 · 👎 unhelpful 1" == card.text
+    assert ["thumbs up", "thumbs down"] == names
+    assert [] == severe_logs(browser)
+
+
+def test_latencies_read_as_ms_or_seconds(browser, rated_server):
+    """The overview's p50 and p95 read '1.4 s' and '12.3 s', not 1412.0."""
+    browser.get(rated_server.url + "/?range=24h")
+
+    assert "1.4 s" == browser.find_element(By.ID, "stat-p50").text
+    assert "12.3 s" == browser.find_element(By.ID, "stat-p95").text
+
+
+def test_session_turns_show_rating_metadata_and_latency(browser, rated_server):
+    """Each turn of a session shows its latency, its rating in words (the last
+    one given) and, opened, its metadata."""
+    browser.get(rated_server.url + "/session?id=s-r")
+    metas = [e.text for e in browser.find_elements(By.CLASS_NAME, "turn-meta")]
+    first = browser.find_element(By.ID, "turn-1")
+    first.find_element(By.CSS_SELECTOR, "details.metadata summary").click()
+    metadata = first.find_element(By.CSS_SELECTOR, "details.metadata dl").text
+
+    assert "1.4 s" in metas[0]
+    assert "rated 👎 unhelpful" in metas[0]
+    assert "rated 👍 helpful" in metas[1]
+    assert "rated" not in metas[2]
+    assert "plan\npro" in metadata
+    assert "region\n<b>eu</b>" in metadata  # stored markup stays text
     assert [] == severe_logs(browser)

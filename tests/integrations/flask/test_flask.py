@@ -26,6 +26,7 @@ import context_trace
 from context_trace import (
     Conversation,
     InMemoryExporter,
+    context_session,
     current_session,
     current_user,
     flush,
@@ -647,3 +648,66 @@ class TestRealServer:
         assert {(f"user-{i}", f"session-{i}", f"m{i}") for i in range(40)} == {
             (c.user_id, c.session_id, c.messages[0].content) for c in records
         }
+
+
+class TestSessionHeader:
+    """X-Session-Id names the session a view put its turn in, over a real server."""
+
+    @pytest.fixture
+    def base_url(self) -> Iterator[str]:
+        app = Flask(__name__)
+        ContextTrace(app)
+
+        @app.post("/own-session")
+        def own_session() -> dict[str, Any]:
+            with context_session("route-s"):
+                answer = CHAIN.invoke(request.get_json()["message"])
+            return {"answer": answer}
+
+        @app.post("/decorated")
+        @context_session()
+        def decorated() -> dict[str, Any]:
+            answer = CHAIN.invoke(request.get_json()["message"])
+            return {"answer": answer, "session": session_id()}
+
+        @app.post("/tracked/<user_id>")
+        @track_user(
+            user_id=lambda user_id: user_id, session_id=lambda user_id: f"s-{user_id}"
+        )
+        def tracked(user_id: str) -> dict[str, Any]:
+            return {"answer": CHAIN.invoke(request.get_json()["message"])}
+
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10.0)
+
+    @pytest.mark.parametrize("sent", [None, "from-the-client"])
+    @pytest.mark.parametrize(
+        ("path", "expected"),
+        [("/own-session", "route-s"), ("/tracked/ann", "s-ann"), ("/decorated", None)],
+    )
+    def test_header_names_the_session_the_view_used(
+        self,
+        exporter: InMemoryExporter,
+        base_url: str,
+        path: str,
+        expected: str | None,
+        sent: str | None,
+    ) -> None:
+        """A view's own context_session (or track_user session) is the one in
+        X-Session-Id, with or without a session header on the request."""
+        headers = {"X-Session-Id": sent} if sent else {}
+        with httpx.Client(base_url=base_url, timeout=30.0) as client:
+            response = client.post(path, json={"message": "hi"}, headers=headers)
+        [conversation] = conversations(exporter)
+
+        assert 200 == response.status_code
+        assert conversation.session_id is not None
+        assert expected in (None, conversation.session_id)
+        assert conversation.session_id == response.headers.get("X-Session-Id")
