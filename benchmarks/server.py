@@ -1,0 +1,654 @@
+"""
+Realistic load: a chat server under many concurrent users, with and without recording.
+
+    python benchmarks/server.py [--frameworks flask,fastapi] [--responses invoke,stream]
+        [--concurrency 8,64,256] [--rounds 3] [--duration 10] [--warmup 2]
+        [--ttft 0.2] [--per-token 0.002] [--tokens 20] [--agent] [--threads 64]
+        [--peers langfuse,langsmith] [--tmpdir DIR] [--json FILE] [--smoke]
+
+The default run takes about 20 minutes (3 rounds x 2 frameworks x 2 response
+kinds x 3 concurrency levels x 2 modes, 12 s a block).
+
+**Servers.** ``flask``: a Flask app under waitress (a production WSGI server,
+``--threads`` worker threads); ``fastapi``: a FastAPI app under uvicorn (one
+process, its default event loop and HTTP parser: asyncio and h11 unless uvloop
+and httptools are installed). Each route runs ``ChatPromptTemplate |
+SleepyChatModel | StrOutputParser`` (``--agent`` adds LangGraph's
+``create_react_agent`` with one tool, or LangChain 1.x's ``create_agent``: two
+model calls and a tool call a request). The model waits like a remote one, by
+sleeping (``time.sleep`` in sync code, ``asyncio.sleep`` in async code): first
+token after ``--ttft`` seconds, then one every ``--per-token`` seconds,
+``--tokens`` in all (defaults: 200 ms to the first token, 238 ms in all).
+``invoke`` returns the whole answer as JSON; ``stream`` sends each token as it
+comes (Flask ``Response(generator)``, FastAPI ``StreamingResponse``; chunked).
+
+**Modes**, each its own server process on a free 127.0.0.1 port:
+
+- ``bare``: nothing recorded (context_trace is not even imported).
+- ``tracked``: the product as the README shows it: ``ContextTrace(app)`` (Flask)
+  or ``ContextTraceMiddleware`` (FastAPI), so every request is a
+  ``track_user``/``context_session`` scope from its ``X-User-Id``/``X-Session-Id``
+  headers, exporting to a SQLite store in a temp dir (the default sink).
+- with ``--peers``: ``langfuse`` and ``langsmith``, the same app with that
+  vendor's LangChain handler passed per request (``config={"callbacks": [...]}``),
+  sending to the loopback stub of the shared harness (``shared/bench``, when it
+  exists). A peer whose package does not import is skipped, and said so.
+
+**Load.** A client in its own process (so it never shares the server's GIL)
+runs ``--concurrency`` virtual users, closed loop: each sends its next request
+when its last one's final byte arrived, over its own keep-alive connection,
+with its own user id and session. A block is ``--warmup`` seconds of traffic,
+then ``--duration`` measured seconds. Every round runs every cell (framework x
+response x users) once per mode, bare and tracked interleaved with their order
+alternating from cell to cell and round to round, so machine noise hits both
+alike; ``--rounds`` rounds.
+
+**Figures**, per framework x response x users x mode, pooled over rounds:
+
+- ``p50``/``p95``/``p99``: latency from sending the request to the response's
+  last byte, ms (requests started in the measured window).
+- ``TTFB``: for streamed responses, the median time to the first body byte
+  (the first token), ms.
+- ``req/s``: requests completed in the measured window per second; at the
+  highest concurrency this is the server's saturation throughput.
+- ``CPU ms/req``: the server process's CPU time (utime + stime of all its
+  threads, from ``/proc/<pid>/stat``) over the window, per request completed in
+  it. What recording costs the host, background export included.
+- ``RSS``: the server's ``VmRSS`` (``/proc/<pid>/status``) at the end of its
+  last block, MiB.
+- On the other modes' rows, ``(1.02x)`` is the ratio to ``bare`` of the same
+  cell: pooled tracked figure / pooled bare figure.
+
+Finally every tracked server is shut down cleanly (its queue flushed) and its
+store is read: it must hold exactly one conversation per request the server
+answered (warm-up included), each with its user. ``--smoke`` (CI) runs both
+frameworks and both response kinds at 4 users, a 20 ms model and 1-second
+blocks in about 30 s, measures nothing, and exits non-zero when a server fails
+to start, a request fails, a streamed response arrives in one piece, or a store
+does not hold what was served. Servers are always shut down, on errors and
+Ctrl-C too.
+
+Run by hand; not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVER_APP = os.path.join(HERE, "_server_app.py")
+LOAD_CLIENT = os.path.join(HERE, "_load_client.py")
+DEFAULT_HARNESS = "/work/shared/bench"  # the shared peer harness (its stub server)
+PEER_PACKAGES = {"langfuse": "langfuse", "langsmith": "langsmith"}
+START_TIMEOUT = 120.0  # seconds for a server to import everything and listen
+STOP_TIMEOUT = 120.0  # seconds for a server to stop and flush its store
+
+
+class BenchError(Exception):
+    """Something is broken: the run's figures cannot be trusted."""
+
+
+# --------------------------------------------------------------------------- processes
+class Child:
+    """A child process that speaks JSON lines on stdout; stopped by closing stdin."""
+
+    def __init__(self, name: str, argv: list[str], log_path: str) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            # Its own session: Ctrl-C reaches only us, and we stop it cleanly.
+            start_new_session=True,
+        )
+        self._lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, name=f"{name}-out", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if line.startswith("{"):
+                try:
+                    self._lines.put(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        self._lines.put(None)  # end of output
+
+    def message(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line; BenchError if the child exits or times out first."""
+        try:
+            item = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise BenchError(f"{self.name}: no answer in {timeout:g} s") from None
+        if item is None:
+            self.proc.wait(10)
+            raise BenchError(
+                f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}"
+            )
+        return item
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-lines:])
+
+    def stop(self, timeout: float) -> dict[str, Any] | None:
+        """Close stdin, wait for its last line and its exit; kill it if it hangs."""
+        final: dict[str, Any] | None = None
+        try:
+            if self.proc.stdin is not None and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+            if self.proc.poll() is None or not self._lines.empty():
+                deadline = time.monotonic() + timeout
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        item = self._lines.get(timeout=left)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        break
+                    if item.get("stopped"):
+                        final = item
+            self.proc.wait(max(1.0, timeout / 10))
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        finally:
+            self.kill()
+            self._log.close()
+        return final
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class Server:
+    framework: str
+    mode: str
+    child: Child
+    info: dict[str, Any]
+    db: str | None = None
+    served: int = 0
+    final: dict[str, Any] | None = None
+
+
+def start_servers(
+    framework: str, modes: Sequence[str], args: argparse.Namespace, tmp: str
+) -> dict[str, Server]:
+    """Start one server per mode (in parallel: importing LangChain takes seconds)."""
+    pending: dict[str, tuple[Child, str | None]] = {}
+    for mode in modes:
+        db = os.path.join(tmp, f"{framework}-{mode}.db") if mode == "tracked" else None
+        spec = {
+            "framework": framework,
+            "mode": mode,
+            "db": db,
+            "threads": args.threads,
+            "connection_limit": max(args.concurrency) + 64,
+            "agent": args.agent,
+            "stub": args.stub_url,
+            "ttft": args.ttft,
+            "per_token": args.per_token,
+            "tokens": args.tokens,
+        }
+        name = f"{framework}/{mode} server"
+        log = os.path.join(tmp, f"{framework}-{mode}.log")
+        child = Child(name, [sys.executable, SERVER_APP, json.dumps(spec)], log)
+        pending[mode] = (child, db)
+    servers: dict[str, Server] = {}
+    try:
+        for mode, (child, db) in pending.items():
+            info = child.message(START_TIMEOUT)
+            servers[mode] = Server(framework, mode, child, info, db)
+    except BaseException:
+        for child, _db in pending.values():
+            child.kill()
+        raise
+    return servers
+
+
+def stop_servers(servers: Iterable[Server]) -> None:
+    for server in servers:
+        if server.child.proc.poll() is None or server.final is None:
+            server.final = server.child.stop(STOP_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- blocks
+def run_block(
+    server: Server, path: str, users: int, args: argparse.Namespace, tag: str
+) -> dict[str, Any]:
+    """One closed-loop block against *server*; the load client's result."""
+    spec = {
+        "port": server.info["port"],
+        "path": path,
+        "users": users,
+        "warmup": args.warmup,
+        "duration": args.duration,
+        "server_pid": server.info["pid"],
+        "tag": tag,
+    }
+    budget = args.warmup + args.duration + 180.0
+    try:
+        done = subprocess.run(
+            [sys.executable, LOAD_CLIENT, json.dumps(spec)],
+            capture_output=True,
+            timeout=budget,
+            start_new_session=True,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"load client on {path} took over {budget:g} s") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        err = done.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise BenchError(f"load client failed ({done.returncode}): {' | '.join(err)}")
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    server.served += int(result["served"])
+    if server.child.proc.poll() is not None:
+        raise BenchError(f"{server.child.name} died: {server.child.log_tail()}")
+    return result
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The *q*-th percentile (0-100), linear between closest ranks; nan if empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass
+class Cell:
+    """Blocks of one framework x kind x response x users x mode, over the rounds."""
+
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        latency = [x for b in self.blocks for x in b["latency"]]
+        ttfb = [x for b in self.blocks for x in b["ttfb"]]
+        completed = sum(b["completed_in_window"] for b in self.blocks)
+        window = sum(b["window_s"] for b in self.blocks)
+        cpu = sum(b["cpu_s"] for b in self.blocks)
+        return {
+            "p50_ms": percentile(latency, 50) * 1000,
+            "p95_ms": percentile(latency, 95) * 1000,
+            "p99_ms": percentile(latency, 99) * 1000,
+            "ttfb_p50_ms": percentile(ttfb, 50) * 1000,
+            "ttfb_p95_ms": percentile(ttfb, 95) * 1000,
+            "req_per_s": completed / window if window else float("nan"),
+            "cpu_ms_per_req": cpu * 1000 / completed if completed else float("nan"),
+            "rss_mib": self.blocks[-1]["rss_kib"] / 1024 if self.blocks else 0.0,
+            "requests": len(latency),
+            "errors": sum(b["errors"] for b in self.blocks),
+            "per_round_req_per_s": [
+                b["completed_in_window"] / b["window_s"] for b in self.blocks
+            ],
+        }
+
+
+# --------------------------------------------------------------------------- checks
+def store_counts(db: str) -> dict[str, int]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        total, no_user, errors = conn.execute(
+            "SELECT count(*), sum(user_id IS NULL), sum(error IS NOT NULL)"
+            " FROM conversations"
+        ).fetchone()
+    return {"stored": total, "no_user": no_user or 0, "errors": errors or 0}
+
+
+def check_stores(servers: Iterable[Server]) -> tuple[list[dict[str, Any]], bool]:
+    rows: list[dict[str, Any]] = []
+    ok = True
+    for server in servers:
+        if server.mode != "tracked" or server.db is None:
+            continue
+        counts = store_counts(server.db) if os.path.exists(server.db) else {}
+        stats = (server.final or {}).get("stats", {})
+        good = (
+            server.final is not None
+            and counts.get("stored") == server.served
+            and counts.get("no_user") == 0
+            and counts.get("errors") == 0
+        )
+        ok = ok and good
+        rows.append(
+            {
+                "framework": server.framework,
+                "served": server.served,
+                **counts,
+                "stats": stats,
+                "clean_stop": server.final is not None,
+                "ok": good,
+            }
+        )
+    return rows, ok
+
+
+# --------------------------------------------------------------------------- peers
+def start_stub(harness: str, tmp: str) -> tuple[Child, str] | None:
+    """
+    The shared harness's loopback stub (for the peers), if the harness exists.
+
+    It runs as its own process (``stub_server.py --port 0``), prints its port,
+    and stops when we close its stdin.
+    """
+    stub = os.path.join(harness, "stub_server.py")
+    if not os.path.exists(stub):
+        print(f"peers skipped: no harness at {harness}")
+        return None
+    child = Child(
+        "stub", [sys.executable, stub, "--port", "0"], os.path.join(tmp, "stub.log")
+    )
+    try:
+        port = int(child.message(30)["port"])
+    except BaseException:
+        child.kill()
+        raise
+    return child, f"http://127.0.0.1:{port}"
+
+
+def stub_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/__stats", timeout=10) as resp:  # noqa: S310 - loopback
+        return dict(json.loads(resp.read()))
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(value: float, digits: int = 0) -> str:
+    if value != value:  # nan
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _with_ratio(value: float, base: float | None, digits: int = 0) -> str:
+    text = _fmt(value, digits)
+    if base is None or value != value or not base or base != base:
+        return text
+    return f"{text} ({value / base:.2f}×)"
+
+
+def table(results: dict[str, dict[str, Any]], modes: Sequence[str]) -> str:
+    head = (
+        "| framework | response | users | mode | p50 ms | p95 ms | p99 ms |"
+        " TTFB p50 ms | req/s | CPU ms/req | RSS MiB |"
+    )
+    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, by_mode in results.items():
+        framework, response, users = key.split("|")
+        base = by_mode.get("bare")
+        for mode in modes:
+            row = by_mode.get(mode)
+            if row is None:
+                continue
+
+            def cell(name: str, digits: int = 0, row: dict[str, Any] = row) -> str:
+                ref = None if mode == "bare" or base is None else base[name]
+                return _with_ratio(row[name], ref, digits)
+
+            ttfb = cell("ttfb_p50_ms") if response.startswith("stream") else ""
+            lines.append(
+                f"| {framework} | {response} | {users} | {mode} | {cell('p50_ms')}"
+                f" | {cell('p95_ms')} | {cell('p99_ms')} | {ttfb}"
+                f" | {cell('req_per_s')} | {cell('cpu_ms_per_req', 2)}"
+                f" | {cell('rss_mib')} |"
+            )
+    return "\n".join(lines)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------- main
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--frameworks", default="flask,fastapi", help="flask,fastapi")
+    ap.add_argument("--responses", default="invoke,stream", help="invoke,stream")
+    ap.add_argument("--concurrency", default="8,64,256", help="virtual users")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=10.0, help="measured s/block")
+    ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured s/block")
+    ap.add_argument("--ttft", type=float, default=0.2, help="s to the first token")
+    ap.add_argument("--per-token", type=float, default=0.002, help="s per token")
+    ap.add_argument("--tokens", type=int, default=20, help="tokens per answer")
+    ap.add_argument("--agent", action="store_true", help="also the one-tool agent")
+    ap.add_argument("--threads", type=int, default=64, help="waitress threads")
+    ap.add_argument("--peers", default="", help="langfuse,langsmith")
+    ap.add_argument(
+        "--harness", default=DEFAULT_HARNESS, help="the peer harness (its stub)"
+    )
+    ap.add_argument("--tmpdir", help="where the stores and server logs go")
+    ap.add_argument("--json", dest="json_out", help="write the full results here")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, both frameworks, ~30 s: checks the script runs (CI)",
+    )
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.concurrency, args.rounds, args.duration, args.warmup = "4", 1, 1.0, 0.5
+        args.ttft, args.per_token, args.tokens, args.peers = 0.02, 0.004, 5, ""
+        args.threads = 8
+    args.frameworks = _csv(args.frameworks)
+    args.responses = _csv(args.responses)
+    args.concurrency = [int(c) for c in _csv(args.concurrency)]
+    args.peers = _csv(args.peers)
+    for name in args.frameworks:
+        if name not in ("flask", "fastapi"):
+            ap.error(f"--frameworks: unknown framework {name!r}")
+    for name in args.responses:
+        if name not in ("invoke", "stream"):
+            ap.error(f"--responses: unknown response kind {name!r}")
+    for name in args.peers:
+        if name not in PEER_PACKAGES:
+            ap.error(f"--peers: unknown peer {name!r} (langfuse, langsmith)")
+    args.stub_url = None
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a CI timeout) unwinds like Ctrl-C, so the servers are stopped."""
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="ct-server-bench-", dir=args.tmpdir)
+    started = time.perf_counter()
+    modes = ["bare", "tracked"]
+    stub: Child | None = None
+    live: list[Server] = []
+    problems: list[str] = []
+    results: dict[str, dict[str, Any]] = {}
+    cells: dict[str, dict[str, Cell]] = {}
+    store_rows: list[dict[str, Any]] = []
+    peer_stats: dict[str, Any] = {}
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if args.peers:
+            wanted = []
+            for peer in args.peers:
+                if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
+                    print(f"peer {peer} skipped: {PEER_PACKAGES[peer]} is not installed")
+                else:
+                    wanted.append(peer)
+            if wanted:
+                started_stub = start_stub(args.harness, tmp)
+                if started_stub is not None:
+                    stub, args.stub_url = started_stub
+                    modes += wanted
+        kinds = ["chain", "agent"] if args.agent else ["chain"]
+        grid = [
+            (kind, response, users)
+            for kind in kinds
+            for response in args.responses
+            for users in args.concurrency
+        ]
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {loadavg()};"
+            f" modes {','.join(modes)}; {args.rounds} rounds of {args.warmup:g} s"
+            f" warm-up + {args.duration:g} s per block; model: first token"
+            f" {args.ttft * 1000:g} ms, {args.tokens} tokens,"
+            f" {args.per_token * 1000:g} ms each after it",
+            flush=True,
+        )
+        for framework in args.frameworks:
+            servers = start_servers(framework, modes, args, tmp)
+            live.extend(servers.values())
+            first = servers[modes[0]].info
+            print(
+                f"{framework}: {first.get('server')}"
+                + (f", {first['threads']} threads" if "threads" in first else "")
+                + (f", {first.get('loop')} loop, {first.get('http')}" if "loop" in first else ""),
+                flush=True,
+            )
+            for rnd in range(args.rounds):
+                for index, (kind, response, users) in enumerate(grid):
+                    order = list(modes)
+                    if (rnd + index) % 2:
+                        order.reverse()
+                    key = f"{framework}|{response if kind == 'chain' else f'{response}/agent'}|{users}"
+                    for mode in order:
+                        tag = f"r{rnd}c{index}{mode}"
+                        block = run_block(
+                            servers[mode], f"/{response}/{kind}", users, args, tag
+                        )
+                        cells.setdefault(key, {}).setdefault(mode, Cell())
+                        cells[key][mode].blocks.append(block)
+                        if block["errors"]:
+                            problems.append(
+                                f"{key} {mode}: {block['errors']} failed requests,"
+                                f" e.g. {block['error_samples'][:2]}"
+                            )
+                print(
+                    f"  round {rnd + 1}/{args.rounds} done"
+                    f" ({time.perf_counter() - started:.0f} s, load {loadavg()})",
+                    flush=True,
+                )
+            stop_servers(servers.values())
+        rows, stores_ok = check_stores(live)
+        store_rows = rows
+        if not stores_ok:
+            problems.append("a tracked server's store does not hold what it served")
+        if stub is not None and args.stub_url:
+            peer_stats = stub_stats(args.stub_url)
+    except BenchError as exc:
+        problems.append(str(exc))
+    except KeyboardInterrupt:
+        problems.append("interrupted")
+    finally:
+        for server in live:
+            server.child.kill()
+        if stub is not None:
+            stub.stop(10)
+
+    for key, by_mode in cells.items():
+        results[key] = {mode: cell.summary() for mode, cell in by_mode.items()}
+        if args.smoke and "|stream" in key:
+            for mode, row in results[key].items():
+                if not row["ttfb_p50_ms"] < row["p50_ms"]:
+                    problems.append(f"{key} {mode}: the streamed body came in one piece")
+
+    if results:
+        print()
+        print(table(results, modes))
+        print(
+            "\nlatency: request sent -> last byte; TTFB: -> first body byte (streamed);"
+            " req/s: completed in the measured window;\nCPU ms/req: the server"
+            " process (all threads) over the window; RSS: at the end of the last"
+            " block; (x): / bare."
+        )
+    for row in store_rows:
+        verdict = "OK" if row["ok"] else "MISMATCH"
+        print(
+            f"store check, {row['framework']}/tracked: served {row['served']:,},"
+            f" stored {row.get('stored', 0):,} (no user: {row.get('no_user', '?')},"
+            f" errors: {row.get('errors', '?')}; dropped:"
+            f" {row['stats'].get('dropped', '?')}, clean stop: {row['clean_stop']})"
+            f": {verdict}"
+        )
+    for tenant, stats in peer_stats.items():
+        if tenant in args.peers:
+            print(
+                f"stub received for {tenant}: {stats.get('requests', 0):,} requests,"
+                f" {stats.get('ls_root_ended_count', 0):,} LangSmith root runs ended,"
+                f" {stats.get('otlp_trace_count', 0):,} OTLP traces"
+            )
+    print(
+        f"total {time.perf_counter() - started:.0f} s; load at the end {loadavg()}"
+        f" ({os.cpu_count()} CPUs)"
+    )
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(
+                {
+                    "args": {k: v for k, v in vars(args).items()},
+                    "results": results,
+                    "blocks": {
+                        key: {
+                            mode: [
+                                {k: v for k, v in b.items() if k not in ("latency", "ttfb")}
+                                for b in cell.blocks
+                            ]
+                            for mode, cell in by_mode.items()
+                        }
+                        for key, by_mode in cells.items()
+                    },
+                    "stores": store_rows,
+                    "peers": peer_stats,
+                    "problems": problems,
+                },
+                f,
+                indent=2,
+                default=str,
+            )
+    shutil.rmtree(tmp, ignore_errors=True)
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
