@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -52,22 +52,24 @@ from langchain_core.messages import (  # noqa: E402
     AIMessageChunk,
     BaseMessage,
     ToolMessage,
+    UsageMetadata,
 )
+from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.outputs import (  # noqa: E402
     ChatGeneration,
     ChatGenerationChunk,
     ChatResult,
 )
-from langchain_core.output_parsers import StrOutputParser  # noqa: E402
 from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
 
 _MODEL_NAME = "sleepy-chat-1"
-_WORDS = (
+_ANSWER = (
     "Paris is the capital of France and its largest city, on the Seine, "
     "known for the Louvre, the Eiffel Tower, cafés, museums and long walks "
     "along the river at dusk."
-).split()
+)
+_WORDS = _ANSWER.split()
 
 
 # --------------------------------------------------------------------------- model
@@ -112,24 +114,31 @@ class SleepyChatModel(BaseChatModel):
     def _wants_tool(messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> bool:
         return bool(kwargs.get("tools")) and not isinstance(messages[-1], ToolMessage)
 
-    def _usage(self, messages: Sequence[BaseMessage], out: int) -> dict[str, int]:
+    def _usage(self, messages: Sequence[BaseMessage], out: int) -> UsageMetadata:
         prompt = sum(len(str(m.content).split()) for m in messages)
-        return {"input_tokens": prompt, "output_tokens": out, "total_tokens": prompt + out}
+        usage = {
+            "input_tokens": prompt,
+            "output_tokens": out,
+            "total_tokens": prompt + out,
+        }
+        return cast("UsageMetadata", usage)
 
-    def _result(self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]) -> ChatResult:
+    def _result(
+        self, messages: Sequence[BaseMessage], kwargs: dict[str, Any]
+    ) -> ChatResult:
         meta = {"model_name": _MODEL_NAME}
         if self._wants_tool(messages, kwargs):
             message = AIMessage(
                 content="",
                 tool_calls=[_tool_call()],
                 response_metadata=meta,
-                usage_metadata=self._usage(messages, 8),  # type: ignore[arg-type]
+                usage_metadata=self._usage(messages, 8),
             )
         else:
             message = AIMessage(
                 content="".join(self._texts()),
                 response_metadata=meta,
-                usage_metadata=self._usage(messages, self.tokens),  # type: ignore[arg-type]
+                usage_metadata=self._usage(messages, self.tokens),
             )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -147,6 +156,7 @@ class SleepyChatModel(BaseChatModel):
                         "args": json.dumps(call["args"]),
                         "id": call["id"],
                         "index": 0,
+                        "type": "tool_call_chunk",
                     }
                 ],
                 response_metadata={"model_name": _MODEL_NAME},
@@ -159,10 +169,11 @@ class SleepyChatModel(BaseChatModel):
             chunk = AIMessageChunk(
                 content=text,
                 response_metadata={"model_name": _MODEL_NAME} if last else {},
-                usage_metadata=self._usage(messages, self.tokens) if last else None,  # type: ignore[arg-type]
+                usage_metadata=self._usage(messages, self.tokens) if last else None,
             )
-            yield (self.ttft if i == 0 else self.per_token), ChatGenerationChunk(
-                message=chunk
+            yield (
+                (self.ttft if i == 0 else self.per_token),
+                ChatGenerationChunk(message=chunk),
             )
 
     def _generate(
@@ -232,7 +243,9 @@ def get_weather(city: str) -> str:
 def build_agent(model: SleepyChatModel) -> Any:
     """LangChain 1.x's ``create_agent``, else LangGraph's ``create_react_agent``."""
     try:
-        from langchain.agents import create_agent
+        from langchain.agents import (  # type: ignore[import-not-found, unused-ignore]
+            create_agent,
+        )
     except ImportError:
         from langgraph.prebuilt import create_react_agent
 
@@ -314,8 +327,10 @@ class Peer:
         if name == "langfuse":
             # Langfuse 3+ sends OTLP/HTTP to {base}/api/public/otel/v1/traces; its
             # own TracerProvider keeps it from becoming the process's global one.
-            from langfuse import Langfuse
-            from langfuse.langchain import CallbackHandler
+            from langfuse import Langfuse  # type: ignore[import-not-found, unused-ignore]
+            from langfuse.langchain import (  # type: ignore[import-not-found, unused-ignore]
+                CallbackHandler,
+            )
             from opentelemetry.sdk.trace import TracerProvider
 
             os.environ["LANGFUSE_BASE_URL"] = os.environ["LANGFUSE_HOST"] = base
@@ -420,9 +435,7 @@ def build_fastapi(runner: Runner, tracked: bool) -> Any:
 
     async def stream(kind: str, request: Request) -> StreamingResponse:
         message = (await request.json())["message"]
-        return StreamingResponse(
-            runner.astream(kind, message), media_type="text/plain"
-        )
+        return StreamingResponse(runner.astream(kind, message), media_type="text/plain")
 
     # Annotations are strings here (``from __future__``); FastAPI resolves them
     # in the module's globals, where Request is not, so hand it the real types.
@@ -445,8 +458,11 @@ def _watch_stdin(stop: Callable[[], None]) -> None:
 
 
 def _announce(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the parent is gone; nobody to tell
+        pass
 
 
 def serve_waitress(app: Any, spec: dict[str, Any]) -> None:
@@ -490,9 +506,15 @@ def serve_uvicorn(app: Any, spec: dict[str, Any]) -> None:
 
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A free port, no race: we bind it and hand uvicorn the socket. IPPROTO_TCP
+    # explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+    # and with proto 0 every JSON answer would wait ~40 ms for a delayed ACK
+    # (headers and body are two writes), as it never does behind
+    # uvicorn's own bind.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))  # a free port, no race: we keep the socket
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)  # connections queue from now on, before uvicorn starts
     config = uvicorn.Config(
         app,
         log_level="warning",

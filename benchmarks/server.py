@@ -74,6 +74,7 @@ Run by hand; not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -128,10 +129,8 @@ class Child:
         for raw in self.proc.stdout:
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     self._lines.put(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         self._lines.put(None)  # end of output
 
     def message(self, timeout: float) -> dict[str, Any]:
@@ -382,14 +381,14 @@ def start_stub(harness: str, tmp: str) -> tuple[Child, str] | None:
 
 
 def stub_stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/__stats", timeout=10) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(f"{url}/__stats", timeout=10) as resp:
         return dict(json.loads(resp.read()))
 
 
 # --------------------------------------------------------------------------- report
 def _fmt(value: float, digits: int = 0) -> str:
     if value != value:  # nan
-        return "–"
+        return "-"
     return f"{value:,.{digits}f}"
 
 
@@ -397,15 +396,25 @@ def _with_ratio(value: float, base: float | None, digits: int = 0) -> str:
     text = _fmt(value, digits)
     if base is None or value != value or not base or base != base:
         return text
-    return f"{text} ({value / base:.2f}×)"
+    return f"{text} ({value / base:.2f}x)"
 
 
 def table(results: dict[str, dict[str, Any]], modes: Sequence[str]) -> str:
-    head = (
+    """The markdown table: one row per cell and mode, other modes with x bare."""
+    columns = [
+        ("p50_ms", 0),
+        ("p95_ms", 0),
+        ("p99_ms", 0),
+        ("ttfb_p50_ms", 0),
+        ("req_per_s", 0),
+        ("cpu_ms_per_req", 2),
+        ("rss_mib", 0),
+    ]
+    lines = [
         "| framework | response | users | mode | p50 ms | p95 ms | p99 ms |"
-        " TTFB p50 ms | req/s | CPU ms/req | RSS MiB |"
-    )
-    lines = [head, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        " TTFB p50 ms | req/s | CPU ms/req | RSS MiB |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, by_mode in results.items():
         framework, response, users = key.split("|")
         base = by_mode.get("bare")
@@ -413,17 +422,17 @@ def table(results: dict[str, dict[str, Any]], modes: Sequence[str]) -> str:
             row = by_mode.get(mode)
             if row is None:
                 continue
-
-            def cell(name: str, digits: int = 0, row: dict[str, Any] = row) -> str:
-                ref = None if mode == "bare" or base is None else base[name]
-                return _with_ratio(row[name], ref, digits)
-
-            ttfb = cell("ttfb_p50_ms") if response.startswith("stream") else ""
+            cells = []
+            for name, digits in columns:
+                if name == "ttfb_p50_ms" and not response.startswith("stream"):
+                    cells.append("")
+                    continue
+                ref = None if base is None or row is base else base[name]
+                cells.append(_with_ratio(row[name], ref, digits))
             lines.append(
-                f"| {framework} | {response} | {users} | {mode} | {cell('p50_ms')}"
-                f" | {cell('p95_ms')} | {cell('p99_ms')} | {ttfb}"
-                f" | {cell('req_per_s')} | {cell('cpu_ms_per_req', 2)}"
-                f" | {cell('rss_mib')} |"
+                f"| {framework} | {response} | {users} | {mode} | "
+                + " | ".join(cells)
+                + " |"
             )
     return "\n".join(lines)
 
@@ -511,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             wanted = []
             for peer in args.peers:
                 if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
-                    print(f"peer {peer} skipped: {PEER_PACKAGES[peer]} is not installed")
+                    print(
+                        f"peer {peer} skipped: {PEER_PACKAGES[peer]} is not installed"
+                    )
                 else:
                     wanted.append(peer)
             if wanted:
@@ -541,7 +552,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"{framework}: {first.get('server')}"
                 + (f", {first['threads']} threads" if "threads" in first else "")
-                + (f", {first.get('loop')} loop, {first.get('http')}" if "loop" in first else ""),
+                + (
+                    f", {first.get('loop')} loop, {first.get('http')}"
+                    if "loop" in first
+                    else ""
+                ),
                 flush=True,
             )
             for rnd in range(args.rounds):
@@ -589,7 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.smoke and "|stream" in key:
             for mode, row in results[key].items():
                 if not row["ttfb_p50_ms"] < row["p50_ms"]:
-                    problems.append(f"{key} {mode}: the streamed body came in one piece")
+                    problems.append(
+                        f"{key} {mode}: the streamed body came in one piece"
+                    )
 
     if results:
         print()
@@ -629,7 +646,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "blocks": {
                         key: {
                             mode: [
-                                {k: v for k, v in b.items() if k not in ("latency", "ttfb")}
+                                {
+                                    k: v
+                                    for k, v in b.items()
+                                    if k not in ("latency", "ttfb")
+                                }
                                 for b in cell.blocks
                             ]
                             for mode, cell in by_mode.items()
