@@ -16,8 +16,10 @@ byte arrived. Every request carries ``X-User-Id: u<i>`` and ``X-Session-Id``
 (one session per virtual user per block), in every mode, so the traffic is the
 same whether the server records it or not.
 
-The clock: ``warmup`` seconds of traffic are not measured; then the measured
-window of ``duration`` seconds. Latency (request sent to last body byte) and,
+The clock: the warm-up is not measured. It lasts ``warmup`` seconds, and longer
+if need be, until every virtual user has had one answer (at saturation a
+request takes longer than the warm-up: the window must not start while the
+first burst is still queued). Then the measured window of ``duration`` seconds. Latency (request sent to last body byte) and,
 for chunked bodies, time to the first body byte are kept for the requests that
 *started* in the window; throughput counts the requests *completed* in it; the
 server's CPU (utime + stime of every thread, ``/proc/<pid>/stat``) is read at
@@ -30,7 +32,9 @@ One JSON line on stdout holds the result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -99,8 +103,28 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[float | None, boo
     return first, closing
 
 
+class Clock:
+    """The measured window: unknown (infinitely far) until the warm-up is over."""
+
+    def __init__(self, users: int) -> None:
+        self.start = self.end = math.inf
+        self._waiting = set(range(users))  # virtual users with no answer yet
+        self.all_answered = asyncio.Event()
+
+    def answered(self, index: int) -> None:
+        if self._waiting:
+            self._waiting.discard(index)
+            if not self._waiting:
+                self.all_answered.set()
+
+    def open(self, duration: float) -> float:
+        self.start = time.perf_counter()
+        self.end = self.start + duration
+        return self.start
+
+
 async def virtual_user(
-    spec: dict[str, Any], index: int, clock: dict[str, float], out: dict[str, Any]
+    spec: dict[str, Any], index: int, clock: Clock, out: dict[str, Any]
 ) -> None:
     host = "127.0.0.1"
     request = (
@@ -111,7 +135,7 @@ async def virtual_user(
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
     try:
-        while time.perf_counter() < clock["end"]:
+        while time.perf_counter() < clock.end:
             sent = time.perf_counter()
             try:
                 if writer is None or reader is None:
@@ -140,9 +164,10 @@ async def virtual_user(
                 continue
             done = time.perf_counter()
             out["served"] += 1
-            if clock["start"] <= done <= clock["end"]:
+            clock.answered(index)
+            if clock.start <= done <= clock.end:
                 out["completed_in_window"] += 1
-            if clock["start"] <= sent < clock["end"]:
+            if clock.start <= sent < clock.end:
                 out["latency"].append(done - sent)
                 if first is not None:
                     out["ttfb"].append(first - sent)
@@ -156,11 +181,7 @@ async def virtual_user(
 
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     pid = int(spec["server_pid"])
-    now = time.perf_counter()
-    clock = {
-        "start": now + spec["warmup"],
-        "end": now + spec["warmup"] + spec["duration"],
-    }
+    clock = Clock(spec["users"])
     out: dict[str, Any] = {
         "served": 0,
         "errors": 0,
@@ -169,17 +190,21 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "latency": [],
         "ttfb": [],
     }
+    began = time.perf_counter()
     users = [
         asyncio.create_task(virtual_user(spec, i, clock, out))
         for i in range(spec["users"])
     ]
-
-    async def sample_at(when: float) -> tuple[float, float]:
-        await asyncio.sleep(max(0.0, when - time.perf_counter()))
-        return time.perf_counter(), server_cpu_seconds(pid)
-
-    t0, cpu0 = await sample_at(clock["start"])
-    t1, cpu1 = await sample_at(clock["end"])
+    await asyncio.sleep(spec["warmup"])
+    # If some user never gets an answer (a broken server), measure anyway: its
+    # errors are counted and reported.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(clock.all_answered.wait(), _REQUEST_TIMEOUT)
+    warmup_s = time.perf_counter() - began
+    cpu0 = server_cpu_seconds(pid)
+    t0 = clock.open(spec["duration"])
+    await asyncio.sleep(spec["duration"])
+    t1, cpu1 = time.perf_counter(), server_cpu_seconds(pid)
     rss = server_rss_kib(pid)
     await asyncio.gather(*users)  # the requests in flight, to their last byte
     out["error_samples"] = out["error_samples"][:5]
@@ -188,6 +213,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
             "window_s": t1 - t0,
             "cpu_s": cpu1 - cpu0,
             "rss_kib": rss,
+            "warmup_s": warmup_s,
             "drain_s": time.perf_counter() - t1,
         }
     )

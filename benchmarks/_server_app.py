@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -490,7 +491,10 @@ def serve_waitress(app: Any, spec: dict[str, Any]) -> None:
             "threads": spec["threads"],
         }
     )
-    # waitress's run() closes the server on KeyboardInterrupt.
+    # waitress's run() closes the server on KeyboardInterrupt. interrupt_main()
+    # does nothing while SIGINT is ignored, as it is in a background job of a
+    # non-interactive shell, so put Python's handler back first.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _watch_stdin(_thread.interrupt_main)
     try:
         server.run()

@@ -258,7 +258,9 @@ def run_block(
         "server_pid": server.info["pid"],
         "tag": tag,
     }
-    budget = args.warmup + args.duration + 180.0
+    # The client's warm-up may wait up to its request timeout (120 s) for
+    # every user's first answer, and its drain as long again.
+    budget = args.warmup + args.duration + 300.0
     try:
         done = subprocess.run(
             [sys.executable, LOAD_CLIENT, json.dumps(spec)],
@@ -493,6 +495,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in args.peers:
         if name not in PEER_PACKAGES:
             ap.error(f"--peers: unknown peer {name!r} (langfuse, langsmith)")
+    if not args.concurrency or min(args.concurrency) < 1:
+        ap.error("--concurrency: at least one level, each >= 1")
+    if args.rounds < 1 or args.threads < 1 or args.tokens < 1:
+        ap.error("--rounds, --threads and --tokens must be >= 1")
+    if args.duration <= 0 or args.warmup < 0 or args.ttft < 0 or args.per_token < 0:
+        ap.error("--duration must be > 0; --warmup, --ttft, --per-token >= 0")
     args.stub_url = None
     return args
 
