@@ -636,10 +636,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     for tenant, stats in peer_stats.items():
         if tenant in args.peers:
+            # One request, one root run (LangSmith) or one trace (Langfuse's OTLP).
+            served = sum(s.served for s in live if s.mode == tenant)
             print(
-                f"stub received for {tenant}: {stats.get('requests', 0):,} requests,"
-                f" {stats.get('ls_root_ended_count', 0):,} LangSmith root runs ended,"
-                f" {stats.get('otlp_trace_count', 0):,} OTLP traces"
+                f"peer check, {tenant}: served {served:,}; the stub received"
+                f" {stats.get('requests', 0):,} requests holding"
+                f" {stats.get('ls_root_ended_count', 0):,} ended LangSmith root runs"
+                f" and {stats.get('otlp_trace_count', 0):,} OTLP traces"
             )
     print(
         f"total {time.perf_counter() - started:.0f} s; load at the end {loadavg()}"
