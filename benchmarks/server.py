@@ -6,7 +6,7 @@ Realistic load: a chat server under many concurrent users, with and without reco
         [--ttft 0.2] [--per-token 0.002] [--tokens 20] [--agent] [--threads 64]
         [--peers langfuse,langsmith] [--tmpdir DIR] [--json FILE] [--smoke]
 
-The default run takes about 20 minutes (3 rounds x 2 frameworks x 2 response
+The default run takes about 16 minutes (3 rounds x 2 frameworks x 2 response
 kinds x 3 concurrency levels x 2 modes, 12 s a block).
 
 **Servers.** ``flask``: a Flask app under waitress (a production WSGI server,
