@@ -4,7 +4,8 @@ Realistic load: a chat server under many concurrent users, with and without reco
     python benchmarks/server.py [--frameworks flask,fastapi] [--responses invoke,stream]
         [--concurrency 8,64,256] [--rounds 3] [--duration 10] [--warmup 2]
         [--ttft 0.2] [--per-token 0.002] [--tokens 20] [--agent] [--threads 64]
-        [--peers langfuse,langsmith] [--tmpdir DIR] [--json FILE] [--smoke]
+        [--peers langfuse,langsmith] [--harness DIR] [--tmpdir DIR] [--json FILE]
+        [--smoke]
 
 The default run takes about 16 minutes (3 rounds x 2 frameworks x 2 response
 kinds x 3 concurrency levels x 2 modes, 12 s a block).
@@ -61,12 +62,15 @@ alike; ``--rounds`` rounds.
 
 Finally every tracked server is shut down cleanly (its queue flushed) and its
 store is read: it must hold exactly one conversation per request the server
-answered (warm-up included), each with its user. ``--smoke`` (CI) runs both
-frameworks and both response kinds at 4 users, a 20 ms model and 1-second
-blocks in about 30 s, measures nothing, and exits non-zero when a server fails
-to start, a request fails, a streamed response arrives in one piece, or a store
-does not hold what was served. Servers are always shut down, on errors and
-Ctrl-C too.
+answered (warm-up included), each with its user. The run exits non-zero when
+that fails, when a server fails to start or dies, when a request fails, or when
+a streamed response arrives in one piece. With ``--peers``, it also prints how
+many root runs (LangSmith) or traces (Langfuse) the stub received per request
+served. Servers are always shut down, on errors and Ctrl-C too.
+
+``--smoke`` (CI) runs both frameworks and both response kinds at 4 users, a
+36 ms model and 1-second blocks, with no peers, in about 30 s: it measures
+nothing, but every check above runs.
 
 Run by hand; not part of the test suite.
 """
@@ -246,7 +250,7 @@ def stop_servers(servers: Iterable[Server]) -> None:
 
 # --------------------------------------------------------------------------- blocks
 def run_block(
-    server: Server, path: str, users: int, args: argparse.Namespace, tag: str
+    server: Server, path: str, users: int, args: argparse.Namespace, *, tag: str
 ) -> dict[str, Any]:
     """One closed-loop block against *server*; the load client's result."""
     spec = {
@@ -510,176 +514,210 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="ct-server-bench-", dir=args.tmpdir)
-    started = time.perf_counter()
-    modes = ["bare", "tracked"]
+@dataclass
+class Run:
+    """One benchmark run: its servers, its blocks and what went wrong."""
+
+    args: argparse.Namespace
+    tmp: str
+    modes: list[str] = field(default_factory=lambda: ["bare", "tracked"])
+    started: float = field(default_factory=time.perf_counter)
     stub: Child | None = None
-    live: list[Server] = []
-    problems: list[str] = []
-    results: dict[str, dict[str, Any]] = {}
-    cells: dict[str, dict[str, Cell]] = {}
-    store_rows: list[dict[str, Any]] = []
-    peer_stats: dict[str, Any] = {}
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        if args.peers:
-            wanted = []
-            for peer in args.peers:
-                if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
-                    print(
-                        f"peer {peer} skipped: {PEER_PACKAGES[peer]} is not installed"
-                    )
-                else:
-                    wanted.append(peer)
-            if wanted:
-                started_stub = start_stub(args.harness, tmp)
-                if started_stub is not None:
-                    stub, args.stub_url = started_stub
-                    modes += wanted
-        kinds = ["chain", "agent"] if args.agent else ["chain"]
-        grid = [
+    live: list[Server] = field(default_factory=list)
+    cells: dict[str, dict[str, Cell]] = field(default_factory=dict)
+    stores: list[dict[str, Any]] = field(default_factory=list)
+    peer_stats: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def add_peers(self) -> None:
+        """Add the peers that import as modes, with the stub they send to."""
+        wanted = []
+        for peer in self.args.peers:
+            if importlib.util.find_spec(PEER_PACKAGES[peer]) is None:
+                print(f"peer {peer} skipped: {PEER_PACKAGES[peer]} is not installed")
+            else:
+                wanted.append(peer)
+        if wanted:
+            stub = start_stub(self.args.harness, self.tmp)
+            if stub is not None:
+                self.stub, self.args.stub_url = stub
+                self.modes += wanted
+
+    def grid(self) -> list[tuple[str, str, int]]:
+        kinds = ["chain", "agent"] if self.args.agent else ["chain"]
+        return [
             (kind, response, users)
             for kind in kinds
-            for response in args.responses
-            for users in args.concurrency
+            for response in self.args.responses
+            for users in self.args.concurrency
         ]
-        print(
-            f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {loadavg()};"
-            f" modes {','.join(modes)}; {args.rounds} rounds of {args.warmup:g} s"
-            f" warm-up + {args.duration:g} s per block; model: first token"
-            f" {args.ttft * 1000:g} ms, {args.tokens} tokens,"
-            f" {args.per_token * 1000:g} ms each after it",
-            flush=True,
-        )
-        for framework in args.frameworks:
-            servers = start_servers(framework, modes, args, tmp)
-            live.extend(servers.values())
-            first = servers[modes[0]].info
+
+    def run_framework(self, framework: str) -> None:
+        """Every round of every cell on this framework's servers, then stop them."""
+        args = self.args
+        servers = start_servers(framework, self.modes, args, self.tmp)
+        self.live.extend(servers.values())
+        info = servers[self.modes[0]].info
+        details = [str(info.get("server"))]
+        if "threads" in info:
+            details.append(f"{info['threads']} threads")
+        if "loop" in info:
+            details.append(f"{info['loop']} loop, {info.get('http')}")
+        print(f"{framework}: {', '.join(details)}", flush=True)
+        for rnd in range(args.rounds):
+            for index, (kind, response, users) in enumerate(self.grid()):
+                # Alternate which mode goes first, cell to cell and round to round.
+                order = self.modes[::-1] if (rnd + index) % 2 else list(self.modes)
+                label = response if kind == "chain" else f"{response}/agent"
+                key = f"{framework}|{label}|{users}"
+                for mode in order:
+                    block = run_block(
+                        servers[mode],
+                        f"/{response}/{kind}",
+                        users,
+                        args,
+                        tag=f"r{rnd}c{index}{mode}",
+                    )
+                    self.cells.setdefault(key, {}).setdefault(mode, Cell())
+                    self.cells[key][mode].blocks.append(block)
+                    if block["errors"]:
+                        self.problems.append(
+                            f"{key} {mode}: {block['errors']} failed requests,"
+                            f" e.g. {block['error_samples'][:2]}"
+                        )
             print(
-                f"{framework}: {first.get('server')}"
-                + (f", {first['threads']} threads" if "threads" in first else "")
-                + (
-                    f", {first.get('loop')} loop, {first.get('http')}"
-                    if "loop" in first
-                    else ""
-                ),
+                f"  round {rnd + 1}/{args.rounds} done"
+                f" ({time.perf_counter() - self.started:.0f} s, load {loadavg()})",
                 flush=True,
             )
-            for rnd in range(args.rounds):
-                for index, (kind, response, users) in enumerate(grid):
-                    order = list(modes)
-                    if (rnd + index) % 2:
-                        order.reverse()
-                    key = f"{framework}|{response if kind == 'chain' else f'{response}/agent'}|{users}"
-                    for mode in order:
-                        tag = f"r{rnd}c{index}{mode}"
-                        block = run_block(
-                            servers[mode], f"/{response}/{kind}", users, args, tag
-                        )
-                        cells.setdefault(key, {}).setdefault(mode, Cell())
-                        cells[key][mode].blocks.append(block)
-                        if block["errors"]:
-                            problems.append(
-                                f"{key} {mode}: {block['errors']} failed requests,"
-                                f" e.g. {block['error_samples'][:2]}"
-                            )
-                print(
-                    f"  round {rnd + 1}/{args.rounds} done"
-                    f" ({time.perf_counter() - started:.0f} s, load {loadavg()})",
-                    flush=True,
-                )
-            stop_servers(servers.values())
-        rows, stores_ok = check_stores(live)
-        store_rows = rows
-        if not stores_ok:
-            problems.append("a tracked server's store does not hold what it served")
-        if stub is not None and args.stub_url:
-            peer_stats = stub_stats(args.stub_url)
-    except BenchError as exc:
-        problems.append(str(exc))
-    except KeyboardInterrupt:
-        problems.append("interrupted")
-    finally:
-        for server in live:
-            server.child.kill()
-        if stub is not None:
-            stub.stop(10)
+        stop_servers(servers.values())
 
-    for key, by_mode in cells.items():
-        results[key] = {mode: cell.summary() for mode, cell in by_mode.items()}
-        if args.smoke and "|stream" in key:
+    def execute(self) -> None:
+        """Run everything; servers are always shut down, also on errors and Ctrl-C."""
+        try:
+            if self.args.peers:
+                self.add_peers()
+            args = self.args
+            print(
+                f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs,"
+                f" load {loadavg()}; modes {','.join(self.modes)}; {args.rounds}"
+                f" rounds of {args.warmup:g} s warm-up + {args.duration:g} s per"
+                f" block; model: first token {args.ttft * 1000:g} ms,"
+                f" {args.tokens} tokens, {args.per_token * 1000:g} ms each after it",
+                flush=True,
+            )
+            for framework in args.frameworks:
+                self.run_framework(framework)
+            self.stores, stores_ok = check_stores(self.live)
+            if not stores_ok:
+                self.problems.append(
+                    "a tracked server's store does not hold what it served"
+                )
+            if self.stub is not None and args.stub_url:
+                self.peer_stats = stub_stats(args.stub_url)
+        except BenchError as exc:
+            self.problems.append(str(exc))
+        except KeyboardInterrupt:
+            self.problems.append("interrupted")
+        finally:
+            for server in self.live:
+                server.child.kill()
+            if self.stub is not None:
+                self.stub.stop(10)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Each cell's summary per mode; checks that streams came in pieces."""
+        results: dict[str, dict[str, Any]] = {}
+        for key, by_mode in self.cells.items():
+            results[key] = {mode: cell.summary() for mode, cell in by_mode.items()}
+            if "|stream" not in key:
+                continue
             for mode, row in results[key].items():
                 if not row["ttfb_p50_ms"] < row["p50_ms"]:
-                    problems.append(
+                    self.problems.append(
                         f"{key} {mode}: the streamed body came in one piece"
                     )
+        return results
 
-    if results:
-        print()
-        print(table(results, modes))
-        print(
-            "\nlatency: request sent -> last byte; TTFB: -> first body byte (streamed);"
-            " req/s: completed in the measured window;\nCPU ms/req: the server"
-            " process (all threads) over the window; RSS: at the end of the last"
-            " block; (x): / bare."
-        )
-    for row in store_rows:
-        verdict = "OK" if row["ok"] else "MISMATCH"
-        print(
-            f"store check, {row['framework']}/tracked: served {row['served']:,},"
-            f" stored {row.get('stored', 0):,} (no user: {row.get('no_user', '?')},"
-            f" errors: {row.get('errors', '?')}; dropped:"
-            f" {row['stats'].get('dropped', '?')}, clean stop: {row['clean_stop']})"
-            f": {verdict}"
-        )
-    for tenant, stats in peer_stats.items():
-        if tenant in args.peers:
+    def report(self, results: dict[str, dict[str, Any]]) -> None:
+        if results:
+            print()
+            print(table(results, self.modes))
+            print(
+                "\nlatency: request sent -> last byte; TTFB: -> first body byte"
+                " (streamed); req/s: completed in the measured window;\nCPU ms/req:"
+                " the server process (all threads) over the window; RSS: at the end"
+                " of the last block; (x): / bare."
+            )
+        for row in self.stores:
+            verdict = "OK" if row["ok"] else "MISMATCH"
+            print(
+                f"store check, {row['framework']}/tracked: served {row['served']:,},"
+                f" stored {row.get('stored', 0):,} (no user: {row.get('no_user', '?')},"
+                f" errors: {row.get('errors', '?')}; dropped:"
+                f" {row['stats'].get('dropped', '?')}, clean stop:"
+                f" {row['clean_stop']}): {verdict}"
+            )
+        for tenant, stats in self.peer_stats.items():
+            if tenant not in self.args.peers:
+                continue
             # One request, one root run (LangSmith) or one trace (Langfuse's OTLP).
-            served = sum(s.served for s in live if s.mode == tenant)
+            served = sum(s.served for s in self.live if s.mode == tenant)
             print(
                 f"peer check, {tenant}: served {served:,}; the stub received"
                 f" {stats.get('requests', 0):,} requests holding"
                 f" {stats.get('ls_root_ended_count', 0):,} ended LangSmith root runs"
                 f" and {stats.get('otlp_trace_count', 0):,} OTLP traces"
             )
-    print(
-        f"total {time.perf_counter() - started:.0f} s; load at the end {loadavg()}"
-        f" ({os.cpu_count()} CPUs)"
-    )
-    if args.json_out:
-        with open(args.json_out, "w") as f:
+        print(
+            f"total {time.perf_counter() - self.started:.0f} s; load at the end"
+            f" {loadavg()} ({os.cpu_count()} CPUs)"
+        )
+
+    def write_json(self, path: str, results: dict[str, dict[str, Any]]) -> None:
+        """Everything but the raw latency samples."""
+        blocks = {
+            key: {
+                mode: [
+                    {k: v for k, v in b.items() if k not in ("latency", "ttfb")}
+                    for b in cell.blocks
+                ]
+                for mode, cell in by_mode.items()
+            }
+            for key, by_mode in self.cells.items()
+        }
+        with open(path, "w") as f:
             json.dump(
                 {
-                    "args": {k: v for k, v in vars(args).items()},
+                    "args": vars(self.args),
                     "results": results,
-                    "blocks": {
-                        key: {
-                            mode: [
-                                {
-                                    k: v
-                                    for k, v in b.items()
-                                    if k not in ("latency", "ttfb")
-                                }
-                                for b in cell.blocks
-                            ]
-                            for mode, cell in by_mode.items()
-                        }
-                        for key, by_mode in cells.items()
-                    },
-                    "stores": store_rows,
-                    "peers": peer_stats,
-                    "problems": problems,
+                    "blocks": blocks,
+                    "stores": self.stores,
+                    "peers": self.peer_stats,
+                    "problems": self.problems,
                 },
                 f,
                 indent=2,
                 default=str,
             )
-    shutil.rmtree(tmp, ignore_errors=True)
-    for problem in problems:
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    tmp = tempfile.mkdtemp(prefix="ct-server-bench-", dir=args.tmpdir)
+    try:
+        run = Run(args, tmp)
+        run.execute()
+        results = run.results()
+        run.report(results)
+        if args.json_out:
+            run.write_json(args.json_out, results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for problem in run.problems:
         print(f"FAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if run.problems else 0
 
 
 if __name__ == "__main__":
