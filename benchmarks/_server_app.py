@@ -271,6 +271,7 @@ class Runner:
         )
         self.chain = prompt | model | StrOutputParser()
         self.agent = build_agent(model) if spec["agent"] else None
+        self.kinds = ("chain", "agent") if self.agent is not None else ("chain",)
         # A peer's handler is passed per request, as its docs show.
         self.config: Any = {"callbacks": callbacks} if callbacks else None
 
@@ -278,13 +279,13 @@ class Runner:
         return {"messages": [{"role": "user", "content": message}]}
 
     def invoke(self, kind: str, message: str) -> str:
-        if kind == "agent" and self.agent is not None:
+        if self.agent is not None and kind == "agent":
             state = self.agent.invoke(self._agent_input(message), config=self.config)
             return str(state["messages"][-1].content)
         return str(self.chain.invoke({"message": message}, config=self.config))
 
     async def ainvoke(self, kind: str, message: str) -> str:
-        if kind == "agent" and self.agent is not None:
+        if self.agent is not None and kind == "agent":
             state = await self.agent.ainvoke(
                 self._agent_input(message), config=self.config
             )
@@ -292,7 +293,7 @@ class Runner:
         return str(await self.chain.ainvoke({"message": message}, config=self.config))
 
     def stream(self, kind: str, message: str) -> Iterator[str]:
-        if kind == "agent" and self.agent is not None:
+        if self.agent is not None and kind == "agent":
             for chunk, _meta in self.agent.stream(
                 self._agent_input(message), config=self.config, stream_mode="messages"
             ):
@@ -304,7 +305,7 @@ class Runner:
                 yield text
 
     async def astream(self, kind: str, message: str) -> AsyncIterator[str]:
-        if kind == "agent" and self.agent is not None:
+        if self.agent is not None and kind == "agent":
             async for chunk, _meta in self.agent.astream(
                 self._agent_input(message), config=self.config, stream_mode="messages"
             ):
@@ -397,7 +398,7 @@ def _loopback_env(stub: str | None) -> None:
 
 # --------------------------------------------------------------------------- apps
 def build_flask(runner: Runner, tracked: bool) -> Any:
-    from flask import Flask, Response, request
+    from flask import Flask, Response, abort, request
 
     app = Flask("bench")
     if tracked:
@@ -409,11 +410,15 @@ def build_flask(runner: Runner, tracked: bool) -> Any:
 
     @app.post("/invoke/<kind>")
     def invoke(kind: str) -> dict[str, str]:
+        if kind not in runner.kinds:
+            abort(404)
         message = request.get_json(force=True)["message"]
         return {"answer": runner.invoke(kind, message)}
 
     @app.post("/stream/<kind>")
     def stream(kind: str) -> Response:
+        if kind not in runner.kinds:
+            abort(404)
         message = request.get_json(force=True)["message"]
         return Response(runner.stream(kind, message), mimetype="text/plain")
 
@@ -421,7 +426,7 @@ def build_flask(runner: Runner, tracked: bool) -> Any:
 
 
 def build_fastapi(runner: Runner, tracked: bool) -> Any:
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import StreamingResponse
 
     app = FastAPI()
@@ -431,10 +436,14 @@ def build_fastapi(runner: Runner, tracked: bool) -> Any:
         app.add_middleware(ContextTraceMiddleware)
 
     async def invoke(kind: str, request: Request) -> dict[str, str]:
+        if kind not in runner.kinds:
+            raise HTTPException(404)
         message = (await request.json())["message"]
         return {"answer": await runner.ainvoke(kind, message)}
 
     async def stream(kind: str, request: Request) -> StreamingResponse:
+        if kind not in runner.kinds:
+            raise HTTPException(404)
         message = (await request.json())["message"]
         return StreamingResponse(runner.astream(kind, message), media_type="text/plain")
 
