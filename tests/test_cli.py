@@ -331,6 +331,51 @@ class TestProgram:
             assert f"    {command} " in result.stdout
         assert [] == [line for line in result.stdout.splitlines() if len(line) > 80]
 
+    def test_read_commands_do_not_import_the_recording_machinery(
+        self, store: Store
+    ) -> None:
+        """python -m context_trace with a read command never imports LangChain or LangSmith."""
+        code = (
+            "import contextlib, io, runpy, sys\n"
+            "db, commands = sys.argv[1], sys.argv[2:]\n"
+            "for argv in commands:\n"
+            "    sys.argv = ['context-trace', *argv.split(), '--db', db]\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            runpy.run_module('context_trace', run_name='__main__')\n"
+            "        except SystemExit as exc:\n"
+            "            assert exc.code == 0, (argv, exc.code)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules\n"
+            "      if m.split('.')[0] in ('langchain_core', 'langsmith')}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('context_trace.')))\n"
+        )
+        commands = [
+            "users",
+            "users --json",
+            "sessions",
+            "sessions --json",
+            f"show {store.bob_error_id}",
+            "show sess-bob-1",
+            "export",
+            "stats",
+            "outbox",
+        ]
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(store.path), *commands],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=_env(),
+            timeout=60,
+            check=False,
+        )
+
+        assert (0, "") == (result.returncode, result.stderr)
+        heavy, loaded = result.stdout.splitlines()
+        assert "[]" == heavy
+        for module in ("_scopes", "_handler", "_runtime", "_compat", "_convert"):
+            assert f"context_trace.{module}" not in loaded
+
     def test_no_command_is_a_usage_error(self, main: Any) -> None:
         """Without a command the exit status is 2 and the usage is shown."""
         result = main()
