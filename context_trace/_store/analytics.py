@@ -22,6 +22,7 @@ from typing import Any
 
 from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
+from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
 from .ui_index import LATENCY_BUCKETS_PER_DECADE, default_index_path
 
@@ -54,6 +55,7 @@ USER_SORTS: dict[str, str] = {
     "rating_up": "rating_up",
     "rating_down": "rating_down",
     "errors": "errors",
+    "tool_errors": "tool_errors",
     "user": "user_key",
 }
 _SPARK_DAYS = 14
@@ -74,11 +76,17 @@ class DayPoint:
 
 @dataclass(frozen=True, slots=True)
 class Overview:
-    """Totals for a time range; latency percentiles are in ms, None without data."""
+    """
+    Totals for a time range; latency percentiles are in ms, None without data.
+
+    ``errors`` counts failed turns; ``tool_errors`` the turns that answered
+    although a tool failed (the agent handled the error), never a failed turn.
+    """
 
     range: str
     conversations: int
     errors: int
+    tool_errors: int
     error_rate: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
@@ -92,7 +100,11 @@ class Overview:
 
 @dataclass(frozen=True, slots=True)
 class UserRow:
-    """One row of the users table; ``user_id`` None is the turns with no user."""
+    """
+    One row of the users table; ``user_id`` None is the turns with no user.
+
+    ``errors`` and ``tool_errors`` as in :class:`Overview`.
+    """
 
     user_id: str | None
     conversations: int
@@ -105,12 +117,13 @@ class UserRow:
     rating_up: int
     rating_down: int
     errors: int
+    tool_errors: int
     activity: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionRow:
-    """One session in a user's list."""
+    """One session in a user's list; ``errors`` and ``tool_errors`` as in :class:`Overview`."""
 
     session_id: str
     user_id: str | None
@@ -118,6 +131,7 @@ class SessionRow:
     last_at: float
     turns: int
     errors: int
+    tool_errors: int
     rating_up: int
     rating_down: int
     last_message: str | None
@@ -125,7 +139,12 @@ class SessionRow:
 
 @dataclass(frozen=True, slots=True)
 class TurnView:
-    """One turn of a session: its messages and measurements."""
+    """
+    One turn of a session: its messages and measurements.
+
+    ``tool_error`` is True when a tool failed and the turn still answered; the
+    failed tool's message has ``error`` True.
+    """
 
     conversation_id: str
     started_at: float
@@ -134,6 +153,7 @@ class TurnView:
     prompt_tokens: int | None
     completion_tokens: int | None
     error: str | None
+    tool_error: bool
     messages: tuple[Message, ...]
 
 
@@ -147,7 +167,11 @@ class SessionView:
 
 @dataclass(frozen=True, slots=True)
 class ConversationRow:
-    """One conversation in the searchable list; ``preview`` is its first user text."""
+    """
+    One conversation in the searchable list; ``preview`` is its first user text.
+
+    ``tool_error`` as in :class:`TurnView`.
+    """
 
     n: int
     conversation_id: str
@@ -157,6 +181,7 @@ class ConversationRow:
     latency_ms: int
     model: str | None
     error: str | None
+    tool_error: bool
     preview: str
 
 
@@ -291,7 +316,7 @@ class Analytics:
         )
         day_rows = self._rows(
             "SELECT day, conversations, active_users, errors, prompt_tokens,"
-            " completion_tokens, rating_up, rating_down FROM ui_day_stats"
+            " completion_tokens, rating_up, rating_down, tool_errors FROM ui_day_stats"
             " WHERE day >= ? ORDER BY day",
             (first_day,),
         )
@@ -317,6 +342,7 @@ class Analytics:
             range=range_,
             conversations=conversations,
             errors=errors,
+            tool_errors=sum(r[8] for r in day_rows),
             error_rate=errors / conversations if conversations else 0.0,
             latency_p50_ms=_percentile_from_hist(hist, 0.50),
             latency_p95_ms=_percentile_from_hist(hist, 0.95),
@@ -332,7 +358,8 @@ class Analytics:
         rows = self._rows(
             "SELECT date(started_at, 'unixepoch'), coalesce(user_id, ''), latency_ms,"
             " error IS NOT NULL, coalesce(prompt_tokens, 0),"
-            " coalesce(completion_tokens, 0) FROM conversations WHERE started_at >= ?",
+            " coalesce(completion_tokens, 0), "
+            f"{_tool_error_sql()} FROM conversations WHERE started_at >= ?",
             (since,),
         )
         ratings = self._rows(
@@ -342,7 +369,7 @@ class Analytics:
         )[0]
         per_day: dict[str, tuple[int, set[str]]] = {}
         per_user: dict[str, int] = {}
-        for day, key, _, _, _, _ in rows:
+        for day, key, *_ in rows:
             count, users = per_day.setdefault(day, (0, set()))
             users.add(key)
             per_day[day] = (count + 1, users)
@@ -354,6 +381,7 @@ class Analytics:
             range=range_,
             conversations=len(rows),
             errors=errors,
+            tool_errors=sum(r[6] for r in rows),
             error_rate=errors / len(rows) if rows else 0.0,
             latency_p50_ms=_percentile(latencies, 0.50),
             latency_p95_ms=_percentile(latencies, 0.95),
@@ -398,8 +426,8 @@ class Analytics:
         total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
         rows = self._rows(
             "SELECT user_key, conversations, sessions, first_at, last_at,"
-            " prompt_tokens, completion_tokens, rating_up, rating_down, errors"
-            f" FROM ui_user_stats{where}"
+            " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
+            f" tool_errors FROM ui_user_stats{where}"
             f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
             [*params, limit + 1, offset],
         )
@@ -435,6 +463,7 @@ class Analytics:
                 rating_up=r[7],
                 rating_down=r[8],
                 errors=r[9],
+                tool_errors=r[10],
                 activity=tuple(activity[r[0]].get(d, 0) for d in days),
             )
             for r in rows
@@ -452,8 +481,8 @@ class Analytics:
         key = _key(user_id)
         rows = self._rows(
             "SELECT user_key, conversations, sessions, first_at, last_at,"
-            " prompt_tokens, completion_tokens, rating_up, rating_down, errors"
-            " FROM ui_user_stats WHERE user_key = ?",
+            " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
+            " tool_errors FROM ui_user_stats WHERE user_key = ?",
             (key,),
         )
         if not rows:
@@ -461,7 +490,7 @@ class Analytics:
         r = rows[0]
         return UserRow(
             _user(r[0]), r[1], r[2], r[3], r[4], self._user_p50(key),
-            r[5], r[6], r[7], r[8], r[9], (),
+            r[5], r[6], r[7], r[8], r[9], r[10], (),
         )  # fmt: skip
 
     # --- sessions -------------------------------------------------------------
@@ -488,8 +517,9 @@ class Analytics:
         return Page(items, repr(rows[-1][7]) if more and rows else None)
 
     def _session_row(self, r: Sequence[Any]) -> SessionRow:
-        turns, errors, last = self._rows(
+        turns, errors, tool_errors, last = self._rows(
             "SELECT count(*), coalesce(sum(error IS NOT NULL), 0),"
+            f" coalesce(sum({_tool_error_sql()}), 0),"
             " (SELECT messages_json FROM conversations WHERE session_n = ?1"
             "  ORDER BY started_at DESC, n DESC LIMIT 1)"
             " FROM conversations WHERE session_n = ?1",
@@ -503,6 +533,7 @@ class Analytics:
             last_at=r[4],
             turns=turns,
             errors=errors,
+            tool_errors=tool_errors,
             rating_up=r[5],
             rating_down=r[6],
             last_message=messages[-1].content[:200] if messages else None,
@@ -519,14 +550,14 @@ class Analytics:
             return None
         turns = self._rows(
             "SELECT id, started_at, latency_ms, model, prompt_tokens,"
-            " completion_tokens, error, messages_json FROM conversations"
-            " WHERE session_n = ? ORDER BY started_at, n",
+            f" completion_tokens, error, messages_json, {_tool_error_sql()}"
+            " FROM conversations WHERE session_n = ? ORDER BY started_at, n",
             (rows[0][0],),
         )
         return SessionView(
             self._session_row(rows[0]),
             tuple(
-                TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
+                TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6], bool(t[8]),
                          tuple(_messages_from_json(t[7])))
                 for t in turns
             ),
@@ -546,6 +577,7 @@ class Analytics:
         anonymous: bool = False,
         rating: str | None = None,
         errors_only: bool = False,
+        tool_errors_only: bool = False,
         model: str | None = None,
         range_: str = "all",
         before: int | None = None,
@@ -559,6 +591,7 @@ class Analytics:
             user_id: Only this user's turns; *anonymous* for the turns with none.
             rating: ``"up"`` or ``"down"``: only turns of sessions rated so.
             errors_only: Only failed turns.
+            tool_errors_only: Only turns that answered although a tool failed.
             model: Only this model's turns.
             range_: A key of :data:`RANGES`.
 
@@ -593,6 +626,8 @@ class Analytics:
             conds.append(f"c.session_n IN (SELECT n FROM sessions WHERE {column} > 0)")
         if errors_only:
             conds.append("c.error IS NOT NULL")
+        if tool_errors_only:
+            conds.append(_tool_error_sql("c"))
         if model:
             conds.append("c.model = ?")
             params.append(model)
@@ -606,14 +641,15 @@ class Analytics:
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         rows = self._rows(
             "SELECT c.n, c.id, c.user_id, c.session_id, c.started_at, c.latency_ms,"
-            f" c.model, c.error, c.messages_json FROM {source}{where}"
+            f" c.model, c.error, c.messages_json, {_tool_error_sql('c')}"
+            f" FROM {source}{where}"
             f" ORDER BY {order} DESC LIMIT ?",
             [*params, limit + 1],
         )
         more = len(rows) > limit
         items = tuple(
             ConversationRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
-                            _preview(_messages_from_json(r[8])))
+                            bool(r[9]), _preview(_messages_from_json(r[8])))
             for r in rows[:limit]
         )  # fmt: skip
         return Page(items, str(items[-1].n) if more and items else None)

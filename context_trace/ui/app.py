@@ -326,6 +326,7 @@ def create_app(
             anonymous=anonymous,
             rating=rating,
             errors_only=request.args.get("errors") == "1",
+            tool_errors_only=request.args.get("tool_errors") == "1",
             model=request.args.get("model") or None,
             range_=range_,
             before=_int_arg("before"),
