@@ -303,24 +303,21 @@ class SQLiteReader:
         .. versionadded:: 0.1.0
         .. versionchanged:: 0.2.0 ``errors`` and ``tool_errors``.
         """
-        # Each count is a range of the session index (conversations_session).
+        # The page of sessions first, then its counts: each a range of the
+        # session index (conversations_session), for the sessions shown only.
+        where, params = ("", [limit]) if user_id is None else (
+            " WHERE user_id = ?", [user_id, limit]
+        )  # fmt: skip
         turns = "FROM conversations c WHERE c.session_n = s.n"
-        select = (
+        rows = self._rows(
             f"SELECT s.id, s.user_id, s.started_at, s.last_at, (SELECT count(*) {turns}),"
             " s.rating_up, s.rating_down,"
             f" (SELECT coalesce(sum(c.error IS NOT NULL), 0) {turns}),"
             f" (SELECT coalesce(sum({tool_error_sql('c')}), 0) {turns})"
-            " FROM sessions s"
+            f" FROM (SELECT * FROM sessions{where} ORDER BY last_at DESC, id LIMIT ?) s"
+            " ORDER BY s.last_at DESC, s.id",
+            params,
         )
-        if user_id is None:
-            rows = self._rows(
-                f"{select} ORDER BY s.last_at DESC, s.id LIMIT ?", (limit,)
-            )
-        else:
-            rows = self._rows(
-                f"{select} WHERE s.user_id = ? ORDER BY s.last_at DESC, s.id LIMIT ?",
-                (user_id, limit),
-            )
         return [SessionSummary(*row) for row in rows]
 
     def transcript(self, id: str) -> Transcript | None:
