@@ -45,6 +45,17 @@ from context_trace._store.reader import SQLiteReader
 from context_trace.cli import _format, commands
 
 from .exporters.context_server import ROUTE_LOG, ROUTE_UPSERT, FakeContextServer
+from .failures import (
+    AFTER_ERROR,
+    FAILED_SESSION,
+    MODEL_ERROR,
+    TOOL_ANSWER,
+    TOOL_ERROR,
+    TOOL_QUESTION,
+    TOOL_SESSION,
+    USER,
+    record_failures,
+)
 from .read_only import assert_read_only, no_write_override, read_only
 
 REPO = Path(__file__).resolve().parent.parent
@@ -332,6 +343,51 @@ class TestProgram:
             assert f"    {command} " in result.stdout
         assert [] == [line for line in result.stdout.splitlines() if len(line) > 80]
 
+    def test_read_commands_do_not_import_the_recording_machinery(
+        self, store: Store
+    ) -> None:
+        """python -m context_trace with a read command never imports LangChain or LangSmith."""
+        code = (
+            "import contextlib, io, runpy, sys\n"
+            "db, commands = sys.argv[1], sys.argv[2:]\n"
+            "for argv in commands:\n"
+            "    sys.argv = ['context-trace', *argv.split(), '--db', db]\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            runpy.run_module('context_trace', run_name='__main__')\n"
+            "        except SystemExit as exc:\n"
+            "            assert exc.code == 0, (argv, exc.code)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules\n"
+            "      if m.split('.')[0] in ('langchain_core', 'langsmith')}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('context_trace.')))\n"
+        )
+        commands = [
+            "users",
+            "users --json",
+            "sessions",
+            "sessions --json",
+            f"show {store.bob_error_id}",
+            "show sess-bob-1",
+            "export",
+            "stats",
+            "outbox",
+        ]
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(store.path), *commands],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=_env(),
+            timeout=60,
+            check=False,
+        )
+
+        assert (0, "") == (result.returncode, result.stderr)
+        heavy, loaded = result.stdout.splitlines()
+        assert "[]" == heavy
+        for module in ("_scopes", "_handler", "_runtime", "_compat", "_convert"):
+            assert f"context_trace.{module}" not in loaded
+
     def test_no_command_is_a_usage_error(self, main: Any) -> None:
         """Without a command the exit status is 2 and the usage is shown."""
         result = main()
@@ -358,6 +414,7 @@ class TestUsers:
                 "ratings_up": up,
                 "ratings_down": down,
                 "errors": errors,
+                "tool_errors": 0,
             }
             for user, convs, sessions, up, down, errors in (
                 ("bob", 2, 1, 0, 0, 1),
@@ -376,6 +433,7 @@ class TestUsers:
                 "ratings_up": 0,
                 "ratings_down": 0,
                 "errors": 0,
+                "tool_errors": 0,
             }
         )
         assert (0, "") == (result.returncode, result.stderr)
@@ -558,7 +616,9 @@ class TestSessions:
         """sessions --json: every session, most recently active first, exactly."""
         result = run_cli("sessions", "--json", *_db(store))
 
-        def row(sid: str, user: str | None, turns: int, up: int, down: int) -> Any:
+        def row(
+            sid: str, user: str | None, turns: int, up: int, down: int, errors: int = 0
+        ) -> Any:
             started = min(c.started_at for c in store.rows if c.session_id == sid)
             return {
                 "session_id": sid,
@@ -568,12 +628,14 @@ class TestSessions:
                 "turns": turns,
                 "rating_up": up,
                 "rating_down": down,
+                "errors": errors,
+                "tool_errors": 0,
             }
 
         assert (0, "") == (result.returncode, result.stderr)
         assert [
             row("sess-anon", None, 1, 0, 0),
-            row("sess-bob-1", "bob", 2, 0, 0),
+            row("sess-bob-1", "bob", 2, 0, 0, errors=1),
             row("sess-alice-2", "alice", 1, 0, 1),
             row("sess-alice-1", "alice", 2, 1, 0),
             {
@@ -584,6 +646,8 @@ class TestSessions:
                 "turns": 2,
                 "rating_up": 0,
                 "rating_down": 0,
+                "errors": 0,
+                "tool_errors": 0,
             },
         ] == json.loads(result.stdout)
 
@@ -593,10 +657,12 @@ class TestSessions:
 
         lines = result.stdout.splitlines()
         assert (0, "") == (result.returncode, result.stderr)
-        assert "SESSION       USER   LAST ACTIVE       TURNS  UP  DOWN" == lines[0]
+        assert (
+            "SESSION       USER   LAST ACTIVE       TURNS  UP  DOWN  ERRORS" == lines[0]
+        )
         assert 2 == len(lines)
-        assert ["sess-alice-2", "alice", "1", "0", "1"] == (
-            lines[1].split()[:2] + lines[1].split()[-3:]
+        assert ["sess-alice-2", "alice", "1", "0", "1", "0"] == (
+            lines[1].split()[:2] + lines[1].split()[-4:]
         )
 
     def test_anonymous_session_shows_a_dash(self, store: Store, main: Any) -> None:
@@ -756,6 +822,212 @@ class TestShow:
 
 
 # --------------------------------------------------------------------------- export
+# --------------------------------------------------------------------------- failures
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dana's store: a turn whose tool failed (handled by the agent), failed turns."""
+    path = tmp_path_factory.mktemp("failures") / "traces.db"
+    record_failures(path)
+    return path
+
+
+class TestFailures:
+    def test_show_session_prints_each_failed_turn_in_place(
+        self, failures: Path
+    ) -> None:
+        """show SESSION: a failed turn's error where it happened; an undelivered answer marked."""
+        result = run_cli("show", FAILED_SESSION, "--db", str(failures))
+
+        assert (0, "") == (result.returncode, result.stderr)
+        assert [
+            f"user {USER} · 4 turns · rated +0/-0 · 2 failed",
+            "user       hello",
+            "assistant  hello",
+            "",
+            "user       is it down?",
+            f"error      the turn failed: {MODEL_ERROR}",
+            "",
+            "user       format it",
+            "assistant  format it",
+            "           (not delivered: the turn failed after this answer)",
+            f"error      the turn failed: {AFTER_ERROR}",
+            "",
+            "user       thanks",
+            "assistant  thanks",
+        ] == [result.stdout.splitlines()[1], *result.stdout.splitlines()[4:]]
+
+    def test_show_turn_marks_an_answer_it_did_not_deliver(
+        self, failures: Path, main: Any
+    ) -> None:
+        """show TURN_ID of a turn that failed after the model answered marks the answer."""
+        session = main("show", "--json", FAILED_SESSION, "--db", str(failures))
+        turn = json.loads(session.stdout)["turns"][2]["conversation_id"]
+
+        result = main("show", turn, "--db", str(failures))
+
+        lines = result.stdout.splitlines()
+        assert f"error: {AFTER_ERROR}" == lines[3]
+        assert [
+            "user       format it",
+            "assistant  format it",
+            "           (not delivered: the turn failed after this answer)",
+        ] == lines[5:]
+
+    def test_show_session_marks_the_failed_tool(self, failures: Path) -> None:
+        """A tool the agent recovered from: marked failed, its error shown, the turn counted."""
+        result = run_cli("show", TOOL_SESSION, "--db", str(failures))
+
+        lines = result.stdout.splitlines()
+        assert (0, "") == (result.returncode, result.stderr)
+        assert f"user {USER} · 2 turns · rated +0/-0 · 1 with a failed tool" == lines[1]
+        assert [
+            f"user       {TOOL_QUESTION}",
+            "tool       lookup_order (failed)",
+            '             input: {"order_id":"42"}',
+            f"             error: {TOOL_ERROR}",
+            f"assistant  {TOOL_ANSWER}",
+            "",
+            "user       thanks anyway",
+            "assistant  thanks anyway",
+        ] == lines[4:]
+
+    def test_users_and_sessions_count_tool_errors_apart_from_errors(
+        self, failures: Path
+    ) -> None:
+        """users and sessions count turns whose tool failed apart from failed turns."""
+        users = run_cli("users", "--json", "--db", str(failures))
+        sessions = run_cli("sessions", "--json", "--db", str(failures))
+        table = run_cli("users", "--db", str(failures))
+
+        assert [(USER, 6, 2, 1)] == [
+            (u["user_id"], u["conversations"], u["errors"], u["tool_errors"])
+            for u in json.loads(users.stdout)
+        ]
+        assert {FAILED_SESSION: (4, 2, 0), TOOL_SESSION: (2, 0, 1)} == {
+            s["session_id"]: (s["turns"], s["errors"], s["tool_errors"])
+            for s in json.loads(sessions.stdout)
+        }
+        header, row = table.stdout.splitlines()
+        assert header.endswith("ERRORS  TOOL ERR")  # shown: a tool failed
+        assert ["2", "1"] == row.split()[-2:]
+
+    def test_show_json_session(self, failures: Path) -> None:
+        """show --json SESSION: the dashboard's session shape, each turn's error and tool error."""
+        result = run_cli("show", "--json", TOOL_SESSION, "--db", str(failures))
+
+        shown = json.loads(result.stdout)
+        session, turns = shown["session"], shown["turns"]
+        assert (0, "") == (result.returncode, result.stderr)
+        assert {
+            "session_id": TOOL_SESSION,
+            "user_id": USER,
+            "turns": 2,
+            "errors": 0,
+            "tool_errors": 1,
+            "rating_up": 0,
+            "rating_down": 0,
+            "metadata": {},
+        } == {k: v for k, v in session.items() if k not in ("started_at", "last_at")}
+        assert [(None, True), (None, False)] == [
+            (t["error"], t["tool_error"]) for t in turns
+        ]
+        assert {
+            "role": "tool",
+            "content": TOOL_ERROR,
+            "name": "lookup_order",
+            "tool_input": '{"order_id":"42"}',
+            "error": True,
+        } == turns[0]["messages"][1]
+        assert "lookup_order" == turns[0]["metadata"]["failed_tools"]
+        assert {
+            "conversation_id",
+            "started_at",
+            "latency_ms",
+            "model",
+            "prompt_tokens",
+            "completion_tokens",
+            "error",
+            "messages",
+        } <= set(turns[0])
+
+    def test_show_json_conversation(self, failures: Path, main: Any) -> None:
+        """show --json TURN_ID: the turn as a session lists it, under "conversation"."""
+        session = json.loads(
+            main("show", "--json", FAILED_SESSION, "--db", str(failures)).stdout
+        )
+        failed = session["turns"][1]
+
+        result = main(
+            "show", "--json", failed["conversation_id"], "--db", str(failures)
+        )
+
+        assert {"conversation": failed} == json.loads(result.stdout)
+        assert (MODEL_ERROR, False) == (failed["error"], failed["tool_error"])
+
+    def test_show_json_unknown_id(self, failures: Path, main: Any) -> None:
+        """show --json of an unknown id: one line on stderr, exit 1, no JSON."""
+        result = main("show", "--json", "nope", "--db", str(failures))
+
+        assert_one_line_error(
+            result, 1, f"no session or conversation with id 'nope' in {failures}"
+        )
+
+
+class TestUsersOrder:
+    @pytest.mark.parametrize(
+        ("argv", "expected"),
+        [
+            ((), ["bob", "alice", "carol", None]),
+            (("--sort", "user"), ["alice", "bob", "carol", None]),
+            (("--sort", "conversations", "--limit", "2"), ["alice", "bob", None]),
+            (("--sort", "errors", "--limit", "1"), ["bob", None]),
+            (("--sort", "ratings_down"), ["alice", "bob", "carol", None]),
+            (("--limit", "1"), ["bob", None]),
+        ],
+    )
+    def test_sort_and_limit(
+        self, store: Store, main: Any, argv: tuple[str, ...], expected: list[Any]
+    ) -> None:
+        """users --sort KEY --limit N: that order, N users, then the (no user) row."""
+        as_json = main("users", "--json", *argv, *_db(store))
+        table = main("users", *argv, *_db(store))
+
+        assert expected == [u["user_id"] for u in json.loads(as_json.stdout)]
+        assert [u or "(no user)" for u in expected] == [
+            line[:9].strip() for line in table.stdout.splitlines()[1:]
+        ]
+
+    @pytest.mark.parametrize(
+        ("argv", "problem"),
+        [
+            (
+                ("--sort", "newest"),
+                "argument --sort: invalid choice: 'newest' (choose from"
+                " 'last_seen', 'conversations', 'sessions', 'latency', 'errors',"
+                " 'tool_errors', 'ratings_up', 'ratings_down', 'user')",
+            ),
+            (
+                ("--limit", "0"),
+                "argument --limit: expected a number of at least 1, got 0",
+            ),
+            (
+                ("--limit", "all"),
+                "argument --limit: expected a whole number, got 'all'",
+            ),
+        ],
+    )
+    def test_bad_values_are_usage_errors(
+        self, store: Store, main: Any, argv: tuple[str, ...], problem: str
+    ) -> None:
+        """A bad --sort or --limit: exit 2, the option and what it takes named."""
+        result = main("users", *argv, *_db(store))
+
+        assert (2, "") == (result.returncode, result.stdout)
+        assert (
+            f"context-trace users: error: {problem}" == result.stderr.splitlines()[-1]
+        )
+
+
 def _jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
+from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
 from .connection import read_uri
 from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
@@ -59,6 +60,7 @@ USER_SORTS: dict[str, str] = {
     "rating_up": "rating_up",
     "rating_down": "rating_down",
     "errors": "errors",
+    "tool_errors": "tool_errors",
     "user": "user_key",
 }
 _SPARK_DAYS = 14
@@ -91,11 +93,14 @@ class Overview:
 
     ``days`` has one point per UTC day of the range, today last, days without
     turns included (as zeros): ``7d`` is today and the 6 days before it.
+    ``errors`` counts failed turns; ``tool_errors`` the turns that answered
+    although a tool failed (the agent handled the error), never a failed turn.
     """
 
     range: str
     conversations: int
     errors: int
+    tool_errors: int
     error_rate: float
     latency_p50_ms: int | None
     latency_p95_ms: int | None
@@ -109,7 +114,11 @@ class Overview:
 
 @dataclass(frozen=True, slots=True)
 class UserRow:
-    """One row of the users table; ``user_id`` None is the turns with no user."""
+    """
+    One row of the users table; ``user_id`` None is the turns with no user.
+
+    ``errors`` and ``tool_errors`` as in :class:`Overview`.
+    """
 
     user_id: str | None
     conversations: int
@@ -122,12 +131,13 @@ class UserRow:
     rating_up: int
     rating_down: int
     errors: int
+    tool_errors: int
     activity: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class SessionRow:
-    """One session in a user's list."""
+    """One session in a user's list; ``errors`` and ``tool_errors`` as in :class:`Overview`."""
 
     session_id: str
     user_id: str | None
@@ -135,6 +145,7 @@ class SessionRow:
     last_at: float
     turns: int
     errors: int
+    tool_errors: int
     rating_up: int
     rating_down: int
     last_message: str | None
@@ -147,6 +158,8 @@ class TurnView:
 
     ``rating`` is the turn's rating (-1, 0 or 1; the last one given wins), None
     if it has none; ``metadata`` is the turn's ``str -> str`` metadata.
+    ``tool_error`` is True when a tool failed and the turn still answered; the
+    failed tool's message has ``error`` True.
     """
 
     conversation_id: str
@@ -156,6 +169,7 @@ class TurnView:
     prompt_tokens: int | None
     completion_tokens: int | None
     error: str | None
+    tool_error: bool
     messages: tuple[Message, ...]
     metadata: dict[str, str]
     rating: int | None
@@ -176,7 +190,8 @@ class ConversationRow:
     One conversation in the searchable list; ``preview`` is its first user text.
 
     ``snippet`` (a search's rows only) is the passage that matched, as HTML:
-    the stored text escaped, each matched word in ``<mark>``.
+    the stored text escaped, each matched word in ``<mark>``. ``tool_error`` as
+    in :class:`TurnView`.
     """
 
     n: int
@@ -187,6 +202,7 @@ class ConversationRow:
     latency_ms: int
     model: str | None
     error: str | None
+    tool_error: bool
     preview: str
     snippet: str | None = None
 
@@ -400,7 +416,7 @@ class Analytics:
         first_day = "" if span is None else _day(self._clock() - span + _DAY)
         day_rows = self._rows(
             "SELECT day, conversations, active_users, errors, prompt_tokens,"
-            " completion_tokens, rating_up, rating_down FROM ui_day_stats"
+            " completion_tokens, rating_up, rating_down, tool_errors FROM ui_day_stats"
             " WHERE day >= ? ORDER BY day",
             (first_day,),
         )
@@ -426,6 +442,7 @@ class Analytics:
             range=range_,
             conversations=conversations,
             errors=errors,
+            tool_errors=sum(r[8] for r in day_rows),
             error_rate=errors / conversations if conversations else 0.0,
             latency_p50_ms=_percentile_from_hist(hist, 0.50),
             latency_p95_ms=_percentile_from_hist(hist, 0.95),
@@ -445,7 +462,8 @@ class Analytics:
         rows = self._rows(
             "SELECT date(started_at, 'unixepoch'), coalesce(user_id, ''), latency_ms,"
             " error IS NOT NULL, coalesce(prompt_tokens, 0),"
-            " coalesce(completion_tokens, 0) FROM conversations WHERE started_at >= ?",
+            " coalesce(completion_tokens, 0), "
+            f"{_tool_error_sql()} FROM conversations WHERE started_at >= ?",
             (since,),
         )
         ratings = self._rows(
@@ -455,7 +473,7 @@ class Analytics:
         )[0]
         per_day: dict[str, tuple[int, set[str]]] = {}
         per_user: dict[str, int] = {}
-        for day, key, _, _, _, _ in rows:
+        for day, key, *_ in rows:
             count, users = per_day.setdefault(day, (0, set()))
             users.add(key)
             per_day[day] = (count + 1, users)
@@ -467,6 +485,7 @@ class Analytics:
             range=range_,
             conversations=len(rows),
             errors=errors,
+            tool_errors=sum(r[6] for r in rows),
             error_rate=errors / len(rows) if rows else 0.0,
             latency_p50_ms=_percentile(latencies, 0.50),
             latency_p95_ms=_percentile(latencies, 0.95),
@@ -512,8 +531,8 @@ class Analytics:
         total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
         rows = self._rows(
             "SELECT user_key, conversations, sessions, first_at, last_at,"
-            " prompt_tokens, completion_tokens, rating_up, rating_down, errors"
-            f" FROM ui_user_stats{where}"
+            " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
+            f" tool_errors FROM ui_user_stats{where}"
             f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
             [*params, limit + 1, offset],
         )
@@ -549,6 +568,7 @@ class Analytics:
                 rating_up=r[7],
                 rating_down=r[8],
                 errors=r[9],
+                tool_errors=r[10],
                 activity=tuple(activity[r[0]].get(d, 0) for d in days),
             )
             for r in rows
@@ -566,8 +586,8 @@ class Analytics:
         key = _key(user_id)
         rows = self._rows(
             "SELECT user_key, conversations, sessions, first_at, last_at,"
-            " prompt_tokens, completion_tokens, rating_up, rating_down, errors"
-            " FROM ui_user_stats WHERE user_key = ?",
+            " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
+            " tool_errors FROM ui_user_stats WHERE user_key = ?",
             (key,),
         )
         if not rows:
@@ -575,7 +595,7 @@ class Analytics:
         r = rows[0]
         return UserRow(
             _user(r[0]), r[1], r[2], r[3], r[4], self._user_p50(key),
-            r[5], r[6], r[7], r[8], r[9], (),
+            r[5], r[6], r[7], r[8], r[9], r[10], (),
         )  # fmt: skip
 
     # --- sessions -------------------------------------------------------------
@@ -602,8 +622,9 @@ class Analytics:
         return Page(items, repr(rows[-1][7]) if more and rows else None)
 
     def _session_row(self, r: Sequence[Any]) -> SessionRow:
-        turns, errors, last = self._rows(
+        turns, errors, tool_errors, last = self._rows(
             "SELECT count(*), coalesce(sum(error IS NOT NULL), 0),"
+            f" coalesce(sum({_tool_error_sql()}), 0),"
             " (SELECT messages_json FROM conversations WHERE session_n = ?1"
             "  ORDER BY started_at DESC, n DESC LIMIT 1)"
             " FROM conversations WHERE session_n = ?1",
@@ -617,6 +638,7 @@ class Analytics:
             last_at=r[4],
             turns=turns,
             errors=errors,
+            tool_errors=tool_errors,
             rating_up=r[5],
             rating_down=r[6],
             last_message=messages[-1].content[:200] if messages else None,
@@ -633,7 +655,8 @@ class Analytics:
             return None
         turns = self._rows(
             "SELECT id, started_at, latency_ms, model, prompt_tokens,"
-            " completion_tokens, error, messages_json, metadata FROM conversations"
+            " completion_tokens, error, messages_json, metadata,"
+            f" {_tool_error_sql()} FROM conversations"
             " WHERE session_n = ? ORDER BY started_at, n",
             (rows[0][0],),
         )
@@ -649,7 +672,7 @@ class Analytics:
             self._session_row(rows[0]),
             _metadata(rows[0][7]),
             tuple(
-                TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6],
+                TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6], bool(t[9]),
                          tuple(_messages_from_json(t[7])), _metadata(t[8]),
                          ratings.get(t[0]))
                 for t in turns
@@ -670,6 +693,7 @@ class Analytics:
         anonymous: bool = False,
         rating: str | None = None,
         errors_only: bool = False,
+        tool_errors_only: bool = False,
         model: str | None = None,
         range_: str = "all",
         before: int | None = None,
@@ -688,6 +712,7 @@ class Analytics:
             user_id: Only this user's turns; *anonymous* for the turns with none.
             rating: ``"up"`` or ``"down"``: only the turns rated so.
             errors_only: Only failed turns.
+            tool_errors_only: Only turns that answered although a tool failed.
             model: Only this model's turns.
             range_: A key of :data:`RANGES`.
 
@@ -728,6 +753,8 @@ class Analytics:
             )
         if errors_only:
             conds.append("c.error IS NOT NULL")
+        if tool_errors_only:
+            conds.append(_tool_error_sql("c"))
         if model:
             conds.append("c.model = ?")
             params.append(model)
@@ -748,7 +775,8 @@ class Analytics:
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         rows = self._rows(
             "SELECT c.n, c.id, c.user_id, c.session_id, c.started_at, c.latency_ms,"
-            f" c.model, c.error, c.messages_json FROM {source}{where}"
+            f" c.model, c.error, c.messages_json, {_tool_error_sql('c')}"
+            f" FROM {source}{where}"
             f" ORDER BY {order} DESC LIMIT ?",
             [*params, limit + 1],
         )
@@ -758,7 +786,8 @@ class Analytics:
         snippets = self._snippets(query, messages) if query else {}
         items = tuple(
             ConversationRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
-                            _preview(messages[r[0]]), snippets.get(r[0]))
+                            bool(r[9]), _preview(messages[r[0]]),
+                            snippets.get(r[0]))
             for r in rows
         )  # fmt: skip
         return Page(items, str(items[-1].n) if more and items else None, total, exact)

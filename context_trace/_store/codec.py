@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from context_trace._record import (
@@ -193,6 +193,31 @@ def messages_json(messages: Iterable[Message]) -> str:
 
 def messages_from_json(text: str) -> list[Message]:
     return [Message(*item) for item in decode(text)]
+
+
+def tool_error_sql(table: str = "") -> str:
+    """
+    SQL true for a stored turn whose tool failed while the turn itself did not.
+
+    A tool error the agent handled (``ToolNode(handle_tool_errors=True)``, an
+    error returned to the model) leaves the turn answered: a state of its own,
+    told apart from a failed turn (``error IS NOT NULL``), which it never
+    counts. The converter names the failed tools in the ``failed_tools``
+    metadata; ``instr`` skips the JSON parse for the turns without one.
+
+    Args:
+        table: The alias of the conversations table in the query (``"c"``), if any.
+    """
+    col = f"{table}." if table else ""
+    return (
+        f"({col}error IS NULL AND instr({col}metadata, '\"failed_tools\"') > 0"
+        f" AND json_extract({col}metadata, '$.failed_tools') IS NOT NULL)"
+    )
+
+
+def is_tool_error(error: str | None, metadata: Mapping[str, str]) -> bool:
+    """The same test as :func:`tool_error_sql`, on a turn already read."""
+    return error is None and "failed_tools" in metadata
 
 
 def _clean(text: str) -> str:

@@ -7,6 +7,8 @@ from typing import Any, Literal, NamedTuple
 
 from context_trace._record import Message
 
+from .codec import is_tool_error
+
 
 @dataclass(frozen=True, slots=True)
 class UserSummary:
@@ -15,9 +17,12 @@ class UserSummary:
 
     ``avg_latency_ms`` is None for a user with no recorded turn; ratings are the
     sums over the user's sessions. ``user_id`` is None on the one row that
-    totals the turns recorded with no user.
+    totals the turns recorded with no user. ``errors`` counts failed turns;
+    ``tool_errors`` the turns that answered although a tool failed (the agent
+    handled the tool's error), never a failed turn.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``tool_errors``.
     """
 
     user_id: str | None
@@ -28,6 +33,7 @@ class UserSummary:
     ratings_up: int
     ratings_down: int
     errors: int
+    tool_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,11 @@ class SessionSummary:
     """
     One row of :meth:`SQLiteReader.sessions`; ``turns`` counts its conversations.
 
+    ``errors`` counts its failed turns, ``tool_errors`` its turns that answered
+    although a tool failed (as :class:`UserSummary`).
+
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``errors`` and ``tool_errors``.
     """
 
     session_id: str
@@ -45,6 +55,8 @@ class SessionSummary:
     turns: int
     rating_up: int
     rating_down: int
+    errors: int = 0
+    tool_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,17 @@ class StoredConversation:
     messages: tuple[Message, ...]
     #: The turn's rating (-1, 0 or 1; the last one given), None when unrated.
     rating: int | None = None
+
+    @property
+    def tool_error(self) -> bool:
+        """
+        True when a tool failed and the turn still answered (the agent handled it).
+
+        A failed turn (``error`` set) is not a tool error, whatever its tools did.
+
+        .. versionadded:: 0.2.0
+        """
+        return is_tool_error(self.error, self.metadata)
 
 
 class Transcript(NamedTuple):

@@ -12,7 +12,7 @@ from typing import Any
 from context_trace._record import Message
 
 from . import holder as _holder
-from .codec import messages_from_json
+from .codec import messages_from_json, tool_error_sql
 from .connection import DEFAULT_BUSY_TIMEOUT, open_reader
 from .models import (
     DayStats,
@@ -23,6 +23,19 @@ from .models import (
 )
 
 _READ_PAGE = 500
+
+#: The orders :meth:`SQLiteReader.users` takes, as SQL over its query.
+USER_SORTS: dict[str, str] = {
+    "last_seen": "u.last_seen DESC",
+    "conversations": "coalesce(c.n, 0) DESC",
+    "sessions": "coalesce(s.n, 0) DESC",
+    "latency": "c.latency IS NULL, c.latency DESC",
+    "errors": "coalesce(c.errors, 0) DESC",
+    "tool_errors": "coalesce(c.tools, 0) DESC",
+    "ratings_up": "coalesce(s.up, 0) DESC",
+    "ratings_down": "coalesce(s.down, 0) DESC",
+    "user": "u.id ASC",
+}
 
 _SELECT_SESSION_MESSAGES = (
     "SELECT c.messages_json FROM sessions s JOIN conversations c"
@@ -65,6 +78,26 @@ def _conversation_metadata(row: Sequence[Any]) -> dict[str, Any]:
         "metadata": json.loads(row[11]),
         "rating": row[14],
     }
+
+
+def _stored(row: Sequence[Any]) -> StoredConversation:
+    """A row of ``SELECT {_CONVERSATION_COLUMNS}`` as a read model."""
+    return StoredConversation(
+        id=row[0],
+        user_id=row[1],
+        session_id=row[2],
+        started_at=row[3],
+        ended_at=row[4],
+        latency_ms=row[5],
+        model=row[6],
+        prompt_tokens=row[7],
+        completion_tokens=row[8],
+        total_tokens=row[9],
+        error=row[10],
+        metadata=json.loads(row[11]),
+        messages=tuple(messages_from_json(row[13])),
+        rating=row[14],
+    )
 
 
 def outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
@@ -192,42 +225,67 @@ class SQLiteReader:
                 f"cannot read context_trace database {self._path}: {exc}"
             ) from exc
 
-    def users(self) -> list[UserSummary]:
+    def users(
+        self, sort: str = "last_seen", limit: int | None = None
+    ) -> list[UserSummary]:
         """
-        Per-user totals, most recently seen first.
+        Per-user totals, most recently seen first (or by *sort*).
 
         Turns recorded without a user are totalled in one last row whose
-        ``user_id`` is None (left out when there are none).
+        ``user_id`` is None (left out when there are none). It is not a user:
+        it comes after the users whatever the order, and *limit* does not
+        count it.
+
+        Args:
+            sort: A key of :data:`USER_SORTS`: most recently seen first
+                (``last_seen``, the default), the most ``conversations``,
+                ``sessions``, ``errors``, ``tool_errors``, ``ratings_up`` or
+                ``ratings_down`` first, the slowest first (``latency``), or by
+                user id (``user``). Ties go by user id.
+            limit: At most this many users; None for all.
 
         Returns:
             One :class:`UserSummary` per known user, then the no-user row.
 
         Raises:
-            ValueError: If the database cannot be read.
+            ValueError: If the database cannot be read, or for an unknown
+                *sort* or a *limit* under 1.
 
         .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0 *sort*, *limit* and ``tool_errors``.
         """
+        order = USER_SORTS.get(sort)
+        if order is None:
+            raise ValueError(
+                f"sort must be one of {', '.join(USER_SORTS)}, got {sort!r}"
+            )
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         rows = self._rows(
             "WITH c AS (SELECT user_id, count(*) AS n, avg(latency_ms) AS latency,"
-            "  sum(error IS NOT NULL) AS errors FROM conversations"
-            "  WHERE user_id IS NOT NULL GROUP BY user_id),"
+            f"  sum(error IS NOT NULL) AS errors, sum({tool_error_sql()}) AS tools"
+            "  FROM conversations WHERE user_id IS NOT NULL GROUP BY user_id),"
             " s AS (SELECT user_id, count(*) AS n, sum(rating_up) AS up,"
             "  sum(rating_down) AS down FROM sessions"
             "  WHERE user_id IS NOT NULL GROUP BY user_id)"
             " SELECT u.id, coalesce(c.n, 0), coalesce(s.n, 0), u.last_seen, c.latency,"
-            "  coalesce(s.up, 0), coalesce(s.down, 0), coalesce(c.errors, 0)"
+            "  coalesce(s.up, 0), coalesce(s.down, 0), coalesce(c.errors, 0),"
+            "  coalesce(c.tools, 0)"
             " FROM users u LEFT JOIN c ON c.user_id = u.id"
-            " LEFT JOIN s ON s.user_id = u.id ORDER BY u.last_seen DESC, u.id"
+            f" LEFT JOIN s ON s.user_id = u.id ORDER BY {order}, u.id LIMIT ?",
+            (-1 if limit is None else limit,),
         )
         summaries = [UserSummary(*row) for row in rows]
         anonymous = self._rows(
             "WITH c AS (SELECT count(*) AS n, avg(latency_ms) AS latency,"
-            "  sum(error IS NOT NULL) AS errors, max(ended_at) AS last"
+            "  sum(error IS NOT NULL) AS errors, max(ended_at) AS last,"
+            f"  sum({tool_error_sql()}) AS tools"
             "  FROM conversations WHERE user_id IS NULL),"
             " s AS (SELECT count(*) AS n, sum(rating_up) AS up,"
             "  sum(rating_down) AS down FROM sessions WHERE user_id IS NULL)"
             " SELECT NULL, c.n, s.n, c.last, c.latency, coalesce(s.up, 0),"
-            "  coalesce(s.down, 0), coalesce(c.errors, 0) FROM c, s WHERE c.n > 0"
+            "  coalesce(s.down, 0), coalesce(c.errors, 0), coalesce(c.tools, 0)"
+            " FROM c, s WHERE c.n > 0"
         )
         summaries.extend(UserSummary(*row) for row in anonymous)
         return summaries
@@ -249,21 +307,23 @@ class SQLiteReader:
             ValueError: If the database cannot be read.
 
         .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0 ``errors`` and ``tool_errors``.
         """
-        select = (
-            "SELECT s.id, s.user_id, s.started_at, s.last_at,"
-            " (SELECT count(*) FROM conversations c WHERE c.session_n = s.n),"
-            " s.rating_up, s.rating_down FROM sessions s"
+        # The page of sessions first, then its counts: each a range of the
+        # session index (conversations_session), for the sessions shown only.
+        where, params = ("", [limit]) if user_id is None else (
+            " WHERE user_id = ?", [user_id, limit]
+        )  # fmt: skip
+        turns = "FROM conversations c WHERE c.session_n = s.n"
+        rows = self._rows(
+            f"SELECT s.id, s.user_id, s.started_at, s.last_at, (SELECT count(*) {turns}),"
+            " s.rating_up, s.rating_down,"
+            f" (SELECT coalesce(sum(c.error IS NOT NULL), 0) {turns}),"
+            f" (SELECT coalesce(sum({tool_error_sql('c')}), 0) {turns})"
+            f" FROM (SELECT * FROM sessions{where} ORDER BY last_at DESC, id LIMIT ?) s"
+            " ORDER BY s.last_at DESC, s.id",
+            params,
         )
-        if user_id is None:
-            rows = self._rows(
-                f"{select} ORDER BY s.last_at DESC, s.id LIMIT ?", (limit,)
-            )
-        else:
-            rows = self._rows(
-                f"{select} WHERE s.user_id = ? ORDER BY s.last_at DESC, s.id LIMIT ?",
-                (user_id, limit),
-            )
         return [SessionSummary(*row) for row in rows]
 
     def transcript(self, id: str) -> Transcript | None:
@@ -335,6 +395,46 @@ class SQLiteReader:
                 f"cannot read context_trace database {self._path}: {exc}"
             ) from exc
 
+    def conversation(self, id: str) -> StoredConversation | None:
+        """
+        One stored turn by its id, or None.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.2.0
+        """
+        rows = self._rows(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (id,)
+        )
+        return _stored(rows[0]) if rows else None
+
+    def session_turns(self, session_id: str) -> list[StoredConversation]:
+        """
+        A session's turns in order (by start time, then position), each whole.
+
+        What :meth:`session_messages` concatenates, turn by turn, with each
+        turn's error, model, tokens and metadata: a transcript that shows where
+        a turn failed.
+
+        Args:
+            session_id: The session.
+
+        Returns:
+            The turns; empty for an unknown session.
+
+        Raises:
+            ValueError: If the database cannot be read.
+
+        .. versionadded:: 0.2.0
+        """
+        rows = self._rows(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE session_n ="
+            " (SELECT n FROM sessions WHERE id = ?) ORDER BY started_at, n",
+            (session_id,),
+        )
+        return [_stored(row) for row in rows]
+
     def conversations(self, since: float | None = None) -> Iterator[StoredConversation]:
         """
         Every stored conversation with its messages, oldest first.
@@ -370,22 +470,7 @@ class SQLiteReader:
             if not page:
                 return
             for row in page:
-                yield StoredConversation(
-                    id=row[0],
-                    user_id=row[1],
-                    session_id=row[2],
-                    started_at=row[3],
-                    ended_at=row[4],
-                    latency_ms=row[5],
-                    model=row[6],
-                    prompt_tokens=row[7],
-                    completion_tokens=row[8],
-                    total_tokens=row[9],
-                    error=row[10],
-                    metadata=json.loads(row[11]),
-                    messages=tuple(messages_from_json(row[13])),
-                    rating=row[14],
-                )
+                yield _stored(row)
             last = page[-1]
             after = (last[3], last[12])
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .codec import tool_error_sql
 from .connection import read_uri
 
 __all__ = [
@@ -52,8 +53,10 @@ __all__ = [
 # within about 6% of the exact value.
 LATENCY_BUCKETS_PER_DECADE = 20
 # The sidecar's own schema (its user_version). A sidecar of another version is
-# rebuilt from the store: it holds nothing the store does not.
-INDEX_VERSION = 2
+# rebuilt from the store: it holds nothing the store does not. Version 3 (0.2.0)
+# counts tool errors (turns that answered although a tool failed) per user and
+# day, and keeps a copy of the ratings it counted.
+INDEX_VERSION = 3
 _APPLICATION_ID = 0x63747569  # "ctui"
 # The turns the dashboard indexes before answering a request, at most.
 REQUEST_CHUNK = 1000
@@ -75,7 +78,8 @@ _SCHEMA = (
         rating_up INTEGER NOT NULL DEFAULT 0,
         rating_down INTEGER NOT NULL DEFAULT 0,
         first_at REAL,
-        last_at REAL
+        last_at REAL,
+        tool_errors INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
     """
@@ -88,7 +92,8 @@ _SCHEMA = (
         prompt_tokens INTEGER NOT NULL DEFAULT 0,
         completion_tokens INTEGER NOT NULL DEFAULT 0,
         rating_up INTEGER NOT NULL DEFAULT 0,
-        rating_down INTEGER NOT NULL DEFAULT 0
+        rating_down INTEGER NOT NULL DEFAULT 0,
+        tool_errors INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
     """,
     """
@@ -156,6 +161,7 @@ _CHUNK = (
     "CREATE TEMP TABLE chunk AS SELECT n, coalesce(user_id, '') AS user_key,"
     " session_n, date(started_at, 'unixepoch') AS day, started_at, latency_ms,"
     " error IS NOT NULL AS failed, coalesce(prompt_tokens, 0) AS prompt_tokens,"
+    f" {tool_error_sql()} AS tool_failed,"
     " coalesce(completion_tokens, 0) AS completion_tokens, model,"
     " CAST(round(log(max(latency_ms, 1))"
     f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS bucket"
@@ -173,27 +179,29 @@ _APPLY_CHUNK = (
     " SELECT day, user_key, count(*) FROM chunk GROUP BY day, user_key"
     " ON CONFLICT (day, user_key) DO UPDATE SET"
     " conversations = conversations + excluded.conversations",
-    "INSERT INTO ui_day_stats (day, conversations, errors, latency_sum,"
+    "INSERT INTO ui_day_stats (day, conversations, errors, tool_errors, latency_sum,"
     " prompt_tokens, completion_tokens)"
-    " SELECT day, count(*), sum(failed), sum(latency_ms), sum(prompt_tokens),"
-    " sum(completion_tokens) FROM chunk GROUP BY day"
+    " SELECT day, count(*), sum(failed), sum(tool_failed), sum(latency_ms),"
+    " sum(prompt_tokens), sum(completion_tokens) FROM chunk GROUP BY day"
     " ON CONFLICT (day) DO UPDATE SET"
     " conversations = conversations + excluded.conversations,"
     " errors = errors + excluded.errors,"
+    " tool_errors = tool_errors + excluded.tool_errors,"
     " latency_sum = latency_sum + excluded.latency_sum,"
     " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
     " completion_tokens = completion_tokens + excluded.completion_tokens",
     # Active users per day: recounted for the days this chunk touched.
     "UPDATE ui_day_stats SET active_users = (SELECT count(*) FROM ui_user_day u"
     " WHERE u.day = ui_day_stats.day) WHERE day IN (SELECT DISTINCT day FROM chunk)",
-    "INSERT INTO ui_user_stats (user_key, conversations, errors, latency_sum,"
-    " prompt_tokens, completion_tokens, first_at, last_at)"
-    " SELECT user_key, count(*), sum(failed), sum(latency_ms), sum(prompt_tokens),"
-    " sum(completion_tokens), min(started_at), max(started_at)"
+    "INSERT INTO ui_user_stats (user_key, conversations, errors, tool_errors,"
+    " latency_sum, prompt_tokens, completion_tokens, first_at, last_at)"
+    " SELECT user_key, count(*), sum(failed), sum(tool_failed), sum(latency_ms),"
+    " sum(prompt_tokens), sum(completion_tokens), min(started_at), max(started_at)"
     " FROM chunk GROUP BY user_key"
     " ON CONFLICT (user_key) DO UPDATE SET"
     " conversations = conversations + excluded.conversations,"
     " errors = errors + excluded.errors,"
+    " tool_errors = tool_errors + excluded.tool_errors,"
     " latency_sum = latency_sum + excluded.latency_sum,"
     " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
     " completion_tokens = completion_tokens + excluded.completion_tokens,"

@@ -16,7 +16,7 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace ui                       the same, in a local web dashboard
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
+``show``, ``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
 are reported in one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TextIO
 
 from context_trace import __version__, _config
+from context_trace._store.reader import USER_SORTS
 
 from .commands import (
     _DEMO_DB,
@@ -108,10 +109,26 @@ def _parser() -> argparse.ArgumentParser:
             name, help=help, description=help, parents=[db, *parents]
         )
 
-    add(
+    users = add(
         "users",
         "per-user totals: conversations, sessions, latency, ratings, errors",
         as_json,
+    )
+    users.add_argument(
+        "--sort",
+        metavar="KEY",
+        choices=tuple(USER_SORTS),
+        default="last_seen",
+        help=f"one of {', '.join(USER_SORTS)}: the most recently seen first"
+        " (default), the most conversations, sessions, errors, tool errors or"
+        " ratings first, the slowest first, or by user id; the (no user) row"
+        " always comes last",
+    )
+    users.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_int,
+        help="at most N users (the (no user) row is not counted)",
     )
 
     sessions = add("sessions", "sessions, most recently active first", as_json)
@@ -124,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         help="at most N (default 50)",
     )
 
-    show = add("show", "the transcript of a session or of one conversation")
+    show = add("show", "the transcript of a session or of one conversation", as_json)
     show.add_argument("id", metavar="ID", help="a session id or a conversation id")
 
     export = add("export", "every conversation as JSON lines or CSV")

@@ -138,18 +138,44 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines
 
 
-def _render_messages(messages: Sequence[Message], width: int) -> list[str]:
-    """A transcript: the role in a column, the text wrapped beside it."""
+def _render_messages(
+    messages: Sequence[Message],
+    width: int,
+    *,
+    failed: bool = False,
+    error: str | None = None,
+    first: bool = True,
+) -> list[str]:
+    """
+    A transcript: the role in a column, the text wrapped beside it.
+
+    A failed tool is marked "(failed)" and its output shown as its error.
+    *failed* is set for a turn that failed: an answer it ends with never
+    reached the user, and is marked so; *error*, if given, follows in place.
+    *first* is False for a session's later turns, so a blank line separates
+    each question from what came before.
+    """
     text_width = max(20, width - _ROLE_WIDTH)
     pad = " " * _ROLE_WIDTH
     out: list[str] = []
+    undelivered = (
+        len(messages) - 1
+        if failed and messages and messages[-1].role == "assistant"
+        else None
+    )
     for index, message in enumerate(messages):
-        if message.role == "user" and index > 0:
+        if message.role == "user" and (index > 0 or not first):
             out.append("")  # a blank line before each new question
         label = message.role.ljust(_ROLE_WIDTH)
         if message.role == "tool":
-            out.append(label + _cut(message.name or "tool", text_width))
-            fields = (("input: ", message.tool_input), ("output: ", message.content))
+            name = _flat(message.name or "tool") + (
+                " (failed)" if message.error else ""
+            )
+            out.append(label + _cut(name, text_width))
+            fields = (
+                ("input: ", message.tool_input),
+                ("error: " if message.error else "output: ", message.content),
+            )
             for prefix, value in fields:
                 if value is None:
                     continue
@@ -159,6 +185,12 @@ def _render_messages(messages: Sequence[Message], width: int) -> list[str]:
             continue
         body = _wrap(message.content, text_width)
         out.append(label + body[0])
+        out.extend(pad + rest for rest in body[1:])
+        if index == undelivered:
+            out.append(pad + "(not delivered: the turn failed after this answer)")
+    if error is not None:
+        body = _wrap(f"the turn failed: {error}", text_width)
+        out.append("error".ljust(_ROLE_WIDTH) + body[0])
         out.extend(pad + rest for rest in body[1:])
     return out
 

@@ -74,7 +74,7 @@ GLOBAL_PARAMETERS = frozenset({"token"})
 _USER_PARAMS = frozenset({"id", "user", "anonymous"})
 _USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit"})
 _CONVERSATIONS_PARAMS = _USER_PARAMS | {
-    "q", "rating", "range", "errors", "model", "before", "limit",
+    "q", "rating", "range", "errors", "tool_errors", "model", "before", "limit",
 }  # fmt: skip
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range"}),
@@ -448,6 +448,7 @@ def create_app(
             anonymous=anonymous,
             rating=rating,
             errors_only=request.args.get("errors") == "1",
+            tool_errors_only=request.args.get("tool_errors") == "1",
             model=request.args.get("model") or None,
             range_=range_,
             before=_int_arg("before"),

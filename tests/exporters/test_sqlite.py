@@ -632,11 +632,11 @@ class TestReader:
         ] == open_reader().users()
 
     def test_sessions(self, filled, open_reader):
-        """sessions() lists sessions by last activity, with turns and ratings."""
+        """sessions() lists sessions by last activity, with turns, ratings and errors."""
         assert [
             SessionSummary("sc", "bob", T0 + DAY, T0 + DAY + 0.5, 1, 0, 0),
             SessionSummary("sb", "alice", T0 + 120, T0 + 130, 1, 0, 1),
-            SessionSummary("sa", "alice", T0, T0 + 70, 2, 1, 0),
+            SessionSummary("sa", "alice", T0, T0 + 70, 2, 1, 0, errors=1),
         ] == open_reader().sessions()
 
     def test_sessions_filter_and_limit(self, filled, open_reader):

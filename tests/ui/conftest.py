@@ -287,3 +287,16 @@ def rated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = Server(path)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def failures_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The dashboard over dana's store: a LangGraph turn whose tool failed
+    (handled by the agent) and failed turns (see tests/failures.py)."""
+    from tests.failures import record_failures
+
+    path = tmp_path_factory.mktemp("ui-failures") / "traces.db"
+    record_failures(path)
+    srv = Server(path)
+    yield srv
+    srv.stop()

@@ -6,6 +6,15 @@ import sqlite3
 from pathlib import Path
 
 from context_trace._exporters.sqlite import SQLiteExporter
+from tests.failures import (
+    AFTER_ERROR,
+    FAILED_SESSION,
+    MODEL_ERROR,
+    TOOL_ERROR,
+    TOOL_QUESTION,
+    TOOL_SESSION,
+    USER,
+)
 
 from .conftest import Server, turn
 
@@ -318,3 +327,64 @@ def test_preview_of_a_turn_that_keeps_its_history(tmp_path: Path):
         analytics.close()
 
     assert "second" == row.preview
+
+
+class TestToolErrors:
+    """A turn whose tool failed but which answered: its own state, apart from errors."""
+
+    def test_overview_counts_tool_errors_apart(self, failures_server):
+        """The overview counts the turn with a failed tool apart from the failed turns."""
+        for range_ in ("24h", "7d", "all"):
+            body = failures_server.api(f"/api/overview?range={range_}")
+
+            assert (6, 2, 1) == (
+                body["conversations"],
+                body["errors"],
+                body["tool_errors"],
+            )
+
+    def test_users_and_sessions_count_tool_errors(self, failures_server):
+        """Users (sortable by tool_errors) and a user's sessions carry tool_errors."""
+        users = failures_server.api("/api/users?sort=tool_errors")
+        user = failures_server.api(f"/api/user?id={USER}")
+
+        assert [(USER, 2, 1)] == [
+            (u["user_id"], u["errors"], u["tool_errors"]) for u in users["items"]
+        ]
+        assert (2, 1) == (user["user"]["errors"], user["user"]["tool_errors"])
+        assert {FAILED_SESSION: (2, 0), TOOL_SESSION: (0, 1)} == {
+            s["session_id"]: (s["errors"], s["tool_errors"])
+            for s in user["sessions"]["items"]
+        }
+
+    def test_session_marks_the_turn_and_the_failed_tool(self, failures_server):
+        """The session's turn has tool_error and no error; the tool message has error."""
+        body = failures_server.api(f"/api/session?id={TOOL_SESSION}")
+        first, second = body["turns"]
+
+        assert 1 == body["session"]["tool_errors"]
+        assert (None, True, None, False) == (
+            first["error"],
+            first["tool_error"],
+            second["error"],
+            second["tool_error"],
+        )
+        assert {
+            "role": "tool",
+            "content": TOOL_ERROR,
+            "name": "lookup_order",
+            "tool_input": '{"order_id":"42"}',
+            "error": True,
+        } == first["messages"][1]
+
+    def test_filters_tell_tool_errors_from_errors(self, failures_server):
+        """tool_errors=1 finds the turn with a failed tool; errors=1 finds only failed turns."""
+        tools = failures_server.api("/api/conversations?tool_errors=1")
+        errors = failures_server.api("/api/conversations?errors=1")
+
+        assert [(TOOL_SESSION, None, True)] == [
+            (c["session_id"], c["error"], c["tool_error"]) for c in tools["items"]
+        ]
+        assert TOOL_QUESTION == tools["items"][0]["preview"]
+        assert [AFTER_ERROR, MODEL_ERROR] == [c["error"] for c in errors["items"]]
+        assert not any(c["tool_error"] for c in errors["items"])

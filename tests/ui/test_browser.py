@@ -9,6 +9,7 @@ from selenium.webdriver.common.by import By
 
 # The browser fixture (tests/ui/conftest.py) skips these tests without Chromium,
 # or fails them where CI requires it.
+from tests.failures import TOOL_ERROR, TOOL_QUESTION, TOOL_SESSION
 
 
 def severe_logs(driver: Any) -> list[str]:
@@ -141,4 +142,54 @@ def test_session_turns_show_rating_metadata_and_latency(browser, rated_server):
     assert "rated" not in metas[2]
     assert "plan\npro" in metadata
     assert "region\n<b>eu</b>" in metadata  # stored markup stays text
+    assert [] == severe_logs(browser)
+
+
+def test_a_tool_error_is_visible_and_filterable(browser, failures_server):
+    """A turn whose tool failed (the agent answered anyway): counted, highlighted, filterable."""
+    url = failures_server.url
+    browser.get(url + "/?range=all")
+    tool_errors = browser.find_element(By.ID, "stat-tool-errors")
+    errors = browser.find_element(By.ID, "stat-error-rate").find_element(
+        By.XPATH, "following-sibling::span"
+    )
+
+    assert ("1", "errors (2)") == (tool_errors.text, errors.text)
+
+    browser.get(url + f"/session?id={TOOL_SESSION}")
+    turn = browser.find_element(By.ID, "turn-1")
+    tool = turn.find_element(By.CSS_SELECTOR, ".msg.tool")
+
+    assert "tool-error" in turn.get_attribute("class").split()
+    assert "failed" in tool.get_attribute("class").split()
+    assert (
+        "TOOL · LOOKUP_ORDER · FAILED" == tool.find_element(By.CLASS_NAME, "role").text
+    )
+    assert TOOL_ERROR == tool.find_element(By.CLASS_NAME, "content").text
+    # Highlighted: a red-tinted box with a red edge, not the plain tool colours.
+    assert "rgba(253, 236, 234, 1)" == tool.value_of_css_property("background-color")
+    assert "rgba(179, 38, 30, 1)" == tool.value_of_css_property("border-left-color")
+    assert "a tool failed" in turn.find_element(By.CLASS_NAME, "turn-meta").text
+    assert "1" == browser.find_element(By.ID, "session-tool-errors").text
+
+    browser.get(url + "/conversations")
+    browser.find_element(By.NAME, "tool_errors").click()
+    browser.find_element(By.CSS_SELECTOR, ".filters button").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#conversations tbody tr")
+
+    assert "tool_errors=1" in browser.current_url
+    assert [TOOL_QUESTION] == [
+        r.find_element(By.CLASS_NAME, "preview").text for r in rows
+    ]
+
+    browser.get(url + "/conversations?errors=1")
+    failed = browser.find_elements(By.CSS_SELECTOR, "#conversations tbody tr")
+
+    assert 2 == len(failed)
+    assert TOOL_QUESTION not in " ".join(r.text for r in failed)
+
+    browser.get(url + "/users")
+    cell = browser.find_element(By.CSS_SELECTOR, "#users tbody td.tool-errors")
+
+    assert "1" == cell.text
     assert [] == severe_logs(browser)

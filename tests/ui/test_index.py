@@ -10,6 +10,7 @@ from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Feedback
 from context_trace._store.schema import SCHEMA_VERSION
 from context_trace._store.ui_index import UIIndex, default_index_path
+from tests.failures import record_failures
 
 from .conftest import NOW, Server, build_store, checksum, turn
 
@@ -258,3 +259,29 @@ def test_index_option_puts_the_sidecar_elsewhere(tmp_path: Path):
     assert ["c-n1"] == [c["conversation_id"] for c in body["items"]]
     assert elsewhere.is_file()
     assert [] == [p.name for p in db.parent.iterdir() if "ui-index" in p.name]
+
+
+def test_an_index_of_the_previous_version_is_rebuilt(tmp_path: Path):
+    """A sidecar written before tool errors were indexed (version 1) is rebuilt with them."""
+    db = tmp_path / "traces.db"
+    record_failures(db)
+    with UIIndex(db) as index:
+        index.build()
+    # What 0.2's first dashboard left: the same tables without the tool_errors
+    # columns, marked version 1.
+    conn = sqlite3.connect(default_index_path(db))
+    for table in ("ui_user_stats", "ui_day_stats"):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN tool_errors")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    srv = Server(db)
+    try:
+        overview = srv.api("/api/overview?range=all")
+        users = srv.api("/api/users")
+    finally:
+        srv.stop()
+
+    assert (2, 1) == (overview["errors"], overview["tool_errors"])
+    assert [1] == [u["tool_errors"] for u in users["items"]]
