@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.wait import WebDriverWait
 
 # The browser fixture (tests/ui/conftest.py) skips these tests without Chromium,
 # or fails them where CI requires it.
@@ -175,9 +176,10 @@ def test_a_tool_error_is_visible_and_filterable(browser, failures_server):
     browser.get(url + "/conversations")
     browser.find_element(By.NAME, "tool_errors").click()
     browser.find_element(By.CSS_SELECTOR, ".filters button").click()
+    # The click only starts the navigation: read the rows of the page it loads.
+    WebDriverWait(browser, 10).until(lambda b: "tool_errors=1" in b.current_url)
     rows = browser.find_elements(By.CSS_SELECTOR, "#conversations tbody tr")
 
-    assert "tool_errors=1" in browser.current_url
     assert [TOOL_QUESTION] == [
         r.find_element(By.CLASS_NAME, "preview").text for r in rows
     ]
