@@ -276,6 +276,7 @@ class TestDefaultRun:
         assert runs["show"].stdout.splitlines()[1].startswith("user ben · 3 turns · ")
         assert 36 == len(runs["export"].stdout.splitlines())
 
+    def test_fits_80_columns(self, demo: DemoRun) -> None:
         """Every line of the output, the suggested commands too, fits 80 columns."""
         assert [] == [line for line in demo.lines if len(line) > 80]
 
