@@ -239,6 +239,10 @@ class TestDefaultRun:
             ui.communicate(timeout=30)
         assert sorted(USERS) == sorted(u["user_id"] for u in users)
 
+    def test_no_path_hint_when_context_trace_is_on_path(self, demo: DemoRun) -> None:
+        """Run where PATH finds context-trace, the demo suggests no activation."""
+        assert not any("activate" in line for line in demo.lines)
+
     def test_readme_cli_examples_work_on_the_demo(self, demo: DemoRun) -> None:
         """The README's CLI examples, on the demo's store, find the users they name."""
         readme = (REPO / "README.md").read_text(encoding="utf-8")
@@ -530,3 +534,35 @@ class TestModel:
 
         with pytest.raises(TimeoutError, match="order service did not answer"):
             chain.invoke({"history": [], "message": _demo._ERROR_TURN_TEXT})
+
+
+class TestInactiveVirtualenv:
+    def test_says_how_to_put_the_commands_on_path(self, tmp_path: Path) -> None:
+        """Started as .venv/bin/context-trace from a virtualenv that is not
+        active, the demo first suggests activating it, and the suggested
+        commands then work as printed."""
+        script = BIN / "context-trace"
+        if not script.is_file():
+            pytest.fail(f"no console script at {script}: install the package first")
+        env = _env(HOME=str(tmp_path), PATH=os.defpath)
+        env.pop("VIRTUAL_ENV", None)
+        cwd = BIN.parent.parent  # the virtualenv's parent, as in the README
+        result = subprocess.run(
+            [str(script.relative_to(cwd)), "demo", "--users", "1",
+             "--sessions-per-user", "1"],
+            capture_output=True, text=True, encoding="utf-8", cwd=cwd, env=env,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert (0, "") == (result.returncode, result.stderr.split("\r")[-1].strip())
+        lines = result.stdout.splitlines()
+        hint = lines[lines.index("Try next, on the demo's store:") + 1].strip()
+        activate = BIN.relative_to(cwd) / "activate"
+
+        assert f"source {activate}  # puts context-trace on your PATH" == hint
+        stats = subprocess.run(
+            f"{hint.split('#')[0]} && {lines[-3].strip()}", shell=True,
+            executable="/bin/bash", capture_output=True, text=True, cwd=cwd,
+            env=env, timeout=120, check=False,
+        )  # fmt: skip
+        assert (0, "") == (stats.returncode, stats.stderr)
+        assert stats.stdout.splitlines()[1].split()[0][:4].isdigit()

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -637,6 +638,9 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     print(file=out)
     # Whole commands, never cut or wrapped: each is meant to be pasted as it is.
     print("Try next, on the demo's store:", file=out)
+    hint = _path_hint()
+    if hint:
+        print(f"  {hint}", file=out)
     for command, note in (
         (f"sessions --user {result.error_user}", ""),
         ("stats", ""),
@@ -645,6 +649,30 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     ):
         print(f"  context-trace {command} --db {where}{note}", file=out)
     return _EXIT_OK
+
+
+def _path_hint() -> str | None:
+    """
+    The command that puts ``context-trace`` on PATH, when the demo was started
+    from a virtualenv that is not active (the README's first command runs
+    ``.venv/bin/context-trace demo``): else the suggested commands would not be
+    found. None when PATH already finds this script, or under ``python -m``.
+    """
+    script = Path(sys.argv[0]).absolute()
+    if script.name != "context-trace":
+        return None
+    found = shutil.which("context-trace")
+    if found and Path(found).resolve() == script.resolve():
+        return None
+    scripts = script.parent
+    try:
+        shown = scripts.relative_to(Path.cwd())
+    except ValueError:
+        shown = scripts
+    activate = shown / "activate"
+    if not (scripts / "activate").is_file():
+        return f"export PATH={shlex.quote(str(scripts))}:$PATH  # finds context-trace"
+    return f"source {shlex.quote(str(activate))}  # puts context-trace on your PATH"
 
 
 def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
