@@ -17,11 +17,8 @@ it is built (:meth:`Capabilities.of`), never on its hot paths.
 
 from __future__ import annotations
 
-import email.utils
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Literal, Protocol, runtime_checkable
 
 from context_trace._record import Record
@@ -210,23 +207,3 @@ class Sender(Protocol):
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop: cut a delivery short and release resources."""
         ...
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), if any."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
