@@ -209,7 +209,8 @@ class ContextAPIExporter:
             its turns in order), used to find the message a rating targets.
         circuit_threshold: Consecutive failed requests (transient failures, retries
             included) that open the circuit.
-        circuit_cooldown: Seconds the circuit stays open before one probe request.
+        circuit_cooldown: Seconds the circuit stays open before one probe request
+            (longer when the failure that opened it carried a longer ``Retry-After``).
         session_cache_size: Sessions remembered in-process for ratings when there is
             no *transcript_source* (least recently used are forgotten first).
 
@@ -506,7 +507,7 @@ class ContextAPIExporter:
             _logger.debug(
                 "context_trace: attempt %d for %s failed: %s", attempts, what, detail
             )
-            self._circuit_failure()
+            self._circuit_failure(result.retry_after)
             delay = result.retry_after
             if delay is None:
                 delay = self._backoff.delay(attempts - 1)
@@ -578,8 +579,12 @@ class ContextAPIExporter:
         if self._circuit.success():
             _logger.info("context_trace: Context API reachable again; delivery resumed")
 
-    def _circuit_failure(self) -> None:
-        if self._circuit.failure():
+    def _circuit_failure(self, retry_after: float | None) -> None:
+        # An open circuit waits at least as long as the server asked.
+        cooldown = (
+            None if retry_after is None else max(self._circuit_cooldown, retry_after)
+        )
+        if self._circuit.failure(cooldown):
             self._warn_once(
                 ("circuit",),
                 "context_trace: Context API failed %d times in a row; pausing delivery for %.1f s",
