@@ -2,7 +2,7 @@
 The runtime: the process-wide state built from a :class:`~._config.Config`.
 
 It owns the exporter and the pipeline and wires them together (the pipeline is
-handed the converter's ``prepare``; neither imports the other), and it is where
+handed the converter's ``convert``; neither imports the other), and it is where
 ``configure()``, ``emit()``, ``flush()``, ``shutdown()`` and ``stats()`` live.
 Scopes and the handler call into it; nothing it imports calls back.
 """
