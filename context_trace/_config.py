@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
+from ._exporters import http_policy
 from ._exporters.base import Exporter
 from ._redact import builtin_redactor
 
@@ -69,7 +70,7 @@ ENV_OTEL_RESOURCE_ATTRIBUTES = "OTEL_RESOURCE_ATTRIBUTES"
 ENV_CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 #: The named exporters ``exporter=`` / ``CONTEXT_TRACE_EXPORTER`` accept.
 EXPORTER_NAMES = ("sqlite", "otlp")
-DEFAULT_OTLP_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_OTLP_TRACES_ENDPOINT = http_policy.DEFAULT_OTLP_TRACES_ENDPOINT
 ENV_BACKPRESSURE_TIMEOUT = "CONTEXT_TRACE_BACKPRESSURE_TIMEOUT"
 # LangSmith/LangChain switches that turn tracing on from the environment.
 _TRACING_ENV = (
@@ -79,7 +80,7 @@ _TRACING_ENV = (
     "LANGCHAIN_TRACING",
 )
 
-DEFAULT_ENDPOINT = "https://api.context.ai"
+DEFAULT_ENDPOINT = http_policy.DEFAULT_CONTEXT_ENDPOINT
 _DEFAULT_MAX_QUEUE = 4096  # a queued turn holds ~5 KB of references: ~20 MB at most
 _DEFAULT_FLUSH_INTERVAL = 1.0
 _DEFAULT_MAX_BATCH = 512

@@ -31,6 +31,7 @@ from ._turn import ModelResult, Received, Turn
 __all__ = [
     "answer_text",
     "content_text",
+    "convert",
     "header_ids",
     "prepare",
     "reset_header_sessions",
@@ -948,7 +949,22 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
 
 def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record]:
     """Convert queued items into records; an item that fails is logged and skipped."""
+    return convert(items, redact)[0]
+
+
+def convert(
+    items: Sequence[Any], redact: Redactor | None = None
+) -> tuple[list[Record], int]:
+    """
+    Convert queued items into records, counting the items that failed.
+
+    Returns:
+        ``(records, failed)``: the records, and how many items raised while being
+        converted (logged). The rest of the items gave no record by design: runs
+        that were not conversations, which the pipeline counts as skipped.
+    """
     out: list[Record] = []
+    failed = 0
     for item in items:
         try:
             if isinstance(item, Turn):
@@ -958,6 +974,7 @@ def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record
             elif isinstance(item, (Conversation, Feedback)):
                 out.append(item)
         except Exception:  # noqa: BLE001 - one bad turn must not stop the batch
+            failed += 1
             # Once per process at WARNING: a converter bug would fail every turn.
             log_once(
                 _logger,
@@ -965,4 +982,4 @@ def prepare(items: Sequence[Any], redact: Redactor | None = None) -> list[Record
                 "context_trace: could not convert a turn",
                 exc_info=True,
             )
-    return out
+    return out, failed

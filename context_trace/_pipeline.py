@@ -62,7 +62,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._exporters.base import Exporter, ExportResult
+from ._exporters.base import Capabilities, Exporter, ExportResult
 from ._record import Conversation, Feedback, Record
 
 __all__ = ["STAT_KEYS", "BatchPipeline", "ClosedPipeline", "InlinePipeline", "Prepare"]
@@ -77,6 +77,7 @@ STAT_KEYS = (
     "exported",
     "dropped",
     "failed",
+    "skipped",
     "retried",
     "pending",
     "queued",
@@ -102,12 +103,25 @@ _DEFAULT_BACKPRESSURE_TIMEOUT = 0.1
 _MP_EXIT_PRIORITY = 0
 
 #: Converts queued items (raw turns, records) into records; runs on the worker.
-Prepare = Callable[[Sequence[Any]], list[Record]]
+#: It returns the records, or ``(records, failed)``: then the items that neither
+#: gave a record nor failed are counted as skipped (runs that were not
+#: conversations). With a plain list, every item without a record counts as failed.
+Prepare = Callable[[Sequence[Any]], list[Record] | tuple[list[Record], int]]
 
 
 def records_only(items: Sequence[Any]) -> list[Record]:
     """The default *prepare*: keep the items that are records already."""
     return [item for item in items if isinstance(item, (Conversation, Feedback))]
+
+
+def _counted(
+    items: Sequence[Any], prepared: list[Record] | tuple[list[Record], int]
+) -> tuple[list[Record], int, int]:
+    """``(records, failed, skipped)`` from what a *prepare* returned for *items*."""
+    if isinstance(prepared, tuple):
+        records, failed = prepared
+        return records, failed, max(0, len(items) - len(records) - failed)
+    return prepared, len(items) - len(prepared), 0
 
 
 class _Marker:
@@ -163,6 +177,8 @@ class BatchPipeline:
                 f"backpressure_timeout must be at least 0, got {backpressure_timeout}"
             )
         self._exporter = exporter
+        # What the exporter can do beyond export/shutdown, read once here.
+        self._capabilities = Capabilities.of(exporter)
         self._prepare = prepare if prepare is not None else records_only
         self._max_queue = max_queue
         self._max_batch = max_batch
@@ -176,6 +192,7 @@ class BatchPipeline:
         self._taken = 0
         self._exported = 0
         self._failed = 0
+        self._skipped = 0
         self._rejected = 0
         self._retried = 0
         self._pending = 0
@@ -254,8 +271,8 @@ class BatchPipeline:
             _logger.warning(
                 "context_trace: cannot watch multiprocessing's exit", exc_info=True
             )
-        after_fork = getattr(self._exporter, "after_fork", None)
-        if callable(after_fork):
+        after_fork = self._capabilities.after_fork
+        if after_fork is not None:
             try:
                 after_fork()
             except Exception:
@@ -380,7 +397,7 @@ class BatchPipeline:
             self._idle_locked()
 
     def _idle_locked(self) -> None:
-        idle = getattr(self._exporter, "idle", None)
+        idle = self._capabilities.idle
         if idle is not None:
             try:
                 result = idle()
@@ -442,17 +459,21 @@ class BatchPipeline:
         return chunk, None
 
     def _convert(self, items: list[Any]) -> list[Record]:
-        """The records for *items*; those that cannot be converted are counted failed."""
+        """
+        The records for *items*; those that cannot be converted are counted
+        failed, runs that were not conversations skipped.
+        """
         self._taken += len(items)
         try:
-            records = self._prepare(items)
+            records, failed, skipped = _counted(items, self._prepare(items))
         except Exception:
             self._failed += len(items)
             _logger.warning(
                 "context_trace: could not convert %d records", len(items), exc_info=True
             )
             return []
-        self._failed += len(items) - len(records)
+        self._failed += failed
+        self._skipped += skipped
         return records
 
     def _export(self, records: list[Record]) -> None:
@@ -537,7 +558,7 @@ class BatchPipeline:
             # stuck in a delivery (a backend that hangs or keeps failing), for
             # persisting what is queued after cutting that delivery short.
             thread.join(None if timeout is None else timeout * 0.7)
-            interrupt = getattr(self._exporter, "interrupt", None)
+            interrupt = self._capabilities.interrupt
             if thread.is_alive() and interrupt is not None:
                 interrupt()
                 left = (
@@ -564,14 +585,15 @@ class BatchPipeline:
 
     def stats(self) -> dict[str, int]:
         """
-        Counters: enqueued, exported, dropped, failed, retried, pending, queued,
-        waited (emits that waited for room), waited_ms (their total wait) and
-        rejected (ratings whose session or turn the store does not hold).
+        Counters: enqueued, exported, dropped, failed, skipped (runs that were
+        not conversations), retried, pending, queued, waited (emits that waited
+        for room), waited_ms (their total wait) and rejected (ratings whose
+        session or turn the store does not hold).
         """
         queued = self.queued()
         pending = self._pending
-        backlog = getattr(self._exporter, "pending", None)
-        if callable(backlog):  # an outbox knows its backlog exactly
+        backlog = self._capabilities.pending
+        if backlog is not None:  # an outbox knows its backlog exactly
             try:
                 pending = int(backlog())
             except Exception:
@@ -583,6 +605,7 @@ class BatchPipeline:
             "exported": self._exported,
             "dropped": self._dropped,
             "failed": self._failed,
+            "skipped": self._skipped,
             "retried": self._retried,
             "pending": pending,
             "queued": queued,
@@ -617,14 +640,15 @@ class InlinePipeline:
         with self._lock:  # keeps session de-duplication ordered across threads
             self._counts["enqueued"] += 1
             try:
-                records = self._prepare([item])
+                records, failed, skipped = _counted([item], self._prepare([item]))
                 result = self._exporter.export(records)
             except Exception:
                 _logger.warning("context_trace: inline export failed", exc_info=True)
                 self._counts["failed"] += 1
                 return
             self._counts["exported"] += result.exported
-            self._counts["failed"] += result.failed + (1 - len(records))
+            self._counts["failed"] += result.failed + failed
+            self._counts["skipped"] += skipped
             self._counts["rejected"] += result.rejected
 
     def flush(self, timeout: float | None = None) -> bool:

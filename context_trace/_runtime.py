@@ -2,7 +2,7 @@
 The runtime: the process-wide state built from a :class:`~._config.Config`.
 
 It owns the exporter and the pipeline and wires them together (the pipeline is
-handed the converter's ``prepare``; neither imports the other), and it is where
+handed the converter's ``convert``; neither imports the other), and it is where
 ``configure()``, ``emit()``, ``flush()``, ``shutdown()`` and ``stats()`` live.
 Scopes and the handler call into it; nothing it imports calls back.
 """
@@ -21,7 +21,7 @@ from langchain_core.tracers.context import run_collector_var, tracing_v2_callbac
 
 from . import _sigterm
 from ._config import UNSET, Config, Redactor, build_config
-from ._convert import prepare, reset_header_sessions
+from ._convert import convert, reset_header_sessions
 from ._exporters.base import Exporter
 from ._log import log_once, reset_log_once
 from ._pipeline import STAT_KEYS, BatchPipeline, ClosedPipeline, InlinePipeline, Prepare
@@ -48,7 +48,7 @@ AnyPipeline = BatchPipeline | InlinePipeline | ClosedPipeline
 
 def preparer(redact: Redactor | None) -> Prepare:
     """The converter bound to *redact*: what a pipeline runs on its worker."""
-    return functools.partial(prepare, redact=redact)
+    return functools.partial(convert, redact=redact)
 
 
 class _State:
@@ -461,7 +461,8 @@ def stats() -> dict[str, int]:
     Export counters of the current pipeline.
 
     Returns:
-        ``enqueued``, ``exported``, ``dropped``, ``failed``, ``retried``,
+        ``enqueued``, ``exported``, ``dropped``, ``failed`` (records given
+        up on), ``skipped`` (runs that were not conversations), ``retried``,
         ``pending`` (kept in the outbox for later), ``queued`` (in memory now),
         ``waited`` (turns that waited for room at the high-water mark),
         ``waited_ms`` (their total wait) and ``rejected`` (ratings not stored

@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from langchain_core.runnables import RunnableLambda
 
 import context_trace as ct
 from context_trace._exporters.base import ExportResult
 from context_trace._pipeline import BatchPipeline
 from context_trace._record import Conversation, Message, Record
+from context_trace.testing import capture
 
 from .conftest import echo_chain
 
@@ -338,6 +340,43 @@ class TestOverload:
         assert 14 == stats["dropped"]
 
 
+class TestCapabilities:
+    def test_declared_backlog_and_idle_are_used(self, make_pipeline):
+        """An exporter with pending() and idle() gets both used; a plain attribute is not."""
+
+        class Outboxish(RecordingExporter):
+            def __init__(self) -> None:
+                super().__init__()
+                self.idled = 0
+
+            def idle(self) -> ExportResult:
+                self.idled += 1
+                return ExportResult()
+
+            def pending(self) -> int:
+                return 7
+
+        class NotACapability(RecordingExporter):
+            pending = 3  # an attribute, not the Backlog protocol's method
+
+        outbox = Outboxish()
+        declared = BatchPipeline(outbox, flush_interval=30.0)
+        plain = BatchPipeline(NotACapability(), flush_interval=30.0)
+        try:
+            declared.emit(_record(1))
+            plain.emit(_record(2))
+            assert declared.flush(10)
+            assert plain.flush(10)
+            stats, plain_stats = declared.stats(), plain.stats()
+        finally:
+            declared.shutdown(5)
+            plain.shutdown(5)
+
+        assert 7 == stats["pending"]
+        assert outbox.idled >= 1  # flush() runs one delivery pass
+        assert 0 == plain_stats["pending"]
+
+
 class TestFailures:
     def test_exporter_exception_is_counted_and_the_worker_survives(
         self, exporter, make_pipeline, caplog
@@ -545,6 +584,27 @@ class TestThroughTheScopes:
         assert {f"u{i}" for i in range(30)} == {
             r.user_id for b in exporter.batches for r in b
         }
+
+    def test_runs_that_are_not_conversations_are_skipped_not_failed(self, exporter):
+        """A scope's identity RunnableLambda is counted skipped; only real errors count failed."""
+        ct.configure(exporter=exporter, flush_interval=30.0)
+        with ct.track_user("u1"):
+            RunnableLambda(lambda x: x).invoke("not a conversation")
+            echo_chain().invoke({"q": "a real question"})
+
+        assert ct.flush(10)
+        stats = ct.stats()
+        assert (1, 1, 0) == (stats["exported"], stats["skipped"], stats["failed"])
+        assert 2 == stats["enqueued"]
+
+    def test_inline_capture_counts_skipped_runs_too(self):
+        """testing.capture() counts a scope's non-conversation run as skipped, not failed."""
+        with capture() as records, ct.track_user("u1"):
+            RunnableLambda(lambda x: x).invoke("not a conversation")
+            stats = ct.stats()
+
+        assert [] == list(records)
+        assert (1, 0) == (stats["skipped"], stats["failed"])
 
 
 class TestServerless:

@@ -8,20 +8,33 @@ end. Exporters never raise out of ``export``: they return an :class:`ExportResul
 saying how many records were delivered, how many were given up on and how many
 retries it took. Retrying transient failures is the exporter's job (as in
 OpenTelemetry's OTLP HTTP exporter); the pipeline only counts.
+
+What an exporter can do beyond ``export`` and ``shutdown`` it declares by
+having the methods of a capability protocol (:class:`Idle`, :class:`Backlog`,
+:class:`Interruptible`, :class:`ForkAware`). The pipeline reads them once, when
+it is built (:meth:`Capabilities.of`), never on its hot paths.
 """
 
 from __future__ import annotations
 
-import email.utils
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Literal, Protocol, runtime_checkable
 
 from context_trace._record import Record
 
-__all__ = ["ExportResult", "Exporter", "Outcome", "OutcomeStatus", "Sender"]
+__all__ = [
+    "Backlog",
+    "Capabilities",
+    "ExportResult",
+    "Exporter",
+    "ForkAware",
+    "Idle",
+    "Interruptible",
+    "Outcome",
+    "OutcomeStatus",
+    "Sender",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,78 @@ class Exporter(Protocol):
     def shutdown(self, timeout: float | None = None) -> None:
         """Release resources; called once, after the last ``export``."""
         ...
+
+
+@runtime_checkable
+class Idle(Protocol):
+    """An exporter with work of its own to do between batches (the outbox delivers)."""
+
+    def idle(self) -> ExportResult | None:
+        """Do what is due; the pipeline calls it after each drain and each flush."""
+        ...
+
+
+@runtime_checkable
+class Backlog(Protocol):
+    """An exporter that knows exactly how many records wait for delivery."""
+
+    def pending(self) -> int:
+        """Records kept for later now (``stats()["pending"]``)."""
+        ...
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """An exporter whose delivery in progress can be cut short."""
+
+    def interrupt(self) -> None:
+        """Stop a delivery now (shutdown with a backend that hangs); never raise."""
+        ...
+
+
+@runtime_checkable
+class ForkAware(Protocol):
+    """An exporter that must renew state (locks) in a forked child."""
+
+    def after_fork(self) -> None:
+        """Called in the child after ``os.fork``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """
+    What an exporter declared it can do, resolved once into bound methods.
+
+    Attributes:
+        idle: :meth:`Idle.idle`, or None.
+        pending: :meth:`Backlog.pending`, or None.
+        interrupt: :meth:`Interruptible.interrupt`, or None.
+        after_fork: :meth:`ForkAware.after_fork`, or None.
+    """
+
+    idle: Callable[[], ExportResult | None] | None = None
+    pending: Callable[[], int] | None = None
+    interrupt: Callable[[], None] | None = None
+    after_fork: Callable[[], None] | None = None
+
+    @classmethod
+    def of(cls, exporter: object) -> Capabilities:
+        """The capability protocols *exporter* implements (a callable method each)."""
+        return cls(
+            idle=exporter.idle
+            if isinstance(exporter, Idle) and callable(exporter.idle)
+            else None,
+            pending=exporter.pending
+            if isinstance(exporter, Backlog) and callable(exporter.pending)
+            else None,
+            interrupt=exporter.interrupt
+            if isinstance(exporter, Interruptible) and callable(exporter.interrupt)
+            else None,
+            after_fork=exporter.after_fork
+            if isinstance(exporter, ForkAware) and callable(exporter.after_fork)
+            else None,
+        )
 
 
 OutcomeStatus = Literal["delivered", "retry", "failed"]
@@ -122,23 +207,3 @@ class Sender(Protocol):
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop: cut a delivery short and release resources."""
         ...
-
-
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), if any."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)

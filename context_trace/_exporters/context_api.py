@@ -55,10 +55,11 @@ the scope's keys, and the per-turn keys (``turn_id`` ... ``error``) go in the
 ``metadata`` of the turn's last message.
 
 Delivery: each record is one request, made with our own retry loop (azure-core's
-RetryPolicy is disabled). Connection errors, timeouts and HTTP 429, 500, 502, 503
-and 504 are retried with exponential backoff and jitter, or after the server's
-``Retry-After``, within ``max_attempts`` and a per-batch ``deadline``. Other
-statuses are permanent. A circuit breaker stops calling an API that keeps failing:
+RetryPolicy is disabled) under the shared HTTP policy (``http_policy.py``).
+Connection errors, timeouts and HTTP 429, 502, 503 and 504 are retried with
+exponential backoff and jitter, or after the server's ``Retry-After``, within
+``max_attempts`` and a per-batch ``deadline``. Other statuses (500 included) are
+permanent. A circuit breaker stops calling an API that keeps failing:
 records not attempted are reported as *pending* (``ExportResult.pending``, outcome
 ``"retry"`` with ``attempts == 0``) so that a durable outbox (the SQLite store) keeps
 them; without one they are dropped by the pipeline. Delivery is at least once: a
@@ -74,10 +75,8 @@ with message ids returned at ingestion instead, which the client cannot express.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -100,13 +99,22 @@ from getcontext.token import Credential
 
 from context_trace._record import Conversation, Feedback, Message, Record
 
-from .base import ExportResult, Outcome, OutcomeStatus, retry_after_seconds
+from .base import ExportResult, Outcome, OutcomeStatus
+from .http_policy import (
+    DEFAULT_CONTEXT_ENDPOINT,
+    Backoff,
+    CircuitBreaker,
+    is_loopback,
+    is_transient,
+    retry_after_seconds,
+    safe_url,
+)
 
 __all__ = ["DEFAULT_ENDPOINT", "ContextAPIExporter", "Outcome", "OutcomeStatus"]
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "https://api.context.ai"
+DEFAULT_ENDPOINT = DEFAULT_CONTEXT_ENDPOINT
 _DEFAULT_TIMEOUT = 10.0
 _DEFAULT_CONNECT_TIMEOUT = 5.0
 _DEFAULT_MAX_ATTEMPTS = 5
@@ -121,10 +129,6 @@ _DEFAULT_SESSION_CACHE_SIZE = 10_000
 _ROUTE_LOG = "/api/v1/log/conversation"
 _ROUTE_THREAD = "/api/v1/log/conversation/thread"
 _ROUTE_THREAD_PATCH = "/api/v1/log/conversation/thread/{id}"
-
-# Retried: the request may succeed later. Everything else (400, 401, 403, 404,
-# 409, 422, ...) means the request itself is wrong and would fail again.
-_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 # Keys that change from turn to turn (see the module docstring).
 _TURN_KEYS = (
@@ -205,7 +209,8 @@ class ContextAPIExporter:
             its turns in order), used to find the message a rating targets.
         circuit_threshold: Consecutive failed requests (transient failures, retries
             included) that open the circuit.
-        circuit_cooldown: Seconds the circuit stays open before one probe request.
+        circuit_cooldown: Seconds the circuit stays open before one probe request
+            (longer when the failure that opened it carried a longer ``Retry-After``).
         session_cache_size: Sessions remembered in-process for ratings when there is
             no *transcript_source* (least recently used are forgotten first).
 
@@ -262,16 +267,16 @@ class ContextAPIExporter:
         )
 
         self._token = token  # kept only to scrub it from text we log
-        self._random = random.Random()
+        self._backoff = Backoff(self._backoff_base, self._backoff_max, self._jitter)
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards _threads and _closed
         self._closed = False
         self._threads: OrderedDict[str, _ThreadState] = OrderedDict()
         self._warned: set[tuple[str, ...]] = set()
-        # Circuit breaker state, used from the exporting thread only.
-        self._failures = 0  # consecutive transient failures
-        self._open_until: float | None = None  # set while the circuit is open
-        self._probing = False  # half-open: one probe request in flight
+        # Used from the exporting thread only.
+        self._circuit = CircuitBreaker(
+            self._circuit_threshold, self._circuit_cooldown, clock
+        )
 
         self._client = ContextAPI(
             credential=Credential(token),
@@ -297,13 +302,12 @@ class ContextAPIExporter:
     @property
     def circuit_open(self) -> bool:
         """True from the moment the circuit breaker trips until a probe succeeds."""
-        return self._open_until is not None
+        return self._circuit.is_open
 
     @property
     def cooling_down(self) -> bool:
         """True while the open circuit waits out its cool-down (no request would be sent)."""
-        open_until = self._open_until
-        return open_until is not None and self._clock() < open_until
+        return self._circuit.cooling_down
 
     def export(self, batch: Sequence[Record]) -> ExportResult:
         """
@@ -472,10 +476,10 @@ class ContextAPIExporter:
         send: Callable[[dict[str, Any]], object],
     ) -> Outcome:
         """Make the request until it succeeds, fails permanently or must wait."""
-        wait = self._circuit_wait()
+        wait = self._circuit.wait()
         if wait is not None:
             return Outcome("retry", retry_after=wait, detail="circuit open")
-        probe = self._probing
+        probe = self._circuit.probing
         attempts = 0
         while True:
             remaining = deadline_at - self._clock()
@@ -503,12 +507,12 @@ class ContextAPIExporter:
             _logger.debug(
                 "context_trace: attempt %d for %s failed: %s", attempts, what, detail
             )
-            self._circuit_failure()
+            self._circuit_failure(result.retry_after)
             delay = result.retry_after
             if delay is None:
-                delay = self._backoff(attempts - 1)
+                delay = self._backoff.delay(attempts - 1)
             reason = None
-            if probe or self.circuit_open:
+            if probe or self._circuit.is_open:
                 reason = "circuit open"
             elif attempts >= self._max_attempts:
                 reason = f"after {attempts} attempts"
@@ -524,8 +528,8 @@ class ContextAPIExporter:
                     reason,
                     detail,
                 )
-                if self._open_until is not None:
-                    delay = max(0.0, self._open_until - self._clock())
+                if self._circuit.is_open:
+                    delay = self._circuit.remaining()
                 return Outcome(
                     "retry", retry_after=delay, attempts=attempts, detail=detail
                 )
@@ -555,7 +559,7 @@ class ContextAPIExporter:
             retry_after = _retry_after(exc)
             return _Attempt(
                 f"HTTP {status}",
-                transient=status in _TRANSIENT_STATUSES,
+                transient=is_transient(status),
                 status=status,
                 retry_after=retry_after,
             )
@@ -569,41 +573,24 @@ class ContextAPIExporter:
             return _Attempt(f"client error ({type(exc).__name__})", transient=False)
         return None
 
-    def _backoff(self, retry: int) -> float:
-        factor = self._random.uniform(1.0 - self._jitter, 1.0 + self._jitter)
-        return min(self._backoff_max, self._backoff_base * 2.0**retry * factor)
-
-    # -- circuit breaker -----------------------------------------------------------
-
-    def _circuit_wait(self) -> float | None:
-        """None if a request may go out now, else seconds until the next probe."""
-        if self._open_until is None:
-            return None
-        left = self._open_until - self._clock()
-        if left > 0:
-            return left
-        self._probing = True  # half-open: this request is the probe
-        return None
+    # -- circuit breaker (the policy's; these only log) -----------------------------
 
     def _circuit_success(self) -> None:
-        if self._open_until is not None:
+        if self._circuit.success():
             _logger.info("context_trace: Context API reachable again; delivery resumed")
-        self._failures = 0
-        self._open_until = None
-        self._probing = False
 
-    def _circuit_failure(self) -> None:
-        self._failures += 1
-        if self._probing or self._failures >= self._circuit_threshold:
-            if self._open_until is None:
-                self._warn_once(
-                    ("circuit",),
-                    "context_trace: Context API failed %d times in a row; pausing delivery for %.1f s",
-                    self._failures,
-                    self._circuit_cooldown,
-                )
-            self._open_until = self._clock() + self._circuit_cooldown
-            self._probing = False
+    def _circuit_failure(self, retry_after: float | None) -> None:
+        # An open circuit waits at least as long as the server asked.
+        cooldown = (
+            None if retry_after is None else max(self._circuit_cooldown, retry_after)
+        )
+        if self._circuit.failure(cooldown):
+            self._warn_once(
+                ("circuit",),
+                "context_trace: Context API failed %d times in a row; pausing delivery for %.1f s",
+                self._circuit.failures,
+                self._circuit_cooldown,
+            )
 
     # -- session transcripts -------------------------------------------------------
 
@@ -740,21 +727,6 @@ def _check_token(token: object) -> None:
         raise ValueError("token must not contain whitespace or control characters")
 
 
-def _safe_url(endpoint: str) -> str:
-    """*endpoint* for messages: user info, query and fragment masked."""
-    try:
-        parts = urlsplit(endpoint)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        if parts.username or parts.password:
-            host = f"***@{host}"
-        query = "?***" if parts.query else ""
-        return f"{parts.scheme}://{host}{parts.path}{query}"
-    except ValueError:
-        return "<unparseable URL>"
-
-
 def _check_endpoint(endpoint: object, allow_insecure: bool) -> tuple[str, bool]:
     """The normalised endpoint and whether bearer auth may go over plain http."""
     if not isinstance(endpoint, str):
@@ -762,31 +734,22 @@ def _check_endpoint(endpoint: object, allow_insecure: bool) -> tuple[str, bool]:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(
-            f"endpoint must be an http(s) URL with a host, got {_safe_url(endpoint)!r}"
+            f"endpoint must be an http(s) URL with a host, got {safe_url(endpoint)!r}"
         )
     if parts.username or parts.password or parts.query or parts.fragment:
         # Never echo them: credentials in a URL are secrets too.
         raise ValueError(
             "endpoint must not contain credentials, a query or a fragment, "
-            f"got {_safe_url(endpoint)!r}"
+            f"got {safe_url(endpoint)!r}"
         )
     if parts.scheme == "https":
         return endpoint.rstrip("/"), False
-    if not (allow_insecure or _is_loopback(parts.hostname)):
+    if not (allow_insecure or is_loopback(parts.hostname)):
         raise ValueError(
-            f"endpoint {_safe_url(endpoint)!r} uses plain http on a non-loopback host, which would send "
+            f"endpoint {safe_url(endpoint)!r} uses plain http on a non-loopback host, which would send "
             "the token unencrypted; use https or pass allow_insecure=True"
         )
     return endpoint.rstrip("/"), True
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _is_number(value: object) -> TypeGuard[float]:

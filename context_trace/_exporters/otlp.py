@@ -5,10 +5,12 @@ Two senders, both fed by the durable outbox (``outbox.py``) on the export
 worker, both built on the mapping of ``genai.py``:
 
 - :class:`OTLPSender` encodes the spans as an OTLP ``ExportTraceServiceRequest``
-  (protobuf, ``opentelemetry-proto``) and POSTs it itself, so the outbox decides
-  retries: a 2xx deletes the rows; 429/502/503/504 and connection errors return
-  them with a backoff that honours ``Retry-After``; any other status drops them
-  and counts them as failed (logged once, with the status, never the headers).
+  (protobuf, written by ``otlp_wire.py``) and POSTs it itself, so the outbox
+  decides retries, under the shared HTTP policy (``http_policy.py``): a 2xx
+  deletes the rows; 429/502/503/504 and connection errors return them with a
+  backoff that honours ``Retry-After`` (the sender's circuit stays open that
+  long, so nothing is sent meanwhile); any other status drops them and counts
+  them as failed (logged once, with the status, never the headers).
 - :class:`ProviderSender` replays the spans through the app's own
   ``TracerProvider`` (``configure(tracer_provider=...)``), so its processors
   and exporters decide where they go.
@@ -22,7 +24,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-import random
 import threading
 import time
 import urllib.error
@@ -34,8 +35,16 @@ from typing import Any
 from context_trace._log import log_once
 from context_trace._record import Conversation, Record
 
-from .base import Outcome, retry_after_seconds
+from .base import Outcome
 from .genai import record_spans
+from .http_policy import (
+    DEFAULT_OTLP_TRACES_ENDPOINT,
+    Backoff,
+    CircuitBreaker,
+    is_transient,
+    retry_after_seconds,
+    safe_url,
+)
 from .otlp_wire import encode_spans
 from .semconv import SERVICE_NAME
 
@@ -49,9 +58,8 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_TRACES_ENDPOINT = DEFAULT_OTLP_TRACES_ENDPOINT
 _SCOPE_NAME = "context_trace"
-_TRANSIENT = frozenset({429, 502, 503, 504})
 _DEFAULT_TIMEOUT = 10.0
 _DEFAULT_BACKOFF = 0.5
 _MAX_BACKOFF = 30.0
@@ -110,7 +118,9 @@ class OTLPSender:
         capture_content: Put transcripts on the spans.
         timeout: Seconds one request may take.
         backoff: First retry delay in seconds, doubled per consecutive failure
-            (at most 30 s) unless the server sends ``Retry-After``.
+            (at most 30 s) unless the server sends ``Retry-After``. The sender
+            holds off (sends nothing) for that long: a circuit breaker that
+            opens at the first transient failure.
         jitter: Random spread of each delay, 0.0 to 1.0.
         clock: Monotonic seconds (tests inject one).
 
@@ -144,22 +154,15 @@ class OTLPSender:
         self._resource = {SERVICE_NAME: "unknown_service", **dict(resource or {})}
         self._capture = capture_content
         self._timeout = timeout
-        self._backoff = backoff
-        self._jitter = jitter
-        self._clock = clock
-        self._failures = 0
-        self._hold_until = 0.0
+        self._backoff = Backoff(backoff, _MAX_BACKOFF, jitter)
+        # One failure opens it, for the backoff delay or the server's Retry-After.
+        self._circuit = CircuitBreaker(1, backoff, clock)
         self._closed = threading.Event()
         self.requests = 0  #: requests sent (benchmarks read it)
 
     def __repr__(self) -> str:
         # The headers are left out: they usually hold an API key.
-        return f"OTLPSender({self._safe_endpoint()!r})"
-
-    def _safe_endpoint(self) -> str:
-        head, _, _query = self._endpoint.partition("?")
-        scheme, _, rest = head.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"
+        return f"OTLPSender({safe_url(self._endpoint)!r})"
 
     @property
     def endpoint(self) -> str:
@@ -169,13 +172,7 @@ class OTLPSender:
     @property
     def cooling_down(self) -> bool:
         """True while a backoff runs: the outbox does not claim rows for it."""
-        return self._clock() < self._hold_until
-
-    def _delay(self, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after
-        base = min(self._backoff * 2.0 ** (self._failures - 1), _MAX_BACKOFF)
-        return float(base * random.uniform(1 - self._jitter, 1 + self._jitter))
+        return self._circuit.cooling_down
 
     def export_each(self, batch: Sequence[Record]) -> list[Outcome]:
         """Send *batch* in one request; one :class:`Outcome` per record."""
@@ -184,6 +181,9 @@ class OTLPSender:
             return []
         if self._closed.is_set():
             return [Outcome("retry", retry_after=0.0, detail="shut down")] * n
+        wait = self._circuit.wait()
+        if wait is not None:  # a backoff runs: nothing is sent
+            return [Outcome("retry", retry_after=wait, detail="circuit open")] * n
         try:
             body = encode_request(batch, self._resource, self._capture)
         except Exception:  # noqa: BLE001 - a mapping bug must not kill the worker
@@ -196,28 +196,30 @@ class OTLPSender:
             return [Outcome("failed", attempts=0, detail="encode")] * n
         status, retry_after, detail = self._post(body)
         if status is not None and 200 <= status < 300:
-            self._failures = 0
-            self._hold_until = 0.0
+            self._circuit.success()
             return [Outcome("delivered", attempts=1)] * n
-        if status is None or status in _TRANSIENT:
-            self._failures += 1
-            delay = self._delay(retry_after)
-            self._hold_until = self._clock() + delay
+        if is_transient(status):
+            delay = (
+                retry_after
+                if retry_after is not None
+                else self._backoff.delay(self._circuit.failures)
+            )
+            self._circuit.failure(delay)
             log_once(
                 _logger,
                 f"otlp.retry.{status}",
                 "context_trace: OTLP endpoint %s unavailable (%s); retrying in %.1f s",
-                self._safe_endpoint(),
+                safe_url(self._endpoint),
                 detail,
                 delay,
             )
             return [Outcome("retry", retry_after=delay, attempts=1, detail=detail)] * n
-        self._failures = 0
+        self._circuit.success()  # it answered: it is up
         log_once(
             _logger,
             f"otlp.rejected.{status}",
             "context_trace: OTLP endpoint %s rejected spans (%s); records dropped",
-            self._safe_endpoint(),
+            safe_url(self._endpoint),
             detail,
         )
         return [Outcome("failed", attempts=1, detail=detail)] * n

@@ -31,7 +31,8 @@ from context_trace import _config
 from context_trace._record import Record
 
 from .base import ExportResult, Outcome, Sender
-from .context_api import DEFAULT_ENDPOINT, ContextAPIExporter
+from .context_api import ContextAPIExporter
+from .http_policy import DEFAULT_CONTEXT_ENDPOINT
 from .sqlite import SQLiteExporter
 
 #: The destination names the outbox knows (a row's ``destination`` column).
@@ -332,7 +333,9 @@ def replay(
         or os.environ.get(_config.ENV_TOKEN)
         or os.environ.get(_config.ENV_TOKEN_ALT)
     )
-    endpoint = endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_ENDPOINT
+    endpoint = (
+        endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_CONTEXT_ENDPOINT
+    )
     store = SQLiteExporter(path, keep_local=False)
     try:
         store.check()

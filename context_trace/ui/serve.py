@@ -6,7 +6,6 @@ address until Ctrl-C. The store is only ever read.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import sqlite3
@@ -23,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "context_trace.ui requires Flask and waitress; install 'context-trace[ui]'"
     ) from exc
 
+from context_trace._exporters.http_policy import is_loopback
 from context_trace._store.ui_index import UIIndex
 
 from .app import create_app
@@ -42,16 +42,6 @@ _THREADS = 8
 
 class UIError(Exception):
     """A problem found before serving (bad host, missing store): one line for the user."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether *host* only reaches this machine (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def open_index(path: Path, out: TextIO, index_path: Path | None = None) -> UIIndex:
