@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
+from ._baggage import check_secret
 from ._exporters.base import Exporter
 from ._redact import builtin_redactor
 
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ENV_BACKPRESSURE_TIMEOUT",
+    "ENV_BAGGAGE_SECRET",
     "ENV_DB",
     "ENV_DISABLED",
     "ENV_ENDPOINT",
@@ -59,6 +61,7 @@ ENV_REDACT = "CONTEXT_TRACE_REDACT"
 ENV_RUN_METADATA = "CONTEXT_TRACE_RUN_METADATA"
 ENV_EXPORTER = "CONTEXT_TRACE_EXPORTER"
 ENV_FLUSH_ON_SIGTERM = "CONTEXT_TRACE_FLUSH_ON_SIGTERM"
+ENV_BAGGAGE_SECRET = "CONTEXT_TRACE_BAGGAGE_SECRET"
 # The OpenTelemetry environment (for OTLP export), as the OTel SDK and collectors read it.
 ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -143,6 +146,10 @@ class Config:
     resource: Mapping[str, str] = field(default_factory=dict)
     capture_content: bool = True
     tracer_provider: Any = None
+    #: outgoing httpx/requests calls carry the user and session as baggage
+    propagate_baggage: bool = False
+    #: signs outgoing baggage entries (and is never shown)
+    baggage_secret: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -394,6 +401,8 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         number = _env_number(env, kind)
         if number is not None:
             values[key] = number
+    if os.environ.get(ENV_BAGGAGE_SECRET):
+        values["baggage_secret"] = os.environ[ENV_BAGGAGE_SECRET]
     if os.environ.get(ENV_REDACT):
         values["redact"] = os.environ[ENV_REDACT]
     run_metadata = os.environ.get(ENV_RUN_METADATA, "").strip().lower()
@@ -449,6 +458,7 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         "keep_local",
         "allow_insecure",
         "flush_on_sigterm",
+        "propagate_baggage",
     ):
         if key in values and not isinstance(values[key], bool):
             raise TypeError(f"{key} must be a bool, got {type(values[key]).__name__}")
@@ -463,6 +473,10 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
     ):
         if key in values:
             _check_number(key, values[key], low=0.0, low_open=key == "flush_interval")
+    if "baggage_secret" in values:
+        values["baggage_secret"] = check_secret(
+            "baggage_secret", values["baggage_secret"]
+        )
     if "redact" in values:
         values["redact"] = _resolve_redact(values["redact"])
     if "run_metadata" in values and values["run_metadata"] not in (True, False, "auto"):
