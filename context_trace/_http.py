@@ -50,6 +50,8 @@ _TARGETS = {
 #: configure(propagate_baggage=...) is off.
 _EXPLICIT: set[str] = set()
 _HOOKED: set[str] = set()
+#: (module, class, method) -> (the original attribute, our wrapper of it)
+_ORIGINALS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
 
 def _add_baggage(headers: Any, library: str) -> None:
@@ -103,7 +105,10 @@ def _hook(library: str) -> None:
     if library in _HOOKED:
         return
     for module, cls, method in _TARGETS[library]:
-        wrapt.wrap_function_wrapper(module, f"{cls}.{method}", _WRAPPERS[library])
+        owner = getattr(importlib.import_module(module), cls)
+        original = owner.__dict__[method]
+        wrapt.wrap_function_wrapper(owner, method, _WRAPPERS[library])
+        _ORIGINALS[(module, cls, method)] = (original, owner.__dict__[method])
     _HOOKED.add(library)
 
 
@@ -113,9 +118,8 @@ def _unhook(library: str) -> None:
         return
     for module, cls, method in _TARGETS[library]:
         owner = getattr(importlib.import_module(module), cls)
-        current = owner.__dict__.get(method)
-        original = getattr(current, "__wrapped__", None)
-        if isinstance(current, wrapt.ObjectProxy) and original is not None:
+        original, wrapper = _ORIGINALS.pop((module, cls, method))
+        if owner.__dict__.get(method) is wrapper:  # not wrapped again by others since
             setattr(owner, method, original)
     _HOOKED.discard(library)
 
