@@ -6,8 +6,10 @@ the web integrations (:mod:`.integrations._wsgi`, :mod:`.integrations.asgi`)
 call into it.
 
 Format: ``user.id`` and ``session.id`` (the OpenTelemetry semantic-convention
-names), values percent-encoded (everything but RFC 3986 unreserved characters),
-so OpenTelemetry's ``W3CBaggagePropagator`` reads the same ids. With a shared
+names), values percent-encoded (everything but RFC 3986 unreserved characters,
+so a space is ``%20`` and a plus ``%2B``). OpenTelemetry's
+``W3CBaggagePropagator`` reads the same ids, and entries it writes (a space as
+``+``) are decoded the way it decodes them. With a shared
 secret a third entry signs them::
 
     baggage: user.id=alice,session.id=s-1,context_trace.sig=v1.1765100000.<hex>
@@ -32,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote_plus
 
 from ._log import log_once
 
@@ -297,8 +299,10 @@ class BaggageTrust:
             return self._reject("too long", peer)
         encoded_user = entries.get(USER_KEY, "")
         encoded_session = entries.get(SESSION_KEY, "")
-        user = unquote(encoded_user, errors="strict").strip() or None
-        session = unquote(encoded_session, errors="strict").strip() or None
+        # unquote_plus, as OpenTelemetry's propagator decodes: its senders
+        # write a space as '+'. Ours never send a raw '+' (it is %2B).
+        user = unquote_plus(encoded_user, errors="strict").strip() or None
+        session = unquote_plus(encoded_session, errors="strict").strip() or None
         if any(v is not None and not v.isprintable() for v in (user, session)):
             return self._reject("malformed", peer)
         if not self._trusted_peer(peer):

@@ -315,6 +315,36 @@ class TestReceivingASGI:
         assert SECRET not in repr(configure(baggage_secret=SECRET))
 
 
+class TestOpenTelemetryAgreement:
+    def test_entries_written_by_opentelemetry_read_the_same(self) -> None:
+        """OTel's W3CBaggagePropagator writes user.id/session.id that we read unchanged."""
+        otel_baggage = pytest.importorskip("opentelemetry.baggage")
+        propagation = pytest.importorskip("opentelemetry.baggage.propagation")
+        user, session = "a b,+é/x", "s 1"
+        ctx = otel_baggage.set_baggage("user.id", user)
+        ctx = otel_baggage.set_baggage("session.id", session, context=ctx)
+        carrier: dict[str, str] = {}
+        propagation.W3CBaggagePropagator().inject(carrier, context=ctx)
+        app = asgi_app(accept_baggage=BaggageTrust(["127.0.0.0/8"]))
+        assert {"user": user, "session": session} == asgi_get(
+            app, "127.0.0.1", baggage=carrier["baggage"]
+        )
+
+    def test_entries_we_write_read_the_same_in_opentelemetry(
+        self, echo_url: str
+    ) -> None:
+        """What httpx sends from a scope, OTel's propagator extracts as the same ids."""
+        otel_baggage = pytest.importorskip("opentelemetry.baggage")
+        propagation = pytest.importorskip("opentelemetry.baggage.propagation")
+        configure(propagate_baggage=True)
+        with track_user("a b,+é/x"), context_session("s 1"):
+            [header] = sent(echo_url)
+        ctx = propagation.W3CBaggagePropagator().extract({"baggage": header})
+        assert {"user.id": "a b,+é/x", "session.id": "s 1"} == dict(
+            otel_baggage.get_all(ctx)
+        )
+
+
 class TestReceivingFlask:
     def make_app(self, trust: BaggageTrust) -> flask.Flask:
         app = flask.Flask(__name__)
