@@ -263,7 +263,12 @@ class BaggageTrust:
             address = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:
             return False
-        return any(address in network for network in self._networks)
+        # A dual-stack server reports an IPv4 client as ::ffff:a.b.c.d.
+        mapped = getattr(address, "ipv4_mapped", None)
+        return any(
+            address in network or (mapped is not None and mapped in network)
+            for network in self._networks
+        )
 
     def read(
         self, headers: Sequence[str], peer: str | None

@@ -238,7 +238,7 @@ class TestReceivingASGI:
         assert 0 == stats()["baggage_rejected"]
 
     def test_network_allowlist_accepts_and_rejects(self) -> None:
-        """Unsigned entries are accepted from 10.0.0.0/8, rejected (counted) from elsewhere."""
+        """Unsigned entries are accepted from 10.0.0.0/8 (IPv4-mapped too), rejected (counted) elsewhere."""
         app = asgi_app(accept_baggage=BaggageTrust(["10.0.0.0/8", "::1"]))
         header = "user.id=alice,session.id=s-1"
         assert {"user": "alice", "session": "s-1"} == asgi_get(
@@ -247,10 +247,13 @@ class TestReceivingASGI:
         assert {"user": "alice", "session": "s-1"} == asgi_get(
             app, "::1", baggage=header
         )
+        assert {"user": "alice", "session": "s-1"} == asgi_get(
+            app, "::ffff:10.0.0.9", baggage=header
+        )
         assert {"user": None, "session": None} == asgi_get(
             app, "192.0.2.7", baggage=header
         )
-        assert (2, 1) == (stats()["baggage_accepted"], stats()["baggage_rejected"])
+        assert (3, 1) == (stats()["baggage_accepted"], stats()["baggage_rejected"])
 
     def test_forwarded_for_is_not_trusted(self) -> None:
         """X-Forwarded-For naming an allowlisted address does not make a peer trusted."""
