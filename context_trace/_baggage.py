@@ -54,7 +54,7 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-ENV_BAGGAGE_SECRET = "CONTEXT_TRACE_BAGGAGE_SECRET"  # also named in _config
+ENV_BAGGAGE_SECRET = "CONTEXT_TRACE_BAGGAGE_SECRET"
 USER_KEY = "user.id"
 SESSION_KEY = "session.id"
 SIG_KEY = "context_trace.sig"

@@ -2,7 +2,8 @@
 Configuration: the frozen :class:`Config` value and its parsing from arguments and
 the environment (no I/O, no process state).
 
-Every environment variable context_trace reads is named here. ``_runtime.py``
+Every environment variable context_trace reads is named here (the baggage
+secret's name comes from ``_baggage.py``, which reads it for ``BaggageTrust``). ``_runtime.py``
 holds the process-wide state built from a ``Config`` (the pipeline, the
 exporter, ``configure()``, ``flush()``); this module knows nothing of it.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
-from ._baggage import check_secret
+from ._baggage import ENV_BAGGAGE_SECRET, check_secret
 from ._exporters.base import Exporter
 from ._redact import builtin_redactor
 
@@ -61,7 +62,6 @@ ENV_REDACT = "CONTEXT_TRACE_REDACT"
 ENV_RUN_METADATA = "CONTEXT_TRACE_RUN_METADATA"
 ENV_EXPORTER = "CONTEXT_TRACE_EXPORTER"
 ENV_FLUSH_ON_SIGTERM = "CONTEXT_TRACE_FLUSH_ON_SIGTERM"
-ENV_BAGGAGE_SECRET = "CONTEXT_TRACE_BAGGAGE_SECRET"
 # The OpenTelemetry environment (for OTLP export), as the OTel SDK and collectors read it.
 ENV_OTLP_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"

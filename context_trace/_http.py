@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import threading
 from typing import Any
 
 import wrapt
@@ -52,6 +53,7 @@ _EXPLICIT: set[str] = set()
 _HOOKED: set[str] = set()
 #: (module, class, method) -> (the original attribute, our wrapper of it)
 _ORIGINALS: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOCK = threading.Lock()
 
 
 def _add_baggage(headers: Any, library: str) -> None:
@@ -102,26 +104,28 @@ _WRAPPERS = {"httpx": _httpx_send, "requests": _requests_send}
 
 
 def _hook(library: str) -> None:
-    if library in _HOOKED:
-        return
-    for module, cls, method in _TARGETS[library]:
-        owner = getattr(importlib.import_module(module), cls)
-        original = owner.__dict__[method]
-        wrapt.wrap_function_wrapper(owner, method, _WRAPPERS[library])
-        _ORIGINALS[(module, cls, method)] = (original, owner.__dict__[method])
-    _HOOKED.add(library)
+    with _LOCK:
+        if library in _HOOKED:
+            return
+        for module, cls, method in _TARGETS[library]:
+            owner = getattr(importlib.import_module(module), cls)
+            original = owner.__dict__[method]
+            wrapt.wrap_function_wrapper(owner, method, _WRAPPERS[library])
+            _ORIGINALS[(module, cls, method)] = (original, owner.__dict__[method])
+        _HOOKED.add(library)
 
 
 def _unhook(library: str) -> None:
-    _EXPLICIT.discard(library)
-    if library not in _HOOKED:
-        return
-    for module, cls, method in _TARGETS[library]:
-        owner = getattr(importlib.import_module(module), cls)
-        original, wrapper = _ORIGINALS.pop((module, cls, method))
-        if owner.__dict__.get(method) is wrapper:  # not wrapped again by others since
-            setattr(owner, method, original)
-    _HOOKED.discard(library)
+    with _LOCK:
+        _EXPLICIT.discard(library)
+        if library not in _HOOKED:
+            return
+        for module, cls, method in _TARGETS[library]:
+            owner = getattr(importlib.import_module(module), cls)
+            original, wrapper = _ORIGINALS.pop((module, cls, method))
+            if owner.__dict__.get(method) is wrapper:  # not wrapped by others since
+                setattr(owner, method, original)
+        _HOOKED.discard(library)
 
 
 def instrument_httpx() -> None:

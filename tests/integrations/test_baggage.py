@@ -118,6 +118,14 @@ class TestSending:
             assert ["user.id=alice,session.id=s-1"] == sent(echo_url, client)
         assert 1 == stats()["baggage_sent"]
 
+    def test_configuring_again_without_it_stops_sending(self, echo_url: str) -> None:
+        """A later configure() without propagate_baggage stops the hooks from sending."""
+        configure(propagate_baggage=True)
+        configure()
+        with track_user("alice"):
+            assert [] == sent(echo_url, "httpx")
+            assert [] == sent(echo_url, "requests")
+
     def test_nothing_is_sent_outside_a_scope(self, echo_url: str) -> None:
         """Outside any scope (or in one with no ids) requests go out untouched."""
         configure(propagate_baggage=True)
