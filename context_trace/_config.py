@@ -2,7 +2,8 @@
 Configuration: the frozen :class:`Config` value and its parsing from arguments and
 the environment (no I/O, no process state).
 
-Every environment variable context_trace reads is named here. ``_runtime.py``
+Every environment variable context_trace reads is named here (the baggage
+secret's name comes from ``_baggage.py``, which reads it for ``BaggageTrust``). ``_runtime.py``
 holds the process-wide state built from a ``Config`` (the pipeline, the
 exporter, ``configure()``, ``flush()``); this module knows nothing of it.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
+from ._baggage import ENV_BAGGAGE_SECRET, check_secret
 from ._exporters import http_policy
 from ._exporters.base import Exporter
 from ._redact import builtin_redactor
@@ -26,6 +28,7 @@ from ._redact import builtin_redactor
 __all__ = [
     "DEFAULT_ENDPOINT",
     "ENV_BACKPRESSURE_TIMEOUT",
+    "ENV_BAGGAGE_SECRET",
     "ENV_DB",
     "ENV_DISABLED",
     "ENV_ENDPOINT",
@@ -144,6 +147,10 @@ class Config:
     resource: Mapping[str, str] = field(default_factory=dict)
     capture_content: bool = True
     tracer_provider: Any = None
+    #: outgoing httpx/requests calls carry the user and session as baggage
+    propagate_baggage: bool = False
+    #: signs outgoing baggage entries (and is never shown)
+    baggage_secret: str | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -395,6 +402,8 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         number = _env_number(env, kind)
         if number is not None:
             values[key] = number
+    if os.environ.get(ENV_BAGGAGE_SECRET):
+        values["baggage_secret"] = os.environ[ENV_BAGGAGE_SECRET]
     if os.environ.get(ENV_REDACT):
         values["redact"] = os.environ[ENV_REDACT]
     run_metadata = os.environ.get(ENV_RUN_METADATA, "").strip().lower()
@@ -450,6 +459,7 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         "keep_local",
         "allow_insecure",
         "flush_on_sigterm",
+        "propagate_baggage",
     ):
         if key in values and not isinstance(values[key], bool):
             raise TypeError(f"{key} must be a bool, got {type(values[key]).__name__}")
@@ -464,6 +474,10 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
     ):
         if key in values:
             _check_number(key, values[key], low=0.0, low_open=key == "flush_interval")
+    if "baggage_secret" in values:
+        values["baggage_secret"] = check_secret(
+            "baggage_secret", values["baggage_secret"]
+        )
     if "redact" in values:
         values["redact"] = _resolve_redact(values["redact"])
     if "run_metadata" in values and values["run_metadata"] not in (True, False, "auto"):

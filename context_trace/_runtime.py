@@ -19,7 +19,7 @@ from typing import Any
 
 from langchain_core.tracers.context import run_collector_var, tracing_v2_callback_var
 
-from . import _sigterm
+from . import _baggage, _http, _sigterm
 from ._config import UNSET, Config, Redactor, build_config
 from ._convert import convert, reset_header_sessions
 from ._exporters.base import Exporter
@@ -322,6 +322,8 @@ def configure(
     capture_content: bool = UNSET,
     backpressure_timeout: float = UNSET,
     flush_on_sigterm: bool = UNSET,
+    propagate_baggage: bool = UNSET,
+    baggage_secret: str | None = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -386,12 +388,21 @@ def configure(
             turn; an app's own handler is never replaced. Default True (env
             ``CONTEXT_TRACE_FLUSH_ON_SIGTERM=0`` turns it off).
 
+        propagate_baggage: Outgoing requests made with httpx (sync and async
+            clients) or requests inside a scope carry its user and session as
+            W3C ``baggage`` entries (``user.id``, ``session.id``). Default
+            False: sending a user id out of the process is the app's decision.
+            Turning it on hooks the installed client libraries.
+        baggage_secret: Sign those entries with HMAC-SHA256 under this shared
+            secret, for receivers that accept signed baggage (env
+            ``CONTEXT_TRACE_BAGGAGE_SECRET``). Never logged nor shown.
+
     Returns:
         The effective :class:`Config`.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: an argument is out of range.
+        ValueError: an argument is out of range, or *baggage_secret* is empty.
 
     .. versionadded:: 0.1.0
     """
@@ -412,6 +423,8 @@ def configure(
     if old is not None:
         old.shutdown(config.shutdown_timeout)
     _handle_sigterm(config)
+    if config.propagate_baggage:
+        _http.hook_installed()
     return config
 
 
@@ -465,15 +478,19 @@ def stats() -> dict[str, int]:
         up on), ``skipped`` (runs that were not conversations), ``retried``,
         ``pending`` (kept in the outbox for later), ``queued`` (in memory now),
         ``waited`` (turns that waited for room at the high-water mark),
-        ``waited_ms`` (their total wait) and ``rejected`` (ratings not stored
-        because the store holds no such session or turn).
+        ``waited_ms`` (their total wait), ``rejected`` (ratings not stored
+        because the store holds no such session or turn), and, since 0.3.0,
+        the process's baggage counters: ``baggage_sent`` (outgoing requests
+        given the user/session entries), ``baggage_not_sent`` (left out: the
+        W3C limits would be exceeded), ``baggage_accepted`` and
+        ``baggage_rejected`` (incoming entries trusted / ignored).
 
     .. versionadded:: 0.1.0
     """
     pipeline = _STATE.pipeline
-    if pipeline is None:
-        return dict.fromkeys(STAT_KEYS, 0)
-    return pipeline.stats()
+    counters = dict.fromkeys(STAT_KEYS, 0) if pipeline is None else pipeline.stats()
+    counters.update(_baggage.counts())
+    return counters
 
 
 def reset() -> None:
@@ -485,6 +502,7 @@ def reset() -> None:
         _STATE.config_error = None
     reset_log_once()
     reset_header_sessions()
+    _baggage.reset_counts()
 
 
 def _replace_config(**changes: Any) -> Config:

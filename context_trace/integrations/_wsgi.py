@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from context_trace import _runtime
+from context_trace._baggage import BaggageTrust
 from context_trace._log import log_once
 from context_trace._scopes import (
     _ACTIVE_SCOPE,
@@ -53,6 +54,7 @@ __all__ = [
     "USER_HEADER",
     "ContextTraceWSGIMiddleware",
     "RequestScope",
+    "check_baggage_trust",
     "check_metadata_source",
     "check_source",
     "log_resolver_error",
@@ -88,6 +90,16 @@ def check_source(name: str, value: object) -> None:
         raise TypeError(
             f"{name} must be a callable or None, got {type(value).__name__}"
         )
+
+
+def check_baggage_trust(value: object) -> BaggageTrust | None:
+    """Reject an ``accept_baggage`` that is neither None nor a :class:`BaggageTrust`."""
+    if value is not None and not isinstance(value, BaggageTrust):
+        raise TypeError(
+            "accept_baggage must be a context_trace.integrations.BaggageTrust or "
+            f"None, got {type(value).__name__}"
+        )
+    return value
 
 
 def check_metadata_source(value: object) -> MetadataSource:
@@ -289,25 +301,37 @@ class ContextTraceWSGIMiddleware:
         user_id: Callable[[WSGIEnvironment], Any] | None = None,
         session_id: Callable[[WSGIEnvironment], Any] | None = None,
         metadata: MetadataSource = None,
+        accept_baggage: BaggageTrust | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be a WSGI callable, got {type(app).__name__}")
         check_source("user_id", user_id)
         check_source("session_id", session_id)
+        self._baggage = check_baggage_trust(accept_baggage)
         self.app = app
         self._user_id = user_id
         self._session_id = session_id
         self._metadata = check_metadata_source(metadata)
 
     def _open(self, environ: WSGIEnvironment) -> Scope:
+        baggage_user = baggage_session = None
+        if self._baggage is not None:
+            raw = environ.get("HTTP_BAGGAGE")
+            baggage_user, baggage_session = self._baggage.read(
+                [raw] if raw else [], environ.get("REMOTE_ADDR")
+            )
         if self._user_id is not None:
             user_id = normalize_id("user_id", self._user_id(environ))
         else:
-            user_id = normalize_id("user_id", environ.get(_USER_ENVIRON))
+            user_id = baggage_user or normalize_id(
+                "user_id", environ.get(_USER_ENVIRON)
+            )
         if self._session_id is not None:
             session_id = normalize_id("session_id", self._session_id(environ))
         else:
-            session_id = normalize_id("session_id", environ.get(_SESSION_ENVIRON))
+            session_id = baggage_session or normalize_id(
+                "session_id", environ.get(_SESSION_ENVIRON)
+            )
         metadata: Mapping[str, str]
         if callable(self._metadata):
             metadata = resolve_metadata(self._metadata(environ))

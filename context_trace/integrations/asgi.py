@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from context_trace import _runtime
+from context_trace._baggage import BaggageTrust
 from context_trace._scopes import (
     _REQUEST_SESSION,
     RequestSession,
@@ -38,6 +39,7 @@ from context_trace._scopes import (
 
 from ._wsgi import (
     _IN_REQUEST,
+    check_baggage_trust,
     check_metadata_source,
     check_source,
     log_resolver_error,
@@ -58,6 +60,7 @@ ASGIApp = Callable[[ASGIScope, Receive, Send], Awaitable[None]]
 
 _USER_HEADER = b"x-user-id"
 _SESSION_HEADER = b"x-session-id"
+_BAGGAGE_HEADER = b"baggage"
 _SHUTDOWN_DONE = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 
 _request_class: Any
@@ -129,10 +132,17 @@ class ContextTraceMiddleware:
             Default: the ``X-Session-Id`` header.
         metadata: ``str -> str`` metadata for every turn of the request, or a
             callable receiving the request and returning it (or an awaitable).
+        accept_baggage: Read the user and session from the request's W3C
+            ``baggage`` entries (``user.id``, ``session.id``) when the sender
+            is trusted (see :class:`~context_trace.integrations.BaggageTrust`;
+            the peer is the ASGI ``client`` address). Default None: baggage is
+            not read. A resolver of yours wins over baggage, which wins over
+            the ``X-User-Id`` / ``X-Session-Id`` headers.
 
     Raises:
-        TypeError: *user_id* or *session_id* is not callable, or *metadata* is
-            neither a mapping of str nor a callable.
+        TypeError: *user_id* or *session_id* is not callable, *metadata* is
+            neither a mapping of str nor a callable, or *accept_baggage* is not
+            a ``BaggageTrust``.
 
     .. versionadded:: 0.1.0
     """
@@ -144,11 +154,13 @@ class ContextTraceMiddleware:
         user_id: Callable[[Any], Any] | None = None,
         session_id: Callable[[Any], Any] | None = None,
         metadata: Mapping[str, Any] | Callable[[Any], Any] | None = None,
+        accept_baggage: BaggageTrust | None = None,
     ) -> None:
         if not callable(app):
             raise TypeError(f"app must be an ASGI callable, got {type(app).__name__}")
         check_source("user_id", user_id)
         check_source("session_id", session_id)
+        self._baggage = check_baggage_trust(accept_baggage)
         self.app = app
         self._user_id = user_id
         self._session_id = session_id
@@ -203,16 +215,31 @@ class ContextTraceMiddleware:
             or callable(self._metadata)
         ):
             request = _request_class(scope)
+        baggage_user = baggage_session = None
+        if self._baggage is not None:
+            client = scope.get("client")
+            baggage_user, baggage_session = self._baggage.read(
+                [
+                    value.decode("latin-1")
+                    for key, value in scope.get("headers") or ()
+                    if key.lower() == _BAGGAGE_HEADER
+                ],
+                str(client[0]) if client else None,
+            )
         if self._user_id is not None:
             user_id = normalize_id("user_id", await _call(self._user_id, request))
         else:
-            user_id = normalize_id("user_id", _header(scope, _USER_HEADER))
+            user_id = baggage_user or normalize_id(
+                "user_id", _header(scope, _USER_HEADER)
+            )
         if self._session_id is not None:
             session_id = normalize_id(
                 "session_id", await _call(self._session_id, request)
             )
         else:
-            session_id = normalize_id("session_id", _header(scope, _SESSION_HEADER))
+            session_id = baggage_session or normalize_id(
+                "session_id", _header(scope, _SESSION_HEADER)
+            )
         if callable(self._metadata):
             metadata = resolve_metadata(await _call(self._metadata, request))
         else:

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "install 'context-trace[flask]'"
     ) from exc
 
+from context_trace._baggage import BaggageTrust
 from context_trace._scopes import normalize_id
 
 from ._wsgi import (
@@ -54,6 +55,7 @@ from ._wsgi import (
     USER_HEADER,
     ContextTraceWSGIMiddleware,
     RequestScope,
+    check_baggage_trust,
     check_metadata_source,
     check_source,
     resolve_metadata,
@@ -111,10 +113,17 @@ class ContextTrace:
             header.
         metadata: ``str -> str`` metadata for every turn, or a callable with no
             arguments returning it (run in the request context).
+        accept_baggage: Read the user and session from the request's W3C
+            ``baggage`` entries (``user.id``, ``session.id``) when the sender
+            is trusted (see :class:`~context_trace.integrations.BaggageTrust`;
+            the peer is ``REMOTE_ADDR``). Default None: baggage is not read.
+            Your resolvers (and flask-login) win over baggage, which wins over
+            the ``X-User-Id`` / ``X-Session-Id`` headers.
 
     Raises:
-        TypeError: a resolver is not callable, or *metadata* is neither a
-            mapping of str nor a callable.
+        TypeError: a resolver is not callable, *metadata* is neither a
+            mapping of str nor a callable, or *accept_baggage* is not a
+            ``BaggageTrust``.
 
     .. versionadded:: 0.1.0
     """
@@ -126,9 +135,11 @@ class ContextTrace:
         user_id: Callable[[], Any] | None = None,
         session_id: Callable[[], Any] | None = None,
         metadata: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        accept_baggage: BaggageTrust | None = None,
     ) -> None:
         check_source("user_id", user_id)
         check_source("session_id", session_id)
+        self._baggage = check_baggage_trust(accept_baggage)
         self._user_id = user_id
         self._session_id = session_id
         self._metadata = check_metadata_source(metadata)
@@ -166,6 +177,7 @@ class ContextTrace:
             user_id=_no_value if self._user_id is not None else None,
             session_id=_no_value if self._session_id is not None else None,
             metadata=None if callable(self._metadata) else self._metadata,
+            accept_baggage=self._baggage,
         )
         app.extensions[_EXTENSION_KEY] = self
 

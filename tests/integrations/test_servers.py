@@ -101,7 +101,14 @@ def chat():
 class _Server:
     """A server subprocess whose log goes to a file that is polled for readiness."""
 
-    def __init__(self, args: list[str], cwd: Path, db: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        db: Path,
+        extra_env: dict[str, str] | None = None,
+        log: str = "server.log",
+    ) -> None:
         env = {
             k: v
             for k, v in os.environ.items()
@@ -113,7 +120,8 @@ class _Server:
             HOME=str(cwd),  # anything a server writes to ~ stays in tmp_path
             PYTHONUNBUFFERED="1",
         )
-        self.log_path = cwd / "server.log"
+        env.update(extra_env or {})
+        self.log_path = cwd / log
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT
