@@ -42,6 +42,7 @@ from context_trace import (
     runnable_config,
     track_user,
 )
+from context_trace._record import Usage
 from context_trace.testing import CapturedRecords
 
 from ._helpers import streaming_chain
@@ -267,7 +268,7 @@ class TestAnswers:
         assert [
             '[{"name":"f","args":{"x":1}}]',
             '[{"name":"f","args":{"x":1}}]',
-            {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            Usage(input_tokens=3, output_tokens=4, total_tokens=7),
         ] == [
             _convert.answer_text(
                 ChatMessage(role="assistant", content="", tool_calls=calls)

@@ -1,0 +1,76 @@
+"""The typed record: measurements in fields of their own, the app's metadata left as it gave it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableLambda
+
+from context_trace import track_user
+from context_trace._record import ModelCall, Usage
+from context_trace.testing import CapturedRecords
+
+
+class CachingFakeChatModel(ParrotFakeChatModel):
+    """Echoes the last message and reports usage with cache and reasoning details."""
+
+    prompt_tokens: int = 100
+
+    def _generate(
+        self, messages: list[BaseMessage], *args: Any, **kwargs: Any
+    ) -> ChatResult:
+        usage = {
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": 20,
+            "total_tokens": self.prompt_tokens + 20,
+            "input_token_details": {"cache_read": 60, "cache_creation": 10},
+            "output_token_details": {"reasoning": 8},
+        }
+        message = AIMessage(content=messages[-1].content, usage_metadata=usage)
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class TestTypedUsage:
+    def test_usage_with_cache_and_reasoning_details(
+        self, records: CapturedRecords
+    ) -> None:
+        """Input, output, total, cache-read/write and reasoning tokens land in typed usage."""
+        with track_user("u"):
+            CachingFakeChatModel().invoke("hello")
+
+        (turn,) = records.conversations
+        assert Usage(100, 20, 120, 60, 10, 8) == turn.usage
+        assert ("CachingFakeChatModel", ()) == (turn.model, turn.model_calls)
+
+    def test_usage_summed_over_calls_with_each_call_kept(
+        self, records: CapturedRecords
+    ) -> None:
+        """A turn of two model calls sums their usage and keeps each call's model and usage."""
+        first = CachingFakeChatModel(prompt_tokens=5)
+        second = CachingFakeChatModel(prompt_tokens=7)
+        chain = first | RunnableLambda(lambda m: m.content) | second
+        with track_user("u"):
+            chain.invoke("hello", config={"tags": ["b", "a", "b"]})
+
+        (turn,) = records.conversations
+        one, two = Usage(5, 20, 25, 60, 10, 8), Usage(7, 20, 27, 60, 10, 8)
+        assert (
+            Usage(12, 40, 52, 120, 20, 16),
+            (
+                ModelCall("CachingFakeChatModel", one),
+                ModelCall("CachingFakeChatModel", two),
+            ),
+            ("b", "a"),
+            "RunnableSequence",
+        ) == (turn.usage, turn.model_calls, turn.tags, turn.run_name)
+
+    def test_no_usage_when_none_reported(self, records: CapturedRecords) -> None:
+        """A model that reports no usage leaves usage None."""
+        with track_user("u"):
+            ParrotFakeChatModel().invoke("hello")
+
+        (turn,) = records.conversations
+        assert (None, "ParrotFakeChatModel") == (turn.usage, turn.model)
