@@ -98,7 +98,14 @@ from getcontext.generated import ContextAPI
 from getcontext.generated import models as _models
 from getcontext.token import Credential
 
-from context_trace._record import Conversation, Feedback, Message, Record
+from context_trace._record import (
+    TURN_KEYS,
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    exported_metadata,
+)
 
 from .base import ExportResult, Outcome, OutcomeStatus, retry_after_seconds
 
@@ -126,18 +133,9 @@ _ROUTE_THREAD_PATCH = "/api/v1/log/conversation/thread/{id}"
 # 409, 422, ...) means the request itself is wrong and would fail again.
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-# Keys that change from turn to turn (see the module docstring).
-_TURN_KEYS = (
-    "turn_id",
-    "model",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "tags",
-    "error_type",
-    "error",
-)
+# Keys that change from turn to turn (see the module docstring): the record's
+# id and the measurements named so in the record module.
+_TURN_KEYS = ("turn_id", *TURN_KEYS)
 
 _ROLES = {
     "system": _models.MessageParamsRole.SYSTEM,
@@ -697,14 +695,9 @@ def _messages(record: Conversation) -> list[Any]:
 
 
 def _metadata(record: Conversation) -> dict[str, str]:
-    """The record's ``str -> str`` metadata plus user, session and turn details."""
-    metadata = {str(k): str(v) for k, v in record.metadata.items()}
+    """The record's measurements and the app's metadata, plus user, session and turn id."""
+    metadata = {str(k): str(v) for k, v in exported_metadata(record).items()}
     metadata["turn_id"] = record.id
-    metadata.setdefault("latency_ms", str(record.latency_ms))
-    if record.error is not None:
-        error_type, _, error = record.error.partition(": ")
-        metadata.setdefault("error_type", error_type)
-        metadata.setdefault("error", error or record.error)
     if record.user_id is not None:
         metadata["user_id"] = record.user_id
     if record.session_id is not None:
