@@ -25,6 +25,7 @@ from langchain_core.prompt_values import PromptValue
 
 from ._log import log_once
 from ._record import (
+    MEASURED_KEYS,
     Conversation,
     Feedback,
     Message,
@@ -701,6 +702,20 @@ def _run_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
+def _log_clash(metadata: Mapping[str, str]) -> None:
+    """Warn once per name that the app's metadata uses a measurement's name."""
+    for key in MEASURED_KEYS:
+        if key in metadata:
+            log_once(
+                _logger,
+                f"metadata-clash:{key}",
+                "context_trace: the app's metadata key %r is also the name of a"
+                " measurement; the app's value is kept in Conversation.metadata and"
+                " sent in its place, the measurement is in its own field",
+                key,
+            )
+
+
 def _abandoned(turn: Turn, calls: Sequence[_Call], results: Mapping[int, Any]) -> bool:
     """
     Whether the turn is a stream its consumer stopped reading.
@@ -899,7 +914,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         # No session holds the earlier turns: keep the history the input re-sent.
         messages.extend(_history(inputs, users, calls))
     messages.extend(users)
-    failed_tools: list[str] = []
     for step in steps:
         if isinstance(step, tuple):
             if step is answering:
@@ -911,8 +925,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
                     messages.append(Message("assistant", text))
             continue
         name, tool_input, output, is_error = step
-        if is_error:
-            failed_tools.append(str(name))
         messages.append(
             Message(
                 "tool",
@@ -925,10 +937,11 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     if answer or error is None:
         messages.append(Message("assistant", answer or ""))
 
+    # The app's own metadata: the root run's, then the scope's (which wins).
     metadata: dict[str, str] = _run_metadata(turn.run_metadata)
-    metadata.update(turn.scope_metadata)  # the scope wins on a clash
-    if turn.name:
-        metadata.setdefault("run_name", turn.name)
+    metadata.update(turn.scope_metadata)
+    if metadata and not metadata.keys().isdisjoint(MEASURED_KEYS):
+        _log_clash(metadata)
     total: Usage | None = None
     answering_model: str | None = None
     model_calls: list[ModelCall] = []
@@ -941,37 +954,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
             answering_model = model
         model_calls.append(ModelCall(model, usage))
     tags = tuple(dict.fromkeys(str(t) for t in turn.tags)) if turn.tags else ()
-    if answering_model is not None:
-        metadata["model"] = answering_model
-    metadata["latency_ms"] = str(round((turn.ended - turn.started) * 1000))
-    if total is not None:
-        metadata["prompt_tokens"] = str(total.input_tokens)
-        metadata["completion_tokens"] = str(total.output_tokens)
-        metadata["total_tokens"] = str(total.total_tokens)
-    if len(calls) > 1:
-        metadata["model_calls"] = _compact(
-            [
-                {
-                    "model": c.model,
-                    **(
-                        {}
-                        if c.usage is None
-                        else {
-                            "prompt_tokens": c.usage.input_tokens,
-                            "completion_tokens": c.usage.output_tokens,
-                            "total_tokens": c.usage.total_tokens,
-                        }
-                    ),
-                }
-                for c in model_calls
-            ]
-        )
-    if tags:
-        metadata["tags"] = ",".join(tags)
-    if failed_tools:
-        metadata["failed_tools"] = ",".join(failed_tools)
-    if abandoned:
-        metadata["stream_abandoned"] = "true"
     prompt: str | None = None
     if answering is not None:
         seen = "\n\n".join(m.content for m in _model_prompt(answering[1]))
@@ -979,8 +961,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
             prompt = seen  # what the model saw (retrieved context, a template)
     error_text: str | None = None
     if error is not None:
-        metadata["error_type"] = type(error).__name__
-        metadata["error"] = str(error)
         error_text = f"{type(error).__name__}: {error}"
 
     if redact is not None:
@@ -996,11 +976,8 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         ]
         if error_text is not None:
             error_text = redact(error_text)
-            metadata["error"] = redact(metadata["error"])
         if prompt is not None:
             prompt = redact(prompt)
-    if prompt is not None:
-        metadata["model_input"] = prompt
     return Conversation(
         id=turn.run_id.hex,
         user_id=user_id,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
+import pytest
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableLambda
 
 from context_trace import track_user
-from context_trace._record import ModelCall, Usage
+from context_trace._exporters.sqlite import SQLiteExporter
+from context_trace._record import ModelCall, Usage, exported_metadata
+from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords
 
 
@@ -74,3 +79,65 @@ class TestTypedUsage:
 
         (turn,) = records.conversations
         assert (None, "ParrotFakeChatModel") == (turn.usage, turn.model)
+
+
+class TestAppMetadata:
+    def test_clash_with_a_measurement_keeps_the_app_value_and_warns_once(
+        self, records: CapturedRecords, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An app key named like a measurement keeps the app's value; one warning per key."""
+        caplog.set_level(logging.DEBUG, logger="context_trace")
+        with track_user("u2", metadata={"model": "exp-A", "latency_ms": "x"}):
+            ParrotFakeChatModel().invoke("hi")
+            ParrotFakeChatModel().invoke("again")
+
+        first, second = records.conversations
+        warned = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "measurement" in r.getMessage()
+        ]
+        assert [{"model": "exp-A", "latency_ms": "x"}] * 2 == [
+            first.metadata,
+            second.metadata,
+        ]
+        assert ("ParrotFakeChatModel", None) == (first.model, first.error)
+        assert 2 == len(warned)
+        assert ["'model'", "'latency_ms'"] == [
+            key for key in ("'model'", "'latency_ms'") if any(key in w for w in warned)
+        ]
+
+    def test_clash_is_exported_and_stored_with_the_app_value(
+        self, records: CapturedRecords, tmp_path: Path
+    ) -> None:
+        """The store keeps the measured model in its column and the app's value in metadata."""
+        with track_user("u2", metadata={"model": "exp-A", "latency_ms": "x"}):
+            ParrotFakeChatModel().invoke("hi")
+        store = SQLiteExporter(tmp_path / "store.sqlite")
+        try:
+            assert 1 == store.export(records.conversations).exported
+        finally:
+            store.shutdown()
+        with SQLiteReader(tmp_path / "store.sqlite") as reader:
+            (stored,) = reader.conversations()
+
+        assert ("ParrotFakeChatModel", "exp-A", "x") == (
+            stored.model,
+            stored.metadata["model"],
+            stored.metadata["latency_ms"],
+        )
+        assert {"model": "exp-A", "latency_ms": "x"} == {
+            k: v
+            for k, v in exported_metadata(records.conversations[0]).items()
+            if k in ("model", "latency_ms")
+        }
+
+    def test_no_measurement_written_into_the_app_metadata(
+        self, records: CapturedRecords
+    ) -> None:
+        """A measured turn's metadata holds only what the app gave."""
+        with track_user("u", metadata={"plan": "pro"}):
+            CachingFakeChatModel().invoke("hi", config={"tags": ["t"]})
+
+        (turn,) = records.conversations
+        assert ({"plan": "pro"}, ("t",)) == (turn.metadata, turn.tags)
