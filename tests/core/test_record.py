@@ -14,7 +14,14 @@ from langchain_core.runnables import RunnableLambda
 
 from context_trace import track_user
 from context_trace._exporters.sqlite import SQLiteExporter
-from context_trace._record import ModelCall, Usage, exported_metadata
+from context_trace._record import (
+    Conversation,
+    Message,
+    ModelCall,
+    Usage,
+    exported_metadata,
+)
+from context_trace._store.codec import record_from_json, record_to_json
 from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords
 
@@ -141,3 +148,38 @@ class TestAppMetadata:
 
         (turn,) = records.conversations
         assert ({"plan": "pro"}, ("t",)) == (turn.metadata, turn.tags)
+
+
+class TestRecordFormat:
+    def test_format_2_round_trips_every_measurement(self) -> None:
+        """A record with every measurement survives format 2 exactly, metadata untouched."""
+        record = Conversation(
+            id="r1",
+            user_id="u",
+            session_id=None,
+            started_at=1.0,
+            ended_at=2.5,
+            messages=(
+                Message("user", "q"),
+                Message("tool", "boom", name="search", error=True),
+                Message("assistant", "a"),
+            ),
+            metadata={"plan": "pro", "model": "exp-A"},
+            model="m-1",
+            usage=Usage(10, 5, 15, 4, None, 2),
+            tags=("x", "y"),
+            run_name="agent",
+            model_calls=(ModelCall("m-0", None), ModelCall("m-1", Usage(10, 5, 15))),
+            stream_abandoned=True,
+            model_input="ctx\n\nq",
+        )
+
+        text = record_to_json(record)
+
+        assert '"v":2' in text
+        assert record == record_from_json(text)
+
+    def test_unknown_format_is_refused(self) -> None:
+        """A record of a format this version does not know is refused, naming the format."""
+        with pytest.raises(ValueError, match="record format 9"):
+            record_from_json('{"v": 9, "type": "feedback"}')

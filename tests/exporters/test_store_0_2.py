@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +12,14 @@ import pytest
 
 from context_trace._exporters.context_api import ContextAPIExporter
 from context_trace._exporters.sqlite import SQLiteExporter
-from context_trace._record import Conversation, Feedback
+from context_trace._record import (
+    Conversation,
+    Feedback,
+    ModelCall,
+    Usage,
+    exported_metadata,
+)
+from context_trace._store.codec import message_row, record_from_json
 from context_trace._store.reader import SQLiteReader
 
 from .context_server import ROUTE_THREAD, ROUTE_THREAD_PATCH, FakeContextServer
@@ -87,3 +96,74 @@ def test_outbox_of_0_2_file_delivers_the_same_payload(
         "tags": "queued",
     } == turn["messages"][-1]["metadata"]
     assert 1 == len(patched)
+
+
+def test_format_1_rows_read_back_as_typed_records(store: Path) -> None:
+    """A 0.2.0 outbox row (format 1) reads back with typed measurements and the app's metadata only."""
+    conn = sqlite3.connect(store)
+    try:
+        (payload,) = conn.execute(
+            "SELECT payload FROM outbox WHERE destination = 'otlp' AND record_id = ?",
+            (QUEUED[0].id,),
+        ).fetchone()
+    finally:
+        conn.close()
+
+    record = record_from_json(payload)
+
+    assert '"v":1' in payload
+    assert isinstance(record, Conversation)
+    assert (
+        {"tenant": "acme"},
+        "fake-model",
+        Usage(3, 2, 5),
+        ("queued",),
+        "agent",
+        QUEUED[0].spans,
+        QUEUED[0].trace_id,
+    ) == (
+        record.metadata,
+        record.model,
+        record.usage,
+        record.tags,
+        record.run_name,
+        record.spans,
+        record.trace_id,
+    )
+    assert exported_metadata(QUEUED[0]) == exported_metadata(record)
+
+
+def test_format_1_model_calls_and_flags_read_back() -> None:
+    """Format 1's model_calls JSON, stream_abandoned and model_input become typed fields."""
+    row = {
+        "v": 1,
+        "type": "conversation",
+        "id": SECOND.id,
+        "user_id": SECOND.user_id,
+        "session_id": SECOND.session_id,
+        "started_at": SECOND.started_at,
+        "ended_at": SECOND.ended_at,
+        "messages": [message_row(m) for m in SECOND.messages],
+        "metadata": {**SECOND.metadata, "stream_abandoned": "true"},
+        "error": None,
+    }
+
+    record = record_from_json(json.dumps(row))
+
+    assert isinstance(record, Conversation)
+    assert (
+        {"plan": "pro"},
+        (
+            ModelCall("router", Usage(8, 1, 9)),
+            ModelCall("fake-model", Usage(12, 3, 15)),
+        ),
+        True,
+        "Context: it is sunny\n\nweather?",
+        ("weather",),
+    ) == (
+        record.metadata,
+        record.model_calls,
+        record.stream_abandoned,
+        record.model_input,
+        record.failed_tools,
+    )
