@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,12 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableLambda
 
 from context_trace import track_user
+from context_trace._exporters import context_api, genai, semconv
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import (
+    COLUMN_KEYS,
+    MEASURED_KEYS,
+    TURN_KEYS,
     Conversation,
     Message,
     ModelCall,
@@ -23,6 +28,7 @@ from context_trace._record import (
 )
 from context_trace._store.codec import record_from_json, record_to_json
 from context_trace._store.reader import SQLiteReader
+from context_trace.cli import commands
 from context_trace.testing import CapturedRecords
 
 
@@ -183,3 +189,47 @@ class TestRecordFormat:
         """A record of a format this version does not know is refused, naming the format."""
         with pytest.raises(ValueError, match="record format 9"):
             record_from_json('{"v": 9, "type": "feedback"}')
+
+
+def _measured_turn() -> Conversation:
+    return Conversation(
+        id="n1",
+        user_id="u",
+        session_id="s",
+        started_at=1.0,
+        ended_at=2.0,
+        messages=(
+            Message("user", "q"),
+            Message("tool", "boom", name="search", error=True),
+            Message("assistant", "a"),
+        ),
+        metadata={"plan": "pro"},
+        error="ValueError: bad",
+        model="m-1",
+        usage=Usage(10, 5, 15),
+        tags=("x",),
+        run_name="agent",
+        model_calls=(ModelCall("m-0"), ModelCall("m-1", Usage(10, 5, 15))),
+        stream_abandoned=True,
+        model_input="ctx",
+    )
+
+
+class TestOneSourceOfNames:
+    def test_destinations_take_the_names_from_the_record_module(self) -> None:
+        """Context's per-turn keys and the CSV columns are built from the record module's names."""
+        assert ("turn_id", *TURN_KEYS) == context_api._TURN_KEYS
+        start = commands._CSV_COLUMNS.index(COLUMN_KEYS[0])
+        assert COLUMN_KEYS == commands._CSV_COLUMNS[start : start + len(COLUMN_KEYS)]
+        assert not hasattr(genai, "_OWN_METADATA")
+
+    def test_context_payload_carries_every_measured_name_and_otlp_none(self) -> None:
+        """Context gets every measured name as metadata; OTLP's app metadata holds the app's keys only."""
+        turn = _measured_turn()
+
+        sent = context_api._metadata(turn)
+        (root, *_) = genai.record_spans(turn)
+
+        assert {*MEASURED_KEYS, "turn_id", "user_id", "session_id", "plan"} == set(sent)
+        assert {"plan": "pro"} == json.loads(str(root.attributes[semconv.OI_METADATA]))
+        assert "agent" == root.name
