@@ -24,7 +24,17 @@ from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 
 from ._log import log_once
-from ._record import Conversation, Feedback, Message, Record, Role, message_key
+from ._record import (
+    MEASURED_KEYS,
+    Conversation,
+    Feedback,
+    Message,
+    ModelCall,
+    Record,
+    Role,
+    Usage,
+    message_key,
+)
 from ._runtree import build_spans
 from ._turn import ModelResult, Received, Turn
 
@@ -82,6 +92,9 @@ _SESSIONS_MAX_BYTES = 256 * 1024
 # What an entry costs besides its id: the hash and the OrderedDict entry (and
 # its share of the table), measured with tracemalloc.
 _SESSION_ENTRY_BYTES = 200
+
+# The counts of an ``llm_output``'s ``token_usage``, as input, output, total.
+_LLM_OUTPUT_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 # A model call as the handler keeps it: (run key, input messages or prompt,
 # serialized, metadata, invocation params).
@@ -487,29 +500,69 @@ def _model_name(call: _Call, result: LLMResult | ModelResult | None) -> str | No
     return None
 
 
-def _usage(result: LLMResult | ModelResult | None) -> dict[str, int]:
-    """One call's token usage (empty when the model reports none)."""
+def _detail(details: Any, key: str) -> int | None:
+    value = details.get(key) if isinstance(details, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _plus(total: int | None, value: int | None) -> int | None:
+    if value is None:
+        return total
+    return value if total is None else total + value
+
+
+def _usage(result: LLMResult | ModelResult | None) -> Usage | None:
+    """
+    One call's token usage, or None when the model reports none.
+
+    LangChain's ``usage_metadata`` of each generation (with the cache-read,
+    cache-write and reasoning counts of its ``input_token_details`` and
+    ``output_token_details`` where reported), else the ``token_usage`` of the
+    result's ``llm_output``.
+    """
     if result is None:
-        return {}
-    totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return None
     found = False
+    prompt = completion = total = 0
+    cache_read = cache_write = reasoning = None
     for gens in result.generations:
         for gen in gens:
             usage = _field(_field(gen, "message"), "usage_metadata")
             if usage:
                 found = True
-                totals["prompt_tokens"] += int(usage.get("input_tokens", 0) or 0)
-                totals["completion_tokens"] += int(usage.get("output_tokens", 0) or 0)
-                totals["total_tokens"] += int(usage.get("total_tokens", 0) or 0)
+                prompt += int(usage.get("input_tokens", 0) or 0)
+                completion += int(usage.get("output_tokens", 0) or 0)
+                total += int(usage.get("total_tokens", 0) or 0)
+                details = usage.get("input_token_details")
+                cache_read = _plus(cache_read, _detail(details, "cache_read"))
+                cache_write = _plus(cache_write, _detail(details, "cache_creation"))
+                details = usage.get("output_token_details")
+                reasoning = _plus(reasoning, _detail(details, "reasoning"))
     if not found and result.llm_output:
         usage = result.llm_output.get("token_usage") or result.llm_output.get("usage")
         if isinstance(usage, Mapping):
             found = True
-            for key in totals:
-                value = usage.get(key)
-                if isinstance(value, int):
-                    totals[key] += value
-    return totals if found else {}
+            counts = [usage.get(k) for k in _LLM_OUTPUT_KEYS]
+            prompt, completion, total = (c if isinstance(c, int) else 0 for c in counts)
+    if not found:
+        return None
+    return Usage(prompt, completion, total, cache_read, cache_write, reasoning)
+
+
+def _add_usage(total: Usage | None, usage: Usage | None) -> Usage | None:
+    """Two usages summed, count by count (None where neither reports one)."""
+    if usage is None:
+        return total
+    if total is None:
+        return usage
+    return Usage(
+        _plus(total.input_tokens, usage.input_tokens),
+        _plus(total.output_tokens, usage.output_tokens),
+        _plus(total.total_tokens, usage.total_tokens),
+        _plus(total.cache_read_tokens, usage.cache_read_tokens),
+        _plus(total.cache_write_tokens, usage.cache_write_tokens),
+        _plus(total.reasoning_tokens, usage.reasoning_tokens),
+    )
 
 
 def _header_id(value: Any) -> str | None:
@@ -648,6 +701,20 @@ def _run_metadata(metadata: Mapping[str, Any] | None) -> dict[str, str]:
         elif isinstance(value, bool):
             out[key] = "true" if value else "false"
     return out
+
+
+def _log_clash(metadata: Mapping[str, str]) -> None:
+    """Warn once per name that the app's metadata uses a measurement's name."""
+    for key in MEASURED_KEYS:
+        if key in metadata:
+            log_once(
+                _logger,
+                f"metadata-clash:{key}",
+                "context_trace: the app's metadata key %r is also the name of a"
+                " measurement; the app's value is kept in Conversation.metadata and"
+                " sent in its place, the measurement is in its own field",
+                key,
+            )
 
 
 def _abandoned(turn: Turn, calls: Sequence[_Call], results: Mapping[int, Any]) -> bool:
@@ -848,7 +915,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         # No session holds the earlier turns: keep the history the input re-sent.
         messages.extend(_history(inputs, users, calls))
     messages.extend(users)
-    failed_tools: list[str] = []
     for step in steps:
         if isinstance(step, tuple):
             if step is answering:
@@ -860,8 +926,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
                     messages.append(Message("assistant", text))
             continue
         name, tool_input, output, is_error = step
-        if is_error:
-            failed_tools.append(str(name))
         messages.append(
             Message(
                 "tool",
@@ -874,32 +938,23 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     if answer or error is None:
         messages.append(Message("assistant", answer or ""))
 
+    # The app's own metadata: the root run's, then the scope's (which wins).
     metadata: dict[str, str] = _run_metadata(turn.run_metadata)
-    metadata.update(turn.scope_metadata)  # the scope wins on a clash
-    if turn.name:
-        metadata.setdefault("run_name", turn.name)
-    totals: dict[str, int] = {}
-    per_call: list[dict[str, Any]] = []
+    metadata.update(turn.scope_metadata)
+    if metadata and not metadata.keys().isdisjoint(MEASURED_KEYS):
+        _log_clash(metadata)
+    total: Usage | None = None
+    answering_model: str | None = None
+    model_calls: list[ModelCall] = []
     for call in calls:
         result = results.get(call[0])
         usage = _usage(result)
-        for name, count in usage.items():
-            totals[name] = totals.get(name, 0) + count
+        total = _add_usage(total, usage)
         model = _model_name(call, result)
         if call is answering and model:
-            metadata["model"] = model
-        per_call.append({"model": model, **usage})
-    metadata["latency_ms"] = str(round((turn.ended - turn.started) * 1000))
-    for name, count in totals.items():
-        metadata[name] = str(count)
-    if len(calls) > 1:
-        metadata["model_calls"] = _compact(per_call)
-    if turn.tags:
-        metadata["tags"] = ",".join(dict.fromkeys(str(t) for t in turn.tags))
-    if failed_tools:
-        metadata["failed_tools"] = ",".join(failed_tools)
-    if abandoned:
-        metadata["stream_abandoned"] = "true"
+            answering_model = model
+        model_calls.append(ModelCall(model, usage))
+    tags = tuple(dict.fromkeys(str(t) for t in turn.tags)) if turn.tags else ()
     prompt: str | None = None
     if answering is not None:
         seen = "\n\n".join(m.content for m in _model_prompt(answering[1]))
@@ -907,8 +962,6 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
             prompt = seen  # what the model saw (retrieved context, a template)
     error_text: str | None = None
     if error is not None:
-        metadata["error_type"] = type(error).__name__
-        metadata["error"] = str(error)
         error_text = f"{type(error).__name__}: {error}"
 
     if redact is not None:
@@ -924,11 +977,8 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         ]
         if error_text is not None:
             error_text = redact(error_text)
-            metadata["error"] = redact(metadata["error"])
         if prompt is not None:
             prompt = redact(prompt)
-    if prompt is not None:
-        metadata["model_input"] = prompt
     return Conversation(
         id=turn.run_id.hex,
         user_id=user_id,
@@ -938,6 +988,13 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         messages=tuple(messages),
         metadata=metadata,
         error=error_text,
+        model=answering_model,
+        usage=total,
+        tags=tags,
+        run_name=turn.name or None,
+        model_calls=tuple(model_calls) if len(model_calls) > 1 else (),
+        stream_abandoned=abandoned,
+        model_input=prompt,
         # OTLP export on: the run tree as span records, and the app's span.
         spans=build_spans(turn, _model_name, _usage) if turn.tree is not None else (),
         trace_id=None if turn.trace_parent is None else f"{turn.trace_parent[0]:032x}",

@@ -11,10 +11,10 @@ OpenTelemetry; ``_exporters/otlp.py`` maps the records to GenAI spans.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from ._record import Span
+from ._record import Span, Usage
 from ._turn import Turn
 
 __all__ = ["build_spans", "span_id"]
@@ -23,7 +23,7 @@ _MASK64 = (1 << 64) - 1
 
 # The converter's model-name and usage rules, passed in (it imports this module).
 ModelName = Callable[[Any, Any], "str | None"]
-Usage = Callable[[Any], Mapping[str, int]]
+UsageOf = Callable[[Any], "Usage | None"]
 
 
 def span_id(key: int) -> str:
@@ -71,7 +71,7 @@ def _finish_reasons(result: Any) -> tuple[str, ...]:
     return tuple(reasons)
 
 
-def build_spans(turn: Turn, model_name: ModelName, usage: Usage) -> tuple[Span, ...]:
+def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span, ...]:
     """
     The span records of *turn*'s model calls and tool runs, in start order.
 
@@ -137,8 +137,8 @@ def build_spans(turn: Turn, model_name: ModelName, usage: Usage) -> tuple[Span, 
                     request_model=request,
                     response_model=_response_model(result),
                     provider=provider if isinstance(provider, str) else None,
-                    input_tokens=counts.get("prompt_tokens"),
-                    output_tokens=counts.get("completion_tokens"),
+                    input_tokens=None if counts is None else counts.input_tokens,
+                    output_tokens=None if counts is None else counts.output_tokens,
                     finish_reasons=_finish_reasons(result),
                     error=_error_text(error),
                 )

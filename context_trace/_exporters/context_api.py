@@ -97,7 +97,14 @@ from getcontext.generated import ContextAPI
 from getcontext.generated import models as _models
 from getcontext.token import Credential
 
-from context_trace._record import Conversation, Feedback, Message, Record
+from context_trace._record import (
+    TURN_KEYS,
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    exported_metadata,
+)
 
 from .base import ExportResult, Outcome, OutcomeStatus
 from .http_policy import (
@@ -130,18 +137,9 @@ _ROUTE_LOG = "/api/v1/log/conversation"
 _ROUTE_THREAD = "/api/v1/log/conversation/thread"
 _ROUTE_THREAD_PATCH = "/api/v1/log/conversation/thread/{id}"
 
-# Keys that change from turn to turn (see the module docstring).
-_TURN_KEYS = (
-    "turn_id",
-    "model",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "tags",
-    "error_type",
-    "error",
-)
+# Keys that change from turn to turn (see the module docstring): the record's
+# id and the measurements named so in the record module.
+_TURN_KEYS = ("turn_id", *TURN_KEYS)
 
 _ROLES = {
     "system": _models.MessageParamsRole.SYSTEM,
@@ -684,14 +682,9 @@ def _messages(record: Conversation) -> list[Any]:
 
 
 def _metadata(record: Conversation) -> dict[str, str]:
-    """The record's ``str -> str`` metadata plus user, session and turn details."""
-    metadata = {str(k): str(v) for k, v in record.metadata.items()}
+    """The record's measurements and the app's metadata, plus user, session and turn id."""
+    metadata = {str(k): str(v) for k, v in exported_metadata(record).items()}
     metadata["turn_id"] = record.id
-    metadata.setdefault("latency_ms", str(record.latency_ms))
-    if record.error is not None:
-        error_type, _, error = record.error.partition(": ")
-        metadata.setdefault("error_type", error_type)
-        metadata.setdefault("error", error or record.error)
     if record.user_id is not None:
         metadata["user_id"] = record.user_id
     if record.session_id is not None:

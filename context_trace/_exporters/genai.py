@@ -20,7 +20,14 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Union
 
-from context_trace._record import Conversation, Feedback, Message, Record, Span
+from context_trace._record import (
+    Conversation,
+    Feedback,
+    Message,
+    Record,
+    Span,
+    app_metadata,
+)
 
 from . import semconv as sc
 
@@ -30,25 +37,6 @@ AttributeValue = Union[str, bool, int, float, Sequence[str]]
 
 _MASK64 = (1 << 64) - 1
 _RATING_LABELS = {1: "good", 0: "neutral", -1: "bad"}
-# Conversation metadata context_trace writes itself: shown through GenAI
-# attributes (or not at all), never as the app's own metadata.
-_OWN_METADATA = frozenset(
-    {
-        "model",
-        "latency_ms",
-        "prompt_tokens",
-        "completion_tokens",
-        "total_tokens",
-        "model_calls",
-        "tags",
-        "error_type",
-        "error",
-        "failed_tools",
-        "stream_abandoned",
-        "model_input",
-        "run_name",
-    }
-)
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -145,9 +133,7 @@ def _attribution(
     user_id: str | None, session_id: str | None, metadata: Mapping[str, str]
 ) -> dict[str, AttributeValue]:
     """What every span of a turn carries: user, session, the app's metadata."""
-    common: dict[str, AttributeValue] = {
-        k: v for k, v in metadata.items() if k not in _OWN_METADATA
-    }
+    common: dict[str, AttributeValue] = dict(metadata)
     if user_id is not None:
         common[sc.USER_ID] = user_id
     if session_id is not None:
@@ -248,11 +234,11 @@ def _conversation_spans(record: Conversation, capture_content: bool) -> list[Spa
     trace_id = id128(record.trace_id) if record.trace_id else id128(record.id)
     parent = _hex64(record.parent_span_id)
     root_id = root_span_id(record.id)
-    common = _attribution(record.user_id, record.session_id, record.metadata)
+    metadata = app_metadata(record)
+    common = _attribution(record.user_id, record.session_id, metadata)
     attributes: dict[str, AttributeValue] = {sc.OI_SPAN_KIND: "CHAIN"}
-    app_metadata = {k: v for k, v in record.metadata.items() if k not in _OWN_METADATA}
-    if app_metadata:
-        attributes[sc.OI_METADATA] = _JSON.encode(app_metadata)
+    if metadata:
+        attributes[sc.OI_METADATA] = _JSON.encode(metadata)
     tools = [m for m in record.messages if m.role == "tool"]
     if capture_content:
         inputs, users = _turn_inputs(record.messages)
@@ -269,7 +255,7 @@ def _conversation_spans(record: Conversation, capture_content: bool) -> list[Spa
             attributes[sc.OI_OUTPUT_VALUE] = answer
             attributes[sc.OI_OUTPUT_MIME_TYPE] = "text/plain"
     root = SpanData(
-        record.metadata.get("run_name") or "turn",
+        record.run_name or "turn",
         trace_id,
         root_id,
         parent,

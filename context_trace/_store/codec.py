@@ -1,4 +1,15 @@
-"""Record (de)serialisation: records and message lists to and from JSON text."""
+"""
+Record (de)serialisation: records and message lists to and from JSON text.
+
+Record format 2 (0.3) writes the typed measurements of a :class:`Conversation`
+in keys of their own, each only when present: ``model``, ``usage`` (``[input,
+output, total, cache_read, cache_write, reasoning]``, null where not reported),
+``tags``, ``run_name``, ``calls`` (``[[model, usage], ...]``), ``abandoned``,
+``model_input``; ``metadata`` is the app's own. Format 1 (0.1 and 0.2) kept the
+measurements as strings in ``metadata``: they are read into the typed fields
+and left out of the app's metadata, so outbox rows queued by 0.2 still deliver
+what 0.2 would have sent.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +19,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from context_trace._record import (
+    MEASURED_KEYS,
     ROLES,
     Conversation,
     Feedback,
     Message,
+    ModelCall,
     Record,
     Role,
     Span,
+    Usage,
+    measurements_from_metadata,
 )
 
-_RECORD_FORMAT = 1
+_RECORD_FORMAT = 2
+_FORMATS = (1, 2)
 # One encoder: json.dumps() with options builds a new encoder per call.
 JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 decode = json.JSONDecoder().decode
@@ -60,6 +76,23 @@ def record_to_json(record: Record) -> str:
             data["spans"] = [span_row(s) for s in record.spans]
         if record.trace_id is not None:
             data["trace"] = [record.trace_id, record.parent_span_id]
+        if record.model is not None:
+            data["model"] = record.model
+        if record.usage is not None:
+            data["usage"] = _usage_row(record.usage)
+        if record.tags:
+            data["tags"] = list(record.tags)
+        if record.run_name is not None:
+            data["run_name"] = record.run_name
+        if record.model_calls:
+            data["calls"] = [
+                [c.model, None if c.usage is None else _usage_row(c.usage)]
+                for c in record.model_calls
+            ]
+        if record.stream_abandoned:
+            data["abandoned"] = True
+        if record.model_input is not None:
+            data["model_input"] = record.model_input
     elif isinstance(record, Feedback):
         data = {
             "v": _RECORD_FORMAT,
@@ -96,7 +129,17 @@ def record_from_json(text: str) -> Record:
     try:
         data = json.loads(text)
         kind = data["type"]
+        version = data.get("v", 1)
+        if version not in _FORMATS:
+            raise ValueError(f"record format {version!r} is not one this version reads")
         if kind == "conversation":
+            metadata = {_str(k): _str(v) for k, v in data["metadata"].items()}
+            if version == 1:
+                # The measurements were strings among the app's keys.
+                measured = measurements_from_metadata(metadata)
+                metadata = {k: v for k, v in metadata.items() if k not in _OURS}
+            else:
+                measured = _measurements(data)
             return Conversation(
                 id=_str(data["id"]),
                 user_id=_opt_str(data["user_id"]),
@@ -113,11 +156,12 @@ def record_from_json(text: str) -> Record:
                     )
                     for row in data["messages"]
                 ),
-                metadata={_str(k): _str(v) for k, v in data["metadata"].items()},
+                metadata=metadata,
                 error=_opt_str(data["error"]),
                 spans=tuple(_span(row) for row in data.get("spans", ())),
                 trace_id=_opt_str(data.get("trace", (None, None))[0]),
                 parent_span_id=_opt_str(data.get("trace", (None, None))[1]),
+                **measured,  # type: ignore[arg-type]
             )
         if kind == "feedback":
             return Feedback(
@@ -132,6 +176,58 @@ def record_from_json(text: str) -> Record:
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValueError(f"not a serialised context_trace record: {exc!r}") from exc
     raise ValueError(f"not a serialised context_trace record: type {kind!r}")
+
+
+_OURS = frozenset(MEASURED_KEYS)
+
+
+def _usage_row(usage: Usage) -> list[int | None]:
+    return [
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.total_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    ]
+
+
+def _opt_int(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _usage(row: object) -> Usage | None:
+    if row is None:
+        return None
+    if not isinstance(row, list) or len(row) != 6:
+        raise ValueError(f"not a stored usage: {row!r}")
+    return Usage(*(_opt_int(count) for count in row))
+
+
+def _measurements(data: dict[str, Any]) -> dict[str, Any]:
+    """The typed measurements of a format-2 record, by field name."""
+    out: dict[str, Any] = {}
+    if "model" in data:
+        out["model"] = _opt_str(data["model"])
+    if "usage" in data:
+        out["usage"] = _usage(data["usage"])
+    if "tags" in data:
+        out["tags"] = tuple(_str(t) for t in data["tags"])
+    if "run_name" in data:
+        out["run_name"] = _opt_str(data["run_name"])
+    if "calls" in data:
+        out["model_calls"] = tuple(
+            ModelCall(_opt_str(model), _usage(usage)) for model, usage in data["calls"]
+        )
+    if data.get("abandoned") is True:
+        out["stream_abandoned"] = True
+    if "model_input" in data:
+        out["model_input"] = _opt_str(data["model_input"])
+    return out
 
 
 def span_row(s: Span) -> list[Any]:
@@ -252,6 +348,10 @@ def scrubbed(batch: Sequence[Record]) -> list[Record]:
                     ),
                     metadata={_clean(k): _clean(v) for k, v in record.metadata.items()},
                     error=_clean_opt(record.error),
+                    model=_clean_opt(record.model),
+                    tags=tuple(_clean(t) for t in record.tags),
+                    run_name=_clean_opt(record.run_name),
+                    model_input=_clean_opt(record.model_input),
                 )
             )
         else:

@@ -16,6 +16,7 @@ from context_trace._record import (
     Feedback,
     Message,
     Record,
+    exported_metadata,
     remember,
     strip_seen,
 )
@@ -97,15 +98,6 @@ class Written:
     refused: list[Refused]
 
 
-def _int_or_none(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
 def _touch_user(
     users: dict[str, list[float]], user_id: str, a: float, b: float
 ) -> None:
@@ -135,7 +127,7 @@ def prepare(batch: Sequence[Record]) -> Rows:
     encode = JSON.encode
     for record in batch:
         if isinstance(record, Conversation):
-            meta = record.metadata
+            usage = record.usage
             rows.conversations.append(
                 (
                     record,
@@ -146,12 +138,12 @@ def prepare(batch: Sequence[Record]) -> Rows:
                         record.started_at,
                         record.ended_at,
                         record.latency_ms,
-                        meta.get("model"),
-                        _int_or_none(meta.get("prompt_tokens")),
-                        _int_or_none(meta.get("completion_tokens")),
-                        _int_or_none(meta.get("total_tokens")),
+                        record.model,
+                        None if usage is None else usage.input_tokens,
+                        None if usage is None else usage.output_tokens,
+                        None if usage is None else usage.total_tokens,
                         record.error,
-                        encode(meta if type(meta) is dict else dict(meta)),
+                        encode(exported_metadata(record, derived=False)),
                         messages_json(record.messages),
                     ),
                 )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from context_trace import _config
+from context_trace._record import COLUMN_KEYS
 from context_trace._store.models import StoredConversation, Transcript
 from context_trace._store.reader import SQLiteReader
 
@@ -57,18 +58,18 @@ _DEMO_SESSIONS = 2
 _DEMO_TURNS = 3
 # The demo's own store: never the app's (``$CONTEXT_TRACE_DB``, traces.db).
 _DEMO_DB = "~/.context_trace/demo.db"
-_CSV_COLUMNS = (
+# The measurements with a store column of their own are named by the record module.
+_CSV_STORED = (
     "id",
     "user_id",
     "session_id",
     "started_at",
     "ended_at",
-    "latency_ms",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
+    *COLUMN_KEYS,
     "error",
+)
+_CSV_COLUMNS = (
+    *_CSV_STORED,
     "question",
     "answer",
     "metadata",
@@ -393,7 +394,7 @@ def _csv_row(c: StoredConversation) -> list[Any]:
     )
     record = _record_dict(c)
     return [
-        *("" if record[key] is None else record[key] for key in _CSV_COLUMNS[:11]),
+        *("" if record[key] is None else record[key] for key in _CSV_STORED),
         question,
         answer,
         json.dumps(c.metadata, ensure_ascii=False, sort_keys=True),

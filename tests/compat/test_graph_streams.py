@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage
 from langgraph.pregel import Pregel
 
 from context_trace import _graph_streams, track_user
+from context_trace._record import exported_metadata
 from context_trace._turn import RECEIVING
 from context_trace.testing import CapturedRecords
 
@@ -68,7 +69,10 @@ class TestWhatTheConsumerGot:
             ("tool", "sunny in Paris"),
             ("assistant", ""),
         ] == _shape(turn)
-        assert ("true", None) == (turn.metadata.get("stream_abandoned"), turn.error)
+        assert ("true", None) == (
+            exported_metadata(turn).get("stream_abandoned"),
+            turn.error,
+        )
 
     def test_whole_messages_received_are_the_answer(
         self, records: CapturedRecords
@@ -87,7 +91,10 @@ class TestWhatTheConsumerGot:
             ("tool", "sunny in Paris"),
             ("assistant", "It is sunny in Paris"),
         ] == _shape(turn)
-        assert ("true", None) == (turn.metadata.get("stream_abandoned"), turn.error)
+        assert ("true", None) == (
+            exported_metadata(turn).get("stream_abandoned"),
+            turn.error,
+        )
 
     def test_a_decorated_function_returning_the_stream(
         self, records: CapturedRecords
@@ -108,7 +115,7 @@ class TestWhatTheConsumerGot:
             received,
             turn.answer,
             turn.user_id,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
         )
 
 

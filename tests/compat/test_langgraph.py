@@ -19,7 +19,7 @@ from context_trace import (
     flush,
     track_user,
 )
-from context_trace._record import Message
+from context_trace._record import Message, exported_metadata
 from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords
 
@@ -69,7 +69,7 @@ class TestOneInvocation:
         assert [("u1", PARIS)] == [
             (c.user_id, list(c.messages)) for c in records.conversations
         ]
-        assert "ToolCallingFake" == records.conversations[0].metadata["model"]
+        assert "ToolCallingFake" == exported_metadata(records.conversations[0])["model"]
 
     def test_prebuilt_react_agent(self, records: CapturedRecords) -> None:
         """langgraph.prebuilt.create_react_agent records the same conversation."""

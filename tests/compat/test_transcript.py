@@ -40,7 +40,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from context_trace import _runtime, configure, context_session, flush, track_user
-from context_trace._record import Message
+from context_trace._record import Message, exported_metadata
 from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords, capture
 
@@ -112,7 +112,7 @@ class TestUsersOwnWords:
         assert (
             "Context:\nRefunds take 5 business days.\n\n"
             "Question: How long do refunds take?"
-        ) == turn.metadata["model_input"]
+        ) == exported_metadata(turn)["model_input"]
 
     def test_few_shot_examples_and_a_classifier(self, records: CapturedRecords) -> None:
         """Few-shot examples and a classification step are not the user's turn."""
@@ -155,7 +155,7 @@ class TestAnsweringModel:
         with track_user("u"):
             chain.invoke("How long do refunds take?")
 
-        assert "gpt-x" == records.conversations[0].metadata["model"]
+        assert "gpt-x" == exported_metadata(records.conversations[0])["model"]
 
     def test_rewrite_then_answer_records_the_answerer(
         self, records: CapturedRecords
@@ -183,10 +183,10 @@ class TestAnsweringModel:
             ("assistant", "Five days."),
         ] == _shape(turn)
         assert ("big-model", "14", "2", "16") == (
-            turn.metadata["model"],
-            turn.metadata["prompt_tokens"],
-            turn.metadata["completion_tokens"],
-            turn.metadata["total_tokens"],
+            exported_metadata(turn)["model"],
+            exported_metadata(turn)["prompt_tokens"],
+            exported_metadata(turn)["completion_tokens"],
+            exported_metadata(turn)["total_tokens"],
         )
         assert [
             {
@@ -201,7 +201,7 @@ class TestAnsweringModel:
                 "completion_tokens": 1,
                 "total_tokens": 11,
             },
-        ] == json.loads(turn.metadata["model_calls"])
+        ] == json.loads(exported_metadata(turn)["model_calls"])
 
     def test_answer_follows_the_root_output(self, records: CapturedRecords) -> None:
         """A chain ending in a lambda that returns a dict records the whole dict."""
@@ -373,7 +373,7 @@ class TestHistoryOnce:
             _three_turns(_placeholder_chain())
 
         assert _THIRD_WITH_HISTORY == _shape(records[-1])
-        assert "model_input" not in records[-1].metadata
+        assert "model_input" not in exported_metadata(records[-1])
         assert [None] * 3 == [c.session_id for c in records.conversations]
 
     def test_without_a_session_the_store_keeps_the_history(
@@ -539,7 +539,10 @@ class TestAbandonedStreams:
         (turn,) = records.conversations
 
         assert ("one ", received) == (turn.answer, "one ")
-        assert ("true", None) == (turn.metadata.get("stream_abandoned"), turn.error)
+        assert ("true", None) == (
+            exported_metadata(turn).get("stream_abandoned"),
+            turn.error,
+        )
 
     async def test_astream_closed_after_two_chunks(
         self, records: CapturedRecords
@@ -555,7 +558,7 @@ class TestAbandonedStreams:
 
         assert (received, "true", None) == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
         )
 
@@ -578,7 +581,7 @@ class TestAbandonedStreams:
 
         assert ("one ", "true", None) == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
         )
         assert "one " == received
@@ -594,7 +597,7 @@ class TestAbandonedStreams:
 
         assert ("one two three four five", None) == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
         )
 
     def test_langgraph_messages_stream_abandoned(
@@ -620,7 +623,7 @@ class TestAbandonedStreams:
         assert "alpha " == received
         assert (received, "true", None, "t") == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
             turn.session_id,
         )
@@ -649,7 +652,7 @@ class TestAbandonedStreams:
         assert "alpha " == received
         assert (received, "true", None, "t") == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
             turn.session_id,
         )
@@ -675,7 +678,7 @@ class TestAbandonedStreams:
         assert ("alpha beta gamma", "alpha beta gamma", None, None) == (
             received,
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
         )
 
@@ -700,7 +703,7 @@ class TestAbandonedStreams:
         assert "alpha beta" == received
         assert (received, "true", None) == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
         )
 
@@ -726,7 +729,7 @@ class TestAbandonedStreams:
         assert ("alpha ", "alpha ", "true") == (
             received,
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
         )
 
     def test_langgraph_values_stream_abandoned_is_unaffected(
@@ -752,7 +755,7 @@ class TestAbandonedStreams:
         assert "alpha beta gamma" == states[-1]["messages"][-1].content
         assert ("", "true", None) == (
             turn.answer,
-            turn.metadata.get("stream_abandoned"),
+            exported_metadata(turn).get("stream_abandoned"),
             turn.error,
         )
 
@@ -802,7 +805,7 @@ class TestTools:
 
         assert (True, "broken_weather") == (
             tool_message.error,
-            turn.metadata.get("failed_tools"),
+            exported_metadata(turn).get("failed_tools"),
         )
 
     def test_failed_tool_flag_survives_the_store(self, tmp_path: Path) -> None:
@@ -902,7 +905,7 @@ class TestRunMetadata:
                 },
             )
 
-        metadata = records.conversations[0].metadata
+        metadata = exported_metadata(records.conversations[0])
 
         assert ("acme", "pro", "3", "support") == (
             metadata.get("tenant"),
@@ -925,7 +928,11 @@ class TestRunMetadata:
             )
 
         assert [("a", "acme", "one"), ("b", "globex", "two")] == sorted(
-            (c.messages[0].content, c.metadata["tenant"], c.metadata["run_name"])
+            (
+                c.messages[0].content,
+                c.metadata["tenant"],
+                exported_metadata(c)["run_name"],
+            )
             for c in records.conversations
         )
 
@@ -963,7 +970,7 @@ class TestRootsWithoutAModel:
                 ("assistant", "Please ask about refunds."),
             ],
         ] == [_shape(c) for c in records.conversations]
-        assert "model" not in records.conversations[0].metadata
+        assert "model" not in exported_metadata(records.conversations[0])
 
     def test_retriever_parser_tool_alone_stay_unrecorded(
         self, records: CapturedRecords

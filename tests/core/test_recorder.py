@@ -42,6 +42,7 @@ from context_trace import (
     runnable_config,
     track_user,
 )
+from context_trace._record import Usage, exported_metadata
 from context_trace.testing import CapturedRecords
 
 from ._helpers import streaming_chain
@@ -115,7 +116,7 @@ class TestConversationRecord:
         with track_user("u"):
             chain.invoke({"question": "x"}, config={"tags": ["beta", "search"]})
 
-        metadata = records.conversations[0].metadata
+        metadata = exported_metadata(records.conversations[0])
 
         assert metadata["model"] == "ParrotFakeChatModel"
         assert metadata["latency_ms"].isdigit()
@@ -128,7 +129,7 @@ class TestConversationRecord:
         with track_user("u"):
             _usage_model("counted").invoke("count my tokens")
 
-        metadata = records.conversations[0].metadata
+        metadata = exported_metadata(records.conversations[0])
 
         assert (
             metadata["prompt_tokens"],
@@ -144,7 +145,7 @@ class TestConversationRecord:
         with track_user("u"):
             chain.invoke({"q": "x"})
 
-        assert records.conversations[0].metadata["total_tokens"] == "18"
+        assert exported_metadata(records.conversations[0])["total_tokens"] == "18"
 
     def test_content_block_lists(self, records: CapturedRecords) -> None:
         """Text is taken from content-block lists, on input and on output."""
@@ -267,7 +268,7 @@ class TestAnswers:
         assert [
             '[{"name":"f","args":{"x":1}}]',
             '[{"name":"f","args":{"x":1}}]',
-            {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+            Usage(input_tokens=3, output_tokens=4, total_tokens=7),
         ] == [
             _convert.answer_text(
                 ChatMessage(role="assistant", content="", tool_calls=calls)
@@ -302,8 +303,8 @@ class TestRunnables:
             ("assistant", "forty-two"),
         ]
         assert _shape(second) == [("user", "hi"), ("assistant", "forty-two")]
-        assert "Say hi" == second.metadata["model_input"]
-        assert first.metadata["model"] == "FakeListLLM"
+        assert "Say hi" == exported_metadata(second)["model_input"]
+        assert exported_metadata(first)["model"] == "FakeListLLM"
 
     def test_runnable_parallel_is_one_turn(self, records: CapturedRecords) -> None:
         """RunnableParallel with two model branches is one record."""
@@ -524,8 +525,8 @@ class TestFailures:
         assert caught.value is error
         assert conversation.error == "Boom: parse failed"
         assert (
-            conversation.metadata["error_type"],
-            conversation.metadata["error"],
+            exported_metadata(conversation)["error_type"],
+            exported_metadata(conversation)["error"],
         ) == ("Boom", "parse failed")
         assert _shape(conversation)[0] == ("user", "will fail")
 
@@ -537,7 +538,7 @@ class TestFailures:
         (conversation,) = records.conversations
 
         assert _shape(conversation) == [("user", "hello?")]
-        assert conversation.metadata["error_type"] == "Boom"
+        assert exported_metadata(conversation)["error_type"] == "Boom"
 
     def test_chain_failing_before_the_model(self, records: CapturedRecords) -> None:
         """A chain that fails before reaching its model is still recorded."""

@@ -33,6 +33,7 @@ from context_trace import (
     track_user,
     uninstrument_threads,
 )
+from context_trace._record import exported_metadata
 from context_trace._scopes import current_scope
 from context_trace.testing import CapturedRecords, capture
 
@@ -534,7 +535,7 @@ class TestRunMetadata:
 
         (turn,) = records.conversations
 
-        assert (turn.user_id, turn.session_id, sorted(turn.metadata)) == (
+        assert (turn.user_id, turn.session_id, sorted(exported_metadata(turn))) == (
             "rec-u",
             "rec-s",
             ["latency_ms", "model", "run_name"],
