@@ -130,7 +130,13 @@ class Worker:
 
 
 def start_worker(
-    broker: str, workdir: Path, pool: str, *, queue: str, flush_interval: str
+    broker: str,
+    workdir: Path,
+    pool: str,
+    *,
+    queue: str,
+    flush_interval: str,
+    options: tuple[str, ...] = (),
 ) -> Worker:
     """Start ``celery -A tasks worker --pool POOL --concurrency 2`` and wait until ready."""
     env = {
@@ -172,6 +178,7 @@ def start_worker(
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *options,
             ],
             cwd=workdir,
             env=env,
