@@ -24,9 +24,9 @@ Celery integration: a task runs in the scope of the code that sent it.
   children with ``os._exit`` and runs neither ``atexit`` nor
   ``multiprocessing``'s finalizers.
 
-The header is a mapping of plain strings (``{"v": 1, "user_id": ...,
-"session_id": ..., "metadata": {...}}``), so every serializer and transport
-carries it as is, with no encoding. It is bounded as W3C baggage is: at most 64
+The header is a small mapping of a version number and plain strings
+(``{"v": 1, "user_id": ..., "session_id": ..., "metadata": {...}}``), which
+brokers carry as it is: ids need no encoding. It is bounded as W3C baggage is: at most 64
 metadata entries and 8,192 bytes of ids and metadata (UTF-8). A scope whose
 metadata does not fit sends its ids alone; ids that do not fit are not sent.
 The broker is trusted (anyone who can publish to it can run your tasks), so the
@@ -36,6 +36,7 @@ header is checked for shape and size, not for origin.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -95,6 +96,15 @@ class _Frame(NamedTuple):
 _TASKS: ContextVar[tuple[_Frame, ...]] = ContextVar(
     "context_trace.celery.tasks", default=()
 )
+
+
+def _new_counts_lock() -> None:
+    """A forked child (a prefork worker) gets a lock no parent thread can hold."""
+    global _counts_lock
+    _counts_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_counts_lock)
 
 
 def _count(key: str) -> None:

@@ -13,13 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from celery import chain, chord, group, signals
 
 import context_trace as ct
-from context_trace.integrations.celery import HEADER, MAX_ENTRIES
+from context_trace.integrations.celery import (
+    HEADER,
+    MAX_ENTRIES,
+    ContextTraceCelery,
+    stats,
+)
 
 from .conftest import WAIT, Worker, wait_stored
-from .tasks import ask, ask_next, boom, flaky, leave_scope_open, own_header
+from .tasks import app, ask, ask_next, boom, flaky, leave_scope_open, own_header
 
 
 def _marker() -> str:
@@ -161,6 +167,25 @@ class TestTaskForms:
         assert [
             (f"gus-{m}", f"s-{m}", f"{m} flaky (attempt {i})") for i in range(3)
         ] == [(t.user_id, t.session_id, t.question) for t in turns]
+
+
+class TestSetUp:
+    def test_a_non_celery_app_is_refused_naming_the_argument(self) -> None:
+        """ContextTraceCelery(object()) is a TypeError naming app and the type given."""
+        with pytest.raises(
+            TypeError, match=r"app must be a celery\.Celery, got object"
+        ):
+            ContextTraceCelery(object())
+
+    def test_setting_up_twice_sends_one_header(self) -> None:
+        """A second ContextTraceCelery(app) adds no second receiver: one header write."""
+        ContextTraceCelery(app)
+        ContextTraceCelery().init_app(app)
+        before = stats()["sent"]
+        with ct.track_user("zed"):
+            signals.before_task_publish.send(sender="t", headers={}, body=())
+
+        assert before + 1 == stats()["sent"]
 
 
 class TestEager:
