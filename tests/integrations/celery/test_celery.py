@@ -1,7 +1,7 @@
 """
 Tasks run in the worker in the scope they were sent from: a real redis broker,
-a real ``celery worker`` (threads and prefork pools, two of each) and the
-worker's real SQLite store.
+a real ``celery worker`` per pool (threads and prefork with concurrency 2, and
+solo) and the worker's real SQLite store.
 """
 
 from __future__ import annotations
