@@ -59,6 +59,7 @@ __all__ = [
     "Scope",
     "Session",
     "asgi",
+    "celery",
     "configure",
     "context_session",
     "current_handler",
@@ -106,6 +107,7 @@ _LAZY_NAMES = {
 }
 _LAZY_MODULES = {
     "asgi": "context_trace.asgi",
+    "celery": "context_trace.celery",
     "flask": "context_trace.flask",
     "testing": "context_trace.testing",
 }
@@ -113,8 +115,8 @@ _LAZY_MODULES = {
 
 def __getattr__(name: str) -> _Any:
     # PEP 562: the recording machinery loads on first use (see above), and the
-    # optional parts too, so `import context_trace` never imports pytest, Flask
-    # or Starlette.
+    # optional parts too, so `import context_trace` never imports pytest, Flask,
+    # Starlette or Celery.
     import importlib
 
     source = _LAZY_NAMES.get(name)

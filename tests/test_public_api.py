@@ -11,7 +11,12 @@ import context_trace
 
 def test_exported_members():
     """__all__ lists every public name of the package, sorted, and nothing else."""
-    lazy = {"asgi", "flask", "testing"}  # PEP 562 attributes, loaded on first use
+    lazy = {
+        "asgi",
+        "celery",
+        "flask",
+        "testing",
+    }  # PEP 562 attributes, loaded on first use
     listed = sorted(
         name
         for name in dir(context_trace)
@@ -61,10 +66,10 @@ def test_import_does_not_load_the_recording_machinery():
 
 
 def test_import_does_not_pull_optional_frameworks():
-    """`import context_trace` loads neither Flask, Starlette nor pytest."""
+    """`import context_trace` loads neither Flask, Starlette, Celery nor pytest."""
     code = (
         "import sys, context_trace; "
-        "print(','.join(m for m in ('flask', 'starlette', 'fastapi', 'pytest') if m in sys.modules))"
+        "print(','.join(m for m in ('flask', 'starlette', 'fastapi', 'celery', 'pytest') if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

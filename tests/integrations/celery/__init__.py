@@ -1,0 +1,4 @@
+import pytest
+
+pytest.importorskip("celery")
+pytest.importorskip("redis")
