@@ -1,0 +1,637 @@
+"""
+Satisfaction: implicit signals per turn, scores, and the unhappy users.
+
+Read-side only: everything here reads a store (or the dashboard's sidecar
+index) after the fact; nothing runs on the recording path, and ``import
+context_trace`` never imports this module. The rules are written out in
+README's "Satisfaction" section; the constants below are those rules.
+
+A turn's *signals* come from its own record and the turn before it in its
+session (:func:`turn_signals`); two more come from outside the turn and are
+added when a report is built (:func:`analyze`): its rating (explicit), and
+"the session ended right after a failure or a non-answer", which depends on
+how long ago the session's last activity was.
+
+Negative sentiment uses VADER (``vaderSentiment``, the ``analytics`` extra),
+whose lexicon ships inside its wheel: nothing is downloaded. Without it the
+frustration phrases still apply, and :data:`SENTIMENT_AVAILABLE` says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ._store.connection import read_uri
+
+__all__ = [
+    "IDLE_GAP",
+    "MIN_TURNS",
+    "REPHRASE_THRESHOLD",
+    "SENTIMENT_THRESHOLD",
+    "WEIGHTS",
+    "Group",
+    "Report",
+    "Signal",
+    "TurnScore",
+    "analyze",
+    "content_words",
+    "similarity",
+    "turn_signals",
+]
+
+# --------------------------------------------------------------------------- rules
+#: Penalty of each signal in a turn's score (``rating_up`` is a bonus).
+WEIGHTS: dict[str, float] = {
+    "error": 0.5,
+    "no_answer": 0.4,
+    "not_helped": 0.5,
+    "rephrase": 0.3,
+    "negative": 0.3,
+    "abandoned": 0.3,
+    "ended_after_failure": 0.2,
+    "rating_down": 0.6,
+    "rating_up": -0.2,
+}
+#: Jaccard similarity of two questions' content words at or above which the
+#: second one rephrases (or repeats) the first.
+REPHRASE_THRESHOLD = 0.5
+#: VADER's compound score at or below which the user's words are negative.
+SENTIMENT_THRESHOLD = -0.5
+#: Seconds without activity after which a session counts as ended.
+IDLE_GAP = 30 * 60
+#: Users with fewer turns are not listed as unhappy (too little evidence).
+MIN_TURNS = 3
+
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "i",
+        "me",
+        "my",
+        "mine",
+        "you",
+        "your",
+        "yours",
+        "we",
+        "us",
+        "our",
+        "it",
+        "its",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "do",
+        "does",
+        "did",
+        "done",
+        "to",
+        "of",
+        "in",
+        "on",
+        "for",
+        "at",
+        "by",
+        "with",
+        "from",
+        "and",
+        "or",
+        "but",
+        "so",
+        "if",
+        "then",
+        "than",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "can",
+        "could",
+        "would",
+        "will",
+        "shall",
+        "should",
+        "may",
+        "might",
+        "must",
+        "please",
+        "what",
+        "why",
+        "how",
+        "when",
+        "where",
+        "who",
+        "whom",
+        "which",
+        "whose",
+        "have",
+        "has",
+        "had",
+        "get",
+        "got",
+        "just",
+        "also",
+        "any",
+        "some",
+        "again",
+        "still",
+        "about",
+        "into",
+        "out",
+        "up",
+    ]
+)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
+_SUFFIXES = ("ing", "ed", "es", "s")
+# The user says the answer did not help (matched on normalised text, as words).
+_NOT_HELPED = re.compile(
+    r"\b(?:"
+    r"(?:didn't|did not|doesn't|does not|don't|do not|wasn't|was not|isn't|is not)"
+    r" (?:really )?help(?:ful)?"
+    r"|not (?:very |really )?helpful|unhelpful|no help"
+    r"|(?:that's|that is|this is|that was|you're|you are|your answer is) wrong"
+    r"|wrong answer"
+    r"|not what i (?:asked|meant|wanted|need|needed)"
+    r"|(?:that's|that is) not (?:it|right|correct|what i)"
+    r"|(?:didn't|did not|doesn't|does not|you didn't|you did not) answer"
+    r"|still (?:doesn't|does not|isn't|is not|not) work(?:ing)?"
+    r"|still (?:broken|not fixed)"
+    r")\b"
+)
+# Frustration the sentiment lexicon can miss.
+# A phrase right after "not", "n't" or "never" ("I'm not frustrated") does not count.
+_FRUSTRATION = re.compile(
+    r"(?<!not )(?<!n't )(?<!never )\b(?:useless|ridiculous|frustrat\w*|annoy(?:ing|ed)|waste of (?:my )?time"
+    r"|wasting my time|are you even listening|fed up|sick of|forget it"
+    r"|never ?mind|this is stupid|so stupid|pointless|hopeless)\b"
+    r"|[!?]{3,}"
+)
+# The assistant did not answer: matched in the answer's first sentence.
+_NO_ANSWER = re.compile(
+    r"\b(?:"
+    r"i (?:don't|do not) know"
+    r"|i(?:'m| am) not sure"
+    r"|i (?:can't|cannot|can not|am unable to|'m unable to|am not able to"
+    r"|'m not able to) (?:help|answer|assist|provide|find|access|do that)"
+    r"|i (?:don't|do not) have (?:access|information|that information|enough"
+    r" information|any information)"
+    r"|as an ai"
+    r"|i (?:didn't|did not|don't|do not) understand"
+    r"|could you (?:please )?rephrase"
+    r")\b"
+)
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One implicit (or explicit) sign that a turn went badly, or well."""
+
+    name: str
+    reason: str
+
+    @property
+    def weight(self) -> float:
+        return WEIGHTS[self.name]
+
+
+def normalise(text: str) -> str:
+    """NFKC, case-folded, typographic apostrophes made plain, spaces collapsed."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = text.replace("\u2019", "'").replace("\u2018", "'")
+    return " ".join(text.split())
+
+
+def _stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+def content_words(text: str) -> frozenset[str]:
+    """The set of *text*'s stemmed words, stop words left out."""
+    words = _WORD.findall(normalise(text))
+    return frozenset(_stem(w) for w in words if w not in _STOPWORDS)
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard similarity of two texts' content words (0 when either has none)."""
+    first, second = content_words(a), content_words(b)
+    if not first or not second:
+        return 0.0
+    return len(first & second) / len(first | second)
+
+
+@lru_cache(maxsize=1)
+def _vader() -> Any:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError:
+        return None
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment_available() -> bool:
+    """Whether VADER (the ``analytics`` extra) is installed."""
+    return _vader() is not None
+
+
+def compound(text: str) -> float | None:
+    """VADER's compound score of *text* (-1..1), or None without VADER."""
+    analyzer = _vader()
+    if analyzer is None:
+        return None
+    return float(analyzer.polarity_scores(text)["compound"])
+
+
+def _first_sentence(text: str) -> str:
+    match = _SENTENCE_END.search(text)
+    return text[: match.start()] if match else text
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[: limit - 1] + "\u2026")
+
+
+def turn_signals(
+    question: str,
+    answer: str,
+    *,
+    error: str | None = None,
+    abandoned: bool = False,
+    previous: str | None = None,
+) -> list[Signal]:
+    """
+    The implicit signals one turn carries, from its own record.
+
+    Args:
+        question: The user's words this turn.
+        answer: The assistant's answer ('' when none).
+        error: The turn's error, if it failed.
+        abandoned: Whether the user abandoned the answer's stream.
+        previous: The user's words in the session's previous turn, if any.
+    """
+    signals: list[Signal] = []
+    said = normalise(question)
+    if previous is not None and said:
+        earlier = normalise(previous)
+        score = similarity(earlier, said)
+        if earlier == said:
+            signals.append(Signal("rephrase", "repeats the previous question"))
+        elif score >= REPHRASE_THRESHOLD:
+            signals.append(
+                Signal(
+                    "rephrase",
+                    f"rephrases the previous question {_quote(previous)}"
+                    f" (similarity {score:.2f})",
+                )
+            )
+    if said:
+        value = compound(question)
+        phrase = _FRUSTRATION.search(said)
+        if value is not None and value <= SENTIMENT_THRESHOLD:
+            signals.append(
+                Signal("negative", f"negative sentiment (VADER {value:+.2f})")
+            )
+        elif phrase:
+            signals.append(
+                Signal("negative", f"frustration: {_quote(phrase.group(0), 30)}")
+            )
+        said_not_helped = _NOT_HELPED.search(said)
+        if said_not_helped:
+            signals.append(
+                Signal(
+                    "not_helped",
+                    f"says it did not help: {_quote(said_not_helped.group(0), 40)}",
+                )
+            )
+    if abandoned:
+        signals.append(Signal("abandoned", "left the answer's stream before its end"))
+    if error is not None:
+        signals.append(Signal("error", f"the turn failed: {_quote(error)}"))
+    elif not abandoned:
+        reply = normalise(answer)
+        if not reply:
+            signals.append(Signal("no_answer", "empty answer"))
+        else:
+            found = _NO_ANSWER.search(_first_sentence(reply))
+            if found:
+                signals.append(
+                    Signal("no_answer", f"did not answer: {_quote(found.group(0), 40)}")
+                )
+    return signals
+
+
+# --------------------------------------------------------------------------- turns
+def split_turn(messages: Sequence[Sequence[Any]]) -> tuple[str, str]:
+    """
+    (the user's words, the answer) of a turn's stored messages.
+
+    The user's words are the last run of ``user`` messages; the answer is the
+    last ``assistant`` message after them ('' when there is none).
+    """
+    start = end = -1
+    for i, message in enumerate(messages):
+        if message[0] == "user":
+            if end != i - 1 or start < 0:
+                start = i
+            end = i
+    if start < 0:
+        return "", ""
+    question = "\n".join(str(m[1] or "") for m in messages[start : end + 1])
+    answer = ""
+    for message in messages[end + 1 :]:
+        if message[0] == "assistant" and str(message[1] or "").strip():
+            answer = str(message[1])
+    return question, answer
+
+
+@dataclass
+class TurnScore:
+    """One turn's signals and score (1.0: nothing went wrong)."""
+
+    conversation_id: str
+    user_id: str | None
+    session_id: str | None
+    turn: int  # 1-based position in its session (transcript order)
+    started_at: float
+    model: str | None
+    question: str
+    signals: list[Signal] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        penalty = sum(s.weight for s in self.signals)
+        return max(0.0, min(1.0, 1.0 - penalty))
+
+    @property
+    def flagged(self) -> bool:
+        return any(s.weight > 0 for s in self.signals)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "conversation_id": self.conversation_id,
+            "user_id": self.user_id,
+            "session_id": self.session_id,
+            "turn": self.turn,
+            "started_at": self.started_at,
+            "model": self.model,
+            "score": round(self.score, 3),
+            "signals": [{"signal": s.name, "reason": s.reason} for s in self.signals],
+        }
+
+
+@dataclass
+class Group:
+    """Turns grouped by a key (a user, a session, a model, a day)."""
+
+    key: str | None
+    turns: list[TurnScore] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        """The mean of its turns' scores."""
+        return sum(t.score for t in self.turns) / len(self.turns) if self.turns else 1.0
+
+    def counts(self) -> dict[str, int]:
+        """How many of its turns carry each signal."""
+        tally: Counter[str] = Counter()
+        for t in self.turns:
+            tally.update({s.name for s in t.signals})
+        return dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def as_dict(self, evidence: int = 0) -> dict[str, Any]:
+        flagged = [t for t in self.turns if t.flagged]
+        flagged.sort(key=lambda t: (t.score, t.started_at))
+        out: dict[str, Any] = {
+            "key": self.key,
+            "score": round(self.score, 3),
+            "turns": len(self.turns),
+            "flagged_turns": len(flagged),
+            "ratings_up": sum(
+                1 for t in self.turns for s in t.signals if s.name == "rating_up"
+            ),
+            "ratings_down": sum(
+                1 for t in self.turns for s in t.signals if s.name == "rating_down"
+            ),
+            "signals": self.counts(),
+        }
+        if evidence:
+            out["evidence"] = [
+                {
+                    "session_id": t.session_id,
+                    "turn": t.turn,
+                    "conversation_id": t.conversation_id,
+                    "reasons": [s.reason for s in t.signals if s.weight > 0],
+                }
+                for t in flagged[:evidence]
+            ]
+        return out
+
+
+@dataclass
+class Report:
+    """Scores of every turn read, and their aggregates."""
+
+    turns: list[TurnScore]
+    sentiment: bool
+
+    def _group(self, key: Any) -> list[Group]:
+        groups: dict[Any, Group] = {}
+        for t in self.turns:
+            k = key(t)
+            groups.setdefault(k, Group(k)).turns.append(t)
+        return list(groups.values())
+
+    def users(self) -> list[Group]:
+        """Per user (``None``: turns without a user), lowest score first."""
+        return sorted(
+            self._group(lambda t: t.user_id), key=lambda g: (g.score, str(g.key))
+        )
+
+    def sessions(self) -> list[Group]:
+        """Per session (turns without a session left out), lowest score first."""
+        return sorted(
+            (g for g in self._group(lambda t: t.session_id) if g.key is not None),
+            key=lambda g: (g.score, str(g.key)),
+        )
+
+    def models(self) -> list[Group]:
+        """Per model, lowest score first."""
+        return sorted(
+            self._group(lambda t: t.model), key=lambda g: (g.score, str(g.key))
+        )
+
+    def days(self) -> list[Group]:
+        """Per UTC day, oldest first."""
+        return sorted(
+            self._group(
+                lambda t: datetime.fromtimestamp(t.started_at, timezone.utc).strftime(
+                    "%Y-%m-%d"
+                )
+            ),
+            key=lambda g: str(g.key),
+        )
+
+    def unhappy(
+        self, limit: int | None = 10, min_turns: int = MIN_TURNS, evidence: int = 5
+    ) -> list[dict[str, Any]]:
+        """
+        The users with the lowest scores: at least *min_turns* turns and one
+        flagged turn, lowest score first (ties: more flagged turns first).
+        """
+        rows = [
+            g
+            for g in self.users()
+            if g.key is not None
+            and len(g.turns) >= min_turns
+            and any(t.flagged for t in g.turns)
+        ]
+        rows.sort(key=lambda g: (g.score, -sum(t.flagged for t in g.turns), str(g.key)))
+        if limit is not None:
+            rows = rows[:limit]
+        return [g.as_dict(evidence=evidence) for g in rows]
+
+
+# --------------------------------------------------------------------------- the store
+_TURNS_SQL = (
+    "SELECT c.id, c.user_id, c.session_id, c.session_n, c.started_at, c.model,"
+    " c.error, c.metadata, c.messages_json FROM conversations c"
+)
+
+
+def _rows(conn: sqlite3.Connection, since: float | None) -> Iterator[tuple[Any, ...]]:
+    """Every turn in session, then time, order (turns without a session last)."""
+    where = " WHERE c.started_at >= ?" if since is not None else ""
+    order = " ORDER BY c.session_n IS NULL, c.session_n, c.started_at, c.n"
+    yield from conn.execute(
+        _TURNS_SQL + where + order, () if since is None else (since,)
+    )
+
+
+def _score_rows(
+    rows: Iterable[tuple[Any, ...]],
+    ratings: dict[str, int],
+    session_last: dict[str, float],
+    now: float,
+    idle_gap: float,
+) -> list[TurnScore]:
+    turns: list[TurnScore] = []
+    previous: tuple[str | None, str | None] = (None, None)  # (session, its question)
+    position = 0
+    for cid, user, session, _sn, started, model, error, meta, messages in rows:
+        try:
+            metadata = json.loads(meta) if meta else {}
+            decoded = json.loads(messages) if messages else []
+        except ValueError:
+            metadata, decoded = {}, []
+        question, answer = split_turn(decoded)
+        if session is None or session != previous[0]:
+            position, earlier = 0, None
+        else:
+            earlier = previous[1]
+        position += 1
+        signals = turn_signals(
+            question,
+            answer,
+            error=error,
+            abandoned=str(metadata.get("stream_abandoned", "")).lower() == "true",
+            previous=earlier,
+        )
+        rating = ratings.get(cid)
+        if rating is not None and rating < 0:
+            signals.append(Signal("rating_down", "rated \U0001f44e"))
+        elif rating is not None and rating > 0:
+            signals.append(Signal("rating_up", "rated \U0001f44d"))
+        turns.append(
+            TurnScore(cid, user, session, position, started, model, question, signals)
+        )
+        if session is not None:
+            kept = previous[1] if session == previous[0] else None
+            previous = (session, question if question.strip() else kept)
+    # The session ended right after a failure or a non-answer.
+    last: dict[str, TurnScore] = {}
+    for t in turns:
+        if t.session_id is not None:
+            last[t.session_id] = t
+    for session, t in last.items():
+        failed = [s for s in t.signals if s.name in ("error", "no_answer")]
+        ended = session_last.get(session, t.started_at) <= now - idle_gap
+        if failed and ended:
+            what = "a failed turn" if failed[0].name == "error" else "a non-answer"
+            t.signals.append(
+                Signal("ended_after_failure", f"the session ended right after {what}")
+            )
+    return turns
+
+
+def analyze(
+    store: str | Path,
+    *,
+    since: float | None = None,
+    now: float | None = None,
+    idle_gap: float = IDLE_GAP,
+) -> Report:
+    """
+    Score every turn of *store* (read-only), and group them.
+
+    Args:
+        store: The SQLite store.
+        since: Only turns started at or after this time (epoch seconds).
+        now: The present, for "the session ended" (default: the clock).
+        idle_gap: Seconds of inactivity after which a session has ended.
+
+    Raises:
+        FileNotFoundError: If *store* does not exist.
+        ValueError: If *idle_gap* is negative, or *store* is not a store.
+    """
+    if idle_gap < 0:
+        raise ValueError(f"idle_gap must be a number of seconds >= 0, got {idle_gap!r}")
+    path = Path(store)
+    if not path.is_file():
+        raise FileNotFoundError(f"no context_trace database at {path}")
+    conn = sqlite3.connect(read_uri(path), uri=True, timeout=10.0)
+    try:
+        try:
+            ratings = {
+                cid: rating
+                for cid, rating in conn.execute(
+                    "SELECT conversation_id, rating FROM feedback"
+                    " WHERE conversation_id IS NOT NULL ORDER BY created_at"
+                )
+            }
+            session_last = dict(conn.execute("SELECT id, last_at FROM sessions"))
+            turns = _score_rows(
+                _rows(conn, since),
+                ratings,
+                session_last,
+                time.time() if now is None else now,
+                idle_gap,
+            )
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is not a context_trace store: {exc}") from None
+    finally:
+        conn.close()
+    return Report(turns, sentiment_available())
