@@ -523,59 +523,69 @@ _TURNS_SQL = (
 
 
 def _rows(conn: sqlite3.Connection, since: float | None) -> Iterator[tuple[Any, ...]]:
-    """Every turn in session, then time, order (turns without a session last)."""
+    """Every turn in session, then commit, order (turns without a session last)."""
     where = " WHERE c.started_at >= ?" if since is not None else ""
-    order = " ORDER BY c.session_n IS NULL, c.session_n, c.started_at, c.n"
+    order = " ORDER BY c.session_n IS NULL, c.session_n, c.n"
     yield from conn.execute(
         _TURNS_SQL + where + order, () if since is None else (since,)
     )
 
 
-def _score_rows(
-    rows: Iterable[tuple[Any, ...]],
-    ratings: dict[str, int],
-    session_last: dict[str, float],
-    now: float,
-    idle_gap: float,
-) -> list[TurnScore]:
+def _decode(meta: str | None, messages: str | None) -> tuple[str, str, bool]:
+    """(the user's words, the answer, abandoned) of a stored turn."""
+    try:
+        metadata = json.loads(meta) if meta else {}
+        decoded = json.loads(messages) if messages else []
+    except ValueError:
+        metadata, decoded = {}, []
+    question, answer = split_turn(decoded)
+    abandoned = str(metadata.get("stream_abandoned", "")).lower() == "true"
+    return question, answer, abandoned
+
+
+def _score_rows(rows: Iterable[tuple[Any, ...]]) -> list[TurnScore]:
+    """The turns' own signals; *rows* in session, then commit, order."""
     turns: list[TurnScore] = []
     previous: tuple[str | None, str | None] = (None, None)  # (session, its question)
     position = 0
     for cid, user, session, _sn, started, model, error, meta, messages in rows:
-        try:
-            metadata = json.loads(meta) if meta else {}
-            decoded = json.loads(messages) if messages else []
-        except ValueError:
-            metadata, decoded = {}, []
-        question, answer = split_turn(decoded)
+        question, answer, abandoned = _decode(meta, messages)
         if session is None or session != previous[0]:
             position, earlier = 0, None
         else:
             earlier = previous[1]
         position += 1
         signals = turn_signals(
-            question,
-            answer,
-            error=error,
-            abandoned=str(metadata.get("stream_abandoned", "")).lower() == "true",
-            previous=earlier,
+            question, answer, error=error, abandoned=abandoned, previous=earlier
         )
-        rating = ratings.get(cid)
-        if rating is not None and rating < 0:
-            signals.append(Signal("rating_down", "rated \U0001f44e"))
-        elif rating is not None and rating > 0:
-            signals.append(Signal("rating_up", "rated \U0001f44d"))
         turns.append(
             TurnScore(cid, user, session, position, started, model, question, signals)
         )
         if session is not None:
             kept = previous[1] if session == previous[0] else None
             previous = (session, question if question.strip() else kept)
-    # The session ended right after a failure or a non-answer.
+    return turns
+
+
+def _finish(
+    turns: list[TurnScore],
+    ratings: dict[str, int],
+    session_last: dict[str, float],
+    now: float,
+    idle_gap: float,
+) -> list[TurnScore]:
+    """Add the ratings and "the session ended right after a failure"."""
     last: dict[str, TurnScore] = {}
     for t in turns:
+        rating = ratings.get(t.conversation_id)
+        if rating is not None and rating < 0:
+            t.signals.append(Signal("rating_down", "rated \U0001f44e"))
+        elif rating is not None and rating > 0:
+            t.signals.append(Signal("rating_up", "rated \U0001f44d"))
         if t.session_id is not None:
-            last[t.session_id] = t
+            seen = last.get(t.session_id)
+            if seen is None or t.turn > seen.turn:
+                last[t.session_id] = t
     for session, t in last.items():
         failed = [s for s in t.signals if s.name in ("error", "no_answer")]
         ended = session_last.get(session, t.started_at) <= now - idle_gap
@@ -585,6 +595,11 @@ def _score_rows(
                 Signal("ended_after_failure", f"the session ended right after {what}")
             )
     return turns
+
+
+def _check_gap(idle_gap: float) -> None:
+    if idle_gap < 0:
+        raise ValueError(f"idle_gap must be a number of seconds >= 0, got {idle_gap!r}")
 
 
 def analyze(
@@ -607,8 +622,7 @@ def analyze(
         FileNotFoundError: If *store* does not exist.
         ValueError: If *idle_gap* is negative, or *store* is not a store.
     """
-    if idle_gap < 0:
-        raise ValueError(f"idle_gap must be a number of seconds >= 0, got {idle_gap!r}")
+    _check_gap(idle_gap)
     path = Path(store)
     if not path.is_file():
         raise FileNotFoundError(f"no context_trace database at {path}")
@@ -623,8 +637,8 @@ def analyze(
                 )
             }
             session_last = dict(conn.execute("SELECT id, last_at FROM sessions"))
-            turns = _score_rows(
-                _rows(conn, since),
+            turns = _finish(
+                _score_rows(_rows(conn, since)),
                 ratings,
                 session_last,
                 time.time() if now is None else now,
@@ -635,3 +649,174 @@ def analyze(
     finally:
         conn.close()
     return Report(turns, sentiment_available())
+
+
+# --------------------------------------------------------------------------- the sidecar
+# The dashboard's index (``_store/ui_index.py``) calls :func:`index_chunk` in
+# each refresh, inside its transaction, with the store attached as ``store``.
+# A turn's own signals are computed once, when it is indexed, against the
+# turns of its session indexed before it; ratings and "the session ended" are
+# added when read (:func:`analyze_index`), since they change with time.
+_SIDECAR = (
+    "CREATE TABLE IF NOT EXISTS sat_meta (key TEXT PRIMARY KEY, value)",
+    "INSERT INTO sat_meta (key, value) VALUES ('n', 0) ON CONFLICT DO NOTHING",
+    # One row per turn: its position in its session and its own signals
+    # (JSON [[name, reason], ...]); the per-user index serves the user pages.
+    """
+    CREATE TABLE IF NOT EXISTS sat_turns (
+        n INTEGER PRIMARY KEY,
+        user_key TEXT NOT NULL,
+        session_n INTEGER,
+        started_at REAL NOT NULL,
+        model TEXT,
+        position INTEGER NOT NULL,
+        penalty REAL NOT NULL,
+        signals TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS sat_turns_user ON sat_turns (user_key, n)",
+    "CREATE INDEX IF NOT EXISTS sat_turns_session ON sat_turns (session_n, n)",
+)
+
+
+def index_chunk(conn: sqlite3.Connection, end: int) -> None:
+    """
+    Score the store's turns numbered up to *end* that the sidecar has not yet.
+
+    *conn* is the sidecar, inside a transaction, with the store attached as
+    ``store``; the tables it creates are its own (``sat_*``).
+    """
+    for statement in _SIDECAR:
+        conn.execute(statement)
+    start = int(
+        conn.execute("SELECT value FROM sat_meta WHERE key = 'n'").fetchone()[0]
+    )
+    if end <= start:
+        return
+    rows = conn.execute(
+        "SELECT n, coalesce(user_id, ''), session_n, started_at, model, error,"
+        " metadata, messages_json FROM store.conversations"
+        " WHERE n > ? AND n <= ? ORDER BY n",
+        (start, end),
+    ).fetchall()
+    last: dict[int, tuple[int, str | None]] = {}  # session_n -> (position, question)
+    out = []
+    for n, user, session_n, started, model, error, meta, messages in rows:
+        question, answer, abandoned = _decode(meta, messages)
+        earlier: str | None = None
+        position = 1
+        if session_n is not None:
+            known = last.get(session_n)
+            if known is None:
+                position = (
+                    1
+                    + conn.execute(
+                        "SELECT count(*) FROM store.conversations"
+                        " WHERE session_n = ? AND n < ?",
+                        (session_n, n),
+                    ).fetchone()[0]
+                )
+                for (text,) in conn.execute(
+                    "SELECT messages_json FROM store.conversations"
+                    " WHERE session_n = ? AND n < ? ORDER BY n DESC LIMIT 20",
+                    (session_n, n),
+                ):
+                    said = _decode(None, text)[0]
+                    if said.strip():
+                        earlier = said
+                        break
+            else:
+                position, earlier = known[0] + 1, known[1]
+            kept = question if question.strip() else earlier
+            last[session_n] = (position, kept)
+        signals = turn_signals(
+            question, answer, error=error, abandoned=abandoned, previous=earlier
+        )
+        out.append(
+            (
+                n,
+                user,
+                session_n,
+                started,
+                model,
+                position,
+                sum(s.weight for s in signals),
+                json.dumps([[s.name, s.reason] for s in signals], ensure_ascii=False),
+            )
+        )
+    conn.executemany(
+        "INSERT OR REPLACE INTO sat_turns VALUES (?, ?, ?, ?, ?, ?, ?, ?)", out
+    )
+    conn.execute("UPDATE sat_meta SET value = ? WHERE key = 'n'", (end,))
+
+
+def analyze_index(
+    conn: sqlite3.Connection,
+    *,
+    since: float | None = None,
+    until: float | None = None,
+    user: str | None = None,
+    now: float | None = None,
+    idle_gap: float = IDLE_GAP,
+    index: str = "main",
+    store: str = "store",
+) -> Report:
+    """
+    A :class:`Report` from the dashboard's sidecar (see :func:`index_chunk`).
+
+    *conn* holds the sidecar as schema *index* and the store as schema
+    *store* (the sidecar's own connection: ``main`` and ``store``; the
+    dashboard's queries: ``ui`` and ``main``). *since* and *until* bound the
+    turns' start times, *user* keeps one user's turns ('' for turns without a
+    user).
+    """
+    _check_gap(idle_gap)
+    for schema in (index, store):
+        if schema not in ("main", "store", "ui"):
+            raise ValueError(f"unknown schema {schema!r}")
+    has = conn.execute(
+        f"SELECT 1 FROM {index}.sqlite_master WHERE name = 'sat_turns'"
+    ).fetchone()
+    if not has:
+        return Report([], sentiment_available())
+    where: list[str] = []
+    params: list[Any] = []
+    if since is not None:
+        where.append("t.started_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("t.started_at < ?")
+        params.append(until)
+    if user is not None:
+        where.append("t.user_key = ?")
+        params.append(user)
+    sql = (
+        "SELECT c.id, nullif(t.user_key, ''), s.id, t.position, t.started_at,"
+        f" t.model, t.signals, s.last_at FROM {index}.sat_turns t"
+        f" JOIN {store}.conversations c ON c.n = t.n"
+        f" LEFT JOIN {store}.sessions s ON s.n = t.session_n"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY t.n"
+    )
+    turns: list[TurnScore] = []
+    session_last: dict[str, float] = {}
+    for cid, uid, sid, position, started, model, signals, last_at in conn.execute(
+        sql, params
+    ):
+        parsed = [Signal(name, reason) for name, reason in json.loads(signals)]
+        turns.append(TurnScore(cid, uid, sid, position, started, model, "", parsed))
+        if sid is not None:
+            session_last[sid] = last_at
+    ratings = {
+        cid: rating
+        for cid, rating in conn.execute(
+            f"SELECT conversation_id, rating FROM {store}.feedback"
+            " WHERE conversation_id IS NOT NULL ORDER BY created_at"
+        )
+    }
+    return Report(
+        _finish(
+            turns, ratings, session_last, time.time() if now is None else now, idle_gap
+        ),
+        sentiment_available(),
+    )

@@ -28,6 +28,7 @@ from langchain_core.prompts import ChatPromptTemplate
 import context_trace
 from context_trace import _handler, _runtime, _satisfaction, cli
 from context_trace._satisfaction import analyze, similarity, turn_signals
+from context_trace._store.ui_index import UIIndex
 
 from .test_cli import _env, run_cli
 
@@ -327,3 +328,55 @@ class TestUnhappyCommand:
         """A store that does not exist: exit 1 and the usual message."""
         assert cli.main(["unhappy", "--db", str(tmp_path / "none.db")]) == 1
         assert "no database at" in capsys.readouterr().err
+
+
+def index_report(index: UIIndex, **kw: Any) -> _satisfaction.Report:
+    """The report read from the dashboard's sidecar (the store attached)."""
+    return _satisfaction.analyze_index(index._conn, **kw)
+
+
+def _by_turn(report: _satisfaction.Report) -> dict[str, list[tuple[str, str]]]:
+    return {
+        t.conversation_id: [(s.name, s.reason) for s in t.signals] for t in report.turns
+    }
+
+
+class TestDashboardIndex:
+    def test_index_gives_the_same_signals_as_the_store(
+        self, store: Path, tmp_path: Path
+    ) -> None:
+        """The sidecar's refresh scores every turn as the CLI does, reasons included."""
+        with UIIndex(store, tmp_path / "idx") as index:
+            index.build()
+            report = index_report(index, now=_later())
+        expected = analyze(store, now=_later())
+        assert _by_turn(report) == _by_turn(expected)
+        assert sorted((t.session_id, t.turn) for t in report.turns) == sorted(
+            (t.session_id, t.turn) for t in expected.turns
+        )
+        assert report.unhappy() == expected.unhappy()
+
+    def test_new_turns_are_scored_incrementally(self, tmp_path: Path) -> None:
+        """A turn indexed in a later refresh is compared with its session's earlier turn."""
+        path = tmp_path / "live.db"
+        _runtime.configure(db_path=path, token=None)
+        with context_trace.track_user("ivy"), context_trace.context_session("s"):
+            _chain(["Hello."]).invoke({"q": "hi"})
+        assert _runtime.flush(10.0)
+        with UIIndex(path, tmp_path / "idx") as index:
+            with context_trace.track_user("ivy"), context_trace.context_session("s"):
+                _chain(["Use Forgot password."]).invoke(
+                    {"q": "How do I reset my password?"}
+                )
+                assert _runtime.flush(10.0)
+                index.build()
+                assert len(index_report(index).turns) == 2
+                _chain(["I don't know."]).invoke({"q": "how do i reset my password??"})
+                assert _runtime.flush(10.0)
+                index.build()
+            report = index_report(index)
+        assert [(t.turn, _names(t.signals)) for t in report.turns] == [
+            (1, []),
+            (2, []),
+            (3, ["rephrase", "no_answer"]),
+        ]

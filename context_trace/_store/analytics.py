@@ -850,3 +850,18 @@ class Analytics:
         finally:
             conn.commit()  # end the implicit transaction the temporary writes began
         return {n: _marked(text) for n, text in found}
+
+    # --- satisfaction (the rules: context_trace._satisfaction) ----------------
+
+    def satisfaction(self, range_: str = "all", user_id: str | None = None) -> Any:
+        """The satisfaction report of the turns in *range_* (of one user, if given)."""
+        from context_trace import _satisfaction
+
+        return _satisfaction.analyze_index(
+            self._conn,
+            since=self._since(range_),
+            user=None if user_id is None else _key(user_id),
+            now=self._clock(),
+            index="ui",
+            store="main",
+        )

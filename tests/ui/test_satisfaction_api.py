@@ -1,0 +1,74 @@
+"""The dashboard's satisfaction API, served by a real ``context-trace ui``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from context_trace import _handler, _runtime
+from tests.test_satisfaction import HAPPY, QUIET, UNHAPPY, _record
+
+from .conftest import Server
+
+
+@pytest.fixture(scope="module")
+def sat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A dashboard over a store recorded with real LangChain turns."""
+    path = tmp_path_factory.mktemp("sat-ui") / "traces.db"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith(("CONTEXT_", "GETCONTEXT_")):
+                mp.delenv(name)
+        _runtime.reset()
+        try:
+            _record(path)
+        finally:
+            _runtime.reset()
+            _handler._CLAIMED.clear()
+    server = Server(path)
+    yield server
+    server.stop()
+
+
+class TestUnhappyAPI:
+    def test_lists_unhappy_users_with_evidence(self, sat_server: Server) -> None:
+        """/api/unhappy: users with 3+ turns and a flagged turn, with reasons."""
+        body = sat_server.api("/api/unhappy")
+        assert [u["key"] for u in body["users"]] == [UNHAPPY]
+        evidence = body["users"][0]["evidence"]
+        assert ("una-1", 2) in {(e["session_id"], e["turn"]) for e in evidence}
+        assert body["range"] == "all"
+
+    def test_min_turns_and_limit(self, sat_server: Server) -> None:
+        """min_turns=1 adds the one-turn user; limit=1 keeps the lowest."""
+        body = sat_server.api("/api/unhappy?min_turns=1")
+        assert [u["key"] for u in body["users"]] == [UNHAPPY, QUIET]
+        body = sat_server.api("/api/unhappy?min_turns=1&limit=1")
+        assert [u["key"] for u in body["users"]] == [UNHAPPY]
+
+    @pytest.mark.parametrize(
+        ("query", "message"),
+        [
+            ("range=1y", "range must be one of"),
+            ("min_turns=0", "min_turns must be"),
+            ("limit=0", "limit must be"),
+        ],
+    )
+    def test_bad_arguments(self, sat_server: Server, query: str, message: str) -> None:
+        """A bad argument is a 400 naming it."""
+        status, body = sat_server.get(f"/api/unhappy?{query}")
+        assert status == 400
+        assert message in body["error"]
+
+    def test_satisfaction_aggregates(self, sat_server: Server) -> None:
+        """/api/satisfaction: the overall score, per user, per model and per day."""
+        body = sat_server.api("/api/satisfaction?range=all")
+        assert body["turns"] == 10
+        assert 0 < body["score"] < 1
+        users = {u["key"]: u for u in body["users"]}
+        assert users[HAPPY]["score"] == 1.0
+        assert users[UNHAPPY]["ratings_down"] == 1
+        assert sum(m["turns"] for m in body["models"]) == 10
+        assert sum(d["turns"] for d in body["days"]) == 10
