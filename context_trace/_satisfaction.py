@@ -756,6 +756,7 @@ def analyze_index(
     since: float | None = None,
     until: float | None = None,
     user: str | None = None,
+    session: str | None = None,
     now: float | None = None,
     idle_gap: float = IDLE_GAP,
     index: str = "main",
@@ -768,7 +769,7 @@ def analyze_index(
     *store* (the sidecar's own connection: ``main`` and ``store``; the
     dashboard's queries: ``ui`` and ``main``). *since* and *until* bound the
     turns' start times, *user* keeps one user's turns ('' for turns without a
-    user).
+    user), *session* one session's turns.
     """
     _check_gap(idle_gap)
     for schema in (index, store):
@@ -790,6 +791,9 @@ def analyze_index(
     if user is not None:
         where.append("t.user_key = ?")
         params.append(user)
+    if session is not None:
+        where.append(f"t.session_n = (SELECT n FROM {store}.sessions WHERE id = ?)")
+        params.append(session)
     sql = (
         "SELECT c.id, nullif(t.user_key, ''), s.id, t.position, t.started_at,"
         f" t.model, t.signals, s.last_at FROM {index}.sat_turns t"

@@ -853,14 +853,20 @@ class Analytics:
 
     # --- satisfaction (the rules: context_trace._satisfaction) ----------------
 
-    def satisfaction(self, range_: str = "all", user_id: str | None = None) -> Any:
-        """The satisfaction report of the turns in *range_* (of one user, if given)."""
+    def satisfaction(
+        self,
+        range_: str = "all",
+        user_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Any:
+        """The satisfaction report of the turns in *range_* (of one user or session)."""
         from context_trace import _satisfaction
 
         return _satisfaction.analyze_index(
             self._conn,
             since=self._since(range_),
             user=None if user_id is None else _key(user_id),
+            session=session_id,
             now=self._clock(),
             index="ui",
             store="main",

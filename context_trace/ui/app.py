@@ -569,7 +569,13 @@ def create_app(
         view = session_data()
         if view is None:
             return render_template("error.html", message="No such session."), 404
-        return render_template("session.html", view=view)
+        report = store().satisfaction(session_id=view.session.session_id)
+        flags = {
+            t.conversation_id: [sig.reason for sig in t.signals if sig.weight > 0]
+            for t in report.turns
+            if t.flagged
+        }
+        return render_template("session.html", view=view, flags=flags)
 
     @app.route("/conversations")
     def conversations_page() -> Any:

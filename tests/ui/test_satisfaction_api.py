@@ -1,16 +1,19 @@
-"""The dashboard's satisfaction API, served by a real ``context-trace ui``."""
+"""Satisfaction in the dashboard (API, session page, Chromium), on a real ``context-trace ui``."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from context_trace import _handler, _runtime
 from tests.test_satisfaction import HAPPY, QUIET, UNHAPPY, _record
 
 from .conftest import Server
+from .test_browser import severe_logs
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +75,28 @@ class TestUnhappyAPI:
         assert users[UNHAPPY]["ratings_down"] == 1
         assert sum(m["turns"] for m in body["models"]) == 10
         assert sum(d["turns"] for d in body["days"]) == 10
+
+
+class TestSessionMarkers:
+    def test_flagged_turns_are_marked_with_reasons(self, sat_server: Server) -> None:
+        """The session page marks each flagged turn with its reasons, and only those."""
+        status, page = sat_server.get("/session?id=una-1")
+        assert status == 200
+        turns = page.split('<section class="turn')[1:]
+        assert 'class="sat-flag"' not in turns[0]
+        assert "rephrases the previous question" in turns[1]
+        assert "did not answer" in turns[1]
+        assert "says it did not help" in turns[2]
+        # Quoted text is escaped, never markup.
+        assert "says it did not help: &#34;didn&#39;t help&#34;" in turns[2]
+
+
+def test_browser_shows_the_flagged_turn(browser: Any, sat_server: Server) -> None:
+    """users -> the unhappy user -> a session: the flagged turn shows its marker."""
+    browser.get(sat_server.url + "/users")
+    browser.find_element(By.LINK_TEXT, UNHAPPY).click()
+    browser.find_element(By.LINK_TEXT, "una-1").click()
+    marker = browser.find_element(By.CSS_SELECTOR, "#turn-2 .sat-flag")
+    assert "rephrases the previous question" in marker.text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#turn-1 .sat-flag")
+    assert [] == severe_logs(browser)
