@@ -200,6 +200,8 @@ _NO_ANSWER = re.compile(
     r")\b"
 )
 _SENTENCE_END = re.compile(r"[.!?\n]")
+# The signals after which a session's end counts against it.
+_FAILED = ("error", "no_answer")
 
 
 @dataclass(frozen=True)
@@ -587,7 +589,7 @@ def _finish(
             if seen is None or t.turn > seen.turn:
                 last[t.session_id] = t
     for session, t in last.items():
-        failed = [s for s in t.signals if s.name in ("error", "no_answer")]
+        failed = [s for s in t.signals if s.name in _FAILED]
         ended = session_last.get(session, t.started_at) <= now - idle_gap
         if failed and ended:
             what = "a failed turn" if failed[0].name == "error" else "a non-answer"
@@ -676,7 +678,55 @@ _SIDECAR = (
     """,
     "CREATE INDEX IF NOT EXISTS sat_turns_user ON sat_turns (user_key, n)",
     "CREATE INDEX IF NOT EXISTS sat_turns_session ON sat_turns (session_n, n)",
+    # Per user: turns and the sum of their scores from their own signals (the
+    # users table's column adds the ratings and ended sessions when read).
+    """
+    CREATE TABLE IF NOT EXISTS sat_users (
+        user_key TEXT PRIMARY KEY,
+        turns INTEGER NOT NULL,
+        score_sum REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    # Per session: its last turn, and whether that turn failed or did not answer.
+    """
+    CREATE TABLE IF NOT EXISTS sat_sessions (
+        session_n INTEGER PRIMARY KEY,
+        last_n INTEGER NOT NULL,
+        failed INTEGER NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS sat_sessions_failed ON sat_sessions (last_n)"
+    " WHERE failed",
 )
+# The users table's satisfaction, per user key, as :meth:`Group.score` of
+# :func:`analyze_index` computes it for all time: the stored per-turn base
+# scores, corrected for the turns a rating or an ended session changes.
+# Parameters: the time before which a session has ended. The sidecar is
+# attached as ``ui``, the store as ``main`` (the dashboard's connection).
+USER_SCORES_SQL = f"""
+WITH ended AS (
+    SELECT s.last_n AS n FROM ui.sat_sessions s JOIN main.sessions m
+    ON m.n = s.session_n WHERE s.failed AND m.last_at <= ?
+), rated AS (
+    SELECT c.n, f.rating FROM main.feedback f JOIN main.conversations c
+    ON c.id = f.conversation_id WHERE f.rating != 0
+), delta AS (
+    SELECT t.user_key, sum(
+        max(0.0, min(1.0, 1.0 - t.penalty
+            - (CASE WHEN t.n IN (SELECT n FROM ended)
+               THEN {WEIGHTS["ended_after_failure"]!r} ELSE 0.0 END)
+            - coalesce((SELECT CASE WHEN r.rating < 0
+               THEN {WEIGHTS["rating_down"]!r} ELSE {WEIGHTS["rating_up"]!r} END
+               FROM rated r WHERE r.n = t.n), 0.0)))
+        - max(0.0, min(1.0, 1.0 - t.penalty))) AS d
+    FROM ui.sat_turns t
+    WHERE t.n IN (SELECT n FROM ended UNION SELECT n FROM rated)
+    GROUP BY t.user_key
+)
+SELECT u.user_key AS user_key,
+    (u.score_sum + coalesce(d.d, 0.0)) / u.turns AS score
+FROM ui.sat_users u LEFT JOIN delta d ON d.user_key = u.user_key
+"""
 
 
 def index_chunk(conn: sqlite3.Connection, end: int) -> None:
@@ -746,6 +796,22 @@ def index_chunk(conn: sqlite3.Connection, end: int) -> None:
         )
     conn.executemany(
         "INSERT OR REPLACE INTO sat_turns VALUES (?, ?, ?, ?, ?, ?, ?, ?)", out
+    )
+    conn.executemany(
+        "INSERT INTO sat_users (user_key, turns, score_sum) VALUES (?, 1, ?)"
+        " ON CONFLICT (user_key) DO UPDATE SET turns = turns + 1,"
+        " score_sum = score_sum + excluded.score_sum",
+        [(row[1], max(0.0, min(1.0, 1.0 - row[6]))) for row in out],
+    )
+    conn.executemany(
+        "INSERT INTO sat_sessions (session_n, last_n, failed) VALUES (?, ?, ?)"
+        " ON CONFLICT (session_n) DO UPDATE SET last_n = excluded.last_n,"
+        " failed = excluded.failed",
+        [
+            (row[2], row[0], any(x[0] in _FAILED for x in json.loads(row[7])))
+            for row in out
+            if row[2] is not None
+        ],
     )
     conn.execute("UPDATE sat_meta SET value = ? WHERE key = 'n'", (end,))
 

@@ -28,6 +28,7 @@ from langchain_core.prompts import ChatPromptTemplate
 import context_trace
 from context_trace import _handler, _runtime, _satisfaction, cli
 from context_trace._satisfaction import analyze, similarity, turn_signals
+from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
 
 from .test_cli import _env, run_cli
@@ -380,3 +381,19 @@ class TestDashboardIndex:
             (2, []),
             (3, ["rephrase", "no_answer"]),
         ]
+
+    def test_users_table_scores_match_the_report(
+        self, store: Path, tmp_path: Path
+    ) -> None:
+        """The users table's SQL score equals the report's, ended sessions and ratings included."""
+        with UIIndex(store, tmp_path / "idx") as index:
+            index.build()
+        with Analytics(store, tmp_path / "idx", now=_later()) as analytics:
+            rows = analytics.users(sort="satisfaction", descending=False).items
+            report = analytics.satisfaction("all")
+        expected = {g.key: g.score for g in report.users()}
+        assert {r.user_id: r.satisfaction for r in rows} == pytest.approx(expected)
+        assert [r.user_id for r in rows] == [QUIET, UNHAPPY, HAPPY]
+        assert expected[QUIET] == pytest.approx(
+            1 - 0.4 - 0.2
+        )  # ended after a non-answer

@@ -92,11 +92,39 @@ class TestSessionMarkers:
 
 
 def test_browser_shows_the_flagged_turn(browser: Any, sat_server: Server) -> None:
-    """users -> the unhappy user -> a session: the flagged turn shows its marker."""
+    """users sorted by satisfaction -> the least satisfied user -> a session: the marker."""
     browser.get(sat_server.url + "/users")
+    browser.find_element(
+        By.XPATH, "//table[@id='users']//th/a[starts-with(text(), 'Satisfaction')]"
+    ).click()  # the most satisfied first
+    browser.find_element(
+        By.XPATH, "//table[@id='users']//th/a[starts-with(text(), 'Satisfaction')]"
+    ).click()  # the least satisfied first
+    first = browser.find_element(By.CSS_SELECTOR, "#users tbody tr")
+    assert first.find_element(By.CSS_SELECTOR, "a.user").text == UNHAPPY
+    assert first.find_element(By.CSS_SELECTOR, "td.satisfaction").text == "0.58"
     browser.find_element(By.LINK_TEXT, UNHAPPY).click()
     browser.find_element(By.LINK_TEXT, "una-1").click()
     marker = browser.find_element(By.CSS_SELECTOR, "#turn-2 .sat-flag")
     assert "rephrases the previous question" in marker.text
     assert not browser.find_elements(By.CSS_SELECTOR, "#turn-1 .sat-flag")
     assert [] == severe_logs(browser)
+
+
+class TestUsersColumn:
+    def test_scores_match_the_report(self, sat_server: Server) -> None:
+        """/api/users' satisfaction is the user's score as /api/satisfaction gives it."""
+        users = sat_server.api("/api/users?limit=500")["items"]
+        expected = {
+            u["key"]: u["score"]
+            for u in sat_server.api("/api/satisfaction?range=all")["users"]
+        }
+        got = {u["user_id"]: u["satisfaction"] for u in users}
+        assert got == pytest.approx(expected, abs=1e-3)
+
+    def test_sorts_by_satisfaction(self, sat_server: Server) -> None:
+        """sort=satisfaction&order=asc puts the least satisfied user first."""
+        users = sat_server.api("/api/users?sort=satisfaction&order=asc")["items"]
+        assert [u["user_id"] for u in users] == [UNHAPPY, QUIET, HAPPY]
+        users = sat_server.api("/api/users?sort=satisfaction&order=desc")["items"]
+        assert users[0]["user_id"] == HAPPY
