@@ -208,6 +208,32 @@ _ANSWERS = {
     ),
     "Thanks, that's all for today.": "You're welcome, have a great day!",
 }
+# Sessions that go badly, by (user index, session index): the questions replace
+# the session's topic, so the satisfaction views have unhappy users to show (a
+# rephrased question, a non-answer, frustration, "that didn't help").
+_UNHAPPY_SESSIONS: dict[tuple[int, int], tuple[str, ...]] = {
+    (3, 1): (
+        "Why was I charged twice this month?",
+        "I was charged twice, why??",
+        "That didn't help, this is ridiculous.",
+    ),
+    (5, 0): (
+        "Do you sell gift cards?",
+        "Do you sell gift cards at all?",
+        "Forget it, this is useless.",
+    ),
+}
+_UNHAPPY_ANSWERS = {
+    "I was charged twice, why??": (
+        "I'm not sure I understood; could you rephrase that?"
+    ),
+    "That didn't help, this is ridiculous.": (
+        "Sorry to hear that! Our help centre at help.acme.example covers billing."
+    ),
+    "Do you sell gift cards?": "I don't know, sorry.",
+    "Do you sell gift cards at all?": "I don't know, sorry.",
+    "Forget it, this is useless.": "I'm sorry I couldn't help today.",
+}
 _GENERIC_ANSWERS = (
     "Let me look into that for you: could you tell me a bit more?",
     "Good question! Our help centre at help.acme.example covers this in detail.",
@@ -261,7 +287,7 @@ def _reply(question: str) -> str:
             f"Order #{info['order']} is {info['status']} and should arrive in "
             f"{info['eta']}."
         )
-    answer = _ANSWERS.get(question.strip())
+    answer = _ANSWERS.get(question.strip()) or _UNHAPPY_ANSWERS.get(question.strip())
     if answer is not None:
         return answer
     return _GENERIC_ANSWERS[_crc(question) % len(_GENERIC_ANSWERS)]
@@ -438,7 +464,9 @@ def user_names(count: int) -> list[str]:
 
 
 def _question(user: int, session: int, turn: int) -> str:
-    topic = _TOPICS[(user * 2 + session * 3) % len(_TOPICS)]
+    topic = _UNHAPPY_SESSIONS.get(
+        (user, session), _TOPICS[(user * 2 + session * 3) % len(_TOPICS)]
+    )
     if turn < len(topic):
         return topic[turn].format(order=4000 + (user * 37 + session * 11) % 1000)
     return _EXTRA_TURNS[(turn - len(topic)) % len(_EXTRA_TURNS)]
@@ -456,14 +484,17 @@ def planned_rating(
     The rating the demo gives a session (None: not rated).
 
     Every other session is rated, mostly +1; the session with the failing turn
-    gets -1.
+    gets -1, and so does a scripted unhappy session that is rated.
 
     .. versionadded:: 0.1.0
     """
     error_user, error_session, _ = _error_slot(users, turns)
     if (user, session) == (error_user, error_session):
         return -1
-    return _RATING_CYCLE[(user * sessions_per_user + session) % len(_RATING_CYCLE)]
+    rating = _RATING_CYCLE[(user * sessions_per_user + session) % len(_RATING_CYCLE)]
+    if rating is not None and (user, session) in _UNHAPPY_SESSIONS:
+        return -1
+    return rating
 
 
 @dataclass

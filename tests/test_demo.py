@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from context_trace import _demo, cli
+from context_trace import _demo, _satisfaction, cli
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.reader import SQLiteReader
@@ -157,9 +158,10 @@ class TestDefaultRun:
         )
 
     def test_prints_the_users_report(self, demo: DemoRun) -> None:
-        """The users table: 6 turns in 2 sessions each; ben's turn failed."""
+        """The users table: 6 turns in 2 sessions each; ben's turn failed, farid 👎."""
         expected = {user: ("6", "2", "1", "0", "0") for user in USERS}
         expected["ben"] = ("6", "2", "0", "1", "1")
+        expected["farid"] = ("6", "2", "0", "1", "0")
 
         assert expected == _user_rows(demo.lines)
 
@@ -299,13 +301,32 @@ class TestDefaultRun:
         assert 12 == len(sessions)
         assert [3] * 12 == [s.turns for s in sessions]
         assert [("ben", FAILED_TURN)] == [(c.user_id, c.error) for c in failed]
-        assert (5, 1) == (
+        # ben's failed session and farid's unhappy one are rated -1.
+        assert (4, 2) == (
             sum(s.rating_up for s in sessions),
             sum(s.rating_down for s in sessions),
         )
         assert {"demo-support-1"} == {c.model for c in conversations if not c.error}
         # Nothing went to the (unreachable) Context endpoint's outbox.
         assert {"pending": 0, "leased": 0, "dropped": 0, "failed": 0} == outbox
+
+    def test_has_unhappy_users_with_visible_reasons(self, demo: DemoRun) -> None:
+        """farid, dev and ben are unhappy: a rephrase, frustration, a non-answer, a failure."""
+        report = _satisfaction.analyze(demo.path, now=time.time())
+        unhappy = {u["key"]: u for u in report.unhappy()}
+
+        assert ["farid", "dev", "ben"] == list(unhappy)
+        assert {"rephrase", "negative", "no_answer", "rating_down"} <= set(
+            unhappy["farid"]["signals"]
+        )
+        assert {"rephrase", "negative", "not_helped", "no_answer"} <= set(
+            unhappy["dev"]["signals"]
+        )
+        assert {"error", "rating_down"} <= set(unhappy["ben"]["signals"])
+        reasons = [r for e in unhappy["dev"]["evidence"] for r in e["reasons"]]
+        assert any(r.startswith("rephrases the previous question") for r in reasons)
+        # The other users' turns went well: no flagged turn.
+        assert all(not t.flagged for t in report.turns if t.user_id not in unhappy)
 
     def test_transcripts_are_not_repeated(self, demo: DemoRun) -> None:
         """Each session's transcript holds every message once, history included."""

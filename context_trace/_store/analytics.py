@@ -62,6 +62,9 @@ USER_SORTS: dict[str, str] = {
     "errors": "errors",
     "tool_errors": "tool_errors",
     "user": "user_key",
+    # The satisfaction score (context_trace._satisfaction); users with no
+    # scored turn sort as fully satisfied.
+    "satisfaction": "coalesce(sat.score, 1.0)",
 }
 _SPARK_DAYS = 14
 # The numbers of a user's turns ('' for the turns with no user), from the index:
@@ -133,6 +136,7 @@ class UserRow:
     errors: int
     tool_errors: int
     activity: tuple[int, ...]
+    satisfaction: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,12 +533,14 @@ class Analytics:
             params.append(f"%{escaped}%")
         order = "DESC" if descending else "ASC"
         total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
+        scores, cutoff = self._satisfaction_scores()
         rows = self._rows(
-            "SELECT user_key, conversations, sessions, first_at, last_at,"
+            f"{scores} SELECT user_key, conversations, sessions, first_at, last_at,"
             " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
-            f" tool_errors FROM ui_user_stats{where}"
+            " tool_errors, sat.score FROM ui_user_stats"
+            f" LEFT JOIN sat USING (user_key){where}"
             f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
-            [*params, limit + 1, offset],
+            [*cutoff, *params, limit + 1, offset],
         )
         more = len(rows) > limit
         rows = rows[:limit]
@@ -570,6 +576,7 @@ class Analytics:
                 errors=r[9],
                 tool_errors=r[10],
                 activity=tuple(activity[r[0]].get(d, 0) for d in days),
+                satisfaction=r[11],
             )
             for r in rows
         )
@@ -850,3 +857,34 @@ class Analytics:
         finally:
             conn.commit()  # end the implicit transaction the temporary writes began
         return {n: _marked(text) for n, text in found}
+
+    # --- satisfaction (the rules: context_trace._satisfaction) ----------------
+
+    def _satisfaction_scores(self) -> tuple[str, list[float]]:
+        """A ``WITH sat AS (...)`` of the users' scores, and its parameters."""
+        from context_trace import _satisfaction
+
+        has = self._rows("SELECT 1 FROM ui.sqlite_master WHERE name = 'sat_users'")
+        if not has:
+            return "WITH sat (user_key, score) AS (SELECT NULL, NULL)", []
+        cutoff = self._clock() - _satisfaction.IDLE_GAP
+        return f"WITH sat AS ({_satisfaction.USER_SCORES_SQL})", [cutoff]
+
+    def satisfaction(
+        self,
+        range_: str = "all",
+        user_id: str | None = None,
+        session_id: str | None = None,
+    ) -> Any:
+        """The satisfaction report of the turns in *range_* (of one user or session)."""
+        from context_trace import _satisfaction
+
+        return _satisfaction.analyze_index(
+            self._conn,
+            since=self._since(range_),
+            user=None if user_id is None else _key(user_id),
+            session=session_id,
+            now=self._clock(),
+            index="ui",
+            store="main",
+        )

@@ -479,6 +479,9 @@ class UIIndex:
             " WHERE n > ? AND n <= ? ON CONFLICT (n) DO NOTHING",
             (session_start, session_end),
         )
+        from context_trace import _satisfaction  # its own tables, sat_*
+
+        _satisfaction.index_chunk(conn, end)
         ratings = "{}:{!r}".format(*conn.execute(_FEEDBACK_PRINT).fetchone())
         if ratings != counted:
             for statement in (*_DIFF_FEEDBACK, *_APPLY_FEEDBACK):

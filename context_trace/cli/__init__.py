@@ -54,6 +54,7 @@ from .commands import (
     _cmd_show,
     _cmd_stats,
     _cmd_ui,
+    _cmd_unhappy,
     _cmd_users,
     _parse_since,
 )
@@ -199,6 +200,33 @@ def _parser() -> argparse.ArgumentParser:
         " $CONTEXT_TRACE_UI_TOKEN; required for a non-loopback --host)",
     )
 
+    unhappy = add(
+        "unhappy",
+        "the users with the lowest satisfaction scores, with reasons and evidence",
+        as_json,
+    )
+    unhappy.add_argument(
+        "--limit",
+        metavar="N",
+        type=_positive_int,
+        default=10,
+        help="at most N (default 10)",
+    )
+    unhappy.add_argument(
+        "--since",
+        metavar="DATE",
+        type=_parse_since,
+        help="only turns started at or after DATE "
+        "(YYYY-MM-DD or ISO datetime; UTC unless it has an offset)",
+    )
+    unhappy.add_argument(
+        "--min-turns",
+        metavar="N",
+        type=_positive_int,
+        default=3,
+        help="only users with at least N turns (default 3)",
+    )
+
     # The demo has a store of its own: its --db ignores $CONTEXT_TRACE_DB.
     demo_db = argparse.ArgumentParser(add_help=False)
     demo_db.add_argument(
@@ -250,6 +278,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "replay": _cmd_replay,
     "demo": _cmd_demo,
     "ui": _cmd_ui,
+    "unhappy": _cmd_unhappy,
 }
 
 

@@ -688,3 +688,79 @@ def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
         )  # fmt: skip
     except serve.UIError as exc:
         raise _CLIError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- unhappy
+def _unhappy_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The satisfaction report's unhappy users (``context-trace unhappy``)."""
+    from context_trace import _satisfaction
+
+    path = _db_path(args)
+    _open(path).close()  # the same checks, and messages, as every command
+    try:
+        report = _satisfaction.analyze(path, since=args.since)
+    except (OSError, ValueError) as exc:
+        raise _CLIError(_describe(exc, path)) from None
+    return {
+        "sentiment": report.sentiment,
+        "min_turns": args.min_turns,
+        "users": report.unhappy(limit=args.limit, min_turns=args.min_turns),
+    }
+
+
+def _cmd_unhappy(args: argparse.Namespace, out: TextIO) -> int:
+    data = _unhappy_data(args)
+    if args.json:
+        _print_json(data, out)
+        return _EXIT_OK
+    path = _db_path(args)
+    users = data["users"]
+    if not users:
+        print(
+            f"no unhappy users in {path} (users with at least"
+            f" {_plural(args.min_turns, 'turn')} and a flagged turn)",
+            file=out,
+        )
+        return _EXIT_OK
+    width = _table_width(out)
+    columns = (
+        _Column("USER"),
+        _Column("SCORE", right=True),
+        _Column("TURNS", right=True),
+        _Column("FLAGGED", right=True),
+        _Column("UP", right=True),
+        _Column("DOWN", right=True),
+        _Column("SIGNALS", flexible=True),
+    )
+    rows = [
+        (
+            u["key"],
+            f"{u['score']:.2f}",
+            u["turns"],
+            u["flagged_turns"],
+            u["ratings_up"],
+            u["ratings_down"],
+            ", ".join(
+                f"{name} {count}"
+                for name, count in u["signals"].items()
+                if name != "rating_up"
+            ),
+        )
+        for u in users
+    ]
+    for line in _table(columns, rows, width):
+        print(line, file=out)
+    for u in users:
+        print(f"\n{u['key']}:", file=out)
+        for e in u["evidence"]:
+            where = f"  session {e['session_id']} turn {e['turn']}"
+            if e["session_id"] is None:
+                where = f"  conversation {e['conversation_id']}"
+            print(f"{where}: {'; '.join(e['reasons'])}", file=out)
+    if not data["sentiment"]:
+        print(
+            "\n(negative sentiment uses phrases only: pip install"
+            " 'context-trace[analytics]' for VADER)",
+            file=out,
+        )
+    return _EXIT_OK

@@ -89,6 +89,8 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_session": frozenset({"id"}),
     "api_conversations": _CONVERSATIONS_PARAMS,
     "api_models": frozenset(),
+    "api_unhappy": frozenset({"range", "limit", "min_turns"}),
+    "api_satisfaction": frozenset({"range"}),
     "static": frozenset(),
 }
 # New turns indexed before a request, at most: about 50 ms on a loaded machine.
@@ -505,6 +507,39 @@ def create_app(
     def api_models() -> Any:
         return jsonify(items=store().models())
 
+    # --- satisfaction (rules and scores: context_trace._satisfaction) ----------
+
+    @app.route("/api/unhappy")
+    def api_unhappy() -> Any:
+        range_ = request.args.get("range", "all")
+        if range_ not in RANGES:
+            raise _BadRequest(f"range must be one of {', '.join(RANGES)}")
+        min_turns = _int_arg("min_turns")
+        if min_turns == 0:
+            raise _BadRequest("min_turns must be a whole number from 1")
+        limit = _limit() if request.args.get("limit") else 10
+        report = store().satisfaction(range_)
+        return jsonify(
+            range=range_,
+            sentiment=report.sentiment,
+            users=report.unhappy(limit=limit, min_turns=min_turns or 3),
+        )
+
+    @app.route("/api/satisfaction")
+    def api_satisfaction() -> Any:
+        report = store().satisfaction(_range())
+        everyone = [g for g in report.users() if g.key is not None]
+        turns = report.turns
+        return jsonify(
+            sentiment=report.sentiment,
+            score=round(sum(t.score for t in turns) / len(turns), 3) if turns else None,
+            turns=len(turns),
+            flagged_turns=sum(t.flagged for t in turns),
+            users=[g.as_dict() for g in everyone],
+            models=[g.as_dict() for g in report.models()],
+            days=[g.as_dict() for g in report.days()],
+        )
+
     # --- pages ----------------------------------------------------------------
 
     @app.route("/")
@@ -534,7 +569,13 @@ def create_app(
         view = session_data()
         if view is None:
             return render_template("error.html", message="No such session."), 404
-        return render_template("session.html", view=view)
+        report = store().satisfaction(session_id=view.session.session_id)
+        flags = {
+            t.conversation_id: [sig.reason for sig in t.signals if sig.weight > 0]
+            for t in report.turns
+            if t.flagged
+        }
+        return render_template("session.html", view=view, flags=flags)
 
     @app.route("/conversations")
     def conversations_page() -> Any:
