@@ -51,6 +51,7 @@ from context_trace._store.analytics import (
     Analytics,
 )
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
+from context_trace.analytics.hook import dashboard_topics
 
 __all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
 
@@ -103,6 +104,8 @@ class _Refresher:
         self.index = index
         self._failed = False
         self._stop = threading.Event()
+        self.topics = dashboard_topics(index.store)
+        self._topics_inline = interval <= 0
         if interval > 0:
             thread = threading.Thread(
                 target=self._run, args=(interval,), name="context-trace-ui-index",
@@ -110,19 +113,26 @@ class _Refresher:
             )  # fmt: skip
             thread.start()
 
-    def refresh(self, max_rows: int) -> bool:
-        """One bounded step; a failure is logged once and the index serves as is."""
+    def refresh(self, max_rows: int, topics: bool = False) -> bool:
+        """One bounded step; a failure is logged once and the index serves as is.
+
+        Topics (if the analytics extra is installed) step along in the
+        background thread, or here when there is none.
+        """
         try:
-            return self.index.refresh(max_rows)
+            done = self.index.refresh(max_rows)
         except (sqlite3.Error, OSError) as exc:
             if not self._failed:
                 self._failed = True
                 _logger.warning("context-trace ui: cannot update the index: %s", exc)
-            return True
+            done = True
+        if self.topics is not None and (topics or self._topics_inline):
+            done = self.topics(max_rows) and done
+        return done
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            while not self._stop.is_set() and not self.refresh(_REQUEST_CHUNK):
+            while not self._stop.is_set() and not self.refresh(_REQUEST_CHUNK, True):
                 pass
 
     def stop(self) -> None:
