@@ -40,7 +40,7 @@ from context_trace._store.ui_index import default_index_path
 from . import topics as _topics
 from .topics import MISC, TopicModel
 
-__all__ = ["TopicIndex", "TopicRow", "default_topics_path"]
+__all__ = ["TopicIndex", "TopicRow", "default_topics_path", "read_topics"]
 
 _VERSION = 1
 _SUFFIX = ".topics"
@@ -383,35 +383,61 @@ class TopicIndex:
         The miscellaneous bucket comes last, if it has turns.
         """
         model = self.model
-        where, params = (
-            ("WHERE user_key = ?", (user,)) if user is not None else ("", ())
-        )
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT topic_id, count(*), count(DISTINCT nullif(user_key, ''))"
-                f" FROM topic_turns {where} GROUP BY topic_id",
-                params,
-            ).fetchall()
-        total = sum(r[1] for r in rows) or 1
-        known = {t.id: t for t in model.topics} if model is not None else {}
-        out = [
-            TopicRow(t.id, t.label, t.terms, t.question, int(turns), int(users),
-                     turns / total)
-            for topic_id, turns, users in rows
-            if (t := known.get(topic_id)) is not None
-        ]  # fmt: skip
-        out.sort(key=lambda r: (-r.conversations, r.id))
-        # The miscellaneous bucket, with the turns of topics a re-fit dropped
-        # that are not re-assigned yet.
-        with self._lock:
-            turns, users = self._conn.execute(
-                "SELECT count(*), count(DISTINCT nullif(user_key, ''))"
-                " FROM topic_turns WHERE topic_id NOT IN (SELECT value FROM"
-                f" json_each(?)) {where.replace('WHERE', 'AND')}",
-                (json.dumps(list(known)), *params),
-            ).fetchone()
-        if turns:
-            out.append(
-                TopicRow(MISC, "miscellaneous", (), "", turns, users, turns / total)
-            )
-        return out
+            return _summary(self._conn, model, user)
+
+
+def read_topics(
+    path: str | os.PathLike[str], user: str | None = None
+) -> list[TopicRow]:
+    """
+    :meth:`TopicIndex.summary` from a topics file, opened read-only.
+
+    Returns an empty list when the file does not exist or holds no model yet.
+    """
+    if not os.path.exists(path):
+        return []
+    conn = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        if "meta" not in tables or "topic_turns" not in tables:
+            return []
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("model") is None:
+            return []
+        data = json.loads(meta["model"])
+        data["centroids"] = np.frombuffer(meta["centroids"], dtype=np.float32)
+        return _summary(conn, TopicModel.from_json(data), user)
+    finally:
+        conn.close()
+
+
+def _summary(
+    conn: sqlite3.Connection, model: TopicModel | None, user: str | None
+) -> list[TopicRow]:
+    where, params = ("WHERE user_key = ?", (user,)) if user is not None else ("", ())
+    rows = conn.execute(
+        "SELECT topic_id, count(*), count(DISTINCT nullif(user_key, ''))"
+        f" FROM topic_turns {where} GROUP BY topic_id",
+        params,
+    ).fetchall()
+    total = sum(r[1] for r in rows) or 1
+    known = {t.id: t for t in model.topics} if model is not None else {}
+    out = [
+        TopicRow(t.id, t.label, t.terms, t.question, int(turns), int(users),
+                 turns / total)
+        for topic_id, turns, users in rows
+        if (t := known.get(topic_id)) is not None
+    ]  # fmt: skip
+    out.sort(key=lambda r: (-r.conversations, r.id))
+    # The miscellaneous bucket, with the turns of topics a re-fit dropped
+    # that are not re-assigned yet.
+    turns, users = conn.execute(
+        "SELECT count(*), count(DISTINCT nullif(user_key, ''))"
+        " FROM topic_turns WHERE topic_id NOT IN (SELECT value FROM"
+        f" json_each(?)) {where.replace('WHERE', 'AND')}",
+        (json.dumps(list(known)), *params),
+    ).fetchone()
+    if turns:
+        out.append(TopicRow(MISC, "miscellaneous", (), "", turns, users, turns / total))
+    return out

@@ -76,6 +76,7 @@ _USER_PARAMS = frozenset({"id", "user", "anonymous"})
 _USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit"})
 _CONVERSATIONS_PARAMS = _USER_PARAMS | {
     "q", "rating", "range", "errors", "tool_errors", "model", "before", "limit",
+    "topic",
 }  # fmt: skip
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range"}),
@@ -90,6 +91,8 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_session": frozenset({"id"}),
     "api_conversations": _CONVERSATIONS_PARAMS,
     "api_models": frozenset(),
+    "topics_page": frozenset({"user"}),
+    "api_topics": frozenset({"user"}),
     "static": frozenset(),
 }
 # New turns indexed before a request, at most: about 50 ms on a loaded machine.
@@ -137,6 +140,21 @@ class _Refresher:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _topics_path(store: str) -> Any:
+    """The store's topics file, or None without the analytics extra."""
+    try:
+        from context_trace.analytics.topic_index import default_topics_path
+    except ImportError:
+        return None
+    return default_topics_path(store)
+
+
+def read_topics(path: Any, user: str | None) -> list[Any]:
+    from context_trace.analytics.topic_index import read_topics as read
+
+    return list(read(path, user))
 
 
 def _cookie_value(token: str) -> str:
@@ -315,10 +333,13 @@ def create_app(
     refresher = _Refresher(index, refresh_interval)
     app.extensions["context_trace_ui"] = refresher
     index_path = index.path
+    topics_path = _topics_path(path)
 
     def store() -> Analytics:
         if "store" not in g:
             g.store = Analytics(path, index_path)
+            if topics_path is not None and topics_path.exists():
+                g.store.attach_topics(topics_path)
         result: Analytics = g.store
         return result
 
@@ -463,7 +484,21 @@ def create_app(
             range_=range_,
             before=_int_arg("before"),
             limit=_limit(),
+            topic=topic_arg(),
         )
+
+    def topic_arg() -> str | None:
+        topic = request.args.get("topic") or None
+        if topic is not None and (topics_path is None or not topics_path.exists()):
+            raise _BadRequest(
+                "topic: there are no topics (install the analytics extra)"
+            )
+        return topic
+
+    def topics_data(user: str | None = None) -> list[Any]:
+        if topics_path is None:
+            return []
+        return read_topics(topics_path, user)
 
     # --- JSON API -------------------------------------------------------------
 
@@ -515,6 +550,13 @@ def create_app(
     def api_models() -> Any:
         return jsonify(items=store().models())
 
+    @app.route("/api/topics")
+    def api_topics() -> Any:
+        rows = topics_data(request.args.get("user") or None)
+        return jsonify(
+            items=[r.to_json() for r in rows], available=topics_path is not None
+        )
+
     # --- pages ----------------------------------------------------------------
 
     @app.route("/")
@@ -537,7 +579,8 @@ def create_app(
         row, sessions = user_data()
         if row is None:
             return render_template("error.html", message="No such user."), 404
-        return render_template("user.html", user=row, sessions=sessions)
+        topics = topics_data(row.user_id) if row.user_id is not None else []
+        return render_template("user.html", user=row, sessions=sessions, topics=topics)
 
     @app.route("/session")
     def session_page() -> Any:
@@ -555,6 +598,14 @@ def create_app(
             args=request.args,
             ranges=RANGES,
         )
+
+    @app.route("/topics")
+    def topics_page() -> Any:
+        user = request.args.get("user") or None
+        return render_template(
+            "topics.html", rows=topics_data(user), user=user,
+            available=topics_path is not None,
+        )  # fmt: skip
 
     @app.route("/login", methods=["GET", "POST"])
     def login_page() -> Any:
