@@ -12,8 +12,8 @@ Topics: quality on a labelled intent set, and cost on a big synthetic store.
    time and the peak memory (of a child process doing only this).
    Targets on CLINC150's test split: NMI >= 0.78, ARI >= 0.40, 75-300 topics.
 2. **Cost.** Writes a store of ``--messages`` turns with the real writer
-   (synthetic questions on 300 subjects with varied wording, sessions,
-   users), then, in a child process, gives every turn its topic from scratch
+   (synthetic questions: 10 openings x 15 verbs x 20 objects x 11 endings;
+   sessions, users), then, in a child process, gives every turn its topic from scratch
    as the first ``context-trace topics`` does (``TopicIndex.build``: sample,
    fit, assign in chunks): time and peak memory. Then appends 1,000 turns and
    times assigning them (one ``TopicIndex.refresh``). Targets: 1M turns in

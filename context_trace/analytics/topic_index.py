@@ -42,7 +42,7 @@ from .topics import MISC, TopicModel
 
 __all__ = ["TopicIndex", "TopicRow", "default_topics_path", "read_topics"]
 
-_VERSION = 1
+_VERSION = 2
 _SUFFIX = ".topics"
 # Turns read from the store per statement while fitting or assigning.
 _READ_CHUNK = 10_000
@@ -60,6 +60,59 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX topic_turns_topic ON topic_turns (topic_id, user_key)",
+    # Kept level with topic_turns chunk by chunk, so the pages read totals
+    # without counting a million turns: turns per (topic, user), and per topic
+    # its turns and distinct users (turns with no user not counted).
+    """
+    CREATE TABLE topic_users (
+        topic_id TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        turns INTEGER NOT NULL,
+        PRIMARY KEY (topic_id, user_key)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX topic_users_user ON topic_users (user_key)",
+    """
+    CREATE TABLE topic_summary (
+        topic_id TEXT PRIMARY KEY,
+        turns INTEGER NOT NULL,
+        users INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+# One chunk of assignments, applied: the turns' earlier topics (a re-fit
+# re-assigns them) counted out, the new ones in, then the turns written.
+_APPLY = (
+    "CREATE TEMP TABLE chunk_assign (n INTEGER PRIMARY KEY, topic_id TEXT,"
+    " user_key TEXT, session_n INTEGER)",
+    "CREATE TEMP TABLE delta (topic_id TEXT, user_key TEXT, turns INTEGER,"
+    " PRIMARY KEY (topic_id, user_key))",
+)
+_APPLY_CHUNK = (
+    "INSERT INTO temp.delta SELECT t.topic_id, t.user_key, -count(*)"
+    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " GROUP BY t.topic_id, t.user_key",
+    "INSERT INTO temp.delta SELECT topic_id, user_key, count(*)"
+    " FROM temp.chunk_assign WHERE true GROUP BY topic_id, user_key"
+    " ON CONFLICT (topic_id, user_key) DO UPDATE SET turns = turns + excluded.turns",
+    "INSERT INTO topic_summary (topic_id, turns, users)"
+    " SELECT d.topic_id, sum(d.turns), sum(CASE WHEN d.user_key = '' THEN 0"
+    " WHEN coalesce(u.turns, 0) = 0 AND d.turns > 0 THEN 1"
+    " WHEN u.turns > 0 AND u.turns + d.turns <= 0 THEN -1 ELSE 0 END)"
+    " FROM temp.delta d LEFT JOIN topic_users u"
+    " ON u.topic_id = d.topic_id AND u.user_key = d.user_key"
+    " WHERE true GROUP BY d.topic_id"
+    " ON CONFLICT (topic_id) DO UPDATE SET turns = turns + excluded.turns,"
+    " users = users + excluded.users",
+    "INSERT INTO topic_users (topic_id, user_key, turns)"
+    " SELECT topic_id, user_key, turns FROM temp.delta WHERE turns != 0"
+    " ON CONFLICT (topic_id, user_key) DO UPDATE SET turns = turns + excluded.turns",
+    "DELETE FROM topic_users WHERE turns <= 0 AND (topic_id, user_key) IN"
+    " (SELECT topic_id, user_key FROM temp.delta)",
+    "DELETE FROM topic_summary WHERE turns <= 0",
+    "INSERT OR REPLACE INTO topic_turns (n, topic_id, user_key, session_n)"
+    " SELECT n, topic_id, user_key, session_n FROM temp.chunk_assign",
 )
 
 
@@ -330,14 +383,20 @@ class TopicIndex:
                 assert model is not None
                 end = min(last, start + max_rows)
                 ids = model.ids
+                for statement in _APPLY:
+                    conn.execute(statement)
                 for chunk in self._questions(start, end):
                     topic = model.assign_vectors(_topics.embed([r[1] for r in chunk]))
+                    conn.execute("DELETE FROM temp.chunk_assign")
+                    conn.execute("DELETE FROM temp.delta")
                     conn.executemany(
-                        "INSERT OR REPLACE INTO topic_turns"
+                        "INSERT INTO temp.chunk_assign"
                         " (n, topic_id, user_key, session_n) VALUES (?, ?, ?, ?)",
                         [(r[0], MISC if t < 0 else ids[t], r[2], r[3])
                          for r, t in zip(chunk, topic.tolist(), strict=True)],
                     )  # fmt: skip
+                    for statement in _APPLY_CHUNK:
+                        conn.execute(statement)
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE key = 'conversation_n'", (end,)
                 )
@@ -351,6 +410,9 @@ class TopicIndex:
                 conn.execute("ROLLBACK")
                 self._model = None
                 raise
+            finally:
+                conn.execute("DROP TABLE IF EXISTS temp.chunk_assign")
+                conn.execute("DROP TABLE IF EXISTS temp.delta")
             self._model = model
             return end >= last
 
@@ -415,12 +477,16 @@ def read_topics(
 def _summary(
     conn: sqlite3.Connection, model: TopicModel | None, user: str | None
 ) -> list[TopicRow]:
-    where, params = ("WHERE user_key = ?", (user,)) if user is not None else ("", ())
-    rows = conn.execute(
-        "SELECT topic_id, count(*), count(DISTINCT nullif(user_key, ''))"
-        f" FROM topic_turns {where} GROUP BY topic_id",
-        params,
-    ).fetchall()
+    if user is None:
+        rows = conn.execute(
+            "SELECT topic_id, turns, users FROM topic_summary"
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT topic_id, turns, user_key != '' FROM topic_users"
+            " WHERE user_key = ?",
+            (user,),
+        ).fetchall()
     total = sum(r[1] for r in rows) or 1
     known = {t.id: t for t in model.topics} if model is not None else {}
     out = [
@@ -431,13 +497,10 @@ def _summary(
     ]  # fmt: skip
     out.sort(key=lambda r: (-r.conversations, r.id))
     # The miscellaneous bucket, with the turns of topics a re-fit dropped
-    # that are not re-assigned yet.
-    turns, users = conn.execute(
-        "SELECT count(*), count(DISTINCT nullif(user_key, ''))"
-        " FROM topic_turns WHERE topic_id NOT IN (SELECT value FROM"
-        f" json_each(?)) {where.replace('WHERE', 'AND')}",
-        (json.dumps(list(known)), *params),
-    ).fetchone()
+    # that are not re-assigned yet (their users then counted per topic).
+    misc = [r for r in rows if r[0] not in known]
+    turns = sum(r[1] for r in misc)
     if turns:
+        users = sum(r[2] for r in misc) if user is None else int(user != "")
         out.append(TopicRow(MISC, "miscellaneous", (), "", turns, users, turns / total))
     return out

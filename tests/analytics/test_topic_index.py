@@ -227,3 +227,38 @@ def test_dashboard_refresh_assigns_topics(store: Path) -> None:
     assert client.get("/").status_code == 200
     with TopicIndex(store) as index:
         assert len(index.assignments()) == 31
+
+
+def _recount(path: Path) -> dict[str, tuple[int, int]]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT topic_id, count(*), count(DISTINCT nullif(user_key, ''))"
+            " FROM topic_turns GROUP BY topic_id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def test_totals_kept_incrementally_match_a_recount(store: Path) -> None:
+    """Per-topic turns and users, kept chunk by chunk, equal a recount after refreshes and a re-fit."""
+    with TopicIndex(store) as index:
+        for _ in range(3):
+            index.refresh(max_rows=7)
+        _record(
+            store, [("dan", "what's the weather tomorrow"), ("ava", "tell me a joke")]
+        )
+        index.build()
+        counted = {r.id: (r.conversations, r.users) for r in index.summary()}
+        assert counted == _recount(index.path)
+        index.refit()
+        counted = {r.id: (r.conversations, r.users) for r in index.summary()}
+        assert counted == _recount(index.path)
+    with TopicIndex(store, n_topics=3) as index:  # other topics: every turn moves
+        index.refit()
+        counted = {r.id: (r.conversations, r.users) for r in index.summary()}
+        assert counted == _recount(index.path)
+        assert len(counted) <= 4
