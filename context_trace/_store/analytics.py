@@ -383,6 +383,13 @@ class Analytics:
         """Close the connection."""
         self._conn.close()
 
+    def attach_topics(self, path: str | os.PathLike[str]) -> None:
+        """Read each turn's topic (``conversations(topic=...)``) from this file."""
+        self._conn.execute(
+            "ATTACH DATABASE ? AS topics",
+            (Path(path).absolute().as_uri() + "?mode=ro",),
+        )
+
     def __enter__(self) -> Analytics:
         return self
 
@@ -705,6 +712,7 @@ class Analytics:
         range_: str = "all",
         before: int | None = None,
         limit: int = 50,
+        topic: str | None = None,
     ) -> Page:
         """
         Conversations, newest first, filtered; *before* is the ``n`` cursor.
@@ -722,6 +730,7 @@ class Analytics:
             tool_errors_only: Only turns that answered although a tool failed.
             model: Only this model's turns.
             range_: A key of :data:`RANGES`.
+            topic: Only the turns of this topic (needs :meth:`attach_topics`).
 
         Raises:
             ValueError: For an unknown *rating* or *range_*.
@@ -765,6 +774,9 @@ class Analytics:
         if model:
             conds.append("c.model = ?")
             params.append(model)
+        if topic is not None:
+            conds.append("c.n IN (SELECT n FROM topics.topic_turns WHERE topic_id = ?)")
+            params.append(topic)
         since = self._since(range_)
         if since is not None:
             conds.append("c.started_at >= ?")

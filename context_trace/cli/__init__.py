@@ -14,9 +14,10 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace replay                   deliver them now
     context-trace demo                     record a demo app's traffic (its own store)
     context-trace ui                       the same, in a local web dashboard
+    context-trace topics                   what users ask about (analytics extra)
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``show``, ``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
+``show``, ``stats``, ``outbox`` and ``topics`` prints JSON instead (times as epoch seconds). Problems
 are reported in one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
@@ -36,6 +37,7 @@ from typing import TextIO
 from context_trace import __version__, _config
 from context_trace._store.reader import USER_SORTS
 
+from ._topics import add_topics_arguments, cmd_topics
 from .commands import (
     _DEMO_DB,
     _DEMO_SESSIONS,
@@ -227,6 +229,14 @@ def _parser() -> argparse.ArgumentParser:
         help="only users with at least N turns (default 3)",
     )
 
+    topics = add(
+        "topics",
+        "what users ask about: topics with their conversations, users, share,"
+        " label and a representative question",
+        as_json,
+    )
+    add_topics_arguments(topics, _positive_int)
+
     # The demo has a store of its own: its --db ignores $CONTEXT_TRACE_DB.
     demo_db = argparse.ArgumentParser(add_help=False)
     demo_db.add_argument(
@@ -279,6 +289,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "demo": _cmd_demo,
     "ui": _cmd_ui,
     "unhappy": _cmd_unhappy,
+    "topics": cmd_topics,
 }
 
 

@@ -51,6 +51,7 @@ from context_trace._store.analytics import (
     Analytics,
 )
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
+from context_trace.analytics.hook import dashboard_topics
 
 __all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
 
@@ -75,6 +76,7 @@ _USER_PARAMS = frozenset({"id", "user", "anonymous"})
 _USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit"})
 _CONVERSATIONS_PARAMS = _USER_PARAMS | {
     "q", "rating", "range", "errors", "tool_errors", "model", "before", "limit",
+    "topic",
 }  # fmt: skip
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range"}),
@@ -91,6 +93,8 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_models": frozenset(),
     "api_unhappy": frozenset({"range", "limit", "min_turns"}),
     "api_satisfaction": frozenset({"range"}),
+    "topics_page": frozenset({"user"}),
+    "api_topics": frozenset({"user"}),
     "static": frozenset(),
 }
 # New turns indexed before a request, at most: about 50 ms on a loaded machine.
@@ -105,6 +109,8 @@ class _Refresher:
         self.index = index
         self._failed = False
         self._stop = threading.Event()
+        self.topics = dashboard_topics(index.store)
+        self._topics_inline = interval <= 0
         if interval > 0:
             thread = threading.Thread(
                 target=self._run, args=(interval,), name="context-trace-ui-index",
@@ -112,23 +118,45 @@ class _Refresher:
             )  # fmt: skip
             thread.start()
 
-    def refresh(self, max_rows: int) -> bool:
-        """One bounded step; a failure is logged once and the index serves as is."""
+    def refresh(self, max_rows: int, topics: bool = False) -> bool:
+        """One bounded step; a failure is logged once and the index serves as is.
+
+        Topics (if the analytics extra is installed) step along in the
+        background thread, or here when there is none.
+        """
         try:
-            return self.index.refresh(max_rows)
+            done = self.index.refresh(max_rows)
         except (sqlite3.Error, OSError) as exc:
             if not self._failed:
                 self._failed = True
                 _logger.warning("context-trace ui: cannot update the index: %s", exc)
-            return True
+            done = True
+        if self.topics is not None and (topics or self._topics_inline):
+            done = self.topics(max_rows) and done
+        return done
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            while not self._stop.is_set() and not self.refresh(_REQUEST_CHUNK):
+            while not self._stop.is_set() and not self.refresh(_REQUEST_CHUNK, True):
                 pass
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _topics_path(store: str) -> Any:
+    """The store's topics file, or None without the analytics extra."""
+    try:
+        from context_trace.analytics.topic_index import default_topics_path
+    except ImportError:
+        return None
+    return default_topics_path(store)
+
+
+def read_topics(path: Any, user: str | None) -> list[Any]:
+    from context_trace.analytics.topic_index import read_topics as read
+
+    return list(read(path, user))
 
 
 def _cookie_value(token: str) -> str:
@@ -307,10 +335,13 @@ def create_app(
     refresher = _Refresher(index, refresh_interval)
     app.extensions["context_trace_ui"] = refresher
     index_path = index.path
+    topics_path = _topics_path(path)
 
     def store() -> Analytics:
         if "store" not in g:
             g.store = Analytics(path, index_path)
+            if topics_path is not None and topics_path.exists():
+                g.store.attach_topics(topics_path)
         result: Analytics = g.store
         return result
 
@@ -455,7 +486,21 @@ def create_app(
             range_=range_,
             before=_int_arg("before"),
             limit=_limit(),
+            topic=topic_arg(),
         )
+
+    def topic_arg() -> str | None:
+        topic = request.args.get("topic") or None
+        if topic is not None and (topics_path is None or not topics_path.exists()):
+            raise _BadRequest(
+                "topic: there are no topics (install the analytics extra)"
+            )
+        return topic
+
+    def topics_data(user: str | None = None) -> list[Any]:
+        if topics_path is None:
+            return []
+        return read_topics(topics_path, user)
 
     # --- JSON API -------------------------------------------------------------
 
@@ -540,6 +585,13 @@ def create_app(
             days=[g.as_dict() for g in report.days()],
         )
 
+    @app.route("/api/topics")
+    def api_topics() -> Any:
+        rows = topics_data(request.args.get("user") or None)
+        return jsonify(
+            items=[r.to_json() for r in rows], available=topics_path is not None
+        )
+
     # --- pages ----------------------------------------------------------------
 
     @app.route("/")
@@ -562,7 +614,8 @@ def create_app(
         row, sessions = user_data()
         if row is None:
             return render_template("error.html", message="No such user."), 404
-        return render_template("user.html", user=row, sessions=sessions)
+        topics = topics_data(row.user_id) if row.user_id is not None else []
+        return render_template("user.html", user=row, sessions=sessions, topics=topics)
 
     @app.route("/session")
     def session_page() -> Any:
@@ -586,6 +639,14 @@ def create_app(
             args=request.args,
             ranges=RANGES,
         )
+
+    @app.route("/topics")
+    def topics_page() -> Any:
+        user = request.args.get("user") or None
+        return render_template(
+            "topics.html", rows=topics_data(user), user=user,
+            available=topics_path is not None,
+        )  # fmt: skip
 
     @app.route("/login", methods=["GET", "POST"])
     def login_page() -> Any:

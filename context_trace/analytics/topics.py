@@ -1,0 +1,530 @@
+"""
+Topics: users' questions grouped by meaning, with no network and no model call.
+
+How a model is fitted (:func:`fit`):
+
+1. **Embed.** Each question becomes the mean of its tokens' static word
+   embeddings (WordLlama ``l2_supercat``, 256 dimensions), normalised to unit
+   length. The weights and the tokenizer ship inside the ``wordllama`` wheel
+   and are read from its package directory; nothing is downloaded, and
+   ``wordllama``'s own Python code (which would download a missing file) is
+   never imported.
+2. **Sample.** At most ``sample_size`` questions take part in the fit: those
+   whose text has the smallest hash, so the sample does not depend on the
+   order of the data and mostly stays the same as the data grows.
+3. **Cluster.** Average-linkage agglomerative clustering on cosine distance,
+   cut where the mean distance between two groups' members would exceed
+   ``max_distance`` (0.7: on average, a topic's questions have a cosine
+   similarity of at least 0.3 with each other). The number of topics follows
+   from the data: it is not given. A group of fewer than ``min_size`` sample
+   questions is not a topic. ``n_topics`` overrides this: the tree is cut
+   into that many groups instead, all of them kept.
+4. **Assign.** Every question, in the sample or not, goes to the topic whose
+   centroid (the normalised mean of its members) is nearest, if its cosine
+   similarity to it is at least ``1 - max_distance``; else to the
+   miscellaneous bucket (:data:`MISC`). New questions are assigned the same
+   way (:meth:`TopicModel.assign`), so a re-fit and an incremental
+   assignment agree.
+5. **Label.** A topic's terms are its words with the highest class-based
+   TF-IDF (frequent in the topic, rare in the others); its question is the
+   member nearest its centroid.
+6. **Name.** A topic's id is derived from its representative question, so
+   the same data gives the same ids. When a model is re-fitted, a new topic
+   whose centroid is close to an old one's (cosine similarity of at least
+   :data:`KEEP_ID_SIMILARITY`) keeps the old id.
+
+The same data (the same questions, in any order) gives the same topics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "EMBEDDER",
+    "KEEP_ID_SIMILARITY",
+    "MISC",
+    "Embedder",
+    "Topic",
+    "TopicModel",
+    "clustering_scores",
+    "embed",
+    "fit",
+    "turn_question",
+]
+
+Vectors = npt.NDArray[np.float32]
+
+# The miscellaneous bucket's id: questions near no topic.
+MISC = "misc"
+# What the vectors are: stored with a model, so a model made with other
+# embeddings is never used to assign new questions.
+EMBEDDER = "wordllama-l2_supercat-256"
+# A re-fitted topic keeps the id of an old topic at least this similar.
+KEEP_ID_SIMILARITY = 0.8
+# Questions are embedded from at most this many characters.
+_MAX_CHARS = 2000
+_BATCH = 4096
+
+_WEIGHTS = "weights/l2_supercat_256.safetensors"
+_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
+
+
+class Embedder:
+    """
+    Static word embeddings read from the ``wordllama`` wheel's own files.
+
+    Raises:
+        ImportError: If ``wordllama`` (the ``analytics`` extra) is not installed.
+        FileNotFoundError: If its wheel lacks the ``l2_supercat`` files.
+    """
+
+    def __init__(self) -> None:
+        spec = importlib.util.find_spec("wordllama")
+        locations = spec.submodule_search_locations if spec is not None else None
+        if not locations:
+            raise ImportError(
+                "topics need the wordllama package: pip install"
+                " 'context-trace[analytics]'"
+            )
+        root = Path(next(iter(locations)))
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        self.table: Vectors = np.ascontiguousarray(
+            load_file(str(root / _WEIGHTS))["embedding.weight"], dtype=np.float32
+        )
+        self.tokenizer = Tokenizer.from_file(str(root / _TOKENIZER))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    @property
+    def dim(self) -> int:
+        return int(self.table.shape[1])
+
+    def __call__(self, texts: Sequence[str]) -> Vectors:
+        """Unit vectors, one row per text (a text with no known token: zeros)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        last = self.table.shape[0] - 1
+        for start in range(0, len(texts), _BATCH):
+            chunk = [t[:_MAX_CHARS] for t in texts[start : start + _BATCH]]
+            encoded = self.tokenizer.encode_batch(chunk, add_special_tokens=False)
+            lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(chunk))
+            ids = np.fromiter(
+                (i for e in encoded for i in e.ids), np.int64, int(lengths.sum())
+            )
+            np.clip(ids, 0, last, out=ids)
+            rows = np.flatnonzero(lengths)
+            if rows.size == 0:
+                continue
+            sums = np.add.reduceat(
+                self.table[ids], np.concatenate(([0], np.cumsum(lengths)[:-1]))[rows]
+            )
+            out[start + rows] = sums / lengths[rows, None]
+        _normalise(out)
+        return out
+
+
+_embedder: Embedder | None = None
+_embedder_lock = threading.Lock()
+
+
+def embed(texts: Sequence[str]) -> Vectors:
+    """*texts* as unit vectors (the embeddings are loaded once per process)."""
+    global _embedder
+    with _embedder_lock:
+        if _embedder is None:
+            _embedder = Embedder()
+        embedder = _embedder
+    return embedder(texts)
+
+
+def _normalise(x: Vectors) -> None:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+
+
+def turn_question(messages: Sequence[Sequence[Any]]) -> str:
+    """
+    A stored turn's own question: its last run of user messages, joined.
+
+    *messages* are the stored rows (``[role, content, ...]``). A turn with no
+    session keeps the history its prompt re-sent before the user's words, so
+    only the last run of user messages is the user's own.
+    """
+    parts: list[str] = []
+    for row in reversed(messages):
+        if row and row[0] == "user":
+            parts.append(str(row[1] or ""))
+        elif parts:
+            break
+    return "\n".join(reversed(parts)).strip()
+
+
+@dataclass(frozen=True)
+class Topic:
+    """
+    One topic of a model.
+
+    Attributes:
+        id: Stable id (``t`` and 8 hex digits).
+        terms: Its characteristic words, most characteristic first.
+        question: The sample question nearest its centroid.
+        size: Its questions in the fitted sample.
+    """
+
+    id: str
+    terms: tuple[str, ...]
+    question: str
+    size: int
+
+    @property
+    def label(self) -> str:
+        """Its terms, joined: ``"balance / checking / account"``."""
+        return " / ".join(self.terms) if self.terms else self.question[:60]
+
+
+@dataclass
+class TopicModel:
+    """
+    Fitted topics: their labels and centroids, to assign new questions.
+
+    Attributes:
+        topics: The topics, the largest first.
+        centroids: One unit row per topic, in the same order.
+        min_similarity: A question less similar than this to every centroid
+            goes to :data:`MISC`.
+        embedder: Which embeddings the centroids are in (:data:`EMBEDDER`).
+        fitted_on: How many questions the model was fitted from (the whole
+            set, not only the sample).
+        params: The fit's parameters, for the record.
+    """
+
+    topics: list[Topic]
+    centroids: Vectors
+    min_similarity: float
+    embedder: str = EMBEDDER
+    fitted_on: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return [t.id for t in self.topics]
+
+    def assign_vectors(self, vectors: Vectors) -> npt.NDArray[np.int64]:
+        """The topic index of each row (-1: miscellaneous)."""
+        if not self.topics or len(vectors) == 0:
+            return np.full(len(vectors), -1, dtype=np.int64)
+        sims = vectors @ self.centroids.T
+        best = sims.argmax(axis=1)
+        ok = sims[np.arange(len(best)), best] >= self.min_similarity
+        return np.where(ok, best, -1).astype(np.int64)
+
+    def assign(self, questions: Sequence[str]) -> list[str]:
+        """Each question's topic id, or :data:`MISC`."""
+        ids = self.ids
+        return [
+            MISC if i < 0 else ids[i] for i in self.assign_vectors(embed(questions))
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The model as JSON-ready data (centroids as lists of floats)."""
+        return {
+            "embedder": self.embedder,
+            "min_similarity": self.min_similarity,
+            "fitted_on": self.fitted_on,
+            "params": self.params,
+            "topics": [
+                {
+                    "id": t.id,
+                    "terms": list(t.terms),
+                    "question": t.question,
+                    "size": t.size,
+                }
+                for t in self.topics
+            ],
+            "centroids": self.centroids.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TopicModel:
+        """Reverse :meth:`to_json`."""
+        topics = [
+            Topic(t["id"], tuple(t["terms"]), t["question"], int(t["size"]))
+            for t in data["topics"]
+        ]
+        centroids = np.asarray(data["centroids"], dtype=np.float32).reshape(
+            len(topics), -1
+        )
+        return cls(
+            topics, centroids, float(data["min_similarity"]), data["embedder"],
+            int(data["fitted_on"]), dict(data.get("params", {})),
+        )  # fmt: skip
+
+
+def _hash_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest()
+
+
+def fit(
+    questions: Sequence[str],
+    *,
+    n_topics: int | None = None,
+    max_distance: float = 0.7,
+    min_size: int = 3,
+    sample_size: int = 6000,
+    previous: TopicModel | None = None,
+) -> TopicModel:
+    """
+    Fit topics to *questions* (see the module's docstring for the method).
+
+    Args:
+        questions: The users' questions (see :func:`turn_question`).
+        n_topics: Exactly this many topics instead of the number the data
+            gives (the sample must hold at least as many distinct questions).
+        max_distance: Where the clustering stops merging: the largest mean
+            cosine distance between the members of two groups it merges,
+            in (0, 2).
+        min_size: The fewest sample questions a topic has (without
+            ``n_topics``); smaller groups go to the miscellaneous bucket.
+        sample_size: The most questions the clustering itself sees, at least
+            ``n_topics`` and 2; the others are assigned to its topics.
+        previous: The model this one replaces: its ids are kept for topics
+            that stayed (see :data:`KEEP_ID_SIMILARITY`).
+
+    Returns:
+        The model; with no questions, or none with words, it has no topics.
+
+    Raises:
+        ValueError: If a parameter is out of range.
+    """
+    if n_topics is not None and (isinstance(n_topics, bool) or n_topics < 1):
+        raise ValueError(
+            f"n_topics must be a whole number of at least 1, got {n_topics!r}"
+        )
+    if not 0.0 < max_distance < 2.0:
+        raise ValueError(f"max_distance must be in (0, 2), got {max_distance!r}")
+    if isinstance(min_size, bool) or min_size < 1:
+        raise ValueError(f"min_size must be at least 1, got {min_size!r}")
+    if sample_size < max(2, n_topics or 0):
+        raise ValueError(
+            f"sample_size must be at least 2 and at least n_topics, got {sample_size!r}"
+        )
+    params = {"n_topics": n_topics, "max_distance": max_distance,
+              "min_size": min_size, "sample_size": sample_size}  # fmt: skip
+    min_similarity = 1.0 - max_distance
+    empty = TopicModel([], np.zeros((0, 256), np.float32), min_similarity,
+                       fitted_on=len(questions), params=params)  # fmt: skip
+    # The sample: the distinct texts with the smallest hashes, each weighted
+    # by how often it occurs (a question asked 50 times is one point).
+    counts = Counter(q for q in questions if q.strip())
+    texts = sorted(counts, key=lambda q: (_hash_key(q), q))[:sample_size]
+    if len(texts) < 2:
+        return empty
+    vectors = embed(texts)
+    keep = np.flatnonzero(np.linalg.norm(vectors, axis=1) > 0)
+    texts = [texts[i] for i in keep]
+    vectors = vectors[keep]
+    weights = np.array([counts[t] for t in texts], dtype=np.float64)
+    if len(texts) < max(2, n_topics or 0):
+        return empty
+
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    tree = linkage(vectors.astype(np.float64), method="average", metric="cosine")
+    if n_topics is not None:
+        groups = fcluster(tree, n_topics, criterion="maxclust")
+    else:
+        groups = fcluster(tree, max_distance, criterion="distance")
+    members: dict[int, list[int]] = {}
+    for index, group in enumerate(groups.tolist()):
+        members.setdefault(group, []).append(index)
+    limit = 1 if n_topics is not None else min_size
+    kept = [m for m in members.values() if weights[m].sum() >= limit]
+    if not kept:
+        return empty
+    centroids = np.stack(
+        [(vectors[m] * weights[m, None]).sum(axis=0) for m in kept]
+    ).astype(np.float32)
+    _normalise(centroids)
+    # The sample's own questions, assigned as new ones would be: the members
+    # a topic is labelled from are those it would be given.
+    sims = vectors @ centroids.T
+    best = sims.argmax(axis=1)
+    near = sims[np.arange(len(best)), best] >= min_similarity
+    owned = [np.flatnonzero((best == k) & near) for k in range(len(kept))]
+    order = sorted(
+        (k for k in range(len(kept)) if owned[k].size),
+        key=lambda k: (-weights[owned[k]].sum(), texts[owned[k][0]]),
+    )
+    if not order:
+        return empty
+    terms = _terms([[texts[i] for i in owned[k]] for k in order],
+                   [weights[owned[k]] for k in order])  # fmt: skip
+    topics: list[Topic] = []
+    for rank, k in enumerate(order):
+        mine = owned[k]
+        closest = mine[
+            np.lexsort((np.array([texts[i] for i in mine]), -sims[mine, k]))[0]
+        ]
+        question = texts[closest]
+        topics.append(
+            Topic(_topic_id(question), terms[rank], question[:200],
+                  int(weights[mine].sum()))
+        )  # fmt: skip
+    model = TopicModel(
+        topics, np.ascontiguousarray(centroids[order]), min_similarity,
+        fitted_on=len(questions), params=params,
+    )  # fmt: skip
+    _name(model, previous)
+    return model
+
+
+def _topic_id(question: str) -> str:
+    return (
+        "t"
+        + hashlib.blake2b(
+            question.encode("utf-8", "replace"), digest_size=4
+        ).hexdigest()
+    )
+
+
+def _name(model: TopicModel, previous: TopicModel | None) -> None:
+    """Give *model*'s topics *previous*'s ids where they match; unique ids."""
+    ids = [t.id for t in model.topics]
+    if previous is not None and previous.topics and previous.embedder == model.embedder:
+        sims = model.centroids @ previous.centroids.T
+        pairs = sorted(
+            (
+                (float(sims[i, j]), i, j)
+                for i, j in zip(*np.nonzero(sims >= KEEP_ID_SIMILARITY), strict=True)
+            ),
+            key=lambda p: (-p[0], p[1], p[2]),
+        )
+        new_used: set[int] = set()
+        old_used: set[int] = set()
+        for _, i, j in pairs:
+            if i not in new_used and j not in old_used:
+                new_used.add(i)
+                old_used.add(j)
+                ids[i] = previous.topics[j].id
+        reserved = {previous.topics[j].id for j in old_used}
+        for i in range(len(ids)):
+            if i not in new_used and ids[i] in reserved:
+                ids[i] = ids[i] + "x"
+    seen: set[str] = set()
+    for i, topic_id in enumerate(ids):
+        unique, n = topic_id, 1
+        while unique in seen:
+            n += 1
+            unique = f"{topic_id}-{n}"
+        seen.add(unique)
+        ids[i] = unique
+    model.topics = [
+        Topic(i, t.terms, t.question, t.size)
+        for i, t in zip(ids, model.topics, strict=True)
+    ]
+
+
+_WORD = re.compile("[^\\W\\d_][\\w'\u2019-]*[^\\W_]|[^\\W\\d_]", re.UNICODE)
+_STOP_WORDS = """
+    a about above after again against all am an and any are as at be because been
+    before being below between both but by can could did do does doing don't down
+    during each few for from further get got had has have having he her here hers
+    herself him himself his how i i'd i'll i'm i've if in into is it it's its itself
+    just let let's like me more most my myself need no nor not now of off on once only
+    or other our ours ourselves out over own please same she should so some such tell
+    than that that's the their theirs them themselves then there these they this those
+    through to too under until up very want was we were what what's when where which
+    while who whom why will with would you you're your yours yourself yourselves
+"""
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+def _words(text: str) -> list[str]:
+    words = _WORD.findall(text.lower().replace("\u2019", "'"))
+    return [w for w in words if w not in _STOP and len(w) > 1]
+
+
+def _terms(
+    groups: Sequence[Sequence[str]], weights: Sequence[npt.NDArray[np.float64]],
+    n: int = 3,
+) -> list[tuple[str, ...]]:  # fmt: skip
+    """Class-based TF-IDF: each group's words frequent in it and rare elsewhere."""
+    counts: list[Counter[str]] = []
+    for texts, w in zip(groups, weights, strict=True):
+        c: Counter[str] = Counter()
+        for text, weight in zip(texts, w.tolist(), strict=True):
+            for word in set(_words(text)):
+                c[word] += weight
+        counts.append(c)
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    mean = sum(total.values()) / max(len(counts), 1)
+    out = []
+    for c in counts:
+        size = sum(c.values()) or 1.0
+        scored = sorted(
+            c, key=lambda w: (-(c[w] / size) * math.log(1 + mean / total[w]), w)
+        )
+        out.append(tuple(scored[:n]))
+    return out
+
+
+def clustering_scores(
+    truth: Sequence[Any], found: Sequence[Any]
+) -> tuple[float, float]:
+    """
+    (NMI, ARI) of a clustering *found* against labels *truth*.
+
+    NMI with the arithmetic mean of the entropies (scikit-learn's default);
+    ARI as Hubert and Arabie's adjusted Rand index.
+    """
+    if len(truth) != len(found):
+        raise ValueError("truth and found must have the same length")
+    n = len(truth)
+    if n == 0:
+        return 1.0, 1.0
+    _, t = np.unique(np.asarray([str(x) for x in truth]), return_inverse=True)
+    _, f = np.unique(np.asarray([str(x) for x in found]), return_inverse=True)
+    table = np.zeros((int(t.max()) + 1, int(f.max()) + 1), dtype=np.float64)
+    np.add.at(table, (t, f), 1.0)
+    a = table.sum(axis=1)
+    b = table.sum(axis=0)
+
+    def entropy(p: npt.NDArray[np.float64]) -> float:
+        p = p[p > 0] / n
+        return float(-(p * np.log(p)).sum())
+
+    nz = table > 0
+    mi = float((table[nz] / n * np.log(table[nz] * n / np.outer(a, b)[nz])).sum())
+    ht, hf = entropy(a), entropy(b)
+    nmi = 1.0 if ht == hf == 0 else (mi / ((ht + hf) / 2) if ht + hf > 0 else 0.0)
+
+    def pairs(x: npt.NDArray[np.float64]) -> float:
+        return float((x * (x - 1) / 2).sum())
+
+    index = pairs(table)
+    expected = pairs(a) * pairs(b) / (n * (n - 1) / 2) if n > 1 else 0.0
+    top = (pairs(a) + pairs(b)) / 2
+    ari = 1.0 if top == expected else (index - expected) / (top - expected)
+    return max(nmi, 0.0), ari
+
+
+def load_questions(rows: Iterable[str]) -> list[str]:
+    """The question of each stored turn, from its ``messages_json`` text."""
+    return [turn_question(json.loads(text)) for text in rows]

@@ -1,0 +1,56 @@
+"""Topics in a real headless Chromium: overview -> Topics -> a topic's conversations -> a transcript."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from context_trace import _handler, _runtime
+from context_trace.analytics.topic_index import TopicIndex
+from tests.ui.conftest import Server, browser  # noqa: F401 - the browser fixture
+from tests.ui.test_browser import severe_logs
+
+from .test_topic_index import _first_asks, _record
+
+PAYLOAD = "<img src=x onerror=\"document.title='pwned'\"> set an alarm for 7 am"
+
+
+@pytest.fixture(scope="module")
+def topics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The dashboard over a store of real LangChain turns, topics built."""
+    path = tmp_path_factory.mktemp("topics-ui") / "traces.db"
+    try:
+        _record(path, [*_first_asks(), ("eve", PAYLOAD), ("eve", PAYLOAD)])
+    finally:
+        _runtime.reset()
+        _handler._CLAIMED.clear()
+    with TopicIndex(path) as index:
+        index.build()
+    srv = Server(path)
+    yield srv
+    srv.stop()
+
+
+def test_overview_to_topic_to_conversation(browser: Any, topics_server: Server) -> None:  # noqa: F811
+    """Overview -> Topics -> a topic -> its turns -> the transcript; no console errors, no stored script run."""
+    browser.get(topics_server.url + "/?range=all")
+    browser.find_element(By.ID, "nav-topics").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#topics tbody tr")
+    assert len(rows) >= 3
+    link = browser.find_element(
+        By.XPATH, "//table[@id='topics']//a[contains(., 'alarm')]"
+    )
+    count = int(link.find_element(By.XPATH, "../../td[3]").text)
+    link.click()
+    assert "topic=" in browser.current_url
+    turns = browser.find_elements(By.CSS_SELECTOR, "#conversations tbody tr")
+    assert len(turns) == count
+    previews = [t.find_element(By.CLASS_NAME, "preview").text for t in turns]
+    assert all("alarm" in p or "wake" in p for p in previews), previews
+    turns[0].find_element(By.CSS_SELECTOR, "td:nth-child(3) a").click()
+    assert browser.find_element(By.ID, "transcript")
+    assert browser.title != "pwned"
+    assert [] == severe_logs(browser)
