@@ -42,6 +42,7 @@ from langchain_core.tracers.context import register_configure_hook
 from . import _handler, _runtime
 from ._log import log_once
 from ._record import Feedback, new_id
+from ._state import STATE
 
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
@@ -486,6 +487,20 @@ class Scope:
         self.deactivate()
 
 
+def leave(scope: Scope | None = None) -> None:
+    """
+    Leave *scope* (deactivate it in this context), or just note that a scope ended.
+
+    The one way out of a scope: when no scope is left active in this context,
+    the context's outermost scope is over and its turns are flushed now in
+    serverless mode (``serverless=True``), before the runtime can freeze.
+    """
+    if scope is not None:
+        scope.deactivate()
+    if _ACTIVE_SCOPE.get() is None:
+        _runtime.on_outermost_exit()
+
+
 def _build_scope(
     user_id: str | None,
     session: Session | None,
@@ -514,12 +529,6 @@ def _build_scope(
 
 
 # --------------------------------------------------------------------------- wrappers
-def _stream_done() -> None:
-    """A scoped stream ended outside any scope: the turn is over (serverless flush)."""
-    if _ACTIVE_SCOPE.get() is None:
-        _runtime.on_outermost_exit()
-
-
 class _ScopedIterator(Iterator[T]):
     """Re-enter *scope* for every step (and ``close``) of a sync iterator."""
 
@@ -537,7 +546,7 @@ class _ScopedIterator(Iterator[T]):
             with self._scope:
                 return next(self._it)
         except StopIteration:
-            _stream_done()
+            leave()  # the stream's turn is over
             raise
 
     def send(self, value: Any) -> T:
@@ -572,7 +581,7 @@ class _ScopedAsyncIterator(AsyncIterator[T]):
             with self._scope:
                 return await self._it.__anext__()
         except StopAsyncIteration:
-            _stream_done()
+            leave()  # the stream's turn is over
             raise
 
     async def asend(self, value: Any) -> T:
@@ -757,9 +766,7 @@ class _ScopeFactory:
     def __exit__(self, *exc: object) -> None:
         scope = _ACTIVE_SCOPE.get()
         if scope is not None:
-            scope.deactivate()
-            if _ACTIVE_SCOPE.get() is None:
-                _runtime.on_outermost_exit()
+            leave(scope)
 
     async def __aenter__(self) -> Any:
         return self.__enter__()
@@ -871,9 +878,7 @@ class _ScopeFactory:
                 try:
                     return _wrap_result(scope, await wrapped(*args, **kwargs))
                 finally:
-                    scope.deactivate()
-                    if _ACTIVE_SCOPE.get() is None:
-                        _runtime.on_outermost_exit()
+                    leave(scope)
 
             wrapper = async_wrapper
         else:
@@ -886,9 +891,7 @@ class _ScopeFactory:
                 try:
                     return _wrap_result(scope, wrapped(*args, **kwargs))
                 finally:
-                    scope.deactivate()
-                    if _ACTIVE_SCOPE.get() is None:
-                        _runtime.on_outermost_exit()
+                    leave(scope)
 
             wrapper = sync_wrapper
         return cast(F, wrapt.decorator(wrapper)(func))
@@ -1167,6 +1170,7 @@ def instrument_threads() -> None:
 
         threading.Thread.start = start  # type: ignore[method-assign]
         ThreadPoolExecutor.submit = submit  # type: ignore[method-assign,assignment]
+        STATE.undo["threads"] = uninstrument_threads
 
 
 def uninstrument_threads() -> None:
@@ -1182,3 +1186,4 @@ def uninstrument_threads() -> None:
         threading.Thread.start = _original_start  # type: ignore[method-assign]
         ThreadPoolExecutor.submit = _original_submit  # type: ignore[assignment,method-assign]
         _original_start = _original_submit = None
+        STATE.undo.pop("threads", None)
