@@ -20,18 +20,17 @@ from __future__ import annotations
 from contextvars import ContextVar, Token
 from typing import Any
 
-from ._runtime import active_config, flush, shutdown
-from ._scopes import (
-    _REQUEST_SESSION,
-    _TOKENS,
+from ._activation import (
+    REQUEST_SESSION,
+    TOKENS,
     RequestSession,
     Scope,
-    _check_metadata,
     current_scope,
     leave,
-    normalize_id,
-    open_scope,
 )
+from ._decorators import open_scope
+from ._resolvers import check_metadata, normalize_id
+from ._runtime import active_config, flush, shutdown
 from ._state import STATE
 
 __all__ = [
@@ -55,9 +54,6 @@ __all__ = [
     "shutdown",
 ]
 
-#: Turn metadata into ``str -> str`` now, naming the bad key or value (TypeError).
-check_metadata = _check_metadata
-
 # Set while a context_trace middleware is handling a request in this context. A
 # second middleware on the same request (the app wrapped twice, or a WSGI app
 # mounted inside an ASGI app that has ours) passes the request straight through.
@@ -74,7 +70,7 @@ def activation() -> Any:
     left in between: the Celery integration compares them to close the scopes
     a task left open.
     """
-    return _TOKENS.get()
+    return TOKENS.get()
 
 
 def in_request() -> bool:
@@ -94,12 +90,12 @@ def end_request(token: Token[bool]) -> None:
 
 def set_request_session(session: RequestSession) -> Token[RequestSession | None]:
     """Make *session* the one every session opened in this request writes its id to."""
-    return _REQUEST_SESSION.set(session)
+    return REQUEST_SESSION.set(session)
 
 
 def reset_request_session(token: Token[RequestSession | None]) -> None:
     """Undo the matching :func:`set_request_session`."""
-    _REQUEST_SESSION.reset(token)
+    REQUEST_SESSION.reset(token)
 
 
 def count_celery(key: str) -> None:
