@@ -22,7 +22,7 @@ from . import _http, _sigterm
 from ._config import UNSET, Config, Redactor, build_config
 from ._convert import convert, reset_header_sessions
 from ._exporters.base import Exporter
-from ._log import log_once, reset_log_once
+from ._log import log_once
 from ._pipeline import STAT_KEYS, BatchPipeline, ClosedPipeline, InlinePipeline, Prepare
 from ._state import STATE
 
@@ -488,13 +488,12 @@ def reset() -> None:
     Forget the process state (tests): shut down, drop it all, re-read the env.
 
     The pipeline is shut down, SIGTERM's handler given back, and the
-    :data:`~._state.STATE` cleared (configuration, run claims, counters), as
-    are the log-once keys and the converter's per-session system prompts.
+    :data:`~._state.STATE` cleared (configuration, run claims, counters,
+    log-once keys), as are the converter's per-session system prompts.
     """
     shutdown(1.0)
     _sigterm.uninstall()
     STATE.clear()
-    reset_log_once()
     reset_header_sessions()
 
 

@@ -8,7 +8,8 @@ request lives here, in :data:`STATE`:
   (``_runtime`` builds and swaps them under :attr:`ProcessState.lock`);
 - the recorders' root claims and shared runs (``_handler``, touched on the
   callback hot path through module aliases of these very dicts);
-- the process's counters (baggage, Celery), each set under its own lock;
+- the process's counters (baggage, Celery), each set under its own lock, and
+  the problems ``log_once`` has already logged;
 - the process-wide patches installed on request (``instrument_threads``) and
   how to undo them.
 
@@ -91,6 +92,8 @@ class ProcessState:
         self.shared_runs: dict[int, RecordingHandler] = {}
         self.baggage = Counters(BAGGAGE_KEYS)
         self.celery = Counters(CELERY_KEYS)
+        #: the keys ``log_once`` has logged at WARNING already
+        self.logged: set[str] = set()
         #: process-wide patches installed on request, and how to undo each
         #: (``instrument_threads``): ``clear`` undoes them
         self.undo: dict[str, Callable[[], None]] = {}
@@ -107,6 +110,7 @@ class ProcessState:
             self.pipeline = None
         self.claimed.clear()
         self.shared_runs.clear()
+        self.logged.clear()
         self.baggage.clear()
         self.celery.clear()
         for undo in list(self.undo.values()):

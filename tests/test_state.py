@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from context_trace import _handler, _runtime, instrument_threads, stats, track_user
+from context_trace._log import log_once
 from context_trace._state import STATE
 
 
@@ -40,3 +42,16 @@ class TestReset:
 
         assert 0 == stats()["baggage_sent"]
         assert 0 == STATE.celery.snapshot()["sent"]
+
+    def test_reset_lets_a_logged_problem_warn_again(self, caplog):
+        """A problem logged once at WARNING warns again after reset()."""
+        logger = logging.getLogger("context_trace.test_state")
+        with caplog.at_level(logging.DEBUG, logger="context_trace"):
+            log_once(logger, "state-test", "first")
+            log_once(logger, "state-test", "second")
+            _runtime.reset()
+            log_once(logger, "state-test", "third")
+
+        assert ["WARNING", "DEBUG", "WARNING"] == [
+            r.levelname for r in caplog.records if r.name == logger.name
+        ]
