@@ -31,12 +31,12 @@ import ipaddress
 import logging
 import math
 import os
-import threading
 import time
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, unquote_plus
 
 from ._log import log_once
+from ._state import STATE
 
 __all__ = [
     "ENV_BAGGAGE_SECRET",
@@ -47,9 +47,7 @@ __all__ = [
     "USER_KEY",
     "BaggageTrust",
     "check_secret",
-    "counts",
     "outgoing",
-    "reset_counts",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -65,32 +63,10 @@ MAX_BYTES = 8192
 _VERSION = "v1"
 _DEFAULT_MAX_AGE = 300.0
 
-_lock = threading.Lock()
-_COUNT_KEYS = (
-    "baggage_sent",
-    "baggage_not_sent",
-    "baggage_accepted",
-    "baggage_rejected",
-)
-_counts = dict.fromkeys(_COUNT_KEYS, 0)
-
-
-def counts() -> dict[str, int]:
-    """The baggage counters ``stats()`` reports."""
-    with _lock:
-        return dict(_counts)
-
-
-def reset_counts() -> None:
-    """Zero the counters (``reset()``, tests)."""
-    with _lock:
-        for key in _COUNT_KEYS:
-            _counts[key] = 0
-
 
 def _count(key: str) -> None:
-    with _lock:
-        _counts[key] += 1
+    """Count one baggage event in the process state (``stats()`` reports them)."""
+    STATE.baggage.add(key)
 
 
 def _encode(value: str) -> str:

@@ -35,10 +35,10 @@ import logging
 import threading
 from typing import Any
 
-from . import _runtime, _scopes
+from . import _activation, _runtime
+from ._activation import Scope
 from ._handler import RecordingHandler
 from ._log import log_once
-from ._scopes import Scope
 
 __all__ = ["ContextCallbackHandler"]
 
@@ -143,7 +143,7 @@ class ContextCallbackHandler(RecordingHandler):
         root of its own). A scope without a recorder is disabled or sampled out:
         nothing is recorded either.
         """
-        if _scopes._ACTIVE_SCOPE.get() is not None:
+        if _activation.ACTIVE_SCOPE.get() is not None:
             return None
         if not _runtime.active_config().enabled:
             return None

@@ -29,6 +29,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from . import _graph_streams, _runtime
 from ._log import log_once
+from ._state import STATE
 from ._turn import RECEIVING, Turn, light_result
 
 if TYPE_CHECKING:
@@ -45,14 +46,14 @@ _logger = logging.getLogger(__name__)
 # only the first one records it. dict.setdefault and pop are atomic in CPython.
 # Keys are ``run_id.int``: UUID's __hash__ and __eq__ are Python-level calls, an
 # int's are not, and these maps are touched several times per run.
-_CLAIMED: dict[int, RecordingHandler] = {}
+_CLAIMED: dict[int, RecordingHandler] = STATE.claimed
 
 # Run id -> the drop-in recorder whose turn holds that run. Two drop-in
 # ContextCallbackHandler instances on one tree (one on the chain, one on the
 # model: the shape the Context docs warn about) each see a "root": the second
 # sees the model run, whose parent is already in the first one's turn. Only
 # handlers with ``_shares_runs`` write here, so scope recorders pay nothing.
-_SHARED_RUNS: dict[int, RecordingHandler] = {}
+_SHARED_RUNS: dict[int, RecordingHandler] = STATE.shared_runs
 
 # A root with no model call is recorded when it answered in one of these (a
 # guardrail's refusal); see _finish.

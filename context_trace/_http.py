@@ -60,7 +60,7 @@ def _add_baggage(headers: Any, library: str) -> None:
     """Merge the scope's entries into *headers* (httpx or requests); never raises."""
     # No import edge to the scopes and the runtime (they import this module):
     # a scope can only be active once they are loaded.
-    scopes = sys.modules.get("context_trace._scopes")
+    scopes = sys.modules.get("context_trace._activation")
     if scopes is None:
         return
     try:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["log_once", "reset_log_once"]
+from ._state import STATE
 
-_LOGGED: set[str] = set()
+__all__ = ["log_once"]
+
+# The keys seen so far, in the process state (``reset()`` forgets them).
+_LOGGED = STATE.logged
 
 
 def log_once(
@@ -23,8 +26,3 @@ def log_once(
     # set.add is atomic in CPython: two threads racing may both warn, never crash.
     _LOGGED.add(key)
     logger.log(level, msg, *args, exc_info=exc_info)
-
-
-def reset_log_once() -> None:
-    """Forget which keys were logged (tests, ``reset()``)."""
-    _LOGGED.clear()

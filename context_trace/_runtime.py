@@ -12,19 +12,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from langchain_core.tracers.context import run_collector_var, tracing_v2_callback_var
 
-from . import _baggage, _http, _sigterm
+from . import _http, _sigterm
 from ._config import UNSET, Config, Redactor, build_config
 from ._convert import convert, reset_header_sessions
 from ._exporters.base import Exporter
-from ._log import log_once, reset_log_once
+from ._log import log_once
 from ._pipeline import STAT_KEYS, BatchPipeline, ClosedPipeline, InlinePipeline, Prepare
+from ._state import STATE
 
 __all__ = [
     "active_config",
@@ -51,18 +51,8 @@ def preparer(redact: Redactor | None) -> Prepare:
     return functools.partial(convert, redact=redact)
 
 
-class _State:
-    """The process-wide state: configuration and the (lazily started) pipeline."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.config: Config | None = None
-        self.pipeline: AnyPipeline | None = None
-        #: why the environment's configuration was rejected (see get_config)
-        self.config_error: Exception | None = None
-
-
-_STATE = _State()
+# The process state (configuration, pipeline, claims, counters): see ``_state``.
+_STATE = STATE
 
 
 def active_config() -> Config:
@@ -489,20 +479,22 @@ def stats() -> dict[str, int]:
     """
     pipeline = _STATE.pipeline
     counters = dict.fromkeys(STAT_KEYS, 0) if pipeline is None else pipeline.stats()
-    counters.update(_baggage.counts())
+    counters.update(STATE.baggage.snapshot())
     return counters
 
 
 def reset() -> None:
-    """Forget configuration and pipeline (tests): shut down, drop state, re-read env."""
+    """
+    Forget the process state (tests): shut down, drop it all, re-read the env.
+
+    The pipeline is shut down, SIGTERM's handler given back, and the
+    :data:`~._state.STATE` cleared (configuration, run claims, counters,
+    log-once keys), as are the converter's per-session system prompts.
+    """
     shutdown(1.0)
     _sigterm.uninstall()
-    with _STATE.lock:
-        _STATE.config = None
-        _STATE.config_error = None
-    reset_log_once()
+    STATE.clear()
     reset_header_sessions()
-    _baggage.reset_counts()
 
 
 def _replace_config(**changes: Any) -> Config:

@@ -12,7 +12,7 @@ from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
-from context_trace import _config, _handler, _runtime, uninstrument_threads
+from context_trace import _config, _runtime
 from context_trace._scopes import current_scope
 
 
@@ -33,8 +33,6 @@ def _clean_context_trace(
     monkeypatch.setenv(_config.ENV_DB, str(tmp_path / "traces.db"))
     _runtime.reset()
     yield
-    uninstrument_threads()
     leaked = current_scope()
     _runtime.reset()
-    _handler._CLAIMED.clear()
     assert leaked is None, "a test leaked an active scope"

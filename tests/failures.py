@@ -22,7 +22,7 @@ from langchain_core.runnables import Runnable, RunnableLambda
 from langchain_core.tools import tool
 
 import context_trace
-from context_trace import _handler, _runtime
+from context_trace import _runtime
 
 from .compat._models import ToolCallingFake
 
@@ -108,5 +108,4 @@ def record_failures(path: Path) -> None:
         assert _runtime.flush(10.0)
     finally:
         _runtime.reset()
-        _handler._CLAIMED.clear()
         os.environ.update(saved)

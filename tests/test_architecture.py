@@ -167,3 +167,38 @@ class TestImportGraph:
                     offenders.append(f"{name} imports {imported}")
 
         assert [] == offenders
+
+    def test_integrations_use_no_private_name_of_another_module(self):
+        """Integrations import no underscore name from outside integrations/, and the scopes only via the internal API."""
+        offenders = []
+        scope_modules = {
+            "context_trace._scopes",
+            "context_trace._activation",
+            "context_trace._decorators",
+            "context_trace._resolvers",
+            "context_trace._sessions",
+            "context_trace._streams",
+            "context_trace._threads",
+            "context_trace._runtime",
+            "context_trace._state",
+        }
+        for path in (PACKAGE_DIR / "integrations").rglob("*.py"):
+            name = _module_name(path)
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom):
+                    continue
+                if node.level:
+                    continue  # a sibling in integrations/
+                target = node.module or ""
+                if not target.startswith(PACKAGE):
+                    continue
+                if target in scope_modules:
+                    offenders.append(f"{name} imports {target}")
+                for alias in node.names:
+                    if alias.name.startswith("_"):
+                        offenders.append(f"{name} imports {target}.{alias.name}")
+                    if f"{target}.{alias.name}" in scope_modules:
+                        offenders.append(f"{name} imports {target}.{alias.name}")
+
+        assert [] == offenders

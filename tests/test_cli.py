@@ -37,7 +37,7 @@ from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import StructuredTool
 
 import context_trace
-from context_trace import _handler, _runtime, cli
+from context_trace import _runtime, cli
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.models import StoredConversation
@@ -247,7 +247,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
             _populate(path)
         finally:
             _runtime.reset()
-            _handler._CLAIMED.clear()
     with SQLiteReader(path) as reader:
         rows = tuple(reader.conversations())
     conn = sqlite3.connect(path)

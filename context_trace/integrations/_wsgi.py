@@ -27,21 +27,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from context_trace import _runtime
 from context_trace._baggage import BaggageTrust
-from context_trace._log import log_once
-from context_trace._scopes import (
-    _ACTIVE_SCOPE,
-    _REQUEST_SESSION,
+from context_trace._integration_api import (
     RequestSession,
     Scope,
-    _check_metadata,
+    begin_request,
+    check_metadata,
+    end_request,
+    in_request,
+    leave,
     normalize_id,
     open_scope,
+    reset_request_session,
+    set_request_session,
 )
+from context_trace._log import log_once
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -58,7 +60,6 @@ __all__ = [
     "check_metadata_source",
     "check_source",
     "log_resolver_error",
-    "request_done",
     "resolve_metadata",
     "safe_header_value",
 ]
@@ -72,13 +73,6 @@ ENVIRON_KEY = "context_trace.request_scope"
 
 _USER_ENVIRON = "HTTP_X_USER_ID"
 _SESSION_ENVIRON = "HTTP_X_SESSION_ID"
-
-# Set while a context_trace middleware is handling a request in this context. A
-# second middleware on the same request (the app wrapped twice, or a WSGI app
-# mounted inside an ASGI app that has ours) passes the request straight through.
-_IN_REQUEST: ContextVar[bool] = ContextVar(
-    "context_trace.integrations.in_request", default=False
-)
 
 MetadataSource = Mapping[str, Any] | Callable[..., Mapping[str, Any]] | None
 
@@ -106,12 +100,12 @@ def check_metadata_source(value: object) -> MetadataSource:
     """Validate metadata now when it is a mapping; callables are checked per request."""
     if value is None or callable(value):
         return value
-    return _check_metadata(value)  # type: ignore[arg-type]
+    return check_metadata(value)  # type: ignore[arg-type]
 
 
 def resolve_metadata(value: object) -> dict[str, str]:
     """Turn a resolver's result into ``str -> str`` metadata (TypeError when bad)."""
-    return _check_metadata(value)  # type: ignore[arg-type]
+    return check_metadata(value)  # type: ignore[arg-type]
 
 
 def safe_header_value(value: str) -> bool:
@@ -147,7 +141,7 @@ class RequestScope:
         #: The scope the rest of the request (and its body) runs in, or None.
         self.scope: Scope | None = None
         #: The session the request used last (its header's, or one its view
-        #: opened); set while ``_REQUEST_SESSION`` holds it (see the middleware).
+        #: opened); set as the request session while the app runs (see the middleware).
         self.session = RequestSession()
         self._active: list[Scope] = []
 
@@ -253,13 +247,7 @@ class _ScopedBody:
                 with self._scope:
                     close()
         finally:
-            request_done()
-
-
-def request_done() -> None:
-    """The request is over: flush now in serverless mode (outermost scope only)."""
-    if _ACTIVE_SCOPE.get() is None:
-        _runtime.on_outermost_exit()
+            leave()  # the request is over
 
 
 # --------------------------------------------------------------------------- middleware
@@ -342,12 +330,12 @@ class ContextTraceWSGIMiddleware:
     def __call__(
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
-        if _IN_REQUEST.get():
+        if in_request():
             return self.app(environ, start_response)
         request = RequestScope()
         environ[ENVIRON_KEY] = request
-        in_request = _IN_REQUEST.set(True)
-        request_session = _REQUEST_SESSION.set(request.session)
+        request_mark = begin_request()
+        request_session = set_request_session(request.session)
         try:
             try:
                 scope = self._open(environ)
@@ -363,17 +351,17 @@ class ContextTraceWSGIMiddleware:
                 # final scope on its own.
                 request.release()
         except BaseException:
-            request_done()
+            leave()  # the request is over
             raise
         finally:
-            _REQUEST_SESSION.reset(request_session)
-            _IN_REQUEST.reset(in_request)
+            reset_request_session(request_session)
+            end_request(request_mark)
         final = request.scope
         file_wrapper = environ.get("wsgi.file_wrapper")
         if final is None or (
             isinstance(file_wrapper, type) and isinstance(body, file_wrapper)
         ):
             # Files sent with the server's file wrapper keep their fast path.
-            request_done()
+            leave()  # the request is over
             return body
         return _ScopedBody(final, body)

@@ -27,23 +27,27 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from context_trace import _runtime
 from context_trace._baggage import BaggageTrust
-from context_trace._scopes import (
-    _REQUEST_SESSION,
+from context_trace._integration_api import (
     RequestSession,
     Scope,
+    active_config,
+    begin_request,
+    end_request,
+    flush,
+    in_request,
+    leave,
     normalize_id,
     open_scope,
+    reset_request_session,
+    set_request_session,
 )
 
 from ._wsgi import (
-    _IN_REQUEST,
     check_baggage_trust,
     check_metadata_source,
     check_source,
     log_resolver_error,
-    request_done,
     resolve_metadata,
     safe_header_value,
 )
@@ -85,9 +89,9 @@ async def _call(resolver: Callable[[Any], Any], request: Any) -> Any:
 
 
 def _flush_at_shutdown() -> None:
-    timeout = _runtime.active_config().shutdown_timeout
+    timeout = active_config().shutdown_timeout
     try:
-        done = _runtime.flush(timeout)
+        done = flush(timeout)
     except Exception:
         _logger.warning("context_trace: flush at shutdown failed", exc_info=True)
         return
@@ -171,13 +175,13 @@ class ContextTraceMiddleware:
         if kind == "lifespan":
             await self.app(scope, receive, self._lifespan_send(send))
             return
-        if kind != "http" or _IN_REQUEST.get():
+        if kind != "http" or in_request():
             await self.app(scope, receive, send)
             return
         # Every session the request opens (its own, an endpoint's) is noted
         # here; the response header names the last one.
         session = RequestSession()
-        request_session = _REQUEST_SESSION.set(session)
+        request_session = set_request_session(session)
         try:
             ct_scope = await self._open_scope(scope)
             if ct_scope is None:
@@ -185,16 +189,15 @@ class ContextTraceMiddleware:
                 return
             if ct_scope.session is None:
                 session.id = None  # a failed resolver: served without a session
-            in_request = _IN_REQUEST.set(True)
+            request_mark = begin_request()
             ct_scope.activate()
             try:
                 await self.app(scope, receive, self._session_send(send, session))
             finally:
-                ct_scope.deactivate()
-                _IN_REQUEST.reset(in_request)
-                request_done()
+                leave(ct_scope)
+                end_request(request_mark)
         finally:
-            _REQUEST_SESSION.reset(request_session)
+            reset_request_session(request_session)
 
     async def _open_scope(self, scope: ASGIScope) -> Scope | None:
         try:

@@ -12,7 +12,7 @@ Celery integration: a task runs in the scope of the code that sent it.
   chain, a chord's body, link callbacks and a retry are sent by the worker
   while the task before them runs in its scope, so they carry the same ids.
 - ``task_prerun`` (in the worker, on the thread that runs the task): a valid
-  header opens a scope with those ids (:func:`~context_trace._scopes.open_scope`)
+  header opens a scope with those ids (:func:`~context_trace._integration_api.open_scope`)
   and activates it; a missing one leaves the task unscoped, as before; a
   malformed one is ignored, counted and logged once.
 - ``task_postrun`` (same thread; Celery sends it from a ``finally``, whether the
@@ -36,7 +36,6 @@ header is checked for shape and size, not for origin.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -52,9 +51,17 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "install 'context-trace[celery]'"
     ) from exc
 
-from context_trace import _runtime
+from context_trace._integration_api import (
+    Scope,
+    activation,
+    celery_counts,
+    count_celery,
+    current_scope,
+    leave,
+    open_scope,
+    shutdown,
+)
 from context_trace._log import log_once
-from context_trace._scopes import _ACTIVE_SCOPE, _TOKENS, Scope, open_scope
 
 __all__ = ["HEADER", "MAX_BYTES", "MAX_ENTRIES", "ContextTraceCelery", "stats"]
 
@@ -76,16 +83,12 @@ _APPS: weakref.WeakSet[celery.Celery] = weakref.WeakSet()
 _CONNECT_LOCK = threading.Lock()
 _connected = False
 
-_STAT_KEYS = ("sent", "not_sent", "received", "ignored")
-_counts = dict.fromkeys(_STAT_KEYS, 0)
-_counts_lock = threading.Lock()
-
 
 class _Frame(NamedTuple):
     """A task running on this thread: what to restore when it ends."""
 
     task_id: str | None
-    #: the scopes' activation entry (``_TOKENS``) before the task started
+    #: the scopes' activation marker (``activation()``) before the task started
     before: Any
     #: the entry of the scope opened from the task's header (``before`` if none)
     opened: Any
@@ -96,20 +99,6 @@ class _Frame(NamedTuple):
 _TASKS: ContextVar[tuple[_Frame, ...]] = ContextVar(
     "context_trace.celery.tasks", default=()
 )
-
-
-def _new_counts_lock() -> None:
-    """A forked child (a prefork worker) gets a lock no parent thread can hold."""
-    global _counts_lock
-    _counts_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_counts_lock)
-
-
-def _count(key: str) -> None:
-    with _counts_lock:
-        _counts[key] += 1
 
 
 def stats() -> dict[str, int]:
@@ -126,8 +115,9 @@ def stats() -> dict[str, int]:
 
     .. versionadded:: 0.3.0
     """
-    with _counts_lock:
-        return dict(_counts)
+    # In the process state: reset() zeroes them, a forked child (a prefork
+    # worker) gets a fresh lock.
+    return celery_counts()
 
 
 # --------------------------------------------------------------------------- header
@@ -212,7 +202,7 @@ def _before_task_publish(headers: Any = None, **_: Any) -> None:
     if not isinstance(headers, dict):
         return  # task protocol 1 has no message headers to carry it
     try:
-        scope = _ACTIVE_SCOPE.get()
+        scope = current_scope()
         if scope is None:
             # Never anything from outside a scope: not even a header copied
             # from another task's request (a retry copies its request's).
@@ -221,7 +211,7 @@ def _before_task_publish(headers: Any = None, **_: Any) -> None:
         value = _encode(scope)
         if value is None:
             headers.pop(HEADER, None)
-            _count("not_sent")
+            count_celery("not_sent")
             log_once(
                 _logger,
                 "celery.ids_too_large",
@@ -231,7 +221,7 @@ def _before_task_publish(headers: Any = None, **_: Any) -> None:
             )
             return
         headers[HEADER] = value
-        _count("sent")
+        count_celery("sent")
     except Exception:  # noqa: BLE001 - sending the task must never fail because of us
         log_once(
             _logger,
@@ -249,7 +239,7 @@ def _scope_of(task: Any, task_id: str | None) -> Scope | None:
     try:
         user_id, session_id, metadata = _decode(value)
     except _Malformed as exc:
-        _count("ignored")
+        count_celery("ignored")
         log_once(
             _logger,
             "celery.malformed",
@@ -261,7 +251,7 @@ def _scope_of(task: Any, task_id: str | None) -> Scope | None:
             exc,
         )
         return None
-    _count("received")
+    count_celery("received")
     return open_scope(user_id, session_id, metadata)
 
 
@@ -269,7 +259,7 @@ def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None
     """Open the task's scope on the thread that runs it."""
     if task is None or getattr(task, "app", None) not in _APPS:
         return
-    before = _TOKENS.get()
+    before = activation()
     try:
         scope = _scope_of(task, task_id)
         if scope is not None:
@@ -282,7 +272,7 @@ def _task_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None
             exc_info=True,
         )
         _restore(before)
-    _TASKS.set((*_TASKS.get(), _Frame(task_id, before, _TOKENS.get())))
+    _TASKS.set((*_TASKS.get(), _Frame(task_id, before, activation())))
 
 
 def _restore(before: Any) -> bool:
@@ -293,14 +283,14 @@ def _restore(before: Any) -> bool:
         Whether it is (False: a scope could not be deactivated here).
     """
     for _ in range(_MAX_UNWIND):
-        entry = _TOKENS.get()
+        entry = activation()
         if entry is before:
             return True
-        scope = _ACTIVE_SCOPE.get()
+        scope = current_scope()
         if entry is None or scope is None:
             break
         scope.deactivate()
-        if _TOKENS.get() is entry:  # not reset: a token of another context
+        if activation() is entry:  # not reset: a token of another context
             break
     return False
 
@@ -316,7 +306,7 @@ def _task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> Non
     frame = frames[index]
     _TASKS.set(frames[:index])
     try:
-        leaked = _TOKENS.get() is not frame.opened
+        leaked = activation() is not frame.opened
         if not _restore(frame.before):
             log_once(
                 _logger,
@@ -332,8 +322,7 @@ def _task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> Non
                 " task ended",
                 getattr(task, "name", "?"),
             )
-        if _ACTIVE_SCOPE.get() is None:
-            _runtime.on_outermost_exit()
+        leave()
     except Exception:  # noqa: BLE001 - must not fail the worker
         log_once(
             _logger,
@@ -346,7 +335,7 @@ def _task_postrun(task_id: str | None = None, task: Any = None, **_: Any) -> Non
 def _worker_process_shutdown(**_: Any) -> None:
     """A prefork child is about to ``os._exit``: export what it recorded."""
     try:
-        _runtime.shutdown()
+        shutdown()
     except Exception:  # the child must exit anyway
         _logger.warning(
             "context_trace: could not export at the worker's exit", exc_info=True

@@ -48,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from context_trace._baggage import BaggageTrust
-from context_trace._scopes import normalize_id
+from context_trace._integration_api import normalize_id
 
 from ._wsgi import (
     ENVIRON_KEY,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from context_trace import _config, _convert, _handler, _runtime, uninstrument_threads
+from context_trace import _config, _runtime
 from context_trace._scopes import current_scope
 from context_trace.testing import CapturedRecords, capture
 
@@ -37,12 +37,8 @@ def _clean_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[No
     # Never write to the real ~/.context_trace store, whatever a test does.
     monkeypatch.setenv(_config.ENV_DB, str(tmp_path / "traces.db"))
     _runtime.reset()
-    _convert.reset_header_sessions()
     yield
-    uninstrument_threads()
     _runtime.reset()
-    _convert.reset_header_sessions()
-    _handler._CLAIMED.clear()
     assert current_scope() is None, "a test leaked an active scope"
 
 
