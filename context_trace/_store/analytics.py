@@ -28,6 +28,8 @@ from context_trace._store.codec import messages_from_json as _messages_from_json
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
 from .connection import read_uri
+from .retention import Retention
+from .retention import retention as _retention
 from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
 
 __all__ = [
@@ -500,6 +502,12 @@ class Analytics:
             ),
             top_users=tuple((_user(k), n) for k, n in top),
         )
+
+    # --- retention ------------------------------------------------------------
+
+    def retention(self, *, weeks: int = 8, since: date | None = None) -> Retention:
+        """Active users, cohorts and churn: see :func:`.retention.retention`."""
+        return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
 
     # --- users ----------------------------------------------------------------
 

@@ -6,8 +6,9 @@ no extra indexes), so recording pays nothing for the dashboard. Everything the
 dashboard needs to answer fast lives in a separate file, by default
 ``<store>.ui-index`` next to the store (see :func:`default_index_path`):
 
-- summary tables (``ui_*``): totals per user, per day, per user and day, a
-  latency histogram per day, and the models seen;
+- summary tables (``ui_*``): totals per user, per day, per user and day, the
+  users active each ISO week and calendar month, a latency histogram per day,
+  and the models seen;
 - per-user lists of turn and session numbers (``ui_turns``, ``ui_sessions``),
   which stand in for the per-user indexes the store does without;
 - ``conversations_fts``, an FTS5 index over the messages' text.
@@ -44,6 +45,7 @@ __all__ = [
     "INDEX_VERSION",
     "LATENCY_BUCKETS_PER_DECADE",
     "REQUEST_CHUNK",
+    "WEEK_SQL",
     "UIIndex",
     "default_index_path",
 ]
@@ -156,6 +158,35 @@ _SCHEMA = (
     " ('feedback', ''), ('store_first', NULL)",
 )
 
+# The Monday (a UTC ``YYYY-MM-DD``) of the ISO week of a ``YYYY-MM-DD`` day.
+WEEK_SQL = "date({}, '-6 days', 'weekday 1')"
+# Who was active each ISO week and each calendar month (UTC): what retention
+# counts (see :mod:`.retention`). Added to the version 3 schema without a new
+# version: a sidecar without them gets them here, filled from ui_user_day.
+_ACTIVITY_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS ui_user_week (
+        week TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        PRIMARY KEY (week, user_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_user_month (
+        month TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        PRIMARY KEY (month, user_key)
+    ) WITHOUT ROWID
+    """,
+)
+_FILL_ACTIVITY = (
+    "INSERT INTO ui_user_week (week, user_key) SELECT DISTINCT"
+    f" {WEEK_SQL.format('day')}, user_key FROM ui_user_day WHERE true"
+    " ON CONFLICT DO NOTHING",
+    "INSERT INTO ui_user_month (month, user_key) SELECT DISTINCT substr(day, 1, 7),"
+    " user_key FROM ui_user_day WHERE true ON CONFLICT DO NOTHING",
+)
+
 # One chunk: the new conversations numbered (?1, ?2], with what the summaries need.
 _CHUNK = (
     "CREATE TEMP TABLE chunk AS SELECT n, coalesce(user_id, '') AS user_key,"
@@ -179,6 +210,12 @@ _APPLY_CHUNK = (
     " SELECT day, user_key, count(*) FROM chunk GROUP BY day, user_key"
     " ON CONFLICT (day, user_key) DO UPDATE SET"
     " conversations = conversations + excluded.conversations",
+    # Active users per ISO week and calendar month (see _ACTIVITY_SCHEMA).
+    "INSERT INTO ui_user_week (week, user_key) SELECT DISTINCT"
+    f" {WEEK_SQL.format('day')}, user_key FROM chunk WHERE true"
+    " ON CONFLICT DO NOTHING",
+    "INSERT INTO ui_user_month (month, user_key) SELECT DISTINCT substr(day, 1, 7),"
+    " user_key FROM chunk WHERE true ON CONFLICT DO NOTHING",
     "INSERT INTO ui_day_stats (day, conversations, errors, tool_errors, latency_sum,"
     " prompt_tokens, completion_tokens)"
     " SELECT day, count(*), sum(failed), sum(tool_failed), sum(latency_ms),"
@@ -405,6 +442,11 @@ class UIIndex:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {_APPLICATION_ID:d}")
                 conn.execute(f"PRAGMA user_version = {INDEX_VERSION:d}")
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_user_week'"
+            ).fetchone():
+                for statement in (*_ACTIVITY_SCHEMA, *_FILL_ACTIVITY):
+                    conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -14,9 +14,10 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace replay                   deliver them now
     context-trace demo                     record a demo app's traffic (its own store)
     context-trace ui                       the same, in a local web dashboard
+    context-trace retention                active users, cohorts, churned users
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``show``, ``stats`` and ``outbox`` prints JSON instead (times as epoch seconds). Problems
+``show``, ``stats``, ``outbox`` and ``retention`` prints JSON instead (times as epoch seconds). Problems
 are reported in one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
@@ -36,6 +37,7 @@ from typing import TextIO
 from context_trace import __version__, _config
 from context_trace._store.reader import USER_SORTS
 
+from . import retention as _retention
 from .commands import (
     _DEMO_DB,
     _DEMO_SESSIONS,
@@ -144,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     show = add("show", "the transcript of a session or of one conversation", as_json)
     show.add_argument("id", metavar="ID", help="a session id or a conversation id")
 
+    _retention.add_parser(add, as_json)
+
     export = add("export", "every conversation as JSON lines or CSV")
     export.add_argument(
         "--format", choices=("jsonl", "csv"), default="jsonl", help="default: jsonl"
@@ -250,6 +254,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "replay": _cmd_replay,
     "demo": _cmd_demo,
     "ui": _cmd_ui,
+    "retention": _retention.cmd_retention,
 }
 
 
