@@ -9,6 +9,8 @@ dashboard needs to answer fast lives in a separate file, by default
 - summary tables (``ui_*``): totals per user, per day, per user and day, the
   users active each ISO week and calendar month, a latency histogram per day,
   and the models seen;
+- segments (``ui_segment_*``): each turn's metadata values (plan, tenant,
+  variant, model...) with the turn's measures, and the users who had them;
 - per-user lists of turn and session numbers (``ui_turns``, ``ui_sessions``),
   which stand in for the per-user indexes the store does without;
 - ``conversations_fts``, an FTS5 index over the messages' text.
@@ -45,6 +47,7 @@ __all__ = [
     "INDEX_VERSION",
     "LATENCY_BUCKETS_PER_DECADE",
     "REQUEST_CHUNK",
+    "SEGMENT_VALUE_MAX",
     "WEEK_SQL",
     "UIIndex",
     "default_index_path",
@@ -179,6 +182,81 @@ _ACTIVITY_SCHEMA = (
     ) WITHOUT ROWID
     """,
 )
+# Segments: each turn's metadata (the scopes' and the run's, e.g. plan, tenant,
+# variant, and its model) as (key, value) rows with the turn's measures, so a
+# segment's figures are a range scan here, never a read of the store. The keys
+# the converter computes per turn (latency, token counts, errors, the prompt)
+# are measures, not segments, and long values are not segments either.
+SEGMENT_VALUE_MAX = 200
+_SEGMENT_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_turn (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        user_key TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        tool_failed INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        PRIMARY KEY (key, value, n)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_user (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        PRIMARY KEY (key, value, user_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segments (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value)
+    ) WITHOUT ROWID
+    """,
+)
+_NOT_SEGMENTS = (
+    "latency_ms", "model_calls", "failed_tools", "stream_abandoned", "error_type",
+    "error", "model_input",
+)  # fmt: skip
+
+
+def _segment_rows(first: str, last: str) -> str:
+    """The (key, value) rows of the store's turns numbered (*first*, *last*]."""
+    skipped = ", ".join(f"'{k}'" for k in _NOT_SEGMENTS)
+    return (
+        "SELECT j.key AS key, j.value AS value, c.n AS n,"
+        " coalesce(c.user_id, '') AS user_key, c.started_at, c.latency_ms,"
+        f" c.error IS NOT NULL AS failed, {tool_error_sql('c')} AS tool_failed,"
+        " coalesce(c.prompt_tokens, 0) AS prompt_tokens,"
+        " coalesce(c.completion_tokens, 0) AS completion_tokens"
+        " FROM store.conversations c, json_each(c.metadata) j"
+        f" WHERE c.n > {first} AND c.n <= {last} AND j.type = 'text'"
+        f" AND j.key NOT IN ({skipped}) AND j.key NOT LIKE '%!_tokens' ESCAPE '!'"
+        f" AND length(j.value) BETWEEN 1 AND {SEGMENT_VALUE_MAX}"
+    )
+
+
+def _apply_segments(first: str, last: str) -> tuple[str, ...]:
+    return (
+        f"CREATE TEMP TABLE segment_chunk AS {_segment_rows(first, last)}",
+        "INSERT INTO ui_segment_turn SELECT * FROM segment_chunk WHERE true"
+        " ON CONFLICT DO NOTHING",
+        "INSERT INTO ui_segment_user (key, value, user_key) SELECT DISTINCT key,"
+        " value, user_key FROM segment_chunk WHERE true ON CONFLICT DO NOTHING",
+        "INSERT INTO ui_segments (key, value, conversations) SELECT key, value,"
+        " count(*) FROM segment_chunk GROUP BY key, value ON CONFLICT (key, value)"
+        " DO UPDATE SET conversations = conversations + excluded.conversations",
+        "DROP TABLE temp.segment_chunk",
+    )
+
+
 _FILL_ACTIVITY = (
     "INSERT INTO ui_user_week (week, user_key) SELECT DISTINCT"
     f" {WEEK_SQL.format('day')}, user_key FROM ui_user_day WHERE true"
@@ -447,6 +525,17 @@ class UIIndex:
             ).fetchone():
                 for statement in (*_ACTIVITY_SCHEMA, *_FILL_ACTIVITY):
                     conn.execute(statement)
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_segment_turn'"
+            ).fetchone():
+                # Up to the turns indexed so far; later chunks add theirs.
+                done = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'conversation_n'"
+                ).fetchone()[0]
+                for statement in _SEGMENT_SCHEMA:
+                    conn.execute(statement)
+                for statement in _apply_segments("0", str(int(done))):
+                    conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -487,6 +576,7 @@ class UIIndex:
                     "gone_feedback",
                     "touched_sessions",
                     "touched_keys",
+                    "segment_chunk",
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed
@@ -510,6 +600,8 @@ class UIIndex:
         if end > start:
             conn.execute(_CHUNK, (start, end))
             for statement in _APPLY_CHUNK:
+                conn.execute(statement, (start, end) if "?1" in statement else ())
+            for statement in _apply_segments("?1", "?2"):
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             if meta["store_first"] is None:
                 conn.execute(

@@ -15,9 +15,10 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace demo                     record a demo app's traffic (its own store)
     context-trace ui                       the same, in a local web dashboard
     context-trace retention                active users, cohorts, churned users
+    context-trace compare --segment-a plan=pro --segment-b plan=free
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``show``, ``stats``, ``outbox`` and ``retention`` prints JSON instead (times as epoch seconds). Problems
+``show``, ``stats``, ``outbox``, ``retention`` and ``compare`` prints JSON instead (times as epoch seconds). Problems
 are reported in one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
@@ -37,6 +38,7 @@ from typing import TextIO
 from context_trace import __version__, _config
 from context_trace._store.reader import USER_SORTS
 
+from . import compare as _compare
 from . import retention as _retention
 from .commands import (
     _DEMO_DB,
@@ -147,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID", help="a session id or a conversation id")
 
     _retention.add_parser(add, as_json)
+    _compare.add_parser(add, as_json)
 
     export = add("export", "every conversation as JSON lines or CSV")
     export.add_argument(
@@ -255,6 +258,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "demo": _cmd_demo,
     "ui": _cmd_ui,
     "retention": _retention.cmd_retention,
+    "compare": _compare.cmd_compare,
 }
 
 

@@ -50,6 +50,7 @@ from context_trace._store.analytics import (
     USER_SORTS,
     Analytics,
 )
+from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 
 __all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
@@ -72,18 +73,21 @@ _MAX_SEARCH = 1000
 # or parameter cannot be left out of it.
 GLOBAL_PARAMETERS = frozenset({"token"})
 _USER_PARAMS = frozenset({"id", "user", "anonymous"})
-_USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit"})
+_USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit", "range", "meta"})
 _CONVERSATIONS_PARAMS = _USER_PARAMS | {
     "q", "rating", "range", "errors", "tool_errors", "model", "before", "limit",
+    "meta",
 }  # fmt: skip
 PARAMETERS: dict[str, frozenset[str]] = {
-    "overview_page": frozenset({"range"}),
+    "overview_page": frozenset({"range", "meta"}),
+    "api_segments": frozenset(),
+    "api_compare": frozenset({"a", "b", "range"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),
-    "api_overview": frozenset({"range"}),
+    "api_overview": frozenset({"range", "meta"}),
     "api_users": _USERS_PARAMS,
     "api_user": _USER_PARAMS | {"before", "limit"},
     "api_session": frozenset({"id"}),
@@ -231,6 +235,15 @@ def _search_arg() -> str:
             f"q must be at most {_MAX_SEARCH} characters, got {len(value)}"
         )
     return value
+
+
+def _segment_arg(name: str = "meta") -> Segment:
+    """``meta=KEY:VALUE`` (repeatable; empty values, as a form sends, ignored)."""
+    values = [v for v in request.args.getlist(name) if v != ""]
+    try:
+        return parse_segment(values, ":", name)
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
 
 
 def _fmt_time(value: float | None) -> str:
@@ -385,15 +398,15 @@ def create_app(
     app.jinja_env.filters["snippet"] = _snippet
 
     def url(endpoint: str, **params: Any) -> str:
-        clean = {k: v for k, v in params.items() if v not in (None, "", False)}
-        return endpoint + ("?" + urlencode(clean) if clean else "")
+        clean = {k: v for k, v in params.items() if v not in (None, "", False, [], ())}
+        return endpoint + ("?" + urlencode(clean, doseq=True) if clean else "")
 
     app.jinja_env.globals["url"] = url
 
     # --- data, shared by pages and API -----------------------------------------
 
     def overview_data() -> Any:
-        return store().overview(_range())
+        return store().overview(_range(), segment=_segment_arg())
 
     def users_data() -> Any:
         sort = request.args.get("sort", "last_seen")
@@ -408,7 +421,15 @@ def create_app(
             descending=order == "desc",
             offset=_int_arg("offset") or 0,
             limit=_limit(),
+            range_=_range_arg("all"),
+            segment=_segment_arg(),
         )
+
+    def _range_arg(default: str) -> str:
+        value = request.args.get("range", default)
+        if value not in RANGES:
+            raise _BadRequest(f"range must be one of {', '.join(RANGES)}")
+        return value
 
     def user_arg() -> tuple[str | None, bool]:
         if request.args.get("anonymous") == "1":
@@ -453,7 +474,14 @@ def create_app(
             range_=range_,
             before=_int_arg("before"),
             limit=_limit(),
+            segment=_segment_arg(),
         )
+
+    def segments_data() -> Any:
+        return {"keys": store().segments()}
+
+    def compare_data() -> Any:
+        return store().compare(_segment_arg("a"), _segment_arg("b"), _range_arg("all"))
 
     # --- JSON API -------------------------------------------------------------
 
@@ -465,6 +493,8 @@ def create_app(
         return view
 
     app.add_url_rule("/api/overview", "api_overview", api(overview_data))
+    app.add_url_rule("/api/segments", "api_segments", api(segments_data))
+    app.add_url_rule("/api/compare", "api_compare", api(compare_data))
 
     def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
         def view() -> Any:
@@ -509,7 +539,13 @@ def create_app(
 
     @app.route("/")
     def overview_page() -> Any:
-        return render_template("overview.html", o=overview_data(), ranges=RANGES)
+        return render_template(
+            "overview.html",
+            o=overview_data(),
+            ranges=RANGES,
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
+        )
 
     @app.route("/users")
     def users_page() -> Any:
@@ -520,6 +556,10 @@ def create_app(
             sort=request.args.get("sort", "last_seen"),
             order=request.args.get("order", "desc"),
             offset=_int_arg("offset") or 0,
+            range=request.args.get("range", "all"),
+            ranges=RANGES,
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
         )
 
     @app.route("/user")
@@ -544,6 +584,8 @@ def create_app(
             models=store().models(),
             args=request.args,
             ranges=RANGES,
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
         )
 
     @app.route("/login", methods=["GET", "POST"])

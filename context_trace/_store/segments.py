@@ -1,0 +1,342 @@
+"""
+Segments: the turns whose metadata has given values, and two segments compared.
+
+A *segment* is one or more ``key: value`` conditions on a turn's metadata (the
+scopes' metadata, e.g. ``track_user(..., metadata={"plan": "pro"})``, the
+run's, and the answering ``model``); several conditions must all hold. The
+dashboard's sidecar index keeps each turn's metadata values with the turn's
+measures (``ui_segment_turn``, see :mod:`.ui_index`), so a segment's figures
+are a range scan of the index; the store is read only for ratings (few) and
+for the transcripts a page shows.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from .retention import week_of
+from .ui_index import LATENCY_BUCKETS_PER_DECADE, SEGMENT_VALUE_MAX
+
+__all__ = [
+    "MAX_CONDITIONS",
+    "MIN_SAMPLE",
+    "Comparison",
+    "Figure",
+    "Segment",
+    "SegmentFigures",
+    "compare",
+    "parse_segment",
+    "segment_figures",
+    "segment_keys",
+    "segment_turns",
+    "segment_users",
+]
+
+# Conditions in one segment, at most.
+MAX_CONDITIONS = 5
+# A difference between two shares is tested only when each side has at least
+# this many trials, and this many successes and failures (see compare()).
+MIN_SAMPLE = 10
+# The two-sided z-test's threshold: |z| >= 1.96 is p < 0.05.
+_Z_CRITICAL = 1.959964
+
+Segment = tuple[tuple[str, str], ...]
+
+
+def parse_segment(items: Sequence[str], sep: str, name: str) -> Segment:
+    """
+    ``key<sep>value`` strings as a segment.
+
+    Raises:
+        ValueError: Naming *name*, for an item without *sep*, an empty key or
+            value, a value longer than ``SEGMENT_VALUE_MAX``, or more than
+            :data:`MAX_CONDITIONS` items.
+    """
+    if len(items) > MAX_CONDITIONS:
+        raise ValueError(f"{name} can be given at most {MAX_CONDITIONS} times")
+    result = []
+    for item in items:
+        key, found, value = item.partition(sep)
+        if not found or not key or not value:
+            raise ValueError(f"{name} must be KEY{sep}VALUE, got {item!r}")
+        if len(key) > SEGMENT_VALUE_MAX or len(value) > SEGMENT_VALUE_MAX:
+            raise ValueError(
+                f"{name}: key and value must be at most {SEGMENT_VALUE_MAX} characters"
+            )
+        result.append((key, value))
+    return tuple(result)
+
+
+def segment_turns(segment: Segment, column: str) -> tuple[str, list[Any]]:
+    """SQL conditions: the turn numbered *column* is in *segment*."""
+    conds = " AND ".join(
+        f"{column} IN (SELECT n FROM ui_segment_turn WHERE key = ? AND value = ?)"
+        for _ in segment
+    )
+    return conds, [v for pair in segment for v in pair]
+
+
+def segment_users(segment: Segment, column: str) -> tuple[str, list[Any]]:
+    """SQL conditions: the user keyed *column* had a turn with each value."""
+    conds = " AND ".join(
+        f"{column} IN (SELECT user_key FROM ui_segment_user"
+        " WHERE key = ? AND value = ?)"
+        for _ in segment
+    )
+    return conds, [v for pair in segment for v in pair]
+
+
+def _source(segment: Segment) -> tuple[str, list[Any]]:
+    """The segment's turn rows: its first condition drives, the others filter."""
+    (key, value), rest = segment[0], segment[1:]
+    sql = "SELECT * FROM ui_segment_turn s WHERE s.key = ? AND s.value = ?"
+    params: list[Any] = [key, value]
+    if rest:
+        conds, more = segment_turns(rest, "s.n")
+        sql += f" AND {conds}"
+        params += more
+    return sql, params
+
+
+def segment_keys(conn: sqlite3.Connection, top: int = 20) -> dict[str, list[Any]]:
+    """Each metadata key the turns carry -> its *top* values ``[value, turns]``."""
+    result: dict[str, list[Any]] = {}
+    for key, value, count in conn.execute(
+        "SELECT key, value, conversations FROM (SELECT key, value, conversations,"
+        " row_number() OVER (PARTITION BY key ORDER BY conversations DESC, value)"
+        " AS r FROM ui_segments) WHERE r <= ? ORDER BY key, r",
+        (top,),
+    ):
+        result.setdefault(key, []).append([value, count])
+    return result
+
+
+def overview_rows(
+    conn: sqlite3.Connection, segment: Segment, since: float | None
+) -> tuple[list[tuple[Any, ...]], list[tuple[int, int]], list[tuple[str, int]]]:
+    """
+    A segment's overview from *since* (epoch, None: all time): per UTC day
+    ``(day, conversations, active_users, errors, prompt_tokens,
+    completion_tokens, rating_up, rating_down, tool_errors)``, the latency
+    histogram ``(bucket, n)`` and the top 10 users ``(user_key, n)``.
+    """
+    source, params = _source(segment)
+    floor = -math.inf if since is None else since
+    days = conn.execute(
+        "SELECT date(started_at, 'unixepoch') AS day, count(*),"
+        " count(DISTINCT user_key), sum(failed), sum(prompt_tokens),"
+        " sum(completion_tokens), 0, 0, sum(tool_failed)"
+        f" FROM ({source}) WHERE started_at >= ? GROUP BY day ORDER BY day",
+        [*params, floor],
+    ).fetchall()
+    ratings = {
+        d: (up, down)
+        for d, up, down in conn.execute(
+            "SELECT date(f.created_at, 'unixepoch') AS d, sum(f.rating > 0),"
+            " sum(f.rating < 0) FROM feedback f JOIN conversations c"
+            " ON c.id = f.conversation_id"
+            f" WHERE f.created_at >= ? AND {segment_turns(segment, 'c.n')[0]}"
+            " GROUP BY d",
+            [floor, *segment_turns(segment, "c.n")[1]],
+        )
+    }
+    merged = {r[0]: list(r) for r in days}
+    for d, (up, down) in ratings.items():
+        row = merged.setdefault(d, [d, 0, 0, 0, 0, 0, 0, 0, 0])
+        row[6], row[7] = up, down
+    hist = conn.execute(
+        "SELECT CAST(round(log(max(latency_ms, 1))"
+        f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS b, count(*)"
+        f" FROM ({source}) WHERE started_at >= ? GROUP BY b",
+        [*params, floor],
+    ).fetchall()
+    top = conn.execute(
+        f"SELECT user_key, count(*) AS c FROM ({source}) WHERE started_at >= ?"
+        " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
+        [*params, floor],
+    ).fetchall()
+    return [tuple(merged[d]) for d in sorted(merged)], hist, top
+
+
+# --- comparison -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """
+    One measure of one segment: ``value`` (None without data) and ``count``,
+    the number it is computed over (users, conversations, ratings...).
+    """
+
+    value: float | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFigures:
+    """
+    A segment's figures: ``users`` and ``conversations`` are counts (their
+    ``count`` is the same number); the others as documented in the README.
+    """
+
+    segment: dict[str, str]
+    users: Figure
+    conversations: Figure
+    conversations_per_user: Figure
+    rating_up_share: Figure
+    error_rate: Figure
+    latency_p50_ms: Figure
+    latency_p95_ms: Figure
+    tokens_per_conversation: Figure
+    week1_retention: Figure
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A two-proportion z-test of one share between the segments."""
+
+    measure: str
+    z: float | None
+    significant: bool
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """
+    Two segments' figures side by side, and the tests of their shares (none
+    unless both are given; a side not given is None).
+    """
+
+    a: SegmentFigures | None
+    b: SegmentFigures | None
+    differences: tuple[Difference, ...]
+
+
+def _percentile(values: Sequence[int], q: float) -> int | None:
+    if not values:
+        return None
+    return int(values[max(0, math.ceil(q * len(values)) - 1)])
+
+
+def segment_figures(
+    conn: sqlite3.Connection, segment: Segment, since: float | None, today: date
+) -> SegmentFigures:
+    """A segment's figures from *since* (epoch, None: all time)."""
+    source, params = _source(segment)
+    floor = -math.inf if since is None else since
+    users, turns, failed, tokens = conn.execute(
+        "SELECT count(DISTINCT nullif(user_key, '')), count(*), coalesce(sum(failed), 0),"
+        " coalesce(sum(prompt_tokens + completion_tokens), 0)"
+        f" FROM ({source}) WHERE started_at >= ?",
+        [*params, floor],
+    ).fetchone()
+    latencies = [
+        r[0]
+        for r in conn.execute(
+            f"SELECT latency_ms FROM ({source}) WHERE started_at >= ?"
+            " ORDER BY latency_ms",
+            [*params, floor],
+        )
+    ]
+    conds, cparams = segment_turns(segment, "c.n")
+    up, down = conn.execute(
+        "SELECT coalesce(sum(f.rating > 0), 0), coalesce(sum(f.rating < 0), 0)"
+        " FROM feedback f JOIN conversations c ON c.id = f.conversation_id"
+        f" WHERE f.created_at >= ? AND {conds}",
+        [floor, *cparams],
+    ).fetchone()
+    retained, cohort = _week1(conn, segment, floor, today)
+    rated = up + down
+    return SegmentFigures(
+        segment=dict(segment),
+        users=Figure(users, users),
+        conversations=Figure(turns, turns),
+        conversations_per_user=Figure(turns / users if users else None, users),
+        rating_up_share=Figure(up / rated if rated else None, rated),
+        error_rate=Figure(failed / turns if turns else None, turns),
+        latency_p50_ms=Figure(_percentile(latencies, 0.5), turns),
+        latency_p95_ms=Figure(_percentile(latencies, 0.95), turns),
+        tokens_per_conversation=Figure(tokens / turns if turns else None, turns),
+        week1_retention=Figure(retained / cohort if cohort else None, cohort),
+    )
+
+
+def _week1(
+    conn: sqlite3.Connection, segment: Segment, floor: float, today: date
+) -> tuple[int, int]:
+    """
+    (retained, users): the segment's users first seen (ever) from *floor* in
+    an ISO week whose following week has ended too, and how many of them were
+    active in that following week.
+    """
+    # Week 1 has ended for the cohorts up to two weeks before this one.
+    last_week = week_of(today) - timedelta(weeks=1)
+    end = float((last_week - date(1970, 1, 1)).days * 86_400)
+    conds, params = segment_users(segment, "s.user_key")
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ui_user_week w"
+        " WHERE w.user_key = s.user_key AND w.week ="
+        " date(s.first_at, 'unixepoch', '-6 days', 'weekday 1', '+7 days'))), 0)"
+        " FROM ui_user_stats s WHERE s.user_key != '' AND s.first_at >= ?"
+        f" AND s.first_at < ? AND {conds}",
+        [floor, end, *params],
+    ).fetchone()
+    return int(row[1]), int(row[0])
+
+
+def _z_test(measure: str, a: tuple[int, int], b: tuple[int, int]) -> Difference:
+    """Two-proportion z-test of successes/trials *a* against *b* (pooled)."""
+    (xa, na), (xb, nb) = a, b
+    small = [
+        n for x, n in (a, b) if n < MIN_SAMPLE or x < MIN_SAMPLE or n - x < MIN_SAMPLE
+    ]
+    if small:
+        return Difference(
+            measure,
+            None,
+            False,
+            f"not tested: each side needs {MIN_SAMPLE} or more of each outcome",
+        )
+    pooled = (xa + xb) / (na + nb)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / na + 1 / nb))
+    z = (xa / na - xb / nb) / spread if spread else 0.0
+    significant = abs(z) >= _Z_CRITICAL
+    return Difference(
+        measure,
+        round(z, 3),
+        significant,
+        "differs (p < 0.05)" if significant else "no significant difference",
+    )
+
+
+def compare(
+    conn: sqlite3.Connection,
+    a: Segment,
+    b: Segment,
+    since: float | None,
+    today: date,
+) -> Comparison:
+    """Segments *a* and *b* side by side, their shares z-tested (an empty one: None)."""
+    fa = segment_figures(conn, a, since, today) if a else None
+    fb = segment_figures(conn, b, since, today) if b else None
+    if fa is None or fb is None:
+        return Comparison(fa, fb, ())
+
+    def trials(figure: Figure) -> tuple[int, int]:
+        value = figure.value or 0.0
+        return round(value * figure.count), figure.count
+
+    return Comparison(
+        fa,
+        fb,
+        tuple(
+            _z_test(name, trials(getattr(fa, name)), trials(getattr(fb, name)))
+            for name in ("rating_up_share", "error_rate", "week1_retention")
+        ),
+    )
