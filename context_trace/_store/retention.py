@@ -322,8 +322,8 @@ def _churned(
     query = (
         "SELECT p.user_key, sum(p.conversations) AS c FROM ui_user_day p"
         " WHERE p.day >= ?1 AND p.day < ?2 AND p.user_key != ''"
-        " AND NOT EXISTS (SELECT 1 FROM ui_user_day c WHERE"
-        " c.day >= ?2 AND c.day <= ?3 AND c.user_key = p.user_key)"
+        " AND p.user_key NOT IN (SELECT c.user_key FROM ui_user_day c WHERE"
+        " c.day >= ?2 AND c.day <= ?3)"
         " GROUP BY p.user_key"
     )
     params = (previous, current, today.isoformat())

@@ -103,6 +103,26 @@ def _source(segment: Segment) -> tuple[str, list[Any]]:
     return sql, params
 
 
+def _rated(segment: Segment) -> tuple[str, list[Any]]:
+    """
+    The ratings of the segment's turns, ``(created_at, rating)``: each rating
+    finds its turn, then the turn's (key, value) row; ratings are few, so
+    this costs a few lookups per rating (CROSS JOIN keeps that order).
+    """
+    (key, value), rest = segment[0], segment[1:]
+    sql = (
+        "SELECT f.created_at AS created_at, f.rating AS rating FROM feedback f"
+        " CROSS JOIN conversations c ON c.id = f.conversation_id"
+        " CROSS JOIN ui_segment_turn s ON s.key = ? AND s.value = ? AND s.n = c.n"
+    )
+    params: list[Any] = [key, value]
+    if rest:
+        conds, more = segment_turns(rest, "c.n")
+        sql += f" WHERE {conds}"
+        params += more
+    return sql, params
+
+
 def segment_keys(conn: sqlite3.Connection, top: int = 20) -> dict[str, list[Any]]:
     """Each metadata key the turns carry -> its *top* values ``[value, turns]``."""
     result: dict[str, list[Any]] = {}
@@ -134,15 +154,13 @@ def overview_rows(
         f" FROM ({source}) WHERE started_at >= ? GROUP BY day ORDER BY day",
         [*params, floor],
     ).fetchall()
+    rated, rparams = _rated(segment)
     ratings = {
         d: (up, down)
         for d, up, down in conn.execute(
-            "SELECT date(f.created_at, 'unixepoch') AS d, sum(f.rating > 0),"
-            " sum(f.rating < 0) FROM feedback f JOIN conversations c"
-            " ON c.id = f.conversation_id"
-            f" WHERE f.created_at >= ? AND {segment_turns(segment, 'c.n')[0]}"
-            " GROUP BY d",
-            [floor, *segment_turns(segment, "c.n")[1]],
+            "SELECT date(created_at, 'unixepoch') AS d, sum(rating > 0),"
+            f" sum(rating < 0) FROM ({rated}) WHERE created_at >= ? GROUP BY d",
+            [*rparams, floor],
         )
     }
     merged = {r[0]: list(r) for r in days}
@@ -244,12 +262,11 @@ def segment_figures(
             [*params, floor],
         )
     ]
-    conds, cparams = segment_turns(segment, "c.n")
+    rated_sql, rparams = _rated(segment)
     up, down = conn.execute(
-        "SELECT coalesce(sum(f.rating > 0), 0), coalesce(sum(f.rating < 0), 0)"
-        " FROM feedback f JOIN conversations c ON c.id = f.conversation_id"
-        f" WHERE f.created_at >= ? AND {conds}",
-        [floor, *cparams],
+        "SELECT coalesce(sum(rating > 0), 0), coalesce(sum(rating < 0), 0)"
+        f" FROM ({rated_sql}) WHERE created_at >= ?",
+        [*rparams, floor],
     ).fetchone()
     retained, cohort = _week1(conn, segment, floor, today)
     rated = up + down

@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 from urllib.parse import urlencode
 
@@ -81,6 +82,7 @@ _CONVERSATIONS_PARAMS = _USER_PARAMS | {
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range", "meta"}),
     "api_segments": frozenset(),
+    "api_retention": frozenset({"weeks", "since"}),
     "api_compare": frozenset({"a", "b", "range"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
@@ -477,6 +479,22 @@ def create_app(
             segment=_segment_arg(),
         )
 
+    def retention_data() -> Any:
+        weeks = _int_arg("weeks")
+        raw = request.args.get("since", "")
+        since = None
+        if raw:
+            try:
+                since = date.fromisoformat(raw)
+            except ValueError:
+                raise _BadRequest(
+                    f"since must be a day as YYYY-MM-DD, got {raw!r}"
+                ) from None
+        try:
+            return store().retention(weeks=8 if weeks is None else weeks, since=since)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+
     def segments_data() -> Any:
         return {"keys": store().segments()}
 
@@ -494,6 +512,7 @@ def create_app(
 
     app.add_url_rule("/api/overview", "api_overview", api(overview_data))
     app.add_url_rule("/api/segments", "api_segments", api(segments_data))
+    app.add_url_rule("/api/retention", "api_retention", api(retention_data))
     app.add_url_rule("/api/compare", "api_compare", api(compare_data))
 
     def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:

@@ -37,6 +37,7 @@ from context_trace._record import Conversation, Message
 from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
+from context_trace.ui.app import create_app
 
 NOW = calendar.timegm((2026, 3, 18, 12, 0, 0))
 
@@ -303,3 +304,27 @@ def test_cli_retention_missing_store(tmp_path, capsys):
     """A missing store is a data error (1), not a traceback."""
     assert 1 == main(["retention", "--db", str(tmp_path / "none.db")])
     assert "no database at" in capsys.readouterr().err
+
+
+def test_api_retention(clock_store):
+    """/api/retention answers the report; a bad weeks or since is a 400 naming it."""
+    path, monday = clock_store
+    app = create_app(path, refresh_interval=0)
+    client = app.test_client()
+    try:
+        body = client.get("/api/retention?weeks=3").get_json()
+        weeks = client.get("/api/retention?weeks=0")
+        since = client.get("/api/retention?since=March")
+    finally:
+        app.extensions["context_trace_ui"].stop()
+
+    assert [2, 2, 2] == [p["active"] for p in body["weekly"]]
+    assert _day(monday - 14 * 86_400.0) == body["since"]
+    assert (400, "weeks must be from 1 to 104, got 0") == (
+        weeks.status_code,
+        weeks.get_json()["error"],
+    )
+    assert (400, "since must be a day as YYYY-MM-DD, got 'March'") == (
+        since.status_code,
+        since.get_json()["error"],
+    )
