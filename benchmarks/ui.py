@@ -214,6 +214,7 @@ def _calls(path: Path, index: Path) -> list[str]:
     calls.append("/api/models")
     # Retention and segments.
     calls += [
+        "/retention",
         "/api/retention",
         "/api/retention?weeks=12",
         "/api/segments",

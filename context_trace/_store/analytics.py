@@ -29,8 +29,9 @@ from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
 from . import segments as _segments
 from .connection import read_uri
-from .retention import Retention
+from .retention import Retention, WeekCount
 from .retention import retention as _retention
+from .retention import user_activity as _user_activity
 from .segments import Segment
 from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
 
@@ -566,6 +567,12 @@ class Analytics:
     def retention(self, *, weeks: int = 8, since: date | None = None) -> Retention:
         """Active users, cohorts and churn: see :func:`.retention.retention`."""
         return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
+
+    def user_activity(
+        self, user_id: str | None, weeks: int = 26
+    ) -> tuple[WeekCount, ...]:
+        """A user's conversations per ISO week (None: the turns with no user)."""
+        return _user_activity(self._conn, _key(user_id), now=self._clock(), weeks=weeks)
 
     # --- users ----------------------------------------------------------------
 

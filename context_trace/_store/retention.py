@@ -38,7 +38,9 @@ __all__ = [
     "ChurnedUser",
     "CohortRow",
     "Retention",
+    "WeekCount",
     "retention",
+    "user_activity",
     "week_of",
 ]
 
@@ -335,3 +337,41 @@ def _churned(
         (*params, CHURN_LIMIT),
     ).fetchall()
     return int(total), tuple(ChurnedUser(k, int(c), last) for k, c, last in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class WeekCount:
+    """A user's conversations in the ISO week of Monday ``day`` (UTC)."""
+
+    day: str
+    conversations: int
+
+
+def user_activity(
+    conn: sqlite3.Connection,
+    user_key: str,
+    *,
+    now: float | None = None,
+    weeks: int = 26,
+) -> tuple[WeekCount, ...]:
+    """
+    A user's conversations per ISO week, the last *weeks* of them (this one
+    last, weeks without turns as zeros): point lookups in ``ui_user_day``'s
+    ``(day, user_key)`` key, one per day.
+    """
+    today = _utc_day(time.time() if now is None else now)
+    start = week_of(today) - timedelta(weeks=weeks - 1)
+    days = _days(start, today)
+    marks = ",".join("?" * len(days))
+    counts: dict[str, int] = {}
+    for day, n in conn.execute(
+        f"SELECT day, conversations FROM ui_user_day WHERE day IN ({marks})"
+        " AND user_key = ?",
+        [*days, user_key],
+    ):
+        week = week_of(date.fromisoformat(day)).isoformat()
+        counts[week] = counts.get(week, 0) + int(n)
+    return tuple(
+        WeekCount(w, counts.get(w, 0))
+        for w in ((start + timedelta(weeks=i)).isoformat() for i in range(weeks))
+    )

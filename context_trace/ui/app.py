@@ -86,6 +86,7 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_compare": frozenset({"a", "b", "range"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
+    "retention_page": frozenset({"weeks", "since"}),
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),
@@ -275,6 +276,11 @@ def _snippet(marked: str) -> Markup:
     return Markup(marked)
 
 
+def _heat(share: float) -> str:
+    """The cohort table's shade of a share: ``heat-0`` to ``heat-10`` (CSS classes)."""
+    return f"heat-{max(0, min(10, round(share * 10)))}"
+
+
 def _sparkline(values: tuple[int, ...]) -> str:
     """SVG polyline points (a 70 x 16 box) for an activity series."""
     if not values:
@@ -398,6 +404,7 @@ def create_app(
         search_count_limit=SEARCH_COUNT_LIMIT,
     )
     app.jinja_env.filters["snippet"] = _snippet
+    app.jinja_env.filters["heat"] = _heat
 
     def url(endpoint: str, **params: Any) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "", False, [], ())}
@@ -586,7 +593,18 @@ def create_app(
         row, sessions = user_data()
         if row is None:
             return render_template("error.html", message="No such user."), 404
-        return render_template("user.html", user=row, sessions=sessions)
+        return render_template(
+            "user.html",
+            user=row,
+            sessions=sessions,
+            activity=store().user_activity(row.user_id),
+        )
+
+    @app.route("/retention")
+    def retention_page() -> Any:
+        return render_template(
+            "retention.html", r=retention_data(), weeks=request.args.get("weeks", "")
+        )
 
     @app.route("/session")
     def session_page() -> Any:

@@ -328,3 +328,25 @@ def test_api_retention(clock_store):
         since.status_code,
         since.get_json()["error"],
     )
+
+
+def test_retention_page_and_user_activity(clock_store):
+    """The Retention page shades each cohort cell by its share and links churned
+    users; a user's page charts their conversations per ISO week."""
+    path, monday = clock_store
+    first, last = _day(monday - 14 * 86_400.0), _day(monday - 7 * 86_400.0)
+    app = create_app(path, refresh_interval=0)
+    client = app.test_client()
+    try:
+        page = client.get("/retention?weeks=3").get_data(as_text=True)
+        user = client.get("/user?id=alice").get_data(as_text=True)
+    finally:
+        app.extensions["context_trace_ui"].stop()
+
+    assert f'<tr><td>{first}</td><td class="num">2</td>' in page
+    assert '<td class="num heat-5" title="1 of 2">50%</td>' in page
+    assert '<td class="num heat-0" title="0 of 1">0%</td>' in page
+    assert '<a class="user" href="/user?id=carol">carol</a>' in page
+    assert f"<title>{first}: 1</title>" in user
+    assert f"<title>{last}: 1</title>" in user
+    assert f"<title>{_day(monday)}: 1</title>" in user
