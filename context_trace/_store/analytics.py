@@ -475,13 +475,10 @@ class Analytics:
     def _overview_segment(
         self, range_: str, since: float | None, segment: Segment
     ) -> Overview:
-        if range_ == "24h" and since is not None:
-            first_day = _day(since)
-        else:
-            span = RANGES[range_]
-            first_day = "" if span is None else _day(self._clock() - span + _DAY)
-            since = None if span is None else _day_start(first_day)
-        day_rows, hist, top = _segments.overview_rows(self._conn, segment, since)
+        first_day, whole = self._segment_days(range_, since)
+        if whole is not None:  # whole days: from the first one's midnight, or all
+            since = _day_start(whole) if whole else None
+        day_rows, hist, top = _segments.overview_rows(self._conn, segment, since, whole)
         conversations = sum(r[1] for r in day_rows)
         errors = sum(r[3] for r in day_rows)
         return Overview(
@@ -504,6 +501,17 @@ class Analytics:
             top_users=tuple((_user(k), n) for k, n in top),
         )
 
+    def _segment_days(self, range_: str, since: float | None) -> tuple[str, str | None]:
+        """
+        (the first day shown, the first whole day read or None): ``24h`` reads
+        the turns since then; longer ranges whole UTC days (``""``: all).
+        """
+        if range_ == "24h" and since is not None:
+            return _day(since), None
+        span = RANGES[range_]
+        first_day = "" if span is None else _day(self._clock() - span + _DAY)
+        return first_day, first_day
+
     def segments(self, top: int = 20) -> dict[str, list[Any]]:
         """Each metadata key the turns carry -> its *top* values ``[value, turns]``."""
         return _segments.segment_keys(self._conn, top)
@@ -514,10 +522,12 @@ class Analytics:
         """Segments *a* and *b* side by side (see :func:`.segments.compare`)."""
         if range_ not in RANGES:
             raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
-        clock = self._clock()
+        since = self._since(range_)
+        _, whole = self._segment_days(range_, since)
         return _segments.compare(
-            self._conn, a, b, self._since(range_), date.fromisoformat(_day(clock))
-        )
+            self._conn, a, b, since if whole is None else None, whole,
+            date.fromisoformat(_day(self._clock())),
+        )  # fmt: skip
 
     def _overview_raw(self, range_: str, since: float) -> Overview:
         rows = self._rows(

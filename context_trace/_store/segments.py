@@ -91,16 +91,38 @@ def segment_users(segment: Segment, column: str) -> tuple[str, list[Any]]:
     return conds, [v for pair in segment for v in pair]
 
 
-def _source(segment: Segment) -> tuple[str, list[Any]]:
-    """The segment's turn rows: its first condition drives, the others filter."""
+def _source(segment: Segment, since: float | None) -> tuple[str, list[Any]]:
+    """
+    The segment's turn rows from *since*: its first condition drives, the
+    others filter. Turns are numbered in commit order, not time order, so the
+    first turn number with ``started_at >= since`` (the store's index on
+    ``started_at``) bounds the scan, and the time itself filters.
+    """
     (key, value), rest = segment[0], segment[1:]
     sql = "SELECT * FROM ui_segment_turn s WHERE s.key = ? AND s.value = ?"
     params: list[Any] = [key, value]
+    if since is not None:
+        sql += (
+            " AND s.n >= (SELECT coalesce(min(n), 1 << 62) FROM conversations"
+            " WHERE started_at >= ?) AND s.started_at >= ?"
+        )
+        params += [since, since]
     if rest:
         conds, more = segment_turns(rest, "s.n")
         sql += f" AND {conds}"
         params += more
     return sql, params
+
+
+def _hist_percentile(buckets: Sequence[tuple[int, int]], q: float) -> int | None:
+    """A percentile in whole ms from latency buckets (as the overview's)."""
+    total = sum(n for _, n in buckets)
+    seen = 0
+    for bucket, n in sorted(buckets):
+        seen += n
+        if total and seen >= q * total:
+            return round(10 ** (bucket / LATENCY_BUCKETS_PER_DECADE))
+    return None
 
 
 def _rated(segment: Segment) -> tuple[str, list[Any]]:
@@ -137,23 +159,69 @@ def segment_keys(conn: sqlite3.Connection, top: int = 20) -> dict[str, list[Any]
 
 
 def overview_rows(
-    conn: sqlite3.Connection, segment: Segment, since: float | None
+    conn: sqlite3.Connection,
+    segment: Segment,
+    since: float | None,
+    first_day: str | None,
 ) -> tuple[list[tuple[Any, ...]], list[tuple[int, int]], list[tuple[str, int]]]:
     """
-    A segment's overview from *since* (epoch, None: all time): per UTC day
-    ``(day, conversations, active_users, errors, prompt_tokens,
-    completion_tokens, rating_up, rating_down, tool_errors)``, the latency
-    histogram ``(bucket, n)`` and the top 10 users ``(user_key, n)``.
+    A segment's overview: per UTC day ``(day, conversations, active_users,
+    errors, prompt_tokens, completion_tokens, rating_up, rating_down,
+    tool_errors)``, the latency histogram ``(bucket, n)`` and the top 10 users
+    ``(user_key, n)``.
+
+    With *first_day* (``""``: all time) whole UTC days from it: a segment of
+    one condition reads the per-day summaries. Otherwise (or with several
+    conditions) the turns from *since* (epoch; None: all), one row each.
     """
-    source, params = _source(segment)
     floor = -math.inf if since is None else since
-    days = conn.execute(
-        "SELECT date(started_at, 'unixepoch') AS day, count(*),"
-        " count(DISTINCT user_key), sum(failed), sum(prompt_tokens),"
-        " sum(completion_tokens), 0, 0, sum(tool_failed)"
-        f" FROM ({source}) WHERE started_at >= ? GROUP BY day ORDER BY day",
-        [*params, floor],
-    ).fetchall()
+    if first_day is not None and len(segment) == 1:
+        (key, value), day_from = segment[0], first_day
+        head: list[Any] = [key, value, day_from]
+        days = conn.execute(
+            "SELECT day, conversations, active_users, errors, prompt_tokens,"
+            " completion_tokens, 0, 0, tool_errors FROM ui_segment_day"
+            " WHERE key = ? AND value = ? AND day >= ? ORDER BY day",
+            head,
+        ).fetchall()
+        hist = conn.execute(
+            "SELECT bucket, sum(n) FROM ui_segment_hist WHERE key = ? AND value = ?"
+            " AND day >= ? GROUP BY bucket",
+            head,
+        ).fetchall()
+        if first_day == "":
+            top = conn.execute(
+                "SELECT user_key, conversations FROM ui_segment_user WHERE key = ?"
+                " AND value = ? ORDER BY conversations DESC, user_key LIMIT 10",
+                head[:2],
+            ).fetchall()
+        else:
+            top = conn.execute(
+                "SELECT user_key, sum(conversations) AS c FROM ui_segment_user_day"
+                " WHERE key = ? AND value = ? AND day >= ? GROUP BY user_key"
+                " ORDER BY c DESC, user_key LIMIT 10",
+                head,
+            ).fetchall()
+    else:
+        source, params = _source(segment, since)
+        days = conn.execute(
+            "SELECT date(started_at, 'unixepoch') AS day, count(*),"
+            " count(DISTINCT user_key), sum(failed), sum(prompt_tokens),"
+            " sum(completion_tokens), 0, 0, sum(tool_failed)"
+            f" FROM ({source}) GROUP BY day ORDER BY day",
+            params,
+        ).fetchall()
+        hist = conn.execute(
+            "SELECT CAST(round(log(max(latency_ms, 1))"
+            f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS b, count(*)"
+            f" FROM ({source}) GROUP BY b",
+            params,
+        ).fetchall()
+        top = conn.execute(
+            f"SELECT user_key, count(*) AS c FROM ({source})"
+            " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
+            params,
+        ).fetchall()
     rated, rparams = _rated(segment)
     ratings = {
         d: (up, down)
@@ -167,17 +235,6 @@ def overview_rows(
     for d, (up, down) in ratings.items():
         row = merged.setdefault(d, [d, 0, 0, 0, 0, 0, 0, 0, 0])
         row[6], row[7] = up, down
-    hist = conn.execute(
-        "SELECT CAST(round(log(max(latency_ms, 1))"
-        f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS b, count(*)"
-        f" FROM ({source}) WHERE started_at >= ? GROUP BY b",
-        [*params, floor],
-    ).fetchall()
-    top = conn.execute(
-        f"SELECT user_key, count(*) AS c FROM ({source}) WHERE started_at >= ?"
-        " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
-        [*params, floor],
-    ).fetchall()
     return [tuple(merged[d]) for d in sorted(merged)], hist, top
 
 
@@ -236,38 +293,45 @@ class Comparison:
     differences: tuple[Difference, ...]
 
 
-def _percentile(values: Sequence[int], q: float) -> int | None:
-    if not values:
-        return None
-    return int(values[max(0, math.ceil(q * len(values)) - 1)])
-
-
 def segment_figures(
-    conn: sqlite3.Connection, segment: Segment, since: float | None, today: date
+    conn: sqlite3.Connection,
+    segment: Segment,
+    since: float | None,
+    first_day: str | None,
+    today: date,
 ) -> SegmentFigures:
-    """A segment's figures from *since* (epoch, None: all time)."""
-    source, params = _source(segment)
+    """
+    A segment's figures: whole UTC days from *first_day* (``""``: all time),
+    or with *first_day* None the turns from *since* (epoch), as
+    :func:`overview_rows` reads them. Latency percentiles come from the
+    latency histogram (within about 6%).
+    """
+    if since is None and first_day:
+        since = float((date.fromisoformat(first_day) - date(1970, 1, 1)).days * 86_400)
     floor = -math.inf if since is None else since
-    users, turns, failed, tokens = conn.execute(
-        "SELECT count(DISTINCT nullif(user_key, '')), count(*), coalesce(sum(failed), 0),"
-        " coalesce(sum(prompt_tokens + completion_tokens), 0)"
-        f" FROM ({source}) WHERE started_at >= ?",
-        [*params, floor],
-    ).fetchone()
-    latencies = [
-        r[0]
-        for r in conn.execute(
-            f"SELECT latency_ms FROM ({source}) WHERE started_at >= ?"
-            " ORDER BY latency_ms",
-            [*params, floor],
-        )
-    ]
-    rated_sql, rparams = _rated(segment)
-    up, down = conn.execute(
-        "SELECT coalesce(sum(rating > 0), 0), coalesce(sum(rating < 0), 0)"
-        f" FROM ({rated_sql}) WHERE created_at >= ?",
-        [*rparams, floor],
-    ).fetchone()
+    days, hist, _ = overview_rows(conn, segment, since, first_day)
+    turns = sum(r[1] for r in days)
+    failed = sum(r[3] for r in days)
+    tokens = sum(r[4] + r[5] for r in days)
+    up = sum(r[6] for r in days)
+    down = sum(r[7] for r in days)
+    if first_day == "" and len(segment) == 1:
+        users = conn.execute(
+            "SELECT count(*) FROM ui_segment_user WHERE key = ? AND value = ?"
+            " AND user_key != ''",
+            segment[0],
+        ).fetchone()[0]
+    elif first_day is not None and len(segment) == 1:
+        users = conn.execute(
+            "SELECT count(DISTINCT user_key) FROM ui_segment_user_day WHERE key = ?"
+            " AND value = ? AND day >= ? AND user_key != ''",
+            [*segment[0], first_day],
+        ).fetchone()[0]
+    else:
+        source, params = _source(segment, since)
+        users = conn.execute(
+            f"SELECT count(DISTINCT nullif(user_key, '')) FROM ({source})", params
+        ).fetchone()[0]
     retained, cohort = _week1(conn, segment, floor, today)
     rated = up + down
     return SegmentFigures(
@@ -277,8 +341,8 @@ def segment_figures(
         conversations_per_user=Figure(turns / users if users else None, users),
         rating_up_share=Figure(up / rated if rated else None, rated),
         error_rate=Figure(failed / turns if turns else None, turns),
-        latency_p50_ms=Figure(_percentile(latencies, 0.5), turns),
-        latency_p95_ms=Figure(_percentile(latencies, 0.95), turns),
+        latency_p50_ms=Figure(_hist_percentile(hist, 0.5), turns),
+        latency_p95_ms=Figure(_hist_percentile(hist, 0.95), turns),
         tokens_per_conversation=Figure(tokens / turns if turns else None, turns),
         week1_retention=Figure(retained / cohort if cohort else None, cohort),
     )
@@ -337,11 +401,15 @@ def compare(
     a: Segment,
     b: Segment,
     since: float | None,
+    first_day: str | None,
     today: date,
 ) -> Comparison:
-    """Segments *a* and *b* side by side, their shares z-tested (an empty one: None)."""
-    fa = segment_figures(conn, a, since, today) if a else None
-    fb = segment_figures(conn, b, since, today) if b else None
+    """
+    Segments *a* and *b* side by side (the range as :func:`segment_figures`
+    takes it), their shares z-tested; a segment not given (empty) is None.
+    """
+    fa = segment_figures(conn, a, since, first_day, today) if a else None
+    fb = segment_figures(conn, b, since, first_day, today) if b else None
     if fa is None or fb is None:
         return Comparison(fa, fb, ())
 

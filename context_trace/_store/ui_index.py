@@ -209,7 +209,44 @@ _SEGMENT_SCHEMA = (
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         user_key TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (key, value, user_key)
+    ) WITHOUT ROWID
+    """,
+    # Per segment and UTC day: what the overview and the comparison read for
+    # ranges of whole days, as ui_day_stats, ui_user_day and ui_latency_hist.
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_day (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        active_users INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        tool_errors INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, day)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_user_day (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, day, user_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_hist (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, day, bucket)
     ) WITHOUT ROWID
     """,
     """
@@ -235,7 +272,10 @@ def _segment_rows(first: str, last: str) -> str:
         " coalesce(c.user_id, '') AS user_key, c.started_at, c.latency_ms,"
         f" c.error IS NOT NULL AS failed, {tool_error_sql('c')} AS tool_failed,"
         " coalesce(c.prompt_tokens, 0) AS prompt_tokens,"
-        " coalesce(c.completion_tokens, 0) AS completion_tokens"
+        " coalesce(c.completion_tokens, 0) AS completion_tokens,"
+        " date(c.started_at, 'unixepoch') AS day,"
+        " CAST(round(log(max(c.latency_ms, 1))"
+        f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS bucket"
         " FROM store.conversations c, json_each(c.metadata) j"
         f" WHERE c.n > {first} AND c.n <= {last} AND j.type = 'text'"
         f" AND j.key NOT IN ({skipped}) AND j.key NOT LIKE '%!_tokens' ESCAPE '!'"
@@ -246,10 +286,38 @@ def _segment_rows(first: str, last: str) -> str:
 def _apply_segments(first: str, last: str) -> tuple[str, ...]:
     return (
         f"CREATE TEMP TABLE segment_chunk AS {_segment_rows(first, last)}",
-        "INSERT INTO ui_segment_turn SELECT * FROM segment_chunk WHERE true"
-        " ON CONFLICT DO NOTHING",
-        "INSERT INTO ui_segment_user (key, value, user_key) SELECT DISTINCT key,"
-        " value, user_key FROM segment_chunk WHERE true ON CONFLICT DO NOTHING",
+        "INSERT INTO ui_segment_turn (key, value, n, user_key, started_at,"
+        " latency_ms, failed, tool_failed, prompt_tokens, completion_tokens)"
+        " SELECT key, value, n, user_key, started_at, latency_ms, failed,"
+        " tool_failed, prompt_tokens, completion_tokens FROM segment_chunk"
+        " WHERE true ON CONFLICT DO NOTHING",
+        "INSERT INTO ui_segment_user (key, value, user_key, conversations)"
+        " SELECT key, value, user_key, count(*) FROM segment_chunk"
+        " GROUP BY key, value, user_key ON CONFLICT DO UPDATE SET"
+        " conversations = conversations + excluded.conversations",
+        "INSERT INTO ui_segment_user_day (key, value, day, user_key, conversations)"
+        " SELECT key, value, day, user_key, count(*) FROM segment_chunk"
+        " GROUP BY key, value, day, user_key ON CONFLICT DO UPDATE SET"
+        " conversations = conversations + excluded.conversations",
+        "INSERT INTO ui_segment_day (key, value, day, conversations, errors,"
+        " tool_errors, prompt_tokens, completion_tokens)"
+        " SELECT key, value, day, count(*), sum(failed), sum(tool_failed),"
+        " sum(prompt_tokens), sum(completion_tokens) FROM segment_chunk"
+        " GROUP BY key, value, day ON CONFLICT DO UPDATE SET"
+        " conversations = conversations + excluded.conversations,"
+        " errors = errors + excluded.errors,"
+        " tool_errors = tool_errors + excluded.tool_errors,"
+        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = completion_tokens + excluded.completion_tokens",
+        "UPDATE ui_segment_day SET active_users = (SELECT count(*)"
+        " FROM ui_segment_user_day u WHERE u.key = ui_segment_day.key"
+        " AND u.value = ui_segment_day.value AND u.day = ui_segment_day.day)"
+        " WHERE (key, value, day) IN (SELECT DISTINCT key, value, day"
+        " FROM segment_chunk)",
+        "INSERT INTO ui_segment_hist (key, value, day, bucket, n)"
+        " SELECT key, value, day, bucket, count(*) FROM segment_chunk"
+        " GROUP BY key, value, day, bucket ON CONFLICT DO UPDATE SET"
+        " n = n + excluded.n",
         "INSERT INTO ui_segments (key, value, conversations) SELECT key, value,"
         " count(*) FROM segment_chunk GROUP BY key, value ON CONFLICT (key, value)"
         " DO UPDATE SET conversations = conversations + excluded.conversations",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,41 @@ def test_overview_of_a_segment_in_a_range(analytics):
     assert "2026-03-12" == o.days[0].day
 
 
+def test_last_24_hours_of_a_segment(analytics):
+    """24h with a segment counts its turns since this time yesterday, exactly."""
+    pro = analytics.overview("24h", segment=PRO)
+    free = analytics.compare(FREE, (), "24h").a
+
+    assert (1, 0) == (pro.conversations, pro.rating_up)  # 3 (03-18 10:00)
+    assert (2, 1) == (free.conversations.value, free.users.value)  # 6 and 7
+    assert (0.0, 1) == (free.rating_up_share.value, free.rating_up_share.count)
+
+
+def test_an_index_without_the_segment_tables_gets_them(tmp_path, segment_store):
+    """A sidecar made before segments existed is given them, from the store."""
+    index_path = tmp_path / "old.ui-index"
+    with UIIndex(segment_store, index_path) as index:
+        index.build()
+    conn = sqlite3.connect(index_path)
+    for table in ("turn", "user", "day", "user_day", "hist", "s"):
+        conn.execute(f"DROP TABLE ui_segment{'' if table == 's' else '_'}{table}")
+    conn.commit()
+    conn.close()
+
+    with UIIndex(segment_store, index_path) as index:
+        index.build()
+    with Analytics(segment_store, index_path, now=NOW) as reopened:
+        overview = reopened.overview("all", segment=PRO)
+
+    assert [["pro", 4], ["free", 3]] == reopened_segments(segment_store, index_path)
+    assert 4 == overview.conversations
+
+
+def reopened_segments(store: Path, index: Path) -> list[list[Any]]:
+    with Analytics(store, index, now=NOW) as analytics:
+        return analytics.segments()["plan"]
+
+
 def test_two_conditions_must_both_hold(analytics):
     """meta twice: a turn must have both values."""
     both = analytics.overview("all", segment=(("plan", "pro"), ("model", "fake-model")))
@@ -181,13 +217,15 @@ def test_compare_two_segments(analytics):
                            a.conversations_per_user.value)  # fmt: skip
     assert (1.0, 2) == (a.rating_up_share.value, a.rating_up_share.count)
     assert (0.25, 4) == (a.error_rate.value, a.error_rate.count)
-    assert (200, 400) == (a.latency_p50_ms.value, a.latency_p95_ms.value)
+    # From the latency histogram: 400 ms is in bucket 52, 10 ** (52 / 20) = 398.
+    assert (200, 398) == (a.latency_p50_ms.value, a.latency_p95_ms.value)
     assert 18.75 == a.tokens_per_conversation.value
     assert (None, 0) == (a.week1_retention.value, a.week1_retention.count)
     assert (1, 3, 3.0) == (b.users.value, b.conversations.value,
                            b.conversations_per_user.value)  # fmt: skip
     assert (0.0, 1) == (b.rating_up_share.value, b.rating_up_share.count)
-    assert (1000, 2000) == (b.latency_p50_ms.value, b.latency_p95_ms.value)
+    # 2000 ms is in bucket 66: 10 ** (66 / 20) = 1995.
+    assert (1000, 1995) == (b.latency_p50_ms.value, b.latency_p95_ms.value)
     assert 20.0 == b.tokens_per_conversation.value
     assert [(False, None)] * 3 == [(d.significant, d.z) for d in result.differences]
 
