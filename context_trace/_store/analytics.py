@@ -624,7 +624,7 @@ class Analytics:
             conds.append("last_at >= ?")
             params.append(since)
         if segment:
-            cond, values = _segments.segment_users(segment, "user_key")
+            cond, values = _segments.segment_users(segment, "ui_user_stats.user_key")
             conds.append(cond)
             params += values
         where = f" WHERE {' AND '.join(conds)}" if conds else ""

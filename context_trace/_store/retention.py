@@ -16,10 +16,12 @@ Definitions (the README's "Retention and segments" states them for users):
 - A user's *cohort* is the ISO week of their first conversation. Week *k* of a
   cohort is the share of its users active in the *k*-th ISO week after it.
 - *Churned* users were active in the 7 UTC days before the last 7 (today and
-  the 6 days before it) and not in the last 7, most active first.
+  the 6 days before it) and not in the last 7, most active first: their last
+  turn falls in those earlier 7 days.
 
-Everything reads the sidecar's per-user tables (``ui_user_day``,
-``ui_user_week``, ``ui_user_month``, ``ui_user_stats``); the store is not read.
+Everything reads the sidecar's tables (``ui_cohort_week`` for weekly actives and
+cohorts, ``ui_user_month``, ``ui_day_stats``, ``ui_user_day`` and
+``ui_user_stats``); the store is not read.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
-
-from .ui_index import WEEK_SQL
 
 __all__ = [
     "CHURN_LIMIT",
@@ -185,15 +185,17 @@ def retention(
     )
     day_list = _days(start, today)
     daily = tuple(_point(d, dau.get(d, 0), new_by_day.get(d, 0)) for d in day_list)
-    wau = counts(
-        "SELECT week, count(*) FROM ui_user_week WHERE week >= ?"
-        " AND user_key != '' GROUP BY week",
-        (first_day,),
-    )
+    # Weekly active and new users: the cohort counts (a user is new in the
+    # week of their cohort).
+    wau: dict[str, int] = {}
     new_by_week: dict[str, int] = {}
-    for d, n in new_by_day.items():
-        w = week_of(date.fromisoformat(d)).isoformat()
-        new_by_week[w] = new_by_week.get(w, 0) + n
+    for cohort, week, n in conn.execute(
+        "SELECT cohort, week, users FROM ui_cohort_week WHERE week >= ?",
+        (first_day,),
+    ):
+        wau[week] = wau.get(week, 0) + n
+        if cohort == week:
+            new_by_week[week] = n
     week_list = [(start + timedelta(weeks=i)).isoformat() for i in range(weeks)]
     weekly = tuple(_point(w, wau.get(w, 0), new_by_week.get(w, 0)) for w in week_list)
     month_list = sorted({d[:7] for d in day_list})
@@ -272,36 +274,19 @@ def _cohorts(
     conn: sqlite3.Connection, start: date, this_week: date
 ) -> tuple[CohortRow, ...]:
     """Each cohort from *start* to *this_week*: its size and later active weeks."""
-    sizes = dict(
-        conn.execute(
-            f"SELECT {WEEK_SQL.format('date(first_at, ' + repr('unixepoch') + ')')}"
-            " AS w, count(*) FROM ui_user_stats WHERE user_key != '' AND first_at >= ?"
-            " GROUP BY w",
-            (_epoch(start),),
-        ).fetchall()
-    )
-    # Each cohort user's later weeks: point lookups in ui_user_week's
-    # (week, user_key) key, one week at a time.
-    counts: dict[tuple[str, str], int] = {}
-    cohort_users = (
-        f"SELECT user_key, {WEEK_SQL.format('date(first_at, ' + repr('unixepoch') + ')')}"
-        " AS cohort FROM ui_user_stats WHERE user_key != '' AND first_at >= ?"
-    )
+    counts = {
+        (cohort, week): int(n)
+        for cohort, week, n in conn.execute(
+            "SELECT cohort, week, users FROM ui_cohort_week WHERE cohort >= ?",
+            (start.isoformat(),),
+        )
+    }
     weeks = (this_week - start).days // 7 + 1
-    for i in range(1, weeks):
-        week = (start + timedelta(weeks=i)).isoformat()
-        for cohort, n in conn.execute(
-            f"SELECT c.cohort, count(*) FROM ({cohort_users}) c"
-            " JOIN ui_user_week w ON w.week = ? AND w.user_key = c.user_key"
-            " WHERE c.cohort < ? GROUP BY c.cohort",
-            (_epoch(start), week, week),
-        ):
-            counts[(cohort, week)] = n
     result = []
     for i in range(weeks):
         cohort = start + timedelta(weeks=i)
         key = cohort.isoformat()
-        size = int(sizes.get(key, 0))
+        size = counts.get((key, key), 0)  # everyone is active in their first week
         later = [
             (cohort + timedelta(weeks=k)).isoformat()
             for k in range(1, (this_week - cohort).days // 7 + 1)
@@ -321,22 +306,25 @@ def _churned(
     """Active in the 7 days before the last 7, not in the last 7 (UTC days)."""
     current = (today - timedelta(days=6)).isoformat()
     previous = (today - timedelta(days=13)).isoformat()
-    query = (
-        "SELECT p.user_key, sum(p.conversations) AS c FROM ui_user_day p"
-        " WHERE p.day >= ?1 AND p.day < ?2 AND p.user_key != ''"
-        " AND p.user_key NOT IN (SELECT c.user_key FROM ui_user_day c WHERE"
-        " c.day >= ?2 AND c.day <= ?3)"
-        " GROUP BY p.user_key"
+    # Active then and silent since: their last turn (ui_user_stats.last_at)
+    # is in the earlier 7 days; their turns then, 7 lookups each.
+    days = ",".join(
+        f"'{(today - timedelta(days=d)).isoformat()}'" for d in range(7, 14)
     )
-    params = (previous, current, today.isoformat())
-    total = conn.execute(f"SELECT count(*) FROM ({query})", params).fetchone()[0]
     rows = conn.execute(
-        f"SELECT q.user_key, q.c, s.last_at FROM ({query}) q"
-        " JOIN ui_user_stats s ON s.user_key = q.user_key"
-        " ORDER BY q.c DESC, q.user_key LIMIT ?4",
-        (*params, CHURN_LIMIT),
+        "SELECT s.user_key, (SELECT coalesce(sum(d.conversations), 0)"
+        f" FROM ui_user_day d WHERE d.day IN ({days}) AND d.user_key = s.user_key)"
+        " AS c, s.last_at, count(*) OVER () FROM ui_user_stats s"
+        " WHERE s.user_key != '' AND s.last_at >= ? AND s.last_at < ?"
+        " ORDER BY c DESC, s.user_key LIMIT ?",
+        (
+            _epoch(date.fromisoformat(previous)),
+            _epoch(date.fromisoformat(current)),
+            CHURN_LIMIT,
+        ),
     ).fetchall()
-    return int(total), tuple(ChurnedUser(k, int(c), last) for k, c, last in rows)
+    total = rows[0][3] if rows else 0
+    return int(total), tuple(ChurnedUser(k, int(c), last) for k, c, last, _ in rows)
 
 
 @dataclass(frozen=True, slots=True)

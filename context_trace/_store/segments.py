@@ -73,19 +73,20 @@ def parse_segment(items: Sequence[str], sep: str, name: str) -> Segment:
 
 
 def segment_turns(segment: Segment, column: str) -> tuple[str, list[Any]]:
-    """SQL conditions: the turn numbered *column* is in *segment*."""
+    """SQL conditions: the turn numbered *column* (qualified) is in *segment*."""
     conds = " AND ".join(
-        f"{column} IN (SELECT n FROM ui_segment_turn WHERE key = ? AND value = ?)"
+        "EXISTS (SELECT 1 FROM ui_segment_turn t WHERE t.key = ? AND t.value = ?"
+        f" AND t.n = {column})"
         for _ in segment
     )
     return conds, [v for pair in segment for v in pair]
 
 
 def segment_users(segment: Segment, column: str) -> tuple[str, list[Any]]:
-    """SQL conditions: the user keyed *column* had a turn with each value."""
+    """SQL conditions: the user keyed *column* (qualified) had a turn with each value."""
     conds = " AND ".join(
-        f"{column} IN (SELECT user_key FROM ui_segment_user"
-        " WHERE key = ? AND value = ?)"
+        "EXISTS (SELECT 1 FROM ui_segment_user g WHERE g.key = ? AND g.value = ?"
+        f" AND g.user_key = {column})"
         for _ in segment
     )
     return conds, [v for pair in segment for v in pair]
@@ -103,7 +104,8 @@ def _source(segment: Segment, since: float | None) -> tuple[str, list[Any]]:
     params: list[Any] = [key, value]
     if since is not None:
         sql += (
-            " AND s.n >= (SELECT coalesce(min(n), 1 << 62) FROM conversations"
+            # min(n + 0): through the started_at index, not a walk of n.
+            " AND s.n >= (SELECT coalesce(min(n + 0), 1 << 62) FROM conversations"
             " WHERE started_at >= ?) AND s.started_at >= ?"
         )
         params += [since, since]
@@ -125,7 +127,7 @@ def _hist_percentile(buckets: Sequence[tuple[int, int]], q: float) -> int | None
     return None
 
 
-def _rated(segment: Segment) -> tuple[str, list[Any]]:
+def _rated(segment: Segment, since: float) -> tuple[str, list[Any]]:
     """
     The ratings of the segment's turns, ``(created_at, rating)``: each rating
     finds its turn, then the turn's (key, value) row; ratings are few, so
@@ -136,13 +138,14 @@ def _rated(segment: Segment) -> tuple[str, list[Any]]:
         "SELECT f.created_at AS created_at, f.rating AS rating FROM feedback f"
         " CROSS JOIN conversations c ON c.id = f.conversation_id"
         " CROSS JOIN ui_segment_turn s ON s.key = ? AND s.value = ? AND s.n = c.n"
+        " AND f.created_at >= ?"
     )
-    params: list[Any] = [key, value]
+    params: list[Any] = [key, value, since]
     if rest:
         conds, more = segment_turns(rest, "c.n")
         sql += f" WHERE {conds}"
         params += more
-    return sql, params
+    return sql, params  # the ratings given from *since* (epoch)
 
 
 def segment_keys(conn: sqlite3.Connection, top: int = 20) -> dict[str, list[Any]]:
@@ -222,7 +225,7 @@ def overview_rows(
             " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
             params,
         ).fetchall()
-    rated, rparams = _rated(segment)
+    rated, rparams = _rated(segment, floor)
     ratings = {
         d: (up, down)
         for d, up, down in conn.execute(

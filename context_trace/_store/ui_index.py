@@ -181,7 +181,19 @@ _ACTIVITY_SCHEMA = (
         PRIMARY KEY (month, user_key)
     ) WITHOUT ROWID
     """,
+    # Users (never the no-user key) by the ISO week of their first turn
+    # (cohort) active in each week: the cohort table, and weekly active and
+    # new users, without a pass over the users.
+    """
+    CREATE TABLE IF NOT EXISTS ui_cohort_week (
+        cohort TEXT NOT NULL,
+        week TEXT NOT NULL,
+        users INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (cohort, week)
+    ) WITHOUT ROWID
+    """,
 )
+_FIRST_WEEK = WEEK_SQL.format("date(s.first_at, 'unixepoch')")
 # Segments: each turn's metadata (the scopes' and the run's, e.g. plan, tenant,
 # variant, and its model) as (key, value) rows with the turn's measures, so a
 # segment's figures are a range scan here, never a read of the store. The keys
@@ -331,6 +343,10 @@ _FILL_ACTIVITY = (
     " ON CONFLICT DO NOTHING",
     "INSERT INTO ui_user_month (month, user_key) SELECT DISTINCT substr(day, 1, 7),"
     " user_key FROM ui_user_day WHERE true ON CONFLICT DO NOTHING",
+    f"INSERT INTO ui_cohort_week (cohort, week, users) SELECT {_FIRST_WEEK},"
+    " w.week, count(*) FROM ui_user_week w JOIN ui_user_stats s"
+    " ON s.user_key = w.user_key WHERE w.user_key != '' AND s.first_at IS NOT NULL"
+    " GROUP BY 1, 2",
 )
 
 # One chunk: the new conversations numbered (?1, ?2], with what the summaries need.
@@ -356,10 +372,27 @@ _APPLY_CHUNK = (
     " SELECT day, user_key, count(*) FROM chunk GROUP BY day, user_key"
     " ON CONFLICT (day, user_key) DO UPDATE SET"
     " conversations = conversations + excluded.conversations",
-    # Active users per ISO week and calendar month (see _ACTIVITY_SCHEMA).
-    "INSERT INTO ui_user_week (week, user_key) SELECT DISTINCT"
-    f" {WEEK_SQL.format('day')}, user_key FROM chunk WHERE true"
-    " ON CONFLICT DO NOTHING",
+    # Active users per ISO week and calendar month (see _ACTIVITY_SCHEMA): the
+    # user-weeks new to the index, and the users whose first turn moved to an
+    # earlier week (a turn that started before their first one arrived late),
+    # whose weeks are counted out of their old cohort here and into the new
+    # one once ui_user_stats has their first turn (_COUNT_COHORTS).
+    "CREATE TEMP TABLE new_weeks AS SELECT DISTINCT"
+    f" {WEEK_SQL.format('c.day')} AS week, c.user_key FROM chunk c"
+    " WHERE NOT EXISTS (SELECT 1 FROM ui_user_week w"
+    f" WHERE w.week = {WEEK_SQL.format('c.day')} AND w.user_key = c.user_key)",
+    f"CREATE TEMP TABLE moved AS SELECT s.user_key, {_FIRST_WEEK} AS old"
+    " FROM (SELECT user_key, min(started_at) AS first FROM chunk"
+    " WHERE user_key != '' GROUP BY user_key) f"
+    " JOIN ui_user_stats s ON s.user_key = f.user_key WHERE s.first_at IS NOT NULL"
+    f" AND {WEEK_SQL.format('date(f.first, ' + repr('unixepoch') + ')')}"
+    f" < {_FIRST_WEEK}",
+    "INSERT INTO ui_cohort_week (cohort, week, users) SELECT m.old, w.week,"
+    " -count(*) FROM moved m CROSS JOIN ui_user_week w ON w.user_key = m.user_key"
+    " WHERE true GROUP BY m.old, w.week"
+    " ON CONFLICT DO UPDATE SET users = users + excluded.users",
+    "INSERT INTO ui_user_week (week, user_key) SELECT week, user_key FROM new_weeks"
+    " WHERE true ON CONFLICT DO NOTHING",
     "INSERT INTO ui_user_month (month, user_key) SELECT DISTINCT substr(day, 1, 7),"
     " user_key FROM chunk WHERE true ON CONFLICT DO NOTHING",
     "INSERT INTO ui_day_stats (day, conversations, errors, tool_errors, latency_sum,"
@@ -390,6 +423,16 @@ _APPLY_CHUNK = (
     " completion_tokens = completion_tokens + excluded.completion_tokens,"
     " first_at = min(coalesce(first_at, excluded.first_at), excluded.first_at),"
     " last_at = max(coalesce(last_at, excluded.last_at), excluded.last_at)",
+    # The cohort counts of the new user-weeks and of every week of the users
+    # who moved (see above), now that first_at is final for this chunk.
+    f"INSERT INTO ui_cohort_week (cohort, week, users) SELECT {_FIRST_WEEK},"
+    " w.week, count(*) FROM (SELECT week, user_key FROM new_weeks"
+    " WHERE user_key NOT IN (SELECT user_key FROM moved) UNION ALL"
+    " SELECT u.week, u.user_key FROM moved m CROSS JOIN ui_user_week u"
+    " ON u.user_key = m.user_key) w JOIN ui_user_stats s ON s.user_key = w.user_key"
+    " WHERE w.user_key != '' GROUP BY 1, 2"
+    " ON CONFLICT DO UPDATE SET users = users + excluded.users",
+    "DELETE FROM ui_cohort_week WHERE users = 0 AND cohort IN (SELECT old FROM moved)",
     "INSERT INTO ui_latency_hist (day, bucket, n)"
     " SELECT day, bucket, count(*) FROM chunk GROUP BY day, bucket"
     " ON CONFLICT (day, bucket) DO UPDATE SET n = n + excluded.n",
@@ -589,7 +632,7 @@ class UIIndex:
                 conn.execute(f"PRAGMA application_id = {_APPLICATION_ID:d}")
                 conn.execute(f"PRAGMA user_version = {INDEX_VERSION:d}")
             if not conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'ui_user_week'"
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_cohort_week'"
             ).fetchone():
                 for statement in (*_ACTIVITY_SCHEMA, *_FILL_ACTIVITY):
                     conn.execute(statement)
@@ -645,6 +688,8 @@ class UIIndex:
                     "touched_sessions",
                     "touched_keys",
                     "segment_chunk",
+                    "new_weeks",
+                    "moved",
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed

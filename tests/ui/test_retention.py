@@ -182,18 +182,21 @@ def test_weeks_out_of_range_is_refused(retention_store, weeks):
 
 
 def test_an_index_without_the_activity_tables_gets_them(retention_store):
-    """A sidecar built before the weekly and monthly tables existed is filled in."""
+    """A sidecar built before the weekly, monthly and cohort tables existed is filled in."""
     index_path = Path(str(retention_store) + ".ui-index")
     conn = sqlite3.connect(index_path)
     conn.execute("DROP TABLE ui_user_week")
     conn.execute("DROP TABLE ui_user_month")
+    conn.execute("DROP TABLE ui_cohort_week")
     conn.commit()
     conn.close()
 
     with UIIndex(retention_store) as index:
         index.build()
 
-    assert [2, 3, 2, 3] == [p.active for p in _report(retention_store, weeks=4).weekly]
+    report = _report(retention_store, weeks=4)
+    assert [2, 3, 2, 3] == [p.active for p in report.weekly]
+    assert [2, 2, 0, 1] == [c.users for c in report.cohorts]
 
 
 # --- the command line: a store around the real clock --------------------------
@@ -350,3 +353,35 @@ def test_retention_page_and_user_activity(clock_store):
     assert f"<title>{first}: 1</title>" in user
     assert f"<title>{last}: 1</title>" in user
     assert f"<title>{_day(monday)}: 1</title>" in user
+
+
+def test_a_late_earlier_turn_moves_its_user_to_an_earlier_cohort(tmp_path):
+    """A turn that started before the user's first one, written later, moves the
+    user to that week's cohort: the index updated in place equals a fresh one."""
+    path = tmp_path / "late.db"
+    write_store(path, _TURNS)
+    with UIIndex(path) as index:
+        index.build()
+        # erin (first seen 03-17) turns out to have come on 03-04 as well.
+        store = SQLiteExporter(path)
+        late = Conversation(
+            id="late", user_id="erin", session_id="s-erin",
+            started_at=_at("2026-03-04"), ended_at=_at("2026-03-04") + 0.1,
+            messages=(Message("user", "hi"),), metadata={},
+        )  # fmt: skip
+        assert 0 == store.export([late]).failed
+        store.shutdown()
+        index.build()
+    live = _report(path, weeks=4)
+    Path(str(path) + ".ui-index").unlink()
+    with UIIndex(path) as index:
+        index.build()
+    fresh = _report(path, weeks=4)
+
+    assert [
+        ("2026-02-23", 2, (1, 2, 1)),
+        ("2026-03-02", 3, (0, 2)),  # carol, dave, erin: erin back in week 2
+        ("2026-03-09", 0, (0,)),
+        ("2026-03-16", 0, ()),
+    ] == [(c.week, c.users, c.active) for c in live.cohorts]
+    assert fresh == live
