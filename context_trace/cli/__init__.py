@@ -18,8 +18,8 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace compare --segment-a plan=pro --segment-b plan=free
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``show``, ``stats``, ``outbox``, ``retention`` and ``compare`` prints JSON instead (times as epoch seconds). Problems
-are reported in one line on stderr with exit status 1 (data: a missing or
+``show``, ``stats``, ``outbox``, ``retention`` and ``compare`` prints JSON instead
+(times as epoch seconds). Problems are reported in one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
 This package and the dashboard's server (``context_trace.ui.serve``) are the
