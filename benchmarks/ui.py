@@ -16,7 +16,8 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
    0.2's first design, triggers in the store, it fell from ~23,000 to ~12,200).
 4. Brings the index level with the appended turns in the chunks a request runs
    (``REQUEST_CHUNK``, 1,000 turns): *incremental refresh*, per chunk and in all.
-5. Times each page and API call ``--reps`` times through the WSGI app in this
+5. Times each page and API call (retention and segment filters included: every
+   user's scope carries a ``plan``, one in five ``pro``) ``--reps`` times through the WSGI app in this
    process (server time, no network): p50 and p95 per call. Target: p95 <= 300 ms.
 
 ``--smoke`` runs it small (20,000 turns, 1,000 users) in well under a minute.
@@ -63,6 +64,11 @@ _WORDS = [
 ]
 
 
+def _plan(user: str) -> str:
+    """A user's plan, as its scope's metadata would carry it: one in five is pro."""
+    return "pro" if int(user.rsplit("-", 1)[1]) % 5 == 0 else "free"
+
+
 def _records(
     count: int, users: int, start_index: int, now: float, rng: random.Random
 ) -> Iterator[list[Conversation | Feedback]]:
@@ -88,6 +94,7 @@ def _records(
                     Message("assistant", f"here is the answer about {words}"),
                 ),
                 metadata={
+                    **({} if user is None else {"plan": _plan(user)}),
                     "model": rng.choice(("gpt-4o-mini", "claude-haiku", "llama-3")),
                     "prompt_tokens": str(rng.randrange(20, 400)),
                     "completion_tokens": str(rng.randrange(10, 300)),
@@ -205,6 +212,26 @@ def _calls(path: Path, index: Path) -> list[str]:
             f"{conv}?q=refund&errors=1&range=30d",
         ]
     calls.append("/api/models")
+    # Retention and segments.
+    calls += [
+        "/retention",
+        "/api/retention",
+        "/api/retention?weeks=12",
+        "/api/segments",
+        "/api/compare?a=plan:pro&b=plan:free",
+        "/api/compare?a=plan:pro&b=plan:free&range=7d",
+        "/?meta=plan:pro",
+        "/api/overview?range=24h&meta=plan:pro",
+        "/api/overview?range=30d&meta=plan:pro",
+        "/api/overview?range=all&meta=plan:free",
+        "/users?meta=plan:pro",
+        "/api/users?meta=plan:pro&sort=conversations",
+        "/api/users?range=7d",
+        "/conversations?meta=plan:pro",
+        "/api/conversations?meta=plan:free&errors=1",
+        "/api/conversations?meta=plan:pro&q=refund",
+        f"/api/conversations?meta=plan:pro&before={middle}",
+    ]
     return calls
 
 

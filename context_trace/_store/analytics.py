@@ -27,7 +27,12 @@ from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
+from . import segments as _segments
 from .connection import read_uri
+from .retention import Retention, WeekCount
+from .retention import retention as _retention
+from .retention import user_activity as _user_activity
+from .segments import Segment
 from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
 
 __all__ = [
@@ -253,6 +258,11 @@ def _day(epoch: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(epoch))
 
 
+def _day_start(day: str) -> float:
+    """Epoch seconds of a UTC day's midnight."""
+    return float((date.fromisoformat(day) - date(1970, 1, 1)).days * 86_400)
+
+
 def _days_between(first: str, last: str) -> list[str]:
     """Every UTC day from *first* to *last* (``YYYY-MM-DD``), both included."""
     start, end = date.fromisoformat(first), date.fromisoformat(last)
@@ -410,15 +420,19 @@ class Analytics:
 
     # --- overview -------------------------------------------------------------
 
-    def overview(self, range_: str = "7d") -> Overview:
+    def overview(self, range_: str = "7d", segment: Segment = ()) -> Overview:
         """
         Totals, percentiles, ratings, daily series and top users for a range.
 
         ``24h`` is computed from the turns themselves (exact percentiles); the
         longer ranges from the per-day summaries, whole UTC days, with
-        percentiles from the latency histogram (within about 6%).
+        percentiles from the latency histogram (within about 6%). With a
+        *segment* (see :mod:`.segments`), only its turns and their ratings,
+        the percentiles from the histogram for every range.
         """
         since = self._since(range_)
+        if segment:
+            return self._overview_segment(range_, since, segment)
         if range_ == "24h" and since is not None:
             return self._overview_raw(range_, since)
         today = _day(self._clock())
@@ -469,6 +483,63 @@ class Analytics:
             top_users=tuple((_user(k), n) for k, n in top),
         )
 
+    def _overview_segment(
+        self, range_: str, since: float | None, segment: Segment
+    ) -> Overview:
+        first_day, whole = self._segment_days(range_, since)
+        if whole is not None:  # whole days: from the first one's midnight, or all
+            since = _day_start(whole) if whole else None
+        day_rows, hist, top = _segments.overview_rows(self._conn, segment, since, whole)
+        conversations = sum(r[1] for r in day_rows)
+        errors = sum(r[3] for r in day_rows)
+        return Overview(
+            range=range_,
+            conversations=conversations,
+            errors=errors,
+            tool_errors=sum(r[8] for r in day_rows),
+            error_rate=errors / conversations if conversations else 0.0,
+            latency_p50_ms=_percentile_from_hist(hist, 0.50),
+            latency_p95_ms=_percentile_from_hist(hist, 0.95),
+            prompt_tokens=sum(r[4] for r in day_rows),
+            completion_tokens=sum(r[5] for r in day_rows),
+            rating_up=sum(r[6] for r in day_rows),
+            rating_down=sum(r[7] for r in day_rows),
+            days=_fill_days(
+                {r[0]: DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]},
+                first_day,
+                _day(self._clock()),
+            ),
+            top_users=tuple((_user(k), n) for k, n in top),
+        )
+
+    def _segment_days(self, range_: str, since: float | None) -> tuple[str, str | None]:
+        """
+        (the first day shown, the first whole day read or None): ``24h`` reads
+        the turns since then; longer ranges whole UTC days (``""``: all).
+        """
+        if range_ == "24h" and since is not None:
+            return _day(since), None
+        span = RANGES[range_]
+        first_day = "" if span is None else _day(self._clock() - span + _DAY)
+        return first_day, first_day
+
+    def segments(self, top: int = 20) -> dict[str, list[Any]]:
+        """Each metadata key the turns carry -> its *top* values ``[value, turns]``."""
+        return _segments.segment_keys(self._conn, top)
+
+    def compare(
+        self, a: Segment, b: Segment, range_: str = "all"
+    ) -> _segments.Comparison:
+        """Segments *a* and *b* side by side (see :func:`.segments.compare`)."""
+        if range_ not in RANGES:
+            raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
+        since = self._since(range_)
+        _, whole = self._segment_days(range_, since)
+        return _segments.compare(
+            self._conn, a, b, since if whole is None else None, whole,
+            date.fromisoformat(_day(self._clock())),
+        )  # fmt: skip
+
     def _overview_raw(self, range_: str, since: float) -> Overview:
         rows = self._rows(
             "SELECT date(started_at, 'unixepoch'), coalesce(user_id, ''), latency_ms,"
@@ -512,6 +583,18 @@ class Analytics:
             top_users=tuple((_user(k), n) for k, n in top),
         )
 
+    # --- retention ------------------------------------------------------------
+
+    def retention(self, *, weeks: int = 8, since: date | None = None) -> Retention:
+        """Active users, cohorts and churn: see :func:`.retention.retention`."""
+        return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
+
+    def user_activity(
+        self, user_id: str | None, weeks: int = 26
+    ) -> tuple[WeekCount, ...]:
+        """A user's conversations per ISO week (None: the turns with no user)."""
+        return _user_activity(self._conn, _key(user_id), now=self._clock(), weeks=weeks)
+
     # --- users ----------------------------------------------------------------
 
     def users(
@@ -522,22 +605,40 @@ class Analytics:
         descending: bool = True,
         offset: int = 0,
         limit: int = 50,
+        range_: str = "all",
+        segment: Segment = (),
     ) -> Page:
         """
         A page of the users table, the no-user row included (as ``user_id`` None).
 
+        With *range_*, only the users with a turn in it; with *segment*, only
+        the users with a turn in it (see :mod:`.segments`). Their figures are
+        their totals all the same.
+
         Raises:
-            ValueError: For an unknown *sort*.
+            ValueError: For an unknown *sort* or *range_*.
         """
         if sort not in USER_SORTS:
             raise ValueError(f"sort must be one of {sorted(USER_SORTS)}, got {sort!r}")
-        where, params = "", []
+        if range_ not in RANGES:
+            raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
+        conds: list[str] = []
+        params: list[Any] = []
         if search:
             escaped = (
                 search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             )
-            where = " WHERE user_key LIKE ? ESCAPE '\\'"
+            conds.append("user_key LIKE ? ESCAPE '\\'")
             params.append(f"%{escaped}%")
+        since = self._since(range_)
+        if since is not None:
+            conds.append("last_at >= ?")
+            params.append(since)
+        if segment:
+            cond, values = _segments.segment_users(segment, "ui_user_stats.user_key")
+            conds.append(cond)
+            params += values
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
         order = "DESC" if descending else "ASC"
         total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
         scores, cutoff = self._satisfaction_scores()
@@ -713,6 +814,7 @@ class Analytics:
         before: int | None = None,
         limit: int = 50,
         topic: str | None = None,
+        segment: Segment = (),
     ) -> Page:
         """
         Conversations, newest first, filtered; *before* is the ``n`` cursor.
@@ -731,6 +833,8 @@ class Analytics:
             model: Only this model's turns.
             range_: A key of :data:`RANGES`.
             topic: Only the turns of this topic (needs :meth:`attach_topics`).
+            segment: Only the turns with these metadata values (see
+                :mod:`.segments`); counted as *rating* is, with words.
 
         Raises:
             ValueError: For an unknown *rating* or *range_*.
@@ -759,6 +863,13 @@ class Analytics:
             order = "u.n"
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
+        elif segment:
+            # The segment's first value drives the loop, newest first.
+            source = "ui_segment_turn m JOIN conversations c ON c.n = m.n"
+            order = "m.n"
+            conds.append("m.key = ? AND m.value = ?")
+            params += segment[0]
+            segment = segment[1:]
         # The conditions before this point read the index; the ones after, the
         # turn's own row (see _count_matches).
         index_conds, index_params = len(conds), len(params)
@@ -777,6 +888,10 @@ class Analytics:
         if topic is not None:
             conds.append("c.n IN (SELECT n FROM topics.topic_turns WHERE topic_id = ?)")
             params.append(topic)
+        if segment:
+            cond, values = _segments.segment_turns(segment, "c.n")
+            conds.append(cond)
+            params += values
         since = self._since(range_)
         if since is not None:
             conds.append("c.started_at >= ?")

@@ -6,8 +6,11 @@ no extra indexes), so recording pays nothing for the dashboard. Everything the
 dashboard needs to answer fast lives in a separate file, by default
 ``<store>.ui-index`` next to the store (see :func:`default_index_path`):
 
-- summary tables (``ui_*``): totals per user, per day, per user and day, a
-  latency histogram per day, and the models seen;
+- summary tables (``ui_*``): totals per user, per day, per user and day, the
+  users active each ISO week and calendar month, a latency histogram per day,
+  and the models seen;
+- segments (``ui_segment_*``): each turn's metadata values (plan, tenant,
+  variant, model...) with the turn's measures, and the users who had them;
 - per-user lists of turn and session numbers (``ui_turns``, ``ui_sessions``),
   which stand in for the per-user indexes the store does without;
 - ``conversations_fts``, an FTS5 index over the messages' text.
@@ -44,6 +47,8 @@ __all__ = [
     "INDEX_VERSION",
     "LATENCY_BUCKETS_PER_DECADE",
     "REQUEST_CHUNK",
+    "SEGMENT_VALUE_MAX",
+    "WEEK_SQL",
     "UIIndex",
     "default_index_path",
 ]
@@ -156,6 +161,194 @@ _SCHEMA = (
     " ('feedback', ''), ('store_first', NULL)",
 )
 
+# The Monday (a UTC ``YYYY-MM-DD``) of the ISO week of a ``YYYY-MM-DD`` day.
+WEEK_SQL = "date({}, '-6 days', 'weekday 1')"
+# Who was active each ISO week and each calendar month (UTC): what retention
+# counts (see :mod:`.retention`). Added to the version 3 schema without a new
+# version: a sidecar without them gets them here, filled from ui_user_day.
+_ACTIVITY_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS ui_user_week (
+        week TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        PRIMARY KEY (week, user_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_user_month (
+        month TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        PRIMARY KEY (month, user_key)
+    ) WITHOUT ROWID
+    """,
+    # Users (never the no-user key) by the ISO week of their first turn
+    # (cohort) active in each week: the cohort table, and weekly active and
+    # new users, without a pass over the users.
+    """
+    CREATE TABLE IF NOT EXISTS ui_cohort_week (
+        cohort TEXT NOT NULL,
+        week TEXT NOT NULL,
+        users INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (cohort, week)
+    ) WITHOUT ROWID
+    """,
+)
+_FIRST_WEEK = WEEK_SQL.format("date(s.first_at, 'unixepoch')")
+# Segments: each turn's metadata (the scopes' and the run's, e.g. plan, tenant,
+# variant, and its model) as (key, value) rows with the turn's measures, so a
+# segment's figures are a range scan here, never a read of the store. The keys
+# the converter computes per turn (latency, token counts, errors, the prompt)
+# are measures, not segments, and long values are not segments either.
+SEGMENT_VALUE_MAX = 200
+_SEGMENT_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_turn (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        user_key TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        tool_failed INTEGER NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        PRIMARY KEY (key, value, n)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_user (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, user_key)
+    ) WITHOUT ROWID
+    """,
+    # Per segment and UTC day: what the overview and the comparison read for
+    # ranges of whole days, as ui_day_stats, ui_user_day and ui_latency_hist.
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_day (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        active_users INTEGER NOT NULL DEFAULT 0,
+        errors INTEGER NOT NULL DEFAULT 0,
+        tool_errors INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, day)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_user_day (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, day, user_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segment_hist (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value, day, bucket)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ui_segments (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        conversations INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (key, value)
+    ) WITHOUT ROWID
+    """,
+)
+_NOT_SEGMENTS = (
+    "latency_ms", "model_calls", "failed_tools", "stream_abandoned", "error_type",
+    "error", "model_input",
+)  # fmt: skip
+
+
+def _segment_rows(first: str, last: str) -> str:
+    """The (key, value) rows of the store's turns numbered (*first*, *last*]."""
+    skipped = ", ".join(f"'{k}'" for k in _NOT_SEGMENTS)
+    return (
+        "SELECT j.key AS key, j.value AS value, c.n AS n,"
+        " coalesce(c.user_id, '') AS user_key, c.started_at, c.latency_ms,"
+        f" c.error IS NOT NULL AS failed, {tool_error_sql('c')} AS tool_failed,"
+        " coalesce(c.prompt_tokens, 0) AS prompt_tokens,"
+        " coalesce(c.completion_tokens, 0) AS completion_tokens,"
+        " date(c.started_at, 'unixepoch') AS day,"
+        " CAST(round(log(max(c.latency_ms, 1))"
+        f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS bucket"
+        " FROM store.conversations c, json_each(c.metadata) j"
+        f" WHERE c.n > {first} AND c.n <= {last} AND j.type = 'text'"
+        f" AND j.key NOT IN ({skipped}) AND j.key NOT LIKE '%!_tokens' ESCAPE '!'"
+        f" AND length(j.value) BETWEEN 1 AND {SEGMENT_VALUE_MAX}"
+    )
+
+
+def _apply_segments(first: str, last: str) -> tuple[str, ...]:
+    return (
+        f"CREATE TEMP TABLE segment_chunk AS {_segment_rows(first, last)}",
+        "INSERT INTO ui_segment_turn (key, value, n, user_key, started_at,"
+        " latency_ms, failed, tool_failed, prompt_tokens, completion_tokens)"
+        " SELECT key, value, n, user_key, started_at, latency_ms, failed,"
+        " tool_failed, prompt_tokens, completion_tokens FROM segment_chunk"
+        " WHERE true ON CONFLICT DO NOTHING",
+        "INSERT INTO ui_segment_user (key, value, user_key, conversations)"
+        " SELECT key, value, user_key, count(*) FROM segment_chunk"
+        " GROUP BY key, value, user_key ON CONFLICT DO UPDATE SET"
+        " conversations = conversations + excluded.conversations",
+        "INSERT INTO ui_segment_user_day (key, value, day, user_key, conversations)"
+        " SELECT key, value, day, user_key, count(*) FROM segment_chunk"
+        " GROUP BY key, value, day, user_key ON CONFLICT DO UPDATE SET"
+        " conversations = conversations + excluded.conversations",
+        "INSERT INTO ui_segment_day (key, value, day, conversations, errors,"
+        " tool_errors, prompt_tokens, completion_tokens)"
+        " SELECT key, value, day, count(*), sum(failed), sum(tool_failed),"
+        " sum(prompt_tokens), sum(completion_tokens) FROM segment_chunk"
+        " GROUP BY key, value, day ON CONFLICT DO UPDATE SET"
+        " conversations = conversations + excluded.conversations,"
+        " errors = errors + excluded.errors,"
+        " tool_errors = tool_errors + excluded.tool_errors,"
+        " prompt_tokens = prompt_tokens + excluded.prompt_tokens,"
+        " completion_tokens = completion_tokens + excluded.completion_tokens",
+        "UPDATE ui_segment_day SET active_users = (SELECT count(*)"
+        " FROM ui_segment_user_day u WHERE u.key = ui_segment_day.key"
+        " AND u.value = ui_segment_day.value AND u.day = ui_segment_day.day)"
+        " WHERE (key, value, day) IN (SELECT DISTINCT key, value, day"
+        " FROM segment_chunk)",
+        "INSERT INTO ui_segment_hist (key, value, day, bucket, n)"
+        " SELECT key, value, day, bucket, count(*) FROM segment_chunk"
+        " GROUP BY key, value, day, bucket ON CONFLICT DO UPDATE SET"
+        " n = n + excluded.n",
+        "INSERT INTO ui_segments (key, value, conversations) SELECT key, value,"
+        " count(*) FROM segment_chunk GROUP BY key, value ON CONFLICT (key, value)"
+        " DO UPDATE SET conversations = conversations + excluded.conversations",
+        "DROP TABLE temp.segment_chunk",
+    )
+
+
+_FILL_ACTIVITY = (
+    "INSERT INTO ui_user_week (week, user_key) SELECT DISTINCT"
+    f" {WEEK_SQL.format('day')}, user_key FROM ui_user_day WHERE true"
+    " ON CONFLICT DO NOTHING",
+    "INSERT INTO ui_user_month (month, user_key) SELECT DISTINCT substr(day, 1, 7),"
+    " user_key FROM ui_user_day WHERE true ON CONFLICT DO NOTHING",
+    f"INSERT INTO ui_cohort_week (cohort, week, users) SELECT {_FIRST_WEEK},"
+    " w.week, count(*) FROM ui_user_week w JOIN ui_user_stats s"
+    " ON s.user_key = w.user_key WHERE w.user_key != '' AND s.first_at IS NOT NULL"
+    " GROUP BY 1, 2",
+)
+
 # One chunk: the new conversations numbered (?1, ?2], with what the summaries need.
 _CHUNK = (
     "CREATE TEMP TABLE chunk AS SELECT n, coalesce(user_id, '') AS user_key,"
@@ -179,6 +372,29 @@ _APPLY_CHUNK = (
     " SELECT day, user_key, count(*) FROM chunk GROUP BY day, user_key"
     " ON CONFLICT (day, user_key) DO UPDATE SET"
     " conversations = conversations + excluded.conversations",
+    # Active users per ISO week and calendar month (see _ACTIVITY_SCHEMA): the
+    # user-weeks new to the index, and the users whose first turn moved to an
+    # earlier week (a turn that started before their first one arrived late),
+    # whose weeks are counted out of their old cohort here and into the new
+    # one once ui_user_stats has their first turn (_COUNT_COHORTS).
+    "CREATE TEMP TABLE new_weeks AS SELECT DISTINCT"
+    f" {WEEK_SQL.format('c.day')} AS week, c.user_key FROM chunk c"
+    " WHERE NOT EXISTS (SELECT 1 FROM ui_user_week w"
+    f" WHERE w.week = {WEEK_SQL.format('c.day')} AND w.user_key = c.user_key)",
+    f"CREATE TEMP TABLE moved AS SELECT s.user_key, {_FIRST_WEEK} AS old"
+    " FROM (SELECT user_key, min(started_at) AS first FROM chunk"
+    " WHERE user_key != '' GROUP BY user_key) f"
+    " JOIN ui_user_stats s ON s.user_key = f.user_key WHERE s.first_at IS NOT NULL"
+    f" AND {WEEK_SQL.format('date(f.first, ' + repr('unixepoch') + ')')}"
+    f" < {_FIRST_WEEK}",
+    "INSERT INTO ui_cohort_week (cohort, week, users) SELECT m.old, w.week,"
+    " -count(*) FROM moved m CROSS JOIN ui_user_week w ON w.user_key = m.user_key"
+    " WHERE true GROUP BY m.old, w.week"
+    " ON CONFLICT DO UPDATE SET users = users + excluded.users",
+    "INSERT INTO ui_user_week (week, user_key) SELECT week, user_key FROM new_weeks"
+    " WHERE true ON CONFLICT DO NOTHING",
+    "INSERT INTO ui_user_month (month, user_key) SELECT DISTINCT substr(day, 1, 7),"
+    " user_key FROM chunk WHERE true ON CONFLICT DO NOTHING",
     "INSERT INTO ui_day_stats (day, conversations, errors, tool_errors, latency_sum,"
     " prompt_tokens, completion_tokens)"
     " SELECT day, count(*), sum(failed), sum(tool_failed), sum(latency_ms),"
@@ -207,6 +423,16 @@ _APPLY_CHUNK = (
     " completion_tokens = completion_tokens + excluded.completion_tokens,"
     " first_at = min(coalesce(first_at, excluded.first_at), excluded.first_at),"
     " last_at = max(coalesce(last_at, excluded.last_at), excluded.last_at)",
+    # The cohort counts of the new user-weeks and of every week of the users
+    # who moved (see above), now that first_at is final for this chunk.
+    f"INSERT INTO ui_cohort_week (cohort, week, users) SELECT {_FIRST_WEEK},"
+    " w.week, count(*) FROM (SELECT week, user_key FROM new_weeks"
+    " WHERE user_key NOT IN (SELECT user_key FROM moved) UNION ALL"
+    " SELECT u.week, u.user_key FROM moved m CROSS JOIN ui_user_week u"
+    " ON u.user_key = m.user_key) w JOIN ui_user_stats s ON s.user_key = w.user_key"
+    " WHERE w.user_key != '' GROUP BY 1, 2"
+    " ON CONFLICT DO UPDATE SET users = users + excluded.users",
+    "DELETE FROM ui_cohort_week WHERE users = 0 AND cohort IN (SELECT old FROM moved)",
     "INSERT INTO ui_latency_hist (day, bucket, n)"
     " SELECT day, bucket, count(*) FROM chunk GROUP BY day, bucket"
     " ON CONFLICT (day, bucket) DO UPDATE SET n = n + excluded.n",
@@ -405,6 +631,22 @@ class UIIndex:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {_APPLICATION_ID:d}")
                 conn.execute(f"PRAGMA user_version = {INDEX_VERSION:d}")
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_cohort_week'"
+            ).fetchone():
+                for statement in (*_ACTIVITY_SCHEMA, *_FILL_ACTIVITY):
+                    conn.execute(statement)
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_segment_turn'"
+            ).fetchone():
+                # Up to the turns indexed so far; later chunks add theirs.
+                done = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'conversation_n'"
+                ).fetchone()[0]
+                for statement in _SEGMENT_SCHEMA:
+                    conn.execute(statement)
+                for statement in _apply_segments("0", str(int(done))):
+                    conn.execute(statement)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -445,6 +687,9 @@ class UIIndex:
                     "gone_feedback",
                     "touched_sessions",
                     "touched_keys",
+                    "segment_chunk",
+                    "new_weeks",
+                    "moved",
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed
@@ -468,6 +713,8 @@ class UIIndex:
         if end > start:
             conn.execute(_CHUNK, (start, end))
             for statement in _APPLY_CHUNK:
+                conn.execute(statement, (start, end) if "?1" in statement else ())
+            for statement in _apply_segments("?1", "?2"):
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             if meta["store_first"] is None:
                 conn.execute(

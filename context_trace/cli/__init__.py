@@ -15,10 +15,13 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace demo                     record a demo app's traffic (its own store)
     context-trace ui                       the same, in a local web dashboard
     context-trace topics                   what users ask about (analytics extra)
+    context-trace retention                active users, cohorts, churned users
+    context-trace compare --segment-a plan=pro --segment-b plan=free
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``show``, ``stats``, ``outbox`` and ``topics`` prints JSON instead (times as epoch seconds). Problems
-are reported in one line on stderr with exit status 1 (data: a missing or
+``show``, ``stats``, ``outbox``, ``topics``, ``unhappy``, ``retention`` and
+``compare`` prints JSON instead (times as epoch seconds). Problems are reported in
+one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
 This package and the dashboard's server (``context_trace.ui.serve``) are the
@@ -37,6 +40,8 @@ from typing import TextIO
 from context_trace import __version__, _config
 from context_trace._store.reader import USER_SORTS
 
+from . import compare as _compare
+from . import retention as _retention
 from ._topics import add_topics_arguments, cmd_topics
 from .commands import (
     _DEMO_DB,
@@ -146,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
 
     show = add("show", "the transcript of a session or of one conversation", as_json)
     show.add_argument("id", metavar="ID", help="a session id or a conversation id")
+
+    _retention.add_parser(add, as_json)
+    _compare.add_parser(add, as_json)
 
     export = add("export", "every conversation as JSON lines or CSV")
     export.add_argument(
@@ -290,6 +298,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "ui": _cmd_ui,
     "unhappy": _cmd_unhappy,
     "topics": cmd_topics,
+    "retention": _retention.cmd_retention,
+    "compare": _compare.cmd_compare,
 }
 
 

@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 from urllib.parse import urlencode
 
@@ -50,6 +51,7 @@ from context_trace._store.analytics import (
     USER_SORTS,
     Analytics,
 )
+from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
 
@@ -73,19 +75,23 @@ _MAX_SEARCH = 1000
 # or parameter cannot be left out of it.
 GLOBAL_PARAMETERS = frozenset({"token"})
 _USER_PARAMS = frozenset({"id", "user", "anonymous"})
-_USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit"})
+_USERS_PARAMS = frozenset({"q", "sort", "order", "offset", "limit", "range", "meta"})
 _CONVERSATIONS_PARAMS = _USER_PARAMS | {
     "q", "rating", "range", "errors", "tool_errors", "model", "before", "limit",
-    "topic",
+    "topic", "meta",
 }  # fmt: skip
 PARAMETERS: dict[str, frozenset[str]] = {
-    "overview_page": frozenset({"range"}),
+    "overview_page": frozenset({"range", "meta"}),
+    "api_segments": frozenset(),
+    "api_retention": frozenset({"weeks", "since"}),
+    "api_compare": frozenset({"a", "b", "range"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
+    "retention_page": frozenset({"weeks", "since"}),
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),
-    "api_overview": frozenset({"range"}),
+    "api_overview": frozenset({"range", "meta"}),
     "api_users": _USERS_PARAMS,
     "api_user": _USER_PARAMS | {"before", "limit"},
     "api_session": frozenset({"id"}),
@@ -263,6 +269,15 @@ def _search_arg() -> str:
     return value
 
 
+def _segment_arg(name: str = "meta") -> Segment:
+    """``meta=KEY:VALUE`` (repeatable; empty values, as a form sends, ignored)."""
+    values = [v for v in request.args.getlist(name) if v != ""]
+    try:
+        return parse_segment(values, ":", name)
+    except ValueError as exc:
+        raise _BadRequest(str(exc)) from None
+
+
 def _fmt_time(value: float | None) -> str:
     if value is None:
         return "-"
@@ -288,6 +303,11 @@ def _fmt_ms(value: float | None) -> str:
 def _snippet(marked: str) -> Markup:
     """A search snippet as markup: Analytics escaped its text and added <mark> tags."""
     return Markup(marked)
+
+
+def _heat(share: float) -> str:
+    """The cohort table's shade of a share: ``heat-0`` to ``heat-10`` (CSS classes)."""
+    return f"heat-{max(0, min(10, round(share * 10)))}"
 
 
 def _sparkline(values: tuple[int, ...]) -> str:
@@ -416,17 +436,18 @@ def create_app(
         search_count_limit=SEARCH_COUNT_LIMIT,
     )
     app.jinja_env.filters["snippet"] = _snippet
+    app.jinja_env.filters["heat"] = _heat
 
     def url(endpoint: str, **params: Any) -> str:
-        clean = {k: v for k, v in params.items() if v not in (None, "", False)}
-        return endpoint + ("?" + urlencode(clean) if clean else "")
+        clean = {k: v for k, v in params.items() if v not in (None, "", False, [], ())}
+        return endpoint + ("?" + urlencode(clean, doseq=True) if clean else "")
 
     app.jinja_env.globals["url"] = url
 
     # --- data, shared by pages and API -----------------------------------------
 
     def overview_data() -> Any:
-        return store().overview(_range())
+        return store().overview(_range(), segment=_segment_arg())
 
     def users_data() -> Any:
         sort = request.args.get("sort", "last_seen")
@@ -441,7 +462,15 @@ def create_app(
             descending=order == "desc",
             offset=_int_arg("offset") or 0,
             limit=_limit(),
+            range_=_range_arg("all"),
+            segment=_segment_arg(),
         )
+
+    def _range_arg(default: str) -> str:
+        value = request.args.get("range", default)
+        if value not in RANGES:
+            raise _BadRequest(f"range must be one of {', '.join(RANGES)}")
+        return value
 
     def user_arg() -> tuple[str | None, bool]:
         if request.args.get("anonymous") == "1":
@@ -487,6 +516,7 @@ def create_app(
             before=_int_arg("before"),
             limit=_limit(),
             topic=topic_arg(),
+            segment=_segment_arg(),
         )
 
     def topic_arg() -> str | None:
@@ -502,6 +532,28 @@ def create_app(
             return []
         return read_topics(topics_path, user)
 
+    def retention_data() -> Any:
+        weeks = _int_arg("weeks")
+        raw = request.args.get("since", "")
+        since = None
+        if raw:
+            try:
+                since = date.fromisoformat(raw)
+            except ValueError:
+                raise _BadRequest(
+                    f"since must be a day as YYYY-MM-DD, got {raw!r}"
+                ) from None
+        try:
+            return store().retention(weeks=8 if weeks is None else weeks, since=since)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+
+    def segments_data() -> Any:
+        return {"keys": store().segments()}
+
+    def compare_data() -> Any:
+        return store().compare(_segment_arg("a"), _segment_arg("b"), _range_arg("all"))
+
     # --- JSON API -------------------------------------------------------------
 
     def api(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -512,6 +564,9 @@ def create_app(
         return view
 
     app.add_url_rule("/api/overview", "api_overview", api(overview_data))
+    app.add_url_rule("/api/segments", "api_segments", api(segments_data))
+    app.add_url_rule("/api/retention", "api_retention", api(retention_data))
+    app.add_url_rule("/api/compare", "api_compare", api(compare_data))
 
     def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
         def view() -> Any:
@@ -596,7 +651,13 @@ def create_app(
 
     @app.route("/")
     def overview_page() -> Any:
-        return render_template("overview.html", o=overview_data(), ranges=RANGES)
+        return render_template(
+            "overview.html",
+            o=overview_data(),
+            ranges=RANGES,
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
+        )
 
     @app.route("/users")
     def users_page() -> Any:
@@ -607,6 +668,10 @@ def create_app(
             sort=request.args.get("sort", "last_seen"),
             order=request.args.get("order", "desc"),
             offset=_int_arg("offset") or 0,
+            range=request.args.get("range", "all"),
+            ranges=RANGES,
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
         )
 
     @app.route("/user")
@@ -615,7 +680,19 @@ def create_app(
         if row is None:
             return render_template("error.html", message="No such user."), 404
         topics = topics_data(row.user_id) if row.user_id is not None else []
-        return render_template("user.html", user=row, sessions=sessions, topics=topics)
+        return render_template(
+            "user.html",
+            user=row,
+            sessions=sessions,
+            topics=topics,
+            activity=store().user_activity(row.user_id),
+        )
+
+    @app.route("/retention")
+    def retention_page() -> Any:
+        return render_template(
+            "retention.html", r=retention_data(), weeks=request.args.get("weeks", "")
+        )
 
     @app.route("/session")
     def session_page() -> Any:
@@ -638,6 +715,8 @@ def create_app(
             models=store().models(),
             args=request.args,
             ranges=RANGES,
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
         )
 
     @app.route("/topics")

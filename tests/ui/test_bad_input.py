@@ -28,7 +28,8 @@ VALID = {
     "q": "answer", "sort": "conversations", "order": "asc", "offset": "0",
     "limit": "5", "range": "all", "user": "many", "anonymous": "0",
     "rating": "up", "errors": "0", "model": "fake-model", "before": "1000000",
-    "token": "",
+    "token": "", "meta": "model:fake-model", "a": "model:fake-model",
+    "b": "model:other",
 }  # fmt: skip
 IDS = {"user_page": "many", "api_user": "many", "session_page": "s-m0",
        "api_session": "s-m0"}  # fmt: skip

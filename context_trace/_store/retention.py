@@ -1,0 +1,365 @@
+"""
+Retention and activity: active users, new and returning users, stickiness,
+weekly cohorts and churned users, from the dashboard's sidecar index.
+
+Definitions (the README's "Retention and segments" states them for users):
+
+- A user is *active* in a period when at least one of their conversations
+  (turns) started in it. Ratings alone do not count; turns with no user are
+  never a user.
+- Days are UTC days; weeks are ISO weeks (Monday to Sunday, UTC), named by
+  their Monday; months are calendar months (UTC).
+- A user is *new* in the period of their first conversation ever, *returning*
+  in every later period they are active in.
+- *Stickiness* of a month is its mean daily active users (over the month's days
+  up to today) divided by its monthly active users.
+- A user's *cohort* is the ISO week of their first conversation. Week *k* of a
+  cohort is the share of its users active in the *k*-th ISO week after it.
+- *Churned* users were active in the 7 UTC days before the last 7 (today and
+  the 6 days before it) and not in the last 7, most active first: their last
+  turn falls in those earlier 7 days.
+
+Everything reads the sidecar's tables (``ui_cohort_week`` for weekly actives and
+cohorts, ``ui_user_month``, ``ui_day_stats``, ``ui_user_day`` and
+``ui_user_stats``); the store is not read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+__all__ = [
+    "CHURN_LIMIT",
+    "MAX_WEEKS",
+    "ActivePoint",
+    "ChurnedUser",
+    "CohortRow",
+    "Retention",
+    "WeekCount",
+    "retention",
+    "user_activity",
+    "week_of",
+]
+
+# The most weeks a report covers, and the churned users it lists at most.
+MAX_WEEKS = 104
+CHURN_LIMIT = 100
+_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePoint:
+    """
+    Active users in one period: ``period`` is a UTC day, an ISO week's Monday
+    (both ``YYYY-MM-DD``) or a month (``YYYY-MM``); ``active`` = ``new`` +
+    ``returning``. ``stickiness`` (months only) is mean DAU / MAU, None
+    without active users.
+    """
+
+    period: str
+    active: int
+    new: int
+    returning: int
+    stickiness: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CohortRow:
+    """
+    The users first seen in the ISO week ``week`` (its Monday): ``users`` of
+    them; ``active[k - 1]`` of them were active in week *k* after it and
+    ``retained[k - 1]`` is that share, for each week up to the current one.
+    """
+
+    week: str
+    users: int
+    active: tuple[int, ...]
+    retained: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnedUser:
+    """A user active in the previous 7 days and not since: their turns then."""
+
+    user_id: str
+    previous_conversations: int
+    last_seen: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """
+    A retention report from ``since`` (a Monday) to ``today`` (UTC days).
+
+    ``stickiness`` is the current month's (see :class:`ActivePoint`);
+    ``churned_total`` counts every churned user, ``churned`` lists the first
+    :data:`CHURN_LIMIT`.
+    """
+
+    since: str
+    today: str
+    users: int
+    daily: tuple[ActivePoint, ...]
+    weekly: tuple[ActivePoint, ...]
+    monthly: tuple[ActivePoint, ...]
+    stickiness: float | None
+    cohorts: tuple[CohortRow, ...]
+    churned_total: int
+    churned: tuple[ChurnedUser, ...]
+
+
+def week_of(day: date) -> date:
+    """The Monday of *day*'s ISO week."""
+    return day - timedelta(days=day.weekday())
+
+
+def _days(first: date, last: date) -> list[str]:
+    return [
+        (first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)
+    ]
+
+
+def retention(
+    conn: sqlite3.Connection,
+    *,
+    now: float | None = None,
+    weeks: int = 8,
+    since: date | None = None,
+) -> Retention:
+    """
+    The retention report over a connection with the sidecar's tables in scope.
+
+    Args:
+        conn: A connection that reads the dashboard index's tables unqualified
+            (:class:`.analytics.Analytics` attaches it as ``ui``).
+        now: Epoch seconds of "now" (default: the clock).
+        weeks: How many ISO weeks to cover, the current one included.
+        since: Cover from the ISO week of this UTC day instead.
+
+    Raises:
+        ValueError: If *weeks* is not 1 to :data:`MAX_WEEKS`, or *since* is
+            after today or more than :data:`MAX_WEEKS` weeks back.
+    """
+    clock = time.time() if now is None else now
+    today = _utc_day(clock)
+    this_week = week_of(today)
+    if since is not None:
+        if since > today:
+            raise ValueError(f"since must not be after today ({today}), got {since}")
+        start = week_of(since)
+        weeks = (this_week - start).days // 7 + 1
+        if weeks > MAX_WEEKS:
+            raise ValueError(
+                f"since must be at most {MAX_WEEKS} weeks back, got {since}"
+            )
+    else:
+        if isinstance(weeks, bool) or not 1 <= weeks <= MAX_WEEKS:
+            raise ValueError(f"weeks must be from 1 to {MAX_WEEKS}, got {weeks!r}")
+        start = this_week - timedelta(weeks=weeks - 1)
+    first_day = start.isoformat()
+
+    def counts(sql: str, params: tuple[object, ...] = ()) -> dict[str, int]:
+        return {str(k): int(n) for k, n in conn.execute(sql, params)}
+
+    # New users per day (their first turn), from the per-user totals.
+    new_by_day: dict[str, int] = counts(
+        "SELECT date(first_at, 'unixepoch') AS d, count(*) FROM ui_user_stats"
+        " WHERE user_key != '' AND first_at >= ? GROUP BY d",
+        (_epoch(start),),
+    )
+    users = int(
+        conn.execute(
+            "SELECT count(*) FROM ui_user_stats WHERE user_key != ''"
+            " AND first_at IS NOT NULL"
+        ).fetchone()[0]
+    )
+    # Daily active users: the day's count less the no-user key.
+    dau = counts(
+        "SELECT d.day, d.active_users - EXISTS (SELECT 1 FROM ui_user_day u"
+        " WHERE u.day = d.day AND u.user_key = '') FROM ui_day_stats d"
+        " WHERE d.day >= ?",
+        (first_day,),
+    )
+    day_list = _days(start, today)
+    daily = tuple(_point(d, dau.get(d, 0), new_by_day.get(d, 0)) for d in day_list)
+    # Weekly active and new users: the cohort counts (a user is new in the
+    # week of their cohort).
+    wau: dict[str, int] = {}
+    new_by_week: dict[str, int] = {}
+    for cohort, week, n in conn.execute(
+        "SELECT cohort, week, users FROM ui_cohort_week WHERE week >= ?",
+        (first_day,),
+    ):
+        wau[week] = wau.get(week, 0) + n
+        if cohort == week:
+            new_by_week[week] = n
+    week_list = [(start + timedelta(weeks=i)).isoformat() for i in range(weeks)]
+    weekly = tuple(_point(w, wau.get(w, 0), new_by_week.get(w, 0)) for w in week_list)
+    month_list = sorted({d[:7] for d in day_list})
+    mau = counts(
+        "SELECT month, count(*) FROM ui_user_month WHERE month >= ?"
+        " AND user_key != '' GROUP BY month",
+        (month_list[0],),
+    )
+    # Stickiness needs every day of the first month, which may start before
+    # the report: read its days too.
+    month_dau = dict(dau)
+    if month_list[0] + "-01" < first_day:
+        month_dau.update(
+            counts(
+                "SELECT d.day, d.active_users - EXISTS (SELECT 1 FROM ui_user_day u"
+                " WHERE u.day = d.day AND u.user_key = '') FROM ui_day_stats d"
+                " WHERE d.day >= ? AND d.day < ?",
+                (month_list[0] + "-01", first_day),
+            )
+        )
+    new_by_month = counts(
+        "SELECT strftime('%Y-%m', first_at, 'unixepoch') AS m, count(*)"
+        " FROM ui_user_stats WHERE user_key != '' AND first_at >= ? GROUP BY m",
+        (_epoch(date.fromisoformat(month_list[0] + "-01")),),
+    )
+    monthly = []
+    for m in month_list:
+        month_start = date.fromisoformat(m + "-01")
+        month_end = min(_month_end(month_start), today)
+        span = _days(month_start, month_end)
+        active = mau.get(m, 0)
+        mean_dau = sum(month_dau.get(d, 0) for d in span) / len(span)
+        monthly.append(
+            _point(
+                m, active, new_by_month.get(m, 0), mean_dau / active if active else None
+            )
+        )
+    cohorts = _cohorts(conn, start, this_week)
+    churned_total, churned = _churned(conn, today)
+    return Retention(
+        since=first_day,
+        today=today.isoformat(),
+        users=users,
+        daily=daily,
+        weekly=weekly,
+        monthly=tuple(monthly),
+        stickiness=monthly[-1].stickiness,
+        cohorts=cohorts,
+        churned_total=churned_total,
+        churned=churned,
+    )
+
+
+def _utc_day(epoch: float) -> date:
+    return date.fromisoformat(time.strftime("%Y-%m-%d", time.gmtime(epoch)))
+
+
+def _epoch(day: date) -> float:
+    return float((day - date(1970, 1, 1)).days * 86_400)
+
+
+def _month_end(month_start: date) -> date:
+    following = (month_start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return following - timedelta(days=1)
+
+
+def _point(
+    period: str, active: int, new: int, stickiness: float | None = None
+) -> ActivePoint:
+    # A user first seen in a period is active in it: new never exceeds active.
+    new = min(new, active)
+    return ActivePoint(period, active, new, active - new, stickiness)
+
+
+def _cohorts(
+    conn: sqlite3.Connection, start: date, this_week: date
+) -> tuple[CohortRow, ...]:
+    """Each cohort from *start* to *this_week*: its size and later active weeks."""
+    counts = {
+        (cohort, week): int(n)
+        for cohort, week, n in conn.execute(
+            "SELECT cohort, week, users FROM ui_cohort_week WHERE cohort >= ?",
+            (start.isoformat(),),
+        )
+    }
+    weeks = (this_week - start).days // 7 + 1
+    result = []
+    for i in range(weeks):
+        cohort = start + timedelta(weeks=i)
+        key = cohort.isoformat()
+        size = counts.get((key, key), 0)  # everyone is active in their first week
+        later = [
+            (cohort + timedelta(weeks=k)).isoformat()
+            for k in range(1, (this_week - cohort).days // 7 + 1)
+        ]
+        active = tuple(counts.get((key, w), 0) for w in later)
+        result.append(
+            CohortRow(
+                key, size, active, tuple(a / size if size else 0.0 for a in active)
+            )
+        )
+    return tuple(result)
+
+
+def _churned(
+    conn: sqlite3.Connection, today: date
+) -> tuple[int, tuple[ChurnedUser, ...]]:
+    """Active in the 7 days before the last 7, not in the last 7 (UTC days)."""
+    current = (today - timedelta(days=6)).isoformat()
+    previous = (today - timedelta(days=13)).isoformat()
+    # Active then and silent since: their last turn (ui_user_stats.last_at)
+    # is in the earlier 7 days; their turns then, 7 lookups each.
+    days = ",".join(
+        f"'{(today - timedelta(days=d)).isoformat()}'" for d in range(7, 14)
+    )
+    rows = conn.execute(
+        "SELECT s.user_key, (SELECT coalesce(sum(d.conversations), 0)"
+        f" FROM ui_user_day d WHERE d.day IN ({days}) AND d.user_key = s.user_key)"
+        " AS c, s.last_at, count(*) OVER () FROM ui_user_stats s"
+        " WHERE s.user_key != '' AND s.last_at >= ? AND s.last_at < ?"
+        " ORDER BY c DESC, s.user_key LIMIT ?",
+        (
+            _epoch(date.fromisoformat(previous)),
+            _epoch(date.fromisoformat(current)),
+            CHURN_LIMIT,
+        ),
+    ).fetchall()
+    total = rows[0][3] if rows else 0
+    return int(total), tuple(ChurnedUser(k, int(c), last) for k, c, last, _ in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class WeekCount:
+    """A user's conversations in the ISO week of Monday ``day`` (UTC)."""
+
+    day: str
+    conversations: int
+
+
+def user_activity(
+    conn: sqlite3.Connection,
+    user_key: str,
+    *,
+    now: float | None = None,
+    weeks: int = 26,
+) -> tuple[WeekCount, ...]:
+    """
+    A user's conversations per ISO week, the last *weeks* of them (this one
+    last, weeks without turns as zeros): point lookups in ``ui_user_day``'s
+    ``(day, user_key)`` key, one per day.
+    """
+    today = _utc_day(time.time() if now is None else now)
+    start = week_of(today) - timedelta(weeks=weeks - 1)
+    days = _days(start, today)
+    marks = ",".join("?" * len(days))
+    counts: dict[str, int] = {}
+    for day, n in conn.execute(
+        f"SELECT day, conversations FROM ui_user_day WHERE day IN ({marks})"
+        " AND user_key = ?",
+        [*days, user_key],
+    ):
+        week = week_of(date.fromisoformat(day)).isoformat()
+        counts[week] = counts.get(week, 0) + int(n)
+    return tuple(
+        WeekCount(w, counts.get(w, 0))
+        for w in ((start + timedelta(weeks=i)).isoformat() for i in range(weeks))
+    )

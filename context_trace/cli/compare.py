@@ -1,0 +1,129 @@
+"""
+``context-trace compare``: two segments side by side.
+
+A segment is ``KEY=VALUE`` conditions on the turns' metadata (``--segment-a
+plan=pro``; repeat the option for several, all of which must hold). The
+figures come from the dashboard's sidecar index (see
+:mod:`context_trace._store.segments`), brought level with the store first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from typing import TextIO
+
+from context_trace._store.analytics import RANGES
+from context_trace._store.segments import (
+    MIN_SAMPLE,
+    Comparison,
+    Figure,
+    SegmentFigures,
+    parse_segment,
+)
+
+from .commands import _EXIT_OK, _EXIT_USAGE, _CLIError, _db_path, _describe, _print_json
+from .retention import open_analytics
+
+__all__ = ["add_parser", "cmd_compare"]
+
+# (attribute, label, format) of each figure, in the order printed.
+_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("users", "users", "int"),
+    ("conversations", "conversations", "int"),
+    ("conversations_per_user", "conversations per user", "float"),
+    ("rating_up_share", "rated helpful", "pct"),
+    ("error_rate", "error rate", "pct"),
+    ("latency_p50_ms", "p50 latency (ms)", "int"),
+    ("latency_p95_ms", "p95 latency (ms)", "int"),
+    ("tokens_per_conversation", "tokens per conversation", "float"),
+    ("week1_retention", "week-1 retention", "pct"),
+)
+
+
+def add_parser(
+    add: Callable[..., argparse.ArgumentParser], as_json: argparse.ArgumentParser
+) -> None:
+    """Add ``compare`` with *add* (the CLI's sub-command factory)."""
+    parser = add(
+        "compare",
+        "two segments of the turns (metadata KEY=VALUE) side by side, with"
+        " counts and a two-proportion z-test of their shares",
+        as_json,
+    )
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--segment-{side}",
+            metavar="KEY=VALUE",
+            action="append",
+            required=True,
+            help=f"segment {side.upper()}: turns whose metadata has this value"
+            " (repeat: all must hold)",
+        )
+    parser.add_argument(
+        "--range",
+        choices=tuple(RANGES),
+        default="all",
+        help="only the turns of the last 24h, 7d, 30d (UTC days) or all (default)",
+    )
+
+
+def _value(figure: Figure, kind: str) -> str:
+    if figure.value is None:
+        return f"- (n={figure.count})"
+    if kind == "pct":
+        return f"{100 * figure.value:.1f}% (n={figure.count})"
+    if kind == "float":
+        return f"{figure.value:.2f} (n={figure.count})"
+    return f"{round(figure.value)}" + ("" if figure.count == figure.value else
+                                       f" (n={figure.count})")  # fmt: skip
+
+
+def _label(figures: SegmentFigures) -> str:
+    return ", ".join(f"{k}={v}" for k, v in figures.segment.items())
+
+
+def _lines(result: Comparison) -> list[str]:
+    a, b = result.a, result.b
+    # Both are given on the command line.
+    assert a is not None
+    assert b is not None
+    lines = [f"{'':<25}{'A: ' + _label(a):<26}{'B: ' + _label(b)}"]
+    lines += [
+        f"{label:<25}{_value(getattr(a, name), kind):<26}"
+        f"{_value(getattr(b, name), kind)}"
+        for name, label, kind in _ROWS
+    ]
+    lines += ["", "Two-proportion z-test (two-sided, p < 0.05 at |z| >= 1.96):"]
+    lines += [
+        f"  {d.measure}: {d.note}" + ("" if d.z is None else f" (z = {d.z})")
+        for d in result.differences
+    ]
+    lines.append(
+        f"  (tested only with at least {MIN_SAMPLE} of each outcome on each side)"
+    )
+    return lines
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the comparison (a table, or JSON with ``--json``)."""
+    try:
+        a = parse_segment(args.segment_a, "=", "--segment-a")
+        b = parse_segment(args.segment_b, "=", "--segment-b")
+    except ValueError as exc:
+        raise _CLIError(str(exc), _EXIT_USAGE) from None
+    path = _db_path(args)
+    analytics = open_analytics(path)
+    try:
+        result = analytics.compare(a, b, args.range)
+    except sqlite3.Error as exc:
+        raise _CLIError(_describe(exc, path)) from None
+    finally:
+        analytics.close()
+    if args.json:
+        _print_json(dataclasses.asdict(result), out)
+    else:
+        out.write("\n".join(_lines(result)) + "\n")
+    return _EXIT_OK
