@@ -266,8 +266,12 @@ class TopicModel:
             Topic(t["id"], tuple(t["terms"]), t["question"], int(t["size"]))
             for t in data["topics"]
         ]
-        centroids = np.asarray(data["centroids"], dtype=np.float32).reshape(
-            len(topics), -1
+        centroids = np.asarray(data["centroids"], dtype=np.float32)
+        # A model fitted on too few questions has no topics: (0, dim), as fitted.
+        centroids = (
+            centroids.reshape(len(topics), -1)
+            if topics
+            else np.zeros((0, 256), np.float32)
         )
         return cls(
             topics, centroids, float(data["min_similarity"]), data["embedder"],

@@ -104,6 +104,15 @@ def test_model_round_trips_through_json() -> None:
     assert again.assign(questions) == model.assign(questions)
 
 
+def test_a_model_with_no_topics_round_trips() -> None:
+    """A model fitted on too few questions (no topics) reads back, and assigns misc."""
+    model = topics.fit(["hello there"])
+    again = topics.TopicModel.from_json(model.to_json())
+
+    assert [] == list(again.topics)
+    assert [MISC] == list(again.assign(["hello there"]))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"n_topics": 0}, "n_topics"), ({"max_distance": 2.5}, "max_distance"),
