@@ -36,7 +36,7 @@ from ._record import (
     message_key,
 )
 from ._runtree import build_spans
-from ._turn import ModelResult, Received, Turn
+from ._turn import ModelResult, ModelRun, Received, Turn
 
 __all__ = [
     "answer_text",
@@ -95,10 +95,6 @@ _SESSION_ENTRY_BYTES = 200
 
 # The counts of an ``llm_output``'s ``token_usage``, as input, output, total.
 _LLM_OUTPUT_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-# A model call as the handler keeps it: (run key, input messages or prompt,
-# serialized, metadata, invocation params).
-_Call = tuple[int, Any, Any, Any, Any]
 
 
 def _compact(value: Any) -> str:
@@ -402,7 +398,7 @@ def _input_messages(inputs: Any) -> list[Message]:
 
 
 def _history(
-    inputs: Any, users: Sequence[Message], calls: Sequence[_Call]
+    inputs: Any, users: Sequence[Message], calls: Sequence[ModelRun]
 ) -> list[Message]:
     """
     The history a turn with no session keeps: what its input re-sent before the
@@ -420,8 +416,8 @@ def _history(
     if not sent:
         return []
     for call in calls:
-        if _is_sequence(call[1]):
-            earlier = [m for m in _earlier(call[1]) if message_key(m) in sent]
+        if _is_sequence(call.input):
+            earlier = [m for m in _earlier(call.input) if message_key(m) in sent]
             if earlier:
                 return earlier
     return []
@@ -467,7 +463,7 @@ def _result_message(result: LLMResult | ModelResult | None) -> BaseMessage | Non
     return gen.message if isinstance(gen, ChatGeneration) else None
 
 
-def _model_name(call: _Call, result: LLMResult | ModelResult | None) -> str | None:
+def _model_name(call: ModelRun, result: LLMResult | ModelResult | None) -> str | None:
     """The model a call used: as the response names it, else as it was called."""
     message = _result_message(result)
     if message is not None:
@@ -480,16 +476,15 @@ def _model_name(call: _Call, result: LLMResult | ModelResult | None) -> str | No
         value = result.llm_output.get("model_name") or result.llm_output.get("model")
         if isinstance(value, str) and value:
             return value
-    _key, _input, serialized, metadata, params = call
-    params = params or {}
+    params = call.params or {}
     for key in ("model", "model_name", "model_id", "deployment_name"):
         value = params.get(key)
         if isinstance(value, str) and value:
             return value
-    meta = metadata or {}
+    meta = call.metadata or {}
     if isinstance(meta.get("ls_model_name"), str) and meta["ls_model_name"]:
         return str(meta["ls_model_name"])
-    serialized = serialized or {}
+    serialized = call.serialized or {}
     if isinstance(serialized.get("name"), str):
         return str(serialized["name"])
     ident = serialized.get("id")
@@ -717,7 +712,9 @@ def _log_clash(metadata: Mapping[str, str]) -> None:
             )
 
 
-def _abandoned(turn: Turn, calls: Sequence[_Call], results: Mapping[int, Any]) -> bool:
+def _abandoned(
+    turn: Turn, calls: Sequence[ModelRun], results: Mapping[int, Any]
+) -> bool:
     """
     Whether the turn is a stream its consumer stopped reading.
 
@@ -729,7 +726,7 @@ def _abandoned(turn: Turn, calls: Sequence[_Call], results: Mapping[int, Any]) -
         return True
     if isinstance(turn.error, asyncio.CancelledError):
         return bool(turn.tokens)  # not a cancelled ainvoke that streamed nothing
-    return turn.error is None and any(c[0] not in results for c in calls)
+    return turn.error is None and any(c.key not in results for c in calls)
 
 
 def _answers_user(turn: Turn, users: Sequence[Message], answer: str | None) -> bool:
@@ -800,33 +797,35 @@ def _received_answer(received: Received) -> tuple[Any, str]:
 
 
 def _message_call(
-    calls: Sequence[_Call],
+    calls: Sequence[ModelRun],
     results: Mapping[int, LLMResult | ModelResult],
     message_id: Any,
-) -> _Call | None:
+) -> ModelRun | None:
     """The model call whose message has *message_id* (its result's, or its run's)."""
     if not isinstance(message_id, str) or not message_id:
         return None
     for call in reversed(calls):
-        message = _result_message(results.get(call[0]))
+        message = _result_message(results.get(call.key))
         if message is not None and message.id == message_id:
             return call
-        run = str(UUID(int=call[0]))
+        run = str(UUID(int=call.key))
         if message_id in (f"lc_run--{run}", f"run-{run}"):  # an unfinished call
             return call
     return None
 
 
 def _answering_call(
-    calls: Sequence[_Call], results: Mapping[int, LLMResult | ModelResult], answer: str
-) -> _Call | None:
+    calls: Sequence[ModelRun],
+    results: Mapping[int, LLMResult | ModelResult],
+    answer: str,
+) -> ModelRun | None:
     """The call that produced *answer*: the last one whose text is the answer."""
-    ended = [c for c in calls if c[0] in results]
+    ended = [c for c in calls if c.key in results]
     for call in reversed(ended):
-        message = _result_message(results[call[0]])
+        message = _result_message(results[call.key])
         text = answer_text(message) if message is not None else None
         if text is None:
-            text = answer_text(results[call[0]])
+            text = answer_text(results[call.key])
         if text == answer:
             return call
     if ended:
@@ -844,7 +843,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     (``configurable.session_id``, then ``configurable.thread_id``).
     """
     steps = turn.steps or []
-    calls: list[_Call] = [s for s in steps if isinstance(s, tuple)]
+    calls = [s for s in steps if type(s) is ModelRun]
     results = turn.results or {}
     abandoned = _abandoned(turn, calls, results)
     error = None if abandoned else turn.error
@@ -852,7 +851,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     # The user's own words: the root's input, else what the model was asked.
     inputs = turn.end_inputs if turn.end_inputs is not None else turn.chain_inputs
     if turn.chain_inputs is None and calls:  # a model invoked directly
-        inputs = calls[0][1]
+        inputs = calls[0].input
     users = _user_messages(inputs)
 
     # The final answer follows the root's output (or the stream as received).
@@ -863,7 +862,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         answer = answer_text(turn.output) if turn.output is not None else ""
     answering = _answering_call(calls, results, answer or "")
     if abandoned:
-        open_calls = [c for c in calls if c[0] not in results]
+        open_calls = [c for c in calls if c.key not in results]
         answering = open_calls[-1] if open_calls else answering
         if turn.received is not None:
             # A LangGraph messages stream: what its consumer got, not what the
@@ -871,19 +870,19 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
             message_id, answer = _received_answer(turn.received)
             answering = _message_call(calls, results, message_id) or answering
         else:
-            key = answering[0] if answering is not None else None
+            key = answering.key if answering is not None else None
             answer = "".join(_token_text(t) for k, t in turn.tokens or () if k == key)
     elif not answer and answering is not None:
-        message = _result_message(results.get(answering[0]))
+        message = _result_message(results.get(answering.key))
         if message is not None and not _field(message, "tool_calls"):
             answer = answer_text(message)
-        elif message is None and answering[0] in results:
-            answer = answer_text(results[answering[0]])
+        elif message is None and answering.key in results:
+            answer = answer_text(results[answering.key])
 
     if not calls and turn.error is None and not _answers_user(turn, users, answer):
         return None  # a parser or a lambda on its own
     if not users and answering is not None:
-        users = _model_prompt(answering[1])
+        users = _model_prompt(answering.input)
     if not users and inputs is not None:
         users = [Message("user", _text_or_json(inputs))]
 
@@ -893,7 +892,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     if user_id is None or session_id is None:
         header_user = header_session = None
         for call in calls:
-            header_user, header_session = header_ids(call[4])
+            header_user, header_session = header_ids(call.params)
             if header_user is not None or header_session is not None:
                 break
         if user_id is None:
@@ -906,7 +905,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         )
 
     messages: list[Message] = []
-    system = _system_text(answering[1]) if answering is not None else None
+    system = _system_text(answering.input) if answering is not None else None
     if system is not None and (
         session_id is None or _SESSION_SYSTEMS.changed(session_id, system)
     ):
@@ -916,23 +915,22 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         messages.extend(_history(inputs, users, calls))
     messages.extend(users)
     for step in steps:
-        if isinstance(step, tuple):
+        if isinstance(step, ModelRun):
             if step is answering:
                 continue
-            message = _result_message(results.get(step[0]))
+            message = _result_message(results.get(step.key))
             if message is not None and _field(message, "tool_calls"):
                 text = content_text(message.content)
                 if text:  # what the assistant said beside its tool calls
                     messages.append(Message("assistant", text))
             continue
-        name, tool_input, output, is_error = step
         messages.append(
             Message(
                 "tool",
-                _text_or_json(output),
-                name=str(name),
-                tool_input=_text_or_json(tool_input),
-                error=bool(is_error),
+                _text_or_json(step.output),
+                name=str(step.name),
+                tool_input=_text_or_json(step.input),
+                error=bool(step.is_error),
             )
         )
     if answer or error is None:
@@ -947,7 +945,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     answering_model: str | None = None
     model_calls: list[ModelCall] = []
     for call in calls:
-        result = results.get(call[0])
+        result = results.get(call.key)
         usage = _usage(result)
         total = _add_usage(total, usage)
         model = _model_name(call, result)
@@ -957,7 +955,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     tags = tuple(dict.fromkeys(str(t) for t in turn.tags)) if turn.tags else ()
     prompt: str | None = None
     if answering is not None:
-        seen = "\n\n".join(m.content for m in _model_prompt(answering[1]))
+        seen = "\n\n".join(m.content for m in _model_prompt(answering.input))
         if seen and seen != "\n\n".join(m.content for m in users):
             prompt = seen  # what the model saw (retrieved context, a template)
     error_text: str | None = None

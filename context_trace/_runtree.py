@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._record import Span, Usage
-from ._turn import Turn
+from ._turn import ModelRun, Turn
 
 __all__ = ["build_spans", "span_id"]
 
@@ -82,22 +82,18 @@ def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span
         return ()
     root = turn.key
     results = turn.results or {}
-    tool_keys = {id(entry): key for key, entry in (turn.tool_runs or {}).items()}
     # The runs that become spans; a direct model call is the root's own child.
     spans: list[Span] = []
     span_keys: set[int] = set()
-    items: list[tuple[int, Any]] = []
-    for step in turn.steps or ():
-        key = step[0] if isinstance(step, tuple) else tool_keys.get(id(step))
-        if key is not None:
-            items.append((key, step))
-            span_keys.add(key)
+    steps = turn.steps or ()
+    for step in steps:
+        span_keys.add(step.key)
 
     def parent_of(key: int) -> str | None:
         node = tree.get(key)
         seen = 0
         while node is not None and seen < 10_000:  # a tree, but never loop forever
-            parent = node[0]
+            parent = node.parent
             if parent == root:
                 return None
             if parent in span_keys:
@@ -106,25 +102,27 @@ def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span
             seen += 1
         return None
 
-    for key, step in items:
+    for step in steps:
+        key = step.key
         node = tree.get(key)
         if key == root:  # a model invoked directly: a child of the turn's root
             started, ended, error, call_id = turn.started, turn.ended, turn.error, None
             sid = f"{((key >> 64) & _MASK64) or 1:016x}"
             parent = None
         elif node is not None:
-            started, ended, error, call_id = node[1], node[2], node[3], node[4]
+            started, ended = node.started, node.ended
+            error, call_id = node.error, node.tool_call_id
             sid = span_id(key)
             parent = parent_of(key)
         else:
             continue
         if not ended:  # never ended (an abandoned stream): ends with the turn
             ended = max(turn.ended, started)
-        if isinstance(step, tuple):
+        if isinstance(step, ModelRun):
             result = results.get(key)
             counts = usage(result)
             request = model_name(step, None) or "unknown"
-            metadata = step[3] or {}
+            metadata = step.metadata or {}
             provider = metadata.get("ls_provider")
             spans.append(
                 Span(
@@ -144,17 +142,16 @@ def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span
                 )
             )
         else:
-            name, _input, output, is_error = step
             spans.append(
                 Span(
                     id=sid,
                     parent_id=parent,
                     kind="tool",
-                    name=str(name),
+                    name=str(step.name),
                     started_at=started,
                     ended_at=ended,
                     tool_call_id=call_id if isinstance(call_id, str) else None,
-                    error=_error_text(output if is_error else error),
+                    error=_error_text(step.output if step.is_error else error),
                 )
             )
     return tuple(spans)
