@@ -24,6 +24,7 @@ from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 from langchain_core.prompt_values import PromptValue
 
 from ._log import log_once
+from ._measure import add_usage, field, model_name, result_message, usage
 from ._record import (
     MEASURED_KEYS,
     Conversation,
@@ -93,9 +94,6 @@ _SESSIONS_MAX_BYTES = 256 * 1024
 # its share of the table), measured with tracemalloc.
 _SESSION_ENTRY_BYTES = 200
 
-# The counts of an ``llm_output``'s ``token_usage``, as input, output, total.
-_LLM_OUTPUT_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
 
 def _compact(value: Any) -> str:
     try:
@@ -112,40 +110,6 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump()
     return str(value)
-
-
-# (type, attribute name) -> whether the class (or a base) defines it: a
-# property such as a custom message's ``tool_calls``. Bounded by the message
-# and generation types a process meets times a handful of names.
-_CLASS_ATTRS: dict[tuple[type, str], bool] = {}
-_MISSING = object()
-
-
-def _field(obj: Any, name: str) -> Any:
-    """
-    ``getattr(obj, name, None)`` for LangChain's pydantic objects, without the miss.
-
-    ``getattr(message, "tool_calls", None)`` on a message type without that
-    field goes through pydantic's ``__getattr__`` and an exception: ~13 µs a
-    miss, which was a quarter of a parrot turn's conversion. Fields live in
-    the instance ``__dict__``, extra fields (``ChatMessage(..., tool_calls=...)``)
-    in ``__pydantic_extra__``; anything else the class defines (a property) is
-    read with ``getattr``.
-    """
-    fields = getattr(obj, "__dict__", None)
-    if fields is not None:
-        value = fields.get(name, _MISSING)
-        if value is not _MISSING:
-            return value
-        extra = getattr(obj, "__pydantic_extra__", None)
-        if extra and name in extra:
-            return extra[name]
-    kind = type(obj)
-    defined = _CLASS_ATTRS.get((kind, name))
-    if defined is None:
-        defined = any(name in vars(base) for base in kind.__mro__)
-        _CLASS_ATTRS[(kind, name)] = defined
-    return getattr(obj, name, None) if defined else None
 
 
 def content_text(content: Any) -> str:
@@ -184,7 +148,7 @@ def _is_sequence(value: Any) -> bool:
 def _role(msg: BaseMessage) -> Role:
     kind = msg.type
     if kind == "chat":
-        return _ROLES.get(str(_field(msg, "role") or "user").lower(), "user")
+        return _ROLES.get(str(field(msg, "role") or "user").lower(), "user")
     return _ROLES.get(kind, "user")
 
 
@@ -192,9 +156,9 @@ def _message(msg: BaseMessage) -> Message:
     role = _role(msg)
     text = content_text(msg.content)
     if role == "tool":
-        return Message("tool", text, name=_field(msg, "name"))
+        return Message("tool", text, name=field(msg, "name"))
     if role == "assistant" and not text:
-        calls = _field(msg, "tool_calls")
+        calls = field(msg, "tool_calls")
         if calls:
             text = _compact(
                 [{"name": c.get("name"), "args": c.get("args")} for c in calls]
@@ -225,7 +189,7 @@ def answer_text(output: Any) -> str:
         return output
     if isinstance(output, BaseMessage):
         text = content_text(output.content)
-        calls = _field(output, "tool_calls")
+        calls = field(output, "tool_calls")
         if not text and calls:
             text = _compact(
                 [{"name": c.get("name"), "args": c.get("args")} for c in calls]
@@ -454,112 +418,6 @@ def _text_or_json(value: Any) -> str:
     return _compact(value)
 
 
-def _result_message(result: LLMResult | ModelResult | None) -> BaseMessage | None:
-    if type(result) is ModelResult:
-        return result.message
-    if result is None or not result.generations or not result.generations[0]:
-        return None
-    gen = result.generations[0][0]
-    return gen.message if isinstance(gen, ChatGeneration) else None
-
-
-def _model_name(call: ModelRun, result: LLMResult | ModelResult | None) -> str | None:
-    """The model a call used: as the response names it, else as it was called."""
-    message = _result_message(result)
-    if message is not None:
-        meta = message.response_metadata or {}
-        for key in ("model_name", "model"):
-            value = meta.get(key)
-            if isinstance(value, str) and value:
-                return value
-    if result is not None and result.llm_output:
-        value = result.llm_output.get("model_name") or result.llm_output.get("model")
-        if isinstance(value, str) and value:
-            return value
-    params = call.params or {}
-    for key in ("model", "model_name", "model_id", "deployment_name"):
-        value = params.get(key)
-        if isinstance(value, str) and value:
-            return value
-    meta = call.metadata or {}
-    if isinstance(meta.get("ls_model_name"), str) and meta["ls_model_name"]:
-        return str(meta["ls_model_name"])
-    serialized = call.serialized or {}
-    if isinstance(serialized.get("name"), str):
-        return str(serialized["name"])
-    ident = serialized.get("id")
-    if isinstance(ident, list) and ident:
-        return str(ident[-1])
-    if isinstance(params.get("_type"), str):
-        return str(params["_type"])
-    return None
-
-
-def _detail(details: Any, key: str) -> int | None:
-    value = details.get(key) if isinstance(details, Mapping) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _plus(total: int | None, value: int | None) -> int | None:
-    if value is None:
-        return total
-    return value if total is None else total + value
-
-
-def _usage(result: LLMResult | ModelResult | None) -> Usage | None:
-    """
-    One call's token usage, or None when the model reports none.
-
-    LangChain's ``usage_metadata`` of each generation (with the cache-read,
-    cache-write and reasoning counts of its ``input_token_details`` and
-    ``output_token_details`` where reported), else the ``token_usage`` of the
-    result's ``llm_output``.
-    """
-    if result is None:
-        return None
-    found = False
-    prompt = completion = total = 0
-    cache_read = cache_write = reasoning = None
-    for gens in result.generations:
-        for gen in gens:
-            usage = _field(_field(gen, "message"), "usage_metadata")
-            if usage:
-                found = True
-                prompt += int(usage.get("input_tokens", 0) or 0)
-                completion += int(usage.get("output_tokens", 0) or 0)
-                total += int(usage.get("total_tokens", 0) or 0)
-                details = usage.get("input_token_details")
-                cache_read = _plus(cache_read, _detail(details, "cache_read"))
-                cache_write = _plus(cache_write, _detail(details, "cache_creation"))
-                details = usage.get("output_token_details")
-                reasoning = _plus(reasoning, _detail(details, "reasoning"))
-    if not found and result.llm_output:
-        usage = result.llm_output.get("token_usage") or result.llm_output.get("usage")
-        if isinstance(usage, Mapping):
-            found = True
-            counts = [usage.get(k) for k in _LLM_OUTPUT_KEYS]
-            prompt, completion, total = (c if isinstance(c, int) else 0 for c in counts)
-    if not found:
-        return None
-    return Usage(prompt, completion, total, cache_read, cache_write, reasoning)
-
-
-def _add_usage(total: Usage | None, usage: Usage | None) -> Usage | None:
-    """Two usages summed, count by count (None where neither reports one)."""
-    if usage is None:
-        return total
-    if total is None:
-        return usage
-    return Usage(
-        _plus(total.input_tokens, usage.input_tokens),
-        _plus(total.output_tokens, usage.output_tokens),
-        _plus(total.total_tokens, usage.total_tokens),
-        _plus(total.cache_read_tokens, usage.cache_read_tokens),
-        _plus(total.cache_write_tokens, usage.cache_write_tokens),
-        _plus(total.reasoning_tokens, usage.reasoning_tokens),
-    )
-
-
 def _header_id(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, UUID)):
         return None
@@ -745,7 +603,7 @@ def _answers_user(turn: Turn, users: Sequence[Message], answer: str | None) -> b
 
 def _token_text(token: Any) -> str:
     """A streamed token's text (a str, content blocks, or a generation chunk)."""
-    message = _field(token, "message")
+    message = field(token, "message")
     if isinstance(message, BaseMessage):
         return content_text(message.content)
     return content_text(token)
@@ -805,7 +663,7 @@ def _message_call(
     if not isinstance(message_id, str) or not message_id:
         return None
     for call in reversed(calls):
-        message = _result_message(results.get(call.key))
+        message = result_message(results.get(call.key))
         if message is not None and message.id == message_id:
             return call
         run = str(UUID(int=call.key))
@@ -822,7 +680,7 @@ def _answering_call(
     """The call that produced *answer*: the last one whose text is the answer."""
     ended = [c for c in calls if c.key in results]
     for call in reversed(ended):
-        message = _result_message(results[call.key])
+        message = result_message(results[call.key])
         text = answer_text(message) if message is not None else None
         if text is None:
             text = answer_text(results[call.key])
@@ -873,8 +731,8 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
             key = answering.key if answering is not None else None
             answer = "".join(_token_text(t) for k, t in turn.tokens or () if k == key)
     elif not answer and answering is not None:
-        message = _result_message(results.get(answering.key))
-        if message is not None and not _field(message, "tool_calls"):
+        message = result_message(results.get(answering.key))
+        if message is not None and not field(message, "tool_calls"):
             answer = answer_text(message)
         elif message is None and answering.key in results:
             answer = answer_text(results[answering.key])
@@ -918,8 +776,8 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         if isinstance(step, ModelRun):
             if step is answering:
                 continue
-            message = _result_message(results.get(step.key))
-            if message is not None and _field(message, "tool_calls"):
+            message = result_message(results.get(step.key))
+            if message is not None and field(message, "tool_calls"):
                 text = content_text(message.content)
                 if text:  # what the assistant said beside its tool calls
                     messages.append(Message("assistant", text))
@@ -946,12 +804,12 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
     model_calls: list[ModelCall] = []
     for call in calls:
         result = results.get(call.key)
-        usage = _usage(result)
-        total = _add_usage(total, usage)
-        model = _model_name(call, result)
+        counts = usage(result)
+        total = add_usage(total, counts)
+        model = model_name(call, result)
         if call is answering and model:
             answering_model = model
-        model_calls.append(ModelCall(model, usage))
+        model_calls.append(ModelCall(model, counts))
     tags = tuple(dict.fromkeys(str(t) for t in turn.tags)) if turn.tags else ()
     prompt: str | None = None
     if answering is not None:
@@ -994,7 +852,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         stream_abandoned=abandoned,
         model_input=prompt,
         # OTLP export on: the run tree as span records, and the app's span.
-        spans=build_spans(turn, _model_name, _usage) if turn.tree is not None else (),
+        spans=build_spans(turn) if turn.tree is not None else (),
         trace_id=None if turn.trace_parent is None else f"{turn.trace_parent[0]:032x}",
         parent_span_id=(
             None if turn.trace_parent is None else f"{turn.trace_parent[1]:016x}"

@@ -11,19 +11,15 @@ OpenTelemetry; ``_exporters/otlp.py`` maps the records to GenAI spans.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from ._record import Span, Usage
+from ._measure import finish_reasons, requested_model, response_model, usage
+from ._record import Span
 from ._turn import ModelRun, Turn
 
 __all__ = ["build_spans", "span_id"]
 
 _MASK64 = (1 << 64) - 1
-
-# The converter's model-name and usage rules, passed in (it imports this module).
-ModelName = Callable[[Any, Any], "str | None"]
-UsageOf = Callable[[Any], "Usage | None"]
 
 
 def span_id(key: int) -> str:
@@ -39,39 +35,7 @@ def _error_text(error: Any) -> str | None:
     return str(error)
 
 
-def _response_model(result: Any) -> str | None:
-    """The model a response names (``response_metadata``, ``llm_output``)."""
-    if result is None:
-        return None
-    for gens in result.generations or ():
-        for gen in gens:
-            meta = getattr(getattr(gen, "message", None), "response_metadata", None)
-            for key in ("model_name", "model"):
-                value = (meta or {}).get(key)
-                if isinstance(value, str) and value:
-                    return value
-    output = result.llm_output or {}
-    value = output.get("model_name") or output.get("model")
-    return value if isinstance(value, str) and value else None
-
-
-def _finish_reasons(result: Any) -> tuple[str, ...]:
-    if result is None:
-        return ()
-    reasons: list[str] = []
-    for gens in result.generations or ():
-        for gen in gens:
-            info = getattr(gen, "generation_info", None) or {}
-            meta = getattr(getattr(gen, "message", None), "response_metadata", None)
-            for source in (info, meta or {}):
-                value = source.get("finish_reason") or source.get("stop_reason")
-                if isinstance(value, str) and value:
-                    reasons.append(value)
-                    break
-    return tuple(reasons)
-
-
-def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span, ...]:
+def build_spans(turn: Turn) -> tuple[Span, ...]:
     """
     The span records of *turn*'s model calls and tool runs, in start order.
 
@@ -121,7 +85,7 @@ def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span
         if isinstance(step, ModelRun):
             result = results.get(key)
             counts = usage(result)
-            request = model_name(step, None) or "unknown"
+            request = requested_model(step) or "unknown"
             metadata = step.metadata or {}
             provider = metadata.get("ls_provider")
             spans.append(
@@ -133,11 +97,11 @@ def build_spans(turn: Turn, model_name: ModelName, usage: UsageOf) -> tuple[Span
                     started_at=started,
                     ended_at=ended,
                     request_model=request,
-                    response_model=_response_model(result),
+                    response_model=response_model(result),
                     provider=provider if isinstance(provider, str) else None,
                     input_tokens=None if counts is None else counts.input_tokens,
                     output_tokens=None if counts is None else counts.output_tokens,
-                    finish_reasons=_finish_reasons(result),
+                    finish_reasons=finish_reasons(result),
                     error=_error_text(error),
                 )
             )
