@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _rules as rules
+from ._attribution import header_ids, reset_header_sessions
 from ._log import log_once
 from ._record import Conversation, Feedback, Message, Record
-from ._rules import Redactor, header_ids, reset_header_sessions
+from ._rules import Redactor
 from ._runtree import build_spans
 from ._text import answer_text, content_text
 from ._turn import Turn
