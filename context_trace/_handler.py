@@ -355,7 +355,7 @@ class RecordingHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         # Only streamed calls get here. The tokens are what a stream's consumer
-        # has received when it stops reading early (see _convert); a LangGraph
+        # has received when it stops reading early (see _rules); a LangGraph
         # messages stream is read for that instead (Turn.received).
         try:
             key = run_id.int
