@@ -12,7 +12,7 @@ fixes what the community handler gets wrong:
   a handler mix their users' messages. Ours is a :class:`RecordingHandler`: all
   state is keyed by run id.
 - It reads ``outputs["text"]``, which LCEL chains do not return. Ours extracts
-  the answer from whatever the root run returned (``_convert.answer_text``).
+  the answer from whatever the root run returned (``_text.answer_text``).
 - It posts to the API inside the callback, blocking the request. Ours hands the
   finished turn to the background pipeline and returns.
 
@@ -24,7 +24,7 @@ Attribution of each root run, first match wins:
 2. Otherwise an anonymous scope, whose user and session come from the model's
    ``headers`` / ``default_headers`` (``user_id``, ``X-User-Id``,
    ``session_id``, ``X-Session-Id``) or OpenAI's ``user`` field. That lookup
-   runs on the export thread (``_convert.header_ids``), not in the callback.
+   runs on the export thread (``_attribution.header_ids``), not in the callback.
 """
 
 from __future__ import annotations

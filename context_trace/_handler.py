@@ -30,7 +30,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from . import _graph_streams, _runtime
 from ._log import log_once
 from ._state import STATE
-from ._turn import RECEIVING, Turn, light_result
+from ._turn import RECEIVING, ModelRun, RunNode, ToolRun, Turn, light_result
 
 if TYPE_CHECKING:
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
@@ -117,7 +117,7 @@ class RecordingHandler(BaseCallbackHandler):
                 turns[key] = turn
                 tree = turn.tree
                 if tree is not None:  # OTLP export is on: the span tree
-                    tree[key] = [parent_run_id.int, time.time(), 0.0, None, None]
+                    tree[key] = RunNode(parent_run_id.int, time.time())
                 if self._shares_runs:
                     _SHARED_RUNS[key] = self
                 return turn
@@ -302,7 +302,9 @@ class RecordingHandler(BaseCallbackHandler):
         # dict.setdefault is atomic: parallel children of one root
         # (RunnableParallel, a ToolNode's executor) must not lose items.
         turn.__dict__.setdefault("steps", []).append(
-            (key, model_input, serialized, metadata, kwargs.get("invocation_params"))
+            ModelRun(
+                key, model_input, serialized, metadata, kwargs.get("invocation_params")
+            )
         )
 
     def on_chat_model_start(
@@ -354,7 +356,7 @@ class RecordingHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         # Only streamed calls get here. The tokens are what a stream's consumer
-        # has received when it stops reading early (see _convert); a LangGraph
+        # has received when it stops reading early (see _rules); a LangGraph
         # messages stream is read for that instead (Turn.received).
         try:
             key = run_id.int
@@ -374,7 +376,7 @@ class RecordingHandler(BaseCallbackHandler):
                 result = light_result(response)
                 turn.__dict__.setdefault("results", {})[key] = result
                 if turn.tree is not None and key in turn.tree:
-                    turn.tree[key][2] = time.time()
+                    turn.tree[key].ended = time.time()
                 if turn.key == key:  # a model invoked directly: it is the turn
                     turn.output = result
                     self._finish(turn, None)
@@ -397,8 +399,8 @@ class RecordingHandler(BaseCallbackHandler):
         """Note a child run's end for its span (OTLP export on)."""
         entry = turn.tree.get(key) if turn.tree is not None else None
         if entry is not None:
-            entry[2] = time.time()
-            entry[3] = error
+            entry.ended = time.time()
+            entry.error = error
 
     # ------------------------------------------------------------------ tools
     def on_tool_start(
@@ -417,13 +419,14 @@ class RecordingHandler(BaseCallbackHandler):
             turn = self._enter(run_id, parent_run_id, tags, metadata)
             if turn is not None:
                 name = kwargs.get("name") or (serialized or {}).get("name") or "tool"
-                entry = [name, inputs if inputs is not None else input_str, None, False]
+                key = run_id.int
+                entry = ToolRun(key, name, inputs if inputs is not None else input_str)
                 turn.__dict__.setdefault("steps", []).append(entry)
-                turn.__dict__.setdefault("tool_runs", {})[run_id.int] = entry
+                turn.__dict__.setdefault("tool_runs", {})[key] = entry
                 if turn.tree is not None:
-                    node = turn.tree.get(run_id.int)
+                    node = turn.tree.get(key)
                     if node is not None:
-                        node[4] = kwargs.get("tool_call_id")
+                        node.tool_call_id = kwargs.get("tool_call_id")
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_tool_start")
 
@@ -434,8 +437,8 @@ class RecordingHandler(BaseCallbackHandler):
             return
         entry = turn.tool_runs.get(key) if turn.tool_runs else None
         if entry is not None:
-            entry[2] = output
-            entry[3] = is_error
+            entry.output = output
+            entry.is_error = is_error
         if turn.tree is not None:
             self._run_ended(turn, key, output if is_error else None)
         if turn.key == key:  # a tool invoked on its own: not a conversation

@@ -21,7 +21,77 @@ if TYPE_CHECKING:
 
     from ._scopes import Scope, Session
 
-__all__ = ["RECEIVING", "ModelResult", "Received", "Turn", "light_result"]
+__all__ = [
+    "RECEIVING",
+    "ModelResult",
+    "ModelRun",
+    "Received",
+    "RunNode",
+    "ToolRun",
+    "Turn",
+    "light_result",
+]
+
+
+# The turn's parts below are slotted with a positional ``__init__``: each is one
+# object (as the tuple or list it replaces was), and the handler builds them on
+# the app's thread.
+
+
+class ModelRun:
+    """
+    A model call as the handler keeps it (references only).
+
+    ``key`` is its run id's ``int``; ``input`` the messages (chat model) or the
+    prompt str (LLM) it was called with; ``serialized``, ``metadata`` and
+    ``params`` (invocation params) as LangChain handed them over.
+    """
+
+    __slots__ = ("input", "key", "metadata", "params", "serialized")
+
+    def __init__(
+        self,
+        key: int,
+        input: Any,
+        serialized: dict[str, Any] | None,
+        metadata: dict[str, Any] | None,
+        params: dict[str, Any] | None,
+    ) -> None:
+        self.key = key
+        self.input = input
+        self.serialized = serialized
+        self.metadata = metadata
+        self.params = params
+
+
+class ToolRun:
+    """A tool run: its name and input at its start, its output when it ends."""
+
+    __slots__ = ("input", "is_error", "key", "name", "output")
+
+    def __init__(self, key: int, name: Any, input: Any) -> None:
+        self.key = key
+        self.name = name
+        self.input = input
+        self.output: Any = None  # its result, or the exception it raised
+        self.is_error = False
+
+
+class RunNode:
+    """
+    A run below the root in the span tree (kept only while OTLP export is on).
+
+    ``ended`` is 0.0 until the run ends; ``tool_call_id`` is a tool run's.
+    """
+
+    __slots__ = ("ended", "error", "parent", "started", "tool_call_id")
+
+    def __init__(self, parent: int, started: float) -> None:
+        self.parent = parent
+        self.started = started
+        self.ended = 0.0
+        self.error: BaseException | None = None
+        self.tool_call_id: Any = None
 
 
 class ModelResult:
@@ -125,25 +195,22 @@ class Turn:
     has_model_call: bool = False  # a chat model or LLM ran in this turn
     sampling: bool = False  # no context_session under sample_rate < 1: decide at end
     configurable: dict[str, Any] | None = None  # the first model call's
-    # Model calls and tool runs in start order. A model call is a tuple
-    # ``(run key, input messages or prompt str, serialized, metadata,
-    # invocation params)``; a tool run is a list ``[name, input, output, is_error]``.
-    steps: list[Any] | None = None
+    # Model calls and tool runs in start order.
+    steps: list[ModelRun | ToolRun] | None = None
     # Model run key -> its result (see light_result).
     results: dict[int, LLMResult | ModelResult] | None = None
     tokens: list[tuple[int, Any]] | None = None  # (model run key, streamed token)
     # What a LangGraph messages stream handed its consumer (``_graph_streams``):
     # an abandoned stream's answer is read from it, not from ``tokens``.
     received: Received | None = None
-    tool_runs: dict[int, list[Any]] | None = None
+    tool_runs: dict[int, ToolRun] | None = None
     tags: list[str] | None = None  # the root run's tags
     output: Any = None
     error: BaseException | None = None
     ended: float = 0.0
-    # Only while OTLP export is on: every run below the root, by key, as
-    # ``[parent key, start, end (0.0 until it ends), error, tool_call_id]``;
+    # Only while OTLP export is on: every run below the root, by key;
     # ``_runtree.build_spans`` turns it into span records on the worker.
-    tree: dict[int, list[Any]] | None = None
+    tree: dict[int, RunNode] | None = None
     # The OpenTelemetry span current when the turn started: (trace id, span id).
     trace_parent: tuple[int, int] | None = None
 

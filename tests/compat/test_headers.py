@@ -15,7 +15,8 @@ from context_trace import (
     flush,
     track_user,
 )
-from context_trace._convert import _SessionSystems, header_ids
+from context_trace._attribution import _SessionSystems
+from context_trace._convert import header_ids
 from context_trace._record import Message
 from context_trace._store.reader import SQLiteReader
 from context_trace.testing import CapturedRecords

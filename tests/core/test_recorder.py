@@ -36,6 +36,7 @@ from context_trace import (
     RecordingHandler,
     _convert,
     _handler,
+    _measure,
     _runtime,
     context_session,
     current_handler,
@@ -274,7 +275,7 @@ class TestAnswers:
                 ChatMessage(role="assistant", content="", tool_calls=calls)
             ),
             _convert.answer_text(PropertyCalls(content="")),
-            _convert._usage(result),
+            _measure.usage(result),
         ]
 
 

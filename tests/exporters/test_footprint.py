@@ -8,7 +8,7 @@ import tracemalloc
 import uuid
 from pathlib import Path
 
-from context_trace._convert import _SessionSystems
+from context_trace._attribution import _SessionSystems
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.reader import SQLiteReader
