@@ -461,27 +461,7 @@ class Analytics:
                 " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
                 (first_day,),
             )
-        conversations = sum(r[1] for r in day_rows)
-        errors = sum(r[3] for r in day_rows)
-        return Overview(
-            range=range_,
-            conversations=conversations,
-            errors=errors,
-            tool_errors=sum(r[8] for r in day_rows),
-            error_rate=errors / conversations if conversations else 0.0,
-            latency_p50_ms=_percentile_from_hist(hist, 0.50),
-            latency_p95_ms=_percentile_from_hist(hist, 0.95),
-            prompt_tokens=sum(r[4] for r in day_rows),
-            completion_tokens=sum(r[5] for r in day_rows),
-            rating_up=sum(r[6] for r in day_rows),
-            rating_down=sum(r[7] for r in day_rows),
-            days=_fill_days(
-                {r[0]: DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]},
-                first_day,
-                today,
-            ),
-            top_users=tuple((_user(k), n) for k, n in top),
-        )
+        return _overview_of(range_, day_rows, hist, top, first_day, today)
 
     def _overview_segment(
         self, range_: str, since: float | None, segment: Segment
@@ -490,27 +470,7 @@ class Analytics:
         if whole is not None:  # whole days: from the first one's midnight, or all
             since = _day_start(whole) if whole else None
         day_rows, hist, top = _segments.overview_rows(self._conn, segment, since, whole)
-        conversations = sum(r[1] for r in day_rows)
-        errors = sum(r[3] for r in day_rows)
-        return Overview(
-            range=range_,
-            conversations=conversations,
-            errors=errors,
-            tool_errors=sum(r[8] for r in day_rows),
-            error_rate=errors / conversations if conversations else 0.0,
-            latency_p50_ms=_percentile_from_hist(hist, 0.50),
-            latency_p95_ms=_percentile_from_hist(hist, 0.95),
-            prompt_tokens=sum(r[4] for r in day_rows),
-            completion_tokens=sum(r[5] for r in day_rows),
-            rating_up=sum(r[6] for r in day_rows),
-            rating_down=sum(r[7] for r in day_rows),
-            days=_fill_days(
-                {r[0]: DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]},
-                first_day,
-                _day(self._clock()),
-            ),
-            top_users=tuple((_user(k), n) for k, n in top),
-        )
+        return _overview_of(range_, day_rows, hist, top, first_day, _day(self._clock()))
 
     def _segment_days(self, range_: str, since: float | None) -> tuple[str, str | None]:
         """
@@ -1015,3 +975,37 @@ class Analytics:
             index="ui",
             store="main",
         )
+
+
+def _overview_of(
+    range_: str,
+    day_rows: Sequence[Sequence[Any]],
+    hist: Sequence[tuple[int, int]],
+    top: Sequence[Sequence[Any]],
+    first_day: str,
+    today: str,
+) -> Overview:
+    """The overview of daily rows (day, conversations, active users, errors,
+    prompt and completion tokens, ratings up and down, tool errors), a latency
+    histogram and the top users, for the whole store or a segment."""
+    conversations = sum(r[1] for r in day_rows)
+    errors = sum(r[3] for r in day_rows)
+    return Overview(
+        range=range_,
+        conversations=conversations,
+        errors=errors,
+        tool_errors=sum(r[8] for r in day_rows),
+        error_rate=errors / conversations if conversations else 0.0,
+        latency_p50_ms=_percentile_from_hist(hist, 0.50),
+        latency_p95_ms=_percentile_from_hist(hist, 0.95),
+        prompt_tokens=sum(r[4] for r in day_rows),
+        completion_tokens=sum(r[5] for r in day_rows),
+        rating_up=sum(r[6] for r in day_rows),
+        rating_down=sum(r[7] for r in day_rows),
+        days=_fill_days(
+            {r[0]: DayPoint(r[0], r[1], r[2]) for r in day_rows if r[1]},
+            first_day,
+            today,
+        ),
+        top_users=tuple((_user(k), n) for k, n in top),
+    )
