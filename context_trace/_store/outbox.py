@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from context_trace._record import Record
 
 from . import holder as _holder
+from .base import DEFAULT_DESTINATION
 from .codec import record_from_json, record_to_json
 from .connection import insert_rows
 
@@ -25,8 +26,7 @@ _SELECT_DUE = (
     " INDEXED BY outbox_destination_due WHERE destination = ? AND lease_until <= ?"
     " ORDER BY id LIMIT ?) ORDER BY o.id"
 )
-#: The destination of rows written without one (and of every row of a v2 file).
-DEFAULT_DESTINATION = "context"
+# DEFAULT_DESTINATION (from .base) is also every row's of a v2 file.
 _ADD_TO_COUNTER = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value"
@@ -196,3 +196,10 @@ def fail(
     if deleted:
         conn.execute(_ADD_TO_COUNTER, ("failed", deleted))
         conn.execute(_ADD_TO_COUNTER, (failed_key(destination), deleted))
+
+
+def reset_backoff(conn: sqlite3.Connection) -> int:
+    """Make every pending row due now (leased rows keep their lease); how many."""
+    return conn.execute(
+        "UPDATE outbox SET lease_until = 0 WHERE status = 'pending'"
+    ).rowcount
