@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from context_trace._record import Feedback, Message, Record
 
-from .base import WriteResult
+from .base import Store, WriteResult
 from .codec import scrubbed
 from .connection import DEFAULT_BUSY_TIMEOUT, open_writer, transaction
 from .reader import SQLiteReader, read_session_messages
@@ -451,3 +451,10 @@ class SQLiteReads(SQLiteReader):
         from .analytics import Analytics  # the dashboard's queries: not for writers
 
         return Analytics(self.path, index, now=now)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_store(store: SQLiteStore) -> Store:
+        """mypy checks here that SQLiteStore has the whole interface."""
+        return store
