@@ -21,7 +21,6 @@ from context_trace._record import Record
 from . import holder, outbox
 from .base import DEFAULT_DESTINATION, WriteResult
 from .codec import record_from_json, scrubbed
-from .reader import outbox_counts, outbox_destinations
 from .writer import prepare
 
 if TYPE_CHECKING:
@@ -240,11 +239,11 @@ class SQLiteOutbox:
 
     def counts(self) -> dict[str, int]:
         """``pending``, ``leased``, ``dropped`` and ``failed`` (see ``reader``)."""
-        return self._store.read(outbox_counts)
+        return self._store.read(outbox.outbox_counts)
 
     def destinations(self) -> dict[str, dict[str, int]]:
         """Per destination: ``waiting`` and ``failed`` rows."""
-        return self._store.read(outbox_destinations)
+        return self._store.read(outbox.outbox_destinations)
 
     def reset_backoff(self) -> int:
         """Make every pending row due now; leased rows keep their lease."""
