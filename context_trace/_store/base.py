@@ -163,17 +163,30 @@ class Outbox(Protocol):
         ...
 
     def done(self, row_ids: Iterable[int]) -> None:
-        """Delete delivered rows (rows this process no longer leases are left)."""
+        """
+        Delete delivered rows (the report tables keep their copy).
+
+        Rows claimed from a store that has since been replaced are left alone.
+        """
         ...
 
     def release(self, row_ids: Iterable[int], retry_after: float) -> None:
-        """Return leased rows to pending, deliverable again after *retry_after* s."""
+        """
+        Return leased rows to pending, deliverable again after *retry_after* s.
+
+        A row whose lease this process no longer holds (it expired and another
+        process claimed it) is left alone.
+        """
         ...
 
     def fail(
         self, row_ids: Iterable[int], destination: str = DEFAULT_DESTINATION
     ) -> None:
-        """Delete rows for good and count them as ``failed`` (and per destination)."""
+        """
+        Delete rows for good and count them as ``failed`` (and per destination).
+
+        Like :meth:`release`, a row leased meanwhile by someone else is left alone.
+        """
         ...
 
     def counts(self) -> dict[str, int]:
