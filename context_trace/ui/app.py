@@ -23,7 +23,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, tzinfo
 from typing import Any
 from urllib.parse import urlencode
 
@@ -59,7 +59,8 @@ __all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self';"
-    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    " connect-src 'self'; form-action 'self'; frame-ancestors 'none';"
+    " base-uri 'none'"
 )
 _COOKIE = "context_trace_ui"
 _PAGE = 50
@@ -83,11 +84,11 @@ _CONVERSATIONS_PARAMS = _USER_PARAMS | {
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range", "meta"}),
     "api_segments": frozenset(),
-    "api_retention": frozenset({"weeks", "since"}),
+    "api_retention": frozenset({"weeks", "since", "meta"}),
     "api_compare": frozenset({"a", "b", "range"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
-    "retention_page": frozenset({"weeks", "since"}),
+    "retention_page": frozenset({"weeks", "since", "meta"}),
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),
@@ -310,23 +311,13 @@ def _heat(share: float) -> str:
     return f"heat-{max(0, min(10, round(share * 10)))}"
 
 
-def _sparkline(values: tuple[int, ...]) -> str:
-    """SVG polyline points (a 70 x 16 box) for an activity series."""
-    if not values:
-        return ""
-    top = max(values) or 1
-    step = 70 / max(1, len(values) - 1)
-    return " ".join(
-        f"{i * step:.1f},{15 - 14 * v / top:.1f}" for i, v in enumerate(values)
-    )
-
-
 def create_app(
     db_path: str | os.PathLike[str],
     *,
     token: str | None = None,
     index: UIIndex | None = None,
     refresh_interval: float = 2.0,
+    tz: tzinfo | None = None,
 ) -> Flask:
     """
     Build the dashboard app over the store at *db_path*.
@@ -339,6 +330,7 @@ def create_app(
             It is built to the store's current state here if it is behind.
         refresh_interval: Seconds between background index updates (0: only
             before requests).
+        tz: The time zone of retention's days and weeks (default: UTC).
 
     Returns:
         A WSGI app; ``app.extensions["context_trace_ui"]`` holds its index.
@@ -432,7 +424,6 @@ def create_app(
     app.jinja_env.globals.update(
         fmt_time=_fmt_time,
         fmt_ms=_fmt_ms,
-        sparkline=_sparkline,
         search_count_limit=SEARCH_COUNT_LIMIT,
     )
     app.jinja_env.filters["snippet"] = _snippet
@@ -544,7 +535,12 @@ def create_app(
                     f"since must be a day as YYYY-MM-DD, got {raw!r}"
                 ) from None
         try:
-            return store().retention(weeks=8 if weeks is None else weeks, since=since)
+            return store().retention(
+                weeks=8 if weeks is None else weeks,
+                since=since,
+                segment=_segment_arg(),
+                tz=tz,
+            )
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
 
@@ -594,6 +590,7 @@ def create_app(
         return jsonify(
             user=_json(row),
             sessions={"items": _json(sessions.items), "next": sessions.next},
+            activity=_json(store().user_activity(row.user_id)),
         )
 
     @app.route("/api/session")
@@ -685,13 +682,16 @@ def create_app(
             user=row,
             sessions=sessions,
             topics=topics,
-            activity=store().user_activity(row.user_id),
         )
 
     @app.route("/retention")
     def retention_page() -> Any:
         return render_template(
-            "retention.html", r=retention_data(), weeks=request.args.get("weeks", "")
+            "retention.html",
+            r=retention_data(),
+            weeks=request.args.get("weeks", ""),
+            since=request.args.get("since", ""),
+            meta=request.args.getlist("meta"),
         )
 
     @app.route("/session")
