@@ -13,9 +13,12 @@ token, every request must carry it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import hmac
+import io
+import json
 import logging
 import math
 import os
@@ -50,7 +53,12 @@ from context_trace._store.analytics import (
     SEARCH_COUNT_LIMIT,
     USER_SORTS,
     Analytics,
+    ConversationRow,
+    DayPoint,
+    SessionRow,
+    UserRow,
 )
+from context_trace._store.retention import ActivePoint, ChurnedUser
 from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
@@ -104,6 +112,19 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_topics": frozenset({"user"}),
     "static": frozenset(),
 }
+# CSV export: ?format=csv on the endpoints that answer a table (and ?table=
+# where an answer holds several).
+_CSV_ENDPOINTS = (
+    "api_users", "api_conversations", "api_user", "api_retention", "api_compare",
+    "api_segments", "api_topics", "api_unhappy", "api_overview",
+)  # fmt: skip
+for _name in _CSV_ENDPOINTS:
+    PARAMETERS[_name] = PARAMETERS[_name] | {"format"}
+for _name in ("api_retention", "api_overview"):
+    PARAMETERS[_name] = PARAMETERS[_name] | {"table"}
+# A cell starting with one of these is a formula to a spreadsheet: prefixed
+# with a quote in CSV exports (stored text must never run as a formula).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # New turns indexed before a request, at most: about 50 ms on a loaded machine.
 _REQUEST_CHUNK = REQUEST_CHUNK
 _logger = logging.getLogger(__name__)
@@ -311,6 +332,99 @@ def _heat(share: float) -> str:
     return f"heat-{max(0, min(10, round(share * 10)))}"
 
 
+def _csv_cell(value: Any) -> str:
+    """A CSV cell: None empty, lists and objects as JSON, formulas defused."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_START) else value
+    return str(value)
+
+
+def _csv_response(name: str, columns: list[str], rows: list[dict[str, Any]]) -> Any:
+    """*rows* (dicts) as a CSV download named *name*.csv, *columns* in order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    response = Response(buffer.getvalue(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+    return response
+
+
+def _want_csv() -> bool:
+    value = request.args.get("format") or "json"
+    if value not in ("json", "csv"):
+        raise _BadRequest("format must be json or csv")
+    return value == "csv"
+
+
+def _table_arg(choices: tuple[str, ...], default: str) -> str:
+    value = request.args.get("table") or default
+    if value not in choices:
+        raise _BadRequest(f"table must be one of {', '.join(sorted(choices))}")
+    return value
+
+
+def _fields(cls: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _dataclass_csv(name: str, cls: Any, items: Any) -> Any:
+    return _csv_response(name, _fields(cls), [_json(i) for i in items])
+
+
+def _retention_csv(report: Any) -> Any:
+    """One table of a retention report (?table=, default cohorts) as CSV."""
+    table = _table_arg(("cohorts", "weekly", "monthly", "daily", "churned"), "cohorts")
+    if table == "churned":
+        return _dataclass_csv("churned", ChurnedUser, report.churned)
+    if table != "cohorts":
+        return _dataclass_csv(table, ActivePoint, getattr(report, table))
+    longest = max((len(c.retained) for c in report.cohorts), default=0)
+    later = [f"week {k}" for k in range(1, longest + 1)]
+    rows = []
+    for c in report.cohorts:
+        row: dict[str, Any] = {"week": c.week, "users": c.users}
+        for k, (active, share) in enumerate(zip(c.active, c.retained, strict=True)):
+            row[later[k]] = active
+            row[later[k] + " share"] = round(share, 4)
+        rows.append(row)
+    columns = ["week", "users"] + [c for k in later for c in (k, k + " share")]
+    return _csv_response("cohorts", columns, rows)
+
+
+def _compare_csv(comparison: Any) -> Any:
+    """Two segments' figures, a row per measure: value and count on each side."""
+    sides = [comparison.a, comparison.b]
+    measures = [
+        f.name for f in dataclasses.fields(type(next(x for x in sides if x)))
+    ][1:] if any(sides) else []  # fmt: skip
+    tests = {d.measure: d for d in comparison.differences}
+    rows = []
+    for measure in measures:
+        row: dict[str, Any] = {"measure": measure}
+        for label, side in zip(("a", "b"), sides, strict=True):
+            figure = getattr(side, measure) if side else None
+            row[label] = None if figure is None else figure.value
+            row[label + "_count"] = None if figure is None else figure.count
+        if measure in tests:
+            row["z"] = tests[measure].z
+            row["test"] = tests[measure].note
+        rows.append(row)
+    for label, side in zip(("a", "b"), sides, strict=True):
+        if side is not None:
+            segment = "; ".join(f"{k}={v}" for k, v in side.segment.items())
+            rows.insert(0, {"measure": f"segment {label}", label: segment})
+    columns = ["measure", "a", "a_count", "b", "b_count", "z", "test"]
+    return _csv_response("compare", columns, rows)
+
+
 def create_app(
     db_path: str | os.PathLike[str],
     *,
@@ -435,6 +549,20 @@ def create_app(
 
     app.jinja_env.globals["url"] = url
 
+    def csv_url(path: str, **extra: Any) -> str:
+        """*path* with the current page's query (its filters), and format=csv."""
+        params: dict[str, list[str]] = {
+            k: v
+            for k, v in request.args.to_dict(flat=False).items()
+            if k not in GLOBAL_PARAMETERS
+        }
+        for key, value in extra.items():
+            params[key] = [value]
+        params["format"] = ["csv"]
+        return url(path, **params)
+
+    app.jinja_env.globals["csv_url"] = csv_url
+
     # --- data, shared by pages and API -----------------------------------------
 
     def overview_data() -> Any:
@@ -552,20 +680,43 @@ def create_app(
 
     # --- JSON API -------------------------------------------------------------
 
-    def api(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def api(
+        fn: Callable[[], Any], as_csv: Callable[[Any], Any] | None = None
+    ) -> Callable[[], Any]:
         def view() -> Any:
+            if as_csv is not None and _want_csv():
+                return as_csv(fn())
             return jsonify(_json(fn()))
 
         view.__name__ = "api_" + fn.__name__
         return view
 
-    app.add_url_rule("/api/overview", "api_overview", api(overview_data))
-    app.add_url_rule("/api/segments", "api_segments", api(segments_data))
-    app.add_url_rule("/api/retention", "api_retention", api(retention_data))
-    app.add_url_rule("/api/compare", "api_compare", api(compare_data))
+    def overview_csv(o: Any) -> Any:
+        if _table_arg(("top_users", "days"), "days") == "days":
+            return _dataclass_csv("days", DayPoint, o.days)
+        rows = [{"user_id": u, "conversations": n} for u, n in o.top_users]
+        return _csv_response("top_users", ["user_id", "conversations"], rows)
 
-    def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def segments_csv(body: Any) -> Any:
+        rows = [
+            {"key": key, "value": value, "turns": n}
+            for key, values in body["keys"].items()
+            for value, n in values
+        ]
+        return _csv_response("segments", ["key", "value", "turns"], rows)
+
+    app.add_url_rule("/api/overview", "api_overview", api(overview_data, overview_csv))
+    app.add_url_rule("/api/segments", "api_segments", api(segments_data, segments_csv))
+    app.add_url_rule(
+        "/api/retention", "api_retention", api(retention_data, _retention_csv)
+    )
+    app.add_url_rule("/api/compare", "api_compare", api(compare_data, _compare_csv))
+
+    def api_page(fn: Callable[[], Any], row_class: Any = None) -> Callable[[], Any]:
         def view() -> Any:
+            if row_class is not None and _want_csv():
+                name = fn.__name__.removesuffix("_data")
+                return _dataclass_csv(name, row_class, fn().items)
             page = fn()
             return jsonify(
                 items=_json(page.items),
@@ -577,9 +728,11 @@ def create_app(
         view.__name__ = "api_page_" + fn.__name__
         return view
 
-    app.add_url_rule("/api/users", "api_users", api_page(users_data))
+    app.add_url_rule("/api/users", "api_users", api_page(users_data, UserRow))
     app.add_url_rule(
-        "/api/conversations", "api_conversations", api_page(conversations_data)
+        "/api/conversations",
+        "api_conversations",
+        api_page(conversations_data, ConversationRow),
     )
 
     @app.route("/api/user")
@@ -587,6 +740,8 @@ def create_app(
         row, sessions = user_data()
         if row is None:
             return jsonify(error="not found"), 404
+        if _want_csv():
+            return _dataclass_csv("sessions", SessionRow, sessions.items)
         return jsonify(
             user=_json(row),
             sessions={"items": _json(sessions.items), "next": sessions.next},
@@ -616,11 +771,11 @@ def create_app(
             raise _BadRequest("min_turns must be a whole number from 1")
         limit = _limit() if request.args.get("limit") else 10
         report = store().satisfaction(range_)
-        return jsonify(
-            range=range_,
-            sentiment=report.sentiment,
-            users=report.unhappy(limit=limit, min_turns=min_turns or 3),
-        )
+        users = report.unhappy(limit=limit, min_turns=min_turns or 3)
+        if _want_csv():
+            columns = list(users[0]) if users else ["user_id", "score"]
+            return _csv_response("unhappy", columns, users)
+        return jsonify(range=range_, sentiment=report.sentiment, users=users)
 
     @app.route("/api/satisfaction")
     def api_satisfaction() -> Any:
@@ -640,6 +795,11 @@ def create_app(
     @app.route("/api/topics")
     def api_topics() -> Any:
         rows = topics_data(request.args.get("user") or None)
+        if _want_csv():
+            columns = ["id", "label", "terms", "question", "conversations", "users"]
+            return _csv_response(
+                "topics", [*columns, "share"], [r.to_json() for r in rows]
+            )
         return jsonify(
             items=[r.to_json() for r in rows], available=topics_path is not None
         )
