@@ -59,7 +59,7 @@ from context_trace._store.analytics import (
     UserRow,
 )
 from context_trace._store.retention import ActivePoint, ChurnedUser
-from context_trace._store.segments import Segment, parse_segment
+from context_trace._store.segments import MIN_SAMPLE, Segment, parse_segment
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
 
@@ -97,6 +97,7 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
     "retention_page": frozenset({"weeks", "since", "meta"}),
+    "compare_page": frozenset({"a", "b", "range"}),
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),
@@ -332,6 +333,20 @@ def _heat(share: float) -> str:
     return f"heat-{max(0, min(10, round(share * 10)))}"
 
 
+# The compare page's rows: a figure's name, its label, and how it reads.
+_COMPARE_MEASURES = (
+    ("users", "Users", "count"),
+    ("conversations", "Conversations", "count"),
+    ("conversations_per_user", "Conversations per user", "num"),
+    ("rating_up_share", "Rated helpful (share of ratings)", "pct"),
+    ("error_rate", "Error rate", "pct"),
+    ("latency_p50_ms", "p50 latency", "ms"),
+    ("latency_p95_ms", "p95 latency", "ms"),
+    ("tokens_per_conversation", "Tokens per conversation", "num"),
+    ("week1_retention", "Week-1 retention", "pct"),
+)
+
+
 def _csv_cell(value: Any) -> str:
     """A CSV cell: None empty, lists and objects as JSON, formulas defused."""
     if value is None:
@@ -542,6 +557,9 @@ def create_app(
     )
     app.jinja_env.filters["snippet"] = _snippet
     app.jinja_env.filters["heat"] = _heat
+    app.jinja_env.filters["dict_without"] = lambda d, *keys: {
+        k: v for k, v in d.items() if k not in keys
+    }
 
     def url(endpoint: str, **params: Any) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "", False, [], ())}
@@ -852,6 +870,22 @@ def create_app(
             weeks=request.args.get("weeks", ""),
             since=request.args.get("since", ""),
             meta=request.args.getlist("meta"),
+            segments=store().segments(),
+            tz_name="UTC" if tz is None else str(tz),
+        )
+
+    @app.route("/compare")
+    def compare_page() -> Any:
+        return render_template(
+            "compare.html",
+            c=compare_data(),
+            a=[v for v in request.args.getlist("a") if v],
+            b=[v for v in request.args.getlist("b") if v],
+            range=_range_arg("all"),
+            ranges=RANGES,
+            segments=store().segments(),
+            measures=_COMPARE_MEASURES,
+            min_sample=MIN_SAMPLE,
         )
 
     @app.route("/session")
