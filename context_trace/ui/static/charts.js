@@ -46,7 +46,7 @@
     var labels = (figure.dataset.labels || figure.dataset.y || "").split(",");
     var bars = (figure.dataset.kind || "bars") === "bars";
     var data = [points.map(function (p) { return epoch(String(p[xKey])); })];
-    var series = [{}];
+    var series = [{ label: xKey === "period" ? "period" : "day" }];
     keys.forEach(function (key, i) {
       data.push(points.map(function (p) { return Number(p[key]) || 0; }));
       var s = {
@@ -62,7 +62,7 @@
       series.push(s);
     });
     var holder = figure.querySelector(".plot") || figure;
-    var width = Math.max(280, Math.min(holder.clientWidth || 600, 900));
+    var width = Math.max(280, Math.min(holder.clientWidth || 600, 640));
     new uPlot(
       {
         width: width,
