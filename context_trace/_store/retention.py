@@ -26,7 +26,6 @@ cohorts, ``ui_user_month``, ``ui_day_stats``, ``ui_user_day`` and
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -400,16 +399,29 @@ def retention_of_turns(
     clock = time.time() if now is None else now
     today = datetime.fromtimestamp(clock, zone).date()
     start, weeks = _span(today, weeks, since)
-    days_of: dict[str, set[date]] = {}
-    turns_on: dict[tuple[str, date], int] = {}
+    # Each user's turns per day. A turn's day comes from its 15-minute slot
+    # (every zone's offset is a whole number of quarter hours), one conversion
+    # per slot: the loop is the cost of this path.
+    per_user: dict[str, dict[date, int]] = {}
     last_at: dict[str, float] = {}
+    slot_day: dict[int, date] = {}
     for key, started in turns:
-        day = datetime.fromtimestamp(started, zone).date()
-        days_of.setdefault(key, set()).add(day)
-        turns_on[key, day] = turns_on.get((key, day), 0) + 1
-        if started > last_at.get(key, -math.inf):
+        slot = int(started // 900)
+        day = slot_day.get(slot)
+        if day is None:
+            day = slot_day[slot] = datetime.fromtimestamp(slot * 900, zone).date()
+        counts = per_user.get(key)
+        if counts is None:
+            counts = per_user[key] = {}
             last_at[key] = started
+        elif started > last_at[key]:
+            last_at[key] = started
+        counts[day] = counts.get(day, 0) + 1
+    days_of = per_user
     first_of = {k: min(days) for k, days in days_of.items()}
+    cohort_of: dict[date, set[str]] = {}
+    for k, first in first_of.items():
+        cohort_of.setdefault(week_of(first), set()).add(k)
     day_list = [date.fromisoformat(d) for d in _days(start, today)]
     by_day: dict[date, set[str]] = {}
     for key, days in days_of.items():
@@ -458,7 +470,7 @@ def retention_of_turns(
     cohorts = []
     this_week = week_of(today)
     for w in week_starts:
-        members = {k for k, first in first_of.items() if week_of(first) == w}
+        members = cohort_of.get(w, set())
         later = [
             w + timedelta(weeks=k) for k in range(1, (this_week - w).days // 7 + 1)
         ]
@@ -473,7 +485,7 @@ def retention_of_turns(
     earlier = [today - timedelta(days=d) for d in range(7, 14)]
     churned = sorted(
         (
-            ChurnedUser(k, sum(turns_on.get((k, d), 0) for d in earlier), last_at[k])
+            ChurnedUser(k, sum(days.get(d, 0) for d in earlier), last_at[k])
             for k, days in days_of.items()
             if max(days) in earlier
         ),
