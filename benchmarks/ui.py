@@ -231,6 +231,14 @@ def _calls(path: Path, index: Path) -> list[str]:
         "/api/conversations?meta=plan:free&errors=1",
         "/api/conversations?meta=plan:pro&q=refund",
         f"/api/conversations?meta=plan:pro&before={middle}",
+        # Retention of a segment (it reads the segment's turns) and the pages
+        # and CSV exports added with the charts.
+        "/retention?meta=plan:pro",
+        "/api/retention?meta=plan:pro",
+        "/api/retention?meta=plan:free",
+        "/compare?a=plan:pro&b=plan:free",
+        "/api/users?format=csv&sort=conversations",
+        "/api/retention?format=csv&table=cohorts",
     ]
     return calls
 

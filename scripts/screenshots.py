@@ -4,18 +4,23 @@ Screenshots of the dashboard for the README, taken from the demo's store.
     python scripts/screenshots.py [--out docs]
 
 Runs ``context-trace demo`` into a temporary store, serves ``context-trace ui``
-over it on a free loopback port, and saves the Users page and the demo's
-showcase session (the one with a tool call) as PNGs with Debian's headless
+over it on a free loopback port, and saves the Overview, the Users page, the
+demo's showcase session (the one with a tool call), the Retention page and the
+Compare page (the first metadata key with two values, side by side) as PNGs with Debian's headless
 Chromium (``apt-get install chromium chromium-driver``) through Selenium.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlencode
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -36,6 +41,26 @@ _FLAGS = (
 )
 
 
+def _compare_path(url: str) -> str:
+    """The Compare page of the first key with two values (else two keys' first)."""
+    with urllib.request.urlopen(url + "/api/segments", timeout=30) as response:
+        keys: dict[str, list[Any]] = json.load(response)["keys"]
+    pairs = [(k, v) for k, values in keys.items() for v, _ in values]
+    pairs.sort(key=lambda kv: -len(keys[kv[0]]))
+    sides = [f"{k}:{v}" for k, v in pairs[:2]]
+    return "/compare?" + urlencode(dict(zip("ab", sides, strict=False)))
+
+
+def _charts_drawn(driver: Any) -> None:
+    """Wait (10 s at most) until every chart on the page has drawn."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and driver.execute_script(
+        "return [...document.querySelectorAll('figure.chart')]"
+        ".some(f => !f.dataset.points)"
+    ):
+        time.sleep(0.1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs"))
@@ -54,11 +79,15 @@ def main() -> None:
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
         pages = {
+            "ui-overview.png": "/?range=30d",
             "ui-users.png": "/users?sort=conversations",
             "ui-session.png": f"/session?id={quote(result.showcase_session)}",
+            "ui-retention.png": "/retention",
+            "ui-compare.png": _compare_path(url),
         }
         for name, path in pages.items():
             driver.get(url + path)
+            _charts_drawn(driver)
             driver.save_screenshot(str(args.out / name))
             print(f"wrote {args.out / name}")
     finally:

@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from . import segments as _segments
 from .connection import read_uri
 from .retention import Retention, WeekCount
 from .retention import retention as _retention
+from .retention import retention_of_turns as _retention_of_turns
 from .retention import user_activity as _user_activity
 from .segments import Segment
 from .ui_index import FTS_TOKENIZE, LATENCY_BUCKETS_PER_DECADE, default_index_path
@@ -545,9 +546,36 @@ class Analytics:
 
     # --- retention ------------------------------------------------------------
 
-    def retention(self, *, weeks: int = 8, since: date | None = None) -> Retention:
-        """Active users, cohorts and churn: see :func:`.retention.retention`."""
-        return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
+    def retention(
+        self,
+        *,
+        weeks: int = 8,
+        since: date | None = None,
+        segment: Segment = (),
+        tz: tzinfo | None = None,
+    ) -> Retention:
+        """
+        Active users, cohorts and churn: see :func:`.retention.retention`.
+
+        With a *segment*, only its turns count (a user's first conversation is
+        their first in it); with a time zone *tz* (default UTC), days and weeks
+        are its own. Either reads the turns (:func:`.retention.retention_of_turns`).
+        """
+        if not segment and tz is None:
+            return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
+        if segment:
+            source, params = _segments._source(segment, None)
+            sql = f"SELECT user_key, started_at FROM ({source}) WHERE user_key != ''"
+        else:
+            sql, params = (
+                "SELECT user_id, started_at FROM conversations"
+                " WHERE user_id IS NOT NULL",
+                [],
+            )
+        return _retention_of_turns(
+            self._conn.execute(sql, params),
+            now=self._clock(), weeks=weeks, since=since, tz=tz,
+        )  # fmt: skip
 
     def user_activity(
         self, user_id: str | None, weeks: int = 26

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone, tzinfo
 
 __all__ = [
     "CHURN_LIMIT",
@@ -40,6 +41,7 @@ __all__ = [
     "Retention",
     "WeekCount",
     "retention",
+    "retention_of_turns",
     "user_activity",
     "week_of",
 ]
@@ -146,19 +148,7 @@ def retention(
     clock = time.time() if now is None else now
     today = _utc_day(clock)
     this_week = week_of(today)
-    if since is not None:
-        if since > today:
-            raise ValueError(f"since must not be after today ({today}), got {since}")
-        start = week_of(since)
-        weeks = (this_week - start).days // 7 + 1
-        if weeks > MAX_WEEKS:
-            raise ValueError(
-                f"since must be at most {MAX_WEEKS} weeks back, got {since}"
-            )
-    else:
-        if isinstance(weeks, bool) or not 1 <= weeks <= MAX_WEEKS:
-            raise ValueError(f"weeks must be from 1 to {MAX_WEEKS}, got {weeks!r}")
-        start = this_week - timedelta(weeks=weeks - 1)
+    start, weeks = _span(today, weeks, since)
     first_day = start.isoformat()
 
     def counts(sql: str, params: tuple[object, ...] = ()) -> dict[str, int]:
@@ -247,6 +237,25 @@ def retention(
         churned_total=churned_total,
         churned=churned,
     )
+
+
+def _span(today: date, weeks: int, since: date | None) -> tuple[date, int]:
+    """The report's first Monday and its number of weeks (see :func:`retention`)."""
+    this_week = week_of(today)
+    if since is not None:
+        if since > today:
+            raise ValueError(f"since must not be after today ({today}), got {since}")
+        start = week_of(since)
+        weeks = (this_week - start).days // 7 + 1
+        if weeks > MAX_WEEKS:
+            raise ValueError(
+                f"since must be at most {MAX_WEEKS} weeks back, got {since}"
+            )
+    else:
+        if isinstance(weeks, bool) or not 1 <= weeks <= MAX_WEEKS:
+            raise ValueError(f"weeks must be from 1 to {MAX_WEEKS}, got {weeks!r}")
+        start = this_week - timedelta(weeks=weeks - 1)
+    return start, weeks
 
 
 def _utc_day(epoch: float) -> date:
@@ -362,4 +371,135 @@ def user_activity(
     return tuple(
         WeekCount(w, counts.get(w, 0))
         for w in ((start + timedelta(weeks=i)).isoformat() for i in range(weeks))
+    )
+
+
+def retention_of_turns(
+    turns: Iterable[tuple[str, float]],
+    *,
+    now: float | None = None,
+    weeks: int = 8,
+    since: date | None = None,
+    tz: tzinfo | None = None,
+) -> Retention:
+    """
+    The retention report from ``(user_key, started_at)`` rows (users only, no
+    ``""`` key), with days in the time zone *tz* (default UTC).
+
+    The definitions are :func:`retention`'s, the days and weeks being *tz*'s;
+    a user's first conversation is their first among *turns* (with a segment:
+    their first turn in it). It reads every row once (about a second per
+    million on a laptop): the dashboard and the CLI use it for a segment or a
+    time zone other than UTC, and :func:`retention` otherwise.
+
+    Raises:
+        ValueError: As :func:`retention`.
+    """
+    zone = tz or timezone.utc
+    clock = time.time() if now is None else now
+    today = datetime.fromtimestamp(clock, zone).date()
+    start, weeks = _span(today, weeks, since)
+    # Each user's turns per day. A turn's day comes from its 15-minute slot
+    # (every zone's offset is a whole number of quarter hours), one conversion
+    # per slot: the loop is the cost of this path.
+    per_user: dict[str, dict[date, int]] = {}
+    last_at: dict[str, float] = {}
+    slot_day: dict[int, date] = {}
+    for key, started in turns:
+        slot = int(started // 900)
+        day = slot_day.get(slot)
+        if day is None:
+            day = slot_day[slot] = datetime.fromtimestamp(slot * 900, zone).date()
+        counts = per_user.get(key)
+        if counts is None:
+            counts = per_user[key] = {}
+            last_at[key] = started
+        elif started > last_at[key]:
+            last_at[key] = started
+        counts[day] = counts.get(day, 0) + 1
+    days_of = per_user
+    first_of = {k: min(days) for k, days in days_of.items()}
+    cohort_of: dict[date, set[str]] = {}
+    for k, first in first_of.items():
+        cohort_of.setdefault(week_of(first), set()).add(k)
+    day_list = [date.fromisoformat(d) for d in _days(start, today)]
+    by_day: dict[date, set[str]] = {}
+    for key, days in days_of.items():
+        for day in days:
+            by_day.setdefault(day, set()).add(key)
+
+    def new_in(keys: set[str], first: date, last: date) -> int:
+        return sum(1 for k in keys if first <= first_of[k] <= last)
+
+    daily = tuple(
+        _point(
+            d.isoformat(), len(by_day.get(d, ())), new_in(by_day.get(d, set()), d, d)
+        )
+        for d in day_list
+    )
+    week_starts = [start + timedelta(weeks=i) for i in range(weeks)]
+
+    def active_in(first: date, last: date) -> set[str]:
+        keys: set[str] = set()
+        for i in range((last - first).days + 1):
+            keys |= by_day.get(first + timedelta(days=i), set())
+        return keys
+
+    weekly = []
+    week_users: dict[date, set[str]] = {}
+    for w in week_starts:
+        keys = week_users[w] = active_in(w, w + timedelta(days=6))
+        weekly.append(
+            _point(w.isoformat(), len(keys), new_in(keys, w, w + timedelta(days=6)))
+        )
+    monthly = []
+    for m in sorted({d.isoformat()[:7] for d in day_list}):
+        month_start = date.fromisoformat(m + "-01")
+        month_end = min(_month_end(month_start), today)
+        keys = active_in(month_start, _month_end(month_start))
+        span = [date.fromisoformat(d) for d in _days(month_start, month_end)]
+        mean_dau = sum(len(by_day.get(d, ())) for d in span) / len(span)
+        monthly.append(
+            _point(
+                m,
+                len(keys),
+                new_in(keys, month_start, _month_end(month_start)),
+                mean_dau / len(keys) if keys else None,
+            )
+        )
+    cohorts = []
+    this_week = week_of(today)
+    for w in week_starts:
+        members = cohort_of.get(w, set())
+        later = [
+            w + timedelta(weeks=k) for k in range(1, (this_week - w).days // 7 + 1)
+        ]
+        active = tuple(len(members & week_users[x]) for x in later)
+        size = len(members)
+        cohorts.append(
+            CohortRow(
+                w.isoformat(), size, active,
+                tuple(a / size if size else 0.0 for a in active),
+            )
+        )  # fmt: skip
+    earlier = [today - timedelta(days=d) for d in range(7, 14)]
+    churned = sorted(
+        (
+            ChurnedUser(k, sum(days.get(d, 0) for d in earlier), last_at[k])
+            for k, days in days_of.items()
+            if max(days) in earlier
+        ),
+        key=lambda u: (-u.previous_conversations, u.user_id),
+    )
+    return Retention(
+        since=start.isoformat(),
+        today=today.isoformat(),
+        users=len(days_of),
+        daily=daily,
+        weekly=tuple(weekly),
+        monthly=tuple(monthly),
+        stickiness=monthly[-1].stickiness,
+        cohorts=tuple(cohorts),
+        churned_total=len(churned),
+        churned=tuple(churned[:CHURN_LIMIT]),
     )

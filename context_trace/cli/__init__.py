@@ -205,6 +205,13 @@ def _parser() -> argparse.ArgumentParser:
         " the store, or under ~/.cache/context-trace if that is read-only)",
     )
     ui.add_argument(
+        "--tz",
+        metavar="ZONE",
+        type=_retention.parse_time_zone,
+        help="bucket retention's days and weeks in this IANA time zone (default:"
+        " UTC), e.g. Europe/Paris",
+    )
+    ui.add_argument(
         "--token",
         help="require this token from every request (default:"
         " $CONTEXT_TRACE_UI_TOKEN; required for a non-loopback --host)",

@@ -14,12 +14,14 @@ import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, tzinfo
 from pathlib import Path
 from typing import TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from context_trace._store.analytics import Analytics
 from context_trace._store.retention import MAX_WEEKS, Retention
+from context_trace._store.segments import parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import UIIndex
 
@@ -33,7 +35,13 @@ from .commands import (
     _print_json,
 )
 
-__all__ = ["add_parser", "cmd_retention", "open_analytics", "parse_day"]
+__all__ = [
+    "add_parser",
+    "cmd_retention",
+    "open_analytics",
+    "parse_day",
+    "parse_time_zone",
+]
 
 # Week columns of the cohort table, at most: 80 terminal columns.
 _COHORT_COLUMNS = 10
@@ -46,6 +54,17 @@ def parse_day(text: str) -> date:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a day as YYYY-MM-DD, got {text!r}"
+        ) from None
+
+
+def parse_time_zone(text: str) -> tzinfo:
+    """An IANA time zone name (``--tz``), checked against the zone database."""
+    try:
+        return ZoneInfo(text.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"unknown time zone {text!r} (expected an IANA name such as"
+            " Europe/Paris, or UTC)"
         ) from None
 
 
@@ -84,6 +103,21 @@ def add_parser(
         metavar="YYYY-MM-DD",
         type=parse_day,
         help="cover from the ISO week of this UTC day instead of --weeks",
+    )
+    parser.add_argument(
+        "--meta",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="only the turns whose metadata has this value (repeatable: all must"
+        " hold); a user's first conversation is then their first in the segment",
+    )
+    parser.add_argument(
+        "--tz",
+        metavar="ZONE",
+        type=parse_time_zone,
+        help="bucket days and weeks in this IANA time zone (default: UTC), e.g."
+        " Europe/Paris; read at query time, nothing is stored",
     )
 
 
@@ -163,9 +197,15 @@ def _when(epoch: float | None) -> str:
 def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
     """Print the retention report (a table, or JSON with ``--json``)."""
     path = _db_path(args)
+    try:
+        segment = parse_segment(args.meta, "=", "--meta")
+    except ValueError as exc:
+        raise _CLIError(str(exc), _EXIT_USAGE) from None
     analytics = open_analytics(path)
     try:
-        report = analytics.retention(weeks=args.weeks, since=args.since)
+        report = analytics.retention(
+            weeks=args.weeks, since=args.since, segment=segment, tz=args.tz
+        )
     except ValueError as exc:
         raise _CLIError(str(exc), _EXIT_USAGE) from None
     except sqlite3.Error as exc:

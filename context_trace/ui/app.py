@@ -13,9 +13,12 @@ token, every request must carry it.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import hmac
+import io
+import json
 import logging
 import math
 import os
@@ -23,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import date, tzinfo
 from typing import Any
 from urllib.parse import urlencode
 
@@ -50,8 +53,13 @@ from context_trace._store.analytics import (
     SEARCH_COUNT_LIMIT,
     USER_SORTS,
     Analytics,
+    ConversationRow,
+    DayPoint,
+    SessionRow,
+    UserRow,
 )
-from context_trace._store.segments import Segment, parse_segment
+from context_trace._store.retention import ActivePoint, ChurnedUser
+from context_trace._store.segments import MIN_SAMPLE, Segment, parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
@@ -60,7 +68,8 @@ __all__ = ["CSP", "GLOBAL_PARAMETERS", "PARAMETERS", "create_app"]
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self';"
-    " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    " connect-src 'self'; form-action 'self'; frame-ancestors 'none';"
+    " base-uri 'none'"
 )
 _COOKIE = "context_trace_ui"
 _PAGE = 50
@@ -84,11 +93,12 @@ _CONVERSATIONS_PARAMS = _USER_PARAMS | {
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range", "meta"}),
     "api_segments": frozenset(),
-    "api_retention": frozenset({"weeks", "since"}),
+    "api_retention": frozenset({"weeks", "since", "meta"}),
     "api_compare": frozenset({"a", "b", "range"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
-    "retention_page": frozenset({"weeks", "since"}),
+    "retention_page": frozenset({"weeks", "since", "meta"}),
+    "compare_page": frozenset({"a", "b", "range"}),
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),
@@ -104,6 +114,19 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_topics": frozenset({"user"}),
     "static": frozenset(),
 }
+# CSV export: ?format=csv on the endpoints that answer a table (and ?table=
+# where an answer holds several).
+_CSV_ENDPOINTS = (
+    "api_users", "api_conversations", "api_user", "api_retention", "api_compare",
+    "api_segments", "api_topics", "api_unhappy", "api_overview",
+)  # fmt: skip
+for _name in _CSV_ENDPOINTS:
+    PARAMETERS[_name] = PARAMETERS[_name] | {"format"}
+for _name in ("api_retention", "api_overview"):
+    PARAMETERS[_name] = PARAMETERS[_name] | {"table"}
+# A cell starting with one of these is a formula to a spreadsheet: prefixed
+# with a quote in CSV exports (stored text must never run as a formula).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # New turns indexed before a request, at most: about 50 ms on a loaded machine.
 _REQUEST_CHUNK = REQUEST_CHUNK
 _logger = logging.getLogger(__name__)
@@ -311,15 +334,111 @@ def _heat(share: float) -> str:
     return f"heat-{max(0, min(10, round(share * 10)))}"
 
 
-def _sparkline(values: tuple[int, ...]) -> str:
-    """SVG polyline points (a 70 x 16 box) for an activity series."""
-    if not values:
+# The compare page's rows: a figure's name, its label, and how it reads.
+_COMPARE_MEASURES = (
+    ("users", "Users", "count"),
+    ("conversations", "Conversations", "count"),
+    ("conversations_per_user", "Conversations per user", "num"),
+    ("rating_up_share", "Rated helpful (share of ratings)", "pct"),
+    ("error_rate", "Error rate", "pct"),
+    ("latency_p50_ms", "p50 latency", "ms"),
+    ("latency_p95_ms", "p95 latency", "ms"),
+    ("tokens_per_conversation", "Tokens per conversation", "num"),
+    ("week1_retention", "Week-1 retention", "pct"),
+)
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV cell: None empty, lists and objects as JSON, formulas defused."""
+    if value is None:
         return ""
-    top = max(values) or 1
-    step = 70 / max(1, len(values) - 1)
-    return " ".join(
-        f"{i * step:.1f},{15 - 14 * v / top:.1f}" for i, v in enumerate(values)
-    )
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_START) else value
+    return str(value)
+
+
+def _csv_response(name: str, columns: list[str], rows: list[dict[str, Any]]) -> Any:
+    """*rows* (dicts) as a CSV download named *name*.csv, *columns* in order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    response = Response(buffer.getvalue(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}.csv"'
+    return response
+
+
+def _want_csv() -> bool:
+    value = request.args.get("format") or "json"
+    if value not in ("json", "csv"):
+        raise _BadRequest("format must be json or csv")
+    return value == "csv"
+
+
+def _table_arg(choices: tuple[str, ...], default: str) -> str:
+    value = request.args.get("table") or default
+    if value not in choices:
+        raise _BadRequest(f"table must be one of {', '.join(sorted(choices))}")
+    return value
+
+
+def _fields(cls: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _dataclass_csv(name: str, cls: Any, items: Any) -> Any:
+    return _csv_response(name, _fields(cls), [_json(i) for i in items])
+
+
+def _retention_csv(report: Any) -> Any:
+    """One table of a retention report (?table=, default cohorts) as CSV."""
+    table = _table_arg(("cohorts", "weekly", "monthly", "daily", "churned"), "cohorts")
+    if table == "churned":
+        return _dataclass_csv("churned", ChurnedUser, report.churned)
+    if table != "cohorts":
+        return _dataclass_csv(table, ActivePoint, getattr(report, table))
+    longest = max((len(c.retained) for c in report.cohorts), default=0)
+    later = [f"week {k}" for k in range(1, longest + 1)]
+    rows = []
+    for c in report.cohorts:
+        row: dict[str, Any] = {"week": c.week, "users": c.users}
+        for k, (active, share) in enumerate(zip(c.active, c.retained, strict=True)):
+            row[later[k]] = active
+            row[later[k] + " share"] = round(share, 4)
+        rows.append(row)
+    columns = ["week", "users"] + [c for k in later for c in (k, k + " share")]
+    return _csv_response("cohorts", columns, rows)
+
+
+def _compare_csv(comparison: Any) -> Any:
+    """Two segments' figures, a row per measure: value and count on each side."""
+    sides = [comparison.a, comparison.b]
+    measures = [
+        f.name for f in dataclasses.fields(type(next(x for x in sides if x)))
+    ][1:] if any(sides) else []  # fmt: skip
+    tests = {d.measure: d for d in comparison.differences}
+    rows = []
+    for measure in measures:
+        row: dict[str, Any] = {"measure": measure}
+        for label, side in zip(("a", "b"), sides, strict=True):
+            figure = getattr(side, measure) if side else None
+            row[label] = None if figure is None else figure.value
+            row[label + "_count"] = None if figure is None else figure.count
+        if measure in tests:
+            row["z"] = tests[measure].z
+            row["test"] = tests[measure].note
+        rows.append(row)
+    for label, side in zip(("a", "b"), sides, strict=True):
+        if side is not None:
+            segment = "; ".join(f"{k}={v}" for k, v in side.segment.items())
+            rows.insert(0, {"measure": f"segment {label}", label: segment})
+    columns = ["measure", "a", "a_count", "b", "b_count", "z", "test"]
+    return _csv_response("compare", columns, rows)
 
 
 def create_app(
@@ -328,6 +447,7 @@ def create_app(
     token: str | None = None,
     index: UIIndex | None = None,
     refresh_interval: float = 2.0,
+    tz: tzinfo | None = None,
 ) -> Flask:
     """
     Build the dashboard app over the store at *db_path*.
@@ -340,6 +460,7 @@ def create_app(
             It is built to the store's current state here if it is behind.
         refresh_interval: Seconds between background index updates (0: only
             before requests).
+        tz: The time zone of retention's days and weeks (default: UTC).
 
     Returns:
         A WSGI app; ``app.extensions["context_trace_ui"]`` holds its index.
@@ -434,17 +555,33 @@ def create_app(
     app.jinja_env.globals.update(
         fmt_time=_fmt_time,
         fmt_ms=_fmt_ms,
-        sparkline=_sparkline,
         search_count_limit=SEARCH_COUNT_LIMIT,
     )
     app.jinja_env.filters["snippet"] = _snippet
     app.jinja_env.filters["heat"] = _heat
+    app.jinja_env.filters["dict_without"] = lambda d, *keys: {
+        k: v for k, v in d.items() if k not in keys
+    }
 
     def url(endpoint: str, **params: Any) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "", False, [], ())}
         return endpoint + ("?" + urlencode(clean, doseq=True) if clean else "")
 
     app.jinja_env.globals["url"] = url
+
+    def csv_url(path: str, **extra: Any) -> str:
+        """*path* with the current page's query (its filters), and format=csv."""
+        params: dict[str, list[str]] = {
+            k: v
+            for k, v in request.args.to_dict(flat=False).items()
+            if k not in GLOBAL_PARAMETERS
+        }
+        for key, value in extra.items():
+            params[key] = [value]
+        params["format"] = ["csv"]
+        return url(path, **params)
+
+    app.jinja_env.globals["csv_url"] = csv_url
 
     # --- data, shared by pages and API -----------------------------------------
 
@@ -546,7 +683,12 @@ def create_app(
                     f"since must be a day as YYYY-MM-DD, got {raw!r}"
                 ) from None
         try:
-            return store().retention(weeks=8 if weeks is None else weeks, since=since)
+            return store().retention(
+                weeks=8 if weeks is None else weeks,
+                since=since,
+                segment=_segment_arg(),
+                tz=tz,
+            )
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
 
@@ -558,20 +700,43 @@ def create_app(
 
     # --- JSON API -------------------------------------------------------------
 
-    def api(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def api(
+        fn: Callable[[], Any], as_csv: Callable[[Any], Any] | None = None
+    ) -> Callable[[], Any]:
         def view() -> Any:
+            if as_csv is not None and _want_csv():
+                return as_csv(fn())
             return jsonify(_json(fn()))
 
         view.__name__ = "api_" + fn.__name__
         return view
 
-    app.add_url_rule("/api/overview", "api_overview", api(overview_data))
-    app.add_url_rule("/api/segments", "api_segments", api(segments_data))
-    app.add_url_rule("/api/retention", "api_retention", api(retention_data))
-    app.add_url_rule("/api/compare", "api_compare", api(compare_data))
+    def overview_csv(o: Any) -> Any:
+        if _table_arg(("top_users", "days"), "days") == "days":
+            return _dataclass_csv("days", DayPoint, o.days)
+        rows = [{"user_id": u, "conversations": n} for u, n in o.top_users]
+        return _csv_response("top_users", ["user_id", "conversations"], rows)
 
-    def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def segments_csv(body: Any) -> Any:
+        rows = [
+            {"key": key, "value": value, "turns": n}
+            for key, values in body["keys"].items()
+            for value, n in values
+        ]
+        return _csv_response("segments", ["key", "value", "turns"], rows)
+
+    app.add_url_rule("/api/overview", "api_overview", api(overview_data, overview_csv))
+    app.add_url_rule("/api/segments", "api_segments", api(segments_data, segments_csv))
+    app.add_url_rule(
+        "/api/retention", "api_retention", api(retention_data, _retention_csv)
+    )
+    app.add_url_rule("/api/compare", "api_compare", api(compare_data, _compare_csv))
+
+    def api_page(fn: Callable[[], Any], row_class: Any = None) -> Callable[[], Any]:
         def view() -> Any:
+            if row_class is not None and _want_csv():
+                name = fn.__name__.removesuffix("_data")
+                return _dataclass_csv(name, row_class, fn().items)
             page = fn()
             return jsonify(
                 items=_json(page.items),
@@ -583,9 +748,11 @@ def create_app(
         view.__name__ = "api_page_" + fn.__name__
         return view
 
-    app.add_url_rule("/api/users", "api_users", api_page(users_data))
+    app.add_url_rule("/api/users", "api_users", api_page(users_data, UserRow))
     app.add_url_rule(
-        "/api/conversations", "api_conversations", api_page(conversations_data)
+        "/api/conversations",
+        "api_conversations",
+        api_page(conversations_data, ConversationRow),
     )
 
     @app.route("/api/user")
@@ -593,9 +760,12 @@ def create_app(
         row, sessions = user_data()
         if row is None:
             return jsonify(error="not found"), 404
+        if _want_csv():
+            return _dataclass_csv("sessions", SessionRow, sessions.items)
         return jsonify(
             user=_json(row),
             sessions={"items": _json(sessions.items), "next": sessions.next},
+            activity=_json(store().user_activity(row.user_id)),
         )
 
     @app.route("/api/session")
@@ -621,11 +791,11 @@ def create_app(
             raise _BadRequest("min_turns must be a whole number from 1")
         limit = _limit() if request.args.get("limit") else 10
         report = store().satisfaction(range_)
-        return jsonify(
-            range=range_,
-            sentiment=report.sentiment,
-            users=report.unhappy(limit=limit, min_turns=min_turns or 3),
-        )
+        users = report.unhappy(limit=limit, min_turns=min_turns or 3)
+        if _want_csv():
+            columns = list(users[0]) if users else ["user_id", "score"]
+            return _csv_response("unhappy", columns, users)
+        return jsonify(range=range_, sentiment=report.sentiment, users=users)
 
     @app.route("/api/satisfaction")
     def api_satisfaction() -> Any:
@@ -645,6 +815,11 @@ def create_app(
     @app.route("/api/topics")
     def api_topics() -> Any:
         rows = topics_data(request.args.get("user") or None)
+        if _want_csv():
+            columns = ["id", "label", "terms", "question", "conversations", "users"]
+            return _csv_response(
+                "topics", [*columns, "share"], [r.to_json() for r in rows]
+            )
         return jsonify(
             items=[r.to_json() for r in rows], available=topics_path is not None
         )
@@ -687,13 +862,32 @@ def create_app(
             user=row,
             sessions=sessions,
             topics=topics,
-            activity=store().user_activity(row.user_id),
         )
 
     @app.route("/retention")
     def retention_page() -> Any:
         return render_template(
-            "retention.html", r=retention_data(), weeks=request.args.get("weeks", "")
+            "retention.html",
+            r=retention_data(),
+            weeks=request.args.get("weeks", ""),
+            since=request.args.get("since", ""),
+            meta=request.args.getlist("meta"),
+            segments=store().segments(),
+            tz_name="UTC" if tz is None else str(tz),
+        )
+
+    @app.route("/compare")
+    def compare_page() -> Any:
+        return render_template(
+            "compare.html",
+            c=compare_data(),
+            a=[v for v in request.args.getlist("a") if v],
+            b=[v for v in request.args.getlist("b") if v],
+            range=_range_arg("all"),
+            ranges=RANGES,
+            segments=store().segments(),
+            measures=_COMPARE_MEASURES,
+            min_sample=MIN_SAMPLE,
         )
 
     @app.route("/session")

@@ -12,6 +12,7 @@ import sqlite3
 import sys
 import time
 import webbrowser
+from datetime import tzinfo
 from pathlib import Path
 from typing import TextIO
 
@@ -91,12 +92,14 @@ def make_server(
     port: int,
     token: str | None,
     index: UIIndex | None = None,
+    tz: tzinfo | None = None,
 ) -> waitress.server.BaseWSGIServer:
     """
     Build (and bind) the waitress server for the dashboard over *db*.
 
     Args:
         index: The store's dashboard index (default: one at the default path).
+        tz: The time zone of retention's days and weeks (default: UTC).
 
     Raises:
         UIError: If *host* is not loopback and *token* is empty.
@@ -108,7 +111,7 @@ def make_server(
             f"--host {host} is reachable from other machines; set a token with"
             f" --token or {ENV_UI_TOKEN} to serve it"
         )
-    app = create_app(db, token=token or None, index=index)
+    app = create_app(db, token=token or None, index=index, tz=tz)
     server: waitress.server.BaseWSGIServer = waitress.create_server(
         app, host=host, port=port, threads=_THREADS, ident="context-trace"
     )
@@ -123,6 +126,7 @@ def main(
     open_browser: bool = False,
     out: TextIO = sys.stdout,
     index_path: Path | None = None,
+    tz: tzinfo | None = None,
 ) -> int:
     """
     Serve the dashboard until Ctrl-C; the ``context-trace ui`` command.
@@ -137,6 +141,7 @@ def main(
         out: Where the URL is printed.
         index_path: The dashboard's index file (default:
             :func:`context_trace._store.ui_index.default_index_path`).
+        tz: The time zone of retention's days and weeks (default: UTC).
 
     Returns:
         0 after Ctrl-C.
@@ -151,7 +156,7 @@ def main(
         make_server(db, host, port, token)  # raises UIError
     index = open_index(db, out, index_path)
     try:
-        server = make_server(db, host, port, token, index)
+        server = make_server(db, host, port, token, index, tz)
     except OSError as exc:
         index.close()
         raise UIError(

@@ -22,7 +22,9 @@ def test_overview_to_user_to_session_transcript(browser, server):
     """Overview -> click a top user -> open a session -> the transcript shows the tool call."""
     browser.get(server.url + "/?range=all")
     assert "69" == browser.find_element(By.ID, "stat-conversations").text
-    assert browser.find_elements(By.CSS_SELECTOR, "#chart-conversations rect")
+    assert WebDriverWait(browser, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-conversations canvas")
+    )
 
     browser.find_element(By.LINK_TEXT, "alice").click()
     assert "alice" == browser.find_element(By.TAG_NAME, "h1").text
@@ -100,12 +102,18 @@ def test_stored_payloads_do_not_execute(browser, server, page):
 
 @pytest.mark.parametrize(("range_", "bars"), [("7d", 7), ("30d", 30)])
 def test_a_range_draws_one_bar_per_day(browser, server, range_, bars):
-    """Clicking 7d (30d) draws 7 (30) bars in each daily chart."""
+    """Clicking 7d (30d) draws 7 (30) bars in each daily chart (uPlot, a canvas)."""
     browser.get(server.url + "/?range=all")
     browser.find_element(By.LINK_TEXT, range_).click()
+    drawn = [
+        WebDriverWait(browser, 10).until(
+            lambda d, c=chart: d.find_element(By.ID, c).get_attribute("data-points")
+        )
+        for chart in ("chart-conversations", "chart-active_users")
+    ]
 
-    for chart in ("chart-conversations", "chart-active_users"):
-        assert bars == len(browser.find_elements(By.CSS_SELECTOR, f"#{chart} rect"))
+    assert [str(bars)] * 2 == drawn
+    assert browser.find_elements(By.CSS_SELECTOR, "#chart-conversations canvas")
     assert [] == severe_logs(browser)
 
 

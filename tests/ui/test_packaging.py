@@ -46,7 +46,8 @@ def test_cli_without_the_extra_exits_with_the_hint(tmp_path: Path):
 
 
 def test_wheel_ships_templates_and_static_assets(tmp_path: Path):
-    """The built wheel contains every template and static file of the dashboard."""
+    """The built wheel contains every template and static file of the dashboard,
+    the vendored chart library and its licence included."""
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps",
          "-q", "-w", str(tmp_path), str(ROOT)],
@@ -58,7 +59,9 @@ def test_wheel_ships_templates_and_static_assets(tmp_path: Path):
     expected = {
         str(p.relative_to(ROOT))
         for folder in ("templates", "static")
-        for p in (ui / folder).iterdir()
+        for p in (ui / folder).rglob("*")
+        if p.is_file()
     }
 
-    assert expected <= names
+    assert "context_trace/ui/static/vendor/uplot/LICENSE" in expected
+    assert sorted(expected - names) == []
