@@ -41,6 +41,7 @@ from typing import Any
 
 from .codec import tool_error_sql
 from .connection import read_uri
+from .cost import COST_SCHEMA, apply_cost_chunk
 
 __all__ = [
     "FTS_TOKENIZE",
@@ -647,6 +648,18 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in _apply_segments("0", str(int(done))):
                     conn.execute(statement)
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_cost_turn'"
+            ).fetchone():
+                # The turns' tokens per model (see .cost): up to the turns
+                # indexed so far, as for the segments.
+                done = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'conversation_n'"
+                ).fetchone()[0]
+                for statement in COST_SCHEMA:
+                    conn.execute(statement)
+                for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
+                    conn.execute(statement, (0, int(done)) if "?1" in statement else ())
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -690,6 +703,7 @@ class UIIndex:
                     "segment_chunk",
                     "new_weeks",
                     "moved",
+                    "cost_chunk",
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed
@@ -715,6 +729,8 @@ class UIIndex:
             for statement in _APPLY_CHUNK:
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             for statement in _apply_segments("?1", "?2"):
+                conn.execute(statement, (start, end) if "?1" in statement else ())
+            for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             if meta["store_first"] is None:
                 conn.execute(

@@ -684,7 +684,7 @@ def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     try:
         return serve.main(
             _db_path(args), args.host, args.port, args.token, args.open, out,
-            args.index,
+            args.index, args.prices,
         )  # fmt: skip
     except serve.UIError as exc:
         raise _CLIError(str(exc)) from None

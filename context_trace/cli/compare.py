@@ -39,6 +39,7 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("latency_p50_ms", "p50 latency (ms)", "int"),
     ("latency_p95_ms", "p95 latency (ms)", "int"),
     ("tokens_per_conversation", "tokens per conversation", "float"),
+    ("cost_per_conversation", "cost per conversation ($)", "money"),
     ("week1_retention", "week-1 retention", "pct"),
 )
 
@@ -75,6 +76,8 @@ def _value(figure: Figure, kind: str) -> str:
         return f"- (n={figure.count})"
     if kind == "pct":
         return f"{100 * figure.value:.1f}% (n={figure.count})"
+    if kind == "money":
+        return f"{figure.value:.5f} (n={figure.count})"
     if kind == "float":
         return f"{figure.value:.2f} (n={figure.count})"
     return f"{round(figure.value)}" + ("" if figure.count == figure.value else

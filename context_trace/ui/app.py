@@ -51,6 +51,7 @@ from context_trace._store.analytics import (
     USER_SORTS,
     Analytics,
 )
+from context_trace._store.cost import COST_BY
 from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
@@ -85,6 +86,7 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_segments": frozenset(),
     "api_retention": frozenset({"weeks", "since"}),
     "api_compare": frozenset({"a", "b", "range"}),
+    "api_cost": frozenset({"by", "range", "meta", "limit"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
     "retention_page": frozenset({"weeks", "since"}),
@@ -284,6 +286,13 @@ def _fmt_time(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
 
 
+def _fmt_money(value: float | None) -> str:
+    """Dollars: four decimals under $1,000 (a turn costs fractions of a cent)."""
+    if value is None:
+        return "-"
+    return f"${value:,.4f}" if value < 1000 else f"${value:,.0f}"
+
+
 def _fmt_ms(value: float | None) -> str:
     """
     A latency as people read it: whole ms below a second, then seconds.
@@ -327,6 +336,7 @@ def create_app(
     token: str | None = None,
     index: UIIndex | None = None,
     refresh_interval: float = 2.0,
+    prices: Any = None,
 ) -> Flask:
     """
     Build the dashboard app over the store at *db_path*.
@@ -339,12 +349,22 @@ def create_app(
             It is built to the store's current state here if it is behind.
         refresh_interval: Seconds between background index updates (0: only
             before requests).
+        prices: Price overrides for the cost figures, ``{model: {"input": ...,
+            "output": ...}}`` in dollars per million tokens (see
+            :func:`context_trace.analytics.pricing.check_prices`).
+
+    Raises:
+        TypeError, ValueError: For bad *prices*, naming them.
 
     Returns:
         A WSGI app; ``app.extensions["context_trace_ui"]`` holds its index.
 
     .. versionadded:: 0.2.0
     """
+    if prices is not None:
+        from context_trace.analytics.pricing import check_prices
+
+        prices = check_prices(prices, "prices")
     app = Flask(__name__)
     app.request_class = _Request
     path = os.fspath(db_path)
@@ -359,7 +379,7 @@ def create_app(
 
     def store() -> Analytics:
         if "store" not in g:
-            g.store = Analytics(path, index_path)
+            g.store = Analytics(path, index_path, prices=prices)
             if topics_path is not None and topics_path.exists():
                 g.store.attach_topics(topics_path)
         result: Analytics = g.store
@@ -432,6 +452,7 @@ def create_app(
     app.jinja_env.globals.update(
         fmt_time=_fmt_time,
         fmt_ms=_fmt_ms,
+        fmt_money=_fmt_money,
         sparkline=_sparkline,
         search_count_limit=SEARCH_COUNT_LIMIT,
     )
@@ -554,6 +575,12 @@ def create_app(
     def compare_data() -> Any:
         return store().compare(_segment_arg("a"), _segment_arg("b"), _range_arg("all"))
 
+    def cost_data() -> Any:
+        by = request.args.get("by", "model")
+        if by not in COST_BY:
+            raise _BadRequest(f"by must be one of {', '.join(COST_BY)}")
+        return store().cost(by, _range_arg("all"), _segment_arg(), limit=_limit())
+
     # --- JSON API -------------------------------------------------------------
 
     def api(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -567,6 +594,7 @@ def create_app(
     app.add_url_rule("/api/segments", "api_segments", api(segments_data))
     app.add_url_rule("/api/retention", "api_retention", api(retention_data))
     app.add_url_rule("/api/compare", "api_compare", api(compare_data))
+    app.add_url_rule("/api/cost", "api_cost", api(cost_data))
 
     def api_page(fn: Callable[[], Any]) -> Callable[[], Any]:
         def view() -> Any:
@@ -654,6 +682,7 @@ def create_app(
         return render_template(
             "overview.html",
             o=overview_data(),
+            cost=store().cost("model", _range(), _segment_arg()).total,
             ranges=RANGES,
             meta=request.args.getlist("meta"),
             segments=store().segments(),

@@ -13,7 +13,7 @@ import sys
 import time
 import webbrowser
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 try:
     import waitress
@@ -91,12 +91,14 @@ def make_server(
     port: int,
     token: str | None,
     index: UIIndex | None = None,
+    prices: Any = None,
 ) -> waitress.server.BaseWSGIServer:
     """
     Build (and bind) the waitress server for the dashboard over *db*.
 
     Args:
         index: The store's dashboard index (default: one at the default path).
+        prices: Price overrides for the cost figures (see ``create_app``).
 
     Raises:
         UIError: If *host* is not loopback and *token* is empty.
@@ -108,7 +110,7 @@ def make_server(
             f"--host {host} is reachable from other machines; set a token with"
             f" --token or {ENV_UI_TOKEN} to serve it"
         )
-    app = create_app(db, token=token or None, index=index)
+    app = create_app(db, token=token or None, index=index, prices=prices)
     server: waitress.server.BaseWSGIServer = waitress.create_server(
         app, host=host, port=port, threads=_THREADS, ident="context-trace"
     )
@@ -123,6 +125,7 @@ def main(
     open_browser: bool = False,
     out: TextIO = sys.stdout,
     index_path: Path | None = None,
+    prices_path: Path | None = None,
 ) -> int:
     """
     Serve the dashboard until Ctrl-C; the ``context-trace ui`` command.
@@ -137,6 +140,7 @@ def main(
         out: Where the URL is printed.
         index_path: The dashboard's index file (default:
             :func:`context_trace._store.ui_index.default_index_path`).
+        prices_path: A JSON or TOML file of price overrides (``--prices``).
 
     Returns:
         0 after Ctrl-C.
@@ -149,9 +153,17 @@ def main(
     token = token or os.environ.get(ENV_UI_TOKEN) or None
     if not is_loopback(host) and not token:
         make_server(db, host, port, token)  # raises UIError
+    prices = None
+    if prices_path is not None:  # checked before the index is built
+        from context_trace.analytics.pricing import load_prices
+
+        try:
+            prices = load_prices(prices_path, "--prices")
+        except ValueError as exc:
+            raise UIError(str(exc)) from None
     index = open_index(db, out, index_path)
     try:
-        server = make_server(db, host, port, token, index)
+        server = make_server(db, host, port, token, index, prices)
     except OSError as exc:
         index.close()
         raise UIError(

@@ -206,7 +206,7 @@ def _measured_turn() -> Conversation:
         metadata={"plan": "pro"},
         error="ValueError: bad",
         model="m-1",
-        usage=Usage(10, 5, 15),
+        usage=Usage(10, 5, 15, 4, 2, 3),
         tags=("x",),
         run_name="agent",
         model_calls=(ModelCall("m-0"), ModelCall("m-1", Usage(10, 5, 15))),
