@@ -381,7 +381,9 @@ class Analytics:
             (default: :func:`.ui_index.default_index_path`).
         now: Epoch seconds to use as "now" for time ranges (default: the clock).
         prices: Price overrides for the cost figures (see
-            :func:`context_trace.analytics.pricing.check_prices`).
+            :func:`context_trace.analytics.pricing.check_prices`), or a
+            :class:`~context_trace.analytics.pricing.Pricer` to share (its
+            prices are looked up once for every request of a dashboard).
 
     Raises:
         FileNotFoundError: If *path* does not exist.
@@ -399,6 +401,8 @@ class Analytics:
     ) -> None:
         self._prices = prices
         self._pricer: Any = None
+        if prices is not None and hasattr(prices, "price"):  # a Pricer
+            self._prices, self._pricer = None, prices
         if not os.path.exists(path):
             raise FileNotFoundError(f"no context_trace database at {path}")
         index_path = Path(index) if index is not None else default_index_path(path)

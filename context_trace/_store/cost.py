@@ -147,12 +147,14 @@ def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
     *segment_rows* is the SQL of their (key, value, n, ..., day) segment rows.
     """
     return (
-        "CREATE TEMP TABLE cost_chunk AS SELECT n, model, user_key, session_n,"
-        " started_at, date(started_at, 'unixepoch') AS day, 1 AS turns,"
+        # A turn counts once, under the first of its models (by name).
+        "CREATE TEMP TABLE cost_chunk AS SELECT *, (model = min(model)"
+        " OVER (PARTITION BY n)) AS turns FROM (SELECT n, model, user_key,"
+        " session_n, started_at, date(started_at, 'unixepoch') AS day,"
         " count(*) AS calls, sum(reported) AS reported, sum(input) AS input,"
         " sum(output) AS output, sum(cache_read) AS cache_read,"
         " sum(cache_write) AS cache_write, sum(reasoning) AS reasoning"
-        f" FROM ({_CALLS}) GROUP BY n, model",
+        f" FROM ({_CALLS}) GROUP BY n, model)",
         "CREATE INDEX temp.cost_chunk_n ON cost_chunk (n)",
         f"INSERT INTO ui_cost_turn (n, model, user_key, session_n, started_at, {_COLS})"
         f" SELECT n, model, user_key, session_n, started_at, {_COLS} FROM cost_chunk"
@@ -178,6 +180,9 @@ def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
 class CostRow:
     """
     The cost of one group (a model, user, day or session; the total: None).
+
+    ``turns`` counts the turns that made a model call; a turn whose calls
+    used several models counts once, under the first of them by name.
 
     ``cost`` is in US dollars over the priced calls; ``unpriced_calls``
     counts the calls it leaves out (see the module docstring). Token counts
@@ -371,39 +376,42 @@ def cost_report(
         raise ValueError(f"by must be one of {', '.join(COST_BY)}, got {by!r}")
     prices, params, models = price_table(conn, pricer)
     source, more = _rows_source(by, segment, since, first_day, segment_source)
-    order = "grp" if by == "day" else "cost DESC, grp"
-    sql = (
-        f"WITH {prices}, x AS ({source}) SELECT x.grp, sum(x.turns), sum(x.calls),"
-        f" sum({UNPRICED_SQL}), sum(x.input), sum(x.output), sum(x.cache_read),"
-        f" sum(x.cache_write), sum(x.reasoning), total({COST_SQL}) AS cost"
-        f" FROM x LEFT JOIN price p ON p.model = x.model GROUP BY x.grp"
-        f" ORDER BY {order}"
+    # The rows are read once (MATERIALIZED), summed by group and by model.
+    sums = (
+        f"sum(x.turns), sum(x.calls), sum({UNPRICED_SQL}), sum(x.input),"
+        " sum(x.output), sum(x.cache_read), sum(x.cache_write), sum(x.reasoning),"
+        f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
-    grouped = conn.execute(sql, [*params, *more]).fetchall()
-    total = _total(grouped)
+    found = conn.execute(
+        f"WITH {prices}, x AS MATERIALIZED ({source})"
+        f" SELECT 0, x.grp, {sums} GROUP BY x.grp"
+        f" UNION ALL SELECT 1, x.model, {sums} GROUP BY x.model",
+        [*params, *more],
+    ).fetchall()
+    per_model = sorted((r[1:] for r in found if r[0]), key=lambda r: (-r[9], r[0]))
     if by == "model":
-        # Grouped by '' above (one row): regroup by model, which is cheap.
-        sql = (
-            sql.replace("SELECT x.grp,", "SELECT x.model,")
-            .replace("GROUP BY x.grp", "GROUP BY x.model")
-            .replace("ORDER BY cost DESC, grp", "ORDER BY cost DESC, x.model")
-        )
-        grouped = conn.execute(sql, [*params, *more]).fetchall()
+        grouped = per_model
+    else:
+        grouped = [r[1:] for r in found if not r[0]]
+        if by == "day":
+            grouped.sort(key=lambda r: r[0])
+        else:
+            grouped.sort(key=lambda r: (-r[9], "" if r[0] is None else str(r[0])))
+    total = _total(per_model)
+    if limit is not None and by != "day":
+        grouped = grouped[:limit]
     if by == "user":
         grouped = [(None if r[0] == "" else r[0], *r[1:]) for r in grouped]
     if by == "session":
+        numbers = [r[0] for r in grouped if r[0] is not None]
         names = dict(
             conn.execute(
-                "SELECT n, id FROM sessions WHERE n IN"
-                f" ({','.join('?' * len(grouped[:limit or len(grouped)]))})",
-                [r[0] for r in grouped[: limit or len(grouped)] if r[0] is not None],
+                f"SELECT n, id FROM sessions WHERE n IN ({','.join('?' * len(numbers))})",
+                numbers,
             ).fetchall()
-        ) if grouped else {}  # fmt: skip
-        grouped = [(names.get(r[0]) if r[0] is not None else None, *r[1:])
-                   for r in grouped]  # fmt: skip
-    if limit is not None and by != "day":
-        grouped = grouped[:limit]
-    used = {r[0] for r in conn.execute(f"SELECT DISTINCT model FROM ({source})", more)}
+        )
+        grouped = [(names.get(r[0]), *r[1:]) for r in grouped]
+    used = {r[0] for r in per_model}
     return CostReport(
         by=by,
         range=range_,

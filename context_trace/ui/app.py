@@ -361,10 +361,10 @@ def create_app(
 
     .. versionadded:: 0.2.0
     """
-    if prices is not None:
-        from context_trace.analytics.pricing import check_prices
+    from context_trace.analytics.pricing import Pricer, check_prices
 
-        prices = check_prices(prices, "prices")
+    # One for the app: each model is looked up once, not once per request.
+    pricer = Pricer(None if prices is None else check_prices(prices, "prices"))
     app = Flask(__name__)
     app.request_class = _Request
     path = os.fspath(db_path)
@@ -379,7 +379,7 @@ def create_app(
 
     def store() -> Analytics:
         if "store" not in g:
-            g.store = Analytics(path, index_path, prices=prices)
+            g.store = Analytics(path, index_path, prices=pricer)
             if topics_path is not None and topics_path.exists():
                 g.store.attach_topics(topics_path)
         result: Analytics = g.store

@@ -135,7 +135,7 @@ def test_cost_by_model_prices_cache_and_reasoning_tokens(analytics):
         "mystery-model": (0.0, 2),
     } == _by_key(report)
     assert (round(report.total.cost, 8), report.total.calls) == (2.00915, 6)
-    assert (report.total.unpriced_calls, report.total.turns) == (2, 6)
+    assert (report.total.unpriced_calls, report.total.turns) == (2, 5)
     assert ("mystery-model",) == report.unpriced_models
     sources = {m.model: m.source for m in report.models}
     assert {"model-a": "override", "gpt-4o": "genai-prices"} == {
@@ -167,6 +167,16 @@ def test_cost_per_user_and_the_no_user_turn_is_no_call(analytics):
         "u2": (0.0003, 2),
     } == _by_key(report)
     assert ["u3", "u1", "u2"] == [r.key for r in report.rows]
+
+
+def test_cost_per_session(analytics):
+    """Per session, by its id, costliest first."""
+    assert {
+        "s-u3": (2.0, 0),
+        "s-u1": (0.00885, 0),
+        "s-u2": (0.0003, 2),
+    } == _by_key(analytics.cost("session", "all"))
+    assert ["s-u3"] == [r.key for r in analytics.cost("session", limit=1).rows]
 
 
 def test_cost_per_day_and_range(analytics):
