@@ -607,6 +607,9 @@ class Analytics:
             self._pricer = Pricer(self._prices)
         return self._pricer
 
+    def _has_topics(self) -> bool:
+        return any(r[1] == "topics" for r in self._rows("PRAGMA database_list"))
+
     def use_prices(self, prices: Any) -> None:
         """Price with these overrides from now on (None: genai-prices alone)."""
         self._prices = prices
@@ -630,6 +633,11 @@ class Analytics:
         """
         if range_ not in RANGES:
             raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
+        if by == "topic" and not self._has_topics():
+            raise ValueError(
+                "by topic needs the store's topics (the analytics extra builds them:"
+                " context-trace topics, or the dashboard)"
+            )
         whole: str | None
         since: float | None
         if since_day is not None:

@@ -53,8 +53,9 @@ __all__ = [
     "user_costs_sql",
 ]
 
-#: What a cost report can group by.
-COST_BY = ("model", "user", "day", "session")
+#: What a cost report can group by (``topic`` needs the topics file attached
+#: as ``topics``: see ``Analytics.attach_topics``).
+COST_BY = ("model", "user", "day", "session", "topic")
 
 # The sums each table keeps, in this order everywhere.
 _SUMS = ("turns", "calls", "reported", "input", "output", "cache_read",
@@ -317,6 +318,8 @@ def _rows_source(
         "day": "date(k.started_at, 'unixepoch')",
         "user": "k.user_key",
         "session": "k.session_n",
+        # A lookup per turn in the topics file (not summarised there).
+        "topic": "(SELECT t.topic_id FROM topics.topic_turns t WHERE t.n = k.n)",
     }[by]
     sums = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
     if segment:

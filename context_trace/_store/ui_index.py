@@ -11,6 +11,7 @@ dashboard needs to answer fast lives in a separate file, by default
   and the models seen;
 - segments (``ui_segment_*``): each turn's metadata values (plan, tenant,
   variant, model...) with the turn's measures, and the users who had them;
+- token sums per model for the cost figures (``ui_cost_*``, see :mod:`.cost`);
 - per-user lists of turn and session numbers (``ui_turns``, ``ui_sessions``),
   which stand in for the per-user indexes the store does without;
 - ``conversations_fts``, an FTS5 index over the messages' text.

@@ -105,8 +105,17 @@ def _prices(args: argparse.Namespace) -> dict[str, dict[str, float]] | None:
 
 def _open(args: argparse.Namespace) -> Analytics:
     prices = _prices(args)  # a bad file is refused before the index is built
-    opened = open_analytics(_db_path(args))
+    path = _db_path(args)
+    opened = open_analytics(path)
     opened.use_prices(prices)
+    if getattr(args, "by", None) == "topic":
+        try:
+            from context_trace.analytics.topic_index import default_topics_path
+        except ImportError:  # pragma: no cover - the analytics extra is missing
+            return opened
+        topics = default_topics_path(path)
+        if topics.exists():
+            opened.attach_topics(topics)
     return opened
 
 
@@ -163,6 +172,8 @@ def cmd_cost(args: argparse.Namespace, out: TextIO) -> int:
         report = analytics.cost(
             args.by, args.range, segment, since_day=args.since, limit=args.limit
         )
+    except ValueError as exc:
+        raise _CLIError(str(exc), _EXIT_USAGE) from None
     except sqlite3.Error as exc:
         raise _CLIError(_describe(exc, path)) from None
     finally:

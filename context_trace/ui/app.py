@@ -579,7 +579,10 @@ def create_app(
         by = request.args.get("by", "model")
         if by not in COST_BY:
             raise _BadRequest(f"by must be one of {', '.join(COST_BY)}")
-        return store().cost(by, _range_arg("all"), _segment_arg(), limit=_limit())
+        try:
+            return store().cost(by, _range_arg("all"), _segment_arg(), limit=_limit())
+        except ValueError as exc:  # by=topic without topics
+            raise _BadRequest(str(exc)) from None
 
     # --- JSON API -------------------------------------------------------------
 

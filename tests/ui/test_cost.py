@@ -179,6 +179,34 @@ def test_cost_per_session(analytics):
     assert ["s-u3"] == [r.key for r in analytics.cost("session", limit=1).rows]
 
 
+def test_cost_per_topic(cost_store, tmp_path):
+    """Per topic, from the topics file's turn assignments; an unassigned turn has none."""
+    from context_trace.analytics.topic_index import _SCHEMA
+
+    topics = tmp_path / "cost.db.topics"
+    conn = sqlite3.connect(topics)
+    for statement in _SCHEMA:
+        conn.execute(statement)
+    # Turns 1 and 5 (n = 1, 5) ask about billing, turn 2 about refunds.
+    conn.executemany(
+        "INSERT INTO topic_turns (n, topic_id, user_key, session_n) VALUES (?, ?, ?, ?)",
+        [(1, "billing", "u1", 1), (5, "billing", "u3", 4), (2, "refunds", "u1", 1)],
+    )
+    conn.commit()
+    conn.close()
+    with Analytics(cost_store, now=NOW, prices=PRICES) as analytics:
+        with pytest.raises(ValueError, match="by topic needs the store's topics"):
+            analytics.cost("topic")
+        analytics.attach_topics(topics)
+        report = analytics.cost("topic", "all")
+
+    assert {
+        "billing": (2.0041, 0),
+        "refunds": (0.00475, 0),
+        None: (0.0003, 2),
+    } == _by_key(report)
+
+
 def test_cost_per_day_and_range(analytics):
     """Per UTC day over a range: 7d leaves out 03-10."""
     assert {
