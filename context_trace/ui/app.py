@@ -351,7 +351,8 @@ def create_app(
             before requests).
         prices: Price overrides for the cost figures, ``{model: {"input": ...,
             "output": ...}}`` in dollars per million tokens (see
-            :func:`context_trace.analytics.pricing.check_prices`).
+            :func:`context_trace.analytics.pricing.check_prices`); default:
+            those given to ``configure(prices=...)`` in this process.
 
     Raises:
         TypeError, ValueError: For bad *prices*, naming them.
@@ -363,6 +364,10 @@ def create_app(
     """
     from context_trace.analytics.pricing import Pricer, check_prices
 
+    if prices is None:  # the app's configure(prices=...), when it serves this
+        from context_trace import _runtime
+
+        prices = _runtime.active_config().prices or None
     # One for the app: each model is looked up once, not once per request.
     pricer = Pricer(None if prices is None else check_prices(prices, "prices"))
     app = Flask(__name__)

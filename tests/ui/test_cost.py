@@ -413,6 +413,23 @@ def test_api_cost_and_overview_tile(cost_store, tmp_path):
     assert "$2.0000" in users
 
 
+def test_dashboard_takes_the_configured_prices(cost_store):
+    """A dashboard served by the app's process prices with configure(prices=...)."""
+    import context_trace
+
+    context_trace.configure(
+        db_path=cost_store.with_name("other.db"), prices={"mystery-model": MODEL_A}
+    )
+    client = create_app(cost_store, refresh_interval=0).test_client()
+
+    body = client.get("/api/cost?range=all").get_json()
+
+    # Turn 3: 500 * 2 + 50 * 10 = 1500; turn 4's call: 100 * 2 + 10 * 10 = 300.
+    rows = {r["key"]: r for r in body["rows"]}
+    assert 0.0018 == round(rows["mystery-model"]["cost"], 8)
+    assert 0 == rows["mystery-model"]["unpriced_calls"]
+
+
 def test_api_compare_has_cost_per_conversation(cost_store):
     """The comparison gains cost per conversation, with its count."""
     client = create_app(cost_store, prices=PRICES, refresh_interval=0).test_client()
