@@ -471,3 +471,18 @@ def test_import_and_configure_prices_stay_light(tmp_path):
     )
 
     assert "False {'m': {'input': 1.0, 'output': 2.0}}" == out.stdout.strip()
+
+
+def test_cli_compare_prices_the_cost_per_conversation(cost_store, tmp_path, capsys):
+    """context-trace compare --prices shows each segment's cost per conversation."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(PRICES))
+
+    code = main(["compare", "--db", str(cost_store), "--segment-a", "plan=pro",
+                 "--segment-b", "plan=free", "--prices", str(prices)])  # fmt: skip
+
+    assert 0 == code
+    line = next(
+        x for x in capsys.readouterr().out.splitlines() if x.startswith("cost per")
+    )
+    assert ["$0.66962", "(n=3)", "$0.00010", "(n=3)"] == line.split()[3:]
