@@ -43,6 +43,7 @@ SegmentSource = Callable[[float | None], tuple[str, list[Any]]]
 __all__ = [
     "COST_BY",
     "COST_SCHEMA",
+    "COST_TABLES",
     "CostReport",
     "CostRow",
     "ModelPriceRow",
@@ -57,6 +58,9 @@ __all__ = [
 #: as ``topics``: see ``Analytics.attach_topics``).
 COST_BY = ("model", "user", "day", "session", "topic")
 
+#: The sidecar tables this module keeps (see :mod:`.ui_index`).
+COST_TABLES = ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_user",
+               "ui_cost_segment_day")  # fmt: skip
 # The sums each table keeps, in this order everywhere.
 _SUMS = ("turns", "calls", "reported", "input", "output", "cache_read",
          "cache_write", "reasoning")  # fmt: skip
@@ -88,6 +92,16 @@ COST_SCHEMA = (
         model TEXT NOT NULL,
 {_SUM_COLUMNS},
         PRIMARY KEY (user_key, model)
+    ) WITHOUT ROWID
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_segment_user (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (key, value, user_key, model)
     ) WITHOUT ROWID
     """,
     f"""
@@ -170,6 +184,11 @@ def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
         f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"
         " JOIN cost_chunk k ON k.n = s.n GROUP BY s.key, s.value, k.day, k.model"
         f" ON CONFLICT DO UPDATE SET {_UPSERT}",
+        f"INSERT INTO ui_cost_segment_user (key, value, user_key, model, {_COLS})"
+        f" SELECT s.key, s.value, k.user_key, k.model,"
+        f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"
+        " JOIN cost_chunk k ON k.n = s.n GROUP BY s.key, s.value, k.user_key,"
+        f" k.model ON CONFLICT DO UPDATE SET {_UPSERT}",
         "DROP TABLE temp.cost_chunk",
     )
 
@@ -305,6 +324,12 @@ def _rows_source(
         )
     if first_day == "" and not segment and by == "user":
         return (f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_user", [])
+    if first_day == "" and len(segment) == 1 and by == "user":
+        return (
+            f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_segment_user"
+            " WHERE key = ? AND value = ?",
+            list(segment[0]),
+        )
     if first_day is not None and len(segment) == 1 and by in day_group:
         return (
             f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
@@ -346,6 +371,25 @@ def _rows_source(
     )
 
 
+def _model_source(
+    segment: Segment, first_day: str | None
+) -> tuple[str, list[Any]] | None:
+    """SQL of ``('', model, sums...)`` rows from per-day sums, when they answer."""
+    if first_day is None or len(segment) > 1:
+        return None
+    if not segment:
+        return (
+            f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_day WHERE day >= ?"
+            " GROUP BY model",
+            [first_day],
+        )
+    return (
+        f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
+        " WHERE key = ? AND value = ? AND day >= ? GROUP BY model",
+        [*segment[0], first_day],
+    )
+
+
 def _day_start(day: str) -> float:
     from datetime import date
 
@@ -379,30 +423,30 @@ def cost_report(
         raise ValueError(f"by must be one of {', '.join(COST_BY)}, got {by!r}")
     prices, params, models = price_table(conn, pricer)
     source, more = _rows_source(by, segment, since, first_day, segment_source)
-    # The rows are read once (MATERIALIZED), summed by group and by model.
     sums = (
         f"sum(x.turns), sum(x.calls), sum({UNPRICED_SQL}), sum(x.input),"
         " sum(x.output), sum(x.cache_read), sum(x.cache_write), sum(x.reasoning),"
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
-    found = conn.execute(
-        f"WITH {prices}, x AS MATERIALIZED ({source})"
-        f" SELECT 0, x.grp, {sums} GROUP BY x.grp"
-        f" UNION ALL SELECT 1, x.model, {sums} GROUP BY x.model",
-        [*params, *more],
+    # Per model (the total, and the models used): from the per-day sums when
+    # they answer, else from the same rows.
+    model_source, model_params = _model_source(segment, first_day) or (source, more)
+    per_model = conn.execute(
+        f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
+        " GROUP BY x.model ORDER BY cost DESC, x.model",
+        [*params, *model_params],
     ).fetchall()
-    per_model = sorted((r[1:] for r in found if r[0]), key=lambda r: (-r[9], r[0]))
     if by == "model":
-        grouped = per_model
+        grouped = per_model[:limit] if limit is not None else per_model
     else:
-        grouped = [r[1:] for r in found if not r[0]]
-        if by == "day":
-            grouped.sort(key=lambda r: r[0])
-        else:
-            grouped.sort(key=lambda r: (-r[9], "" if r[0] is None else str(r[0])))
+        order = "x.grp" if by == "day" else "cost DESC, x.grp"
+        cap = " LIMIT ?" if limit is not None and by != "day" else ""
+        grouped = conn.execute(
+            f"WITH {prices}, x AS ({source}) SELECT x.grp, {sums}"
+            f" GROUP BY x.grp ORDER BY {order}{cap}",
+            [*params, *more, *([limit] if cap else [])],
+        ).fetchall()
     total = _total(per_model)
-    if limit is not None and by != "day":
-        grouped = grouped[:limit]
     if by == "user":
         grouped = [(None if r[0] == "" else r[0], *r[1:]) for r in grouped]
     if by == "session":

@@ -42,7 +42,7 @@ from typing import Any
 
 from .codec import tool_error_sql
 from .connection import read_uri
-from .cost import COST_SCHEMA, apply_cost_chunk
+from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
 
 __all__ = [
     "FTS_TOKENIZE",
@@ -649,14 +649,18 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in _apply_segments("0", str(int(done))):
                     conn.execute(statement)
-            if not conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'ui_cost_turn'"
-            ).fetchone():
+            if conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                " AND name IN (" + ", ".join(f"'{t}'" for t in COST_TABLES) + ")"
+            ).fetchone()[0] < len(COST_TABLES):
                 # The turns' tokens per model (see .cost): up to the turns
-                # indexed so far, as for the segments.
+                # indexed so far, as for the segments; all of them anew if
+                # one is missing.
                 done = conn.execute(
                     "SELECT value FROM meta WHERE key = 'conversation_n'"
                 ).fetchone()[0]
+                for table in COST_TABLES:
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in COST_SCHEMA:
                     conn.execute(statement)
                 for statement in apply_cost_chunk(_segment_rows("?1", "?2")):

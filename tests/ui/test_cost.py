@@ -41,6 +41,7 @@ from context_trace import track_user
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message, ModelCall, Usage
 from context_trace._store.analytics import Analytics
+from context_trace._store.cost import COST_TABLES
 from context_trace._store.ui_index import UIIndex
 from context_trace.analytics.pricing import Pricer, check_prices, load_prices
 from context_trace.cli import main
@@ -447,7 +448,7 @@ def test_index_of_an_older_sidecar_gains_cost_tables(tmp_path):
     path = build_cost_store(tmp_path / "old.db")
     index = Path(f"{path}.ui-index")
     conn = sqlite3.connect(index)
-    for table in ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_day"):
+    for table in COST_TABLES[1:]:
         conn.execute(f"DROP TABLE {table}")
     conn.commit()
     conn.close()
