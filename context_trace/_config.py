@@ -151,6 +151,8 @@ class Config:
     propagate_baggage: bool = False
     #: signs outgoing baggage entries (and is never shown)
     baggage_secret: str | None = field(default=None, repr=False)
+    #: price overrides per model, dollars per million tokens (read-time cost)
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -480,6 +482,10 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         )
     if "redact" in values:
         values["redact"] = _resolve_redact(values["redact"])
+    if "prices" in values:
+        from context_trace.analytics.pricing import check_prices
+
+        values["prices"] = check_prices(values["prices"] or {}, "prices")
     if "run_metadata" in values and values["run_metadata"] not in (True, False, "auto"):
         raise ValueError(
             f"run_metadata must be True, False or 'auto', got {values['run_metadata']!r}"

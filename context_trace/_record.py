@@ -343,6 +343,9 @@ MEASURED_KEYS: tuple[str, ...] = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
     "model_calls",
     "tags",
     "failed_tools",
@@ -359,6 +362,9 @@ TURN_KEYS: tuple[str, ...] = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
     "tags",
     "error_type",
     "error",
@@ -371,11 +377,16 @@ COLUMN_KEYS: tuple[str, ...] = (
     "completion_tokens",
     "total_tokens",
 )
-# The flat names of the usage counts, by Usage field.
+# The flat names of the usage counts, by Usage field. The cache and reasoning
+# counts are written too (the store's cost figures price them); each is part
+# of the input or output count, not in addition to it.
 _USAGE_KEYS = (
     ("input_tokens", "prompt_tokens"),
     ("output_tokens", "completion_tokens"),
     ("total_tokens", "total_tokens"),
+    ("cache_read_tokens", "cache_read_tokens"),
+    ("cache_write_tokens", "cache_write_tokens"),
+    ("reasoning_tokens", "reasoning_tokens"),
 )
 # Derived from the record's times, error and messages: never read back.
 _DERIVED = frozenset({"latency_ms", "error_type", "error", "failed_tools"})

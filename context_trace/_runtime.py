@@ -296,6 +296,7 @@ def configure(
     flush_on_sigterm: bool = UNSET,
     propagate_baggage: bool = UNSET,
     baggage_secret: str | None = UNSET,
+    prices: Mapping[str, Mapping[str, float]] | None = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -368,6 +369,13 @@ def configure(
         baggage_secret: Sign those entries with HMAC-SHA256 under this shared
             secret, for receivers that accept signed baggage (env
             ``CONTEXT_TRACE_BAGGAGE_SECRET``). Never logged nor shown.
+        prices: Price overrides for the cost figures, per model name
+            (case-insensitive), in dollars per million tokens:
+            ``{"my-llama": {"input": 0.2, "output": 0.6}}``, optionally with
+            ``cache_read``, ``cache_write`` and ``reasoning``. They override
+            the ``genai-prices`` list or add models it lacks; costs are worked
+            out when read (``context_trace.analytics.pricing``), so nothing
+            recorded changes.
 
     Returns:
         The effective :class:`Config`.

@@ -1003,7 +1003,7 @@ class TestUsersOrder:
                 ("--sort", "newest"),
                 "argument --sort: invalid choice: 'newest' (choose from"
                 " 'last_seen', 'conversations', 'sessions', 'latency', 'errors',"
-                " 'tool_errors', 'ratings_up', 'ratings_down', 'user')",
+                " 'tool_errors', 'ratings_up', 'ratings_down', 'user', 'cost')",
             ),
             (
                 ("--limit", "0"),

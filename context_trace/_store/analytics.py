@@ -11,6 +11,7 @@ transcripts and sessions come from the store itself.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
@@ -27,6 +28,7 @@ from context_trace._record import Message
 from context_trace._store.codec import messages_from_json as _messages_from_json
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
+from . import cost as _cost
 from . import segments as _segments
 from .connection import read_uri
 from .retention import Retention, WeekCount
@@ -71,6 +73,8 @@ USER_SORTS: dict[str, str] = {
     # The satisfaction score (context_trace._satisfaction); users with no
     # scored turn sort as fully satisfied.
     "satisfaction": "coalesce(sat.score, 1.0)",
+    # Priced when read (see .cost); a user with nothing priced costs 0.
+    "cost": "coalesce(user_cost.cost, 0)",
 }
 _SPARK_DAYS = 14
 # The numbers of a user's turns ('' for the turns with no user), from the index:
@@ -143,6 +147,10 @@ class UserRow:
     tool_errors: int
     activity: tuple[int, ...]
     satisfaction: float | None = None
+    #: US dollars over the user's priced calls (see :mod:`.cost`), and the
+    #: calls left unpriced.
+    cost: float | None = None
+    unpriced_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +191,11 @@ class TurnView:
     messages: tuple[Message, ...]
     metadata: dict[str, str]
     rating: int | None
+    #: US dollars over the turn's priced model calls (None: none priced), its
+    #: model calls and how many of them are unpriced (see :mod:`.cost`).
+    cost: float | None = None
+    calls: int = 0
+    unpriced_calls: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +205,17 @@ class SessionView:
     session: SessionRow
     metadata: dict[str, str]
     turns: tuple[TurnView, ...]
+
+    @property
+    def cost(self) -> float | None:
+        """US dollars over the turns' priced calls (None: none priced)."""
+        costs = [t.cost for t in self.turns if t.cost is not None]
+        return sum(costs) if costs else None
+
+    @property
+    def unpriced_calls(self) -> int:
+        """The turns' model calls left unpriced."""
+        return sum(t.unpriced_calls for t in self.turns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +381,10 @@ class Analytics:
         index: Its dashboard index, built by :class:`.ui_index.UIIndex`
             (default: :func:`.ui_index.default_index_path`).
         now: Epoch seconds to use as "now" for time ranges (default: the clock).
+        prices: Price overrides for the cost figures (see
+            :func:`context_trace.analytics.pricing.check_prices`), or a
+            :class:`~context_trace.analytics.pricing.Pricer` to share (its
+            prices are looked up once for every request of a dashboard).
 
     Raises:
         FileNotFoundError: If *path* does not exist.
@@ -370,7 +398,12 @@ class Analytics:
         path: str | os.PathLike[str],
         index: str | os.PathLike[str] | None = None,
         now: float | None = None,
+        prices: Any = None,
     ) -> None:
+        self._prices = prices
+        self._pricer: Any = None
+        if prices is not None and hasattr(prices, "price"):  # a Pricer
+            self._prices, self._pricer = None, prices
         if not os.path.exists(path):
             raise FileNotFoundError(f"no context_trace database at {path}")
         index_path = Path(index) if index is not None else default_index_path(path)
@@ -496,10 +529,30 @@ class Analytics:
             raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
         since = self._since(range_)
         _, whole = self._segment_days(range_, since)
-        return _segments.compare(
+        result = _segments.compare(
             self._conn, a, b, since if whole is None else None, whole,
             date.fromisoformat(_day(self._clock())),
         )  # fmt: skip
+        return dataclasses.replace(
+            result,
+            a=self._with_cost(result.a, a, range_),
+            b=self._with_cost(result.b, b, range_),
+        )
+
+    def _with_cost(
+        self, figures: _segments.SegmentFigures | None, segment: Segment, range_: str
+    ) -> _segments.SegmentFigures | None:
+        """*figures* with their cost per conversation (priced when read)."""
+        if figures is None:
+            return None
+        turns = figures.conversations.count
+        cost = self.cost("model", range_, segment).total.cost
+        return dataclasses.replace(
+            figures,
+            cost_per_conversation=_segments.Figure(
+                cost / turns if turns else None, turns
+            ),
+        )
 
     def _overview_raw(self, range_: str, since: float) -> Overview:
         rows = self._rows(
@@ -543,6 +596,62 @@ class Analytics:
             ),
             top_users=tuple((_user(k), n) for k, n in top),
         )
+
+    # --- cost -----------------------------------------------------------------
+
+    @property
+    def pricer(self) -> Any:
+        """The :class:`~context_trace.analytics.pricing.Pricer` (made once)."""
+        if self._pricer is None:
+            from context_trace.analytics.pricing import Pricer
+
+            self._pricer = Pricer(self._prices)
+        return self._pricer
+
+    def _has_topics(self) -> bool:
+        return any(r[1] == "topics" for r in self._rows("PRAGMA database_list"))
+
+    def use_prices(self, prices: Any) -> None:
+        """Price with these overrides from now on (None: genai-prices alone)."""
+        self._prices = prices
+        self._pricer = None
+
+    def cost(
+        self,
+        by: str = "model",
+        range_: str = "all",
+        segment: Segment = (),
+        *,
+        since_day: date | None = None,
+        limit: int | None = None,
+    ) -> _cost.CostReport:
+        """
+        Cost of the turns in a range (or whole UTC days from *since_day*) and
+        a segment, grouped *by* model, user, day or session: see :mod:`.cost`.
+
+        Raises:
+            ValueError: For an unknown *by* or *range_*.
+        """
+        if range_ not in RANGES:
+            raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
+        if by == "topic" and not self._has_topics():
+            raise ValueError(
+                "by topic needs the store's topics (the analytics extra builds them:"
+                " context-trace topics, or the dashboard)"
+            )
+        whole: str | None
+        since: float | None
+        if since_day is not None:
+            since, whole = None, since_day.isoformat()
+            range_ = f"since {whole}"
+        else:
+            since = self._since(range_)
+            _, whole = self._segment_days(range_, since)
+        return _cost.cost_report(
+            self._conn, self.pricer, by=by, range_=range_, segment=segment,
+            since=since if whole is None else None, first_day=whole, limit=limit,
+            segment_source=lambda epoch: _segments._source(segment, epoch),
+        )  # fmt: skip
 
     # --- retention ------------------------------------------------------------
 
@@ -630,11 +739,18 @@ class Analytics:
         order = "DESC" if descending else "ASC"
         total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
         scores, cutoff = self._satisfaction_scores()
+        prices, price_params, _ = _cost.price_table(self._conn, self.pricer)
+        if sort == "cost":  # every user priced, to sort them
+            scores += f", {prices}, {_cost.user_costs_sql()}"
+            cutoff = [*cutoff, *price_params]
+            join = " LEFT JOIN user_cost USING (user_key)"
+        else:
+            join = ""
         rows = self._rows(
             f"{scores} SELECT user_key, conversations, sessions, first_at, last_at,"
             " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
             " tool_errors, sat.score FROM ui_user_stats"
-            f" LEFT JOIN sat USING (user_key){where}"
+            f" LEFT JOIN sat USING (user_key){join}{where}"
             f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
             [*cutoff, *params, limit + 1, offset],
         )
@@ -647,6 +763,7 @@ class Analytics:
             for i in range(_SPARK_DAYS - 1, -1, -1)
         ]
         activity: dict[str, dict[str, int]] = {k: {} for k in keys}
+        costs = self._user_costs(keys, prices, price_params)
         if keys:
             # Point lookups (day, user) in the (day, user_key) primary key.
             marks = ",".join("?" * len(keys))
@@ -673,10 +790,30 @@ class Analytics:
                 tool_errors=r[10],
                 activity=tuple(activity[r[0]].get(d, 0) for d in days),
                 satisfaction=r[11],
+                cost=costs.get(r[0], (None, 0))[0],
+                unpriced_calls=costs.get(r[0], (None, 0))[1],
             )
             for r in rows
         )
         return Page(items, str(offset + limit) if more else None, total)
+
+    def _user_costs(
+        self, keys: Sequence[str], prices: str, params: Sequence[Any]
+    ) -> dict[str, tuple[float | None, int]]:
+        """(cost, unpriced calls) of these users, by key (see :mod:`.cost`)."""
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        return {
+            key: (cost if priced else None, int(unpriced))
+            for key, cost, priced, unpriced in self._rows(
+                f"WITH {prices} SELECT x.user_key, total({_cost.COST_SQL}),"
+                " count(p.model), sum(" + _cost.UNPRICED_SQL + ")"
+                " FROM ui_cost_user x LEFT JOIN price p ON p.model = x.model"
+                f" WHERE x.user_key IN ({marks}) GROUP BY x.user_key",
+                [*params, *keys],
+            )
+        }
 
     def _user_p50(self, key: str) -> int | None:
         values = self._rows(
@@ -696,9 +833,13 @@ class Analytics:
         if not rows:
             return None
         r = rows[0]
+        prices, price_params, _ = _cost.price_table(self._conn, self.pricer)
+        cost, unpriced = self._user_costs([key], prices, price_params).get(
+            key, (None, 0)
+        )
         return UserRow(
             _user(r[0]), r[1], r[2], r[3], r[4], self._user_p50(key),
-            r[5], r[6], r[7], r[8], r[9], r[10], (),
+            r[5], r[6], r[7], r[8], r[9], r[10], (), None, cost, unpriced,
         )  # fmt: skip
 
     # --- sessions -------------------------------------------------------------
@@ -771,16 +912,19 @@ class Analytics:
                 (session_id,),
             )
         )
-        return SessionView(
-            self._session_row(rows[0]),
-            _metadata(rows[0][7]),
-            tuple(
+        pricer = self.pricer
+        views = []
+        for t in turns:
+            metadata = _metadata(t[8])
+            cost, calls, unpriced = _cost.turn_cost(pricer, t[3], t[4], t[5], metadata)
+            views.append(
                 TurnView(t[0], t[1], t[2], t[3], t[4], t[5], t[6], bool(t[9]),
-                         tuple(_messages_from_json(t[7])), _metadata(t[8]),
-                         ratings.get(t[0]))
-                for t in turns
-            ),
-        )  # fmt: skip
+                         tuple(_messages_from_json(t[7])), metadata,
+                         ratings.get(t[0]), cost, calls, unpriced)
+            )  # fmt: skip
+        return SessionView(
+            self._session_row(rows[0]), _metadata(rows[0][7]), tuple(views)
+        )
 
     # --- conversations --------------------------------------------------------
 

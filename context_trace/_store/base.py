@@ -276,12 +276,13 @@ class Reads(Protocol):
         """As :meth:`Outbox.destinations`, read-only."""
         ...
 
-    def dashboard(self, *, now: float | None = None) -> Dashboard:
+    def dashboard(self, *, now: float | None = None, prices: Any = None) -> Dashboard:
         """
         The dashboard's read models over this store (and its index, if any).
 
         Args:
             now: Epoch seconds to use as "now" for time ranges (tests).
+            prices: Price overrides (or a pricer) for the cost figures.
 
         Raises:
             ValueError: If the store needs an index for these reads and it has

@@ -272,6 +272,9 @@ class SegmentFigures:
     latency_p95_ms: Figure
     tokens_per_conversation: Figure
     week1_retention: Figure
+    #: US dollars over the priced calls per conversation (see :mod:`.cost`);
+    #: filled in by ``Analytics.compare``, which holds the prices.
+    cost_per_conversation: Figure = Figure(None, 0)
 
 
 @dataclass(frozen=True, slots=True)

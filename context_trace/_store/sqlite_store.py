@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from context_trace._record import Feedback, Message, Record
 
@@ -435,6 +435,7 @@ class SQLiteReads(SQLiteReader):
         *,
         now: float | None = None,
         index: str | os.PathLike[str] | None = None,
+        prices: Any = None,
     ) -> Analytics:
         """
         The dashboard's read models, over this file and its index.
@@ -443,6 +444,8 @@ class SQLiteReads(SQLiteReader):
             now: Epoch seconds to use as "now" for time ranges (tests).
             index: The dashboard index (default: beside the store; built by
                 :class:`.ui_index.UIIndex`).
+            prices: Price overrides, or a shared pricer, for the cost figures
+                (see :class:`.analytics.Analytics`).
 
         Raises:
             FileNotFoundError: If the store does not exist.
@@ -450,7 +453,7 @@ class SQLiteReads(SQLiteReader):
         """
         from .analytics import Analytics  # the dashboard's queries: not for writers
 
-        return Analytics(self.path, index, now=now)
+        return Analytics(self.path, index, now=now, prices=prices)
 
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ dashboard needs to answer fast lives in a separate file, by default
   and the models seen;
 - segments (``ui_segment_*``): each turn's metadata values (plan, tenant,
   variant, model...) with the turn's measures, and the users who had them;
+- token sums per model for the cost figures (``ui_cost_*``, see :mod:`.cost`);
 - per-user lists of turn and session numbers (``ui_turns``, ``ui_sessions``),
   which stand in for the per-user indexes the store does without;
 - ``conversations_fts``, an FTS5 index over the messages' text.
@@ -41,6 +42,7 @@ from typing import Any
 
 from .codec import tool_error_sql
 from .connection import read_uri
+from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
 
 __all__ = [
     "FTS_TOKENIZE",
@@ -647,6 +649,22 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in _apply_segments("0", str(int(done))):
                     conn.execute(statement)
+            if conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                " AND name IN (" + ", ".join(f"'{t}'" for t in COST_TABLES) + ")"
+            ).fetchone()[0] < len(COST_TABLES):
+                # The turns' tokens per model (see .cost): up to the turns
+                # indexed so far, as for the segments; all of them anew if
+                # one is missing.
+                done = conn.execute(
+                    "SELECT value FROM meta WHERE key = 'conversation_n'"
+                ).fetchone()[0]
+                for table in COST_TABLES:
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in COST_SCHEMA:
+                    conn.execute(statement)
+                for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
+                    conn.execute(statement, (0, int(done)) if "?1" in statement else ())
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -690,6 +708,7 @@ class UIIndex:
                     "segment_chunk",
                     "new_weeks",
                     "moved",
+                    "cost_chunk",
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed
@@ -715,6 +734,8 @@ class UIIndex:
             for statement in _APPLY_CHUNK:
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             for statement in _apply_segments("?1", "?2"):
+                conn.execute(statement, (start, end) if "?1" in statement else ())
+            for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             if meta["store_first"] is None:
                 conn.execute(

@@ -17,10 +17,11 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace topics                   what users ask about (analytics extra)
     context-trace retention                active users, cohorts, churned users
     context-trace compare --segment-a plan=pro --segment-b plan=free
+    context-trace cost --by user           what the turns cost (priced when read)
 
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
-``show``, ``stats``, ``outbox``, ``topics``, ``unhappy``, ``retention`` and
-``compare`` prints JSON instead (times as epoch seconds). Problems are reported in
+``show``, ``stats``, ``outbox``, ``topics``, ``unhappy``, ``retention``,
+``compare`` and ``cost`` prints JSON instead (times as epoch seconds). Problems are reported in
 one line on stderr with exit status 1 (data: a missing or
 unreadable store, an unknown id) or 2 (usage).
 
@@ -41,6 +42,7 @@ from context_trace import __version__, _config
 from context_trace._store.reader import USER_SORTS
 
 from . import compare as _compare
+from . import cost as _cost
 from . import retention as _retention
 from ._topics import add_topics_arguments, cmd_topics
 from .commands import (
@@ -125,12 +127,13 @@ def _parser() -> argparse.ArgumentParser:
     users.add_argument(
         "--sort",
         metavar="KEY",
-        choices=tuple(USER_SORTS),
+        choices=(*USER_SORTS, "cost"),
         default="last_seen",
-        help=f"one of {', '.join(USER_SORTS)}: the most recently seen first"
+        help=f"one of {', '.join(USER_SORTS)}, cost: the most recently seen first"
         " (default), the most conversations, sessions, errors, tool errors or"
-        " ratings first, the slowest first, or by user id; the (no user) row"
-        " always comes last",
+        " ratings first, the slowest first, by user id, or the costliest first"
+        " (priced when read; see the cost command); the (no user) row always"
+        " comes last",
     )
     users.add_argument(
         "--limit",
@@ -138,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="at most N users (the (no user) row is not counted)",
     )
+    _cost.add_prices_argument(users)
 
     sessions = add("sessions", "sessions, most recently active first", as_json)
     sessions.add_argument("--user", metavar="USER", help="only this user's sessions")
@@ -154,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _retention.add_parser(add, as_json)
     _compare.add_parser(add, as_json)
+    _cost.add_parser(add, as_json)
 
     export = add("export", "every conversation as JSON lines or CSV")
     export.add_argument(
@@ -216,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
         help="require this token from every request (default:"
         " $CONTEXT_TRACE_UI_TOKEN; required for a non-loopback --host)",
     )
+    _cost.add_prices_argument(ui)
 
     unhappy = add(
         "unhappy",
@@ -293,8 +299,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _users(args: argparse.Namespace, out: TextIO) -> int:
+    if args.sort == "cost":  # priced from the dashboard's index
+        return _cost.cmd_users_by_cost(args, out)
+    return _cmd_users(args, out)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
-    "users": _cmd_users,
+    "users": _users,
     "sessions": _cmd_sessions,
     "show": _cmd_show,
     "export": _cmd_export,
@@ -307,6 +319,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "topics": cmd_topics,
     "retention": _retention.cmd_retention,
     "compare": _compare.cmd_compare,
+    "cost": _cost.cmd_cost,
 }
 
 

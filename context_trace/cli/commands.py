@@ -685,7 +685,7 @@ def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     try:
         return serve.main(
             _db_path(args), args.host, args.port, args.token, args.open, out,
-            args.index, getattr(args, "tz", None),
+            args.index, getattr(args, "tz", None), args.prices,
         )  # fmt: skip
     except serve.UIError as exc:
         raise _CLIError(str(exc)) from None

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from context_trace._store.analytics import RANGES
@@ -39,6 +40,7 @@ _ROWS: tuple[tuple[str, str, str], ...] = (
     ("latency_p50_ms", "p50 latency (ms)", "int"),
     ("latency_p95_ms", "p95 latency (ms)", "int"),
     ("tokens_per_conversation", "tokens per conversation", "float"),
+    ("cost_per_conversation", "cost per conversation", "money"),
     ("week1_retention", "week-1 retention", "pct"),
 )
 
@@ -68,6 +70,13 @@ def add_parser(
         default="all",
         help="only the turns of the last 24h, 7d, 30d (UTC days) or all (default)",
     )
+    parser.add_argument(
+        "--prices",
+        metavar="FILE",
+        type=Path,
+        help="price overrides for the cost per conversation, JSON or TOML (see"
+        " the cost command)",
+    )
 
 
 def _value(figure: Figure, kind: str) -> str:
@@ -75,6 +84,8 @@ def _value(figure: Figure, kind: str) -> str:
         return f"- (n={figure.count})"
     if kind == "pct":
         return f"{100 * figure.value:.1f}% (n={figure.count})"
+    if kind == "money":
+        return f"${figure.value:.5f} (n={figure.count})"
     if kind == "float":
         return f"{figure.value:.2f} (n={figure.count})"
     return f"{round(figure.value)}" + ("" if figure.count == figure.value else
@@ -114,8 +125,17 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
         b = parse_segment(args.segment_b, "=", "--segment-b")
     except ValueError as exc:
         raise _CLIError(str(exc), _EXIT_USAGE) from None
+    prices = None
+    if args.prices is not None:
+        from context_trace.analytics.pricing import load_prices
+
+        try:
+            prices = load_prices(args.prices, "--prices")
+        except ValueError as exc:
+            raise _CLIError(str(exc), _EXIT_USAGE) from None
     path = _db_path(args)
     analytics = open_analytics(path)
+    analytics.use_prices(prices)
     try:
         result = analytics.compare(a, b, args.range)
     except sqlite3.Error as exc:

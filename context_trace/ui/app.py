@@ -58,6 +58,7 @@ from context_trace._store.analytics import (
     SessionRow,
     UserRow,
 )
+from context_trace._store.cost import COST_BY, CostRow, ModelPriceRow
 from context_trace._store.retention import ActivePoint, ChurnedUser
 from context_trace._store.segments import MIN_SAMPLE, Segment, parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
@@ -95,6 +96,7 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_segments": frozenset(),
     "api_retention": frozenset({"weeks", "since", "meta"}),
     "api_compare": frozenset({"a", "b", "range"}),
+    "api_cost": frozenset({"by", "range", "meta", "limit"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
     "retention_page": frozenset({"weeks", "since", "meta"}),
@@ -118,11 +120,11 @@ PARAMETERS: dict[str, frozenset[str]] = {
 # where an answer holds several).
 _CSV_ENDPOINTS = (
     "api_users", "api_conversations", "api_user", "api_retention", "api_compare",
-    "api_segments", "api_topics", "api_unhappy", "api_overview",
+    "api_segments", "api_topics", "api_unhappy", "api_overview", "api_cost",
 )  # fmt: skip
 for _name in _CSV_ENDPOINTS:
     PARAMETERS[_name] = PARAMETERS[_name] | {"format"}
-for _name in ("api_retention", "api_overview"):
+for _name in ("api_retention", "api_overview", "api_cost"):
     PARAMETERS[_name] = PARAMETERS[_name] | {"table"}
 # A cell starting with one of these is a formula to a spreadsheet: prefixed
 # with a quote in CSV exports (stored text must never run as a formula).
@@ -308,6 +310,13 @@ def _fmt_time(value: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
 
 
+def _fmt_money(value: float | None) -> str:
+    """Dollars: four decimals under $1,000 (a turn costs fractions of a cent)."""
+    if value is None:
+        return "-"
+    return f"${value:,.4f}" if value < 1000 else f"${value:,.0f}"
+
+
 def _fmt_ms(value: float | None) -> str:
     """
     A latency as people read it: whole ms below a second, then seconds.
@@ -415,6 +424,17 @@ def _retention_csv(report: Any) -> Any:
     return _csv_response("cohorts", columns, rows)
 
 
+def _cost_csv(report: Any) -> Any:
+    """A cost report's rows (grouped by its ``by``; ?table=models: the prices)."""
+    if _table_arg(("rows", "models"), "rows") == "models":
+        return _dataclass_csv("cost_models", ModelPriceRow, report.models)
+    rows = [_json(r) for r in report.rows]
+    for row in rows:
+        row[report.by] = row.pop("key")
+    columns = [report.by, *_fields(CostRow)[1:]]
+    return _csv_response(f"cost_by_{report.by}", columns, rows)
+
+
 def _compare_csv(comparison: Any) -> Any:
     """Two segments' figures, a row per measure: value and count on each side."""
     sides = [comparison.a, comparison.b]
@@ -448,6 +468,7 @@ def create_app(
     index: UIIndex | None = None,
     refresh_interval: float = 2.0,
     tz: tzinfo | None = None,
+    prices: Any = None,
 ) -> Flask:
     """
     Build the dashboard app over the store at *db_path*.
@@ -461,12 +482,27 @@ def create_app(
         refresh_interval: Seconds between background index updates (0: only
             before requests).
         tz: The time zone of retention's days and weeks (default: UTC).
+        prices: Price overrides for the cost figures, ``{model: {"input": ...,
+            "output": ...}}`` in dollars per million tokens (see
+            :func:`context_trace.analytics.pricing.check_prices`); default:
+            those given to ``configure(prices=...)`` in this process.
+
+    Raises:
+        TypeError, ValueError: For bad *prices*, naming them.
 
     Returns:
         A WSGI app; ``app.extensions["context_trace_ui"]`` holds its index.
 
     .. versionadded:: 0.2.0
     """
+    from context_trace.analytics.pricing import Pricer, check_prices
+
+    if prices is None:  # the app's configure(prices=...), when it serves this
+        from context_trace import _runtime
+
+        prices = _runtime.active_config().prices or None
+    # One for the app: each model is looked up once, not once per request.
+    pricer = Pricer(None if prices is None else check_prices(prices, "prices"))
     app = Flask(__name__)
     app.request_class = _Request
     path = os.fspath(db_path)
@@ -482,7 +518,7 @@ def create_app(
     def store() -> Analytics:
         if "store" not in g:
             with SQLiteStore(path).reads() as reads:
-                g.store = reads.dashboard(index=index_path)
+                g.store = reads.dashboard(index=index_path, prices=pricer)
             if topics_path is not None and topics_path.exists():
                 g.store.attach_topics(topics_path)
         result: Analytics = g.store
@@ -555,6 +591,7 @@ def create_app(
     app.jinja_env.globals.update(
         fmt_time=_fmt_time,
         fmt_ms=_fmt_ms,
+        fmt_money=_fmt_money,
         search_count_limit=SEARCH_COUNT_LIMIT,
     )
     app.jinja_env.filters["snippet"] = _snippet
@@ -698,6 +735,15 @@ def create_app(
     def compare_data() -> Any:
         return store().compare(_segment_arg("a"), _segment_arg("b"), _range_arg("all"))
 
+    def cost_data() -> Any:
+        by = request.args.get("by", "model")
+        if by not in COST_BY:
+            raise _BadRequest(f"by must be one of {', '.join(COST_BY)}")
+        try:
+            return store().cost(by, _range_arg("all"), _segment_arg(), limit=_limit())
+        except ValueError as exc:  # by=topic without topics
+            raise _BadRequest(str(exc)) from None
+
     # --- JSON API -------------------------------------------------------------
 
     def api(
@@ -731,6 +777,7 @@ def create_app(
         "/api/retention", "api_retention", api(retention_data, _retention_csv)
     )
     app.add_url_rule("/api/compare", "api_compare", api(compare_data, _compare_csv))
+    app.add_url_rule("/api/cost", "api_cost", api(cost_data, _cost_csv))
 
     def api_page(fn: Callable[[], Any], row_class: Any = None) -> Callable[[], Any]:
         def view() -> Any:
@@ -831,6 +878,7 @@ def create_app(
         return render_template(
             "overview.html",
             o=overview_data(),
+            cost=store().cost("model", _range(), _segment_arg()).total,
             ranges=RANGES,
             meta=request.args.getlist("meta"),
             segments=store().segments(),

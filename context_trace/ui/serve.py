@@ -14,7 +14,7 @@ import time
 import webbrowser
 from datetime import tzinfo
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 try:
     import waitress
@@ -93,6 +93,7 @@ def make_server(
     token: str | None,
     index: UIIndex | None = None,
     tz: tzinfo | None = None,
+    prices: Any = None,
 ) -> waitress.server.BaseWSGIServer:
     """
     Build (and bind) the waitress server for the dashboard over *db*.
@@ -100,6 +101,7 @@ def make_server(
     Args:
         index: The store's dashboard index (default: one at the default path).
         tz: The time zone of retention's days and weeks (default: UTC).
+        prices: Price overrides for the cost figures (see ``create_app``).
 
     Raises:
         UIError: If *host* is not loopback and *token* is empty.
@@ -111,7 +113,7 @@ def make_server(
             f"--host {host} is reachable from other machines; set a token with"
             f" --token or {ENV_UI_TOKEN} to serve it"
         )
-    app = create_app(db, token=token or None, index=index, tz=tz)
+    app = create_app(db, token=token or None, index=index, tz=tz, prices=prices)
     server: waitress.server.BaseWSGIServer = waitress.create_server(
         app, host=host, port=port, threads=_THREADS, ident="context-trace"
     )
@@ -127,6 +129,7 @@ def main(
     out: TextIO = sys.stdout,
     index_path: Path | None = None,
     tz: tzinfo | None = None,
+    prices_path: Path | None = None,
 ) -> int:
     """
     Serve the dashboard until Ctrl-C; the ``context-trace ui`` command.
@@ -142,6 +145,7 @@ def main(
         index_path: The dashboard's index file (default:
             :func:`context_trace._store.ui_index.default_index_path`).
         tz: The time zone of retention's days and weeks (default: UTC).
+        prices_path: A JSON or TOML file of price overrides (``--prices``).
 
     Returns:
         0 after Ctrl-C.
@@ -154,9 +158,17 @@ def main(
     token = token or os.environ.get(ENV_UI_TOKEN) or None
     if not is_loopback(host) and not token:
         make_server(db, host, port, token)  # raises UIError
+    prices = None
+    if prices_path is not None:  # checked before the index is built
+        from context_trace.analytics.pricing import load_prices
+
+        try:
+            prices = load_prices(prices_path, "--prices")
+        except ValueError as exc:
+            raise UIError(str(exc)) from None
     index = open_index(db, out, index_path)
     try:
-        server = make_server(db, host, port, token, index, tz)
+        server = make_server(db, host, port, token, index, tz, prices)
     except OSError as exc:
         index.close()
         raise UIError(

@@ -156,6 +156,30 @@ class TestAppMetadata:
         assert ({"plan": "pro"}, ("t",)) == (turn.metadata, turn.tags)
 
 
+class TestStoredUsageDetails:
+    def test_store_keeps_cache_and_reasoning_counts_per_turn_and_call(
+        self, records: CapturedRecords, tmp_path: Path
+    ) -> None:
+        """The store's metadata keeps cache-read, cache-write and reasoning counts, per call too."""
+        first, second = CachingFakeChatModel(prompt_tokens=5), CachingFakeChatModel()
+        chain = first | RunnableLambda(lambda m: m.content) | second
+        with track_user("u"):
+            CachingFakeChatModel().invoke("one")
+            chain.invoke("two")
+        store = SQLiteExporter(tmp_path / "store.sqlite")
+        try:
+            assert 2 == store.export(records.conversations).exported
+        finally:
+            store.shutdown()
+        with SQLiteReader(tmp_path / "store.sqlite") as reader:
+            one, two = sorted(reader.conversations(), key=lambda c: c.started_at)
+
+        keys = ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+        assert ["60", "10", "8"] == [one.metadata.get(k) for k in keys]
+        calls = json.loads(two.metadata["model_calls"])
+        assert [[60, 10, 8], [60, 10, 8]] == [[c.get(k) for k in keys] for c in calls]
+
+
 class TestRecordFormat:
     def test_format_2_round_trips_every_measurement(self) -> None:
         """A record with every measurement survives format 2 exactly, metadata untouched."""
@@ -206,7 +230,7 @@ def _measured_turn() -> Conversation:
         metadata={"plan": "pro"},
         error="ValueError: bad",
         model="m-1",
-        usage=Usage(10, 5, 15),
+        usage=Usage(10, 5, 15, 4, 2, 3),
         tags=("x",),
         run_name="agent",
         model_calls=(ModelCall("m-0"), ModelCall("m-1", Usage(10, 5, 15))),

@@ -29,7 +29,7 @@ VALID = {
     "limit": "5", "range": "all", "user": "many", "anonymous": "0",
     "rating": "up", "errors": "0", "model": "fake-model", "before": "1000000",
     "token": "", "meta": "model:fake-model", "a": "model:fake-model",
-    "b": "model:other",
+    "b": "model:other", "by": "user",
 }  # fmt: skip
 IDS = {"user_page": "many", "api_user": "many", "session_page": "s-m0",
        "api_session": "s-m0"}  # fmt: skip

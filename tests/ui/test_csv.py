@@ -150,3 +150,19 @@ def test_each_table_has_a_csv_link(csv_server, page, link):
     _, body = csv_server.get(page)
 
     assert f'href="{link}"' in body
+
+
+@pytest.mark.parametrize("by", ["model", "user"])
+def test_cost_csv_has_the_reports_rows(csv_server, by):
+    """The cost report's rows as CSV, keyed by its grouping, the same as its JSON."""
+    status, report = csv_server.get(f"/api/cost?by={by}")
+    assert 200 == status, report
+    rows = read_csv(csv_server, f"/api/cost?by={by}&format=csv")
+
+    assert [r["key"] for r in report["rows"]] == [
+        r[by] if r[by][:1] != "'" else r[by][1:] for r in rows
+    ]
+    assert [str(r["turns"]) for r in report["rows"]] == [r["turns"] for r in rows]
+    assert report["rows"], "the fixture's turns have a model and tokens"
+    models = read_csv(csv_server, "/api/cost?format=csv&table=models")
+    assert [m["model"] for m in report["models"]] == [m["model"] for m in models]

@@ -1,0 +1,560 @@
+"""
+Cost: the recorded token counts priced when read, per model, user, day,
+session or segment.
+
+The store keeps tokens and model names, never money, so a new price (a newer
+``genai-prices``, an override) re-prices all history. The dashboard's sidecar
+index (see :mod:`.ui_index`) keeps each turn's token counts per model that
+answered in it (``ui_cost_turn``: one row per turn and model, its calls
+summed), and their sums per UTC day, per user and per segment and day. A
+question is one SQL aggregate over those sums, grouped by what it asks (user,
+day...) and by model; each distinct model is priced once in Python
+(:class:`context_trace.analytics.pricing.Pricer`), and the prices go back
+into the same statement as a ``VALUES`` table, so the arithmetic runs in SQL
+over the sums, never per turn in Python.
+
+A call is *unpriced* when its model has no price, when it names no model, or
+when it reported no input and output counts: counted (``unpriced_calls``),
+never guessed. A turn that made no model call (no model, no usage) is no call.
+
+The token counts come from the store's ``metadata`` column, where the writer
+puts the measurements (see :func:`context_trace._record.measured_metadata`):
+``model_calls`` for a turn of several calls, else the turn's ``model`` and
+counts. Cache-read, cache-write and reasoning counts are there from 0.3 on;
+older turns have none (they price at the plain input and output prices).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from context_trace.analytics.pricing import Pricer
+
+# A segment's conditions, as .segments has them (not imported: it imports the
+# index, which imports this module).
+Segment = tuple[tuple[str, str], ...]
+# (SQL, parameters) of a segment's turn rows (with ``n``) from an epoch.
+SegmentSource = Callable[[float | None], tuple[str, list[Any]]]
+
+__all__ = [
+    "COST_BY",
+    "COST_SCHEMA",
+    "COST_TABLES",
+    "CostReport",
+    "CostRow",
+    "ModelPriceRow",
+    "apply_cost_chunk",
+    "cost_report",
+    "price_table",
+    "turn_cost",
+    "user_costs_sql",
+]
+
+#: What a cost report can group by (``topic`` needs the topics file attached
+#: as ``topics``: see ``Analytics.attach_topics``).
+COST_BY = ("model", "user", "day", "session", "topic")
+
+#: The sidecar tables this module keeps (see :mod:`.ui_index`).
+COST_TABLES = ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_user",
+               "ui_cost_segment_day")  # fmt: skip
+# The sums each table keeps, in this order everywhere.
+_SUMS = ("turns", "calls", "reported", "input", "output", "cache_read",
+         "cache_write", "reasoning")  # fmt: skip
+_SUM_COLUMNS = ",\n".join(f"        {c} INTEGER NOT NULL DEFAULT 0" for c in _SUMS)
+
+COST_SCHEMA = (
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_turn (
+        n INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        session_n INTEGER,
+        started_at REAL NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (n, model)
+    ) WITHOUT ROWID
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_day (
+        day TEXT NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (day, model)
+    ) WITHOUT ROWID
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_user (
+        user_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (user_key, model)
+    ) WITHOUT ROWID
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_segment_user (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (key, value, user_key, model)
+    ) WITHOUT ROWID
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_segment_day (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        day TEXT NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (key, value, day, model)
+    ) WITHOUT ROWID
+    """,
+)
+
+_ARRAY = (
+    "coalesce(CASE WHEN json_valid(json_extract(t.metadata, '$.model_calls'))"
+    " THEN json_type(json_extract(t.metadata, '$.model_calls')) END = 'array', 0)"
+)
+
+
+def _count(source: str, key: str) -> str:
+    return f"coalesce(CAST(json_extract({source}, '$.{key}') AS INTEGER), 0)"
+
+
+# One row per call of the store's turns numbered (?1, ?2]: the turn's own
+# model and counts, or each entry of its model_calls.
+_CALLS = (
+    "WITH t AS (SELECT n, coalesce(user_id, '') AS user_key, session_n, started_at,"
+    " model, prompt_tokens, completion_tokens, metadata FROM store.conversations"
+    " WHERE n > ?1 AND n <= ?2)"
+    " SELECT n, coalesce(model, '') AS model, user_key, session_n, started_at,"
+    " (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL) AS reported,"
+    " coalesce(prompt_tokens, 0) AS input, coalesce(completion_tokens, 0) AS output,"
+    f" {_count('metadata', 'cache_read_tokens')} AS cache_read,"
+    f" {_count('metadata', 'cache_write_tokens')} AS cache_write,"
+    f" {_count('metadata', 'reasoning_tokens')} AS reasoning"
+    f" FROM t WHERE NOT ({_ARRAY}) AND (model IS NOT NULL"
+    " OR prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)"
+    " UNION ALL"
+    " SELECT t.n, coalesce(json_extract(j.value, '$.model'), ''), t.user_key,"
+    " t.session_n, t.started_at,"
+    " (json_extract(j.value, '$.prompt_tokens') IS NOT NULL"
+    " OR json_extract(j.value, '$.completion_tokens') IS NOT NULL),"
+    f" {_count('j.value', 'prompt_tokens')}, {_count('j.value', 'completion_tokens')},"
+    f" {_count('j.value', 'cache_read_tokens')},"
+    f" {_count('j.value', 'cache_write_tokens')},"
+    f" {_count('j.value', 'reasoning_tokens')}"
+    f" FROM t, json_each(json_extract(t.metadata, '$.model_calls')) j WHERE {_ARRAY}"
+)
+_SUMMED = ", ".join(f"sum({c}) AS {c}" for c in _SUMS)
+_UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
+_COLS = ", ".join(_SUMS)
+
+
+def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
+    """
+    The statements that index the cost of the store's turns numbered (?1, ?2];
+    *segment_rows* is the SQL of their (key, value, n, ..., day) segment rows.
+    """
+    return (
+        # A turn counts once, under the first of its models (by name).
+        "CREATE TEMP TABLE cost_chunk AS SELECT *, (model = min(model)"
+        " OVER (PARTITION BY n)) AS turns FROM (SELECT n, model, user_key,"
+        " session_n, started_at, date(started_at, 'unixepoch') AS day,"
+        " count(*) AS calls, sum(reported) AS reported, sum(input) AS input,"
+        " sum(output) AS output, sum(cache_read) AS cache_read,"
+        " sum(cache_write) AS cache_write, sum(reasoning) AS reasoning"
+        f" FROM ({_CALLS}) GROUP BY n, model)",
+        "CREATE INDEX temp.cost_chunk_n ON cost_chunk (n)",
+        f"INSERT INTO ui_cost_turn (n, model, user_key, session_n, started_at, {_COLS})"
+        f" SELECT n, model, user_key, session_n, started_at, {_COLS} FROM cost_chunk"
+        " WHERE true ON CONFLICT DO NOTHING",
+        f"INSERT INTO ui_cost_day (day, model, {_COLS}) SELECT day, model, {_SUMMED}"
+        f" FROM cost_chunk GROUP BY day, model ON CONFLICT DO UPDATE SET {_UPSERT}",
+        f"INSERT INTO ui_cost_user (user_key, model, {_COLS}) SELECT user_key, model,"
+        f" {_SUMMED} FROM cost_chunk GROUP BY user_key, model"
+        f" ON CONFLICT DO UPDATE SET {_UPSERT}",
+        f"INSERT INTO ui_cost_segment_day (key, value, day, model, {_COLS})"
+        f" SELECT s.key, s.value, k.day, k.model,"
+        f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"
+        " JOIN cost_chunk k ON k.n = s.n GROUP BY s.key, s.value, k.day, k.model"
+        f" ON CONFLICT DO UPDATE SET {_UPSERT}",
+        f"INSERT INTO ui_cost_segment_user (key, value, user_key, model, {_COLS})"
+        f" SELECT s.key, s.value, k.user_key, k.model,"
+        f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"
+        " JOIN cost_chunk k ON k.n = s.n GROUP BY s.key, s.value, k.user_key,"
+        f" k.model ON CONFLICT DO UPDATE SET {_UPSERT}",
+        "DROP TABLE temp.cost_chunk",
+    )
+
+
+# --- reading ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CostRow:
+    """
+    The cost of one group (a model, user, day or session; the total: None).
+
+    ``turns`` counts the turns that made a model call; a turn whose calls
+    used several models counts once, under the first of them by name.
+
+    ``cost`` is in US dollars over the priced calls; ``unpriced_calls``
+    counts the calls it leaves out (see the module docstring). Token counts
+    are over all the calls, priced or not; the cache and reasoning counts are
+    part of the input and output counts.
+    """
+
+    key: str | None
+    turns: int
+    calls: int
+    unpriced_calls: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPriceRow:
+    """
+    A model seen and the price used, in dollars per million tokens (None:
+    unpriced); ``source`` is ``override``, ``genai-prices`` or None.
+    """
+
+    model: str
+    source: str | None
+    matched: str | None
+    input: float | None
+    output: float | None
+    cache_read: float | None
+    cache_write: float | None
+    reasoning: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CostReport:
+    """
+    Cost for a range and segment, grouped by ``by``: ``rows`` by cost, the
+    highest first (by day: in day order), ``total`` over everything, and
+    the price of every model seen.
+    """
+
+    by: str
+    range: str
+    segment: dict[str, str]
+    total: CostRow
+    rows: tuple[CostRow, ...]
+    models: tuple[ModelPriceRow, ...]
+    unpriced_models: tuple[str, ...]
+
+
+def price_table(
+    conn: sqlite3.Connection, pricer: Pricer
+) -> tuple[str, list[Any], list[ModelPriceRow]]:
+    """
+    (a ``price(model, p_in, p_out, p_cr, p_cw, p_r)`` CTE, its parameters,
+    the models and their prices): every model of the index, each priced once.
+    """
+    models = [r[0] for r in conn.execute("SELECT DISTINCT model FROM ui_cost_day")]
+    rows: list[ModelPriceRow] = []
+    values: list[Any] = []
+    for model in models:
+        price = pricer.price(model)
+        if price is None:
+            rows.append(ModelPriceRow(model, None, None, None, None, None, None, None))
+            continue
+        rows.append(
+            ModelPriceRow(model, price.source, price.matched, price.input,
+                          price.output, price.cache_read, price.cache_write,
+                          price.reasoning)
+        )  # fmt: skip
+        values += [model, price.input, price.output, price.cache_read,
+                   price.cache_write, price.reasoning]  # fmt: skip
+    count = len(values) // 6
+    if not count:  # a CTE needs one row: a model no row has
+        return (
+            "price(model, p_in, p_out, p_cr, p_cw, p_r) AS"
+            " (SELECT NULL, 0, 0, 0, 0, 0 WHERE false)",
+            [],
+            rows,
+        )
+    marks = ",".join(["(?, ?, ?, ?, ?, ?)"] * count)
+    return (
+        f"price(model, p_in, p_out, p_cr, p_cw, p_r) AS (VALUES {marks})",
+        values,
+        rows,
+    )
+
+
+# The cost of a row of sums joined to its price (p.model NULL: unpriced).
+COST_SQL = (
+    "CASE WHEN p.model IS NULL THEN 0 ELSE (max(x.input - x.cache_read"
+    " - x.cache_write, 0) * p.p_in + x.cache_read * p.p_cr + x.cache_write * p.p_cw"
+    " + max(x.output - x.reasoning, 0) * p.p_out + x.reasoning * p.p_r) / 1e6 END"
+)
+UNPRICED_SQL = "CASE WHEN p.model IS NULL THEN x.calls ELSE x.calls - x.reported END"
+
+
+def _rows_source(
+    by: str,
+    segment: Segment,
+    since: float | None,
+    first_day: str | None,
+    segment_source: SegmentSource | None,
+) -> tuple[str, list[Any]]:
+    """
+    SQL of ``(grp, model, turns, calls, reported, input, output, cache_read,
+    cache_write, reasoning)`` rows for the question, from the cheapest table
+    that answers it, and its parameters.
+    """
+    day_group = {"model": "''", "day": "day"}
+    if first_day is not None and not segment and by in day_group:
+        return (
+            f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_day"
+            " WHERE day >= ? GROUP BY grp, model",
+            [first_day],
+        )
+    if first_day == "" and not segment and by == "user":
+        return (f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_user", [])
+    if first_day == "" and len(segment) == 1 and by == "user":
+        return (
+            f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_segment_user"
+            " WHERE key = ? AND value = ?",
+            list(segment[0]),
+        )
+    if first_day is not None and len(segment) == 1 and by in day_group:
+        return (
+            f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
+            " WHERE key = ? AND value = ? AND day >= ? GROUP BY grp, model",
+            [*segment[0], first_day],
+        )
+    if since is None and first_day:
+        since = _day_start(first_day)
+    group = {
+        "model": "''",
+        "day": "date(k.started_at, 'unixepoch')",
+        "user": "k.user_key",
+        "session": "k.session_n",
+        # A lookup per turn in the topics file (not summarised there).
+        "topic": "(SELECT t.topic_id FROM topics.topic_turns t WHERE t.n = k.n)",
+    }[by]
+    sums = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    if segment:
+        if segment_source is None:
+            raise ValueError("a segment needs its segment_source")
+        source, params = segment_source(since)
+        return (
+            f"SELECT {group} AS grp, k.model AS model, {sums} FROM ({source}) s"
+            " CROSS JOIN ui_cost_turn k ON k.n = s.n GROUP BY grp, k.model",
+            params,
+        )
+    if since is None:
+        return (
+            f"SELECT {group} AS grp, k.model AS model, {sums} FROM ui_cost_turn k"
+            " GROUP BY grp, k.model",
+            [],
+        )
+    return (
+        f"SELECT {group} AS grp, k.model AS model, {sums} FROM ui_cost_turn k"
+        # min(n + 0): through the store's started_at index (see segments).
+        " WHERE k.n >= (SELECT coalesce(min(n + 0), 1 << 62) FROM conversations"
+        " WHERE started_at >= ?) AND k.started_at >= ? GROUP BY grp, k.model",
+        [since, since],
+    )
+
+
+def _model_source(
+    segment: Segment, first_day: str | None
+) -> tuple[str, list[Any]] | None:
+    """SQL of ``('', model, sums...)`` rows from per-day sums, when they answer."""
+    if first_day is None or len(segment) > 1:
+        return None
+    if not segment:
+        return (
+            f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_day WHERE day >= ?"
+            " GROUP BY model",
+            [first_day],
+        )
+    return (
+        f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
+        " WHERE key = ? AND value = ? AND day >= ? GROUP BY model",
+        [*segment[0], first_day],
+    )
+
+
+def _day_start(day: str) -> float:
+    from datetime import date
+
+    return float((date.fromisoformat(day) - date(1970, 1, 1)).days * 86_400)
+
+
+def cost_report(
+    conn: sqlite3.Connection,
+    pricer: Pricer,
+    *,
+    by: str,
+    range_: str,
+    segment: Segment,
+    since: float | None,
+    first_day: str | None,
+    limit: int | None = None,
+    segment_source: SegmentSource | None = None,
+) -> CostReport:
+    """
+    The cost of the turns from *since* (epoch; None: all) or, with
+    *first_day*, of whole UTC days from it (``""``: all time), in *segment*,
+    grouped *by* one of :data:`COST_BY`; at most *limit* rows (the costliest;
+    by day: all days). *conn* is the store with the index attached;
+    *segment_source* gives the segment's turn rows from an epoch
+    (``segments._source``).
+
+    Raises:
+        ValueError: For an unknown *by*.
+    """
+    if by not in COST_BY:
+        raise ValueError(f"by must be one of {', '.join(COST_BY)}, got {by!r}")
+    prices, params, models = price_table(conn, pricer)
+    source, more = _rows_source(by, segment, since, first_day, segment_source)
+    sums = (
+        f"sum(x.turns), sum(x.calls), sum({UNPRICED_SQL}), sum(x.input),"
+        " sum(x.output), sum(x.cache_read), sum(x.cache_write), sum(x.reasoning),"
+        f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
+    )
+    # Per model (the total, and the models used): from the per-day sums when
+    # they answer, else from the same rows.
+    model_source, model_params = _model_source(segment, first_day) or (source, more)
+    per_model = conn.execute(
+        f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
+        " GROUP BY x.model ORDER BY cost DESC, x.model",
+        [*params, *model_params],
+    ).fetchall()
+    if by == "model":
+        grouped = per_model[:limit] if limit is not None else per_model
+    else:
+        order = "x.grp" if by == "day" else "cost DESC, x.grp"
+        cap = " LIMIT ?" if limit is not None and by != "day" else ""
+        grouped = conn.execute(
+            f"WITH {prices}, x AS ({source}) SELECT x.grp, {sums}"
+            f" GROUP BY x.grp ORDER BY {order}{cap}",
+            [*params, *more, *([limit] if cap else [])],
+        ).fetchall()
+    total = _total(per_model)
+    if by == "user":
+        grouped = [(None if r[0] == "" else r[0], *r[1:]) for r in grouped]
+    if by == "session":
+        numbers = [r[0] for r in grouped if r[0] is not None]
+        names = dict(
+            conn.execute(
+                f"SELECT n, id FROM sessions WHERE n IN ({','.join('?' * len(numbers))})",
+                numbers,
+            ).fetchall()
+        )
+        grouped = [(names.get(r[0]), *r[1:]) for r in grouped]
+    used = {r[0] for r in per_model}
+    return CostReport(
+        by=by,
+        range=range_,
+        segment=dict(segment),
+        total=total,
+        rows=tuple(_row(r) for r in grouped),
+        models=tuple(m for m in models if m.model in used),
+        unpriced_models=tuple(
+            sorted(m.model for m in models if m.input is None and m.model in used)
+        ),
+    )
+
+
+def _row(r: Sequence[Any]) -> CostRow:
+    return CostRow(
+        key=None if r[0] is None else str(r[0]),
+        turns=int(r[1] or 0),
+        calls=int(r[2] or 0),
+        unpriced_calls=int(r[3] or 0),
+        input_tokens=int(r[4] or 0),
+        output_tokens=int(r[5] or 0),
+        cache_read_tokens=int(r[6] or 0),
+        cache_write_tokens=int(r[7] or 0),
+        reasoning_tokens=int(r[8] or 0),
+        cost=float(r[9] or 0.0),
+    )
+
+
+def _total(rows: Sequence[Sequence[Any]]) -> CostRow:
+    sums = [sum(r[i] or 0 for r in rows) for i in range(1, 10)]
+    return _row([None, *sums])
+
+
+def user_costs_sql() -> str:
+    """
+    A ``user_cost(user_key, cost, unpriced)`` CTE over ui_cost_user, to follow
+    the ``price`` CTE of :func:`price_table`.
+    """
+    return (
+        "user_cost(user_key, cost, unpriced) AS (SELECT x.user_key,"
+        f" total({COST_SQL}), sum({UNPRICED_SQL}) FROM ui_cost_user x"
+        " LEFT JOIN price p ON p.model = x.model GROUP BY x.user_key)"
+    )
+
+
+def turn_cost(
+    pricer: Pricer,
+    model: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    metadata: dict[str, str],
+) -> tuple[float | None, int, int]:
+    """
+    One turn's (cost, calls, unpriced calls) from its stored row: its
+    ``model_calls`` when it made several, else its model and counts. The
+    cost is None when no call of it could be priced.
+    """
+    import json
+
+    calls: list[tuple[str | None, Any, Any, Any, Any, Any]] = []
+    raw = metadata.get("model_calls")
+    entries: Any = None
+    if raw:
+        try:
+            entries = json.loads(raw)
+        except ValueError:
+            entries = None
+    if isinstance(entries, list):
+        for e in entries:
+            if isinstance(e, dict):
+                calls.append((e.get("model"), e.get("prompt_tokens"),
+                              e.get("completion_tokens"), e.get("cache_read_tokens"),
+                              e.get("cache_write_tokens"), e.get("reasoning_tokens")))  # fmt: skip
+    elif (
+        model is not None or prompt_tokens is not None or completion_tokens is not None
+    ):
+        calls.append((model, prompt_tokens, completion_tokens,
+                      metadata.get("cache_read_tokens"),
+                      metadata.get("cache_write_tokens"),
+                      metadata.get("reasoning_tokens")))  # fmt: skip
+    cost: float | None = None
+    unpriced = 0
+    for name, *counts in calls:
+        price = pricer.price(name if isinstance(name, str) else None)
+        if price is None or (counts[0] is None and counts[1] is None):
+            unpriced += 1
+            continue
+        n = [_int(c) for c in counts]
+        cost = (cost or 0.0) + price.cost(*n)
+    return cost, len(calls), unpriced
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
