@@ -148,16 +148,19 @@ def _build_exporter(config: Config) -> Exporter:
         return config.exporter
     from ._exporters.sqlite import SQLiteExporter
 
-    if not config.token and not config.otlp:
+    if not config.token and not config.otlp and not config.store:
         return SQLiteExporter(
             config.db_path, keep_local=True, outbox_max=config.outbox_max
         )
     from ._exporters.outbox import CONTEXT, OTLP, OutboxExporter
 
     # The local report tables: when "sqlite" is named (sqlite,otlp), with
-    # keep_local, or when nothing is named and there is no token (the default).
+    # keep_local, or when nothing is named and there is no token nor shared
+    # store (the default).
     keep_local = config.keep_local or (
-        "sqlite" in config.exporters if config.exporters else not config.token
+        "sqlite" in config.exporters
+        if config.exporters
+        else not config.token and not config.store
     )
     store = SQLiteExporter(
         config.db_path, keep_local=keep_local, outbox_max=config.outbox_max
@@ -175,6 +178,10 @@ def _build_exporter(config: Config) -> Exporter:
         )
     if config.otlp:
         senders[OTLP] = _otlp_sender(config)
+    if config.store:
+        from ._exporters.postgres import DESTINATION, PostgresSender
+
+        senders[DESTINATION] = PostgresSender(config.store, host=config.host)
     return OutboxExporter(store, senders=senders)
 
 
@@ -314,6 +321,8 @@ def configure(
     flush_on_sigterm: bool = UNSET,
     propagate_baggage: bool = UNSET,
     baggage_secret: str | None = UNSET,
+    store: str | None = UNSET,
+    host: str | None = UNSET,
 ) -> Config:
     """
     Configure context_trace; call once at start-up (optional: defaults work).
@@ -386,13 +395,24 @@ def configure(
         baggage_secret: Sign those entries with HMAC-SHA256 under this shared
             secret, for receivers that accept signed baggage (env
             ``CONTEXT_TRACE_BAGGAGE_SECRET``). Never logged nor shown.
+        store: A shared PostgreSQL store, ``"postgresql://user:password@host/db"``
+            (env ``CONTEXT_TRACE_STORE``; needs ``context-trace[postgres]``).
+            Turns go to this host's durable outbox (the ``db_path`` file) first;
+            the export worker delivers them in batches, so the app never waits
+            on PostgreSQL. ``configure`` connects once (a few seconds at most)
+            and creates or migrates the schema; the password is never shown.
+        host: This host's identity in the shared store (env
+            ``CONTEXT_TRACE_HOST``; default: the machine's name).
 
     Returns:
         The effective :class:`Config`.
 
     Raises:
         TypeError: an argument has the wrong type.
-        ValueError: an argument is out of range, or *baggage_secret* is empty.
+        ValueError: an argument is out of range, or *baggage_secret* is empty;
+            with *store*, the server refused the password, has no such
+            database, or is unreachable (the message says which, and never
+            shows the password).
 
     .. versionadded:: 0.1.0
     """
@@ -401,9 +421,16 @@ def configure(
     # With a token the exporter is built (and its endpoint checked) now, before
     # anything changes: a rejected configuration leaves the previous one in place.
     start_now = config.enabled and (
-        ((config.token or config.otlp) and config.exporter is None)
+        ((config.token or config.otlp or config.store) and config.exporter is None)
         or hasattr(config.exporter, "idle")
     )
+    if start_now and config.store and config.exporter is None:
+        # A fast check (short connect timeout) that says which of wrong
+        # password, unknown database or unreachable host it is, and creates or
+        # migrates the schema, before anything changes.
+        from ._store.postgres import check
+
+        check(config.store)
     pipeline = _new_pipeline(config, _build_exporter(config)) if start_now else None
     with _STATE.lock:
         old = _STATE.pipeline

@@ -38,6 +38,7 @@ from .sqlite import SQLiteExporter
 #: The destination names the outbox knows (a row's ``destination`` column).
 CONTEXT = "context"
 OTLP = "otlp"
+POSTGRESQL = "postgresql"
 
 __all__ = ["OutboxExporter", "replay"]
 
@@ -302,6 +303,7 @@ def replay(
     *,
     progress: Progress | None = None,
     allow_insecure: bool = False,
+    store: str | None = None,
 ) -> tuple[int, int, int]:
     """
     Deliver the outbox of *db_path* now (``context-trace replay``).
@@ -316,6 +318,8 @@ def replay(
         endpoint: Context API base URL (default: ``CONTEXT_ENDPOINT`` or Context's).
         progress: Called with ``(delivered, attempted)`` after each chunk.
         allow_insecure: Allow a token over plain http to a non-loopback host.
+        store: The PostgreSQL store's URL, for the ``postgresql`` rows
+            (default: ``CONTEXT_TRACE_STORE``).
 
     Returns:
         ``(delivered, failed, pending)``: pending rows stay for a later attempt.
@@ -326,7 +330,9 @@ def replay(
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Delivers every destination's rows (OTLP too).
+    .. versionchanged:: 0.4.0 And a PostgreSQL store's (*store*).
     """
+    store_url = store or os.environ.get(_config.ENV_STORE, "").strip() or None
     path = Path(db_path) if db_path is not None else _config.default_db_path()
     token = (
         token
@@ -336,14 +342,25 @@ def replay(
     endpoint = (
         endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_CONTEXT_ENDPOINT
     )
-    store = SQLiteExporter(path, keep_local=False)
+    local = SQLiteExporter(path, keep_local=False)
     try:
-        store.check()
+        local.check()
         waiting = {
-            name for name, row in store.outbox_destinations().items() if row["waiting"]
+            name for name, row in local.outbox_destinations().items() if row["waiting"]
         }
         senders: dict[str, Sender] = {}
-        if CONTEXT in waiting or not waiting:
+        if POSTGRESQL in waiting:
+            if store_url is None:
+                raise ValueError(
+                    "the outbox holds rows for a PostgreSQL store: pass local= "
+                    f"or set {_config.ENV_STORE}"
+                )
+            from .postgres import PostgresSender
+
+            senders[POSTGRESQL] = PostgresSender(
+                store_url, host=os.environ.get(_config.ENV_HOST) or None
+            )
+        if CONTEXT in waiting or (not waiting and store_url is None):
             if not token:
                 raise ValueError(
                     "token is required to replay the outbox (set CONTEXT_TOKEN)"
@@ -352,14 +369,14 @@ def replay(
                 token,
                 endpoint=endpoint,
                 allow_insecure=allow_insecure,
-                transcript_source=store.session_messages,
+                transcript_source=local.session_messages,
             )
         if OTLP in waiting:
             senders[OTLP] = _otlp_from_environment()
-        outbox = OutboxExporter(store, senders=senders)
+        outbox = OutboxExporter(local, senders=senders)
         # An explicit replay means "now": forget the backoff of waiting rows (rows
         # leased by a live process keep their lease).
-        store._write_op(
+        local._write_op(
             lambda conn: conn.execute(
                 "UPDATE outbox SET lease_until = 0 WHERE status = 'pending'"
             )
@@ -367,9 +384,9 @@ def replay(
         result = outbox.deliver(progress=progress)
         for sender in senders.values():
             sender.shutdown(5.0)
-        return result.exported, result.failed, store.outbox_counts()["pending"]
+        return result.exported, result.failed, local.outbox_counts()["pending"]
     finally:
-        store.shutdown()
+        local.shutdown()
 
 
 def _otlp_from_environment() -> Sender:
