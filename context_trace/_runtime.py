@@ -182,6 +182,10 @@ def _build_exporter(config: Config) -> Exporter:
         from ._exporters.postgres import DESTINATION, PostgresSender
 
         senders[DESTINATION] = PostgresSender(config.store, host=config.host)
+        if len(senders) == 1:
+            # One transaction per claim: 1,024 rows deliver ~25% faster than
+            # the HTTP senders' 256 (benchmarks/postgres.py).
+            return OutboxExporter(store, senders=senders, claim_size=1024)
     return OutboxExporter(store, senders=senders)
 
 

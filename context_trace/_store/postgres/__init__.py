@@ -337,16 +337,16 @@ _TURN_COLUMNS = (
 )
 _INSERT_TURNS = (
     f"INSERT INTO turns ({_TURN_COLUMNS})"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::float8[], %s::float8[], %s::float8[], %s::text[], %s::int8[], %s::int8[],"
-    " %s::int8[], %s::text[], %s::text[], %s::text[], %s::bool[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::int8[], %b::int8[],"
+    " %b::int8[], %b::text[], %b::text[], %b::text[], %b::bool[])"
     " ON CONFLICT (id) DO NOTHING"
     " RETURNING id, user_id, session_id, started_at, ended_at"
 )
 _UPSERT_SESSIONS = (
     "INSERT INTO sessions (id, user_id, started_at, last_at, turns)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[],"
-    " %s::int8[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[],"
+    " %b::int8[])"
     " ON CONFLICT (id) DO UPDATE SET"
     " user_id = coalesce(sessions.user_id, excluded.user_id),"
     " started_at = least(sessions.started_at, excluded.started_at),"
@@ -355,7 +355,7 @@ _UPSERT_SESSIONS = (
 )
 _UPSERT_USERS = (
     "INSERT INTO users (id, first_seen, last_seen, turns)"
-    " SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::int8[])"
+    " SELECT * FROM unnest(%b::text[], %b::float8[], %b::float8[], %b::int8[])"
     " ON CONFLICT (id) DO UPDATE SET"
     " first_seen = least(users.first_seen, excluded.first_seen),"
     " last_seen = greatest(users.last_seen, excluded.last_seen),"
@@ -363,24 +363,29 @@ _UPSERT_USERS = (
 )
 _INSERT_RATINGS = (
     "INSERT INTO ratings (id, host, session_id, conversation_id, rating, created_at)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
-    " %s::int2[], %s::float8[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
+    " %b::int2[], %b::float8[])"
     " ON CONFLICT (id) DO NOTHING RETURNING session_id, created_at"
 )
 # A rating moves its session's and its user's last activity (as on SQLite).
 _TOUCH_SESSIONS = (
     "UPDATE sessions s SET last_at = greatest(s.last_at, t.at)"
-    " FROM unnest(%s::text[], %s::float8[]) AS t (id, at) WHERE s.id = t.id"
+    " FROM unnest(%b::text[], %b::float8[]) AS t (id, at) WHERE s.id = t.id"
     " RETURNING s.user_id, t.at"
 )
 _TOUCH_USERS = (
     "UPDATE users u SET last_seen = greatest(u.last_seen, t.at)"
-    " FROM unnest(%s::text[], %s::float8[]) AS t (id, at) WHERE u.id = t.id"
+    " FROM unnest(%b::text[], %b::float8[]) AS t (id, at) WHERE u.id = t.id"
 )
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Rows to one list per column (``unnest``'s arrays)."""
+    """
+    Rows to one list per column (``unnest``'s arrays).
+
+    The arrays go as binary parameters (``%b``): measured four times faster
+    than text ones, which the server must parse (JSON text full of quotes).
+    """
     return [[row[i] for row in rows] for i in range(width)] if rows else [[]] * width
 
 
