@@ -270,8 +270,12 @@ class OutboxExporter:
         )
 
     def after_fork(self) -> None:
-        """Called in a forked child: take fresh locks (the store reopens itself)."""
+        """Called in a forked child: fresh locks, and senders' own connections."""
         self._lock = threading.Lock()
+        for sender in self._senders.values():
+            renew = getattr(sender, "after_fork", None)
+            if callable(renew):
+                renew()  # the PostgreSQL sender: never share the parent's socket
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Close the senders and the store; undelivered rows stay on disk."""

@@ -60,7 +60,9 @@ def serve(index: int, url: str, outbox: str, barrier: Any) -> None:
                 context_trace.track_user(user_of(session)),
                 context_trace.context_session(f"session{session}"),
             ):
-                answer = chain.invoke({"history": history, "q": question(session, turn)})
+                answer = chain.invoke(
+                    {"history": history, "q": question(session, turn)}
+                )
             assert answer == question(session, turn)
         barrier.wait()
     deadline = time.monotonic() + _DRAIN
@@ -69,7 +71,9 @@ def serve(index: int, url: str, outbox: str, barrier: Any) -> None:
         if context_trace.stats()["pending"] == 0:
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"host{index}: outbox not drained: {context_trace.stats()}")
+            raise SystemExit(
+                f"host{index}: outbox not drained: {context_trace.stats()}"
+            )
         time.sleep(0.2)
     stats = context_trace.stats()
     if stats["dropped"] or stats["failed"]:

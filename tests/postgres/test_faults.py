@@ -210,3 +210,37 @@ class TestCLI:
         assert "the dashboard cannot start" in err
         assert "unknown database" in err
         assert WRITER_PASSWORD not in out + err
+
+
+class TestFork:
+    def test_forked_child_delivers_on_a_connection_of_its_own(
+        self, pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A forked worker's own connection: its exit leaves the parent's intact."""
+        import os
+
+        context_trace.configure(store=pg_url, db_path=tmp_path / "outbox.db", host="h")
+        chain = echo_chain()
+        with context_trace.track_user("parent"):
+            chain.invoke({"q": "before fork"})
+        wait_delivered()  # the parent's sender holds an open connection now
+        pid = os.fork()
+        if pid == 0:  # the child: record, deliver, close, exit
+            code = 1
+            try:
+                with context_trace.track_user("child"):
+                    chain.invoke({"q": "in child"})
+                wait_delivered()
+                context_trace.shutdown()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        with caplog.at_level("WARNING", logger="context_trace"):
+            with context_trace.track_user("parent"):
+                chain.invoke({"q": "after fork"})
+            wait_delivered()
+
+        assert 0 == os.waitstatus_to_exitcode(status)
+        assert (3,) == one(pg_url, "SELECT count(*) FROM turns")
+        assert "unavailable" not in caplog.text
