@@ -97,8 +97,8 @@ def _insert_unnest(url: str, turns: list[Any]) -> Callable[[], None]:
 _ONE_ROW = (
     "INSERT INTO turns (id, host, user_id, session_id, started_at, ended_at,"
     " latency_ms, model, prompt_tokens, completion_tokens, total_tokens, error,"
-    " metadata, messages, answered) VALUES"
-    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " metadata, messages, answered, tool_error) VALUES"
+    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (id) DO NOTHING"
 )
 
@@ -131,7 +131,7 @@ def _insert_copy(url: str, turns: list[Any]) -> Callable[[], None]:
     columns = (
         "id, host, user_id, session_id, started_at, ended_at, latency_ms, model,"
         " prompt_tokens, completion_tokens, total_tokens, error, metadata, messages,"
-        " answered"
+        " answered, tool_error"
     )
 
     def run() -> None:

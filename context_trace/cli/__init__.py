@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     store_help = (
         "a shared PostgreSQL store, postgresql://user:password@host/db (default:"
         " $CONTEXT_TRACE_STORE; prefer it, since other users can see command-line"
-        " arguments); read by users, sessions, show, stats; outbox checks it and"
+        " arguments); read by users, sessions, show, stats, export; outbox checks it and"
         " replay delivers to it"
     )
     common = argparse.ArgumentParser(add_help=False)

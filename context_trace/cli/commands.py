@@ -102,7 +102,7 @@ def _describe(exc: BaseException, path: Path) -> str:
 
 
 #: The commands that read a PostgreSQL store (``--store`` or $CONTEXT_TRACE_STORE).
-STORE_COMMANDS = ("users", "sessions", "show", "stats", "outbox", "replay")
+STORE_COMMANDS = ("users", "sessions", "show", "stats", "export", "outbox", "replay")
 # The PostgreSQL store this run reads, set by use_store() before a command runs.
 _POSTGRES: list[str] = []
 

@@ -244,3 +244,13 @@ class TestFork:
         assert 0 == os.waitstatus_to_exitcode(status)
         assert (3,) == one(pg_url, "SELECT count(*) FROM turns")
         assert "unavailable" not in caplog.text
+
+
+def test_export_reads_the_store(pg_url: str, pg_reader_url: str) -> None:
+    """`context-trace export --store` writes every turn of the shared store."""
+    sender = PostgresSender(pg_url, host="h")
+    sender.export_each([turn("c1", session="s1"), turn("c2", at=T0 + 5)])
+    sender.shutdown()
+    code, out, _ = run("export", "--store", pg_reader_url)
+    assert 0 == code
+    assert ["c1", "c2"] == [json.loads(line)["id"] for line in out.splitlines()]

@@ -386,3 +386,49 @@ def test_import_does_not_load_psycopg() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "False" == done.stdout.strip()
+
+
+class TestReads:
+    def test_export_streams_turns_with_history_once(
+        self, pg_url: str, pg_reader_url: str
+    ) -> None:
+        """conversations(since=...) drops history stored before *since* too."""
+        sender = PostgresSender(pg_url, host="a")
+        q1 = (("user", "q1"), ("assistant", "a1"))
+        sender.export_each(
+            [
+                turn("t1", session="s", at=T0, messages=q1),
+                turn("t2", session="s", at=T0 + 10, messages=(*q1, ("user", "q2"))),
+                turn("t3", at=T0 + 20, messages=(*q1, ("user", "q3"))),
+            ]
+        )
+        sender.shutdown()
+        with PostgresReads(pg_reader_url) as reads:
+            everything = [(c.id, texts(c.messages)) for c in reads.conversations()]
+            later = [(c.id, texts(c.messages)) for c in reads.conversations(T0 + 5)]
+        assert [
+            ("t1", [("user", "q1"), ("assistant", "a1")]),
+            ("t2", [("user", "q2")]),
+            ("t3", [("user", "q1"), ("assistant", "a1"), ("user", "q3")]),
+        ] == everything
+        assert everything[1:] == later
+
+    def test_tool_errors_are_counted(self, pg_url: str, pg_reader_url: str) -> None:
+        """A turn that answered although a tool failed counts as a tool error."""
+        sender = PostgresSender(pg_url, host="a")
+        sender.export_each(
+            [
+                turn("t1", session="s", metadata={"failed_tools": "search"}),
+                turn("t2", session="s", at=T0 + 5, error="ValueError: x"),
+            ]
+        )
+        sender.shutdown()
+        with PostgresReads(pg_reader_url) as reads:
+            user = reads.users(sort="tool_errors")[0]
+            session = reads.sessions()[0]
+        assert (1, 1, 1, 1) == (
+            user.tool_errors,
+            user.errors,
+            session.tool_errors,
+            session.errors,
+        )

@@ -50,7 +50,13 @@ from context_trace._record import (
     Record,
     exported_metadata,
 )
-from context_trace._store.codec import JSON, decode, messages_from_json, messages_json
+from context_trace._store.codec import (
+    JSON,
+    decode,
+    is_tool_error,
+    messages_from_json,
+    messages_json,
+)
 from context_trace._store.models import (
     DayStats,
     SessionSummary,
@@ -333,13 +339,13 @@ def _text(value: str | None) -> str | None:
 _TURN_COLUMNS = (
     "id, host, user_id, session_id, started_at, ended_at, latency_ms, model,"
     " prompt_tokens, completion_tokens, total_tokens, error, metadata, messages,"
-    " answered"
+    " answered, tool_error"
 )
 _INSERT_TURNS = (
     f"INSERT INTO turns ({_TURN_COLUMNS})"
     " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
     " %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::int8[], %b::int8[],"
-    " %b::int8[], %b::text[], %b::text[], %b::text[], %b::bool[])"
+    " %b::int8[], %b::text[], %b::text[], %b::text[], %b::bool[], %b::bool[])"
     " ON CONFLICT (id) DO NOTHING"
     " RETURNING id, user_id, session_id, started_at, ended_at"
 )
@@ -391,6 +397,7 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _turn_row(record: Conversation, host: str) -> tuple[Any, ...]:
     usage = record.usage
+    metadata = exported_metadata(record, derived=False)
     return (
         record.id,
         host,
@@ -404,9 +411,10 @@ def _turn_row(record: Conversation, host: str) -> tuple[Any, ...]:
         None if usage is None else usage.output_tokens,
         None if usage is None else usage.total_tokens,
         _text(record.error),
-        JSON.encode(exported_metadata(record, derived=False)),
+        JSON.encode(metadata),
         messages_json(record.messages),
         any(m.role == "assistant" for m in record.messages),
+        is_tool_error(record.error, metadata),
     )
 
 
@@ -444,7 +452,7 @@ def write_batch(conn: Any, batch: Sequence[Record], host: str) -> int:
         users: dict[str, list[Any]] = {}
         if turns:
             rows = list(turns.values())
-            inserted = conn.execute(_INSERT_TURNS, _columns(rows, 15)).fetchall()
+            inserted = conn.execute(_INSERT_TURNS, _columns(rows, 16)).fetchall()
             new = len(inserted)
             for _, uid, sid, start, end in inserted:
                 if sid is not None:
@@ -605,6 +613,8 @@ _TURN_SELECT = (
     " t.metadata, t.messages, r.rating FROM turns t"
     " LEFT JOIN rated_turns r ON r.conversation_id = t.id"
 )
+# Turns per page of ``conversations`` (export).
+_PAGE = 1000
 # A session's turns in one order on every host: start, end, then id.
 _SESSION_ORDER = " ORDER BY t.started_at, t.ended_at, t.id"
 
@@ -661,7 +671,7 @@ _USER_SORTS = {
     "sessions": "per.sessions DESC",
     "latency": "per.latency IS NULL, per.latency DESC",
     "errors": "per.errors DESC",
-    "tool_errors": "per.errors DESC",
+    "tool_errors": "per.tools DESC",
     "ratings_up": "coalesce(rated.up, 0) DESC",
     "ratings_down": "coalesce(rated.down, 0) DESC",
     "user": "per.user_id",
@@ -722,13 +732,14 @@ class PostgresReads:
             "WITH per AS (SELECT t.user_id, count(*) AS conversations,"
             " count(DISTINCT t.session_id) AS sessions, max(t.ended_at) AS last_seen,"
             " avg(t.latency_ms) AS latency, count(*) FILTER (WHERE t.error IS NOT NULL)"
-            " AS errors FROM turns t GROUP BY t.user_id),"
+            " AS errors, count(*) FILTER (WHERE t.tool_error) AS tools"
+            " FROM turns t GROUP BY t.user_id),"
             " rated AS (SELECT t.user_id, count(*) FILTER (WHERE r.rating > 0) AS up,"
             " count(*) FILTER (WHERE r.rating < 0) AS down FROM rated_turns r"
             " JOIN turns t ON t.id = r.conversation_id GROUP BY t.user_id)"
             " SELECT per.user_id, per.conversations, per.sessions,"
             " greatest(per.last_seen, u.last_seen) AS seen, per.latency,"
-            " coalesce(rated.up, 0), coalesce(rated.down, 0), per.errors"
+            " coalesce(rated.up, 0), coalesce(rated.down, 0), per.errors, per.tools"
             " FROM per LEFT JOIN users u ON u.id = per.user_id"
             " LEFT JOIN rated ON rated.user_id IS NOT DISTINCT FROM per.user_id"
             f" ORDER BY per.user_id IS NULL, {order}, per.user_id"
@@ -746,6 +757,7 @@ class PostgresReads:
                     ratings_up=int(row[5]),
                     ratings_down=int(row[6]),
                     errors=int(row[7]),
+                    tool_errors=int(row[8]),
                 )
                 for row in conn.execute(query)
             ]
@@ -761,7 +773,8 @@ class PostgresReads:
             " (SELECT count(*) FROM rated_turns r WHERE r.session_id = s.id"
             "  AND r.rating < 0),"
             " (SELECT count(*) FROM turns t WHERE t.session_id = s.id"
-            "  AND t.error IS NOT NULL)"
+            "  AND t.error IS NOT NULL),"
+            " (SELECT count(*) FROM turns t WHERE t.session_id = s.id AND t.tool_error)"
             " FROM sessions s"
         )
         params: list[Any] = []
@@ -781,6 +794,7 @@ class PostgresReads:
                     rating_up=int(row[5]),
                     rating_down=int(row[6]),
                     errors=int(row[7]),
+                    tool_errors=int(row[8]),
                 )
                 for row in conn.execute(query, params)
             ]
@@ -794,6 +808,59 @@ class PostgresReads:
     def session_messages(self, session_id: str) -> list[Message]:
         """A session's messages in order across its turns."""
         return session_messages(self._conn, session_id)
+
+    def conversations(self, since: float | None = None) -> Iterator[StoredConversation]:
+        """
+        Every turn (started at or after *since*), oldest first, in pages.
+
+        Turns come in the sessions' own order (start, end, id), so each
+        session's history is dropped as :meth:`session_turns` drops it; with
+        *since*, a session's earlier turns are read once to know its history.
+        """
+        seen: dict[str, _Fingerprints] = {}
+        after: tuple[Any, ...] | None = None
+        while True:
+            with self._read() as conn:
+                if after is None:
+                    rows = conn.execute(
+                        _TURN_SELECT + " WHERE t.started_at >= %s"
+                        " ORDER BY t.started_at, t.ended_at, t.id LIMIT %s",
+                        (float("-inf") if since is None else since, _PAGE),
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        _TURN_SELECT + " WHERE (t.started_at, t.ended_at, t.id)"
+                        " > (%s, %s, %s) ORDER BY t.started_at, t.ended_at, t.id"
+                        " LIMIT %s",
+                        (*after, _PAGE),
+                    ).fetchall()
+                if not rows:
+                    return
+                for row in rows:
+                    messages = tuple(messages_from_json(row[12]))
+                    sid = row[2]
+                    if sid is not None:
+                        keys = seen.get(sid)
+                        if keys is None:
+                            keys = seen[sid] = (
+                                self._history(conn, row) if since else _Fingerprints()
+                            )
+                        messages = _strip_history(messages, keys)
+                    yield _stored(row, messages)
+            after = (rows[-1][3], rows[-1][4], rows[-1][0])
+
+    @staticmethod
+    def _history(conn: Any, row: tuple[Any, ...]) -> _Fingerprints:
+        """The seen-set of *row*'s session from its turns before *row*."""
+        keys = _Fingerprints()
+        earlier = conn.execute(
+            "SELECT t.messages FROM turns t WHERE t.session_id = %s"
+            " AND (t.started_at, t.ended_at, t.id) < (%s, %s, %s)" + _SESSION_ORDER,
+            (row[2], row[3], row[4], row[0]),
+        )
+        for (text,) in earlier:
+            _strip_history(tuple(messages_from_json(text)), keys)
+        return keys
 
     def conversation(self, id: str) -> StoredConversation | None:
         """One stored turn by id (in a session: without the history before it)."""

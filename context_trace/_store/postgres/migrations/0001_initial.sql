@@ -18,6 +18,7 @@ CREATE TABLE turns (
     metadata text NOT NULL,
     messages text NOT NULL,
     answered boolean NOT NULL,
+    tool_error boolean NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX turns_session ON turns (session_id, started_at, id)
