@@ -419,6 +419,7 @@ def configure(
             shows the password).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.3.0 *store* and *host*: a shared PostgreSQL store.
     """
     kwargs = dict(locals())
     config = build_config(kwargs)

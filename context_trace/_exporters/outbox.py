@@ -334,7 +334,7 @@ def replay(
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Delivers every destination's rows (OTLP too).
-    .. versionchanged:: 0.4.0 And a PostgreSQL store's (*store*).
+    .. versionchanged:: 0.3.0 And a PostgreSQL store's (*store*).
     """
     store_url = store or os.environ.get(_config.ENV_STORE, "").strip() or None
     path = Path(db_path) if db_path is not None else _config.default_db_path()

@@ -65,7 +65,7 @@ class PostgresSender:
     Raises:
         ValueError: *url* is not a PostgreSQL URL.
 
-    .. versionadded:: 0.4.0
+    .. versionadded:: 0.3.0
     """
 
     def __init__(
