@@ -51,7 +51,7 @@ from langchain_core.tools import StructuredTool
 from . import _runtime
 from ._exporters.sqlite import SQLiteExporter
 from ._scopes import current_session, current_user
-from ._store.reader import SQLiteReader
+from ._store.sqlite_store import SQLiteStore
 
 if TYPE_CHECKING:
     import flask
@@ -597,7 +597,7 @@ def _check_replaceable(path: Path) -> None:
         raise ValueError(f"{path} is a directory, not a database")
     if not path.exists() or path.stat().st_size == 0:
         return
-    with SQLiteReader(path) as reader:
+    with SQLiteStore(path).reads() as reader:
         outbox = reader.outbox_counts()
         foreign = outbox["pending"] + outbox["leased"] > 0 or any(
             c.metadata.get(key) != value

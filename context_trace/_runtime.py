@@ -123,26 +123,6 @@ def _otel_trace() -> Any:
     return trace
 
 
-def _otlp_sender(config: Config) -> Any:
-    """The ``otlp`` destination's sender: the app's provider, or our OTLP/HTTP."""
-    try:
-        from ._exporters import otlp
-    except ImportError as exc:
-        raise ValueError(
-            "exporter 'otlp' requires OpenTelemetry: install 'context-trace[otel]'"
-        ) from exc
-    if config.tracer_provider is not None:
-        return otlp.ProviderSender(
-            config.tracer_provider, capture_content=config.capture_content
-        )
-    return otlp.OTLPSender(
-        config.otlp_endpoint,
-        headers=config.otlp_headers,
-        resource=config.resource,
-        capture_content=config.capture_content,
-    )
-
-
 def _build_exporter(config: Config) -> Exporter:
     if config.exporter is not None:
         return config.exporter
@@ -152,7 +132,8 @@ def _build_exporter(config: Config) -> Exporter:
         return SQLiteExporter(
             config.db_path, keep_local=True, outbox_max=config.outbox_max
         )
-    from ._exporters.outbox import CONTEXT, OTLP, OutboxExporter
+    from ._exporters.outbox import OutboxExporter
+    from ._exporters.senders import CONTEXT, OTLP, POSTGRESQL, build_senders
 
     # The local report tables: when "sqlite" is named (sqlite,otlp), with
     # keep_local, or when nothing is named and there is no token nor shared
@@ -165,27 +146,30 @@ def _build_exporter(config: Config) -> Exporter:
     store = SQLiteExporter(
         config.db_path, keep_local=keep_local, outbox_max=config.outbox_max
     )
-    senders: dict[str, Any] = {}
-    if config.token:
-        from ._exporters.context_api import ContextAPIExporter
-
-        senders[CONTEXT] = ContextAPIExporter(
-            config.token,
-            endpoint=config.endpoint,
-            allow_insecure=config.allow_insecure,
-            # Only a store that keeps delivered turns knows a session's transcript.
-            transcript_source=store.session_messages if keep_local else None,
-        )
-    if config.otlp:
-        senders[OTLP] = _otlp_sender(config)
-    if config.store:
-        from ._exporters.postgres import DESTINATION, PostgresSender
-
-        senders[DESTINATION] = PostgresSender(config.store, host=config.host)
-        if len(senders) == 1:
-            # One transaction per claim: 1,024 rows deliver ~25% faster than
-            # the HTTP senders' 256 (benchmarks/postgres.py).
-            return OutboxExporter(store, senders=senders, claim_size=1024)
+    destinations = (
+        ([CONTEXT] if config.token else [])
+        + ([OTLP] if config.otlp else [])
+        + ([POSTGRESQL] if config.store else [])
+    )
+    senders = build_senders(
+        destinations,
+        # Only a store that keeps delivered turns knows a session's transcript.
+        transcripts=store.store if keep_local else None,
+        token=config.token,
+        endpoint=config.endpoint,
+        allow_insecure=config.allow_insecure,
+        otlp_endpoint=config.otlp_endpoint,
+        otlp_headers=config.otlp_headers,
+        resource=config.resource,
+        capture_content=config.capture_content,
+        tracer_provider=config.tracer_provider,
+        store_url=config.store,
+        host=config.host,
+    )
+    if destinations == [POSTGRESQL]:
+        # One transaction per claim: 1,024 rows deliver ~25% faster than
+        # the HTTP senders' 256 (benchmarks/postgres.py).
+        return OutboxExporter(store, senders=senders, claim_size=1024)
     return OutboxExporter(store, senders=senders)
 
 

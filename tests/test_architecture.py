@@ -202,3 +202,103 @@ class TestImportGraph:
                         offenders.append(f"{name} imports {target}.{alias.name}")
 
         assert [] == offenders
+
+
+# The layers, lowest first: a module may import its own layer and those below,
+# never one above. By package, with the few modules that sit elsewhere named.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "leaves",
+        ("_state", "_log", "_redact", "_sigterm", "_baggage"),
+    ),
+    # The exporter protocols and ExportResult are the contract the pipeline is
+    # written against: value types like the record, importing only it.
+    ("record", ("_record", "_turn", "_exporters.base")),
+    (
+        "convert",
+        ("_convert", "_rules", "_attribution", "_measure", "_text", "_runtree"),
+    ),
+    ("pipeline", ("_pipeline",)),
+    # _config validates exporter objects and endpoints; the read side
+    # (_satisfaction, analytics/) reads the store.
+    (
+        "exporters/store",
+        ("_exporters", "_store", "_config", "_satisfaction", "analytics"),
+    ),
+    ("runtime", ("_runtime", "_http")),
+    (
+        "scopes",
+        (
+            "_handler",
+            "_graph_streams",
+            "_activation",
+            "_scopes",
+            "_decorators",
+            "_resolvers",
+            "_sessions",
+            "_streams",
+            "_threads",
+            "_integration_api",
+            "_compat",
+        ),
+    ),
+    (
+        "integrations/cli/ui",
+        (
+            "",  # the package itself: the public names
+            "__main__",
+            "integrations",
+            "flask",
+            "asgi",
+            "celery",
+            "testing",
+            "cli",
+            "ui",
+            "_demo",
+        ),
+    ),
+)
+
+
+def _layer_of(module: str) -> int | None:
+    """The index in LAYERS of *module* (the longest matching name), else None."""
+    name = module.removeprefix(PACKAGE).removeprefix(".")
+    best: tuple[int, int] | None = None
+    for rank, (_, members) in enumerate(LAYERS):
+        for member in members:
+            matches = name == member or (member and name.startswith(member + "."))
+            if matches and (best is None or len(member) > best[0]):
+                best = (len(member), rank)
+    return None if best is None else best[1]
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Each import of a module in a higher layer, as ``a (layer) -> b (layer)``."""
+    found = []
+    for module in sorted(graph):
+        low = _layer_of(module)
+        for imported in sorted(graph[module]):
+            high = _layer_of(imported)
+            if low is not None and high is not None and high > low:
+                found.append(
+                    f"{module} ({LAYERS[low][0]}) -> {imported} ({LAYERS[high][0]})"
+                )
+    return found
+
+
+class TestLayers:
+    def test_every_module_has_a_layer(self):
+        """Each module of the package is in one of the layers."""
+        assert [] == sorted(m for m in _graph() if _layer_of(m) is None)
+
+    def test_imports_point_down_the_layers(self):
+        """record <- convert <- pipeline <- exporters/store <- runtime <- scopes <- entry points."""
+        assert [] == _upward_imports(_graph())
+
+    def test_an_upward_import_is_reported(self):
+        """The check can fail: the record importing the runtime is named."""
+        graph = {"context_trace._record": {"context_trace._runtime"}}
+
+        assert [
+            "context_trace._record (record) -> context_trace._runtime (runtime)"
+        ] == _upward_imports(graph)

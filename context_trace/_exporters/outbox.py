@@ -12,7 +12,7 @@ while the process lives (the pipeline calls :meth:`OutboxExporter.idle` every
 ``flush_interval``), and picked up by the next process that opens the same
 file, or by ``context-trace replay``.
 
-Rows are leased (``SQLiteExporter.outbox_claim``) before delivery, so several
+Rows are leased (the store's ``outbox.claim``) before delivery, so several
 processes sharing one file (gunicorn workers) never send the same row at the
 same time. No peer SDK keeps undelivered telemetry across a crash; this is the
 piece that does.
@@ -31,14 +31,9 @@ from context_trace import _config
 from context_trace._record import Record
 
 from .base import ExportResult, Outcome, Sender
-from .context_api import ContextAPIExporter
 from .http_policy import DEFAULT_CONTEXT_ENDPOINT
-from .sqlite import SQLiteExporter
-
-#: The destination names the outbox knows (a row's ``destination`` column).
-CONTEXT = "context"
-OTLP = "otlp"
-POSTGRESQL = "postgresql"
+from .senders import CONTEXT, OTLP, POSTGRESQL, build_senders
+from .sqlite import SQLiteExporter, StoreExporter
 
 __all__ = ["OutboxExporter", "replay"]
 
@@ -79,7 +74,7 @@ class OutboxExporter:
 
     def __init__(
         self,
-        store: SQLiteExporter,
+        store: StoreExporter,
         remote: Sender | None = None,
         *,
         senders: Mapping[str, Sender] | None = None,
@@ -95,6 +90,10 @@ class OutboxExporter:
         if not named:
             raise ValueError("OutboxExporter needs at least one destination")
         self._store = store
+        # Every outbox operation goes to the store itself; the exporter only
+        # says whether queued records are kept in the report tables too.
+        self._outbox = store.store.outbox
+        self._keep_local = store.keep_local
         self._senders = named
         self._destinations = tuple(named)
         self._claim_size = claim_size
@@ -107,8 +106,8 @@ class OutboxExporter:
         return f"OutboxExporter(store={self._store!r}, senders={self._senders!r})"
 
     @property
-    def store(self) -> SQLiteExporter:
-        """The local store holding the outbox."""
+    def store(self) -> StoreExporter:
+        """The local store's exporter (its ``store`` holds the outbox)."""
         return self._store
 
     @property
@@ -138,12 +137,14 @@ class OutboxExporter:
             # records never reached the disk; count them, don't send half-closed.
             return ExportResult.failure(len(batch))
         try:
-            refused = self._store.outbox_put(batch, self._destinations)
+            refused = self._outbox.put(
+                batch, self._destinations, keep_local=self._keep_local
+            )
         except Exception:  # noqa: BLE001 - fall back to sending directly
             self._warn_once(
                 "put",
                 "context_trace: cannot write the outbox at %s; sending without a local copy",
-                self._store.path,
+                self._store.store.location,
             )
             outcomes: list[Outcome] = []
             for sender in self._senders.values():
@@ -166,7 +167,7 @@ class OutboxExporter:
 
     def pending(self) -> int:
         """Rows waiting in the outbox now (pending or being delivered)."""
-        counts = self._store.outbox_counts()
+        counts = self._outbox.counts()
         return int(counts.get("pending", 0)) + int(counts.get("leased", 0))
 
     def deliver(
@@ -216,14 +217,12 @@ class OutboxExporter:
                 else min(self._claim_size, limit - attempted)
             )
             try:
-                rows = self._store.outbox_claim(
-                    size, lease_seconds=self._lease, destination=destination
-                )
+                rows = self._outbox.claim(size, self._lease, destination)
             except Exception:  # noqa: BLE001 - the store failing must not kill the worker
                 self._warn_once(
                     "claim",
                     "context_trace: cannot read the outbox at %s",
-                    self._store.path,
+                    self._store.store.location,
                 )
                 break
             if not rows:
@@ -247,16 +246,16 @@ class OutboxExporter:
                     )
             try:
                 if done:
-                    self._store.outbox_done(done)
+                    self._outbox.done(done)
                 if gone:
-                    self._store.outbox_fail(gone, destination)
+                    self._outbox.fail(gone, destination)
                 if retry:
-                    self._store.outbox_release(retry, backoff)
+                    self._outbox.release(retry, backoff)
             except Exception:  # noqa: BLE001 - rows stay leased and come back later
                 self._warn_once(
                     "mark",
                     "context_trace: cannot update the outbox at %s",
-                    self._store.path,
+                    self._store.store.location,
                 )
             exported += len(done)
             failed += len(gone)
@@ -349,62 +348,48 @@ def replay(
     local = SQLiteExporter(path, keep_local=False)
     try:
         local.check()
-        waiting = {
-            name for name, row in local.outbox_destinations().items() if row["waiting"]
-        }
-        senders: dict[str, Sender] = {}
-        if POSTGRESQL in waiting:
-            if store_url is None:
-                raise ValueError(
-                    "the outbox holds rows for a PostgreSQL store: pass local= "
-                    f"or set {_config.ENV_STORE}"
-                )
-            from .postgres import PostgresSender
-
-            senders[POSTGRESQL] = PostgresSender(
-                store_url, host=os.environ.get(_config.ENV_HOST) or None
+        box = local.store.outbox
+        waiting = {name for name, row in box.destinations().items() if row["waiting"]}
+        if POSTGRESQL in waiting and store_url is None:
+            raise ValueError(
+                "the outbox holds rows for a PostgreSQL store: pass store= "
+                f"or set {_config.ENV_STORE}"
             )
-        if CONTEXT in waiting or (not waiting and store_url is None):
-            if not token:
-                raise ValueError(
-                    "token is required to replay the outbox (set CONTEXT_TOKEN)"
-                )
-            senders[CONTEXT] = ContextAPIExporter(
-                token,
-                endpoint=endpoint,
-                allow_insecure=allow_insecure,
-                transcript_source=local.session_messages,
+        # Nothing waiting: the Context API is the destination checked, unless a
+        # PostgreSQL store is named.
+        wants_context = CONTEXT in waiting or (not waiting and store_url is None)
+        if wants_context and not token:
+            raise ValueError(
+                "token is required to replay the outbox (set CONTEXT_TOKEN)"
             )
+        wanted = [CONTEXT] if wants_context else []
+        otlp: dict[str, Any] = {}
         if OTLP in waiting:
-            senders[OTLP] = _otlp_from_environment()
+            wanted.append(OTLP)
+            otlp = _config.otlp_settings()
+        if POSTGRESQL in waiting:
+            wanted.append(POSTGRESQL)
+        senders = build_senders(
+            wanted,
+            transcripts=local.store,
+            token=token,
+            endpoint=endpoint,
+            allow_insecure=allow_insecure,
+            otel_missing=(
+                "the outbox holds OTLP rows: install 'context-trace[otel]'"
+                " to replay them"
+            ),
+            store_url=store_url,
+            host=os.environ.get(_config.ENV_HOST) or None,
+            **otlp,
+        )
         outbox = OutboxExporter(local, senders=senders)
         # An explicit replay means "now": forget the backoff of waiting rows (rows
         # leased by a live process keep their lease).
-        local._write_op(
-            lambda conn: conn.execute(
-                "UPDATE outbox SET lease_until = 0 WHERE status = 'pending'"
-            )
-        )
+        box.reset_backoff()
         result = outbox.deliver(progress=progress)
         for sender in senders.values():
             sender.shutdown(5.0)
-        return result.exported, result.failed, local.outbox_counts()["pending"]
+        return result.exported, result.failed, box.counts()["pending"]
     finally:
         local.shutdown()
-
-
-def _otlp_from_environment() -> Sender:
-    """An OTLP/HTTP sender configured from the ``OTEL_*`` variables."""
-    settings = _config.otlp_settings()
-    try:
-        from .otlp import OTLPSender
-    except ImportError as exc:
-        raise ValueError(
-            "the outbox holds OTLP rows: install 'context-trace[otel]' to replay them"
-        ) from exc
-    return OTLPSender(
-        settings["otlp_endpoint"],
-        headers=settings["otlp_headers"],
-        resource=settings["resource"],
-        capture_content=settings["capture_content"],
-    )

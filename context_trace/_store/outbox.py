@@ -1,6 +1,9 @@
 """
 The outbox's SQL side: queue, lease, settle, bound and count pending records.
 
+All of the outbox's SQL is here: the store's outbox (``sqlite_outbox``) and the
+reader's counts call these functions.
+
 Every row names its destination (``context``, ``otlp``): a record queued for
 several destinations is one row per destination, and each destination's rows
 are claimed, released and failed on their own.
@@ -15,6 +18,7 @@ from collections.abc import Callable, Sequence
 from context_trace._record import Record
 
 from . import holder as _holder
+from .base import DEFAULT_DESTINATION
 from .codec import record_from_json, record_to_json
 from .connection import insert_rows
 
@@ -25,8 +29,7 @@ _SELECT_DUE = (
     " INDEXED BY outbox_destination_due WHERE destination = ? AND lease_until <= ?"
     " ORDER BY id LIMIT ?) ORDER BY o.id"
 )
-#: The destination of rows written without one (and of every row of a v2 file).
-DEFAULT_DESTINATION = "context"
+# DEFAULT_DESTINATION (from .base) is also every row's of a v2 file.
 _ADD_TO_COUNTER = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
     " ON CONFLICT (key) DO UPDATE SET value = value + excluded.value"
@@ -196,3 +199,78 @@ def fail(
     if deleted:
         conn.execute(_ADD_TO_COUNTER, ("failed", deleted))
         conn.execute(_ADD_TO_COUNTER, (failed_key(destination), deleted))
+
+
+def reset_backoff(conn: sqlite3.Connection) -> int:
+    """Make every pending row due now (leased rows keep their lease); how many."""
+    return conn.execute(
+        "UPDATE outbox SET lease_until = 0 WHERE status = 'pending'"
+    ).rowcount
+
+
+def outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """The ``pending``, ``leased``, ``dropped`` and ``failed`` counts, in one read."""
+    # One snapshot (a read transaction). count(*) runs on the smallest index,
+    # and live leases are few: neither reads the payloads. A lease whose holder
+    # has died is not "being delivered": it counts as pending.
+    in_transaction = conn.in_transaction
+    if not in_transaction:
+        conn.execute("BEGIN")
+    try:
+        total, dropped, failed = conn.execute(
+            "SELECT (SELECT count(*) FROM outbox),"
+            " (SELECT value FROM meta WHERE key = 'dropped'),"
+            " (SELECT value FROM meta WHERE key = 'failed')"
+        ).fetchone()
+        now = time.time()
+        try:
+            holders = conn.execute(
+                "SELECT holder, count(*) FROM outbox WHERE status = 'leased'"
+                " AND lease_until > ? GROUP BY holder",
+                (now,),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            # A v1 file opened read-only (it is migrated by the next writer):
+            # its leases name no holder and run until they expire.
+            holders = conn.execute(
+                "SELECT NULL, count(*) FROM outbox WHERE status = 'leased'"
+                " AND lease_until > ?",
+                (now,),
+            ).fetchall()
+    finally:
+        if not in_transaction:
+            conn.execute("COMMIT")
+    leased = sum(
+        int(n) for who, n in holders if who is None or _holder.is_alive(str(who))
+    )
+    return {
+        "pending": int(total) - int(leased),
+        "leased": int(leased),
+        "dropped": int(dropped or 0),
+        "failed": int(failed or 0),
+    }
+
+
+def outbox_destinations(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """
+    Per destination: rows ``waiting`` now (pending or leased) and ``failed`` in total.
+
+    Every destination that has rows waiting or ever failed a row is listed; a
+    file written before destinations existed (v2) lists its rows as ``context``.
+    """
+    out: dict[str, dict[str, int]] = {}
+    try:
+        waiting = conn.execute(
+            "SELECT destination, count(*) FROM outbox GROUP BY destination"
+        ).fetchall()
+    except sqlite3.OperationalError:  # a v2 file opened read-only
+        waiting = conn.execute("SELECT 'context', count(*) FROM outbox").fetchall()
+    for name, n in waiting:
+        if n:
+            out[str(name)] = {"waiting": int(n), "failed": 0}
+    for key, value in conn.execute(
+        "SELECT key, value FROM meta WHERE key LIKE 'failed:%'"
+    ):
+        name = str(key).split(":", 1)[1]
+        out.setdefault(name, {"waiting": 0, "failed": 0})["failed"] = int(value)
+    return dict(sorted(out.items()))

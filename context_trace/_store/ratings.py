@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import replace
-from typing import NamedTuple
 
 from context_trace._record import Feedback
 
+from .base import Refused
 from .codec import decode
 
 __all__ = ["Refused", "store_ratings"]
@@ -58,13 +58,6 @@ _RECOUNT = (
     "  WHERE f.session_id = sessions.id AND f.rating < 0)"
     " WHERE id = ?"
 )
-
-
-class Refused(NamedTuple):
-    """A rating that was not stored, and why (for the one warning per session)."""
-
-    feedback: Feedback
-    reason: str
 
 
 def _answered(conn: sqlite3.Connection, session_n: int, at: float) -> str | None:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from context_trace._record import Message
 
-from . import holder as _holder
 from .codec import messages_from_json, tool_error_sql
 from .connection import DEFAULT_BUSY_TIMEOUT, open_reader
 from .models import (
@@ -21,6 +19,7 @@ from .models import (
     Transcript,
     UserSummary,
 )
+from .outbox import outbox_counts, outbox_destinations
 
 _READ_PAGE = 500
 
@@ -98,74 +97,6 @@ def _stored(row: Sequence[Any]) -> StoredConversation:
         messages=tuple(messages_from_json(row[13])),
         rating=row[14],
     )
-
-
-def outbox_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """The ``pending``, ``leased``, ``dropped`` and ``failed`` counts, in one read."""
-    # One snapshot (a read transaction). count(*) runs on the smallest index,
-    # and live leases are few: neither reads the payloads. A lease whose holder
-    # has died is not "being delivered": it counts as pending.
-    in_transaction = conn.in_transaction
-    if not in_transaction:
-        conn.execute("BEGIN")
-    try:
-        total, dropped, failed = conn.execute(
-            "SELECT (SELECT count(*) FROM outbox),"
-            " (SELECT value FROM meta WHERE key = 'dropped'),"
-            " (SELECT value FROM meta WHERE key = 'failed')"
-        ).fetchone()
-        now = time.time()
-        try:
-            holders = conn.execute(
-                "SELECT holder, count(*) FROM outbox WHERE status = 'leased'"
-                " AND lease_until > ? GROUP BY holder",
-                (now,),
-            ).fetchall()
-        except sqlite3.OperationalError:
-            # A v1 file opened read-only (it is migrated by the next writer):
-            # its leases name no holder and run until they expire.
-            holders = conn.execute(
-                "SELECT NULL, count(*) FROM outbox WHERE status = 'leased'"
-                " AND lease_until > ?",
-                (now,),
-            ).fetchall()
-    finally:
-        if not in_transaction:
-            conn.execute("COMMIT")
-    leased = sum(
-        int(n) for who, n in holders if who is None or _holder.is_alive(str(who))
-    )
-    return {
-        "pending": int(total) - int(leased),
-        "leased": int(leased),
-        "dropped": int(dropped or 0),
-        "failed": int(failed or 0),
-    }
-
-
-def outbox_destinations(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
-    """
-    Per destination: rows ``waiting`` now (pending or leased) and ``failed`` in total.
-
-    Every destination that has rows waiting or ever failed a row is listed; a
-    file written before destinations existed (v2) lists its rows as ``context``.
-    """
-    out: dict[str, dict[str, int]] = {}
-    try:
-        waiting = conn.execute(
-            "SELECT destination, count(*) FROM outbox GROUP BY destination"
-        ).fetchall()
-    except sqlite3.OperationalError:  # a v2 file opened read-only
-        waiting = conn.execute("SELECT 'context', count(*) FROM outbox").fetchall()
-    for name, n in waiting:
-        if n:
-            out[str(name)] = {"waiting": int(n), "failed": 0}
-    for key, value in conn.execute(
-        "SELECT key, value FROM meta WHERE key LIKE 'failed:%'"
-    ):
-        name = str(key).split(":", 1)[1]
-        out.setdefault(name, {"waiting": 0, "failed": 0})["failed"] = int(value)
-    return dict(sorted(out.items()))
 
 
 class SQLiteReader:

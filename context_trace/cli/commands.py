@@ -25,8 +25,9 @@ from typing import Any, TextIO
 
 from context_trace import _config
 from context_trace._record import COLUMN_KEYS
+from context_trace._store.base import Reads
 from context_trace._store.models import StoredConversation, Transcript
-from context_trace._store.reader import SQLiteReader
+from context_trace._store.sqlite_store import SQLiteStore
 
 from ._format import (
     _Column,
@@ -158,7 +159,7 @@ def _open_postgres(url: str) -> Any:
         raise _CLIError(str(exc)) from None
 
 
-def _open(path: Path) -> SQLiteReader:
+def _open(path: Path) -> Reads:
     """Open the store read-only, or raise :class:`_CLIError` saying why not."""
     if _POSTGRES:
         return _open_postgres(_POSTGRES[0])  # type: ignore[no-any-return]
@@ -169,14 +170,14 @@ def _open(path: Path) -> SQLiteReader:
     if path.stat().st_size == 0:
         raise _CLIError(f"database at {path} is empty ({_HINT})")
     try:
-        return SQLiteReader(path)
+        return SQLiteStore(path).reads()
     except FileNotFoundError:
         raise _CLIError(f"no database at {path} ({_HINT})") from None
     except (OSError, ValueError) as exc:
         raise _CLIError(_describe(exc, path)) from None
 
 
-def _read(path: Path, query: Callable[[SQLiteReader], Any]) -> Any:
+def _read(path: Path, query: Callable[[Reads], Any]) -> Any:
     """Run *query* on a reader of *path*; store errors become :class:`_CLIError`."""
     reader = _open(path)
     try:
@@ -294,7 +295,7 @@ def _tool_column(
 
 
 def _show_data(
-    reader: SQLiteReader, ident: str
+    reader: Reads, ident: str
 ) -> tuple[Transcript | None, list[StoredConversation]]:
     transcript = reader.transcript(ident)
     if transcript is None:

@@ -20,6 +20,7 @@ from typing import TextIO
 
 from context_trace._store.analytics import Analytics
 from context_trace._store.retention import MAX_WEEKS, Retention
+from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import UIIndex
 
 from .commands import (
@@ -95,7 +96,8 @@ def open_analytics(path: Path) -> Analytics:
     try:
         with UIIndex(path) as index:
             index.build()
-            return Analytics(path, index.path)
+        with SQLiteStore(path).reads() as reads:
+            return reads.dashboard(index=index.path)
     except (OSError, ValueError, sqlite3.Error) as exc:
         raise _CLIError(_describe(exc, path)) from None
 

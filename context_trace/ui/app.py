@@ -52,6 +52,7 @@ from context_trace._store.analytics import (
     Analytics,
 )
 from context_trace._store.segments import Segment, parse_segment
+from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
 
@@ -359,7 +360,8 @@ def create_app(
 
     def store() -> Analytics:
         if "store" not in g:
-            g.store = Analytics(path, index_path)
+            with SQLiteStore(path).reads() as reads:
+                g.store = reads.dashboard(index=index_path)
             if topics_path is not None and topics_path.exists():
                 g.store.attach_topics(topics_path)
         result: Analytics = g.store

@@ -53,7 +53,7 @@ class TestWriterConnection:
         exporter = SQLiteExporter(db)
         exporter.export([_turn(0, 0)])
         try:
-            with exporter._locked() as conn:
+            with exporter.store._locked() as conn:
                 writer = (_pragma(conn, "cache_size"), _pragma(conn, "mmap_size"))
             with SQLiteReader(db) as reader:
                 read_cache = _pragma(reader._conn, "cache_size")
@@ -80,7 +80,7 @@ class TestSessionCaches:
                 retained = tracemalloc.get_traced_memory()[0] - before
             finally:
                 tracemalloc.stop()
-            cache = exporter._seen
+            cache = exporter.store._seen
         finally:
             exporter.shutdown(5)
 
@@ -150,7 +150,7 @@ class TestStatementsPerBatch:
         exporter = SQLiteExporter(tmp_path / "store.db")
         try:
             exporter.export([_turn(SESSIONS, 0)])  # schema, first statements
-            with exporter._locked() as conn:
+            with exporter.store._locked() as conn:
                 statements: list[str] = []
                 conn.set_trace_callback(statements.append)
             reads = []

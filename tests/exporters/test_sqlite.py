@@ -32,7 +32,12 @@ from context_trace._store.reader import SQLiteReader
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 DAY = 86_400.0
-LOGGER = "context_trace._exporters.sqlite"
+# The exporter and the store it writes through.
+LOGGERS = (
+    "context_trace._exporters.sqlite",
+    "context_trace._store.sqlite_store",
+    "context_trace._store.sqlite_outbox",
+)
 WRITER_SCRIPT = Path(__file__).with_name("_sqlite_writer.py")
 
 HELLO = (("user", "hi"), ("assistant", "hello"))
@@ -92,7 +97,7 @@ def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == LOGGER and r.levelno >= logging.ERROR
+        if r.name in LOGGERS and r.levelno >= logging.ERROR
     ]
 
 
@@ -379,7 +384,7 @@ class TestExport:
 
     def test_rating_for_unknown_session_is_refused(self, exporter, open_reader, caplog):
         """A rating of a session the store lacks creates no session or user: refused, logged."""
-        caplog.set_level(logging.WARNING, logger=LOGGER)
+        caplog.set_level(logging.WARNING, logger="context_trace")
 
         first = exporter.export([rating("f1", "s9", 1, user="bob", at=T0 + 7)])
         again = exporter.export([rating("f2", "s9", -1, user="bob", at=T0 + 8)])
@@ -413,7 +418,7 @@ class TestExport:
         self, exporter, db, caplog, feedback, reason
     ):
         """An unknown turn, another session's turn, or a rating before any answer: refused."""
-        caplog.set_level(logging.WARNING, logger=LOGGER)
+        caplog.set_level(logging.WARNING, logger="context_trace")
         exporter.export([turn("c1", session="s1"), turn("c2", session="s2")])
 
         result = exporter.export([feedback])
@@ -480,7 +485,7 @@ class TestExport:
 
     def test_non_record_fails_the_batch(self, exporter, caplog):
         """A batch holding a non-record fails as a whole, logged once, nothing raised."""
-        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        caplog.set_level(logging.DEBUG, logger="context_trace")
         batch: list[Any] = [turn("c1"), "not a record"]
 
         results = [exporter.export(batch), exporter.export(batch)]
@@ -767,7 +772,7 @@ class TestReaderErrors:
 class TestBrokenStore:
     def test_corrupt_file(self, tmp_path, caplog):
         """A corrupt file fails every export with one ERROR line and no exception."""
-        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        caplog.set_level(logging.DEBUG, logger="context_trace")
         path = tmp_path / "corrupt.db"
         path.write_bytes(b"\x00garbage\xff" * 1000)
         store = SQLiteExporter(path)
@@ -784,7 +789,7 @@ class TestBrokenStore:
 
     def test_unwritable_path(self, tmp_path, caplog):
         """A path under a regular file fails exports with one ERROR line naming it."""
-        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        caplog.set_level(logging.DEBUG, logger="context_trace")
         blocker = tmp_path / "file"
         blocker.write_text("x")
         path = blocker / "store.db"
@@ -829,14 +834,14 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == LOGGER and r.levelno == logging.WARNING
+        if r.name in LOGGERS and r.levelno == logging.WARNING
     ]
 
 
 class TestDeletedStore:
     def test_a_deleted_file_is_recreated_with_one_warning(self, db, caplog):
         """Turns written after the file is deleted land in a recreated store, not nowhere."""
-        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        caplog.set_level(logging.DEBUG, logger="context_trace")
         store = SQLiteExporter(db)
         before = store.export([turn("before-1"), turn("before-2")])
         db.unlink()
@@ -856,7 +861,7 @@ class TestDeletedStore:
 
     def test_outbox_rows_claimed_from_the_deleted_file_stay_there(self, db, caplog):
         """Finishing a claim from the deleted file never touches the new file's rows."""
-        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        caplog.set_level(logging.DEBUG, logger="context_trace")
         store = SQLiteExporter(db, keep_local=False)
         store.outbox_put([turn("old-1"), turn("old-2")])
         ((old_id, _),) = store.outbox_claim(1)
@@ -1075,7 +1080,7 @@ class TestOutbox:
 
     def test_bound_drops_oldest(self, db, caplog):
         """Past outbox_max pending rows the oldest are dropped, counted, warned once."""
-        caplog.set_level(logging.DEBUG, logger=LOGGER)
+        caplog.set_level(logging.DEBUG, logger="context_trace")
         store = SQLiteExporter(db, outbox_max=5)
         try:
             store.outbox_put([turn(f"c{i}") for i in range(8)])
@@ -1087,7 +1092,7 @@ class TestOutbox:
         warnings_logged = [
             r
             for r in caplog.records
-            if r.name == LOGGER and r.levelno == logging.WARNING
+            if r.name in LOGGERS and r.levelno == logging.WARNING
         ]
 
         assert ["c4", "c5", "c6", "c7", "c8"] == kept

@@ -84,6 +84,44 @@ class TestConfigure:
 
         assert [("env-host", "bob")] == _rows(pg_url, "SELECT host, user_id FROM turns")
 
+    def test_the_sender_factory_builds_the_postgresql_sender(
+        self, pg_url: str, pg_reader_url: str
+    ) -> None:
+        """build_senders (configure's and replay's) gives a PostgresSender for the URL."""
+        from context_trace._exporters.senders import build_senders
+
+        senders = build_senders(["postgresql"], store_url=pg_url, host="h9")
+        try:
+            (sender,) = senders.values()
+            sender.export_each([turn("f1")])
+        finally:
+            for made in senders.values():
+                made.shutdown(5.0)
+
+        assert (["postgresql"], PostgresSender, [("h9", "f1")]) == (
+            list(senders),
+            type(sender),
+            _rows(pg_url, "SELECT host, id FROM turns"),
+        )
+
+    def test_configure_gets_its_sender_from_the_factory(
+        self, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """configure(store=...) asks build_senders for the postgresql destination."""
+        from context_trace._exporters import senders as factory
+
+        asked: list[list[str]] = []
+        real = factory.build_senders
+
+        def spy(destinations: Any, **kwargs: Any) -> Any:
+            asked.append(list(destinations))
+            return real(destinations, **kwargs)
+
+        monkeypatch.setattr(factory, "build_senders", spy)
+        context_trace.configure(store=pg_url, db_path=tmp_path / "outbox.db")
+
+        assert [["postgresql"]] == asked
+
     def test_local_sqlite_stays_the_default(self, tmp_path: Path) -> None:
         """Without a store the turns go to the local SQLite file, as before."""
         config = context_trace.configure(db_path=tmp_path / "t.db")
