@@ -40,7 +40,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from context_trace._exporters.http_policy import safe_url as _safe_url
 from context_trace._record import (
@@ -50,6 +50,7 @@ from context_trace._record import (
     Record,
     exported_metadata,
 )
+from context_trace._store.base import WriteResult
 from context_trace._store.codec import (
     JSON,
     decode,
@@ -87,6 +88,11 @@ _MIGRATION_LOCK = 0x637472616365_01
 _SCHEMES = ("postgresql://", "postgres://")
 _CONNECT_TIMEOUT = 3.0
 _STATEMENT_TIMEOUT_MS = 30_000
+# Why the outbox reads refuse a PostgreSQL store.
+_NO_OUTBOX = (
+    "a PostgreSQL store holds no outbox: each host keeps its own in its local "
+    "SQLite file (context-trace outbox --db PATH)"
+)
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
@@ -501,6 +507,9 @@ class PostgresStore:
     """
     The PostgreSQL store's write side, for the outbox's ``postgresql`` sender.
 
+    A :class:`~context_trace._store.base.ReportStore`: the store interface
+    without the outbox, which stays in each host's local SQLite file.
+
     Construction never touches the server; :meth:`open` (or the first write)
     connects and migrates. One connection, used from the export worker (a
     lock makes other threads wait); after a connection error it is dropped and
@@ -521,6 +530,7 @@ class PostgresStore:
         self._conn: Any = None
         self._lock = threading.RLock()
         self._closed = False
+        self._owner: int | None = None  # the thread inside transaction()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location!r}, host={self._host!r})"
@@ -553,20 +563,55 @@ class PostgresStore:
         with self._lock:
             self._connection()
 
-    def write(self, records: Sequence[Record]) -> int:
-        """Store *records* idempotently by id; return how many turns were new."""
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """
+        One transaction that this thread's :meth:`write` and reads join.
+
+        Commits when the block ends, rolls back if it raises; other threads
+        wait for it (the store's lock). A write inside is a savepoint of it.
+        """
+        if self._owner == threading.get_ident():
+            yield  # joined: the outer block commits
+            return
         with self._lock:
             conn = self._connection()
+            self._owner = threading.get_ident()
             try:
-                return write_batch(conn, records, self._host)
+                with conn.transaction():
+                    yield
             except BaseException:
                 self._drop_if_broken()
                 raise
+            finally:
+                self._owner = None
+
+    def write(self, records: Sequence[Record]) -> WriteResult:
+        """
+        Store *records* idempotently by id, in one transaction.
+
+        Ratings are stored as given and resolved to their turn when read (the
+        ``rated_turns`` view: the turn may come later, from another host), so
+        the result never lists ratings as resolved or refused: it is empty.
+        """
+        with self._lock:
+            conn = self._connection()
+            try:
+                write_batch(conn, records, self._host)
+            except BaseException:
+                self._drop_if_broken()
+                raise
+        return WriteResult()
 
     def session_transcript(self, session_id: str) -> list[Message]:
         """A session's messages in order across its turns, from every host."""
         with self._lock:
-            return session_messages(self._connection(), session_id)
+            conn = self._connection()
+            if self._owner == threading.get_ident():
+                # Inside transaction(): read its uncommitted writes, end nothing.
+                rows = _session_rows(conn, session_id)
+                return [m for turn in _deduplicated(rows) for m in turn]
+            return session_messages(conn, session_id)
 
     def _drop_if_broken(self) -> None:
         conn = self._conn
@@ -578,6 +623,7 @@ class PostgresStore:
         """In a fork child: forget the parent's connection (never close it)."""
         self._conn = None
         self._lock = threading.RLock()
+        self._owner = None
 
     def cancel(self) -> None:
         """Cut a statement in progress short (shutdown); never raises."""
@@ -681,6 +727,9 @@ _USER_SORTS = {
 class PostgresReads:
     """
     The CLI's reads over a PostgreSQL store (read-only connection and role).
+
+    A :class:`~context_trace._store.base.Reads`: the outbox reads and the
+    dashboard refuse with a ValueError saying why.
 
     Implemented: :meth:`users`, :meth:`sessions`, :meth:`transcript`,
     :meth:`session_messages`, :meth:`session_turns`, :meth:`conversation`,
@@ -961,6 +1010,21 @@ class PostgresReads:
                 for row in conn.execute(query)
             ]
 
+    def outbox_counts(self) -> dict[str, int]:
+        """Refused: the shared store holds no outbox (each host's is its own file)."""
+        raise ValueError(_NO_OUTBOX)
+
+    def outbox_destinations(self) -> dict[str, dict[str, int]]:
+        """Refused: the shared store holds no outbox (each host's is its own file)."""
+        raise ValueError(_NO_OUTBOX)
+
+    def dashboard(self, *, now: float | None = None) -> Any:
+        """Refused: the dashboard does not read a PostgreSQL store yet."""
+        raise ValueError(
+            "the dashboard does not read a PostgreSQL store yet; the CLI's users, "
+            "sessions, show, stats and export do"
+        )
+
     def counts(self) -> dict[str, int]:
         """Turns, sessions, users and ratings stored, and turns per host."""
         with self._read() as conn:
@@ -974,3 +1038,15 @@ class PostgresReads:
             "users": int(users),
             "ratings": int(ratings),
         }
+
+
+if TYPE_CHECKING:
+    from context_trace._store.base import Reads, ReportStore
+
+    def _is_a_report_store(store: PostgresStore) -> ReportStore:
+        """mypy checks here that PostgresStore has the store interface but the outbox."""
+        return store
+
+    def _are_reads(reads: PostgresReads) -> Reads:
+        """mypy checks here that PostgresReads has the whole read interface."""
+        return reads

@@ -1,5 +1,8 @@
 """
-A real PostgreSQL server for these tests (``server.py``), one per test session.
+A real PostgreSQL server for the tests (``server.py``), one per test session.
+
+The root ``conftest.py`` imports these fixtures, so the PostgreSQL tests here
+and the store contract suite (``tests/store``) share one server.
 
 Without Debian's ``postgresql`` package the README's test command skips these
 tests, saying how to install it; CI (``CI=true``, or
