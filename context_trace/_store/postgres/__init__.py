@@ -42,7 +42,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from context_trace._exporters.http_policy import safe_url as _safe_url
 from context_trace._record import (
     Conversation,
     Feedback,
@@ -66,6 +65,7 @@ from context_trace._store.models import (
     UserSummary,
 )
 from context_trace._store.writer import _Fingerprints, _strip_history
+from context_trace._urls import safe_url as _safe_url
 
 __all__ = [
     "SCHEMA",
