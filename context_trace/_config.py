@@ -35,11 +35,13 @@ __all__ = [
     "ENV_EXPORTER",
     "ENV_FLUSH_INTERVAL",
     "ENV_FLUSH_ON_SIGTERM",
+    "ENV_HOST",
     "ENV_MAX_QUEUE",
     "ENV_REDACT",
     "ENV_RUN_METADATA",
     "ENV_SAMPLE_RATE",
     "ENV_SERVERLESS",
+    "ENV_STORE",
     "ENV_TOKEN",
     "ENV_TOKEN_ALT",
     "UNSET",
@@ -54,6 +56,10 @@ ENV_TOKEN = "CONTEXT_TOKEN"
 ENV_TOKEN_ALT = "GETCONTEXT_TOKEN"
 ENV_ENDPOINT = "CONTEXT_ENDPOINT"
 ENV_DB = "CONTEXT_TRACE_DB"
+#: A shared PostgreSQL store (``postgresql://...``); the outbox delivers to it.
+ENV_STORE = "CONTEXT_TRACE_STORE"
+#: This host's identity in a shared store (default: the machine's name).
+ENV_HOST = "CONTEXT_TRACE_HOST"
 ENV_DISABLED = "CONTEXT_TRACE_DISABLED"
 ENV_SAMPLE_RATE = "CONTEXT_TRACE_SAMPLE_RATE"
 ENV_MAX_QUEUE = "CONTEXT_TRACE_MAX_QUEUE"
@@ -153,6 +159,10 @@ class Config:
     baggage_secret: str | None = field(default=None, repr=False)
     #: price overrides per model, dollars per million tokens (read-time cost)
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: a shared PostgreSQL store's URL (shown only without its password)
+    store: str | None = field(default=None, repr=False)
+    #: this host's identity in the shared store (None: the machine's name)
+    host: str | None = None
 
     def __repr__(self) -> str:
         token = "'***'" if self.token else "None"
@@ -161,7 +171,9 @@ class Config:
             f"exporter={self.exporter!r}, sample_rate={self.sample_rate}, "
             f"enabled={self.enabled}, max_queue={self.max_queue}, "
             f"flush_interval={self.flush_interval}, serverless={self.serverless}, "
-            f"exporters={self.exporters!r}, otlp={self.otlp})"
+            f"exporters={self.exporters!r}, otlp={self.otlp}"
+            + (f", store={http_policy.safe_url(self.store)!r}" if self.store else "")
+            + ")"
         )
 
     def keep_session(self, session_id: str) -> bool:
@@ -416,6 +428,10 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
     values["env_tracing"] = any(
         os.environ.get(name, "").strip().lower() in _TRUE for name in _TRACING_ENV
     )
+    if os.environ.get(ENV_STORE, "").strip():
+        values["store"] = os.environ[ENV_STORE].strip()
+    if os.environ.get(ENV_HOST, "").strip():
+        values["host"] = os.environ[ENV_HOST].strip()
     if os.environ.get(ENV_EXPORTER, "").strip():
         values["exporters"] = _exporter_names(os.environ[ENV_EXPORTER], ENV_EXPORTER)
 
@@ -446,6 +462,24 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
             raise TypeError(f"db_path must be a path, got {db!r}")
         values["db_path"] = Path(db).expanduser()
     _check_otlp(values)
+    if values.get("store") is not None:
+        store = values["store"]
+        if not isinstance(store, str) or not store.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            shown = (
+                store.split(":", 1)[0] + ":…"  # never echo a URL: it holds a password
+                if isinstance(store, str)
+                else type(store).__name__
+            )
+            raise ValueError(
+                "store must be a postgresql:// URL (e.g. "
+                f"'postgresql://user:password@host:5432/db'), got {shown!r}"
+            )
+    if values.get("host") is not None and (
+        not isinstance(values["host"], str) or not values["host"].strip()
+    ):
+        raise ValueError(f"host must be a non-empty str, got {values['host']!r}")
     if values.get("exporter") is not None and not isinstance(
         values["exporter"], Exporter
     ):

@@ -14,6 +14,11 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from context_trace import _config, _runtime
 from context_trace._scopes import current_scope
+from tests.postgres.fixtures import (  # noqa: F401 - one PostgreSQL server for all
+    pg_reader_url,
+    pg_server,
+    pg_url,
+)
 
 
 def echo_chain(system: str = "You are helpful.") -> Any:

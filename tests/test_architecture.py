@@ -209,7 +209,7 @@ class TestImportGraph:
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "leaves",
-        ("_state", "_log", "_redact", "_sigterm", "_baggage"),
+        ("_state", "_log", "_redact", "_sigterm", "_baggage", "_urls"),
     ),
     # The exporter protocols and ExportResult are the contract the pipeline is
     # written against: value types like the record, importing only it.
@@ -294,6 +294,17 @@ class TestLayers:
     def test_imports_point_down_the_layers(self):
         """record <- convert <- pipeline <- exporters/store <- runtime <- scopes <- entry points."""
         assert [] == _upward_imports(_graph())
+
+    def test_the_stores_never_import_the_exporters(self):
+        """_store/ sits under _exporters/ (its adapters and senders): no import back up."""
+        graph = _graph()
+        assert [] == sorted(
+            f"{module} -> {imported}"
+            for module in graph
+            if module.startswith(f"{PACKAGE}._store")
+            for imported in graph[module]
+            if imported.startswith(f"{PACKAGE}._exporters")
+        )
 
     def test_an_upward_import_is_reported(self):
         """The check can fail: the record importing the runtime is named."""

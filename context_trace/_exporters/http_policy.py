@@ -16,13 +16,15 @@ Both HTTP senders (the Context API's, ``context_api.py``, and OTLP's,
   consecutive transient failures it opens for a cool-down, then lets one probe
   through: success closes it, failure opens it again. While it is open a sender
   sends nothing and the outbox leaves the rows on disk.
-- **URL safety**: :func:`safe_url` is the only form of an endpoint that reaches a
+- **URL safety**: :func:`safe_url` (from the leaf ``_urls.py``, which the
+  PostgreSQL store uses too) is the only form of an endpoint that reaches a
   message (user info and query masked); :func:`is_loopback` decides where plain
   http may carry a token.
 - **Where to send by default**: :data:`DEFAULT_CONTEXT_ENDPOINT`,
   :data:`DEFAULT_OTLP_TRACES_ENDPOINT`.
 
-Standard library only: the OTLP sender needs nothing else.
+Standard library only (and ``_urls.py``, itself so): the OTLP sender needs
+nothing else.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from urllib.parse import urlsplit
+
+from context_trace._urls import safe_url
 
 __all__ = [
     "DEFAULT_CONTEXT_ENDPOINT",
@@ -205,23 +208,6 @@ class CircuitBreaker:
         self._open_until = self._clock() + wait
         self._probing = False
         return opened
-
-
-def safe_url(url: str) -> str:
-    """*url* for messages: user info, query and fragment masked, never shown."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        if parts.username or parts.password:
-            host = f"***@{host}"
-        query = "?***" if parts.query else ""
-        return f"{parts.scheme}://{host}{parts.path}{query}"
-    except ValueError:
-        return "<unparseable URL>"
 
 
 def is_loopback(host: str) -> bool:

@@ -32,7 +32,7 @@ from context_trace._record import Record
 
 from .base import ExportResult, Outcome, Sender
 from .http_policy import DEFAULT_CONTEXT_ENDPOINT
-from .senders import CONTEXT, OTLP, build_senders
+from .senders import CONTEXT, OTLP, POSTGRESQL, build_senders
 from .sqlite import SQLiteExporter, StoreExporter
 
 __all__ = ["OutboxExporter", "replay"]
@@ -269,8 +269,12 @@ class OutboxExporter:
         )
 
     def after_fork(self) -> None:
-        """Called in a forked child: take fresh locks (the store reopens itself)."""
+        """Called in a forked child: fresh locks, and senders' own connections."""
         self._lock = threading.Lock()
+        for sender in self._senders.values():
+            renew = getattr(sender, "after_fork", None)
+            if callable(renew):
+                renew()  # the PostgreSQL sender: never share the parent's socket
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Close the senders and the store; undelivered rows stay on disk."""
@@ -302,6 +306,7 @@ def replay(
     *,
     progress: Progress | None = None,
     allow_insecure: bool = False,
+    store: str | None = None,
 ) -> tuple[int, int, int]:
     """
     Deliver the outbox of *db_path* now (``context-trace replay``).
@@ -316,6 +321,8 @@ def replay(
         endpoint: Context API base URL (default: ``CONTEXT_ENDPOINT`` or Context's).
         progress: Called with ``(delivered, attempted)`` after each chunk.
         allow_insecure: Allow a token over plain http to a non-loopback host.
+        store: The PostgreSQL store's URL, for the ``postgresql`` rows
+            (default: ``CONTEXT_TRACE_STORE``).
 
     Returns:
         ``(delivered, failed, pending)``: pending rows stay for a later attempt.
@@ -326,7 +333,9 @@ def replay(
 
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 Delivers every destination's rows (OTLP too).
+    .. versionchanged:: 0.3.0 And a PostgreSQL store's (*store*).
     """
+    store_url = store or os.environ.get(_config.ENV_STORE, "").strip() or None
     path = Path(db_path) if db_path is not None else _config.default_db_path()
     token = (
         token
@@ -336,23 +345,33 @@ def replay(
     endpoint = (
         endpoint or os.environ.get(_config.ENV_ENDPOINT) or DEFAULT_CONTEXT_ENDPOINT
     )
-    store = SQLiteExporter(path, keep_local=False)
+    local = SQLiteExporter(path, keep_local=False)
     try:
-        store.check()
-        box = store.store.outbox
+        local.check()
+        box = local.store.outbox
         waiting = {name for name, row in box.destinations().items() if row["waiting"]}
-        if (CONTEXT in waiting or not waiting) and not token:
+        if POSTGRESQL in waiting and store_url is None:
+            raise ValueError(
+                "the outbox holds rows for a PostgreSQL store: pass store= "
+                f"or set {_config.ENV_STORE}"
+            )
+        # Nothing waiting: the Context API is the destination checked, unless a
+        # PostgreSQL store is named.
+        wants_context = CONTEXT in waiting or (not waiting and store_url is None)
+        if wants_context and not token:
             raise ValueError(
                 "token is required to replay the outbox (set CONTEXT_TOKEN)"
             )
-        wanted = [CONTEXT] if CONTEXT in waiting or not waiting else []
+        wanted = [CONTEXT] if wants_context else []
         otlp: dict[str, Any] = {}
         if OTLP in waiting:
             wanted.append(OTLP)
             otlp = _config.otlp_settings()
+        if POSTGRESQL in waiting:
+            wanted.append(POSTGRESQL)
         senders = build_senders(
             wanted,
-            transcripts=store.store,
+            transcripts=local.store,
             token=token,
             endpoint=endpoint,
             allow_insecure=allow_insecure,
@@ -360,9 +379,11 @@ def replay(
                 "the outbox holds OTLP rows: install 'context-trace[otel]'"
                 " to replay them"
             ),
+            store_url=store_url,
+            host=os.environ.get(_config.ENV_HOST) or None,
             **otlp,
         )
-        outbox = OutboxExporter(store, senders=senders)
+        outbox = OutboxExporter(local, senders=senders)
         # An explicit replay means "now": forget the backoff of waiting rows (rows
         # leased by a live process keep their lease).
         box.reset_backoff()
@@ -371,4 +392,4 @@ def replay(
             sender.shutdown(5.0)
         return result.exported, result.failed, box.counts()["pending"]
     finally:
-        store.shutdown()
+        local.shutdown()

@@ -4,7 +4,8 @@ The one place senders are built: ``configure`` and ``replay`` both call it.
 A sender delivers one destination's outbox rows (:class:`~.base.Sender`):
 ``context`` (:class:`~.context_api.ContextAPIExporter`) and ``otlp``
 (:class:`~.otlp.OTLPSender`, or :class:`~.otlp.ProviderSender` over the app's
-``TracerProvider``). The runtime passes the values of its ``Config``, ``replay``
+``TracerProvider``), and ``postgresql``
+(:class:`~.postgres.PostgresSender`, a shared PostgreSQL store). The runtime passes the values of its ``Config``, ``replay``
 those of the environment; both get the same senders for the same values.
 """
 
@@ -17,11 +18,12 @@ from context_trace._store.base import Store
 
 from .base import Sender
 
-__all__ = ["CONTEXT", "OTEL_MISSING", "OTLP", "build_senders"]
+__all__ = ["CONTEXT", "OTEL_MISSING", "OTLP", "POSTGRESQL", "build_senders"]
 
 #: The destination names the outbox knows (a row's ``destination`` column).
 CONTEXT = "context"
 OTLP = "otlp"
+POSTGRESQL = "postgresql"
 
 #: Why an ``otlp`` sender cannot be built without the ``otel`` extra.
 OTEL_MISSING = "exporter 'otlp' requires OpenTelemetry: install 'context-trace[otel]'"
@@ -40,12 +42,14 @@ def build_senders(
     capture_content: bool = True,
     tracer_provider: Any = None,
     otel_missing: str = OTEL_MISSING,
+    store_url: str | None = None,
+    host: str | None = None,
 ) -> dict[str, Sender]:
     """
     One sender per destination, in the order given.
 
     Args:
-        destinations: ``"context"`` and/or ``"otlp"``.
+        destinations: ``"context"``, ``"otlp"`` and/or ``"postgresql"``.
         transcripts: The store whose session transcripts the Context sender
             sends with a thread's turns; None when the store keeps no turns.
         token: The Context API token (needed for ``"context"``).
@@ -57,10 +61,14 @@ def build_senders(
         capture_content: Put messages in the spans.
         tracer_provider: Send through the app's provider instead of OTLP/HTTP.
         otel_missing: The ValueError's text when OpenTelemetry is missing.
+        store_url: The PostgreSQL store's URL (needed for ``"postgresql"``).
+        host: This host's identity in the PostgreSQL store (None: the
+            machine's name).
 
     Raises:
         ValueError: An unknown destination, ``"context"`` without a token, a
-            bad endpoint, or ``"otlp"`` without the ``otel`` extra.
+            bad endpoint, ``"otlp"`` without the ``otel`` extra, or
+            ``"postgresql"`` without a PostgreSQL URL.
     """
     senders: dict[str, Sender] = {}
     for name in destinations:
@@ -89,9 +97,18 @@ def build_senders(
                 tracer_provider,
                 otel_missing,
             )
+        elif name == POSTGRESQL:
+            if not store_url:
+                raise ValueError(
+                    "store_url is required for the 'postgresql' destination"
+                )
+            from .postgres import PostgresSender
+
+            senders[POSTGRESQL] = PostgresSender(store_url, host=host)
         else:
             raise ValueError(
-                f"destination must be {CONTEXT!r} or {OTLP!r}, got {name!r}"
+                f"destination must be {CONTEXT!r}, {OTLP!r} or {POSTGRESQL!r}, "
+                f"got {name!r}"
             )
     return senders
 

@@ -3,9 +3,12 @@ The store interface: what every context_trace store does, whatever its database.
 
 A store keeps the report tables (users, sessions, turns, ratings), the durable
 outbox of records still to be delivered to remote destinations, and answers the
-reads of the CLI, the dashboard and the senders. Two implementations are meant:
+reads of the CLI, the dashboard and the senders. Two implementations:
 :class:`~context_trace._store.sqlite_store.SQLiteStore` (one file, several
-processes on one machine) and a PostgreSQL store (several servers). Everything
+processes on one machine) is a :class:`Store`;
+:class:`~context_trace._store.postgres.PostgresStore` (several servers) is a
+:class:`ReportStore`, the same interface without the outbox, since it is a
+destination that each server's local outbox delivers to. Everything
 above the store (the SQLite exporter, the outbox exporter, the senders, the CLI
 and the dashboard) uses only the names of this module, so a store is swapped by
 building another one.
@@ -28,10 +31,16 @@ Rules every store keeps:
 - **One transaction per call**, unless the call runs inside
   :meth:`Store.transaction` on the same thread: then it joins that transaction,
   and all of it commits or none of it does.
-- **Ratings are resolved where they are written** (see
-  :mod:`context_trace._store.ratings`): the named turn, else the session's last
-  answered turn at the rating's time; a rating whose session or turn is unknown
-  is refused, never invented.
+- **Ratings rate one turn** (see :mod:`context_trace._store.ratings`): the
+  named turn, else the session's last answered turn at the rating's time; a
+  rating whose session or turn is unknown is never shown, never invented. A
+  :class:`Store` resolves them where they are written (and refuses the unknown
+  ones, :class:`WriteResult`); a :class:`ReportStore` that several hosts write
+  to (PostgreSQL) receives a rating possibly before the turn it rates, so it
+  stores ratings as given and resolves them by the same rules when read.
+- **History once.** A session's turns read back without the leading history a
+  prompt re-sent: SQLite strips it when writing (turns arrive in order),
+  PostgreSQL when reading (turns arrive from several hosts in any order).
 - **Errors.** ``open`` and every operation raise :class:`OSError` or
   :class:`ValueError` when the store cannot be opened (a bad path or DSN, not a
   context_trace store, written by a newer version), :class:`RuntimeError` after
@@ -69,6 +78,7 @@ __all__ = [
     "Outbox",
     "Reads",
     "Refused",
+    "ReportStore",
     "Store",
     "WriteResult",
 ]
@@ -362,9 +372,15 @@ class Dashboard(Protocol):
 
 
 @runtime_checkable
-class Store(Protocol):
+class ReportStore(Protocol):
     """
-    A context_trace store: connections, locking, fork hooks and transactions.
+    The report tables' side of a store: connections, locking, fork hooks,
+    transactions, writes and reads; no outbox.
+
+    What a *destination* store implements: the PostgreSQL store that several
+    servers share is written by each server's outbox sender, and each server
+    keeps its outbox in a local SQLite file, so the shared store holds no
+    outbox of its own. A :class:`Store` is a report store with an outbox.
 
     Construction never touches the database: the first operation (or
     :meth:`open`) does, so an exporter built over a bad location still
@@ -374,11 +390,6 @@ class Store(Protocol):
     @property
     def location(self) -> str:
         """Where the store is, for messages: a file path, a DSN without password."""
-        ...
-
-    @property
-    def outbox(self) -> Outbox:
-        """The durable outbox of this store."""
         ...
 
     def open(self) -> None:
@@ -408,8 +419,11 @@ class Store(Protocol):
         """
         One write transaction that the store's operations on this thread join.
 
-        Commits when the block ends, rolls back if it raises. Other threads
-        and processes wait for it (their writes do not interleave with it).
+        Commits when the block ends, rolls back if it raises. The store's
+        other threads wait for it (their writes do not interleave with it);
+        SQLite makes other processes wait too, PostgreSQL lets other hosts
+        write concurrently (their rows are other turns, or the same turns
+        stored once).
         """
         ...
 
@@ -417,8 +431,10 @@ class Store(Protocol):
         """
         Store turns and ratings in the report tables, idempotently by id.
 
-        Turns of a session lose leading history already stored for the session
-        (by this or another writer). Ratings are resolved (module rules).
+        Turns of a session read back without leading history already stored
+        for the session (by this or another writer). Ratings are resolved
+        (module rules): here, listed in the result, or when read (a store
+        fed by several hosts, whose result then lists none).
         """
         ...
 
@@ -440,4 +456,20 @@ class Store(Protocol):
             FileNotFoundError: If the store does not exist.
             OSError, ValueError: If it cannot be read.
         """
+        ...
+
+
+@runtime_checkable
+class Store(ReportStore, Protocol):
+    """
+    A context_trace store: the report tables (:class:`ReportStore`) and the
+    durable outbox of the records still to deliver.
+
+    The local SQLite file is one: every app process writes its turns (and
+    queues them for remote destinations) there.
+    """
+
+    @property
+    def outbox(self) -> Outbox:
+        """The durable outbox of this store."""
         ...

@@ -66,6 +66,7 @@ from .commands import (
     _cmd_unhappy,
     _cmd_users,
     _parse_since,
+    use_store,
 )
 
 __all__ = ["main"]
@@ -92,8 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     db_help = (
         "the SQLite store (default: $CONTEXT_TRACE_DB or ~/.context_trace/traces.db)"
     )
+    store_help = (
+        "a shared PostgreSQL store, postgresql://user:password@host/db (default:"
+        " $CONTEXT_TRACE_STORE; prefer it, since other users can see command-line"
+        " arguments); read by users, sessions, show, stats, export; outbox checks it and"
+        " replay delivers to it"
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
+    common.add_argument(
+        "--store", metavar="URL", default=argparse.SUPPRESS, help=store_help
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
         "--json", action="store_true", help="print JSON instead of a table"
@@ -106,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     parser.add_argument("--db", metavar="PATH", default=None, help=db_help)
+    parser.add_argument("--store", metavar="URL", default=None, help=store_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -347,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else _EXIT_USAGE
     out = sys.stdout
     try:
+        use_store(args)
         return _COMMANDS[args.command](args, out)
     except _CLIError as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr)

@@ -102,8 +102,67 @@ def _describe(exc: BaseException, path: Path) -> str:
     return " ".join(str(exc).split())
 
 
+#: The commands that read a PostgreSQL store (``--store`` or $CONTEXT_TRACE_STORE).
+STORE_COMMANDS = ("users", "sessions", "show", "stats", "export", "outbox", "replay")
+# The PostgreSQL store this run reads, set by use_store() before a command runs.
+_POSTGRES: list[str] = []
+
+
+def store_url(args: argparse.Namespace) -> str | None:
+    """``--store``, else $CONTEXT_TRACE_STORE, else None (the SQLite file)."""
+    raw = getattr(args, "store", None) or os.environ.get(_config.ENV_STORE, "")
+    return raw.strip() or None
+
+
+def use_store(args: argparse.Namespace) -> None:
+    """Read the PostgreSQL store this run names, or refuse a command that cannot."""
+    _POSTGRES.clear()
+    url = store_url(args)
+    if url is None:
+        return
+    from context_trace._store.postgres import check_url
+
+    try:
+        check_url(url, "--store")
+    except ValueError as exc:
+        raise _CLIError(str(exc), _EXIT_USAGE) from None
+    if args.command == "demo":
+        return  # the demo records into a store of its own
+    if args.command == "ui":
+        _ui_store_check(url)
+    if args.command not in STORE_COMMANDS:
+        raise _CLIError(
+            f"'{args.command}' does not read a PostgreSQL store yet (only "
+            f"{', '.join(STORE_COMMANDS)}); unset {_config.ENV_STORE} or drop --store",
+            _EXIT_USAGE,
+        )
+    if args.command not in ("outbox", "replay"):
+        _POSTGRES.append(url)
+
+
+def _ui_store_check(url: str) -> None:
+    """The dashboard's start-up: say what is wrong with the store, then what is not."""
+    from context_trace._store.postgres import check
+
+    try:
+        check(url, create=False)
+    except ValueError as exc:
+        raise _CLIError(f"the dashboard cannot start: {exc}") from None
+
+
+def _open_postgres(url: str) -> Any:
+    from context_trace._store.postgres import PostgresReads
+
+    try:
+        return PostgresReads(url)
+    except ValueError as exc:  # StoreUnavailable says which problem, no password
+        raise _CLIError(str(exc)) from None
+
+
 def _open(path: Path) -> Reads:
     """Open the store read-only, or raise :class:`_CLIError` saying why not."""
+    if _POSTGRES:
+        return _open_postgres(_POSTGRES[0])  # type: ignore[no-any-return]
     if not path.exists():
         raise _CLIError(f"no database at {path} ({_HINT})")
     if path.is_dir():
@@ -502,8 +561,10 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     # Per destination only when there is more than the Context API (OTLP), so a
     # Context-only outbox prints as it always did.
     several = any(name != "context" for name in per)
+    store = _store_state(args)
     if args.json:
-        _print_json({**counts, "destinations": per} if several else counts, out)
+        shown = {**counts, "destinations": per} if several else counts
+        _print_json({**shown, "store": store} if store else shown, out)
         return _EXIT_OK
     labels = {
         "pending": "waiting for delivery",
@@ -519,7 +580,25 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
                 f"  {name:<8} {row['waiting']:>6} waiting, {row['failed']} failed",
                 file=out,
             )
+    if store:
+        print(f"store    {store['url']}: {store['state']}", file=out)
+        if store["state"] != "reachable":
+            return _EXIT_DATA
     return _EXIT_OK
+
+
+def _store_state(args: argparse.Namespace) -> dict[str, str] | None:
+    """The PostgreSQL store's URL (no password) and whether it answers now."""
+    url = store_url(args)
+    if url is None:
+        return None
+    from context_trace._store.postgres import check, safe_url
+
+    try:
+        check(url, create=False)
+    except ValueError as exc:
+        return {"url": safe_url(url), "state": str(exc)}
+    return {"url": safe_url(url), "state": "reachable"}
 
 
 def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
@@ -530,8 +609,18 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
         or ""
     ).strip()  # as configure() does: a trailing newline from a secrets file is fine
     per = _read(_db_path(args), lambda r: r.outbox_destinations())
-    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says.
-    if not token and (not per or per.get("context", {}).get("waiting", 0)):
+    # Only the Context API's rows need a token; OTLP rows go where OTEL_* says,
+    # PostgreSQL rows to --store or $CONTEXT_TRACE_STORE.
+    store = store_url(args)
+    if per.get("postgresql", {}).get("waiting", 0) and store is None:
+        raise _CLIError(
+            "the outbox holds rows for a PostgreSQL store: pass --store or set "
+            f"{_config.ENV_STORE}",
+            _EXIT_USAGE,
+        )
+    if not token and (
+        (not per and store is None) or per.get("context", {}).get("waiting", 0)
+    ):
         raise _CLIError(
             f"replay needs a Context token: pass --token or set {_config.ENV_TOKEN}",
             _EXIT_USAGE,
@@ -555,6 +644,7 @@ def _cmd_replay(args: argparse.Namespace, out: TextIO) -> int:
             token,
             endpoint,
             progress=lambda done, attempted: bar.update(attempted, waiting),
+            store=store,
         )
     except ValueError as exc:
         raise _CLIError(" ".join(str(exc).split()), _EXIT_USAGE) from None

@@ -38,11 +38,18 @@ def test_a_sender_per_destination_in_order(tmp_path: Path) -> None:
 
 
 def test_an_unknown_destination_is_named() -> None:
-    """A destination other than context or otlp is a ValueError naming it."""
+    """A destination other than context, otlp or postgresql is a ValueError naming it."""
     with pytest.raises(
-        ValueError, match="destination must be 'context' or 'otlp', got 'kafka'"
+        ValueError,
+        match="destination must be 'context', 'otlp' or 'postgresql', got 'kafka'",
     ):
         build_senders(["kafka"])
+
+
+def test_the_postgresql_destination_needs_a_url() -> None:
+    """Without store_url the postgresql sender is refused, naming store_url."""
+    with pytest.raises(ValueError, match="store_url is required"):
+        build_senders(["postgresql"])
 
 
 def test_the_context_destination_needs_a_token() -> None:

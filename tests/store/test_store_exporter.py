@@ -1,4 +1,10 @@
-"""The exporters over a store: StoreExporter writes it, OutboxExporter delivers from its outbox."""
+"""
+The exporters over a store: StoreExporter writes it, OutboxExporter delivers from its outbox.
+
+They run over the stores with an outbox (fixture ``outbox_store``): a store
+without one (PostgreSQL, a destination) is written by its sender instead
+(``tests/postgres``).
+"""
 
 from __future__ import annotations
 
@@ -32,8 +38,9 @@ class RecordingSender:
         return None
 
 
-def test_store_exporter_writes_any_store(store: Store) -> None:
+def test_store_exporter_writes_any_store(outbox_store: Store) -> None:
     """StoreExporter exports into the store; a rating with no target is rejected."""
+    store = outbox_store
     exporter = StoreExporter(store)
 
     result = exporter.export([turn("t1"), rating("r1"), rating("r2", session="nope")])
@@ -48,15 +55,18 @@ def test_store_exporter_writes_any_store(store: Store) -> None:
     )
 
 
-def test_store_exporter_never_raises_on_bad_input(store: Store) -> None:
+def test_store_exporter_never_raises_on_bad_input(outbox_store: Store) -> None:
     """A batch with a non-record fails as a result, not an exception."""
-    exporter = StoreExporter(store)
+    exporter = StoreExporter(outbox_store)
 
     assert ExportResult.failure(2) == exporter.export([turn("t1"), object()])  # type: ignore[list-item]
 
 
-def test_the_outbox_exporter_delivers_from_the_stores_outbox(store: Store) -> None:
+def test_the_outbox_exporter_delivers_from_the_stores_outbox(
+    outbox_store: Store,
+) -> None:
     """OutboxExporter queues in the store's outbox, delivers, and reads transcripts there."""
+    store = outbox_store
     sender = RecordingSender(store)
     outbox = OutboxExporter(StoreExporter(store, keep_local=True), sender)
 
