@@ -32,12 +32,15 @@ def test_api_topics_lists_topics_with_counts(client) -> None:
 
 
 def test_topics_page_links_to_its_conversations(client) -> None:
-    """The Topics page's rows open /conversations?topic=<id>, showing that topic's turns."""
+    """The Topics page's rows open the topic's page, which links to
+    /conversations?topic=<id>, showing that topic's turns."""
     page = client.get("/topics").get_data(as_text=True)
-    links = re.findall(r'href="/conversations\?topic=(t[0-9a-f]+)"', page)
+    links = re.findall(r'href="/topics/(t[0-9a-f]+)\?range=all"', page)
     assert links
     api = {t["id"]: t for t in client.get("/api/topics").get_json()["items"]}
     first = links[0]
+    topic = client.get(f"/topics/{first}").get_data(as_text=True)
+    assert f'href="/conversations?topic={first}&amp;range=all"' in topic
     turns = client.get(f"/api/conversations?topic={first}&limit=500").get_json()
     assert len(turns["items"]) == api[first]["conversations"]
     html = client.get(f"/conversations?topic={first}").get_data(as_text=True)
