@@ -37,6 +37,7 @@ from ._store.connection import read_uri
 __all__ = [
     "IDLE_GAP",
     "MIN_TURNS",
+    "NEUTRAL_WORDS",
     "REPHRASE_THRESHOLD",
     "SENTIMENT_THRESHOLD",
     "WEIGHTS",
@@ -245,13 +246,37 @@ def similarity(a: str, b: str) -> float:
     return len(first & second) / len(first | second)
 
 
+#: Words that name a task, a thing or a fault in the user's domain rather
+#: than a feeling ("kill a process", "cancel my order", "charged twice", "my
+#: battery is dead", "report fraud"): they carry no sentiment here, although
+#: VADER's lexicon scores them negative.
+NEUTRAL_WORDS = frozenset(
+    (
+        "abort aborted block blocked broken cancel canceled cancelled charged"
+        " crash damaged dead debt denied destroy die died dies dispute emergency"
+        " error errors failed failing fails failure fake fatal fraud kill killed"
+        " killing kills lost missing penalty problem problems rejected risk sick"
+        " rob stolen stuck violation war warning"
+    ).split()
+)
+# Food that "goes bad" spoils: a fact, not a feeling.
+_SPOILS = re.compile(r"\b(?:go|goes|going|gone|went) bad\b", re.IGNORECASE)
+
+
 @lru_cache(maxsize=1)
 def _vader() -> Any:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
         return None
-    return SentimentIntensityAnalyzer()
+    analyzer = SentimentIntensityAnalyzer()
+    # Its own copy of the lexicon, without the domain words.
+    analyzer.lexicon = {
+        word: value
+        for word, value in analyzer.lexicon.items()
+        if word not in NEUTRAL_WORDS
+    }
+    return analyzer
 
 
 def sentiment_available() -> bool:
@@ -264,7 +289,7 @@ def compound(text: str) -> float | None:
     analyzer = _vader()
     if analyzer is None:
         return None
-    return float(analyzer.polarity_scores(text)["compound"])
+    return float(analyzer.polarity_scores(_SPOILS.sub("spoils", text))["compound"])
 
 
 def _first_sentence(text: str) -> str:
