@@ -251,13 +251,55 @@ def similarity(a: str, b: str) -> float:
 #: battery is dead", "report fraud"): they carry no sentiment here, although
 #: VADER's lexicon scores them negative.
 NEUTRAL_WORDS = frozenset(
-    (
-        "abort aborted block blocked broken cancel canceled cancelled charged"
-        " crash damaged dead debt denied destroy die died dies dispute emergency"
-        " error errors failed failing fails failure fake fatal fraud kill killed"
-        " killing kills lost missing penalty problem problems rejected risk sick"
-        " rob stolen stuck violation war warning"
-    ).split()
+    [
+        "abort",
+        "aborted",
+        "block",
+        "blocked",
+        "broken",
+        "cancel",
+        "canceled",
+        "cancelled",
+        "charged",
+        "crash",
+        "damaged",
+        "dead",
+        "debt",
+        "denied",
+        "destroy",
+        "die",
+        "died",
+        "dies",
+        "dispute",
+        "emergency",
+        "error",
+        "errors",
+        "failed",
+        "failing",
+        "fails",
+        "failure",
+        "fake",
+        "fatal",
+        "fraud",
+        "kill",
+        "killed",
+        "killing",
+        "kills",
+        "lost",
+        "missing",
+        "penalty",
+        "problem",
+        "problems",
+        "rejected",
+        "risk",
+        "sick",
+        "rob",
+        "stolen",
+        "stuck",
+        "violation",
+        "war",
+        "warning",
+    ]
 )
 # Food that "goes bad" spoils: a fact, not a feeling.
 _SPOILS = re.compile(r"\b(?:go|goes|going|gone|went) bad\b", re.IGNORECASE)
