@@ -823,6 +823,13 @@ class Analytics:
             order = "u.n"
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
+        elif topic is not None:
+            # The topic's turns drive the loop, newest first (its index).
+            source = "topics.topic_turns tt JOIN conversations c ON c.n = tt.n"
+            order = "tt.n"
+            conds.append("tt.topic_id = ?")
+            params.append(topic)
+            topic = None
         elif segment:
             # The segment's first value drives the loop, newest first.
             source = "ui_segment_turn m JOIN conversations c ON c.n = m.n"
@@ -846,7 +853,8 @@ class Analytics:
             conds.append("c.model = ?")
             params.append(model)
         if topic is not None:
-            conds.append("c.n IN (SELECT n FROM topics.topic_turns WHERE topic_id = ?)")
+            # A point lookup per turn: never the topic's whole list of turns.
+            conds.append("(SELECT topic_id FROM topics.topic_turns WHERE n = c.n) = ?")
             params.append(topic)
         if segment:
             cond, values = _segments.segment_turns(segment, "c.n")

@@ -81,6 +81,8 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX topic_turns_topic ON topic_turns (topic_id, user_key)",
+    # A topic's turns in order (the dashboard's /conversations?topic=).
+    "CREATE INDEX topic_turns_by_topic ON topic_turns (topic_id)",
     # A topic's flagged turns, worst first (its "struggling" evidence).
     "CREATE INDEX topic_turns_flagged ON topic_turns (topic_id, penalty)"
     " WHERE penalty > 0",
