@@ -4,8 +4,9 @@ Screenshots of the dashboard for the README, taken from the demo's store.
     python scripts/screenshots.py [--out docs]
 
 Runs ``context-trace demo`` into a temporary store, serves ``context-trace ui``
-over it on a free loopback port, and saves the Users page and the demo's
-showcase session (the one with a tool call) as PNGs with Debian's headless
+over it on a free loopback port, and saves the Users page, the demo's
+showcase session (the one with a tool call), the Topics page, the biggest
+topic's page and the Unhappy users page as PNGs with Debian's headless
 Chromium (``apt-get install chromium chromium-driver``) through Selenium.
 """
 
@@ -21,6 +22,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 from context_trace._demo import run_demo
+from context_trace.analytics.topic_index import TopicIndex
 from context_trace.ui.serve import make_server
 
 _FLAGS = (
@@ -53,9 +55,16 @@ def main() -> None:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
+        # The topics are assigned by the server's background thread.
+        with TopicIndex(db) as topics:
+            topics.build()
+            biggest = topics.summary()[0].id
         pages = {
             "ui-users.png": "/users?sort=conversations",
             "ui-session.png": f"/session?id={quote(result.showcase_session)}",
+            "ui-topics.png": "/topics?range=all",
+            "ui-topic.png": f"/topics/{biggest}",
+            "ui-unhappy.png": "/unhappy",
         }
         for name, path in pages.items():
             driver.get(url + path)

@@ -56,7 +56,7 @@ __all__ = [
 
 _VERSION = 3
 #: A struggling topic has at least this many conversations in the range...
-STRUGGLING_MIN_CONVERSATIONS = 5
+STRUGGLING_MIN_CONVERSATIONS = 3  # as MIN_TURNS for unhappy users
 #: ...and at least this share of the range's conversations.
 STRUGGLING_MIN_SHARE = 0.001
 _SUFFIX = ".topics"
