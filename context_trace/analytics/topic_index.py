@@ -285,6 +285,8 @@ class TopicIndex:
         path: The topics file (default: :func:`default_topics_path`); created
             if missing, started over if it belongs to another store.
         n_topics: Fit this many topics instead of the number the data gives.
+        scores: The dashboard's index, whose satisfaction scores the topics
+            read (default: :func:`.ui_index.default_index_path`).
 
     Raises:
         FileNotFoundError: If *store* does not exist.
@@ -298,6 +300,7 @@ class TopicIndex:
         path: str | os.PathLike[str] | None = None,
         *,
         n_topics: int | None = None,
+        scores: str | os.PathLike[str] | None = None,
     ) -> None:
         if n_topics is not None and (isinstance(n_topics, bool) or n_topics < 1):
             raise ValueError(f"n_topics must be at least 1, got {n_topics!r}")
@@ -327,7 +330,9 @@ class TopicIndex:
             }
             if "conversations" not in tables:
                 raise ValueError(f"{store} is not a context_trace store")
-            self._scored = self._attach_scores(self.store)
+            self._scored = self._attach_scores(
+                Path(scores) if scores is not None else default_index_path(store)
+            )
             self._prepare()
         except BaseException:
             self._conn.close()
@@ -343,9 +348,8 @@ class TopicIndex:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _attach_scores(self, store: Path) -> bool:
+    def _attach_scores(self, ui: Path) -> bool:
         """Attach the dashboard's index (read-only) if it scores turns."""
-        ui = default_index_path(store)
         if not ui.exists():
             return False
         self._conn.execute(

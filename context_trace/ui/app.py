@@ -117,7 +117,7 @@ class _Refresher:
         self.index = index
         self._failed = False
         self._stop = threading.Event()
-        self.topics = dashboard_topics(index.store)
+        self.topics = dashboard_topics(index.store, index.path)
         self._topics_inline = interval <= 0
         if interval > 0:
             thread = threading.Thread(

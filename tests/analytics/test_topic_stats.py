@@ -149,3 +149,18 @@ def test_topics_json_carries_the_figures(
         sum(p["conversations"] for p in r["trend"]) == r["conversations"] for r in rows
     )
     assert all(r["satisfaction"] is not None for r in rows)
+
+
+def test_dashboard_with_its_own_index_file_scores_topics(tmp_path: Path) -> None:
+    """With the index elsewhere (`--index FILE`), topics still read their satisfaction from it."""
+    from context_trace.ui.app import create_app
+
+    path = tmp_path / "traces.db"
+    write_store(path)
+    index = UIIndex(path, tmp_path / "elsewhere" / "ui.index")
+    app = create_app(path, index=index, refresh_interval=0)
+    rows = app.test_client().get("/api/topics").get_json()["items"]
+    app.extensions["context_trace_ui"].stop()
+    index.close()
+    assert rows
+    assert all(r["scored"] == r["conversations"] for r in rows)
