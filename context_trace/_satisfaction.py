@@ -775,19 +775,21 @@ WITH ended AS (
     SELECT s.last_n AS n FROM ui.sat_sessions s JOIN main.sessions m
     ON m.n = s.session_n WHERE s.failed AND m.last_at <= ?
 ), rated AS (
-    SELECT c.n, f.rating FROM main.feedback f JOIN main.conversations c
-    ON c.id = f.conversation_id WHERE f.rating != 0
+    SELECT c.n AS n, f.rating AS rating, max(f.created_at) FROM main.feedback f
+    JOIN main.conversations c ON c.id = f.conversation_id WHERE f.rating != 0
+    GROUP BY c.n
 ), delta AS (
     SELECT t.user_key, sum(
         max(0.0, min(1.0, 1.0 - t.penalty
-            - (CASE WHEN t.n IN (SELECT n FROM ended)
+            - (CASE WHEN e.n IS NOT NULL
                THEN {WEIGHTS["ended_after_failure"]!r} ELSE 0.0 END)
-            - coalesce((SELECT CASE WHEN r.rating < 0
-               THEN {WEIGHTS["rating_down"]!r} ELSE {WEIGHTS["rating_up"]!r} END
-               FROM rated r WHERE r.n = t.n), 0.0)))
+            - coalesce(CASE WHEN r.rating < 0 THEN {WEIGHTS["rating_down"]!r}
+               WHEN r.rating > 0 THEN {WEIGHTS["rating_up"]!r} END, 0.0)))
         - max(0.0, min(1.0, 1.0 - t.penalty))) AS d
-    FROM ui.sat_turns t
-    WHERE t.n IN (SELECT n FROM ended UNION SELECT n FROM rated)
+    FROM (SELECT n FROM ended UNION SELECT n FROM rated) k
+    JOIN ui.sat_turns t ON t.n = k.n
+    LEFT JOIN ended e ON e.n = k.n
+    LEFT JOIN rated r ON r.n = k.n
     GROUP BY t.user_key
 )
 SELECT u.user_key AS user_key,

@@ -1045,12 +1045,22 @@ class Analytics:
         from context_trace import _satisfaction
 
         least = _satisfaction.MIN_TURNS if min_turns is None else min_turns
-        scores, cutoff = self._satisfaction_scores()
+        if not self._rows("SELECT 1 FROM ui.sqlite_master WHERE name = 'sat_users'"):
+            return 0
+        # A user's score is below 1 exactly when one of their turns has a
+        # signal of its own (each weighs at least 0.3, more than a 👍 gives
+        # back) or was last rated 👎 ("the session ended" only follows a turn
+        # that failed or did not answer): no per-user score is computed.
         return int(
             self._rows(
-                f"{scores} SELECT count(*) FROM sat JOIN ui.sat_users u USING (user_key)"
-                " WHERE sat.user_key != '' AND u.turns >= ? AND sat.score < 1.0",
-                [*cutoff, least],
+                "WITH rated AS (SELECT c.n AS n, f.rating AS rating,"
+                " max(f.created_at) FROM main.feedback f JOIN main.conversations c"
+                " ON c.id = f.conversation_id WHERE f.rating != 0 GROUP BY c.n)"
+                " SELECT count(*) FROM ui.sat_users u WHERE u.user_key != ''"
+                " AND u.turns >= ? AND (u.score_sum < u.turns - 1e-9 OR u.user_key IN"
+                " (SELECT t.user_key FROM rated r JOIN ui.sat_turns t ON t.n = r.n"
+                " WHERE r.rating < 0))",
+                (least,),
             )[0][0]
         )
 
