@@ -21,6 +21,9 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
 6. Times each page and API call (retention, segment filters and cost included: every
    user's scope carries a ``plan``, one in five ``pro``) ``--reps`` times through the WSGI app in this
    process (server time, no network): p50 and p95 per call. Target: p95 <= 300 ms.
+   The topic pages (``/topics``, a topic's page, ``/conversations?topic=``
+   alone and with filters, struggling topics, ``/unhappy``) come last, after
+   the topics are built (``TopicIndex.build``, timed: *topics, first build*).
 
 ``--smoke`` runs it small (20,000 turns, 1,000 users) in well under a minute.
 Build time for the full size is several minutes. Timings are noisy on a shared
@@ -295,6 +298,40 @@ def _repricing(path: Path, index: Path, reps: int) -> dict[str, float]:
     return out
 
 
+def _topic_calls(path: Path, topics: Path) -> list[str]:
+    """The topic pages: the biggest topic, a struggling one, a rare word in it."""
+    conn = sqlite3.connect(topics)
+    biggest = conn.execute(
+        "SELECT topic_id FROM topic_summary WHERE topic_id != 'misc'"
+        " ORDER BY turns DESC LIMIT 1"
+    ).fetchone()[0]
+    smallest = conn.execute(
+        "SELECT topic_id FROM topic_summary WHERE topic_id != 'misc'"
+        " ORDER BY turns LIMIT 1"
+    ).fetchone()[0]
+    middle = conn.execute("SELECT max(n) / 2 FROM topic_turns").fetchone()[0]
+    conn.close()
+    calls = [
+        "/topics", "/topics?range=7d", "/topics?sort=struggling",
+        "/api/topics", "/api/topics?range=30d", "/api/topics?sort=struggling",
+        f"/topics/{biggest}", f"/topics/{biggest}?range=7d", f"/topics/{smallest}",
+        "/unhappy",
+    ]  # fmt: skip
+    for topic in (biggest, smallest):
+        conv = f"/conversations?topic={topic}"
+        calls += [
+            conv,
+            f"/api{conv}",
+            f"{conv}&before={middle}",
+            f"{conv}&q=refund",
+            # A word in one turn only: the search and the topic meet rarely.
+            f"{conv}&q=question+{middle}",
+            f"{conv}&errors=1&range=30d",
+            f"{conv}&meta=plan:pro",
+        ]
+    return calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--conversations", type=int, default=1_000_000)
@@ -371,6 +408,15 @@ def main() -> None:
         f" {len(chunks)} chunks, p95 {figures['refresh_chunk_p95_ms']} ms per chunk"
     )
 
+    from context_trace.analytics.topic_index import TopicIndex
+
+    began = time.perf_counter()
+    with TopicIndex(path) as topics:
+        topics.build()
+        topics_path = topics.path
+    figures["topics_build_s"] = round(time.perf_counter() - began, 1)
+    print(f"  topics, first build: {figures['topics_build_s']} s")
+
     from context_trace.ui.app import create_app
 
     figures["repricing_p95_ms"] = _repricing(path, index.path, args.reps)
@@ -380,7 +426,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     print(f"\n{'call':<62} {'p50 ms':>8} {'p95 ms':>8}")
     worst = 0.0
-    for call in _calls(path, index.path):
+    for call in _calls(path, index.path) + _topic_calls(path, topics_path):
         times = []
         for _ in range(args.reps):
             began = time.perf_counter()

@@ -108,28 +108,28 @@ _NAMES = (
 _TOPICS: tuple[tuple[str, ...], ...] = (
     (
         "Where is my order #{order}?",
-        "Can I still change the delivery address?",
-        "Thanks! Will I get a tracking link?",
+        "Has my order shipped yet?",
+        "Thanks! Will I get a tracking link for my order?",
     ),
     (
         "I can't log in to my account.",
         "The password reset email never arrived.",
-        "Found it in my spam folder, thank you!",
+        "Found the reset email in my spam folder, thank you!",
     ),
     (
         "How do I return a pair of shoes?",
         "Do I have to pay for return shipping?",
-        "How long until I get my money back?",
+        "How long after a return do I get my money back?",
     ),
     (
         "Why was I charged twice this month?",
         "Can you refund the duplicate charge?",
-        "Will I get an email when it's done?",
+        "Will the double charge disappear from my card by itself?",
     ),
     (
         "What's the difference between the Basic and Pro memberships?",
         "Can I switch memberships in the middle of the month?",
-        "Is there a discount for paying yearly?",
+        "Is there a discount for paying the membership yearly?",
     ),
 )
 _EXTRA_TURNS = (
@@ -139,11 +139,11 @@ _EXTRA_TURNS = (
     "Thanks, that's all for today.",
 )
 _ANSWERS = {
-    "Can I still change the delivery address?": (
-        "Yes, as long as the parcel has not left our warehouse: open the order "
-        "in your account and choose 'Change address'."
+    "Has my order shipped yet?": (
+        "Orders ship within one business day; your order page shows the "
+        "shipping date as soon as the parcel leaves our warehouse."
     ),
-    "Thanks! Will I get a tracking link?": (
+    "Thanks! Will I get a tracking link for my order?": (
         "You will: the carrier emails a tracking link as soon as the parcel is "
         "scanned, usually within a few hours of shipping."
     ),
@@ -155,7 +155,7 @@ _ANSWERS = {
         "Reset emails come from no-reply@acme.example and sometimes land in spam "
         "or promotions; could you check those folders?"
     ),
-    "Found it in my spam folder, thank you!": (
+    "Found the reset email in my spam folder, thank you!": (
         "Glad you found it! Marking our address as a contact keeps future emails "
         "out of spam."
     ),
@@ -167,7 +167,7 @@ _ANSWERS = {
         "Returns are free for members; otherwise a flat 4.95 is deducted from "
         "your refund."
     ),
-    "How long until I get my money back?": (
+    "How long after a return do I get my money back?": (
         "Refunds are issued within 2 business days of the return reaching us; "
         "your bank may take 3 to 5 more days."
     ),
@@ -179,9 +179,9 @@ _ANSWERS = {
         "There is nothing to refund: the duplicate is only a hold, and your bank "
         "releases it automatically."
     ),
-    "Will I get an email when it's done?": (
-        "We don't get notified when the bank releases a hold, but it will vanish "
-        "from your statement on its own."
+    "Will the double charge disappear from my card by itself?": (
+        "It will: the bank releases the hold on its own and it vanishes from "
+        "your statement, usually within 3 days."
     ),
     "What's the difference between the Basic and Pro memberships?": (
         "Basic gives free returns; Pro adds free express shipping and early "
@@ -191,7 +191,7 @@ _ANSWERS = {
         "Yes: upgrades apply immediately and are prorated, downgrades take effect "
         "at the next billing date."
     ),
-    "Is there a discount for paying yearly?": (
+    "Is there a discount for paying the membership yearly?": (
         "Paying yearly gets you two months free, so Pro costs 90 a year instead of 108."
     ),
     "One more question: do you ship to Canada?": (

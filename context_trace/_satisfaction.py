@@ -37,6 +37,7 @@ from ._store.connection import read_uri
 __all__ = [
     "IDLE_GAP",
     "MIN_TURNS",
+    "NEUTRAL_WORDS",
     "REPHRASE_THRESHOLD",
     "SENTIMENT_THRESHOLD",
     "WEIGHTS",
@@ -245,13 +246,79 @@ def similarity(a: str, b: str) -> float:
     return len(first & second) / len(first | second)
 
 
+#: Words that name a task, a thing or a fault in the user's domain rather
+#: than a feeling ("kill a process", "cancel my order", "charged twice", "my
+#: battery is dead", "report fraud"): they carry no sentiment here, although
+#: VADER's lexicon scores them negative.
+NEUTRAL_WORDS = frozenset(
+    [
+        "abort",
+        "aborted",
+        "block",
+        "blocked",
+        "broken",
+        "cancel",
+        "canceled",
+        "cancelled",
+        "charged",
+        "crash",
+        "damaged",
+        "dead",
+        "debt",
+        "denied",
+        "destroy",
+        "die",
+        "died",
+        "dies",
+        "dispute",
+        "emergency",
+        "error",
+        "errors",
+        "failed",
+        "failing",
+        "fails",
+        "failure",
+        "fake",
+        "fatal",
+        "fraud",
+        "kill",
+        "killed",
+        "killing",
+        "kills",
+        "lost",
+        "missing",
+        "penalty",
+        "problem",
+        "problems",
+        "rejected",
+        "risk",
+        "sick",
+        "rob",
+        "stolen",
+        "stuck",
+        "violation",
+        "war",
+        "warning",
+    ]
+)
+# Food that "goes bad" spoils: a fact, not a feeling.
+_SPOILS = re.compile(r"\b(?:go|goes|going|gone|went) bad\b", re.IGNORECASE)
+
+
 @lru_cache(maxsize=1)
 def _vader() -> Any:
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError:
         return None
-    return SentimentIntensityAnalyzer()
+    analyzer = SentimentIntensityAnalyzer()
+    # Its own copy of the lexicon, without the domain words.
+    analyzer.lexicon = {
+        word: value
+        for word, value in analyzer.lexicon.items()
+        if word not in NEUTRAL_WORDS
+    }
+    return analyzer
 
 
 def sentiment_available() -> bool:
@@ -264,7 +331,7 @@ def compound(text: str) -> float | None:
     analyzer = _vader()
     if analyzer is None:
         return None
-    return float(analyzer.polarity_scores(text)["compound"])
+    return float(analyzer.polarity_scores(_SPOILS.sub("spoils", text))["compound"])
 
 
 def _first_sentence(text: str) -> str:
@@ -708,19 +775,21 @@ WITH ended AS (
     SELECT s.last_n AS n FROM ui.sat_sessions s JOIN main.sessions m
     ON m.n = s.session_n WHERE s.failed AND m.last_at <= ?
 ), rated AS (
-    SELECT c.n, f.rating FROM main.feedback f JOIN main.conversations c
-    ON c.id = f.conversation_id WHERE f.rating != 0
+    SELECT c.n AS n, f.rating AS rating, max(f.created_at) FROM main.feedback f
+    JOIN main.conversations c ON c.id = f.conversation_id WHERE f.rating != 0
+    GROUP BY c.n
 ), delta AS (
     SELECT t.user_key, sum(
         max(0.0, min(1.0, 1.0 - t.penalty
-            - (CASE WHEN t.n IN (SELECT n FROM ended)
+            - (CASE WHEN e.n IS NOT NULL
                THEN {WEIGHTS["ended_after_failure"]!r} ELSE 0.0 END)
-            - coalesce((SELECT CASE WHEN r.rating < 0
-               THEN {WEIGHTS["rating_down"]!r} ELSE {WEIGHTS["rating_up"]!r} END
-               FROM rated r WHERE r.n = t.n), 0.0)))
+            - coalesce(CASE WHEN r.rating < 0 THEN {WEIGHTS["rating_down"]!r}
+               WHEN r.rating > 0 THEN {WEIGHTS["rating_up"]!r} END, 0.0)))
         - max(0.0, min(1.0, 1.0 - t.penalty))) AS d
-    FROM ui.sat_turns t
-    WHERE t.n IN (SELECT n FROM ended UNION SELECT n FROM rated)
+    FROM (SELECT n FROM ended UNION SELECT n FROM rated) k
+    JOIN ui.sat_turns t ON t.n = k.n
+    LEFT JOIN ended e ON e.n = k.n
+    LEFT JOIN rated r ON r.n = k.n
     GROUP BY t.user_key
 )
 SELECT u.user_key AS user_key,

@@ -5,8 +5,9 @@ Screenshots of the dashboard for the README, taken from the demo's store.
 
 Runs ``context-trace demo`` into a temporary store, serves ``context-trace ui``
 over it on a free loopback port, and saves the Overview, the Users page, the
-demo's showcase session (the one with a tool call), the Retention page and the
-Compare page (the first metadata key with two values, side by side) as PNGs with Debian's headless
+demo's showcase session (the one with a tool call), the Retention page, the
+Compare page (the first metadata key with two values, side by side), the Topics
+page, the biggest topic's page and the Unhappy users page as PNGs with Debian's headless
 Chromium (``apt-get install chromium chromium-driver``) through Selenium.
 """
 
@@ -26,6 +27,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
 from context_trace._demo import run_demo
+from context_trace.analytics.topic_index import TopicIndex
 from context_trace.ui.serve import make_server
 
 _FLAGS = (
@@ -78,12 +80,19 @@ def main() -> None:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     try:
+        # The topics are assigned by the server's background thread.
+        with TopicIndex(db) as topics:
+            topics.build()
+            biggest = topics.summary()[0].id
         pages = {
             "ui-overview.png": "/?range=30d",
             "ui-users.png": "/users?sort=conversations",
             "ui-session.png": f"/session?id={quote(result.showcase_session)}",
             "ui-retention.png": "/retention",
             "ui-compare.png": _compare_path(url),
+            "ui-topics.png": "/topics?range=all",
+            "ui-topic.png": f"/topics/{biggest}",
+            "ui-unhappy.png": "/unhappy",
         }
         for name, path in pages.items():
             driver.get(url + path)

@@ -328,6 +328,17 @@ class TestDefaultRun:
         # The other users' turns went well: no flagged turn.
         assert all(not t.flagged for t in report.turns if t.user_id not in unhappy)
 
+    def test_has_several_clear_topics(self, demo: DemoRun, tmp_path: Path) -> None:
+        """The questions fall into several topics, most of them in a topic (not misc)."""
+        from context_trace.analytics.topic_index import TopicIndex
+
+        with TopicIndex(demo.path, tmp_path / "demo.topics") as index:
+            index.build()
+            rows = index.summary()
+        misc = sum(r.share for r in rows if r.id == "misc")
+        assert len([r for r in rows if r.id != "misc"]) >= 5
+        assert misc < 0.3
+
     def test_transcripts_are_not_repeated(self, demo: DemoRun) -> None:
         """Each session's transcript holds every message once, history included."""
         with SQLiteReader(demo.path) as reader:

@@ -97,6 +97,39 @@ class TestNegative:
         assert not turn_signals("I'm not frustrated, just curious", "ok")
         assert not turn_signals("Is this a useful feature?", "ok")
 
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "How do I kill a process on linux?",
+            "kill the stuck job",
+            "my payment failed, what do I do?",
+            "the upload error says access denied",
+            "fatal error in the build",
+            "what do i do now that my car battery is dead",
+            "who do i contact to report fraud on my visa",
+            "how long can i freeze tofu before it goes bad",
+            "i need to cancel my reservation for rob at red robin",
+        ],
+    )
+    def test_domain_words_are_not_sentiment(self, text: str) -> None:
+        """Words that name a task or a fault (kill, failed, error, dead, fraud,
+        cancel; food that goes bad) do not make a question negative."""
+        pytest.importorskip("vaderSentiment")
+        assert "negative" not in _names(turn_signals(text, "ok"))
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "this is terrible, the worst service ever",
+            "I hate this, you are useless",
+            "I hate that my order failed, this is awful",
+        ],
+    )
+    def test_feelings_beside_domain_words_still_fire(self, text: str) -> None:
+        """The near miss: a feeling is negative even beside a domain word."""
+        pytest.importorskip("vaderSentiment")
+        assert "negative" in _names(turn_signals(text, "ok"))
+
 
 class TestNotHelped:
     @pytest.mark.parametrize(

@@ -995,6 +995,13 @@ class Analytics:
             order = "u.n"
             conds.append("u.user_key = ?")
             params.append("" if anonymous else user_id)
+        elif topic is not None:
+            # The topic's turns drive the loop, newest first (its index).
+            source = "topics.topic_turns tt JOIN conversations c ON c.n = tt.n"
+            order = "tt.n"
+            conds.append("tt.topic_id = ?")
+            params.append(topic)
+            topic = None
         elif segment:
             # The segment's first value drives the loop, newest first.
             source = "ui_segment_turn m JOIN conversations c ON c.n = m.n"
@@ -1018,7 +1025,8 @@ class Analytics:
             conds.append("c.model = ?")
             params.append(model)
         if topic is not None:
-            conds.append("c.n IN (SELECT n FROM topics.topic_turns WHERE topic_id = ?)")
+            # A point lookup per turn: never the topic's whole list of turns.
+            conds.append("(SELECT topic_id FROM topics.topic_turns WHERE n = c.n) = ?")
             params.append(topic)
         if segment:
             cond, values = _segments.segment_turns(segment, "c.n")
@@ -1147,6 +1155,109 @@ class Analytics:
             index="ui",
             store="main",
         )
+
+    def unhappy_users(
+        self, limit: int = 10, min_turns: int | None = None, evidence: int = 5
+    ) -> list[dict[str, Any]]:
+        """
+        All time, the users :meth:`.Report.unhappy` lists, from the per-user
+        totals kept in the index (no turn is re-read): each as ``{key, score,
+        turns, flagged_turns, evidence: [{session_id, turn, conversation_id,
+        reasons}]}``, the evidence being their worst turns by their own signals.
+        """
+        from context_trace import _satisfaction
+
+        least = _satisfaction.MIN_TURNS if min_turns is None else min_turns
+        scores, cutoff = self._satisfaction_scores()
+        rows = self._rows(
+            f"{scores} SELECT sat.user_key, sat.score, u.turns FROM sat"
+            " JOIN ui.sat_users u USING (user_key)"
+            " WHERE sat.user_key != '' AND u.turns >= ? AND sat.score < 1.0"
+            " ORDER BY sat.score, sat.user_key LIMIT ?",
+            [*cutoff, least, limit],
+        )
+        out = []
+        for key, score, turns in rows:
+            flagged = self._rows(
+                "SELECT count(*) FROM ui.sat_turns WHERE user_key = ? AND penalty > 0",
+                (key,),
+            )[0][0]
+            out.append(
+                {
+                    "key": key,
+                    "score": round(score, 3),
+                    "turns": turns,
+                    "flagged_turns": flagged,
+                    "evidence": self.user_flagged(key, evidence),
+                }
+            )
+        return out
+
+    def user_flagged(self, user_id: str | None, limit: int = 5) -> list[dict[str, Any]]:
+        """
+        A user's worst turns by their own signals: ``{session_id, turn,
+        conversation_id, reasons}``, ``turn`` being its place in its session.
+        """
+        rows = self._rows(
+            "SELECT c.id, s.id, t.position, t.signals FROM ui.sat_turns t"
+            " JOIN main.conversations c ON c.n = t.n"
+            " LEFT JOIN main.sessions s ON s.n = t.session_n"
+            " WHERE t.user_key = ? AND t.penalty > 0"
+            " ORDER BY t.penalty DESC, t.n DESC LIMIT ?",
+            (_key(user_id), limit),
+        )
+        return [
+            {"session_id": sid, "turn": position, "conversation_id": cid,
+             "reasons": [r for _, r in json.loads(signals)]}
+            for cid, sid, position, signals in rows
+        ]  # fmt: skip
+
+    def unhappy_count(self, min_turns: int | None = None) -> int:
+        """How many users :meth:`unhappy_users` would list with no limit."""
+        from context_trace import _satisfaction
+
+        least = _satisfaction.MIN_TURNS if min_turns is None else min_turns
+        if not self._rows("SELECT 1 FROM ui.sqlite_master WHERE name = 'sat_users'"):
+            return 0
+        # A user's score is below 1 exactly when one of their turns has a
+        # signal of its own (each weighs at least 0.3, more than a 👍 gives
+        # back) or was last rated 👎 ("the session ended" only follows a turn
+        # that failed or did not answer): no per-user score is computed.
+        return int(
+            self._rows(
+                "WITH rated AS (SELECT c.n AS n, f.rating AS rating,"
+                " max(f.created_at) FROM main.feedback f JOIN main.conversations c"
+                " ON c.id = f.conversation_id WHERE f.rating != 0 GROUP BY c.n)"
+                " SELECT count(*) FROM ui.sat_users u WHERE u.user_key != ''"
+                " AND u.turns >= ? AND (u.score_sum < u.turns - 1e-9 OR u.user_key IN"
+                " (SELECT t.user_key FROM rated r JOIN ui.sat_turns t ON t.n = r.n"
+                " WHERE r.rating < 0))",
+                (least,),
+            )[0][0]
+        )
+
+    def topic_flagged(self, topic: str, limit: int = 20) -> list[dict[str, Any]]:
+        """
+        A topic's flagged turns, worst first (by their own signals; needs
+        :meth:`attach_topics`): ``{conversation_id, user_id, session_id, turn,
+        started_at, question, reasons}``.
+        """
+        rows = self._rows(
+            "SELECT c.id, c.user_id, s.id, st.position, c.started_at, c.messages_json,"
+            " st.signals FROM topics.topic_turns t"
+            " JOIN main.conversations c ON c.n = t.n"
+            " JOIN ui.sat_turns st ON st.n = t.n"
+            " LEFT JOIN main.sessions s ON s.n = t.session_n"
+            " WHERE t.topic_id = ? AND t.penalty > 0"
+            " ORDER BY t.penalty DESC, t.n DESC LIMIT ?",
+            (topic, limit),
+        )
+        return [
+            {"conversation_id": cid, "user_id": uid, "session_id": sid, "turn": pos,
+             "started_at": started, "question": _preview(_messages_from_json(text)),
+             "reasons": [r for _, r in json.loads(signals)]}
+            for cid, uid, sid, pos, started, text, signals in rows
+        ]  # fmt: skip
 
 
 def _overview_of(

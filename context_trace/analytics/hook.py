@@ -12,9 +12,13 @@ __all__ = ["dashboard_topics"]
 _logger = logging.getLogger("context_trace.ui")
 
 
-def dashboard_topics(store: str | os.PathLike[str]) -> Callable[[int], bool] | None:
+def dashboard_topics(
+    store: str | os.PathLike[str], index: str | os.PathLike[str] | None = None
+) -> Callable[[int], bool] | None:
     """
-    A step that gives up to ``max_rows`` new turns of *store* their topic.
+    A step that gives up to ``max_rows`` new turns of *store* their topic,
+    their satisfaction read from the dashboard's *index* (default: its
+    default path).
 
     The step returns True once every turn has its topic. None when the
     ``analytics`` extra is not installed or the topics file cannot be opened
@@ -24,7 +28,7 @@ def dashboard_topics(store: str | os.PathLike[str]) -> Callable[[int], bool] | N
     try:
         from .topic_index import TopicIndex
 
-        index = TopicIndex(store)
+        topics = TopicIndex(store, scores=index)
     except ImportError:
         return None
     except (OSError, ValueError, sqlite3.Error) as exc:
@@ -35,7 +39,7 @@ def dashboard_topics(store: str | os.PathLike[str]) -> Callable[[int], bool] | N
     def step(max_rows: int) -> bool:
         nonlocal failed
         try:
-            return index.refresh(max_rows)
+            return topics.refresh(max_rows)
         except Exception as exc:  # noqa: BLE001 - topics must never stop the dashboard
             if not failed:
                 failed = True

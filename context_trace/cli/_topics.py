@@ -24,6 +24,12 @@ def add_topics_arguments(
         " fitted once, then again each time the store has doubled)",
     )
     parser.add_argument(
+        "--struggling",
+        action="store_true",
+        help="only the struggling topics: big enough, with satisfaction below"
+        " the store's or an error rate above it; the worst first",
+    )
+    parser.add_argument(
         "--topics",
         metavar="N",
         type=count,
@@ -38,13 +44,18 @@ def cmd_topics(args: argparse.Namespace, out: TextIO) -> int:
     n_topics = getattr(args, "topics", None)
     _open(path).close()  # the same errors as every command for a missing store
     try:
-        from context_trace.analytics.topic_index import TopicIndex
+        from context_trace._store.ui_index import UIIndex
+        from context_trace.analytics.topic_index import TopicIndex, struggling
     except ImportError as exc:
         raise _CLIError(
             f"topics need the analytics extra ({exc.name} is missing):"
             " pip install 'context-trace[analytics]'"
         ) from None
     try:
+        # Each turn's satisfaction comes from the dashboard's index: bring it
+        # level first (the dashboard does the same).
+        with UIIndex(path) as ui:
+            ui.build()
         with TopicIndex(path, n_topics=n_topics) as index:
             if args.refit:
                 index.refit()
@@ -52,6 +63,8 @@ def cmd_topics(args: argparse.Namespace, out: TextIO) -> int:
                 index.build()
             rows = index.summary()
             model = index.model
+        if args.struggling:
+            rows = struggling(rows, None)
     except (OSError, ValueError, sqlite3.Error) as exc:
         raise _CLIError(_describe(exc, path)) from None
     if args.json:
@@ -62,19 +75,26 @@ def cmd_topics(args: argparse.Namespace, out: TextIO) -> int:
         )  # fmt: skip
         return _EXIT_OK
     if not rows:
-        print(f"no questions to group into topics yet in {path}", file=out)
+        what = "struggling topics" if args.struggling else "questions to group"
+        print(f"no {what} yet in {path}", file=out)
         return _EXIT_OK
     columns = (
         _Column("TOPIC"),
         _Column("CONVERSATIONS", right=True),
         _Column("USERS", right=True),
         _Column("SHARE", right=True),
+        _Column("SATISFACTION", right=True),
+        _Column("ERRORS", right=True),
+        _Column("P50", right=True),
         _Column("LABEL", flexible=True, min_width=12),
         _Column("QUESTION", flexible=True, min_width=12),
     )
     table: list[Sequence[object]] = [
-        (r.id, r.conversations, r.users, f"{100 * r.share:.1f}%", _flat(r.label),
-         _flat(r.question))
+        (r.id, r.conversations, r.users, f"{100 * r.share:.1f}%",
+         "-" if r.satisfaction is None else f"{r.satisfaction:.2f}",
+         "-" if r.error_rate is None else f"{100 * r.error_rate:.1f}%",
+         "-" if r.latency_p50_ms is None else f"{r.latency_p50_ms} ms",
+         _flat(r.label), _flat(r.question))
         for r in rows
     ]  # fmt: skip
     for line in _table(columns, table, _table_width(out)):

@@ -112,8 +112,11 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "api_models": frozenset(),
     "api_unhappy": frozenset({"range", "limit", "min_turns"}),
     "api_satisfaction": frozenset({"range"}),
-    "topics_page": frozenset({"user"}),
-    "api_topics": frozenset({"user"}),
+    "topics_page": frozenset({"user", "range", "sort"}),
+    "api_topics": frozenset({"user", "range", "sort"}),
+    "topic_page": frozenset({"range"}),
+    "api_topic": frozenset({"id", "range"}),
+    "unhappy_page": frozenset({"limit"}),
     "static": frozenset(),
 }
 # CSV export: ?format=csv on the endpoints that answer a table (and ?table=
@@ -141,7 +144,7 @@ class _Refresher:
         self.index = index
         self._failed = False
         self._stop = threading.Event()
-        self.topics = dashboard_topics(index.store)
+        self.topics = dashboard_topics(index.store, index.path)
         self._topics_inline = interval <= 0
         if interval > 0:
             thread = threading.Thread(
@@ -185,10 +188,36 @@ def _topics_path(store: str) -> Any:
     return default_topics_path(store)
 
 
-def read_topics(path: Any, user: str | None) -> list[Any]:
+def read_topics(
+    path: Any, user: str | None, since_day: str | None = None, today: str | None = None
+) -> list[Any]:
     from context_trace.analytics.topic_index import read_topics as read
 
-    return list(read(path, user))
+    return list(read(path, user, since_day=since_day, today=today))
+
+
+def _struggling(rows: list[Any], limit: int | None = 10) -> list[Any]:
+    from context_trace.analytics.topic_index import struggling
+
+    return struggling(rows, limit)
+
+
+def _range_days(range_: str) -> tuple[str | None, str]:
+    """(the first UTC day of *range_* or None for all, today), as the overview counts."""
+    now = time.time()
+    span = RANGES[range_]
+    first = (
+        None
+        if span is None
+        else time.strftime("%Y-%m-%d", time.gmtime(now - span + 86_400))
+    )
+    return first, time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+def _sentiment_available() -> bool:
+    from context_trace._satisfaction import sentiment_available
+
+    return sentiment_available()
 
 
 def _cookie_value(token: str) -> str:
@@ -703,10 +732,26 @@ def create_app(
             )
         return topic
 
-    def topics_data(user: str | None = None) -> list[Any]:
+    def topics_data(user: str | None = None, range_: str = "all") -> list[Any]:
         if topics_path is None:
             return []
-        return read_topics(topics_path, user)
+        return read_topics(topics_path, user, *_range_days(range_))
+
+    def topics_sort() -> str:
+        sort = request.args.get("sort", "conversations")
+        if sort not in ("conversations", "struggling"):
+            raise _BadRequest("sort must be conversations or struggling")
+        return sort
+
+    def topics_list() -> tuple[list[Any], str, str, str | None]:
+        """(rows, range, sort, user) of /topics and /api/topics."""
+        range_ = _range_arg("all")
+        sort = topics_sort()
+        user = request.args.get("user") or None
+        rows = topics_data(user, range_)
+        if sort == "struggling":
+            rows = _struggling(rows, None)
+        return rows, range_, sort, user
 
     def retention_data() -> Any:
         weeks = _int_arg("weeks")
@@ -861,15 +906,15 @@ def create_app(
 
     @app.route("/api/topics")
     def api_topics() -> Any:
-        rows = topics_data(request.args.get("user") or None)
+        rows, range_, sort, _user = topics_list()
         if _want_csv():
             columns = ["id", "label", "terms", "question", "conversations", "users"]
-            return _csv_response(
-                "topics", [*columns, "share"], [r.to_json() for r in rows]
-            )
+            columns += ["share", "satisfaction", "error_rate", "latency_p50_ms"]
+            return _csv_response("topics", columns, [r.to_json() for r in rows])
         return jsonify(
-            items=[r.to_json() for r in rows], available=topics_path is not None
-        )
+            items=[r.to_json() for r in rows], available=topics_path is not None,
+            range=range_, sort=sort,
+        )  # fmt: skip
 
     # --- pages ----------------------------------------------------------------
 
@@ -877,6 +922,8 @@ def create_app(
     def overview_page() -> Any:
         return render_template(
             "overview.html",
+            unhappy_count=store().unhappy_count(),
+            struggling=_struggling(topics_data(None, _range()), 5),
             o=overview_data(),
             cost=store().cost("model", _range(), _segment_arg()).total,
             ranges=RANGES,
@@ -910,6 +957,7 @@ def create_app(
             user=row,
             sessions=sessions,
             topics=topics,
+            flagged=store().user_flagged(row.user_id),
         )
 
     @app.route("/retention")
@@ -965,10 +1013,39 @@ def create_app(
 
     @app.route("/topics")
     def topics_page() -> Any:
-        user = request.args.get("user") or None
+        rows, range_, sort, user = topics_list()
         return render_template(
-            "topics.html", rows=topics_data(user), user=user,
-            available=topics_path is not None,
+            "topics.html", rows=rows, user=user, range=range_, sort=sort,
+            ranges=RANGES, available=topics_path is not None,
+            struggling=[] if user or sort == "struggling" else _struggling(rows),
+        )  # fmt: skip
+
+    @app.route("/api/topic")
+    def api_topic() -> Any:
+        topic_id = request.args.get("id", "")
+        found = [r for r in topics_data(None, _range_arg("all")) if r.id == topic_id]
+        if not found:
+            return jsonify(error="not found: no such topic (see /api/topics)"), 404
+        return jsonify(found[0].to_json())
+
+    @app.route("/topics/<topic_id>")
+    def topic_page(topic_id: str) -> Any:
+        range_ = _range_arg("all")
+        rows = topics_data(None, range_)
+        found = [r for r in rows if r.id == topic_id]
+        if not found:
+            return render_template("error.html", message="No such topic."), 404
+        flagged = store().topic_flagged(topic_id) if topics_path is not None else []
+        return render_template(
+            "topic.html", t=found[0], range=range_, ranges=RANGES, flagged=flagged,
+        )  # fmt: skip
+
+    @app.route("/unhappy")
+    def unhappy_page() -> Any:
+        limit = _limit() if request.args.get("limit") else 20
+        return render_template(
+            "unhappy.html", users=store().unhappy_users(limit=limit),
+            sentiment=_sentiment_available(),
         )  # fmt: skip
 
     @app.route("/login", methods=["GET", "POST"])

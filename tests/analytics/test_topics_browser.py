@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from context_trace import _handler, _runtime
 from context_trace.analytics.topic_index import TopicIndex
@@ -35,7 +36,8 @@ def topics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def test_overview_to_topic_to_conversation(browser: Any, topics_server: Server) -> None:  # noqa: F811
-    """Overview -> Topics -> a topic -> its turns -> the transcript; no console errors, no stored script run."""
+    """Overview -> Topics -> a topic's page (figures, trend) -> its turns -> the
+    transcript; no console errors, no stored script run."""
     browser.get(topics_server.url + "/?range=all")
     browser.find_element(By.ID, "nav-topics").click()
     rows = browser.find_elements(By.CSS_SELECTOR, "#topics tbody tr")
@@ -45,12 +47,26 @@ def test_overview_to_topic_to_conversation(browser: Any, topics_server: Server) 
     )
     count = int(link.find_element(By.XPATH, "../../td[3]").text)
     link.click()
+    assert "/topics/t" in browser.current_url
+    assert str(count) == browser.find_element(By.ID, "topic-conversations").text
+    drawn = WebDriverWait(browser, 10).until(
+        lambda d: d.find_element(By.ID, "chart-conversations").get_attribute(
+            "data-points"
+        )
+    )
+    assert drawn not in ("0", "error")
+    assert browser.find_elements(By.CSS_SELECTOR, "#chart-conversations canvas")
+    assert browser.find_element(By.ID, "topic-satisfaction").text != ""
+    browser.find_element(By.ID, "topic-conversations-link").click()
     assert "topic=" in browser.current_url
     turns = browser.find_elements(By.CSS_SELECTOR, "#conversations tbody tr")
     assert len(turns) == count
     previews = [t.find_element(By.CLASS_NAME, "preview").text for t in turns]
     assert all("alarm" in p or "wake" in p for p in previews), previews
+    assert any(PAYLOAD in p for p in previews)  # shown as text
     turns[0].find_element(By.CSS_SELECTOR, "td:nth-child(3) a").click()
     assert browser.find_element(By.ID, "transcript")
     assert browser.title != "pwned"
+    assert browser.execute_script("return window.__pwned === undefined")
+    assert [] == browser.find_elements(By.CSS_SELECTOR, "main script, main img")
     assert [] == severe_logs(browser)

@@ -190,7 +190,8 @@ def test_cost_per_topic(cost_store, tmp_path):
         conn.execute(statement)
     # Turns 1 and 5 (n = 1, 5) ask about billing, turn 2 about refunds.
     conn.executemany(
-        "INSERT INTO topic_turns (n, topic_id, user_key, session_n) VALUES (?, ?, ?, ?)",
+        "INSERT INTO topic_turns (n, topic_id, user_key, session_n, day, failed)"
+        " VALUES (?, ?, ?, ?, '2026-01-01', 0)",
         [(1, "billing", "u1", 1), (5, "billing", "u3", 4), (2, "refunds", "u1", 1)],
     )
     conn.commit()
