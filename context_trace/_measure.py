@@ -85,8 +85,10 @@ def result_message(result: LLMResult | ModelResult | None) -> BaseMessage | None
 
 
 def _name_in(source: Mapping[str, Any] | None) -> str | None:
+    if not source:
+        return None
     for key in _RESPONSE_MODEL_KEYS:
-        value = (source or {}).get(key)
+        value = source.get(key)
         if isinstance(value, str) and value:
             return value
     return None

@@ -98,7 +98,9 @@ def is_sequence(value: Any) -> bool:
     kind = type(value)
     if kind is list or kind is tuple:
         return True
-    return kind is not str and isinstance(value, Sequence)
+    if kind is str or kind is dict:
+        return False
+    return isinstance(value, Sequence)
 
 
 def _role(msg: BaseMessage) -> Role:
@@ -199,12 +201,22 @@ def _trailing_user(messages: Sequence[Any]) -> list[Message]:
     """The user messages after the last non-user one: what this turn's user said."""
     out: list[Message] = []
     for raw in reversed(messages):
-        message = _as_message(raw)
-        if message is None or message.role != "user":
-            if out or message is None or message.role != "system":
+        if isinstance(raw, BaseMessage):  # only a user message is built
+            role = _role(raw)
+            if role == "user":
+                out.append(Message("user", content_text(raw.content)))
+                continue
+        else:
+            message = _as_message(raw)
+            if message is None:
                 break
-            continue  # a trailing system message does not end the user's words
-        out.append(message)
+            role = message.role
+            if role == "user":
+                out.append(message)
+                continue
+        if out or role != "system":
+            break
+        # a trailing system message does not end the user's words
     out.reverse()
     return out
 
