@@ -312,7 +312,7 @@ class Conversation:
     def failed_tools(self) -> tuple[str, ...]:
         """The names of the turn's tools that failed, in order."""
         return tuple(
-            m.name or "" for m in self.messages if m.role == "tool" and m.error
+            [m.name or "" for m in self.messages if m.error and m.role == "tool"]
         )
 
     @property

@@ -407,10 +407,13 @@ def model_input(answering: ModelRun | None, users: Sequence[Message]) -> str | N
     """
     if answering is None:
         return None
-    seen = "\n\n".join(m.content for m in model_prompt(answering.input))
-    if seen and seen != "\n\n".join(m.content for m in users):
-        return seen
-    return None
+    prompt = model_prompt(answering.input)
+    if len(prompt) == 1 and len(users) == 1:  # the usual case: no joins
+        seen, said = prompt[0].content, users[0].content
+    else:
+        seen = "\n\n".join([m.content for m in prompt])
+        said = "\n\n".join([m.content for m in users])
+    return seen if seen and seen != said else None
 
 
 def error_text(error: BaseException | None) -> str | None:

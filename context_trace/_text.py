@@ -233,24 +233,28 @@ def user_messages(inputs: Any) -> list[Message]:
         return []
     if isinstance(inputs, str):
         return [Message("user", inputs)] if inputs else []
-    if isinstance(inputs, BaseMessage):
-        message = _message(inputs)
-        return [message] if message.role == "user" else []
-    if isinstance(inputs, PromptValue):
-        return _trailing_user(inputs.to_messages())
-    if _is_message_list(inputs):
-        return _trailing_user(inputs)
-    if isinstance(inputs, Mapping):
-        if "messages" in inputs:
-            return user_messages(inputs["messages"])
-        for key in _INPUT_KEYS:
-            if key in inputs:
-                found = user_messages(inputs[key])
-                if found:
-                    return found
-        texts = [v for v in inputs.values() if isinstance(v, str) and v]
-        if len(texts) == 1:
-            return [Message("user", texts[0])]
+    # A dict (the usual input) skips the checks below: pydantic's and the ABCs'
+    # isinstance answer in Python code, ~0.5-1 µs each.
+    if type(inputs) is not dict:
+        if isinstance(inputs, BaseMessage):
+            message = _message(inputs)
+            return [message] if message.role == "user" else []
+        if isinstance(inputs, PromptValue):
+            return _trailing_user(inputs.to_messages())
+        if _is_message_list(inputs):
+            return _trailing_user(inputs)
+        if not isinstance(inputs, Mapping):
+            return []
+    if "messages" in inputs:
+        return user_messages(inputs["messages"])
+    for key in _INPUT_KEYS:
+        if key in inputs:
+            found = user_messages(inputs[key])
+            if found:
+                return found
+    texts = [v for v in inputs.values() if isinstance(v, str) and v]
+    if len(texts) == 1:
+        return [Message("user", texts[0])]
     return []
 
 
@@ -313,12 +317,13 @@ def _input_history(inputs: Any, users: Sequence[Message]) -> list[Message]:
 
 def _input_messages(inputs: Any) -> list[Message]:
     """Every message of the message lists in a root run's *inputs*."""
-    if isinstance(inputs, PromptValue):
-        inputs = inputs.to_messages()
-    if _is_message_list(inputs):
-        return [m for m in map(_as_message, inputs) if m is not None]
+    if type(inputs) is not dict:  # a dict skips two slow "no" answers
+        if isinstance(inputs, PromptValue):
+            inputs = inputs.to_messages()
+        if _is_message_list(inputs):
+            return [m for m in map(_as_message, inputs) if m is not None]
     out: list[Message] = []
-    if isinstance(inputs, Mapping):
+    if type(inputs) is dict or isinstance(inputs, Mapping):
         for value in inputs.values():
             if _is_message_list(value):
                 out.extend(m for m in map(_as_message, value) if m is not None)
