@@ -2,7 +2,7 @@
 Per-invoke overhead of recording, as ratios against the bare chain (same run).
 
     python benchmarks/overhead.py [--ops 300] [--rounds 15] [--mem-turns 20000]
-                                  [--mem-session-turns N] [--mem-only]
+                                  [--mem-session-turns N] [--mem-only] [--rows A,B]
 
 Chain: ``ChatPromptTemplate | ParrotFakeChatModel | StrOutputParser``. Rows, run
 interleaved in a freshly shuffled order every round so machine noise hits all
@@ -31,6 +31,9 @@ of them alike:
 Each row is measured for ``invoke`` and ``ainvoke``. The report prints the
 median µs per call, the ratio to bare (median over rounds of per-round ratios),
 and how much the recorder adds compared with what the no-op handler adds.
+``--rows`` times only the rows named (``bare`` and ``noop`` always run):
+``--rows noop+meta,track_user:no-export --mem-turns 0`` measures the request
+path against LangChain's own floor with more calls in the same time.
 Finally a child process runs ``--mem-turns`` turns in one long-lived scope, and
 another with a ``context_session`` every 5 turns, and each prints its RSS growth
 after 500 warm-up turns (the target is <= 3 MiB for 20,000 turns) and its live
@@ -339,6 +342,11 @@ def main() -> None:
         " without sessions and with sessions of 5 turns; 0: without only)",
     )
     ap.add_argument("--mem-only", action="store_true", help="skip the timing rows")
+    ap.add_argument(
+        "--rows",
+        help="comma-separated rows to time (bare and noop always run), e.g."
+        " noop+meta,track_user:no-export for the request path alone",
+    )
     ap.add_argument("--mem-child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", dest="json_out")
     ap.add_argument(
@@ -367,6 +375,12 @@ def main() -> None:
 
     chain = build_chain()
     rows = contenders(chain)
+    if args.rows:
+        wanted = {"bare", "noop", *args.rows.split(",")}
+        unknown = wanted - set(rows)
+        if unknown:
+            ap.error(f"--rows: unknown rows {sorted(unknown)}; known: {sorted(rows)}")
+        rows = {name: calls for name, calls in rows.items() if name in wanted}
     loop = asyncio.new_event_loop()
     units = [(name, mode) for name in rows for mode in ("invoke", "ainvoke")]
     run_metadata: bool | str = "unset"  # rows ending ":auto" opt out; others True

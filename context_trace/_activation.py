@@ -139,11 +139,11 @@ class Scope:
             # user_id/session_id. LangChain pays for propagating metadata through
             # every child run; run_metadata="auto" or False saves that.
             parent = var_child_runnable_config.get()
-            metadata = {
-                **((parent or {}).get("metadata") or {}),
-                **self._run_metadata(),
-            }
-            config = cast("RunnableConfig", {**(parent or {}), "metadata": metadata})
+            if parent:
+                metadata = {**(parent.get("metadata") or {}), **self._run_metadata()}
+                config = cast("RunnableConfig", {**parent, "metadata": metadata})
+            else:  # the usual outermost scope: nothing to merge
+                config = cast("RunnableConfig", {"metadata": self._run_metadata()})
             config_token = var_child_runnable_config.set(config)
         # The tokens live in a ContextVar, not on the scope: one Scope may be active
         # in several threads or tasks at once (a shared stream, a shared factory),

@@ -38,6 +38,8 @@ FRAMEWORK_SESSION_KEYS = ("session_id", "thread_id")
 # Context docs show: ``ChatOpenAI(headers={"user_id": "123"})``, which lands in
 # ``model_kwargs`` and from there in the params), then ``default_headers``.
 _HEADER_PARAMS = ("extra_headers", "headers", "default_headers")
+# Every params key header_ids reads: params with none of them carry no ids.
+_HEADER_SOURCES = frozenset({*_HEADER_PARAMS, "model_kwargs", "user"})
 # Header names after lower-casing and "_" -> "-": user_id, X-User-Id, ...
 _USER_HEADERS = frozenset({"user-id", "x-user-id"})
 _SESSION_HEADERS = frozenset({"session-id", "x-session-id"})
@@ -68,7 +70,10 @@ def header_ids(params: Any) -> tuple[str | None, str | None]:
     ``user_id``/``X-User-Id`` and ``session_id``/``X-Session-Id`` (any case,
     ``_`` or ``-``); the user falls back to OpenAI's ``user`` parameter.
     """
-    if not isinstance(params, Mapping):
+    if type(params) is dict:
+        if params.keys().isdisjoint(_HEADER_SOURCES):
+            return None, None  # the common case: one set operation
+    elif not isinstance(params, Mapping):
         return None, None
     sources: list[Mapping[str, Any]] = [params]
     model_kwargs = params.get("model_kwargs")
@@ -165,9 +170,11 @@ def _framework_session(metadata: Mapping[str, Any] | None) -> str | None:
     if not metadata:
         return None
     for key in FRAMEWORK_SESSION_KEYS:
-        value = _header_id(metadata.get(key))
-        if value is not None:
-            return value
+        raw = metadata.get(key)
+        if raw is not None:
+            value = _header_id(raw)
+            if value is not None:
+                return value
     return None
 
 

@@ -85,8 +85,10 @@ def result_message(result: LLMResult | ModelResult | None) -> BaseMessage | None
 
 
 def _name_in(source: Mapping[str, Any] | None) -> str | None:
+    if not source:
+        return None
     for key in _RESPONSE_MODEL_KEYS:
-        value = (source or {}).get(key)
+        value = source.get(key)
         if isinstance(value, str) and value:
             return value
     return None
@@ -102,6 +104,9 @@ def response_model(result: LLMResult | ModelResult | None) -> str | None:
     """
     if result is None:
         return None
+    if type(result) is ModelResult:  # one generation: no lists to walk
+        name = _name_in(getattr(result.message, "response_metadata", None))
+        return name if name is not None else _name_in(result.llm_output)
     for gens in result.generations or ():
         for gen in gens:
             message = getattr(gen, "message", None)
@@ -185,9 +190,14 @@ def usage(result: LLMResult | ModelResult | None) -> Usage | None:
     found = False
     prompt = completion = total = 0
     cache_read = cache_write = reasoning = None
-    for gens in result.generations:
+    # A ModelResult is its own one generation: no lists built or walked.
+    generations: Any = (
+        ((result,),) if type(result) is ModelResult else result.generations
+    )
+    for gens in generations:
         for gen in gens:
-            counts = field(field(gen, "message"), "usage_metadata")
+            message = gen.message if type(gen) is ModelResult else field(gen, "message")
+            counts = field(message, "usage_metadata")
             if counts:
                 found = True
                 prompt += int(counts.get("input_tokens", 0) or 0)

@@ -23,8 +23,8 @@ import json
 import time
 import uuid
 from collections.abc import Container, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, Protocol, Union
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, Union
 
 __all__ = [
     "COLUMN_KEYS",
@@ -49,6 +49,59 @@ __all__ = [
     "strip_seen",
 ]
 
+_T = TypeVar("_T")
+
+
+class _Factory:
+    """The default of a field with a default factory: "not given"."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_FACTORY = _Factory()
+
+
+def _quick_init(cls: type[_T]) -> type[_T]:
+    """
+    Give a frozen, slotted dataclass an ``__init__`` that sets its slots directly.
+
+    The generated one calls ``object.__setattr__`` per field (frozen classes
+    forbid plain assignment): ~0.9 µs for a ``Message``, ~3.7 µs for a
+    ``Conversation``, on the export thread several times per turn. This one
+    calls each slot's descriptor instead, about twice as fast, with the same
+    parameters, defaults, default factories and ``__post_init__``.
+    """
+    namespace: dict[str, Any] = {"_FACTORY": _FACTORY}
+    params: list[str] = []
+    body: list[str] = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        name = f.name
+        namespace[f"_set_{name}"] = cls.__dict__[name].__set__
+        value = name
+        if f.default is not MISSING:
+            namespace[f"_default_{name}"] = f.default
+            params.append(f"{name}=_default_{name}")
+        elif f.default_factory is not MISSING:
+            namespace[f"_factory_{name}"] = f.default_factory
+            params.append(f"{name}=_FACTORY")
+            value = f"_factory_{name}() if {name} is _FACTORY else {name}"
+        else:
+            params.append(name)
+        body.append(f"    _set_{name}(self, {value})")
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body)
+    exec(source, namespace)  # generated from the fields, as dataclass does
+    init = namespace["__init__"]
+    generated = cls.__init__
+    init.__qualname__ = generated.__qualname__
+    init.__annotations__ = generated.__annotations__
+    init.__doc__ = generated.__doc__
+    setattr(cls, "__init__", init)  # noqa: B010 - mypy forbids assigning a method
+    return cls
+
+
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant", "tool")
 
@@ -58,6 +111,7 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Message:
     """
@@ -118,6 +172,7 @@ class Span(NamedTuple):
     error: str | None = None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     """
@@ -139,6 +194,7 @@ class Usage:
     reasoning_tokens: int | None = None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class ModelCall:
     """
@@ -151,6 +207,7 @@ class ModelCall:
     usage: Usage | None = None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """
@@ -255,7 +312,7 @@ class Conversation:
     def failed_tools(self) -> tuple[str, ...]:
         """The names of the turn's tools that failed, in order."""
         return tuple(
-            m.name or "" for m in self.messages if m.role == "tool" and m.error
+            [m.name or "" for m in self.messages if m.error and m.role == "tool"]
         )
 
     @property

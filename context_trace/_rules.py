@@ -123,11 +123,14 @@ def abandoned(
     ``astream_events``, ``CancelledError`` after some tokens); a sync one ends it
     normally but before its model call has ended.
     """
-    if isinstance(turn.error, GeneratorExit):
-        return True
-    if isinstance(turn.error, asyncio.CancelledError):
-        return bool(turn.tokens)  # not a cancelled ainvoke that streamed nothing
-    return turn.error is None and any(c.key not in results for c in calls)
+    error = turn.error
+    if error is not None:
+        if isinstance(error, GeneratorExit):
+            return True
+        if isinstance(error, asyncio.CancelledError):
+            return bool(turn.tokens)  # not a cancelled ainvoke that streamed nothing
+        return False
+    return any(c.key not in results for c in calls)
 
 
 def answers_user(turn: Turn, users: Sequence[Message], answer: str | None) -> bool:
@@ -221,16 +224,19 @@ def _answering_call(
     answer: str,
 ) -> ModelRun | None:
     """The call that produced *answer*: the last one whose text is the answer."""
-    ended = [c for c in calls if c.key in results]
-    for call in reversed(ended):
-        message = result_message(results[call.key])
-        text = answer_text(message) if message is not None else None
-        if text is None:
-            text = answer_text(results[call.key])
+    last_ended: ModelRun | None = None
+    for call in reversed(calls):
+        result = results.get(call.key)
+        if result is None and call.key not in results:
+            continue
+        if last_ended is None:
+            last_ended = call
+        message = result_message(result)
+        text = answer_text(message) if message is not None else answer_text(result)
         if text == answer:
             return call
-    if ended:
-        return ended[-1]
+    if last_ended is not None:
+        return last_ended
     return calls[-1] if calls else None
 
 
@@ -375,6 +381,11 @@ def models_and_usage(
     The answering call's model, the usage summed over every call, and each
     call's model and usage (only when there were several calls).
     """
+    if len(calls) == 1:  # the common case: no per-call list
+        call = calls[0]
+        result = results.get(call.key)
+        model = model_name(call, result)
+        return (model or None) if call is answering else None, usage(result), ()
     total: Usage | None = None
     answering_model: str | None = None
     per_call: list[ModelCall] = []
@@ -396,10 +407,13 @@ def model_input(answering: ModelRun | None, users: Sequence[Message]) -> str | N
     """
     if answering is None:
         return None
-    seen = "\n\n".join(m.content for m in model_prompt(answering.input))
-    if seen and seen != "\n\n".join(m.content for m in users):
-        return seen
-    return None
+    prompt = model_prompt(answering.input)
+    if len(prompt) == 1 and len(users) == 1:  # the usual case: no joins
+        seen, said = prompt[0].content, users[0].content
+    else:
+        seen = "\n\n".join([m.content for m in prompt])
+        said = "\n\n".join([m.content for m in users])
+    return seen if seen and seen != said else None
 
 
 def error_text(error: BaseException | None) -> str | None:

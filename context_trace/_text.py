@@ -98,7 +98,9 @@ def is_sequence(value: Any) -> bool:
     kind = type(value)
     if kind is list or kind is tuple:
         return True
-    return kind is not str and isinstance(value, Sequence)
+    if kind is str or kind is dict:
+        return False
+    return isinstance(value, Sequence)
 
 
 def _role(msg: BaseMessage) -> Role:
@@ -199,12 +201,22 @@ def _trailing_user(messages: Sequence[Any]) -> list[Message]:
     """The user messages after the last non-user one: what this turn's user said."""
     out: list[Message] = []
     for raw in reversed(messages):
-        message = _as_message(raw)
-        if message is None or message.role != "user":
-            if out or message is None or message.role != "system":
+        if isinstance(raw, BaseMessage):  # only a user message is built
+            role = _role(raw)
+            if role == "user":
+                out.append(Message("user", content_text(raw.content)))
+                continue
+        else:
+            message = _as_message(raw)
+            if message is None:
                 break
-            continue  # a trailing system message does not end the user's words
-        out.append(message)
+            role = message.role
+            if role == "user":
+                out.append(message)
+                continue
+        if out or role != "system":
+            break
+        # a trailing system message does not end the user's words
     out.reverse()
     return out
 
@@ -221,24 +233,28 @@ def user_messages(inputs: Any) -> list[Message]:
         return []
     if isinstance(inputs, str):
         return [Message("user", inputs)] if inputs else []
-    if isinstance(inputs, BaseMessage):
-        message = _message(inputs)
-        return [message] if message.role == "user" else []
-    if isinstance(inputs, PromptValue):
-        return _trailing_user(inputs.to_messages())
-    if _is_message_list(inputs):
-        return _trailing_user(inputs)
-    if isinstance(inputs, Mapping):
-        if "messages" in inputs:
-            return user_messages(inputs["messages"])
-        for key in _INPUT_KEYS:
-            if key in inputs:
-                found = user_messages(inputs[key])
-                if found:
-                    return found
-        texts = [v for v in inputs.values() if isinstance(v, str) and v]
-        if len(texts) == 1:
-            return [Message("user", texts[0])]
+    # A dict (the usual input) skips the checks below: pydantic's and the ABCs'
+    # isinstance answer in Python code, ~0.5-1 µs each.
+    if type(inputs) is not dict:
+        if isinstance(inputs, BaseMessage):
+            message = _message(inputs)
+            return [message] if message.role == "user" else []
+        if isinstance(inputs, PromptValue):
+            return _trailing_user(inputs.to_messages())
+        if _is_message_list(inputs):
+            return _trailing_user(inputs)
+        if not isinstance(inputs, Mapping):
+            return []
+    if "messages" in inputs:
+        return user_messages(inputs["messages"])
+    for key in _INPUT_KEYS:
+        if key in inputs:
+            found = user_messages(inputs[key])
+            if found:
+                return found
+    texts = [v for v in inputs.values() if isinstance(v, str) and v]
+    if len(texts) == 1:
+        return [Message("user", texts[0])]
     return []
 
 
@@ -301,12 +317,13 @@ def _input_history(inputs: Any, users: Sequence[Message]) -> list[Message]:
 
 def _input_messages(inputs: Any) -> list[Message]:
     """Every message of the message lists in a root run's *inputs*."""
-    if isinstance(inputs, PromptValue):
-        inputs = inputs.to_messages()
-    if _is_message_list(inputs):
-        return [m for m in map(_as_message, inputs) if m is not None]
+    if type(inputs) is not dict:  # a dict skips two slow "no" answers
+        if isinstance(inputs, PromptValue):
+            inputs = inputs.to_messages()
+        if _is_message_list(inputs):
+            return [m for m in map(_as_message, inputs) if m is not None]
     out: list[Message] = []
-    if isinstance(inputs, Mapping):
+    if type(inputs) is dict or isinstance(inputs, Mapping):
         for value in inputs.values():
             if _is_message_list(value):
                 out.extend(m for m in map(_as_message, value) if m is not None)

@@ -32,11 +32,48 @@ from context_trace._record import (
     measurements_from_metadata,
 )
 
+_orjson: Any
+try:  # orjson: JSON in C, ~5x the standard library's speed on these rows
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - PyPy, or an install without it
+    _orjson = None
+
 _RECORD_FORMAT = 2
 _FORMATS = (1, 2)
 # One encoder: json.dumps() with options builds a new encoder per call.
 JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-decode = json.JSONDecoder().decode
+_json_decode = json.JSONDecoder().decode
+
+
+def encode(value: Any) -> str:
+    """
+    *value* as compact JSON text, non-ASCII kept: the store's one encoder.
+
+    orjson when installed (it comes with ``langsmith``, which ``langchain-core``
+    requires), else the standard library; both write the same text for the
+    store's rows (lists and str-keyed dicts of str, None, bool and int; a float
+    may differ in exponent form, ``1e-7`` for ``1e-07``, and reads back equal). What
+    orjson refuses (a lone surrogate, an integer beyond 64 bits) goes through
+    the standard library, which writes it as before (the SQLite exporter then
+    stores a batch with lone surrogates replaced).
+    """
+    if _orjson is not None:
+        try:
+            text: str = _orjson.dumps(value).decode()
+            return text
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+    return JSON.encode(value)
+
+
+def decode(text: str) -> Any:
+    """JSON *text* read back (orjson when installed, see :func:`encode`)."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)
+        except ValueError:  # orjson.JSONDecodeError is a ValueError
+            pass
+    return _json_decode(text)
 
 
 def record_to_json(record: Record) -> str:
@@ -284,7 +321,14 @@ def message_row(m: Message) -> list[Any]:
 
 def messages_json(messages: Iterable[Message]) -> str:
     """A turn's messages as stored (see :func:`message_row`)."""
-    return JSON.encode([message_row(m) for m in messages])
+    return encode(
+        [
+            [m.role, m.content, m.name, m.tool_input, True]
+            if m.error
+            else [m.role, m.content, m.name, m.tool_input]
+            for m in messages
+        ]
+    )
 
 
 def messages_from_json(text: str) -> list[Message]:

@@ -21,7 +21,7 @@ from context_trace._record import (
     strip_seen,
 )
 
-from .codec import JSON, decode, messages_json
+from .codec import decode, encode, messages_json
 from .connection import insert_rows
 from .ratings import Refused, store_ratings
 
@@ -124,7 +124,6 @@ def _touch_session(
 def prepare(batch: Sequence[Record]) -> Rows:
     """Turn *batch* into rows; raise TypeError for something that is not a record."""
     rows = Rows([], [], {}, {})
-    encode = JSON.encode
     for record in batch:
         if isinstance(record, Conversation):
             usage = record.usage

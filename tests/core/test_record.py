@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -213,6 +215,67 @@ class TestRecordFormat:
         """A record of a format this version does not know is refused, naming the format."""
         with pytest.raises(ValueError, match="record format 9"):
             record_from_json('{"v": 9, "type": "feedback"}')
+
+
+class TestConstruction:
+    def test_records_build_as_dataclasses_do(self) -> None:
+        """Records take their fields by position or name, with their defaults, and stay frozen."""
+        by_name = Conversation(
+            id="c",
+            user_id=None,
+            session_id="s",
+            started_at=1.0,
+            ended_at=2.0,
+            messages=(Message("user", "q"),),
+        )
+        by_position = Conversation("c", None, "s", 1.0, 2.0, (Message("user", "q"),))
+
+        assert by_name == by_position
+        assert ("c", {}, None, (), False) == (
+            by_name.id,
+            by_name.metadata,
+            by_name.model,
+            by_name.tags,
+            by_name.stream_abandoned,
+        )
+        assert Message("tool", "x", None, None, False) == Message("tool", "x")
+        assert Usage(None, None, None, None, None, None) == Usage()
+        assert ModelCall("m", None) == ModelCall("m")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            by_name.id = "other"  # type: ignore[misc]
+
+    def test_each_record_gets_its_own_metadata(self) -> None:
+        """A record built without metadata gets a fresh dict, not one shared with others."""
+        first = Conversation("a", None, None, 1.0, 2.0, ())
+        second = Conversation("b", None, None, 1.0, 2.0, ())
+
+        assert first.metadata is not second.metadata
+
+    def test_bad_arguments_raise_type_error(self) -> None:
+        """A missing or unknown argument raises TypeError, as a dataclass does."""
+        with pytest.raises(TypeError, match="content"):
+            Message("user")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="colour"):
+            Message("user", "q", colour="red")  # type: ignore[call-arg]
+        with pytest.raises(TypeError, match="messages"):
+            Conversation("a", None, None, 1.0, 2.0)  # type: ignore[call-arg]
+
+    def test_format_1_metadata_is_lifted_on_construction(self) -> None:
+        """A record built with 0.2's measurement keys in metadata has them in its fields."""
+        record = Conversation(
+            "a", None, None, 1.0, 2.0, (), metadata={"model": "m", "prompt_tokens": "3"}
+        )
+
+        assert ("m", 3) == (record.model, record.usage and record.usage.input_tokens)
+
+    def test_replace_and_signature_follow_the_fields(self) -> None:
+        """dataclasses.replace works and the signature names every field in order."""
+        record = Conversation("a", None, None, 1.0, 2.0, ())
+
+        assert "b" == dataclasses.replace(record, id="b").id
+        assert [f.name for f in dataclasses.fields(Conversation)] == list(
+            inspect.signature(Conversation).parameters
+        )
 
 
 def _measured_turn() -> Conversation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import pytest
 from context_trace._exporters.base import ExportResult
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Feedback, Message
-from context_trace._store import schema
+from context_trace._store import codec, schema
 from context_trace._store.codec import record_from_json, record_to_json
 from context_trace._store.models import (
     DayStats,
@@ -1220,3 +1221,65 @@ class TestRecordJson:
         """Serialising something else raises TypeError."""
         with pytest.raises(TypeError, match="not a context_trace record: str"):
             record_to_json("nope")  # type: ignore[arg-type]
+
+
+# Rows as the store writes them: message lists and str -> str metadata, with
+# text that JSON must escape (quotes, backslashes, control characters) or keep
+# as it is (non-ASCII, U+2028), and the numbers, booleans and nulls of a record.
+STORE_VALUES = [
+    [["user", 'ünïcödé \u2028 "quoted" \\ \x00\x1f\x7f\t\n', None, None]],
+    [["tool", "out", "calc", '{"x": 1}', True], ["assistant", "", None, None]],
+    {"plan": "pro", "ключ": "значение", "emoji": "\U0001f600"},
+    [12345678901234567, -3, 0, False, None],
+    [],
+    {},
+]
+STDLIB = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+class TestStoreJson:
+    @pytest.mark.parametrize("value", STORE_VALUES)
+    def test_text_is_the_standard_librarys(self, value):
+        """The store's JSON text is what the standard library writes, and reads back equal."""
+        text = codec.encode(value)
+
+        assert STDLIB.encode(value) == text
+        assert value == codec.decode(text)
+
+    @pytest.mark.parametrize("value", STORE_VALUES)
+    def test_same_text_without_orjson(self, value, monkeypatch):
+        """Without orjson installed, the store writes and reads the same text."""
+        with_orjson = codec.encode(value)
+        monkeypatch.setattr(codec, "_orjson", None)
+
+        assert with_orjson == codec.encode(value)
+        assert value == codec.decode(with_orjson)
+
+    def test_floats_read_back_exactly(self):
+        """Floats read back exactly (their text may differ in exponent form only)."""
+        value = [T0 + 0.30000000000000004, 0.1, 1e-7, -2.5e300]
+
+        assert value == codec.decode(codec.encode(value))
+        assert value == json.loads(codec.encode(value))
+
+    @pytest.mark.parametrize("value", [["lone \ud800 surrogate"], [2**70]])
+    def test_what_orjson_refuses_is_written_as_before(self, value):
+        """A lone surrogate or a huge integer is encoded by the standard library."""
+        assert STDLIB.encode(value) == codec.encode(value)
+
+    def test_text_orjson_refuses_is_read_as_before(self):
+        """JSON orjson refuses (a lone surrogate escape) is read by the standard library."""
+        assert ["\ud800"] == codec.decode('["\\ud800"]')
+
+    def test_messages_column_round_trip(self):
+        """A turn's messages column reads back as the same messages, a failed tool included."""
+        messages = [
+            Message("system", "Be brief."),
+            Message("user", "ünïcödé \u2028"),
+            Message("tool", "boom", name="calc", tool_input='{"x": 1}', error=True),
+            Message("assistant", "done"),
+        ]
+        text = codec.messages_json(messages)
+
+        assert messages == codec.messages_from_json(text)
+        assert [list(codec.message_row(m)) for m in messages] == json.loads(text)
