@@ -223,7 +223,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # (_satisfaction, analytics/) reads the store.
     (
         "exporters/store",
-        ("_exporters", "_store", "_config", "_satisfaction", "analytics"),
+        (
+            "_exporters",
+            "_store",
+            "_config",
+            "_satisfaction",
+            "_satisfaction_signals",
+            "_satisfaction_report",
+            "_satisfaction_index",
+            "analytics",
+        ),
     ),
     ("runtime", ("_runtime", "_http")),
     (
