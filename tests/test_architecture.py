@@ -213,7 +213,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     # The exporter protocols and ExportResult are the contract the pipeline is
     # written against: value types like the record, importing only it.
-    ("record", ("_record", "_turn", "_exporters.base")),
+    ("record", ("_record", "_record_parts", "_turn", "_exporters.base")),
     (
         "convert",
         ("_convert", "_rules", "_attribution", "_measure", "_text", "_runtree"),
