@@ -234,7 +234,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "analytics",
         ),
     ),
-    ("runtime", ("_runtime", "_http")),
+    ("runtime", ("_runtime", "_runtime_build", "_http")),
     (
         "scopes",
         (
