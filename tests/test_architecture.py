@@ -227,6 +227,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "_exporters",
             "_store",
             "_config",
+            "_config_env",
             "_satisfaction",
             "_satisfaction_signals",
             "_satisfaction_report",
