@@ -116,8 +116,6 @@ class BatchPipeline:
         backpressure_timeout: Seconds an ``emit`` at the high-water mark waits
             for the worker to make room before queueing (or, with the queue
             full, dropping) the item; 0 never waits.
-
-    .. versionadded:: 0.1.0
     """
 
     def __init__(

@@ -158,8 +158,6 @@ class ContextAPIExporter:
         TypeError: *token* is not a str, or a callable argument is not callable.
         ValueError: An argument is out of range, or *endpoint* is plain http on a
             non-loopback host without *allow_insecure*.
-
-    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -281,8 +279,6 @@ class ContextAPIExporter:
 
         Returns:
             One :class:`Outcome` per record, in batch order.
-
-        .. versionadded:: 0.1.0
         """
         deadline_at = self._clock() + self._deadline
         held: set[str] = set()
