@@ -59,11 +59,13 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._exporters.base import Capabilities, Exporter, ExportResult
-from ._record import Conversation, Feedback, Record
+from ._pipeline_inline import STAT_KEYS, Prepare, _counted, records_only
+from ._pipeline_inline import ClosedPipeline as ClosedPipeline
+from ._pipeline_inline import InlinePipeline as InlinePipeline
+from ._record import Record
 
 __all__ = ["STAT_KEYS", "BatchPipeline", "ClosedPipeline", "InlinePipeline", "Prepare"]
 
@@ -71,20 +73,6 @@ _logger = logging.getLogger(__name__)
 
 _THREAD_NAME = "context-trace-exporter"
 
-#: The counters ``stats()`` reports, in order.
-STAT_KEYS = (
-    "enqueued",
-    "exported",
-    "dropped",
-    "failed",
-    "skipped",
-    "retried",
-    "pending",
-    "queued",
-    "waited",
-    "waited_ms",
-    "rejected",
-)
 
 # Queued items that wake the worker before its interval (or max_batch, if
 # smaller). Measured: waking at 512 let ~1,000 turns (~5 MB of LangChain
@@ -101,27 +89,6 @@ _DEFAULT_BACKPRESSURE_TIMEOUT = 0.1
 # multiprocessing runs finalizers of priority >= 0 first, before it terminates
 # and joins the exiting process's own children.
 _MP_EXIT_PRIORITY = 0
-
-#: Converts queued items (raw turns, records) into records; runs on the worker.
-#: It returns the records, or ``(records, failed)``: then the items that neither
-#: gave a record nor failed are counted as skipped (runs that were not
-#: conversations). With a plain list, every item without a record counts as failed.
-Prepare = Callable[[Sequence[Any]], list[Record] | tuple[list[Record], int]]
-
-
-def records_only(items: Sequence[Any]) -> list[Record]:
-    """The default *prepare*: keep the items that are records already."""
-    return [item for item in items if isinstance(item, (Conversation, Feedback))]
-
-
-def _counted(
-    items: Sequence[Any], prepared: list[Record] | tuple[list[Record], int]
-) -> tuple[list[Record], int, int]:
-    """``(records, failed, skipped)`` from what a *prepare* returned for *items*."""
-    if isinstance(prepared, tuple):
-        records, failed = prepared
-        return records, failed, max(0, len(items) - len(records) - failed)
-    return prepared, len(items) - len(prepared), 0
 
 
 class _Marker:
@@ -149,8 +116,6 @@ class BatchPipeline:
         backpressure_timeout: Seconds an ``emit`` at the high-water mark waits
             for the worker to make room before queueing (or, with the queue
             full, dropping) the item; 0 never waits.
-
-    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -618,91 +583,3 @@ class BatchPipeline:
     def exporter(self) -> Exporter:
         """The exporter batches go to."""
         return self._exporter
-
-
-class InlinePipeline:
-    """
-    A pipeline with no thread: ``emit`` converts and exports at once.
-
-    ``context_trace.testing.capture()`` uses it so tests see records the moment
-    a turn ends, with no flush and no timing. Not for production: the export
-    runs on the caller's thread.
-    """
-
-    def __init__(self, exporter: Exporter, *, prepare: Prepare | None = None) -> None:
-        self._exporter = exporter
-        self._prepare = prepare if prepare is not None else records_only
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(STAT_KEYS, 0)
-
-    def emit(self, item: Any) -> None:
-        """Convert and export *item* now; never raises."""
-        with self._lock:  # keeps session de-duplication ordered across threads
-            self._counts["enqueued"] += 1
-            try:
-                records, failed, skipped = _counted([item], self._prepare([item]))
-                result = self._exporter.export(records)
-            except Exception:
-                _logger.warning("context_trace: inline export failed", exc_info=True)
-                self._counts["failed"] += 1
-                return
-            self._counts["exported"] += result.exported
-            self._counts["failed"] += result.failed + failed
-            self._counts["skipped"] += skipped
-            self._counts["rejected"] += result.rejected
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Nothing is ever queued: always True."""
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """Close the exporter."""
-        self._exporter.shutdown(timeout)
-        return True
-
-    def stats(self) -> dict[str, int]:
-        """Same counters as :meth:`BatchPipeline.stats`."""
-        with self._lock:
-            return dict(self._counts)
-
-    @property
-    def exporter(self) -> Exporter:
-        """The exporter records go to."""
-        return self._exporter
-
-
-class ClosedPipeline:
-    """
-    Stands in when no exporter could be built: drops and counts, never raises.
-
-    Built once (not per turn) when the configuration names an exporter that
-    cannot work, e.g. a plain-http endpoint on a remote host; the reason was
-    logged once. ``configure()`` replaces it.
-    """
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        self._lock = threading.Lock()
-        self._dropped = 0
-
-    def emit(self, item: Any) -> None:
-        """Count *item* as dropped."""
-        with self._lock:
-            self._dropped += 1
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Nothing to flush: always True."""
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        """Nothing to close: always True."""
-        return True
-
-    def stats(self) -> dict[str, int]:
-        """Same counters as :meth:`BatchPipeline.stats`; only ``dropped`` moves."""
-        with self._lock:
-            return {
-                **dict.fromkeys(STAT_KEYS, 0),
-                "enqueued": self._dropped,
-                "dropped": self._dropped,
-            }

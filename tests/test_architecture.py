@@ -213,19 +213,29 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     # The exporter protocols and ExportResult are the contract the pipeline is
     # written against: value types like the record, importing only it.
-    ("record", ("_record", "_turn", "_exporters.base")),
+    ("record", ("_record", "_record_parts", "_turn", "_exporters.base")),
     (
         "convert",
         ("_convert", "_rules", "_attribution", "_measure", "_text", "_runtree"),
     ),
-    ("pipeline", ("_pipeline",)),
+    ("pipeline", ("_pipeline", "_pipeline_inline")),
     # _config validates exporter objects and endpoints; the read side
     # (_satisfaction, analytics/) reads the store.
     (
         "exporters/store",
-        ("_exporters", "_store", "_config", "_satisfaction", "analytics"),
+        (
+            "_exporters",
+            "_store",
+            "_config",
+            "_config_env",
+            "_satisfaction",
+            "_satisfaction_signals",
+            "_satisfaction_report",
+            "_satisfaction_index",
+            "analytics",
+        ),
     ),
-    ("runtime", ("_runtime", "_http")),
+    ("runtime", ("_runtime", "_runtime_build", "_http")),
     (
         "scopes",
         (

@@ -3,56 +3,8 @@ The Context.ai exporter: delivers records through the official client, ``context
 
 Records go through ``getcontext.ContextAPI`` and its generated models, so the wire
 format, the ``Authorization: Bearer <token>`` header and the status handling are
-the client's own. What each record becomes:
-
-=====================================  ==========================================================
-context_trace record                   Context API request
-=====================================  ==========================================================
-``Conversation``, ``session_id=None``  ``POST /api/v1/log/conversation`` (``log.conversation``):
-                                       ``{"conversation": {"messages": [...], "metadata": {...}}}``
-                                       with the turn's messages and *all* metadata below.
-``Conversation`` with a session        ``POST /api/v1/log/conversation/thread``
-                                       (``log.conversation_thread``): ``{"conversation": {"id":
-                                       <session_id>, "messages": [<this turn's messages>],
-                                       "metadata": {<session metadata>}}}``. Context appends the
-                                       messages to the thread with that id (created on first use).
-``Feedback``                           ``PATCH /api/v1/log/conversation/thread/<session_id>``
-                                       (``log.update_conversation_thread``): a ``[ThreadMessage]``
-                                       array aligned with the thread's messages, ``{}`` for each
-                                       message before the last assistant message and
-                                       ``{"rating": -1|0|1}`` for it.
-=====================================  ==========================================================
-
-Messages (Context's ``Message`` model):
-
-==================  ==============================================================================
-context_trace       Context
-==================  ==============================================================================
-``system``          ``{"role": "system", "message": content}``
-``user``            ``{"role": "user", "message": content}``
-``assistant``       ``{"role": "assistant", "message": content}``
-``tool``            ``{"role": "assistant", "message": "[tool NAME] INPUT → OUTPUT",
-                    "metadata": {"tool": NAME}}`` (``[tool NAME] → OUTPUT`` without input).
-                    Context's roles are only system/user/assistant, and its separate tool
-                    message type is deprecated, so tool calls are sent as assistant text.
-every message       ``"type": "message"``; ``event_timestamp``: the turn's start for system and
-                    user messages, its end for assistant and tool messages (UTC, ISO 8601).
-==================  ==============================================================================
-
-Metadata (Context's schema is ``str -> str``; every value is sent as a string):
-
-* ``user_id`` (when known) and ``session_id`` (for session turns);
-* the turn's own keys: ``turn_id`` (the record id), ``model``, ``latency_ms``,
-  ``prompt_tokens``/``completion_tokens``/``total_tokens``, ``tags``,
-  ``error_type``/``error`` (from the record when its metadata lacks them);
-* every other key of ``Conversation.metadata`` (the scope's metadata).
-  ``user_id``/``session_id`` from the record win over same-named metadata keys.
-
-For a plain turn all of it goes in ``conversation.metadata``. A thread is told to
-carry the *same* metadata on every request (Context's thread documentation), so for
-a session turn ``conversation.metadata`` holds only ``user_id``, ``session_id`` and
-the scope's keys, and the per-turn keys (``turn_id`` ... ``error``) go in the
-``metadata`` of the turn's last message.
+the client's own. What each record becomes (the request, its messages and its
+metadata) is written out in ``context_payload``, which builds them.
 
 Delivery: each record is one request, made with our own retry loop (azure-core's
 RetryPolicy is disabled) under the shared HTTP policy (``http_policy.py``).
@@ -76,15 +28,12 @@ with message ids returned at ingestion instead, which the client cannot express.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, TypeGuard
-from urllib.parse import urlsplit
+from typing import Any
 
 from azure.core.exceptions import (
     AzureError,
@@ -98,23 +47,30 @@ from getcontext.generated import models as _models
 from getcontext.token import Credential
 
 from context_trace._record import (
-    TURN_KEYS,
     Conversation,
     Feedback,
     Message,
     Record,
-    exported_metadata,
 )
 
 from .base import ExportResult, Outcome, OutcomeStatus
+from .context_checks import (
+    _at_least_one,
+    _check_endpoint,
+    _check_token,
+    _is_number,
+    _non_negative,
+    _positive,
+)
+from .context_payload import _LOG_BODY, _THREAD_BODY, _merge, _messages
+from .context_payload import _TURN_KEYS as _TURN_KEYS
+from .context_payload import _metadata as _metadata
 from .http_policy import (
     DEFAULT_CONTEXT_ENDPOINT,
     Backoff,
     CircuitBreaker,
-    is_loopback,
     is_transient,
     retry_after_seconds,
-    safe_url,
 )
 
 __all__ = ["DEFAULT_ENDPOINT", "ContextAPIExporter", "Outcome", "OutcomeStatus"]
@@ -136,21 +92,6 @@ _DEFAULT_SESSION_CACHE_SIZE = 10_000
 _ROUTE_LOG = "/api/v1/log/conversation"
 _ROUTE_THREAD = "/api/v1/log/conversation/thread"
 _ROUTE_THREAD_PATCH = "/api/v1/log/conversation/thread/{id}"
-
-# Keys that change from turn to turn (see the module docstring): the record's
-# id and the measurements named so in the record module.
-_TURN_KEYS = ("turn_id", *TURN_KEYS)
-
-_ROLES = {
-    "system": _models.MessageParamsRole.SYSTEM,
-    "user": _models.MessageParamsRole.USER,
-    "assistant": _models.MessageParamsRole.ASSISTANT,
-    "tool": _models.MessageParamsRole.ASSISTANT,
-}
-_LOG_BODY = (
-    _models.PathsLi5TynApiV1LogConversationPostRequestbodyContentApplicationJsonSchema
-)
-_THREAD_BODY = _models.Paths1S2Rf6XApiV1LogConversationThreadPostRequestbodyContentApplicationJsonSchema
 
 
 @dataclass(slots=True)
@@ -185,7 +126,8 @@ class ContextAPIExporter:
     Deliver records to the Context.ai API with retries and a circuit breaker.
 
     Use it as the pipeline's exporter when conversations should go to Context. The
-    module docstring describes what each record becomes on the wire.
+    ``context_payload`` module docstring describes what each record becomes on
+    the wire.
 
     Args:
         token: The Context API token. It never appears in logs, ``repr`` or errors.
@@ -216,8 +158,6 @@ class ContextAPIExporter:
         TypeError: *token* is not a str, or a callable argument is not callable.
         ValueError: An argument is out of range, or *endpoint* is plain http on a
             non-loopback host without *allow_insecure*.
-
-    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -339,8 +279,6 @@ class ContextAPIExporter:
 
         Returns:
             One :class:`Outcome` per record, in batch order.
-
-        .. versionadded:: 0.1.0
         """
         deadline_at = self._clock() + self._deadline
         held: set[str] = set()
@@ -640,132 +578,9 @@ class ContextAPIExporter:
         return text.replace(self._token, "***")
 
 
-# -- mapping -----------------------------------------------------------------------
-
-
-def _messages(record: Conversation) -> list[Any]:
-    started = datetime.fromtimestamp(record.started_at, tz=timezone.utc)
-    ended = datetime.fromtimestamp(record.ended_at, tz=timezone.utc)
-    # Up to the turn's last user message (a session-less turn's history, then
-    # the question) the messages were there when it started; the rest (tools,
-    # the answer) came by its end.
-    asked = max(
-        (i for i, m in enumerate(record.messages) if m.role == "user"), default=-1
-    )
-    out: list[Any] = []
-    for index, message in enumerate(record.messages):
-        when = started if index <= asked or message.role == "system" else ended
-        if message.role == "tool":
-            name = message.name or "tool"
-            text = (
-                f"[tool {name}] {message.tool_input} → {message.content}"
-                if message.tool_input
-                else f"[tool {name}] → {message.content}"
-            )
-            out.append(
-                _models.Message(
-                    role=_ROLES["tool"],
-                    message=text,
-                    event_timestamp=when,
-                    metadata={"tool": name},
-                )
-            )
-        else:
-            out.append(
-                _models.Message(
-                    role=_ROLES[message.role],
-                    message=message.content,
-                    event_timestamp=when,
-                )
-            )
-    return out
-
-
-def _metadata(record: Conversation) -> dict[str, str]:
-    """The record's measurements and the app's metadata, plus user, session and turn id."""
-    metadata = {str(k): str(v) for k, v in exported_metadata(record).items()}
-    metadata["turn_id"] = record.id
-    if record.user_id is not None:
-        metadata["user_id"] = record.user_id
-    if record.session_id is not None:
-        metadata["session_id"] = record.session_id
-    return metadata
-
-
-def _merge(
-    first: Mapping[str, str] | None, second: Mapping[str, str] | None
-) -> dict[str, str] | None:
-    merged = {**(first or {}), **(second or {})}
-    return merged or None
-
-
 def _retry_after(exc: HttpResponseError) -> float | None:
     """Seconds from the response's ``Retry-After`` header, if any."""
     headers = getattr(exc.response, "headers", None)
     return retry_after_seconds(
         headers.get("Retry-After") if headers is not None else None
     )
-
-
-# -- argument checks -----------------------------------------------------------------
-
-
-def _check_token(token: object) -> None:
-    # The messages never include the value: it is a secret.
-    if not isinstance(token, str):
-        raise TypeError(f"token must be a str, got {type(token).__name__}")
-    if not token:
-        raise ValueError("token must not be empty")
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise ValueError("token must not contain whitespace or control characters")
-
-
-def _check_endpoint(endpoint: object, allow_insecure: bool) -> tuple[str, bool]:
-    """The normalised endpoint and whether bearer auth may go over plain http."""
-    if not isinstance(endpoint, str):
-        raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"endpoint must be an http(s) URL with a host, got {safe_url(endpoint)!r}"
-        )
-    if parts.username or parts.password or parts.query or parts.fragment:
-        # Never echo them: credentials in a URL are secrets too.
-        raise ValueError(
-            "endpoint must not contain credentials, a query or a fragment, "
-            f"got {safe_url(endpoint)!r}"
-        )
-    if parts.scheme == "https":
-        return endpoint.rstrip("/"), False
-    if not (allow_insecure or is_loopback(parts.hostname)):
-        raise ValueError(
-            f"endpoint {safe_url(endpoint)!r} uses plain http on a non-loopback host, which would send "
-            "the token unencrypted; use https or pass allow_insecure=True"
-        )
-    return endpoint.rstrip("/"), True
-
-
-def _is_number(value: object) -> TypeGuard[float]:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
-
-
-def _positive(name: str, value: object) -> float:
-    if not _is_number(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _non_negative(name: str, value: object) -> float:
-    if not _is_number(value) or value < 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _at_least_one(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value

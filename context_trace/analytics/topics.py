@@ -26,14 +26,15 @@ How a model is fitted (:func:`fit`):
    way (:meth:`TopicModel.assign`), so a re-fit and an incremental
    assignment agree.
 5. **Label.** A topic's terms are its words with the highest class-based
-   TF-IDF (frequent in the topic, rare in the others); its question is the
-   member nearest its centroid.
+   TF-IDF (frequent in the topic, rare in the others; ``topic_labels``); its
+   question is the member nearest its centroid.
 6. **Name.** A topic's id is derived from its representative question, so
    the same data gives the same ids. When a model is re-fitted, a new topic
    whose centroid is close to an old one's (cosine similarity of at least
    :data:`KEEP_ID_SIMILARITY`) keeps the old id.
 
 The same data (the same questions, in any order) gives the same topics.
+:func:`clustering_scores` (NMI, ARI; in ``topic_scores``) measures a fit.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import math
-import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -52,6 +51,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from .topic_labels import _terms
+from .topic_scores import clustering_scores
 
 __all__ = [
     "EMBEDDER",
@@ -441,92 +443,6 @@ def _name(model: TopicModel, previous: TopicModel | None) -> None:
         Topic(i, t.terms, t.question, t.size)
         for i, t in zip(ids, model.topics, strict=True)
     ]
-
-
-_WORD = re.compile("[^\\W\\d_][\\w'\u2019-]*[^\\W_]|[^\\W\\d_]", re.UNICODE)
-_STOP_WORDS = """
-    a about above after again against all am an and any are as at be because been
-    before being below between both but by can could did do does doing don't down
-    during each few for from further get got had has have having he her here hers
-    herself him himself his how i i'd i'll i'm i've if in into is it it's its itself
-    just let let's like me more most my myself need no nor not now of off on once only
-    or other our ours ourselves out over own please same she should so some such tell
-    than that that's the their theirs them themselves then there these they this those
-    through to too under until up very want was we were what what's when where which
-    while who whom why will with would you you're your yours yourself yourselves
-"""
-_STOP = frozenset(_STOP_WORDS.split())
-
-
-def _words(text: str) -> list[str]:
-    words = _WORD.findall(text.lower().replace("\u2019", "'"))
-    return [w for w in words if w not in _STOP and len(w) > 1]
-
-
-def _terms(
-    groups: Sequence[Sequence[str]], weights: Sequence[npt.NDArray[np.float64]],
-    n: int = 3,
-) -> list[tuple[str, ...]]:  # fmt: skip
-    """Class-based TF-IDF: each group's words frequent in it and rare elsewhere."""
-    counts: list[Counter[str]] = []
-    for texts, w in zip(groups, weights, strict=True):
-        c: Counter[str] = Counter()
-        for text, weight in zip(texts, w.tolist(), strict=True):
-            for word in set(_words(text)):
-                c[word] += weight
-        counts.append(c)
-    total: Counter[str] = Counter()
-    for c in counts:
-        total.update(c)
-    mean = sum(total.values()) / max(len(counts), 1)
-    out = []
-    for c in counts:
-        size = sum(c.values()) or 1.0
-        scored = sorted(
-            c, key=lambda w: (-(c[w] / size) * math.log(1 + mean / total[w]), w)
-        )
-        out.append(tuple(scored[:n]))
-    return out
-
-
-def clustering_scores(
-    truth: Sequence[Any], found: Sequence[Any]
-) -> tuple[float, float]:
-    """
-    (NMI, ARI) of a clustering *found* against labels *truth*.
-
-    NMI with the arithmetic mean of the entropies (scikit-learn's default);
-    ARI as Hubert and Arabie's adjusted Rand index.
-    """
-    if len(truth) != len(found):
-        raise ValueError("truth and found must have the same length")
-    n = len(truth)
-    if n == 0:
-        return 1.0, 1.0
-    _, t = np.unique(np.asarray([str(x) for x in truth]), return_inverse=True)
-    _, f = np.unique(np.asarray([str(x) for x in found]), return_inverse=True)
-    table = np.zeros((int(t.max()) + 1, int(f.max()) + 1), dtype=np.float64)
-    np.add.at(table, (t, f), 1.0)
-    a = table.sum(axis=1)
-    b = table.sum(axis=0)
-
-    def entropy(p: npt.NDArray[np.float64]) -> float:
-        p = p[p > 0] / n
-        return float(-(p * np.log(p)).sum())
-
-    nz = table > 0
-    mi = float((table[nz] / n * np.log(table[nz] * n / np.outer(a, b)[nz])).sum())
-    ht, hf = entropy(a), entropy(b)
-    nmi = 1.0 if ht == hf == 0 else (mi / ((ht + hf) / 2) if ht + hf > 0 else 0.0)
-
-    def pairs(x: npt.NDArray[np.float64]) -> float:
-        return float((x * (x - 1) / 2).sum())
-
-    index = pairs(table)
-    expected = pairs(a) * pairs(b) / (n * (n - 1) / 2) if n > 1 else 0.0
-    top = (pairs(a) + pairs(b)) / 2
-    ari = 1.0 if top == expected else (index - expected) / (top - expected)
-    return max(nmi, 0.0), ari
 
 
 def load_questions(rows: Iterable[str]) -> list[str]:

@@ -1,0 +1,165 @@
+"""
+The topics file's tables (``<store>.topics``, see ``topic_index``), and the
+statements that apply one chunk of assignments to them.
+"""
+
+from __future__ import annotations
+
+_SUFFIX = ".topics"
+# Turns read from the store per statement while fitting or assigning.
+_READ_CHUNK = 10_000
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "INSERT INTO meta (key, value) VALUES ('conversation_n', 0),"
+    " ('store_first', NULL), ('fitted_n', 0), ('model', NULL), ('centroids', NULL),"
+    " ('scored', 0)",
+    """
+    CREATE TABLE topic_turns (
+        n INTEGER PRIMARY KEY,
+        topic_id TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        session_n INTEGER,
+        day TEXT NOT NULL,
+        failed INTEGER NOT NULL,
+        bucket INTEGER,
+        penalty REAL
+    )
+    """,
+    "CREATE INDEX topic_turns_topic ON topic_turns (topic_id, user_key)",
+    # A topic's turns in order (the dashboard's /conversations?topic=).
+    "CREATE INDEX topic_turns_by_topic ON topic_turns (topic_id)",
+    # A topic's flagged turns, worst first (its "struggling" evidence).
+    "CREATE INDEX topic_turns_flagged ON topic_turns (topic_id, penalty)"
+    " WHERE penalty > 0",
+    # Per topic and UTC day: turns, failed turns, and the turns scored for
+    # satisfaction with the sum of their scores (see _satisfaction); a latency
+    # histogram per topic and day, and per topic for all time (the
+    # dashboard's log buckets): ranges read these, never the turns.
+    """
+    CREATE TABLE topic_days (
+        topic_id TEXT NOT NULL,
+        day TEXT NOT NULL,
+        turns INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        scored INTEGER NOT NULL,
+        score_sum REAL NOT NULL,
+        PRIMARY KEY (topic_id, day)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX topic_days_day ON topic_days (day)",
+    """
+    CREATE TABLE topic_hist (
+        day TEXT NOT NULL,
+        topic_id TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (day, topic_id, bucket)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE topic_hist_all (
+        topic_id TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (topic_id, bucket)
+    ) WITHOUT ROWID
+    """,
+    # Kept level with topic_turns chunk by chunk, so the pages read totals
+    # without counting a million turns: turns per (topic, user), and per topic
+    # its turns and distinct users (turns with no user not counted).
+    """
+    CREATE TABLE topic_users (
+        topic_id TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        turns INTEGER NOT NULL,
+        PRIMARY KEY (topic_id, user_key)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX topic_users_user ON topic_users (user_key)",
+    """
+    CREATE TABLE topic_summary (
+        topic_id TEXT PRIMARY KEY,
+        turns INTEGER NOT NULL,
+        users INTEGER NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+# One chunk of assignments, applied: the turns' earlier topics (a re-fit
+# re-assigns them) counted out, the new ones in, then the turns written.
+_APPLY = (
+    "CREATE TEMP TABLE chunk_assign (n INTEGER PRIMARY KEY, topic_id TEXT,"
+    " user_key TEXT, session_n INTEGER, day TEXT, failed INTEGER, bucket INTEGER,"
+    " penalty REAL)",
+    "CREATE TEMP TABLE delta (topic_id TEXT, user_key TEXT, turns INTEGER,"
+    " PRIMARY KEY (topic_id, user_key))",
+    "CREATE TEMP TABLE day_delta (topic_id TEXT, day TEXT, turns INTEGER,"
+    " errors INTEGER, scored INTEGER, score_sum REAL, PRIMARY KEY (topic_id, day))",
+    "CREATE TEMP TABLE hist_delta (topic_id TEXT, day TEXT, bucket INTEGER,"
+    " n INTEGER, PRIMARY KEY (topic_id, day, bucket))",
+)
+_SCORE = "max(0.0, min(1.0, 1.0 - {0}.penalty))"
+# The per-day totals and histograms of a chunk: the turns' earlier topics
+# counted out (a re-fit moves them), the new ones in.
+_APPLY_DAYS = (
+    "INSERT INTO temp.day_delta SELECT t.topic_id, t.day, -count(*), -sum(t.failed),"
+    f" -count(t.penalty), -total({_SCORE.format('t')})"
+    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " GROUP BY t.topic_id, t.day",
+    "INSERT INTO temp.day_delta SELECT topic_id, day, count(*), sum(failed),"
+    f" count(penalty), total({_SCORE.format('a')}) FROM temp.chunk_assign a"
+    " WHERE true GROUP BY topic_id, day ON CONFLICT (topic_id, day) DO UPDATE SET"
+    " turns = turns + excluded.turns, errors = errors + excluded.errors,"
+    " scored = scored + excluded.scored, score_sum = score_sum + excluded.score_sum",
+    "INSERT INTO topic_days SELECT * FROM temp.day_delta WHERE true"
+    " ON CONFLICT (topic_id, day) DO UPDATE SET"
+    " turns = turns + excluded.turns, errors = errors + excluded.errors,"
+    " scored = scored + excluded.scored, score_sum = score_sum + excluded.score_sum",
+    "DELETE FROM topic_days WHERE turns <= 0 AND (topic_id, day) IN"
+    " (SELECT topic_id, day FROM temp.day_delta)",
+    "INSERT INTO temp.hist_delta SELECT t.topic_id, t.day, t.bucket, -count(*)"
+    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " WHERE t.bucket IS NOT NULL GROUP BY t.topic_id, t.day, t.bucket",
+    "INSERT INTO temp.hist_delta SELECT topic_id, day, bucket, count(*)"
+    " FROM temp.chunk_assign WHERE bucket IS NOT NULL GROUP BY topic_id, day, bucket"
+    " ON CONFLICT (topic_id, day, bucket) DO UPDATE SET n = n + excluded.n",
+    "INSERT INTO topic_hist (day, topic_id, bucket, n) SELECT day, topic_id, bucket,"
+    " n FROM temp.hist_delta WHERE n != 0"
+    " ON CONFLICT (day, topic_id, bucket) DO UPDATE SET n = n + excluded.n",
+    "INSERT INTO topic_hist_all (topic_id, bucket, n) SELECT topic_id, bucket,"
+    " sum(n) FROM temp.hist_delta WHERE true GROUP BY topic_id, bucket"
+    " HAVING sum(n) != 0"
+    " ON CONFLICT (topic_id, bucket) DO UPDATE SET n = n + excluded.n",
+    "DELETE FROM topic_hist WHERE n <= 0 AND (day, topic_id, bucket) IN"
+    " (SELECT day, topic_id, bucket FROM temp.hist_delta)",
+    "DELETE FROM topic_hist_all WHERE n <= 0",
+)
+_APPLY_CHUNK = (
+    "INSERT INTO temp.delta SELECT t.topic_id, t.user_key, -count(*)"
+    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " GROUP BY t.topic_id, t.user_key",
+    "INSERT INTO temp.delta SELECT topic_id, user_key, count(*)"
+    " FROM temp.chunk_assign WHERE true GROUP BY topic_id, user_key"
+    " ON CONFLICT (topic_id, user_key) DO UPDATE SET turns = turns + excluded.turns",
+    "INSERT INTO topic_summary (topic_id, turns, users)"
+    " SELECT d.topic_id, sum(d.turns), sum(CASE WHEN d.user_key = '' THEN 0"
+    " WHEN coalesce(u.turns, 0) = 0 AND d.turns > 0 THEN 1"
+    " WHEN u.turns > 0 AND u.turns + d.turns <= 0 THEN -1 ELSE 0 END)"
+    " FROM temp.delta d LEFT JOIN topic_users u"
+    " ON u.topic_id = d.topic_id AND u.user_key = d.user_key"
+    " WHERE true GROUP BY d.topic_id"
+    " ON CONFLICT (topic_id) DO UPDATE SET turns = turns + excluded.turns,"
+    " users = users + excluded.users",
+    "INSERT INTO topic_users (topic_id, user_key, turns)"
+    " SELECT topic_id, user_key, turns FROM temp.delta WHERE turns != 0"
+    " ON CONFLICT (topic_id, user_key) DO UPDATE SET turns = turns + excluded.turns",
+    "DELETE FROM topic_users WHERE turns <= 0 AND (topic_id, user_key) IN"
+    " (SELECT topic_id, user_key FROM temp.delta)",
+    "DELETE FROM topic_summary WHERE turns <= 0",
+    *_APPLY_DAYS,
+    "INSERT OR REPLACE INTO topic_turns"
+    " (n, topic_id, user_key, session_n, day, failed, bucket, penalty)"
+    " SELECT n, topic_id, user_key, session_n, day, failed, bucket, penalty"
+    " FROM temp.chunk_assign",
+)
