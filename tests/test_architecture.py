@@ -255,6 +255,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cli",
             "ui",
             "_demo",
+            "_demo_app",
             "_demo_script",
         ),
     ),

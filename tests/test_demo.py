@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from context_trace import _demo, _satisfaction, cli
+from context_trace import _demo, _demo_app, _satisfaction, cli
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.reader import SQLiteReader
@@ -630,7 +630,7 @@ class TestModel:
         chain = _demo.build_chain(_demo.DemoChatModel(latency=False))
 
         answer = chain.invoke({"history": [], "message": "Where is my order #4037?"})
-        tool = json.loads(_demo._LOOKUP_ORDER.invoke({"order_id": "4037"}))
+        tool = json.loads(_demo_app._LOOKUP_ORDER.invoke({"order_id": "4037"}))
 
         assert {
             "order": "4037",
@@ -647,7 +647,7 @@ class TestModel:
         chain = _demo.build_chain(_demo.DemoChatModel(latency=False))
 
         with pytest.raises(TimeoutError, match="order service did not answer"):
-            chain.invoke({"history": [], "message": _demo._ERROR_TURN_TEXT})
+            chain.invoke({"history": [], "message": _demo_app._ERROR_TURN_TEXT})
 
 
 class TestInactiveVirtualenv:
