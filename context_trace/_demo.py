@@ -10,7 +10,15 @@ holds anything else. Nothing is faked on the recording side: the users, sessions
 the one failing turn all travel through headers, the per-request scopes, the
 LangChain callbacks, the background pipeline and the SQLite exporter.
 
-The model is :class:`DemoChatModel`, a deterministic LangChain chat model with
+The run takes seconds, but the store holds several weeks: the exporter moves
+each session's times to its day on the calendar of :mod:`._demo_script` (two
+signup cohorts that retain differently) just before storing it. Each user has
+an account, ``variant`` A or B and a ``plan``, which the app attaches to the
+turns with :func:`track_user`; variant A answers with ``gpt-4o-mini``, variant
+B with ``gpt-4o`` (prompt-cache reads in its usage), enterprise accounts with a
+self-hosted model that has no public price.
+
+The models are :class:`DemoChatModel`, a deterministic LangChain chat model with
 canned support answers, so the demo needs no API key and no network beyond
 127.0.0.1. Questions about an order first call the ``lookup_order`` tool; one
 scripted turn asks about an order the (simulated) order service times out on,
@@ -23,9 +31,9 @@ This module never prints: the ``context-trace demo`` command in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -33,29 +41,28 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.output_parsers import StrOutputParser
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
-from langchain_core.runnables import Runnable, RunnableLambda
-from langchain_core.tools import StructuredTool
-
+from . import _demo_script as _script
 from . import _runtime
+from ._demo_app import (
+    _ERROR_TURN_TEXT,
+    DEMO_METADATA,
+    DemoChatModel,
+    build_app,
+    build_chain,
+)
+from ._exporters.base import ExportResult
 from ._exporters.sqlite import SQLiteExporter
-from ._scopes import current_session, current_user
+from ._record import Feedback, Record
 from ._store.sqlite_store import SQLiteStore
 
 if TYPE_CHECKING:
     import flask
-    from langchain_core.callbacks import CallbackManagerForLLMRun
 
 __all__ = [
     "DEFAULT_SESSIONS_PER_USER",
@@ -72,382 +79,16 @@ __all__ = [
 ]
 
 DEFAULT_USERS = 6
-DEFAULT_SESSIONS_PER_USER = 2
+DEFAULT_SESSIONS_PER_USER = 4
 DEFAULT_TURNS = 3
-# On every turn the demo records: how run_demo tells its own store from an app's.
-DEMO_METADATA = {"source": "context-trace demo"}
 _MAX_USERS = 200
 _MAX_SESSIONS = 50
 _MAX_TURNS = 50
 # Seconds: one HTTP request of the simulated clients; the flush at the end.
 _REQUEST_TIMEOUT = 30.0
 _FLUSH_TIMEOUT = 30.0
-# Seconds of simulated model latency: between the two, picked from the question.
-_MIN_LATENCY = 0.015
-_LATENCY_SPREAD_MS = 50
-
-_SYSTEM_PROMPT = (
-    "You are the support assistant of Acme Outfitters, an online clothing shop. "
-    "Answer in two sentences or fewer."
-)
-_NAMES = (
-    "ava",
-    "ben",
-    "chloe",
-    "dev",
-    "emma",
-    "farid",
-    "grace",
-    "hiro",
-    "isla",
-    "jonas",
-    "kemi",
-    "liam",
-)
-# Each session follows one topic; turns past its script use the extra questions.
-_TOPICS: tuple[tuple[str, ...], ...] = (
-    (
-        "Where is my order #{order}?",
-        "Has my order shipped yet?",
-        "Thanks! Will I get a tracking link for my order?",
-    ),
-    (
-        "I can't log in to my account.",
-        "The password reset email never arrived.",
-        "Found the reset email in my spam folder, thank you!",
-    ),
-    (
-        "How do I return a pair of shoes?",
-        "Do I have to pay for return shipping?",
-        "How long after a return do I get my money back?",
-    ),
-    (
-        "Why was I charged twice this month?",
-        "Can you refund the duplicate charge?",
-        "Will the double charge disappear from my card by itself?",
-    ),
-    (
-        "What's the difference between the Basic and Pro memberships?",
-        "Can I switch memberships in the middle of the month?",
-        "Is there a discount for paying the membership yearly?",
-    ),
-)
-_EXTRA_TURNS = (
-    "One more question: do you ship to Canada?",
-    "Is there a phone number I can call?",
-    "Can I talk to a human, please?",
-    "Thanks, that's all for today.",
-)
-_ANSWERS = {
-    "Has my order shipped yet?": (
-        "Orders ship within one business day; your order page shows the "
-        "shipping date as soon as the parcel leaves our warehouse."
-    ),
-    "Thanks! Will I get a tracking link for my order?": (
-        "You will: the carrier emails a tracking link as soon as the parcel is "
-        "scanned, usually within a few hours of shipping."
-    ),
-    "I can't log in to my account.": (
-        "Sorry about that! Use 'Forgot password' on the sign-in page and we will "
-        "email you a reset link right away."
-    ),
-    "The password reset email never arrived.": (
-        "Reset emails come from no-reply@acme.example and sometimes land in spam "
-        "or promotions; could you check those folders?"
-    ),
-    "Found the reset email in my spam folder, thank you!": (
-        "Glad you found it! Marking our address as a contact keeps future emails "
-        "out of spam."
-    ),
-    "How do I return a pair of shoes?": (
-        "Start a return from your order page within 30 days, print the label, "
-        "and drop the box at any post office."
-    ),
-    "Do I have to pay for return shipping?": (
-        "Returns are free for members; otherwise a flat 4.95 is deducted from "
-        "your refund."
-    ),
-    "How long after a return do I get my money back?": (
-        "Refunds are issued within 2 business days of the return reaching us; "
-        "your bank may take 3 to 5 more days."
-    ),
-    "Why was I charged twice this month?": (
-        "I can see a pending authorisation and a final charge for the same "
-        "order; the pending one disappears within 3 days."
-    ),
-    "Can you refund the duplicate charge?": (
-        "There is nothing to refund: the duplicate is only a hold, and your bank "
-        "releases it automatically."
-    ),
-    "Will the double charge disappear from my card by itself?": (
-        "It will: the bank releases the hold on its own and it vanishes from "
-        "your statement, usually within 3 days."
-    ),
-    "What's the difference between the Basic and Pro memberships?": (
-        "Basic gives free returns; Pro adds free express shipping and early "
-        "access to sales for 9 a month."
-    ),
-    "Can I switch memberships in the middle of the month?": (
-        "Yes: upgrades apply immediately and are prorated, downgrades take effect "
-        "at the next billing date."
-    ),
-    "Is there a discount for paying the membership yearly?": (
-        "Paying yearly gets you two months free, so Pro costs 90 a year instead of 108."
-    ),
-    "One more question: do you ship to Canada?": (
-        "We do! Shipping to Canada takes 5 to 8 business days and duties are "
-        "included at checkout."
-    ),
-    "Is there a phone number I can call?": (
-        "Our phone line is open weekdays 9 to 5 on 555-0100; chat is the "
-        "fastest way outside those hours."
-    ),
-    "Can I talk to a human, please?": (
-        "Of course: I've asked a colleague to join this chat, they usually reply "
-        "within 10 minutes."
-    ),
-    "Thanks, that's all for today.": "You're welcome, have a great day!",
-}
-# Sessions that go badly, by (user index, session index): the questions replace
-# the session's topic, so the satisfaction views have unhappy users to show (a
-# rephrased question, a non-answer, frustration, "that didn't help").
-_UNHAPPY_SESSIONS: dict[tuple[int, int], tuple[str, ...]] = {
-    (3, 1): (
-        "Why was I charged twice this month?",
-        "I was charged twice, why??",
-        "That didn't help, this is ridiculous.",
-    ),
-    (5, 0): (
-        "Do you sell gift cards?",
-        "Do you sell gift cards at all?",
-        "Forget it, this is useless.",
-    ),
-}
-_UNHAPPY_ANSWERS = {
-    "I was charged twice, why??": (
-        "I'm not sure I understood; could you rephrase that?"
-    ),
-    "That didn't help, this is ridiculous.": (
-        "Sorry to hear that! Our help centre at help.acme.example covers billing."
-    ),
-    "Do you sell gift cards?": "I don't know, sorry.",
-    "Do you sell gift cards at all?": "I don't know, sorry.",
-    "Forget it, this is useless.": "I'm sorry I couldn't help today.",
-}
-_GENERIC_ANSWERS = (
-    "Let me look into that for you: could you tell me a bit more?",
-    "Good question! Our help centre at help.acme.example covers this in detail.",
-    "I'm not sure I understood; could you rephrase that?",
-)
-_ORDER_RE = re.compile(r"#(\d{3,6})\b")
-_ORDER_STATUSES = ("shipped", "out for delivery", "being packed", "delivered")
-# The order the simulated order service times out on: the one failing turn.
-_ERROR_ORDER = "9999"
-_ERROR_TURN_TEXT = "Could you also check my older order #" + _ERROR_ORDER + "?"
 # A planned rating per session, cycled by the session's index in the run.
 _RATING_CYCLE: tuple[int | None, ...] = (1, None, 1, None, 1, None)
-
-
-def _crc(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def _order_status(order_id: str) -> dict[str, str]:
-    code = _crc(order_id)
-    days = 1 + (code >> 8) % 4
-    return {
-        "order": order_id,
-        "status": _ORDER_STATUSES[code % len(_ORDER_STATUSES)],
-        "eta": f"{days} business day{'s' if days > 1 else ''}",
-    }
-
-
-def _lookup_order(order_id: str) -> str:
-    """Look up an order's shipping status by its number."""
-    if order_id == _ERROR_ORDER:
-        raise TimeoutError("order service did not answer within 2.0 s")
-    return json.dumps(_order_status(order_id), separators=(",", ":"))
-
-
-_LOOKUP_ORDER = StructuredTool.from_function(
-    _lookup_order,
-    name="lookup_order",
-    description="Look up an order's shipping status by its number.",
-)
-
-
-def _reply(question: str) -> str:
-    """The canned answer to *question* (deterministic)."""
-    match = _ORDER_RE.search(question)
-    if match:
-        info = _order_status(match.group(1))
-        if info["status"] == "delivered":
-            return f"Order #{info['order']} was delivered; I hope you enjoy it!"
-        return (
-            f"Order #{info['order']} is {info['status']} and should arrive in "
-            f"{info['eta']}."
-        )
-    answer = _ANSWERS.get(question.strip()) or _UNHAPPY_ANSWERS.get(question.strip())
-    if answer is not None:
-        return answer
-    return _GENERIC_ANSWERS[_crc(question) % len(_GENERIC_ANSWERS)]
-
-
-def _tokens(text: str) -> int:
-    """A rough token count (about 4 tokens per 3 words), for plausible usage data."""
-    return max(1, len(text.split()) * 4 // 3)
-
-
-class DemoChatModel(BaseChatModel):
-    """
-    A deterministic chat model with canned customer-support answers.
-
-    It answers the demo's scripted questions sensibly, reports token usage like
-    a real provider, and waits a few milliseconds per call (derived from the
-    question) so latency figures look real. It keeps no state, so one instance
-    can serve many threads.
-
-    .. versionadded:: 0.1.0
-    """
-
-    model_name: str = "demo-support-1"
-    latency: bool = True
-
-    @property
-    def _llm_type(self) -> str:
-        return "context-trace-demo"
-
-    @property
-    def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name}
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        question = ""
-        for message in reversed(messages):
-            if isinstance(message, HumanMessage):
-                question = message.text
-                break
-        answer = _reply(question)
-        if self.latency:
-            time.sleep(_MIN_LATENCY + (_crc(question) % _LATENCY_SPREAD_MS) / 1000)
-        prompt_tokens = sum(_tokens(m.text) + 3 for m in messages)
-        completion_tokens = _tokens(answer)
-        message = AIMessage(
-            content=answer,
-            usage_metadata={
-                "input_tokens": prompt_tokens,
-                "output_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-
-def _check_orders(inputs: dict[str, Any]) -> dict[str, Any]:
-    """Call ``lookup_order`` for an order number in the message (a child run)."""
-    match = _ORDER_RE.search(str(inputs.get("message", "")))
-    if match:
-        _LOOKUP_ORDER.invoke({"order_id": match.group(1)})
-    return inputs
-
-
-def build_chain(model: BaseChatModel | None = None) -> Runnable[dict[str, Any], str]:
-    """
-    The demo's chain: order lookup, then system prompt + history + question.
-
-    Args:
-        model: The chat model (default: a :class:`DemoChatModel`).
-
-    Returns:
-        A runnable taking ``{"history": [...], "message": str}`` and returning
-        the answer text.
-
-    .. versionadded:: 0.1.0
-    """
-    prompt = ChatPromptTemplate.from_messages(
-        [
-            ("system", _SYSTEM_PROMPT),
-            MessagesPlaceholder("history"),
-            ("human", "{message}"),
-        ]
-    )
-    chat_model = model if model is not None else DemoChatModel()
-    return RunnableLambda(_check_orders) | prompt | chat_model | StrOutputParser()
-
-
-def build_app(chain: Runnable[dict[str, Any], str] | None = None) -> flask.Flask:
-    """
-    The demo's Flask app, with ``ContextTrace`` attributing every request.
-
-    Routes: ``POST /chat`` (JSON ``{"message": ...}``; answers
-    ``{"answer", "user", "session"}``, or 502 with ``{"error"}`` when the chain
-    fails) and ``POST /feedback`` (JSON ``{"rating": -1|0|1}``, rates the
-    session). The user and session come from the ``X-User-Id`` and
-    ``X-Session-Id`` headers; each session's history is kept in memory. Every
-    turn carries :data:`DEMO_METADATA`.
-
-    Args:
-        chain: The chain to answer with (default: :func:`build_chain`).
-
-    Returns:
-        The Flask application.
-
-    Raises:
-        ImportError: If Flask is not installed.
-
-    .. versionadded:: 0.1.0
-    """
-    import flask
-
-    from .integrations.flask import ContextTrace
-
-    answer_chain = chain if chain is not None else build_chain()
-    app = flask.Flask("context_trace_demo")
-    ContextTrace(app, metadata=DEMO_METADATA)
-    histories: dict[str, list[BaseMessage]] = {}
-    lock = threading.Lock()
-
-    @app.post("/chat")
-    def chat() -> tuple[dict[str, Any], int]:
-        body = flask.request.get_json(silent=True)
-        message = body.get("message") if isinstance(body, dict) else None
-        if not isinstance(message, str) or not message.strip():
-            return {"error": "message must be a non-empty string"}, 400
-        session = current_session()
-        key = session.id if session is not None else None
-        with lock:
-            history = list(histories.get(key, ())) if key is not None else []
-        try:
-            answer = answer_chain.invoke({"history": history, "message": message})
-        except Exception as exc:  # noqa: BLE001 - a failed turn is answered with 502
-            return {"error": f"{type(exc).__name__}: {exc}"}, 502
-        if key is not None:
-            with lock:
-                histories.setdefault(key, []).extend(
-                    [HumanMessage(message), AIMessage(answer)]
-                )
-        return {"answer": answer, "user": current_user(), "session": key}, 200
-
-    @app.post("/feedback")
-    def feedback() -> tuple[dict[str, Any], int]:
-        body = flask.request.get_json(silent=True)
-        rating = body.get("rating") if isinstance(body, dict) else None
-        session = current_session()
-        if session is None:
-            return {"error": "send the X-Session-Id header to rate a session"}, 400
-        try:
-            session.rate(rating)  # type: ignore[arg-type]
-        except ValueError as exc:
-            return {"error": str(exc)}, 400
-        return {"ok": True}, 200
-
-    return app
 
 
 def user_names(count: int) -> list[str]:
@@ -457,19 +98,19 @@ def user_names(count: int) -> list[str]:
     .. versionadded:: 0.1.0
     """
     return [
-        _NAMES[i % len(_NAMES)]
-        + (str(i // len(_NAMES) + 1) if i >= len(_NAMES) else "")
+        _script.NAMES[i % len(_script.NAMES)]
+        + (str(i // len(_script.NAMES) + 1) if i >= len(_script.NAMES) else "")
         for i in range(count)
     ]
 
 
 def _question(user: int, session: int, turn: int) -> str:
-    topic = _UNHAPPY_SESSIONS.get(
-        (user, session), _TOPICS[(user * 2 + session * 3) % len(_TOPICS)]
+    topic = _script.UNHAPPY_SESSIONS.get(
+        (user, session), _script.TOPICS[(user * 2 + session * 3) % len(_script.TOPICS)]
     )
     if turn < len(topic):
         return topic[turn].format(order=4000 + (user * 37 + session * 11) % 1000)
-    return _EXTRA_TURNS[(turn - len(topic)) % len(_EXTRA_TURNS)]
+    return _script.EXTRA_TURNS[(turn - len(topic)) % len(_script.EXTRA_TURNS)]
 
 
 def _error_slot(users: int, turns: int) -> tuple[int, int, int]:
@@ -492,7 +133,7 @@ def planned_rating(
     if (user, session) == (error_user, error_session):
         return -1
     rating = _RATING_CYCLE[(user * sessions_per_user + session) % len(_RATING_CYCLE)]
-    if rating is not None and (user, session) in _UNHAPPY_SESSIONS:
+    if rating is not None and (user, session) in _script.UNHAPPY_SESSIONS:
         return -1
     return rating
 
@@ -529,6 +170,40 @@ class DemoResult:
     showcase_session: str = ""
     model: str = ""
     seconds: float = 0.0
+
+
+class _BackdatingExporter(SQLiteExporter):
+    """
+    The demo's SQLite exporter, moving each session to its day on the calendar.
+
+    The turns are recorded now, in a few seconds; before they are stored, each
+    record's times move by its session's offset (:func:`_demo_script.session_start`
+    minus the run's start), so the store holds several weeks of activity. Nothing
+    else about a record changes.
+    """
+
+    def __init__(self, path: Path, offsets: Mapping[str, float]) -> None:
+        super().__init__(path)
+        self._offsets = offsets
+
+    def export(self, batch: Sequence[Record]) -> ExportResult:
+        return super().export([self._move(record) for record in batch])
+
+    def _move(self, record: Record) -> Record:
+        delta = self._offsets.get(record.session_id or "", 0.0)
+        if isinstance(record, Feedback):
+            return dataclasses.replace(record, created_at=record.created_at + delta)
+        return dataclasses.replace(
+            record,
+            started_at=record.started_at + delta,
+            ended_at=record.ended_at + delta,
+            spans=tuple(
+                span._replace(
+                    started_at=span.started_at + delta, ended_at=span.ended_at + delta
+                )
+                for span in record.spans
+            ),
+        )
 
 
 class _Client:
@@ -670,7 +345,10 @@ def run_demo(
     started = time.monotonic()
     path = Path(db_path).expanduser()
     _check_replaceable(path)
-    app = build_app()  # imports Flask: fail before writing or reconfiguring anything
+    accounts = {name: _script.account(i) for i, name in enumerate(user_names(users))}
+    app = build_app(
+        accounts=accounts
+    )  # imports Flask: fail before writing or reconfiguring anything
     path.parent.mkdir(parents=True, exist_ok=True)
     # Recorded in a new store beside the target, moved over it once complete: a
     # failed run leaves the previous demo store as it was.
@@ -702,19 +380,34 @@ def _record(
     progress: Callable[[int, int], None] | None,
 ) -> DemoResult:
     """Drive *app* and store its turns in *staging*; *path* is the store's name."""
-    store = SQLiteExporter(staging)
+    names = user_names(users)
+    now = time.time()
+    plan = {
+        index: [uuid.uuid4().hex[:16] for _ in range(sessions_per_user)]
+        for index in range(users)
+    }
+    offsets = {
+        session_id: _script.session_start(
+            index, s, users=users, sessions_per_user=sessions_per_user, now=now
+        )
+        - now
+        for index, sessions in plan.items()
+        for s, session_id in enumerate(sessions)
+    }
+    store = _BackdatingExporter(staging, offsets)
     store.check()
     # An explicit exporter: the demo always writes locally, whatever the env says.
     _runtime.configure(exporter=store, sample_rate=1.0, enabled=True)
 
-    names = user_names(users)
     total = users * sessions_per_user * turns
     error_slot = _error_slot(users, turns)
     done = [0]
     lock = threading.Lock()
     failures: list[BaseException] = []
     result = DemoResult(db_path=path, url="", users=names)
-    result.model = DemoChatModel().model_name
+    result.model = ", ".join(
+        sorted({_script.model_for(_script.account(i)) for i in range(users)})
+    )
 
     def turn_done() -> None:
         with lock:
@@ -753,10 +446,6 @@ def _record(
             with lock:
                 failures.append(exc)
 
-    plan = {
-        index: [uuid.uuid4().hex[:16] for _ in range(sessions_per_user)]
-        for index in range(users)
-    }
     try:
         with _serve(app) as server:
             result.url = f"http://127.0.0.1:{server.server_port}"

@@ -6,7 +6,7 @@ Screenshots of the dashboard for the README, taken from the demo's store.
 Runs ``context-trace demo`` into a temporary store, serves ``context-trace ui``
 over it on a free loopback port, and saves the Overview, the Users page, the
 demo's showcase session (the one with a tool call), the Retention page, the
-Compare page (the first metadata key with two values, side by side), the Topics
+Compare page (the demo's variants A and B side by side), the Topics
 page, the biggest topic's page and the Unhappy users page as PNGs with Debian's headless
 Chromium (``apt-get install chromium chromium-driver``) through Selenium.
 """
@@ -44,11 +44,17 @@ _FLAGS = (
 
 
 def _compare_path(url: str) -> str:
-    """The Compare page of the first key with two values (else two keys' first)."""
+    """
+    The Compare page of the demo's ``variant`` A and B, else of the first key
+    with two values (else two keys' first).
+    """
     with urllib.request.urlopen(url + "/api/segments", timeout=30) as response:
         keys: dict[str, list[Any]] = json.load(response)["keys"]
     pairs = [(k, v) for k, values in keys.items() for v, _ in values]
-    pairs.sort(key=lambda kv: -len(keys[kv[0]]))
+    # Stable sorts: the variant key first, then the keys with the most values;
+    # within a key, its values in name order (A before B).
+    pairs.sort(key=lambda kv: str(kv[1]))
+    pairs.sort(key=lambda kv: (kv[0] != "variant", -len(keys[kv[0]])))
     sides = [f"{k}:{v}" for k, v in pairs[:2]]
     return "/compare?" + urlencode(dict(zip("ab", sides, strict=False)))
 

@@ -265,6 +265,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "cli",
             "ui",
             "_demo",
+            "_demo_app",
+            "_demo_script",
         ),
     ),
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import configparser
 import csv
+import datetime
 import hashlib
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from context_trace import _demo, _satisfaction, cli
+from context_trace import _demo, _demo_app, _satisfaction, cli
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.reader import SQLiteReader
@@ -110,7 +111,7 @@ def _digest(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """The default demo (6 users x 2 sessions x 3 turns), run once, with no --db."""
+    """The default demo (6 users x 4 sessions x 3 turns), run once, with no --db."""
     home = tmp_path_factory.mktemp("home")
     app_store = tmp_path_factory.mktemp("app") / "traces.db"
     digest = _app_store(app_store)
@@ -137,6 +138,15 @@ def _user_rows(lines: list[str]) -> dict[str, tuple[str, ...]]:
     return rows
 
 
+def _cli_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
+    """Run ``context-trace ARGS --json`` in process; its JSON output."""
+    capsys.readouterr()
+    code = cli.main([*args, "--json"])
+    captured = capsys.readouterr()
+    assert (0, "") == (code, captured.err)
+    return json.loads(captured.out)
+
+
 class TestDefaultRun:
     def test_succeeds_quietly_on_stderr(self, demo: DemoRun) -> None:
         """Exit 0; no progress bar (stderr is not a terminal) and no warnings."""
@@ -152,16 +162,16 @@ class TestDefaultRun:
             "~/.context_trace/traces.db) and CONTEXT_TOKEN are left alone." in text
         )
         assert re.search(
-            r"Demo done in \d+\.\d s: 6 users, 12 sessions, 36 conversations "
-            r"\(1 failed\), 6 ratings\.",
+            r"Demo done in \d+\.\d s: 6 users, 24 sessions, 72 conversations "
+            r"\(1 failed\), 12 ratings\.",
             text,
         )
 
     def test_prints_the_users_report(self, demo: DemoRun) -> None:
-        """The users table: 6 turns in 2 sessions each; ben's turn failed, farid 👎."""
-        expected = {user: ("6", "2", "1", "0", "0") for user in USERS}
-        expected["ben"] = ("6", "2", "0", "1", "1")
-        expected["farid"] = ("6", "2", "0", "1", "0")
+        """The users table: 12 turns in 4 sessions each; ben's turn failed, farid 👎."""
+        expected = {user: ("12", "4", "2", "0", "0") for user in USERS}
+        expected["ben"] = ("12", "4", "1", "1", "1")
+        expected["farid"] = ("12", "4", "1", "1", "0")
 
         assert expected == _user_rows(demo.lines)
 
@@ -214,15 +224,18 @@ class TestDefaultRun:
 
         sessions, stats, export = (shell(c) for c in commands[:3])
 
-        assert [(0, ""), (0, ""), (0, "exported 36 conversations to demo.csv\n")] == [
+        assert [(0, ""), (0, ""), (0, "exported 72 conversations to demo.csv\n")] == [
             (r.returncode, r.stderr) for r in (sessions, stats, export)
         ]
-        assert 2 == sum(
+        assert 4 == sum(
             line.split()[1] == "ben" for line in sessions.stdout.splitlines()[1:]
         )
-        assert "36" == stats.stdout.splitlines()[1].split()[1]
+        # A row per day the demo's calendar has turns on, then the total.
+        days = stats.stdout.splitlines()[1:]
+        assert ["total", "72"] == days[-1].split()[:2]
+        assert 72 == sum(int(line.split()[1]) for line in days[:-1])
         with (tmp_path / "demo.csv").open(newline="", encoding="utf-8") as f:
-            assert 36 == len(list(csv.DictReader(f)))
+            assert 72 == len(list(csv.DictReader(f)))
         # The dashboard serves until Ctrl-C: run it on a free port, read one page.
         ui = subprocess.Popen(
             f"exec {commands[3]} --port {free_port()}".replace("  # the dashboard", ""),
@@ -255,6 +268,12 @@ class TestDefaultRun:
         commands = [line.split("#")[0].strip() for line in block.group(1).splitlines()]
         with SQLiteReader(demo.path) as reader:
             ben = [s.session_id for s in reader.sessions() if s.user_id == "ben"]
+            # The README exports the turns since a fixed day: the demo's calendar
+            # ends today.
+            since = datetime.datetime(2026, 11, 1, tzinfo=datetime.timezone.utc)
+            recent = sum(
+                c.started_at >= since.timestamp() for c in reader.conversations()
+            )
         # replay asks for the token its comment names (nothing is sent: the
         # demo's outbox is empty, and the endpoint is a closed loopback port).
         token = {
@@ -280,7 +299,8 @@ class TestDefaultRun:
             line.split()[0] for line in runs["sessions"].stdout.splitlines()[1:]
         )
         assert runs["show"].stdout.splitlines()[1].startswith("user ben · 3 turns · ")
-        assert 36 == len(runs["export"].stdout.splitlines())
+        assert "--since 2026-11-01" in readme
+        assert recent == len(runs["export"].stdout.splitlines())
 
     def test_fits_80_columns(self, demo: DemoRun) -> None:
         """Every line of the output, the suggested commands too, fits 80 columns."""
@@ -296,17 +316,19 @@ class TestDefaultRun:
 
         failed = [c for c in conversations if c.error is not None]
         assert sorted(USERS) == sorted(u.user_id for u in users)
-        assert 36 == len(conversations)
-        assert [6] * 6 == [u.conversations for u in users]
-        assert 12 == len(sessions)
-        assert [3] * 12 == [s.turns for s in sessions]
+        assert 72 == len(conversations)
+        assert [12] * 6 == [u.conversations for u in users]
+        assert 24 == len(sessions)
+        assert [3] * 24 == [s.turns for s in sessions]
         assert [("ben", FAILED_TURN)] == [(c.user_id, c.error) for c in failed]
         # ben's failed session and farid's unhappy one are rated -1.
-        assert (4, 2) == (
+        assert (10, 2) == (
             sum(s.rating_up for s in sessions),
             sum(s.rating_down for s in sessions),
         )
-        assert {"demo-support-1"} == {c.model for c in conversations if not c.error}
+        assert {"gpt-4o-mini", "gpt-4o", "acme-support-8b"} == {
+            c.model for c in conversations if not c.error
+        }
         # Nothing went to the (unreachable) Context endpoint's outbox.
         assert {"pending": 0, "leased": 0, "dropped": 0, "failed": 0} == outbox
 
@@ -348,6 +370,66 @@ class TestDefaultRun:
         for messages in transcripts:
             assert 1 == sum(m.role == "system" for m in messages)
             assert 3 == sum(m.role == "user" for m in messages)
+
+    def test_spans_several_weeks(
+        self, demo: DemoRun, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The users are active in six or more of the last eight ISO weeks."""
+        report = _cli_json(capsys, "retention", "--weeks", "8", "--db", str(demo.path))
+
+        active = [w["period"] for w in report["weekly"] if w["active"]]
+        assert len(active) >= 6, active
+
+    def test_two_cohorts_retain_differently(
+        self, demo: DemoRun, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Two signup cohorts: the early one comes back in week 1 more than the later
+        one, whose users who left are listed as churned."""
+        report = _cli_json(capsys, "retention", "--weeks", "8", "--db", str(demo.path))
+
+        cohorts = [
+            (c["week"], c["retained"][:1]) for c in report["cohorts"] if c["users"]
+        ]
+        assert 2 == len(cohorts), cohorts
+        (early, early_w1), (later, later_w1) = cohorts
+        assert early < later
+        assert early_w1[0] > later_w1[0]
+        assert report["churned_total"] >= 1
+
+    def test_variants_differ_in_cost_and_ratings(
+        self, demo: DemoRun, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Variants A and B (metadata set by the app's scope) differ in cost per
+        conversation (cost report) and in the share of helpful ratings."""
+        per_turn = {}
+        for variant in "AB":
+            total = _cli_json(
+                capsys, "cost", "--meta", f"variant:{variant}", "--db", str(demo.path)
+            )["total"]
+            per_turn[variant] = total["cost"] / total["turns"]
+        compare = _cli_json(
+            capsys, "compare", "--segment-a", "variant=A", "--segment-b",
+            "variant=B", "--db", str(demo.path),
+        )  # fmt: skip
+
+        assert 0 < per_turn["A"] < per_turn["B"]
+        helpful = [compare[s]["rating_up_share"] for s in "ab"]
+        assert all(h["count"] > 0 for h in helpful)
+        assert helpful[0]["value"] < helpful[1]["value"]
+
+    def test_counts_an_unpriced_model(
+        self, demo: DemoRun, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Variant A's and B's models are priced; the self-hosted one is counted
+        as unpriced."""
+        report = _cli_json(capsys, "cost", "--by", "model", "--db", str(demo.path))
+
+        rows = {r["key"]: (r["calls"], r["unpriced_calls"]) for r in report["rows"]}
+        assert {"gpt-4o-mini", "gpt-4o", "acme-support-8b"} == set(rows)
+        assert 0 == rows["gpt-4o-mini"][1] == rows["gpt-4o"][1]
+        assert rows["acme-support-8b"][0] == rows["acme-support-8b"][1] > 0
+        assert rows["acme-support-8b"][1] == report["total"]["unpriced_calls"]
+        assert report["total"]["cache_read_tokens"] > 0
 
 
 class TestOtherRuns:
@@ -548,7 +630,7 @@ class TestModel:
         chain = _demo.build_chain(_demo.DemoChatModel(latency=False))
 
         answer = chain.invoke({"history": [], "message": "Where is my order #4037?"})
-        tool = json.loads(_demo._LOOKUP_ORDER.invoke({"order_id": "4037"}))
+        tool = json.loads(_demo_app._LOOKUP_ORDER.invoke({"order_id": "4037"}))
 
         assert {
             "order": "4037",
@@ -565,7 +647,7 @@ class TestModel:
         chain = _demo.build_chain(_demo.DemoChatModel(latency=False))
 
         with pytest.raises(TimeoutError, match="order service did not answer"):
-            chain.invoke({"history": [], "message": _demo._ERROR_TURN_TEXT})
+            chain.invoke({"history": [], "message": _demo_app._ERROR_TURN_TEXT})
 
 
 class TestInactiveVirtualenv:

@@ -27,7 +27,7 @@ _HINT = "run 'context-trace demo' or record something first"
 # The demo's default size (the same as _demo.DEFAULT_*, which a test checks):
 # written out here so that commands other than `demo` never import the demo app.
 _DEMO_USERS = 6
-_DEMO_SESSIONS = 2
+_DEMO_SESSIONS = 4
 _DEMO_TURNS = 3
 # The demo's own store: never the app's (``$CONTEXT_TRACE_DB``, traces.db).
 _DEMO_DB = "~/.context_trace/demo.db"
