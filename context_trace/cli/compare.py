@@ -22,11 +22,10 @@ from context_trace._store.segments import (
     Comparison,
     Figure,
     SegmentFigures,
-    parse_segment,
 )
 
 from .commands import _EXIT_OK, _EXIT_USAGE, _CLIError, _db_path, _describe, _print_json
-from .retention import open_analytics
+from .retention import open_analytics, parse_cli_segment
 
 __all__ = ["add_parser", "cmd_compare"]
 
@@ -120,11 +119,8 @@ def _lines(result: Comparison) -> list[str]:
 
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     """Print the comparison (a table, or JSON with ``--json``)."""
-    try:
-        a = parse_segment(args.segment_a, "=", "--segment-a")
-        b = parse_segment(args.segment_b, "=", "--segment-b")
-    except ValueError as exc:
-        raise _CLIError(str(exc), _EXIT_USAGE) from None
+    a = parse_cli_segment(args.segment_a, "--segment-a")
+    b = parse_cli_segment(args.segment_b, "--segment-b")
     prices = None
     if args.prices is not None:
         from context_trace.analytics.pricing import load_prices

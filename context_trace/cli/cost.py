@@ -12,7 +12,6 @@ million tokens). The token sums come from the dashboard's sidecar index (see
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,7 +20,6 @@ from typing import Any, TextIO
 
 from context_trace._store.analytics import RANGES, Analytics
 from context_trace._store.cost import COST_BY, CostReport, CostRow
-from context_trace._store.segments import parse_segment
 
 from .commands import (
     _EXIT_OK,
@@ -32,7 +30,7 @@ from .commands import (
     _print_json,
     _read,
 )
-from .retention import open_analytics, parse_day
+from .retention import open_analytics, parse_cli_segment, parse_day, print_report
 
 __all__ = ["add_parser", "add_prices_argument", "cmd_cost", "cmd_users_by_cost"]
 
@@ -160,29 +158,18 @@ def _lines(report: CostReport) -> list[str]:
 
 def cmd_cost(args: argparse.Namespace, out: TextIO) -> int:
     """Print the cost report (a table, or JSON with ``--json``)."""
-    try:
-        segment = parse_segment(args.meta, ":", "--meta")
-    except ValueError as exc:
-        raise _CLIError(str(exc), _EXIT_USAGE) from None
+    segment = parse_cli_segment(args.meta, "--meta")
     if args.limit < 1:
         raise _CLIError(f"--limit must be at least 1, got {args.limit}", _EXIT_USAGE)
-    path = _db_path(args)
-    analytics = _open(args)
-    try:
-        report = analytics.cost(
+    return print_report(
+        args,
+        out,
+        _open(args),
+        lambda a: a.cost(
             args.by, args.range, segment, since_day=args.since, limit=args.limit
-        )
-    except ValueError as exc:
-        raise _CLIError(str(exc), _EXIT_USAGE) from None
-    except sqlite3.Error as exc:
-        raise _CLIError(_describe(exc, path)) from None
-    finally:
-        analytics.close()
-    if args.json:
-        _print_json(dataclasses.asdict(report), out)
-    else:
-        out.write("\n".join(_lines(report)) + "\n")
-    return _EXIT_OK
+        ),
+        _lines,
+    )
 
 
 def cmd_users_by_cost(args: argparse.Namespace, out: TextIO) -> int:

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable
 from datetime import date, tzinfo
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from context_trace._store.analytics import Analytics
 from context_trace._store.retention import MAX_WEEKS, Retention
-from context_trace._store.segments import parse_segment
+from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import UIIndex
 
@@ -39,9 +39,13 @@ __all__ = [
     "add_parser",
     "cmd_retention",
     "open_analytics",
+    "parse_cli_segment",
     "parse_day",
     "parse_time_zone",
+    "print_report",
 ]
+
+_Report = TypeVar("_Report")
 
 # Week columns of the cohort table, at most: 80 terminal columns.
 _COHORT_COLUMNS = 10
@@ -194,26 +198,54 @@ def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(epoch))
 
 
-def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
-    """Print the retention report (a table, or JSON with ``--json``)."""
-    path = _db_path(args)
+def parse_cli_segment(items: list[str], name: str) -> Segment:
+    """
+    A command line's ``KEY=VALUE`` conditions (``KEY:VALUE``, the dashboard's
+    form, is read too) as a segment; a bad one is a usage error naming *name*.
+    """
+    same = [item if "=" in item else item.replace(":", "=", 1) for item in items]
     try:
-        segment = parse_segment(args.meta, "=", "--meta")
+        return parse_segment(same, "=", name)
     except ValueError as exc:
         raise _CLIError(str(exc), _EXIT_USAGE) from None
-    analytics = open_analytics(path)
+
+
+def print_report(
+    args: argparse.Namespace,
+    out: TextIO,
+    analytics: Analytics,
+    query: Callable[[Analytics], _Report],
+    lines: Callable[[_Report], list[str]],
+) -> int:
+    """
+    Run *query* on *analytics* (closed after), then print its report: JSON with
+    ``--json``, else *lines*. A bad argument is a usage error; a store error
+    is described.
+    """
     try:
-        report = analytics.retention(
-            weeks=args.weeks, since=args.since, segment=segment, tz=args.tz
-        )
+        report = query(analytics)
     except ValueError as exc:
         raise _CLIError(str(exc), _EXIT_USAGE) from None
     except sqlite3.Error as exc:
-        raise _CLIError(_describe(exc, path)) from None
+        raise _CLIError(_describe(exc, _db_path(args))) from None
     finally:
         analytics.close()
     if args.json:
-        _print_json(dataclasses.asdict(report), out)
+        _print_json(dataclasses.asdict(report), out)  # type: ignore[call-overload]
     else:
-        out.write("\n".join(_lines(report)) + "\n")
+        out.write("\n".join(lines(report)) + "\n")
     return _EXIT_OK
+
+
+def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the retention report (a table, or JSON with ``--json``)."""
+    segment = parse_cli_segment(args.meta, "--meta")
+    return print_report(
+        args,
+        out,
+        open_analytics(_db_path(args)),
+        lambda a: a.retention(
+            weeks=args.weeks, since=args.since, segment=segment, tz=args.tz
+        ),
+        _lines,
+    )

@@ -488,3 +488,24 @@ def test_cli_compare_prices_the_cost_per_conversation(cost_store, tmp_path, caps
         x for x in capsys.readouterr().out.splitlines() if x.startswith("cost per")
     )
     assert ["$0.66962", "(n=3)", "$0.00010", "(n=3)"] == line.split()[3:]
+
+
+def test_cli_segments_read_the_same_in_every_command(cost_store, tmp_path, capsys):
+    """cost, retention and compare take a segment as KEY=VALUE or KEY:VALUE alike,
+    and a condition with neither is a usage error naming the option and KEY=VALUE."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(PRICES))
+    reports = []
+    for form in ("plan=pro", "plan:pro"):
+        for command in (
+            ["cost", "--by", "user", "--prices", str(prices), "--meta", form],
+            ["retention", "--meta", form],
+            ["compare", "--segment-a", form, "--segment-b", "plan=free"],
+        ):
+            assert 0 == main([*command, "--db", str(cost_store), "--json"]), command
+            reports.append(json.loads(capsys.readouterr().out))
+    assert reports[:3] == reports[3:]
+    assert ["u3", "u1"] == [r["key"] for r in reports[0]["rows"]]
+
+    assert 2 == main(["retention", "--db", str(cost_store), "--meta", "plan"])
+    assert "--meta must be KEY=VALUE, got 'plan'" in capsys.readouterr().err
