@@ -88,8 +88,6 @@ class Analytics(_OverviewQueries, _UserQueries):
     Raises:
         FileNotFoundError: If *path* does not exist.
         ValueError: If *index* has not been built.
-
-    .. versionadded:: 0.2.0
     """
 
     def __enter__(self) -> Analytics:

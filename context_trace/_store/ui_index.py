@@ -89,8 +89,6 @@ def default_index_path(store: str | os.PathLike[str]) -> Path:
     ``<store>.ui-index`` next to the store when that directory is writable,
     else a file named after the store's absolute path in the user's cache
     directory (``$XDG_CACHE_HOME/context-trace``, default ``~/.cache``).
-
-    .. versionadded:: 0.2.0
     """
     path = Path(store).absolute()
     beside = path.with_name(path.name + _SUFFIX)
@@ -114,8 +112,6 @@ class UIIndex:
         FileNotFoundError: If *store* does not exist.
         ValueError: If *store* is not a context_trace store.
         OSError: If the sidecar cannot be created.
-
-    .. versionadded:: 0.2.0
     """
 
     def __init__(
