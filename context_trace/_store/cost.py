@@ -11,7 +11,8 @@ question is one SQL aggregate over those sums, grouped by what it asks (user,
 day...) and by model; each distinct model is priced once in Python
 (:class:`context_trace.analytics.pricing.Pricer`), and the prices go back
 into the same statement as a ``VALUES`` table, so the arithmetic runs in SQL
-over the sums, never per turn in Python.
+over the sums, never per turn in Python. The tables and the statements that
+fill them are in :mod:`.cost_index`; this module reads them.
 
 A call is *unpriced* when its model has no price, when it names no model, or
 when it reported no input and output counts: counted (``unpriced_calls``),
@@ -30,6 +31,15 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .cost_index import (
+    _COLS,
+    _SUMMED,
+    _SUMS,
+    COST_SCHEMA,
+    COST_TABLES,
+    apply_cost_chunk,
+)
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
@@ -57,143 +67,6 @@ __all__ = [
 #: What a cost report can group by (``topic`` needs the topics file attached
 #: as ``topics``: see ``Analytics.attach_topics``).
 COST_BY = ("model", "user", "day", "session", "topic")
-
-#: The sidecar tables this module keeps (see :mod:`.ui_index`).
-COST_TABLES = ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_user",
-               "ui_cost_segment_day")  # fmt: skip
-# The sums each table keeps, in this order everywhere.
-_SUMS = ("turns", "calls", "reported", "input", "output", "cache_read",
-         "cache_write", "reasoning")  # fmt: skip
-_SUM_COLUMNS = ",\n".join(f"        {c} INTEGER NOT NULL DEFAULT 0" for c in _SUMS)
-
-COST_SCHEMA = (
-    f"""
-    CREATE TABLE IF NOT EXISTS ui_cost_turn (
-        n INTEGER NOT NULL,
-        model TEXT NOT NULL,
-        user_key TEXT NOT NULL,
-        session_n INTEGER,
-        started_at REAL NOT NULL,
-{_SUM_COLUMNS},
-        PRIMARY KEY (n, model)
-    ) WITHOUT ROWID
-    """,
-    f"""
-    CREATE TABLE IF NOT EXISTS ui_cost_day (
-        day TEXT NOT NULL,
-        model TEXT NOT NULL,
-{_SUM_COLUMNS},
-        PRIMARY KEY (day, model)
-    ) WITHOUT ROWID
-    """,
-    f"""
-    CREATE TABLE IF NOT EXISTS ui_cost_user (
-        user_key TEXT NOT NULL,
-        model TEXT NOT NULL,
-{_SUM_COLUMNS},
-        PRIMARY KEY (user_key, model)
-    ) WITHOUT ROWID
-    """,
-    f"""
-    CREATE TABLE IF NOT EXISTS ui_cost_segment_user (
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        user_key TEXT NOT NULL,
-        model TEXT NOT NULL,
-{_SUM_COLUMNS},
-        PRIMARY KEY (key, value, user_key, model)
-    ) WITHOUT ROWID
-    """,
-    f"""
-    CREATE TABLE IF NOT EXISTS ui_cost_segment_day (
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        day TEXT NOT NULL,
-        model TEXT NOT NULL,
-{_SUM_COLUMNS},
-        PRIMARY KEY (key, value, day, model)
-    ) WITHOUT ROWID
-    """,
-)
-
-_ARRAY = (
-    "coalesce(CASE WHEN json_valid(json_extract(t.metadata, '$.model_calls'))"
-    " THEN json_type(json_extract(t.metadata, '$.model_calls')) END = 'array', 0)"
-)
-
-
-def _count(source: str, key: str) -> str:
-    return f"coalesce(CAST(json_extract({source}, '$.{key}') AS INTEGER), 0)"
-
-
-# One row per call of the store's turns numbered (?1, ?2]: the turn's own
-# model and counts, or each entry of its model_calls.
-_CALLS = (
-    "WITH t AS (SELECT n, coalesce(user_id, '') AS user_key, session_n, started_at,"
-    " model, prompt_tokens, completion_tokens, metadata FROM store.conversations"
-    " WHERE n > ?1 AND n <= ?2)"
-    " SELECT n, coalesce(model, '') AS model, user_key, session_n, started_at,"
-    " (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL) AS reported,"
-    " coalesce(prompt_tokens, 0) AS input, coalesce(completion_tokens, 0) AS output,"
-    f" {_count('metadata', 'cache_read_tokens')} AS cache_read,"
-    f" {_count('metadata', 'cache_write_tokens')} AS cache_write,"
-    f" {_count('metadata', 'reasoning_tokens')} AS reasoning"
-    f" FROM t WHERE NOT ({_ARRAY}) AND (model IS NOT NULL"
-    " OR prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)"
-    " UNION ALL"
-    " SELECT t.n, coalesce(json_extract(j.value, '$.model'), ''), t.user_key,"
-    " t.session_n, t.started_at,"
-    " (json_extract(j.value, '$.prompt_tokens') IS NOT NULL"
-    " OR json_extract(j.value, '$.completion_tokens') IS NOT NULL),"
-    f" {_count('j.value', 'prompt_tokens')}, {_count('j.value', 'completion_tokens')},"
-    f" {_count('j.value', 'cache_read_tokens')},"
-    f" {_count('j.value', 'cache_write_tokens')},"
-    f" {_count('j.value', 'reasoning_tokens')}"
-    f" FROM t, json_each(json_extract(t.metadata, '$.model_calls')) j WHERE {_ARRAY}"
-)
-_SUMMED = ", ".join(f"sum({c}) AS {c}" for c in _SUMS)
-_UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
-_COLS = ", ".join(_SUMS)
-
-
-def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
-    """
-    The statements that index the cost of the store's turns numbered (?1, ?2];
-    *segment_rows* is the SQL of their (key, value, n, ..., day) segment rows.
-    """
-    return (
-        # A turn counts once, under the first of its models (by name).
-        "CREATE TEMP TABLE cost_chunk AS SELECT *, (model = min(model)"
-        " OVER (PARTITION BY n)) AS turns FROM (SELECT n, model, user_key,"
-        " session_n, started_at, date(started_at, 'unixepoch') AS day,"
-        " count(*) AS calls, sum(reported) AS reported, sum(input) AS input,"
-        " sum(output) AS output, sum(cache_read) AS cache_read,"
-        " sum(cache_write) AS cache_write, sum(reasoning) AS reasoning"
-        f" FROM ({_CALLS}) GROUP BY n, model)",
-        "CREATE INDEX temp.cost_chunk_n ON cost_chunk (n)",
-        f"INSERT INTO ui_cost_turn (n, model, user_key, session_n, started_at, {_COLS})"
-        f" SELECT n, model, user_key, session_n, started_at, {_COLS} FROM cost_chunk"
-        " WHERE true ON CONFLICT DO NOTHING",
-        f"INSERT INTO ui_cost_day (day, model, {_COLS}) SELECT day, model, {_SUMMED}"
-        f" FROM cost_chunk GROUP BY day, model ON CONFLICT DO UPDATE SET {_UPSERT}",
-        f"INSERT INTO ui_cost_user (user_key, model, {_COLS}) SELECT user_key, model,"
-        f" {_SUMMED} FROM cost_chunk GROUP BY user_key, model"
-        f" ON CONFLICT DO UPDATE SET {_UPSERT}",
-        f"INSERT INTO ui_cost_segment_day (key, value, day, model, {_COLS})"
-        f" SELECT s.key, s.value, k.day, k.model,"
-        f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"
-        " JOIN cost_chunk k ON k.n = s.n GROUP BY s.key, s.value, k.day, k.model"
-        f" ON CONFLICT DO UPDATE SET {_UPSERT}",
-        f"INSERT INTO ui_cost_segment_user (key, value, user_key, model, {_COLS})"
-        f" SELECT s.key, s.value, k.user_key, k.model,"
-        f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"
-        " JOIN cost_chunk k ON k.n = s.n GROUP BY s.key, s.value, k.user_key,"
-        f" k.model ON CONFLICT DO UPDATE SET {_UPSERT}",
-        "DROP TABLE temp.cost_chunk",
-    )
-
-
-# --- reading ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,8 @@ Definitions (the README's "Retention and segments" states them for users):
 
 Everything reads the sidecar's tables (``ui_cohort_week`` for weekly actives and
 cohorts, ``ui_user_month``, ``ui_day_stats``, ``ui_user_day`` and
-``ui_user_stats``); the store is not read.
+``ui_user_stats``); the store is not read. The reports' read models are in
+:mod:`.retention_models`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone, tzinfo
+
+from .retention_models import ActivePoint, ChurnedUser, CohortRow, Retention, WeekCount
 
 __all__ = [
     "CHURN_LIMIT",
@@ -50,67 +52,6 @@ __all__ = [
 MAX_WEEKS = 104
 CHURN_LIMIT = 100
 _DAY = 86_400.0
-
-
-@dataclass(frozen=True, slots=True)
-class ActivePoint:
-    """
-    Active users in one period: ``period`` is a UTC day, an ISO week's Monday
-    (both ``YYYY-MM-DD``) or a month (``YYYY-MM``); ``active`` = ``new`` +
-    ``returning``. ``stickiness`` (months only) is mean DAU / MAU, None
-    without active users.
-    """
-
-    period: str
-    active: int
-    new: int
-    returning: int
-    stickiness: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class CohortRow:
-    """
-    The users first seen in the ISO week ``week`` (its Monday): ``users`` of
-    them; ``active[k - 1]`` of them were active in week *k* after it and
-    ``retained[k - 1]`` is that share, for each week up to the current one.
-    """
-
-    week: str
-    users: int
-    active: tuple[int, ...]
-    retained: tuple[float, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ChurnedUser:
-    """A user active in the previous 7 days and not since: their turns then."""
-
-    user_id: str
-    previous_conversations: int
-    last_seen: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """
-    A retention report from ``since`` (a Monday) to ``today`` (UTC days).
-
-    ``stickiness`` is the current month's (see :class:`ActivePoint`);
-    ``churned_total`` counts every churned user, ``churned`` lists the first
-    :data:`CHURN_LIMIT`.
-    """
-
-    since: str
-    today: str
-    users: int
-    daily: tuple[ActivePoint, ...]
-    weekly: tuple[ActivePoint, ...]
-    monthly: tuple[ActivePoint, ...]
-    stickiness: float | None
-    cohorts: tuple[CohortRow, ...]
-    churned_total: int
-    churned: tuple[ChurnedUser, ...]
 
 
 def week_of(day: date) -> date:
@@ -334,14 +275,6 @@ def _churned(
     ).fetchall()
     total = rows[0][3] if rows else 0
     return int(total), tuple(ChurnedUser(k, int(c), last) for k, c, last, _ in rows)
-
-
-@dataclass(frozen=True, slots=True)
-class WeekCount:
-    """A user's conversations in the ISO week of Monday ``day`` (UTC)."""
-
-    day: str
-    conversations: int
 
 
 def user_activity(
