@@ -24,6 +24,7 @@ _COMPARE_MEASURES = (
     ("latency_p50_ms", "p50 latency", "ms"),
     ("latency_p95_ms", "p95 latency", "ms"),
     ("tokens_per_conversation", "Tokens per conversation", "num"),
+    ("cost_per_conversation", "Cost per conversation", "money"),
     ("week1_retention", "Week-1 retention", "pct"),
 )
 

@@ -67,3 +67,19 @@ def test_compare_page_refuses_a_bad_segment(server):
 
     assert 400 == status
     assert "a must be KEY:VALUE, got &#39;plan&#39;" in body
+
+
+def test_compare_page_shows_the_cost_per_conversation(server):
+    """The compare page has the API's cost per conversation on each side, with the
+    number of conversations it is over (a dash where nothing is priced)."""
+    _, body = server.get("/compare?a=model:fake-model&b=model:other&range=all")
+    _, api = server.get("/api/compare?a=model:fake-model&b=model:other&range=all")
+    row = re.search(r'<tr id="measure-cost_per_conversation">.*?</tr>', body, re.S)
+
+    assert row is not None
+    assert "Cost per conversation" in row.group(0)
+    for side in ("a", "b"):
+        figure = api[side]["cost_per_conversation"]
+        cell = re.search(rf'class="num side-{side}">(.*?)</td>', row.group(0)).group(1)
+        assert f"(n = {figure['count']})" in cell
+        assert ("$" in cell) == (figure["value"] is not None)
