@@ -154,7 +154,8 @@ def _outbox(
     url: str, turns: list[Any], tmp: str, claim: int | None = None
 ) -> Callable[[], None]:
     from context_trace._exporters.outbox import OutboxExporter
-    from context_trace._exporters.postgres import DESTINATION, PostgresSender
+    from context_trace._exporters.postgres import PostgresSender
+    from context_trace._exporters.senders import POSTGRESQL as DESTINATION
     from context_trace._exporters.sqlite import SQLiteExporter
 
     path = os.path.join(tmp, f"outbox-{time.monotonic_ns()}.db")

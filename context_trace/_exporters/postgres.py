@@ -31,12 +31,10 @@ from context_trace._record import Record
 from .base import Outcome
 from .http_policy import Backoff, CircuitBreaker
 
-__all__ = ["DESTINATION", "PostgresSender", "default_host"]
+__all__ = ["PostgresSender", "default_host"]
 
 _logger = logging.getLogger(__name__)
 
-#: The outbox destination name of the PostgreSQL store.
-DESTINATION = "postgresql"
 _DEFAULT_BACKOFF = 0.5
 _MAX_BACKOFF = 10.0
 

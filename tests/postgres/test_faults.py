@@ -17,7 +17,8 @@ import pytest
 
 import context_trace
 from context_trace._exporters.outbox import OutboxExporter
-from context_trace._exporters.postgres import DESTINATION, PostgresSender
+from context_trace._exporters.postgres import PostgresSender
+from context_trace._exporters.senders import POSTGRESQL as DESTINATION
 from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._store.postgres import check
 from context_trace.cli import main
