@@ -614,7 +614,14 @@ class Run:
                     "a tracked server's store does not hold what it served"
                 )
             if self.stub is not None and args.stub_url:
-                self.peer_stats = stub_stats(args.stub_url)
+                try:
+                    self.peer_stats = stub_stats(args.stub_url)
+                except OSError as exc:
+                    # The figures are still good: only the peers' delivery check is lost.
+                    self.problems.append(
+                        f"the peers' stub did not answer ({exc}); its log:"
+                        f" {self.stub.log_tail()}"
+                    )
         except BenchError as exc:
             self.problems.append(str(exc))
         except KeyboardInterrupt:
