@@ -376,7 +376,10 @@ def start_stub(harness: str, tmp: str) -> tuple[Child, str] | None:
         print(f"peers skipped: no harness at {harness}")
         return None
     child = Child(
-        "stub", [sys.executable, stub, "--port", "0"], os.path.join(tmp, "stub.log")
+        "stub",
+        # The stub stops itself after 30 min by default; a full run takes longer.
+        [sys.executable, stub, "--port", "0", "--max-seconds", "86400"],
+        os.path.join(tmp, "stub.log"),
     )
     try:
         port = int(child.message(30)["port"])
