@@ -36,9 +36,8 @@ def csv_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     store = SQLiteExporter(path)
     assert 0 == store.export(convs).failed
     store.shutdown()
-    server = Server(path)
-    yield server
-    server.stop()
+    with Server(path) as server:
+        yield server
 
 
 def read_csv(server: Server, path: str) -> list[dict[str, str]]:

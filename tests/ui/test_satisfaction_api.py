@@ -12,8 +12,8 @@ from selenium.webdriver.common.by import By
 from context_trace import _handler, _runtime
 from tests.test_satisfaction import HAPPY, QUIET, UNHAPPY, _record
 
+from ._browser import severe_logs
 from .conftest import Server
-from .test_browser import severe_logs
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,8 @@ def sat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         finally:
             _runtime.reset()
             _handler._CLAIMED.clear()
-    server = Server(path)
-    yield server
-    server.stop()
+    with Server(path) as server:
+        yield server
 
 
 class TestUnhappyAPI:

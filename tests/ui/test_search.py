@@ -28,9 +28,8 @@ def search_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
               for i in range(7)]  # fmt: skip
     assert 0 == store.export(convs).failed
     store.shutdown()
-    srv = Server(db)
-    yield srv
-    srv.stop()
+    with Server(db) as srv:
+        yield srv
 
 
 def search(srv: Server, text: str, extra: str = "") -> dict:
