@@ -57,6 +57,7 @@ from .failures import (
     record_failures,
 )
 from .read_only import assert_read_only, no_write_override, read_only
+from .stores import record_store, write_records
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-123"
@@ -237,16 +238,7 @@ def _populate(path: Path) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A store filled once for the module (clean env and state around it)."""
-    path = tmp_path_factory.mktemp("cli") / "traces.db"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith(("CONTEXT_", "GETCONTEXT_")):
-                mp.delenv(name)
-        _runtime.reset()
-        try:
-            _populate(path)
-        finally:
-            _runtime.reset()
+    path = record_store(tmp_path_factory.mktemp("cli") / "traces.db", _populate)
     with SQLiteReader(path) as reader:
         rows = tuple(reader.conversations())
     conn = sqlite3.connect(path)
@@ -486,8 +478,8 @@ class TestUsers:
     def test_long_user_ids_are_printed_whole(self, tmp_path: Path, main: Any) -> None:
         """A user id too long for 80 columns is printed whole, never cut."""
         path = tmp_path / "long.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id="a" * 32,
@@ -497,9 +489,8 @@ class TestUsers:
                     ended_at=C1_START + 0.05,
                     messages=(Message("user", "q"),),
                 )
-            ]
+            ],
         )
-        writer.shutdown()
 
         result = main("users", "--db", str(path))
 
@@ -516,8 +507,8 @@ class TestUsers:
     ) -> None:
         """A store holding only turns with no user lists them as one "(no user)" row."""
         path = tmp_path / "anonymous.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id=f"{i:032d}",
@@ -528,9 +519,8 @@ class TestUsers:
                     messages=(Message("user", "q"),),
                 )
                 for i in range(3)
-            ]
+            ],
         )
-        writer.shutdown()
 
         result = main("users", "--db", str(path))
         as_json = main("users", "--json", "--db", str(path))
@@ -567,8 +557,8 @@ class TestWholeIds:
 
     def _store(self, tmp_path: Path) -> Path:
         path = tmp_path / "ids.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id="c" * 32,
@@ -578,9 +568,8 @@ class TestWholeIds:
                     ended_at=C1_START + 0.05,
                     messages=(Message("user", "q"), Message("assistant", "a")),
                 )
-            ]
+            ],
         )
-        writer.shutdown()
         return path
 
     def test_ids_printed_by_one_command_work_in_the_next(self, tmp_path: Path) -> None:
@@ -780,8 +769,8 @@ class TestShow:
     ) -> None:
         """Escape sequences in stored text are printed as '?', never sent raw."""
         path = tmp_path / "escapes.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id="e" * 32,
@@ -794,9 +783,8 @@ class TestShow:
                         Message("assistant", "\x1b[2Jwiped\x07 line 1\r\nline 2"),
                     ),
                 )
-            ]
+            ],
         )
-        writer.shutdown()
 
         shown = main("show", "e" * 32, "--db", str(path))
         users = main("users", "--db", str(path))

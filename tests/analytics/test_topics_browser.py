@@ -9,8 +9,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from context_trace import _handler, _runtime
 from context_trace.analytics.topic_index import TopicIndex
+from tests.stores import record_store
 from tests.ui._browser import assert_no_script_ran
 from tests.ui.conftest import Server, browser  # noqa: F401 - the browser fixture
 
@@ -23,11 +23,9 @@ PAYLOAD = "<img src=x onerror=\"document.title='pwned'\"> set an alarm for 7 am"
 def topics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The dashboard over a store of real LangChain turns, topics built."""
     path = tmp_path_factory.mktemp("topics-ui") / "traces.db"
-    try:
-        _record(path, [*_first_asks(), ("eve", PAYLOAD), ("eve", PAYLOAD)])
-    finally:
-        _runtime.reset()
-        _handler._CLAIMED.clear()
+    record_store(
+        path, lambda p: _record(p, [*_first_asks(), ("eve", PAYLOAD), ("eve", PAYLOAD)])
+    )
     with TopicIndex(path) as index:
         index.build()
     with Server(path) as srv:

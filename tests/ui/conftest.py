@@ -10,7 +10,6 @@ instead.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -27,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Feedback, Message
+from tests.stores import in_batches, with_metadata, write_records
 
 from ._browser import chromium
 
@@ -100,12 +99,8 @@ def build_store(path: Path) -> Dataset:
         Feedback("f1", "s-a1", "alice", 1, None, NOW - 3000),
         Feedback("f2", "s-b1", "bob", -1, None, NOW - 3000),
     ]
-    store = SQLiteExporter(path)
     # Several batches, as the pipeline would deliver them.
-    for start in range(0, len(convs), 7):
-        assert 0 == store.export(convs[start : start + 7]).failed
-    assert 0 == store.export(feedback).failed
-    store.shutdown()
+    write_records(path, *in_batches(convs, 7), feedback)
     return Dataset(convs, feedback)
 
 
@@ -209,21 +204,13 @@ def plans_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Six turns of users u0..u2 (u0 has a pro and a free turn): three pro, two
     free and one whose plan is a stored XSS payload."""
     path = tmp_path_factory.mktemp("plans-ui") / "traces.db"
-    convs = []
-    for i, plan in enumerate(PLANS):
-        conv = turn(f"c{i}", f"u{i % 3}", f"s{i % 3}", 3600 - i, 100 + i)
-        convs.append(
-            conv.__class__(
-                **{
-                    **{f: getattr(conv, f) for f in conv.__dataclass_fields__},
-                    "metadata": {**conv.metadata, "plan": plan},
-                }
-            )
+    convs = [
+        with_metadata(
+            turn(f"c{i}", f"u{i % 3}", f"s{i % 3}", 3600 - i, 100 + i), plan=plan
         )
-    store = SQLiteExporter(path)
-    assert 0 == store.export(convs).failed
-    store.shutdown()
-    with Server(path) as server:
+        for i, plan in enumerate(PLANS)
+    ]
+    with Server(write_records(path, convs)) as server:
         yield server
 
 
@@ -236,16 +223,13 @@ def build_rated_store(path: Path) -> None:
     convs = []
     for i, (cid, latency) in enumerate(RATED_LATENCIES.items()):
         conv = turn(cid, "rita", "s-r", 300 - i * 10, latency, f"question {cid}")
-        meta = {**conv.metadata, "plan": "pro", "region": "<b>eu</b>"}
-        convs.append(dataclasses.replace(conv, metadata=meta))
+        convs.append(with_metadata(conv, plan="pro", region="<b>eu</b>"))
     feedback = [
         Feedback("fr1", "s-r", "rita", 1, "r1", NOW - 200),
         Feedback("fr2", "s-r", "rita", -1, "r1", NOW - 100),
         Feedback("fr3", "s-r", "rita", 1, "r2", NOW - 150),
     ]
-    store = SQLiteExporter(path)
-    assert 0 == store.export([*convs, *feedback]).failed
-    store.shutdown()
+    write_records(path, [*convs, *feedback])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
-from context_trace._exporters.sqlite import SQLiteExporter
+from tests.stores import write_records
 
 from ._browser import assert_no_script_ran
 from .conftest import XSS_IMG, XSS_SCRIPT, Server, turn
@@ -33,10 +33,7 @@ def unhappy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     convs += [
         turn(f"c-z{i}", "zed", "s-zed", 4000 - i, 100, f"hello {i}") for i in range(3)
     ]
-    store = SQLiteExporter(path)
-    assert 0 == store.export(convs).failed
-    store.shutdown()
-    with Server(path) as srv:
+    with Server(write_records(path, convs)) as srv:
         yield srv
 
 
