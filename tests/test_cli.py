@@ -334,6 +334,36 @@ class TestProgram:
             assert f"    {command} " in result.stdout
         assert [] == [line for line in result.stdout.splitlines() if len(line) > 80]
 
+    @pytest.mark.parametrize(
+        ("option", "commands"),
+        [
+            ("--range", ("cost", "compare")),
+            ("--meta", ("cost", "retention")),
+            ("--prices", ("cost", "users", "ui")),
+        ],
+    )
+    def test_an_option_of_several_commands_reads_alike_in_each(
+        self, option: str, commands: tuple[str, ...]
+    ) -> None:
+        """An option several commands take has one form, default, choices and
+        help (a command may add a note) in each; --meta names its two forms."""
+        parser = cli._parser()
+        (sub,) = [a for a in parser._actions if a.dest == "command"]
+        found = [
+            next(a for a in sub.choices[name]._actions if option in a.option_strings)
+            for name in commands
+        ]
+        forms = [(a.metavar, a.default, a.choices, a.type, a.nargs) for a in found]
+        helps = [a.help or "" for a in found]
+
+        assert [forms[0]] * len(forms) == forms
+        assert [shortest := min(helps, key=len)] * len(helps) == [
+            h[: len(shortest)] for h in helps
+        ]
+        if option == "--meta":
+            assert {"KEY=VALUE"} == {a.metavar for a in found}
+            assert all("KEY:VALUE too" in h for h in helps)
+
     def test_read_commands_do_not_import_the_recording_machinery(
         self, store: Store
     ) -> None:
