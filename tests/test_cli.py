@@ -57,6 +57,7 @@ from .failures import (
     record_failures,
 )
 from .read_only import assert_read_only, no_write_override, read_only
+from .stores import record_store, write_records
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-123"
@@ -237,16 +238,7 @@ def _populate(path: Path) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """A store filled once for the module (clean env and state around it)."""
-    path = tmp_path_factory.mktemp("cli") / "traces.db"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith(("CONTEXT_", "GETCONTEXT_")):
-                mp.delenv(name)
-        _runtime.reset()
-        try:
-            _populate(path)
-        finally:
-            _runtime.reset()
+    path = record_store(tmp_path_factory.mktemp("cli") / "traces.db", _populate)
     with SQLiteReader(path) as reader:
         rows = tuple(reader.conversations())
     conn = sqlite3.connect(path)
@@ -341,6 +333,36 @@ class TestProgram:
         ):
             assert f"    {command} " in result.stdout
         assert [] == [line for line in result.stdout.splitlines() if len(line) > 80]
+
+    @pytest.mark.parametrize(
+        ("option", "commands"),
+        [
+            ("--range", ("cost", "compare")),
+            ("--meta", ("cost", "retention")),
+            ("--prices", ("cost", "users", "ui")),
+        ],
+    )
+    def test_an_option_of_several_commands_reads_alike_in_each(
+        self, option: str, commands: tuple[str, ...]
+    ) -> None:
+        """An option several commands take has one form, default, choices and
+        help (a command may add a note) in each; --meta names its two forms."""
+        parser = cli._parser()
+        (sub,) = [a for a in parser._actions if a.dest == "command"]
+        found = [
+            next(a for a in sub.choices[name]._actions if option in a.option_strings)
+            for name in commands
+        ]
+        forms = [(a.metavar, a.default, a.choices, a.type, a.nargs) for a in found]
+        helps = [a.help or "" for a in found]
+
+        assert [forms[0]] * len(forms) == forms
+        assert [shortest := min(helps, key=len)] * len(helps) == [
+            h[: len(shortest)] for h in helps
+        ]
+        if option == "--meta":
+            assert {"KEY=VALUE"} == {a.metavar for a in found}
+            assert all("KEY:VALUE too" in h for h in helps)
 
     def test_read_commands_do_not_import_the_recording_machinery(
         self, store: Store
@@ -486,8 +508,8 @@ class TestUsers:
     def test_long_user_ids_are_printed_whole(self, tmp_path: Path, main: Any) -> None:
         """A user id too long for 80 columns is printed whole, never cut."""
         path = tmp_path / "long.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id="a" * 32,
@@ -497,9 +519,8 @@ class TestUsers:
                     ended_at=C1_START + 0.05,
                     messages=(Message("user", "q"),),
                 )
-            ]
+            ],
         )
-        writer.shutdown()
 
         result = main("users", "--db", str(path))
 
@@ -516,8 +537,8 @@ class TestUsers:
     ) -> None:
         """A store holding only turns with no user lists them as one "(no user)" row."""
         path = tmp_path / "anonymous.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id=f"{i:032d}",
@@ -528,9 +549,8 @@ class TestUsers:
                     messages=(Message("user", "q"),),
                 )
                 for i in range(3)
-            ]
+            ],
         )
-        writer.shutdown()
 
         result = main("users", "--db", str(path))
         as_json = main("users", "--json", "--db", str(path))
@@ -567,8 +587,8 @@ class TestWholeIds:
 
     def _store(self, tmp_path: Path) -> Path:
         path = tmp_path / "ids.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id="c" * 32,
@@ -578,9 +598,8 @@ class TestWholeIds:
                     ended_at=C1_START + 0.05,
                     messages=(Message("user", "q"), Message("assistant", "a")),
                 )
-            ]
+            ],
         )
-        writer.shutdown()
         return path
 
     def test_ids_printed_by_one_command_work_in_the_next(self, tmp_path: Path) -> None:
@@ -780,8 +799,8 @@ class TestShow:
     ) -> None:
         """Escape sequences in stored text are printed as '?', never sent raw."""
         path = tmp_path / "escapes.db"
-        writer = SQLiteExporter(path)
-        writer.export(
+        write_records(
+            path,
             [
                 Conversation(
                     id="e" * 32,
@@ -794,9 +813,8 @@ class TestShow:
                         Message("assistant", "\x1b[2Jwiped\x07 line 1\r\nline 2"),
                     ),
                 )
-            ]
+            ],
         )
-        writer.shutdown()
 
         shown = main("show", "e" * 32, "--db", str(path))
         users = main("users", "--db", str(path))

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 from context_trace import _demo, _demo_app, _satisfaction, cli
-from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.reader import SQLiteReader
+from tests.stores import write_records
 
 from .exporters.context_server import free_port
 
@@ -85,7 +85,6 @@ class DemoRun:
 
 def _app_store(path: Path) -> str:
     """An app's store with one turn of its own, written by the real writer; its digest."""
-    store = SQLiteExporter(path)
     turn = Conversation(
         id="app-turn-1",
         user_id="alice",
@@ -95,8 +94,7 @@ def _app_store(path: Path) -> str:
         messages=(Message("user", "hi"), Message("assistant", "hello")),
         metadata={},
     )
-    assert 0 == store.export([turn]).failed
-    store.shutdown()
+    write_records(path, [turn])
     return _digest(path)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 import context_trace
-from context_trace import _handler, _runtime, _satisfaction, cli
+from context_trace import _runtime, _satisfaction, cli
 from context_trace._satisfaction import analyze, similarity, turn_signals
 from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
 
+from .stores import record_store
 from .test_cli import _env, run_cli
 
 
@@ -243,18 +243,7 @@ def _record(path: Path) -> None:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store recorded once for the module (clean env and state around it)."""
-    path = tmp_path_factory.mktemp("satisfaction") / "traces.db"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith(("CONTEXT_", "GETCONTEXT_")):
-                mp.delenv(name)
-        _runtime.reset()
-        try:
-            _record(path)
-        finally:
-            _runtime.reset()
-            _handler._CLAIMED.clear()
-    return path
+    return record_store(tmp_path_factory.mktemp("satisfaction") / "traces.db", _record)
 
 
 def _later() -> float:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -37,10 +36,9 @@ from context_trace._record import Conversation, Record
 
 from .base import Outcome
 from .genai import record_spans
+from .holdoff import HoldOffSender
 from .http_policy import (
     DEFAULT_OTLP_TRACES_ENDPOINT,
-    Backoff,
-    CircuitBreaker,
     is_transient,
     retry_after_seconds,
     safe_url,
@@ -101,7 +99,7 @@ def encode_request(
 # -- the OTLP/HTTP sender ------------------------------------------------------------
 
 
-class OTLPSender:
+class OTLPSender(HoldOffSender):
     """
     POST turns as OTLP/HTTP protobuf to a collector or backend; never raises.
 
@@ -154,10 +152,7 @@ class OTLPSender:
         self._resource = {SERVICE_NAME: "unknown_service", **dict(resource or {})}
         self._capture = capture_content
         self._timeout = timeout
-        self._backoff = Backoff(backoff, _MAX_BACKOFF, jitter)
-        # One failure opens it, for the backoff delay or the server's Retry-After.
-        self._circuit = CircuitBreaker(1, backoff, clock)
-        self._closed = threading.Event()
+        super().__init__(backoff, _MAX_BACKOFF, jitter, clock)
         self.requests = 0  #: requests sent (benchmarks read it)
 
     def __repr__(self) -> str:
@@ -169,21 +164,12 @@ class OTLPSender:
         """The traces URL."""
         return self._endpoint
 
-    @property
-    def cooling_down(self) -> bool:
-        """True while a backoff runs: the outbox does not claim rows for it."""
-        return self._circuit.cooling_down
-
     def export_each(self, batch: Sequence[Record]) -> list[Outcome]:
         """Send *batch* in one request; one :class:`Outcome` per record."""
         n = len(batch)
-        if n == 0:
-            return []
-        if self._closed.is_set():
-            return [Outcome("retry", retry_after=0.0, detail="shut down")] * n
-        wait = self._circuit.wait()
-        if wait is not None:  # a backoff runs: nothing is sent
-            return [Outcome("retry", retry_after=wait, detail="circuit open")] * n
+        unsent = self._unsent(n)
+        if unsent is not None:
+            return unsent
         try:
             body = encode_request(batch, self._resource, self._capture)
         except Exception:  # noqa: BLE001 - a mapping bug must not kill the worker
@@ -199,12 +185,7 @@ class OTLPSender:
             self._circuit.success()
             return [Outcome("delivered", attempts=1)] * n
         if is_transient(status):
-            delay = (
-                retry_after
-                if retry_after is not None
-                else self._backoff.delay(self._circuit.failures)
-            )
-            self._circuit.failure(delay)
+            delay = self._hold_off(retry_after)
             log_once(
                 _logger,
                 f"otlp.retry.{status}",

@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from context_trace._log import log_once
 from context_trace._record import Record
 
 from .base import Outcome
-from .http_policy import Backoff, CircuitBreaker
+from .holdoff import HoldOffSender
+from .http_policy import Clock
 
 __all__ = ["PostgresSender", "default_host"]
 
@@ -38,15 +38,13 @@ _logger = logging.getLogger(__name__)
 _DEFAULT_BACKOFF = 0.5
 _MAX_BACKOFF = 10.0
 
-Clock = Callable[[], float]
-
 
 def default_host() -> str:
     """This host's identity: the machine's name."""
     return socket.gethostname() or "unknown-host"
 
 
-class PostgresSender:
+class PostgresSender(HoldOffSender):
     """
     Deliver turns and ratings to a PostgreSQL store; never raises.
 
@@ -78,9 +76,7 @@ class PostgresSender:
         from context_trace._store.postgres import PostgresStore
 
         self._store = PostgresStore(url, host=host or default_host())
-        self._backoff = Backoff(backoff, _MAX_BACKOFF, jitter)
-        self._circuit = CircuitBreaker(1, backoff, clock)
-        self._closed = threading.Event()
+        super().__init__(backoff, _MAX_BACKOFF, jitter, clock)
         self.batches = 0  #: transactions committed (benchmarks read it)
 
     def __repr__(self) -> str:
@@ -96,28 +92,18 @@ class PostgresSender:
         """The server, without its password."""
         return str(self._store.location)
 
-    @property
-    def cooling_down(self) -> bool:
-        """True while a backoff runs: the outbox does not claim rows for it."""
-        return self._circuit.cooling_down
-
     def export_each(self, batch: Sequence[Record]) -> list[Outcome]:
         """Write *batch* in one transaction; one :class:`Outcome` per record."""
         n = len(batch)
-        if n == 0:
-            return []
-        if self._closed.is_set():
-            return [Outcome("retry", retry_after=0.0, detail="shut down")] * n
-        wait = self._circuit.wait()
-        if wait is not None:
-            return [Outcome("retry", retry_after=wait, detail="circuit open")] * n
+        unsent = self._unsent(n)
+        if unsent is not None:
+            return unsent
         kind, detail = self._write(batch)
         if kind == "ok":
             self._circuit.success()
             return [Outcome("delivered", attempts=1)] * n
         if kind == "transient":
-            delay = self._backoff.delay(self._circuit.failures)
-            self._circuit.failure(delay)
+            delay = self._hold_off()
             log_once(
                 _logger,
                 f"postgres.retry.{detail}",

@@ -44,6 +44,7 @@ from context_trace._store.reader import USER_SORTS
 from . import compare as _compare
 from . import cost as _cost
 from . import retention as _retention
+from ._options import add_prices_argument
 from ._topics import add_topics_arguments, cmd_topics
 from .commands import (
     _DEMO_DB,
@@ -152,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="at most N users (the (no user) row is not counted)",
     )
-    _cost.add_prices_argument(users)
+    add_prices_argument(users)
 
     sessions = add("sessions", "sessions, most recently active first", as_json)
     sessions.add_argument("--user", metavar="USER", help="only this user's sessions")
@@ -232,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
         help="require this token from every request (default:"
         " $CONTEXT_TRACE_UI_TOKEN; required for a non-loopback --host)",
     )
-    _cost.add_prices_argument(ui)
+    add_prices_argument(ui)
 
     unhappy = add(
         "unhappy",

@@ -27,6 +27,15 @@ from ._format import (
     _wrap,
 )
 
+# The last columns of the users and sessions tables: the ratings, the failed
+# turns and the turns whose tool failed (left out when none: _tool_column).
+_OUTCOME_COLUMNS = (
+    _Column("UP", right=True),
+    _Column("DOWN", right=True),
+    _Column("ERRORS", right=True),
+    _Column("TOOL ERR", right=True),
+)
+
 
 # --------------------------------------------------------------------------- commands
 def _users_lines(
@@ -41,10 +50,7 @@ def _users_lines(
         _Column("SESSIONS", right=True),
         _Column("LAST SEEN"),
         _Column("AVG LATENCY", right=True),
-        _Column("UP", right=True),
-        _Column("DOWN", right=True),
-        _Column("ERRORS", right=True),
-        _Column("TOOL ERR", right=True),
+        *_OUTCOME_COLUMNS,
     )
     rows = [
         (
@@ -91,10 +97,7 @@ def _cmd_sessions(args: argparse.Namespace, out: TextIO) -> int:
         _Column("USER"),
         _Column("LAST ACTIVE"),
         _Column("TURNS", right=True),
-        _Column("UP", right=True),
-        _Column("DOWN", right=True),
-        _Column("ERRORS", right=True),
-        _Column("TOOL ERR", right=True),
+        *_OUTCOME_COLUMNS,
     )
     rows = [
         (

@@ -13,10 +13,8 @@ import argparse
 import dataclasses
 import sqlite3
 from collections.abc import Callable
-from pathlib import Path
 from typing import TextIO
 
-from context_trace._store.analytics import RANGES
 from context_trace._store.segments import (
     MIN_SAMPLE,
     Comparison,
@@ -24,7 +22,8 @@ from context_trace._store.segments import (
     SegmentFigures,
 )
 
-from .commands import _EXIT_OK, _EXIT_USAGE, _CLIError, _db_path, _describe, _print_json
+from ._options import add_prices_argument, add_range_argument, load_cli_prices
+from .commands import _EXIT_OK, _CLIError, _db_path, _describe, _print_json
 from .retention import open_analytics, parse_cli_segment
 
 __all__ = ["add_parser", "cmd_compare"]
@@ -63,16 +62,9 @@ def add_parser(
             help=f"segment {side.upper()}: turns whose metadata has this value"
             " (repeat: all must hold)",
         )
-    parser.add_argument(
-        "--range",
-        choices=tuple(RANGES),
-        default="all",
-        help="only the turns of the last 24h, 7d, 30d (UTC days) or all (default)",
-    )
-    parser.add_argument(
-        "--prices",
-        metavar="FILE",
-        type=Path,
+    add_range_argument(parser)
+    add_prices_argument(
+        parser,
         help="price overrides for the cost per conversation, JSON or TOML (see"
         " the cost command)",
     )
@@ -121,14 +113,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     """Print the comparison (a table, or JSON with ``--json``)."""
     a = parse_cli_segment(args.segment_a, "--segment-a")
     b = parse_cli_segment(args.segment_b, "--segment-b")
-    prices = None
-    if args.prices is not None:
-        from context_trace.analytics.pricing import load_prices
-
-        try:
-            prices = load_prices(args.prices, "--prices")
-        except ValueError as exc:
-            raise _CLIError(str(exc), _EXIT_USAGE) from None
+    prices = load_cli_prices(args)
     path = _db_path(args)
     analytics = open_analytics(path)
     analytics.use_prices(prices)

@@ -15,12 +15,17 @@ import argparse
 import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, TextIO
 
-from context_trace._store.analytics import RANGES, Analytics
+from context_trace._store.analytics import Analytics
 from context_trace._store.cost import COST_BY, CostReport, CostRow
 
+from ._options import (
+    add_meta_argument,
+    add_prices_argument,
+    add_range_argument,
+    load_cli_prices,
+)
 from .commands import (
     _EXIT_OK,
     _EXIT_USAGE,
@@ -32,19 +37,7 @@ from .commands import (
 )
 from .retention import open_analytics, parse_cli_segment, parse_day, print_report
 
-__all__ = ["add_parser", "add_prices_argument", "cmd_cost", "cmd_users_by_cost"]
-
-
-def add_prices_argument(parser: argparse.ArgumentParser) -> None:
-    """``--prices FILE``, for every command that shows a cost."""
-    parser.add_argument(
-        "--prices",
-        metavar="FILE",
-        type=Path,
-        help="price overrides, JSON or TOML (.toml): {model: {input, output,"
-        " cache_read, cache_write, reasoning}} in dollars per million tokens;"
-        " they override genai-prices or add models",
-    )
+__all__ = ["add_parser", "cmd_cost", "cmd_users_by_cost"]
 
 
 def add_parser(
@@ -60,25 +53,14 @@ def add_parser(
     parser.add_argument(
         "--by", choices=COST_BY, default="model", help="group by (default: model)"
     )
-    parser.add_argument(
-        "--range",
-        choices=tuple(RANGES),
-        default="all",
-        help="only the turns of the last 24h, 7d, 30d (UTC days) or all (default)",
-    )
+    add_range_argument(parser)
     parser.add_argument(
         "--since",
         metavar="YYYY-MM-DD",
         type=parse_day,
         help="only the UTC days from this one (instead of --range)",
     )
-    parser.add_argument(
-        "--meta",
-        metavar="KEY:VALUE",
-        action="append",
-        default=[],
-        help="only the turns whose metadata has this value (repeat: all must hold)",
-    )
+    add_meta_argument(parser)
     parser.add_argument(
         "--limit",
         metavar="N",
@@ -89,20 +71,8 @@ def add_parser(
     add_prices_argument(parser)
 
 
-def _prices(args: argparse.Namespace) -> dict[str, dict[str, float]] | None:
-    path = getattr(args, "prices", None)
-    if path is None:
-        return None
-    from context_trace.analytics.pricing import load_prices
-
-    try:
-        return load_prices(path, "--prices")
-    except ValueError as exc:
-        raise _CLIError(str(exc), _EXIT_USAGE) from None
-
-
 def _open(args: argparse.Namespace) -> Analytics:
-    prices = _prices(args)  # a bad file is refused before the index is built
+    prices = load_cli_prices(args)  # a bad file is refused before the index is built
     path = _db_path(args)
     opened = open_analytics(path)
     opened.use_prices(prices)

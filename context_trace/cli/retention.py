@@ -25,6 +25,7 @@ from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import UIIndex
 
+from ._options import add_meta_argument
 from .commands import (
     _EXIT_OK,
     _EXIT_USAGE,
@@ -108,13 +109,8 @@ def add_parser(
         type=parse_day,
         help="cover from the ISO week of this UTC day instead of --weeks",
     )
-    parser.add_argument(
-        "--meta",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="only the turns whose metadata has this value (repeatable: all must"
-        " hold); a user's first conversation is then their first in the segment",
+    add_meta_argument(
+        parser, "a user's first conversation is then their first in the segment"
     )
     parser.add_argument(
         "--tz",

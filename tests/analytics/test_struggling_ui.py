@@ -141,19 +141,14 @@ def test_topics_command_struggling(
 def test_unhappy_count_includes_a_user_only_rated_down(store: Path) -> None:
     """A user whose only bad sign is a 👎 counts as unhappy on the overview tile,
     as on the Unhappy users page."""
-    from context_trace._exporters.sqlite import SQLiteExporter
     from context_trace._record import Feedback
+    from tests.stores import write_records
     from tests.ui.conftest import NOW, turn
 
-    writer = SQLiteExporter(store)
     convs = [
         turn(f"c-zoe{i}", "zoe", "s-zoe", 100 - i, 50, f"hi {i}") for i in range(3)
     ]
-    assert 0 == writer.export(convs).failed
-    assert (
-        0 == writer.export([Feedback("fz", "s-zoe", "zoe", -1, "c-zoe1", NOW)]).failed
-    )
-    writer.shutdown()
+    write_records(store, convs, [Feedback("fz", "s-zoe", "zoe", -1, "c-zoe1", NOW)])
     client = create_app(store, refresh_interval=0).test_client()
     html = client.get("/").get_data(as_text=True)
     count = re.search(r'id="stat-unhappy"><a href="/unhappy">(\d+)</a>', html)

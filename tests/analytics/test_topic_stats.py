@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from context_trace import cli
-from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._store.ui_index import UIIndex
 from context_trace.analytics.topic_index import TopicIndex
+from tests.stores import write_records
 from tests.ui.conftest import turn
 
 from .test_topic_index import INTENTS, _questions
@@ -37,9 +37,7 @@ def write_store(path: Path, start: int = 0) -> None:
                      (i % 3) * DAY + 60 * k, 100 * (i + 1), text, error=error)
             )  # fmt: skip
             k += 1
-    store = SQLiteExporter(path)
-    assert 0 == store.export(convs).failed
-    store.shutdown()
+    write_records(path, convs)
 
 
 @pytest.fixture

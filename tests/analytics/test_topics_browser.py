@@ -9,10 +9,10 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from context_trace import _handler, _runtime
 from context_trace.analytics.topic_index import TopicIndex
+from tests.stores import record_store
+from tests.ui._browser import assert_no_script_ran
 from tests.ui.conftest import Server, browser  # noqa: F401 - the browser fixture
-from tests.ui.test_browser import severe_logs
 
 from .test_topic_index import _first_asks, _record
 
@@ -23,16 +23,13 @@ PAYLOAD = "<img src=x onerror=\"document.title='pwned'\"> set an alarm for 7 am"
 def topics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The dashboard over a store of real LangChain turns, topics built."""
     path = tmp_path_factory.mktemp("topics-ui") / "traces.db"
-    try:
-        _record(path, [*_first_asks(), ("eve", PAYLOAD), ("eve", PAYLOAD)])
-    finally:
-        _runtime.reset()
-        _handler._CLAIMED.clear()
+    record_store(
+        path, lambda p: _record(p, [*_first_asks(), ("eve", PAYLOAD), ("eve", PAYLOAD)])
+    )
     with TopicIndex(path) as index:
         index.build()
-    srv = Server(path)
-    yield srv
-    srv.stop()
+    with Server(path) as srv:
+        yield srv
 
 
 def test_overview_to_topic_to_conversation(browser: Any, topics_server: Server) -> None:  # noqa: F811
@@ -66,7 +63,4 @@ def test_overview_to_topic_to_conversation(browser: Any, topics_server: Server) 
     assert any(PAYLOAD in p for p in previews)  # shown as text
     turns[0].find_element(By.CSS_SELECTOR, "td:nth-child(3) a").click()
     assert browser.find_element(By.ID, "transcript")
-    assert browser.title != "pwned"
-    assert browser.execute_script("return window.__pwned === undefined")
-    assert [] == browser.find_elements(By.CSS_SELECTOR, "main script, main img")
-    assert [] == severe_logs(browser)
+    assert_no_script_ran(browser, markup_in_main=True)

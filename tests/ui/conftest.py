@@ -3,54 +3,37 @@ Fixtures for the dashboard: a store written by the real writer, a real server,
 and a real headless Chromium (Debian's) for the browser tests.
 
 Every browser test takes the ``browser`` fixture, which decides what a machine
-without Chromium does (see :func:`no_browser`): the README's test command skips
-the browser tests there, saying how to install it; CI fails instead.
+without Chromium does (see :func:`tests.ui._browser.no_browser`): the README's
+test command skips the browser tests there, saying how to install it; CI fails
+instead.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Feedback, Message
+from tests.stores import in_batches, with_metadata, write_records
+
+from ._browser import chromium
 
 NOW = time.time()
 XSS_SCRIPT = "<script>window.__pwned = 1; document.title = 'pwned';</script>"
 XSS_IMG = "<img src=x onerror=\"window.__pwned = 2; document.title = 'pwned'\">"
-
-# Set (to 1) where the browser tests must run: a missing browser is then an
-# error, not a skip. .ci/run sets it; a set CI variable (CI=true) does the same.
-REQUIRE_BROWSER_ENV = "CONTEXT_TRACE_REQUIRE_BROWSER"
-INSTALL_HINT = "apt-get install chromium chromium-driver"
-# Debian's Chromium and its driver, found on PATH (never a downloaded browser).
-BROWSER_PROGRAMS = ("chromium", "chromedriver")
-BROWSER_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-)
-_FALSE = ("", "0", "false", "no", "off")
 
 
 def turn(
@@ -116,12 +99,8 @@ def build_store(path: Path) -> Dataset:
         Feedback("f1", "s-a1", "alice", 1, None, NOW - 3000),
         Feedback("f2", "s-b1", "bob", -1, None, NOW - 3000),
     ]
-    store = SQLiteExporter(path)
     # Several batches, as the pipeline would deliver them.
-    for start in range(0, len(convs), 7):
-        assert 0 == store.export(convs[start : start + 7]).failed
-    assert 0 == store.export(feedback).failed
-    store.shutdown()
+    write_records(path, *in_batches(convs, 7), feedback)
     return Dataset(convs, feedback)
 
 
@@ -182,6 +161,12 @@ class Server:
         assert 200 == status, body
         return body
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> tuple[int, str]:
         """Ctrl-C; returns the exit code and stderr."""
         self.proc.send_signal(signal.SIGINT)
@@ -198,39 +183,8 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(store_path: Path) -> Iterator[Server]:
-    srv = Server(store_path)
-    yield srv
-    srv.stop()
-
-
-def requiring_variable(environ: Mapping[str, str]) -> str | None:
-    """
-    The variable that requires the browser tests to run (``NAME=value``), if any:
-    the requiring variable when set, else CI. ``0``, ``false`` or ``no`` do not
-    require them, so ``CONTEXT_TRACE_REQUIRE_BROWSER=0`` lets a CI without a
-    browser skip them.
-    """
-    for name in (REQUIRE_BROWSER_ENV, "CI"):
-        value = environ.get(name, "").strip()
-        if value:
-            return None if value.lower() in _FALSE else f"{name}={value}"
-    return None
-
-
-def no_browser(missing: Sequence[str], environ: Mapping[str, str]) -> tuple[str, str]:
-    """
-    What the browser tests do when the *missing* programs are not found:
-    ``("skip", reason)`` on a developer's machine, ``("fail", reason)`` where
-    :func:`requiring_variable` finds the browser required.
-    """
-    reason = (
-        "the browser tests need Debian's chromium and chromium-driver "
-        f"({INSTALL_HINT}); not found on PATH: {', '.join(missing)}"
-    )
-    required_by = requiring_variable(environ)
-    if required_by is not None:
-        return "fail", f"{reason}; {required_by} requires them"
-    return "skip", reason
+    with Server(store_path) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -238,25 +192,26 @@ def browser() -> Iterator[Any]:
     """A headless Chromium driven by Selenium; skips or fails without one."""
     # Module scope: set up before the function-scoped fixture of tests/conftest.py
     # that clears CONTEXT_* variables, so the requiring variable is still there.
-    found = {name: shutil.which(name) for name in BROWSER_PROGRAMS}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        action, reason = no_browser(missing, os.environ)
-        if action == "fail":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    yield from chromium()
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = found["chromium"]
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(found["chromedriver"]), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+
+# Turn i of the plans store has this plan (the last one a stored XSS payload).
+PLANS = ["pro", "pro", "pro", "free", "free", XSS_IMG]
+
+
+@pytest.fixture(scope="module")
+def plans_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Six turns of users u0..u2 (u0 has a pro and a free turn): three pro, two
+    free and one whose plan is a stored XSS payload."""
+    path = tmp_path_factory.mktemp("plans-ui") / "traces.db"
+    convs = [
+        with_metadata(
+            turn(f"c{i}", f"u{i % 3}", f"s{i % 3}", 3600 - i, 100 + i), plan=plan
+        )
+        for i, plan in enumerate(PLANS)
+    ]
+    with Server(write_records(path, convs)) as server:
+        yield server
 
 
 RATED_LATENCIES = {"r1": 1412, "r2": 87, "r3": 12345}
@@ -268,25 +223,21 @@ def build_rated_store(path: Path) -> None:
     convs = []
     for i, (cid, latency) in enumerate(RATED_LATENCIES.items()):
         conv = turn(cid, "rita", "s-r", 300 - i * 10, latency, f"question {cid}")
-        meta = {**conv.metadata, "plan": "pro", "region": "<b>eu</b>"}
-        convs.append(dataclasses.replace(conv, metadata=meta))
+        convs.append(with_metadata(conv, plan="pro", region="<b>eu</b>"))
     feedback = [
         Feedback("fr1", "s-r", "rita", 1, "r1", NOW - 200),
         Feedback("fr2", "s-r", "rita", -1, "r1", NOW - 100),
         Feedback("fr3", "s-r", "rita", 1, "r2", NOW - 150),
     ]
-    store = SQLiteExporter(path)
-    assert 0 == store.export([*convs, *feedback]).failed
-    store.shutdown()
+    write_records(path, [*convs, *feedback])
 
 
 @pytest.fixture(scope="module")
 def rated_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     path = tmp_path_factory.mktemp("rated") / "traces.db"
     build_rated_store(path)
-    srv = Server(path)
-    yield srv
-    srv.stop()
+    with Server(path) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +248,5 @@ def failures_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
     path = tmp_path_factory.mktemp("ui-failures") / "traces.db"
     record_failures(path)
-    srv = Server(path)
-    yield srv
-    srv.stop()
+    with Server(path) as srv:
+        yield srv

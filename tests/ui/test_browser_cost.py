@@ -10,8 +10,8 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
+from ._browser import severe_logs
 from .conftest import Server
-from .test_browser import severe_logs
 from .test_cost import PRICES, build_cost_store
 
 
@@ -21,9 +21,10 @@ def cost_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("cost-ui")
     prices = folder / "prices.json"
     prices.write_text(json.dumps(PRICES))
-    server = Server(build_cost_store(folder / "traces.db"), "--prices", str(prices))
-    yield server
-    server.stop()
+    with Server(
+        build_cost_store(folder / "traces.db"), "--prices", str(prices)
+    ) as server:
+        yield server
 
 
 def test_cost_tile_users_sort_and_session(browser, cost_server):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,35 +20,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
-from context_trace._exporters.sqlite import SQLiteExporter
-
-from .conftest import BROWSER_FLAGS, BROWSER_PROGRAMS, XSS_IMG, Server, no_browser, turn
-from .test_browser import severe_logs
-
-PLANS = ["pro", "pro", "pro", "free", "free", XSS_IMG]
-
-
-@pytest.fixture(scope="module")
-def filter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Six turns of three users; u0 has a pro and a free turn."""
-    path = tmp_path_factory.mktemp("filters-ui") / "traces.db"
-    convs = []
-    for i, plan in enumerate(PLANS):
-        conv = turn(f"c{i}", f"u{i % 3}", f"s{i % 3}", 3600 - i, 100 + i)
-        convs.append(
-            conv.__class__(
-                **{
-                    **{f: getattr(conv, f) for f in conv.__dataclass_fields__},
-                    "metadata": {**conv.metadata, "plan": plan},
-                }
-            )
-        )
-    store = SQLiteExporter(path)
-    assert 0 == store.export(convs).failed
-    store.shutdown()
-    server = Server(path)
-    yield server
-    server.stop()
+from . import _browser
+from ._browser import assert_no_script_ran
+from .conftest import XSS_IMG
 
 
 @pytest.fixture(scope="module")
@@ -62,45 +34,13 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def chromium(downloads: Path) -> Iterator[Any]:
     """A headless Chromium whose downloads go to *downloads* (Chrome prefs);
     skips or fails without one, as the shared browser fixture does."""
-    found = {name: shutil.which(name) for name in BROWSER_PROGRAMS}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        action, reason = no_browser(missing, os.environ)
-        if action == "fail":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = found["chromium"]
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.add_experimental_option(
-        "prefs",
-        {
-            "download.default_directory": str(downloads),
-            "download.prompt_for_download": False,
-            "download.directory_upgrade": True,
-        },
-    )
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(found["chromedriver"]), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    yield from _browser.chromium(downloads)
 
 
-def _no_script_ran(driver: Any) -> None:
-    assert "pwned" != driver.title
-    assert None is driver.execute_script("return window.__pwned")
-    assert [] == severe_logs(driver)
-
-
-def test_filter_bar_filters_users_and_the_link_is_shareable(chromium, filter_server):
+def test_filter_bar_filters_users_and_the_link_is_shareable(chromium, plans_server):
     """Choosing a range and a segment in the bar filters the users table; the URL
     holds both, and opening it afresh gives the same rows."""
-    chromium.get(filter_server.url + "/users")
+    chromium.get(plans_server.url + "/users")
     Select(chromium.find_element(By.ID, "range")).select_by_visible_text("last 24h")
     Select(chromium.find_element(By.ID, "segment")).select_by_visible_text(
         "plan = free (2)"
@@ -116,12 +56,12 @@ def test_filter_bar_filters_users_and_the_link_is_shareable(chromium, filter_ser
     assert "meta=plan%3Afree" in url
     assert ["u0", "u1"] == sorted(users)
     assert users == again
-    _no_script_ran(chromium)
+    assert_no_script_ran(chromium)
 
 
-def test_retention_honours_the_segment_from_the_bar(chromium, filter_server):
+def test_retention_honours_the_segment_from_the_bar(chromium, plans_server):
     """On Retention, the bar's segment narrows the report and its chart redraws."""
-    chromium.get(filter_server.url + "/retention")
+    chromium.get(plans_server.url + "/retention")
     Select(chromium.find_element(By.ID, "segment")).select_by_visible_text(
         "plan = free (2)"
     )
@@ -134,13 +74,13 @@ def test_retention_honours_the_segment_from_the_bar(chromium, filter_server):
     assert "2" == chromium.find_element(By.ID, "stat-wau").text
     assert "8" == drawn
     assert chromium.find_elements(By.CSS_SELECTOR, "#chart-weekly canvas")
-    _no_script_ran(chromium)
+    assert_no_script_ran(chromium)
 
 
-def test_compare_two_segments_through_the_page_controls(chromium, filter_server):
+def test_compare_two_segments_through_the_page_controls(chromium, plans_server):
     """Choosing A and B on the compare page shows both sides' figures with their
     counts; the payload among the values stays text."""
-    chromium.get(filter_server.url + "/")
+    chromium.get(plans_server.url + "/")
     chromium.find_element(By.ID, "nav-compare").click()
     a = Select(chromium.find_element(By.ID, "segment-a"))
     labels = [o.text for o in a.options]
@@ -160,36 +100,36 @@ def test_compare_two_segments_through_the_page_controls(chromium, filter_server)
         users.find_element(By.CLASS_NAME, "side-a").text,
         users.find_element(By.CLASS_NAME, "side-b").text,
     )
-    _no_script_ran(chromium)
+    assert_no_script_ran(chromium)
 
 
-def test_a_csv_link_downloads_the_table(chromium, filter_server, downloads):
+def test_a_csv_link_downloads_the_table(chromium, plans_server, downloads):
     """The conversations page's CSV link downloads the filtered table, the same
     rows the API's CSV answers."""
-    chromium.get(filter_server.url + "/conversations?meta=plan:pro")
+    chromium.get(plans_server.url + "/conversations?meta=plan:pro")
     chromium.find_element(By.ID, "csv-conversations").click()
     target = downloads / "conversations.csv"
     deadline = time.monotonic() + 20
     while not target.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    _, expected = filter_server.get("/api/conversations?meta=plan:pro&format=csv")
+    _, expected = plans_server.get("/api/conversations?meta=plan:pro&format=csv")
     text = target.read_bytes().decode()
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
 
     assert expected == text
     assert ["c0", "c1", "c2"] == sorted(r["conversation_id"] for r in rows)
-    _no_script_ran(chromium)
+    assert_no_script_ran(chromium)
 
 
-def test_overview_charts_and_sparklines_draw(chromium, filter_server):
+def test_overview_charts_and_sparklines_draw(chromium, plans_server):
     """The overview's charts and the users table's sparklines draw on canvases."""
-    chromium.get(filter_server.url + "/?range=7d")
+    chromium.get(plans_server.url + "/?range=7d")
     drawn = WebDriverWait(chromium, 10).until(
         lambda d: d.find_element(By.ID, "chart-conversations").get_attribute(
             "data-points"
         )
     )
-    chromium.get(filter_server.url + "/users")
+    chromium.get(plans_server.url + "/users")
     sparks = WebDriverWait(chromium, 10).until(
         lambda d: [
             s.get_attribute("data-points")
@@ -200,4 +140,4 @@ def test_overview_charts_and_sparklines_draw(chromium, filter_server):
 
     assert "7" == drawn
     assert ["14", "14", "14"] == sparks
-    _no_script_ran(chromium)
+    assert_no_script_ran(chromium)

@@ -1,5 +1,5 @@
 """
-When the browser tests run, skip or fail: the rule in ``tests/ui/conftest.py``.
+When the browser tests run, skip or fail: the rule in ``tests/ui/_browser.py``.
 
 Without Chromium the README's test command must still pass (the browser tests
 are skipped, saying how to install it), while CI, which must run them, fails
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import INSTALL_HINT, REQUIRE_BROWSER_ENV, no_browser
+from ._browser import INSTALL_HINT, REQUIRE_BROWSER_ENV, no_browser
 
 REPO = Path(__file__).resolve().parents[2]
 

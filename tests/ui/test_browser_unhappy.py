@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
-from context_trace._exporters.sqlite import SQLiteExporter
+from tests.stores import write_records
 
+from ._browser import assert_no_script_ran
 from .conftest import XSS_IMG, XSS_SCRIPT, Server, turn
-from .test_browser import severe_logs
 
 FLAGGED = 12  # uma's turn that says the answer did not help
 
@@ -33,12 +33,8 @@ def unhappy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     convs += [
         turn(f"c-z{i}", "zed", "s-zed", 4000 - i, 100, f"hello {i}") for i in range(3)
     ]
-    store = SQLiteExporter(path)
-    assert 0 == store.export(convs).failed
-    store.shutdown()
-    srv = Server(path)
-    yield srv
-    srv.stop()
+    with Server(write_records(path, convs)) as srv:
+        yield srv
 
 
 def _check_targeted(browser: Any) -> None:
@@ -57,13 +53,6 @@ def _check_targeted(browser: Any) -> None:
     assert "says it did not help" in turn_text  # the marker, with its reason
 
 
-def _check_safe(browser: Any) -> None:
-    assert browser.execute_script("return window.__pwned === undefined")
-    assert "pwned" != browser.title
-    assert [] == browser.find_elements(By.CSS_SELECTOR, "main script, main img")
-    assert [] == severe_logs(browser)
-
-
 def test_users_to_unhappy_user_to_the_flagged_turn(browser, unhappy_server):
     """Users sorted by satisfaction -> the unhappy user -> their flagged turn: the
     transcript opens scrolled to it; stored payloads stay text."""
@@ -76,7 +65,7 @@ def test_users_to_unhappy_user_to_the_flagged_turn(browser, unhappy_server):
     browser.find_element(By.CSS_SELECTOR, "#user-flagged a.evidence").click()
     _check_targeted(browser)
     assert "<script>window.__pwned = 1;" in browser.find_element(By.ID, "turn-3").text
-    _check_safe(browser)
+    assert_no_script_ran(browser, markup_in_main=True)
 
 
 def test_unhappy_page_links_to_the_flagged_turn(browser, unhappy_server):
@@ -89,4 +78,4 @@ def test_unhappy_page_links_to_the_flagged_turn(browser, unhappy_server):
     assert ["uma"] == [r.find_element(By.CLASS_NAME, "user").text for r in rows]
     rows[0].find_element(By.CSS_SELECTOR, "a.evidence").click()
     _check_targeted(browser)
-    _check_safe(browser)
+    assert_no_script_ran(browser, markup_in_main=True)

@@ -38,8 +38,7 @@ from typing import Any
 import pytest
 
 from context_trace import track_user
-from context_trace._exporters.sqlite import SQLiteExporter
-from context_trace._record import Conversation, Message, ModelCall, Usage
+from context_trace._record import Conversation, ModelCall, Usage
 from context_trace._store.analytics import Analytics
 from context_trace._store.cost import COST_TABLES
 from context_trace._store.ui_index import UIIndex
@@ -48,6 +47,7 @@ from context_trace.cli import main
 from context_trace.testing import CapturedRecords
 from context_trace.ui.app import create_app
 from tests.core.test_record import CachingFakeChatModel
+from tests.stores import greeting, write_records
 
 from .test_retention import NOW
 
@@ -75,13 +75,11 @@ def _turn(
     usage: Usage | None = None,
     calls: tuple[ModelCall, ...] = (),
 ) -> Conversation:
-    return Conversation(
-        id=f"c{n}",
-        user_id=user,
-        session_id=None if user is None else f"s-{user}",
-        started_at=when,
-        ended_at=when + 0.5,
-        messages=(Message("user", "hi"), Message("assistant", "hello")),
+    return greeting(
+        n,
+        user,
+        when,
+        seconds=0.5,
         metadata={"plan": plan},
         model=model,
         usage=usage,
@@ -102,12 +100,7 @@ def build_cost_store(path: Path) -> Path:
         _turn(5, "u3", _at("03-10", 12), "pro", "model-a", Usage(1_000_000, 0, 1_000_000)),
         _turn(6, None, _at("03-17", 13), "free"),
     ]  # fmt: skip
-    store = SQLiteExporter(path)
-    assert 0 == store.export(turns).failed
-    store.shutdown()
-    with UIIndex(path) as index:
-        index.build()
-    return path
+    return write_records(path, turns, ui_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -269,11 +262,7 @@ def test_recorded_usage_details_are_priced(
     with track_user("u"):
         CachingFakeChatModel().invoke("hello")
     path = tmp_path / "live.db"
-    store = SQLiteExporter(path)
-    assert 0 == store.export(context_trace_records.conversations).failed
-    store.shutdown()
-    with UIIndex(path) as index:
-        index.build()
+    write_records(path, context_trace_records.conversations, ui_index=True)
     prices = {"cachingfakechatmodel": MODEL_A}
     with Analytics(path, prices=prices) as analytics:
         report = analytics.cost("model", "all")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
+from tests.stores import with_metadata, write_records
 
 from .conftest import Server, turn
 
@@ -21,24 +21,15 @@ HOSTILE = ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", 'a "b", c\nd']
 def csv_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One turn per hostile user id (plan=pro for two of them)."""
     path = tmp_path_factory.mktemp("csv-ui") / "traces.db"
-    convs = []
-    for i, user in enumerate(HOSTILE):
-        conv = turn(f"c{i}", user, f"s{i}", 3600 - i, 100 + i, text=user)
-        plan = "pro" if i < 2 else "free"
-        convs.append(
-            conv.__class__(
-                **{
-                    **{f: getattr(conv, f) for f in conv.__dataclass_fields__},
-                    "metadata": {**conv.metadata, "plan": plan},
-                }
-            )
+    convs = [
+        with_metadata(
+            turn(f"c{i}", user, f"s{i}", 3600 - i, 100 + i, text=user),
+            plan="pro" if i < 2 else "free",
         )
-    store = SQLiteExporter(path)
-    assert 0 == store.export(convs).failed
-    store.shutdown()
-    server = Server(path)
-    yield server
-    server.stop()
+        for i, user in enumerate(HOSTILE)
+    ]
+    with Server(write_records(path, convs)) as server:
+        yield server
 
 
 def read_csv(server: Server, path: str) -> list[dict[str, str]]:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._store.analytics import Analytics
-from context_trace._store.ui_index import UIIndex
+from tests.stores import write_records
 
 from .conftest import NOW, RATED_LATENCIES, turn
 
@@ -36,12 +35,8 @@ def test_a_range_of_n_days_has_n_days(server, range_, days, turns):
 def test_a_turn_every_day_gives_n_bars_not_n_plus_1(tmp_path: Path, range_, days):
     """With a turn on each of the last 40 days, 7d counts 7 days and 30d 30."""
     db = tmp_path / "daily.db"
-    store = SQLiteExporter(db)
-    assert 0 == store.export([turn(f"d{i}", "u", None, i * 86400.0, 5)
-                              for i in range(40)]).failed  # fmt: skip
-    store.shutdown()
-    with UIIndex(db) as index:
-        index.build()
+    write_records(db, [turn(f"d{i}", "u", None, i * 86400.0, 5) for i in range(40)],
+                  ui_index=True)  # fmt: skip
     with Analytics(db, now=NOW) as analytics:
         overview = analytics.overview(range_)
 

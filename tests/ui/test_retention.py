@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
 from context_trace.ui.app import create_app
+from tests.stores import greeting, write_records
 
 NOW = calendar.timegm((2026, 3, 18, 12, 0, 0))
 
@@ -72,21 +72,13 @@ _TURNS: list[tuple[str | None, float]] = [
 
 def write_store(path: Path, turns: list[tuple[str | None, float]]) -> None:
     """The turns, written by the real writer, one session per user."""
-    store = SQLiteExporter(path)
-    records = [
-        Conversation(
-            id=f"c{i}",
-            user_id=user,
-            session_id=None if user is None else f"s-{user}",
-            started_at=started,
-            ended_at=started + 0.1,
-            messages=(Message("user", "hi"), Message("assistant", "hello")),
-            metadata={"model": "fake-model"},
-        )
-        for i, (user, started) in enumerate(turns)
-    ]
-    assert 0 == store.export(records).failed
-    store.shutdown()
+    write_records(
+        path,
+        [
+            greeting(i, user, started, metadata={"model": "fake-model"})
+            for i, (user, started) in enumerate(turns)
+        ],
+    )
 
 
 @pytest.fixture
@@ -362,14 +354,12 @@ def test_a_late_earlier_turn_moves_its_user_to_an_earlier_cohort(tmp_path):
     with UIIndex(path) as index:
         index.build()
         # erin (first seen 03-17) turns out to have come on 03-04 as well.
-        store = SQLiteExporter(path)
         late = Conversation(
             id="late", user_id="erin", session_id="s-erin",
             started_at=_at("2026-03-04"), ended_at=_at("2026-03-04") + 0.1,
             messages=(Message("user", "hi"),), metadata={},
         )  # fmt: skip
-        assert 0 == store.export([late]).failed
-        store.shutdown()
+        write_records(path, [late])
         index.build()
     live = _report(path, weeks=4)
     Path(str(path) + ".ui-index").unlink()

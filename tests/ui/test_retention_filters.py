@@ -20,11 +20,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
-from context_trace._record import Conversation, Message
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
 from context_trace.ui.app import create_app
+from tests.stores import greeting, write_records
 
 from .test_retention import _TURNS, _report
 
@@ -35,22 +34,12 @@ OTHER = (("model", "other"),)
 def model_store(tmp_path: Path) -> Path:
     """The hand-worked turns, bob's answered by model 'other'."""
     path = tmp_path / "retention.db"
-    store = SQLiteExporter(path)
     records = [
-        Conversation(
-            id=f"c{i}", user_id=user,
-            session_id=None if user is None else f"s-{user}",
-            started_at=started, ended_at=started + 0.1,
-            messages=(Message("user", "hi"), Message("assistant", "hello")),
-            metadata={"model": "other" if user == "bob" else "fake-model"},
-        )
+        greeting(i, user, started,
+                 metadata={"model": "other" if user == "bob" else "fake-model"})
         for i, (user, started) in enumerate(_TURNS)
     ]  # fmt: skip
-    assert 0 == store.export(records).failed
-    store.shutdown()
-    with UIIndex(path) as index:
-        index.build()
-    return path
+    return write_records(path, records, ui_index=True)
 
 
 def _weekly(report):

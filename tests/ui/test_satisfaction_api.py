@@ -2,37 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
 
-from context_trace import _handler, _runtime
+from tests.stores import record_store
 from tests.test_satisfaction import HAPPY, QUIET, UNHAPPY, _record
 
+from ._browser import severe_logs
 from .conftest import Server
-from .test_browser import severe_logs
 
 
 @pytest.fixture(scope="module")
 def sat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A dashboard over a store recorded with real LangChain turns."""
-    path = tmp_path_factory.mktemp("sat-ui") / "traces.db"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith(("CONTEXT_", "GETCONTEXT_")):
-                mp.delenv(name)
-        _runtime.reset()
-        try:
-            _record(path)
-        finally:
-            _runtime.reset()
-            _handler._CLAIMED.clear()
-    server = Server(path)
-    yield server
-    server.stop()
+    path = record_store(tmp_path_factory.mktemp("sat-ui") / "traces.db", _record)
+    with Server(path) as server:
+        yield server
 
 
 class TestUnhappyAPI:

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
+from tests.stores import write_records
 
 from .conftest import XSS_SCRIPT, Server, turn
 
@@ -21,16 +21,12 @@ TEXTS = {
 @pytest.fixture(scope="module")
 def search_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     db = tmp_path_factory.mktemp("search") / "traces.db"
-    store = SQLiteExporter(db)
     convs = [turn(cid, "u", "s", 100 + i, 10, text) for i, (cid, text) in
              enumerate(TEXTS.items())]  # fmt: skip
     convs += [turn(f"t-r{i}", "u", "s", 200 + i, 10, f"refund number {i}")
               for i in range(7)]  # fmt: skip
-    assert 0 == store.export(convs).failed
-    store.shutdown()
-    srv = Server(db)
-    yield srv
-    srv.stop()
+    with Server(write_records(db, convs)) as srv:
+        yield srv
 
 
 def search(srv: Server, text: str, extra: str = "") -> dict:

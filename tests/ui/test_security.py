@@ -49,9 +49,8 @@ def test_is_loopback(host: str, expected: bool):
 
 @pytest.fixture(scope="module")
 def guarded(store_path: Path):
-    srv = Server(store_path, env={ENV_UI_TOKEN: TOKEN})
-    yield srv
-    srv.stop()
+    with Server(store_path, env={ENV_UI_TOKEN: TOKEN}) as srv:
+        yield srv
 
 
 class TestToken:

@@ -31,13 +31,13 @@ from typing import Any
 
 import pytest
 
-from context_trace._exporters.sqlite import SQLiteExporter
-from context_trace._record import Conversation, Feedback, Message
+from context_trace._record import Conversation, Feedback
 from context_trace._store.analytics import Analytics
 from context_trace._store.segments import _z_test, parse_segment
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
 from context_trace.ui.app import create_app
+from tests.stores import greeting, write_records
 
 from .test_retention import NOW
 from .test_retention import retention_store as retention_store
@@ -77,29 +77,16 @@ def segment_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if plan is not None:
             metadata["plan"] = plan
         records.append(
-            Conversation(
-                id=f"c{i}",
-                user_id=user,
-                session_id=None if user is None else f"s-{user}",
-                started_at=started,
-                ended_at=started + latency / 1000,
-                messages=(Message("user", "hi"), Message("assistant", "hello")),
-                metadata=metadata,
-                error=error,
+            greeting(
+                i, user, started, seconds=latency / 1000, metadata=metadata, error=error
             )
         )
-    store = SQLiteExporter(path)
-    assert 0 == store.export(records).failed
     ratings = [
         Feedback("f1", "s-u1", "u1", 1, "c1", _at("03-17", 10) + 1800),
         Feedback("f3", "s-u2", "u2", 1, "c4", _at("03-16", 12) + 1800),
         Feedback("f2", "s-u3", "u3", -1, "c6", _at("03-17", 12) + 1800),
     ]
-    assert 0 == store.export(ratings).failed
-    store.shutdown()
-    with UIIndex(path) as index:
-        index.build()
-    return path
+    return write_records(path, records, ratings, ui_index=True)
 
 
 @pytest.fixture
