@@ -328,6 +328,9 @@ class UIIndex:
                 conn.execute(statement)
         for statement in _APPLY_SESSIONS:
             conn.execute(statement)
+        from context_trace import _satisfaction_users  # its own tables, usat_*
+
+        _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),
