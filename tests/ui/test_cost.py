@@ -374,6 +374,18 @@ def test_cli_cost_table_shows_unpriced(cost_store, tmp_path, capsys):
     assert "$2.0044" in out  # model-a
 
 
+def test_cli_cost_table_prints_a_dash_for_an_unpriced_model(cost_store, capsys):
+    """A row whose calls are all unpriced costs "-", not $0.0000; a priced row its cost."""
+    assert 0 == main(["cost", "--db", str(cost_store), "--by", "model"])
+
+    rows = {
+        line.split()[0]: line.split()[-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("mystery-model", "gpt-4o"))
+    }
+    assert rows == {"mystery-model": "-", "gpt-4o": "$0.0047"}
+
+
 def test_cli_cost_bad_prices_file_is_a_usage_error(cost_store, tmp_path, capsys):
     """A bad --prices file is refused with exit status 2, naming --prices."""
     bad = tmp_path / "bad.json"
