@@ -255,6 +255,11 @@ def index_users(conn: sqlite3.Connection, *, ratings_changed: bool) -> None:
             " SELECT id, conversation_id, rating, created_at FROM store.feedback"
             " WHERE conversation_id IS NOT NULL"
         )
+    # The users table's median latency per user: an ordered walk of the
+    # user's turns (the no-user key can hold a twentieth of the store).
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS ui_turns_latency ON ui_turns (user_key, latency_ms)"
+    )
     cutoff = time.time() - IDLE_GAP
     start = int(
         conn.execute("SELECT value FROM usat_meta WHERE key = 'n'").fetchone()[0]
