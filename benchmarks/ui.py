@@ -3,6 +3,7 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
 
     python benchmarks/ui.py [--conversations 1000000] [--users 50000]
         [--append 100000] [--reps 15] [--db FILE] [--smoke] [--json FILE]
+        [--reuse] [--match TEXT]
 
 1. Builds a store of ``--conversations`` turns from ``--users`` users (5% with
    no user, 3% failed, sessions of about four turns, a rating on one session in
@@ -24,6 +25,11 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
    The topic pages (``/topics``, a topic's page, ``/conversations?topic=``
    alone and with filters, struggling topics, ``/unhappy``) come last, after
    the topics are built (``TopicIndex.build``, timed: *topics, first build*).
+
+``--reuse --db FILE`` skips steps 1-5 on a store built before (a copy: the
+index and topics files beside it are brought level and written): it times the
+index catching up (a new index table fills here), then the calls;
+``--match TEXT`` times only the calls containing TEXT.
 
 ``--smoke`` runs it small (20,000 turns, 1,000 users) in well under a minute.
 Build time for the full size is several minutes. Timings are noisy on a shared

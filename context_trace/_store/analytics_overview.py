@@ -185,7 +185,8 @@ class _OverviewQueries(_AnalyticsBase):
                 sums = [a + b for a, b in zip(sums, row[1:], strict=True)]
             for latency, n in hours[1]:
                 latencies[latency] = latencies.get(latency, 0) + n
-            counted += [(_day(h * 3600), key, n) for h, key, n in hours[2]]
+            days = {h: _day(h * 3600) for h in {row[0] for row in hours[0]}}
+            counted += [(days[h], key, n) for h, key, n in hours[2]]
         for day, key, n in counted:
             count, users = per_day.setdefault(day, (0, set()))
             users.add(key)
