@@ -3,6 +3,7 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
 
     python benchmarks/ui.py [--conversations 1000000] [--users 50000]
         [--append 100000] [--reps 15] [--db FILE] [--smoke] [--json FILE]
+        [--reuse] [--match TEXT]
 
 1. Builds a store of ``--conversations`` turns from ``--users`` users (5% with
    no user, 3% failed, sessions of about four turns, a rating on one session in
@@ -24,6 +25,11 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
    The topic pages (``/topics``, a topic's page, ``/conversations?topic=``
    alone and with filters, struggling topics, ``/unhappy``) come last, after
    the topics are built (``TopicIndex.build``, timed: *topics, first build*).
+
+``--reuse --db FILE`` skips steps 1-5 on a store built before (a copy: the
+index and topics files beside it are brought level and written): it times the
+index catching up (a new index table fills here), then the calls;
+``--match TEXT`` times only the calls containing TEXT.
 
 ``--smoke`` runs it small (20,000 turns, 1,000 users) in well under a minute.
 Build time for the full size is several minutes. Timings are noisy on a shared
@@ -260,6 +266,16 @@ def _calls(path: Path, index: Path) -> list[str]:
         "/users?sort=cost",
         "/api/users?sort=cost&order=asc&offset=25000",
         "/api/users?sort=cost&meta=plan:pro",
+        # Satisfaction, from the per-user sums kept in the index.
+        "/users?sort=satisfaction",
+        "/api/users?sort=satisfaction&order=asc",
+        "/api/users?sort=satisfaction&meta=plan:pro",
+        "/api/unhappy",
+        "/api/unhappy?range=24h",
+        "/api/unhappy?range=7d",
+        "/api/unhappy?range=30d",
+        "/api/cost?by=session",
+        "/api/cost?by=session&range=7d",
     ]
     return calls
 
@@ -315,7 +331,7 @@ def _topic_calls(path: Path, topics: Path) -> list[str]:
         "/topics", "/topics?range=7d", "/topics?sort=struggling",
         "/api/topics", "/api/topics?range=30d", "/api/topics?sort=struggling",
         f"/topics/{biggest}", f"/topics/{biggest}?range=7d", f"/topics/{smallest}",
-        "/unhappy",
+        "/unhappy", "/api/cost?by=topic", "/api/cost?by=topic&range=7d",
     ]  # fmt: skip
     for topic in (biggest, smallest):
         conv = f"/conversations?topic={topic}"
@@ -341,10 +357,23 @@ def main() -> None:
     parser.add_argument("--db", type=Path, help="keep the store here")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--match", default="", help="time only the calls containing this text"
+    )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the calls on the existing --db (its index brought level first)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.conversations, args.users, args.append, args.reps = 20_000, 1_000, 5_000, 5
     path = args.db or Path(tempfile.mkdtemp()) / "ui-bench.db"
+    if args.reuse:
+        if not path.exists():
+            raise SystemExit(f"--reuse: no store at {path}")
+        _time_calls(path, args, {})
+        return
     if path.exists():
         raise SystemExit(f"{path} exists; give a new --db")
     rng = random.Random(13)
@@ -408,6 +437,22 @@ def main() -> None:
         f" {len(chunks)} chunks, p95 {figures['refresh_chunk_p95_ms']} ms per chunk"
     )
 
+    _time_calls(path, args, figures, index)
+
+
+def _time_calls(
+    path: Path,
+    args: argparse.Namespace,
+    figures: dict[str, object],
+    index: UIIndex | None = None,
+) -> None:
+    """Build the topics, then time re-pricing and every call (see the docstring)."""
+    if index is None:  # --reuse: bring the existing index level, timed
+        began = time.perf_counter()
+        index = UIIndex(path)
+        index.build()
+        figures["index_catch_up_s"] = round(time.perf_counter() - began, 1)
+        print(f"  index brought level: {figures['index_catch_up_s']} s")
     from context_trace.analytics.topic_index import TopicIndex
 
     began = time.perf_counter()
@@ -427,6 +472,8 @@ def main() -> None:
     print(f"\n{'call':<62} {'p50 ms':>8} {'p95 ms':>8}")
     worst = 0.0
     for call in _calls(path, index.path) + _topic_calls(path, topics_path):
+        if args.match not in call:
+            continue
         times = []
         for _ in range(args.reps):
             began = time.perf_counter()

@@ -202,6 +202,36 @@ def content_words(text: str) -> frozenset[str]:
     return frozenset(_stem(w) for w in words if w not in _STOPWORDS)
 
 
+def _parameters(text: str) -> frozenset[str]:
+    """
+    The content words of *text* that name a value rather than ask something:
+    a word with a digit in it, or a capitalised word that does not start a
+    sentence (a proper noun: a city, a product, a name).
+    """
+    text = unicodedata.normalize("NFKC", text).replace("\u2019", "'")
+    found = set()
+    for match in _WORD.finditer(text):
+        word = match.group(0)
+        before = text[: match.start()].rstrip()
+        initial = not before or before[-1] in ".!?:\n"
+        if any(c.isdigit() for c in word) or (word[0].isupper() and not initial):
+            folded = word.casefold()
+            if folded not in _STOPWORDS:
+                found.add(_stem(folded))
+    return frozenset(found)
+
+
+def changes_a_parameter(a: str, b: str) -> bool:
+    """
+    Whether *b* asks *a*'s question again with another value: each has a
+    content word the other lacks, and all those words are values (see
+    :func:`_parameters`): "weather in Paris" then "weather in London".
+    """
+    first, second = content_words(a), content_words(b)
+    gone, new = first - second, second - first
+    return bool(gone and new) and gone <= _parameters(a) and new <= _parameters(b)
+
+
 def similarity(a: str, b: str) -> float:
     """Jaccard similarity of two texts' content words (0 when either has none)."""
     first, second = content_words(a), content_words(b)
@@ -333,7 +363,9 @@ def turn_signals(
         score = similarity(earlier, said)
         if earlier == said:
             signals.append(Signal("rephrase", "repeats the previous question"))
-        elif score >= REPHRASE_THRESHOLD:
+        elif score >= REPHRASE_THRESHOLD and not changes_a_parameter(
+            previous, question
+        ):
             signals.append(
                 Signal(
                     "rephrase",

@@ -232,6 +232,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "_satisfaction_signals",
             "_satisfaction_report",
             "_satisfaction_index",
+            "_satisfaction_users",
             "analytics",
         ),
     ),

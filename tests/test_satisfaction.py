@@ -71,6 +71,31 @@ class TestRephrase:
             previous="Why was I charged twice this month?",
         )
 
+    def test_same_question_with_another_number_does_not_fire(self) -> None:
+        """Only the number changed (similarity 0.6): a new question, not a rephrase."""
+        assert similarity(
+            "Set a timer for 5 minutes", "Set a timer for 10 minutes"
+        ) == pytest.approx(0.6)
+        assert not turn_signals(
+            "Set a timer for 10 minutes", "Done.", previous="Set a timer for 5 minutes"
+        )
+
+    def test_same_question_about_another_place_does_not_fire(self) -> None:
+        """Only the proper nouns changed (similarity 0.5): a new question."""
+        before = "Which metro goes from the airport to the Louvre?"
+        after = "Which metro goes from the airport to the Eiffel Tower?"
+        assert similarity(before, after) == pytest.approx(0.5)
+        assert not turn_signals(after, "Take line 6.", previous=before)
+
+    def test_rephrase_that_also_changes_a_value_still_fires(self) -> None:
+        """A changed number beside a changed wording is still a rephrase (0.5)."""
+        signals = turn_signals(
+            "Set a 10 minute countdown timer",
+            "Done.",
+            previous="Set a timer for 5 minutes",
+        )
+        assert _names(signals) == ["rephrase"]
+
     def test_first_turn_of_a_session_does_not_fire(self) -> None:
         """Without a previous question in the session there is nothing to rephrase."""
         assert not turn_signals("Where is my order?", "It ships today.")

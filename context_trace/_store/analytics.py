@@ -316,41 +316,36 @@ class Analytics(_OverviewQueries, _UserQueries):
         )
 
     def unhappy_users(
-        self, limit: int = 10, min_turns: int | None = None, evidence: int = 5
+        self,
+        limit: int = 10,
+        min_turns: int | None = None,
+        evidence: int = 5,
+        range_: str = "all",
     ) -> list[dict[str, Any]]:
         """
-        All time, the users :meth:`.Report.unhappy` lists, from the per-user
-        totals kept in the index (no turn is re-read): each as ``{key, score,
-        turns, flagged_turns, evidence: [{session_id, turn, conversation_id,
-        reasons}]}``, the evidence being their worst turns by their own signals.
-        """
-        from context_trace import _satisfaction
+        The users :meth:`.Report.unhappy` lists over *range_*, from the
+        per-user sums kept in the index (see :mod:`context_trace._satisfaction_users`):
+        each as :meth:`.Group.as_dict` gives it (``key``, ``score``, ``turns``,
+        ``flagged_turns``, ``signals``..., and ``evidence``: their worst turns,
+        ``{session_id, turn, conversation_id, reasons}``).
 
+        Raises:
+            ValueError: For an unknown *range_*.
+        """
+        from context_trace import _satisfaction, _satisfaction_users
+
+        if range_ not in RANGES:
+            raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
         least = _satisfaction.MIN_TURNS if min_turns is None else min_turns
-        scores, cutoff = self._satisfaction_scores()
-        rows = self._rows(
-            f"{scores} SELECT sat.user_key, sat.score, u.turns FROM sat"
-            " JOIN ui.sat_users u USING (user_key)"
-            " WHERE sat.user_key != '' AND u.turns >= ? AND sat.score < 1.0"
-            " ORDER BY sat.score, sat.user_key LIMIT ?",
-            [*cutoff, least, limit],
-        )
-        out = []
-        for key, score, turns in rows:
-            flagged = self._rows(
-                "SELECT count(*) FROM ui.sat_turns WHERE user_key = ? AND penalty > 0",
-                (key,),
-            )[0][0]
-            out.append(
-                {
-                    "key": key,
-                    "score": round(score, 3),
-                    "turns": turns,
-                    "flagged_turns": flagged,
-                    "evidence": self.user_flagged(key, evidence),
-                }
+        if not _satisfaction_users.available(self._conn):
+            found: list[dict[str, Any]] = self.satisfaction(range_).unhappy(
+                limit=limit, min_turns=least, evidence=evidence
             )
-        return out
+            return found
+        return _satisfaction_users.unhappy(
+            self._conn, now=self._clock(), since=self._since(range_), limit=limit,
+            min_turns=least, evidence=evidence,
+        )  # fmt: skip
 
     def user_flagged(self, user_id: str | None, limit: int = 5) -> list[dict[str, Any]]:
         """
@@ -373,24 +368,18 @@ class Analytics(_OverviewQueries, _UserQueries):
 
     def unhappy_count(self, min_turns: int | None = None) -> int:
         """How many users :meth:`unhappy_users` would list with no limit."""
-        from context_trace import _satisfaction
+        from context_trace import _satisfaction, _satisfaction_users
 
         least = _satisfaction.MIN_TURNS if min_turns is None else min_turns
-        if not self._rows("SELECT 1 FROM ui.sqlite_master WHERE name = 'sat_users'"):
+        if not _satisfaction_users.available(self._conn):
             return 0
-        # A user's score is below 1 exactly when one of their turns has a
-        # signal of its own (each weighs at least 0.3, more than a 👍 gives
-        # back) or was last rated 👎 ("the session ended" only follows a turn
-        # that failed or did not answer): no per-user score is computed.
+        # A user is listed when one of their turns is flagged (a signal of
+        # its own, or rated 👎; "the session ended" only follows a turn that
+        # failed or did not answer, itself flagged): a range of the sums.
         return int(
             self._rows(
-                "WITH rated AS (SELECT c.n AS n, f.rating AS rating,"
-                " max(f.created_at) FROM main.feedback f JOIN main.conversations c"
-                " ON c.id = f.conversation_id WHERE f.rating != 0 GROUP BY c.n)"
-                " SELECT count(*) FROM ui.sat_users u WHERE u.user_key != ''"
-                " AND u.turns >= ? AND (u.score_sum < u.turns - 1e-9 OR u.user_key IN"
-                " (SELECT t.user_key FROM rated r JOIN ui.sat_turns t ON t.n = r.n"
-                " WHERE r.rating < 0))",
+                "SELECT count(*) FROM ui.usat_user WHERE user_key != ''"
+                " AND turns >= ? AND flagged > 0",
                 (least,),
             )[0][0]
         )

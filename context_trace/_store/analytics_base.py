@@ -94,10 +94,13 @@ class _AnalyticsBase:
 
     def _satisfaction_scores(self) -> tuple[str, list[float]]:
         """A ``WITH sat AS (...)`` of the users' scores, and its parameters."""
-        from context_trace import _satisfaction
+        from context_trace import _satisfaction, _satisfaction_users
 
+        cutoff = self._clock() - _satisfaction.IDLE_GAP
+        if _satisfaction_users.available(self._conn):
+            # Kept per user as turns are indexed (see _satisfaction_users).
+            return f"WITH {_satisfaction_users.scores_sql()}", [cutoff]
         has = self._rows("SELECT 1 FROM ui.sqlite_master WHERE name = 'sat_users'")
         if not has:
             return "WITH sat (user_key, score) AS (SELECT NULL, NULL)", []
-        cutoff = self._clock() - _satisfaction.IDLE_GAP
         return f"WITH sat AS ({_satisfaction.USER_SCORES_SQL})", [cutoff]

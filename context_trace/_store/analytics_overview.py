@@ -5,12 +5,14 @@ The dashboard's overview, segment, cost and retention queries (:mod:`.analytics`
 from __future__ import annotations
 
 import dataclasses
+import math
 from datetime import date, tzinfo
 from typing import Any
 
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
 from . import cost as _cost
+from . import overview_hours as _hours
 from . import segments as _segments
 from .analytics_base import _AnalyticsBase
 from .analytics_models import (
@@ -23,7 +25,6 @@ from .analytics_models import (
     _fill_days,
     _key,
     _overview_of,
-    _percentile,
     _user,
 )
 from .retention import Retention, WeekCount
@@ -31,6 +32,20 @@ from .retention import retention as _retention
 from .retention import retention_of_turns as _retention_of_turns
 from .retention import user_activity as _user_activity
 from .segments import Segment
+
+
+def _counted_percentile(counts: dict[int, int], q: float) -> int | None:
+    """Nearest-rank percentile of values given with their counts (see _percentile)."""
+    total = sum(counts.values())
+    if not total:
+        return None
+    rank = max(0, math.ceil(q * total) - 1)
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen > rank:
+            return int(value)
+    return None  # pragma: no cover - the loop always reaches the total
 
 
 class _OverviewQueries(_AnalyticsBase):
@@ -139,38 +154,56 @@ class _OverviewQueries(_AnalyticsBase):
         )
 
     def _overview_raw(self, range_: str, since: float) -> Overview:
+        # The whole hours from the per-hour sums (see .overview_hours), the
+        # turns of the first, partial hour from the store; or all from the
+        # store when the sums do not reach back to *since*.
+        hours = _hours.hour_rows(self._conn, since)
+        until = "" if hours is None else " AND started_at < ?"
         rows = self._rows(
             "SELECT date(started_at, 'unixepoch'), coalesce(user_id, ''), latency_ms,"
             " error IS NOT NULL, coalesce(prompt_tokens, 0),"
             " coalesce(completion_tokens, 0), "
-            f"{_tool_error_sql()} FROM conversations WHERE started_at >= ?",
-            (since,),
+            f"{_tool_error_sql()} FROM conversations WHERE started_at >= ?{until}",
+            (since,) if hours is None else (since, -(-since // 3600) * 3600),
         )
         ratings = self._rows(
             "SELECT coalesce(sum(rating > 0), 0), coalesce(sum(rating < 0), 0)"
             " FROM feedback WHERE created_at >= ?",
             (since,),
         )[0]
+        # [turns, errors, tool errors, prompt tokens, completion tokens]
+        sums = [len(rows), sum(r[3] for r in rows), sum(r[6] for r in rows),
+                sum(r[4] for r in rows), sum(r[5] for r in rows)]  # fmt: skip
         per_day: dict[str, tuple[int, set[str]]] = {}
         per_user: dict[str, int] = {}
-        for day, key, *_ in rows:
+        counted: list[tuple[str, str, int]] = [(r[0], r[1], 1) for r in rows]
+        latencies: dict[int, int] = {}
+        for r in rows:
+            latencies[r[2]] = latencies.get(r[2], 0) + 1
+        if hours is not None:
+            for row in hours[0]:
+                sums = [a + b for a, b in zip(sums, row[1:], strict=True)]
+            for latency, n in hours[1]:
+                latencies[latency] = latencies.get(latency, 0) + n
+            days = {h: _day(h * 3600) for h in {row[0] for row in hours[0]}}
+            counted += [(days[h], key, n) for h, key, n in hours[2]]
+        for day, key, n in counted:
             count, users = per_day.setdefault(day, (0, set()))
             users.add(key)
-            per_day[day] = (count + 1, users)
-            per_user[key] = per_user.get(key, 0) + 1
-        errors = sum(r[3] for r in rows)
-        latencies = [r[2] for r in rows]
+            per_day[day] = (count + n, users)
+            per_user[key] = per_user.get(key, 0) + n
         top = sorted(per_user.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        turns, errors = sums[0], sums[1]
         return Overview(
             range=range_,
-            conversations=len(rows),
+            conversations=turns,
             errors=errors,
-            tool_errors=sum(r[6] for r in rows),
-            error_rate=errors / len(rows) if rows else 0.0,
-            latency_p50_ms=_percentile(latencies, 0.50),
-            latency_p95_ms=_percentile(latencies, 0.95),
-            prompt_tokens=sum(r[4] for r in rows),
-            completion_tokens=sum(r[5] for r in rows),
+            tool_errors=sums[2],
+            error_rate=errors / turns if turns else 0.0,
+            latency_p50_ms=_counted_percentile(latencies, 0.50),
+            latency_p95_ms=_counted_percentile(latencies, 0.95),
+            prompt_tokens=sums[3],
+            completion_tokens=sums[4],
             rating_up=int(ratings[0]),
             rating_down=int(ratings[1]),
             days=_fill_days(

@@ -4,6 +4,7 @@ The dashboard's users and sessions queries (:mod:`.analytics`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +27,6 @@ from .analytics_models import (
     UserRow,
     _key,
     _metadata,
-    _percentile,
     _user,
 )
 from .segments import Segment
@@ -84,22 +84,34 @@ class _UserQueries(_AnalyticsBase):
         scores, cutoff = self._satisfaction_scores()
         prices, price_params, _ = _cost.price_table(self._conn, self.pricer)
         if sort == "cost":  # every user priced, to sort them
-            scores += f", {prices}, {_cost.user_costs_sql()}"
-            cutoff = [*cutoff, *price_params]
+            head = f"WITH {prices}, {_cost.user_costs_sql()}"
+            before = price_params
             join = " LEFT JOIN user_cost USING (user_key)"
+        elif sort == "satisfaction":  # every user's score, to sort them
+            head, before, join = scores, cutoff, " LEFT JOIN sat USING (user_key)"
         else:
-            join = ""
+            head, before, join = "", [], ""
         rows = self._rows(
-            f"{scores} SELECT user_key, conversations, sessions, first_at, last_at,"
+            f"{head} SELECT user_key, conversations, sessions, first_at, last_at,"
             " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
-            " tool_errors, sat.score FROM ui_user_stats"
-            f" LEFT JOIN sat USING (user_key){join}{where}"
+            f" tool_errors FROM ui_user_stats{join}{where}"
             f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
-            [*cutoff, *params, limit + 1, offset],
+            [*before, *params, limit + 1, offset],
         )
         more = len(rows) > limit
         rows = rows[:limit]
         keys = [r[0] for r in rows]
+        # The page's scores only (each a lookup in the per-user sums).
+        satisfaction: dict[str, float] = {}
+        if keys:
+            marks = ",".join("?" * len(keys))
+            satisfaction = dict(
+                self._rows(
+                    f"{scores} SELECT user_key, score FROM sat"
+                    f" WHERE user_key IN ({marks})",
+                    [*cutoff, *keys],
+                )
+            )
         now = time.time() if self._now is None else self._now
         days = [
             time.strftime("%Y-%m-%d", time.gmtime(now - i * _DAY))
@@ -132,7 +144,7 @@ class _UserQueries(_AnalyticsBase):
                 errors=r[9],
                 tool_errors=r[10],
                 activity=tuple(activity[r[0]].get(d, 0) for d in days),
-                satisfaction=r[11],
+                satisfaction=satisfaction.get(r[0]),
                 cost=costs.get(r[0], (None, 0))[0],
                 unpriced_calls=costs.get(r[0], (None, 0))[1],
             )
@@ -159,10 +171,19 @@ class _UserQueries(_AnalyticsBase):
         }
 
     def _user_p50(self, key: str) -> int | None:
-        values = self._rows(
-            "SELECT latency_ms FROM ui_turns WHERE user_key = ?", (key,)
+        """The user's nearest-rank median latency, picked in SQL (the no-user
+        key can hold a twentieth of the store: no list of them in Python)."""
+        count = self._rows("SELECT count(*) FROM ui_turns WHERE user_key = ?", (key,))
+        if not count[0][0]:
+            return None
+        rank = max(0, math.ceil(0.5 * count[0][0]) - 1)
+        return int(
+            self._rows(
+                "SELECT latency_ms FROM ui_turns WHERE user_key = ?"
+                " ORDER BY latency_ms LIMIT 1 OFFSET ?",
+                (key, rank),
+            )[0][0]
         )
-        return _percentile([v[0] for v in values], 0.5)
 
     def user(self, user_id: str | None) -> UserRow | None:
         """One user's row (None: the no-user row), or None if unknown."""

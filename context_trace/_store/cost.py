@@ -301,9 +301,15 @@ def cost_report(
         " sum(x.output), sum(x.cache_read), sum(x.cache_write), sum(x.reasoning),"
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
+    found = _model_source(segment, first_day)
+    if found is None and by != "model":
+        # No per-day sums answer: one pass over the rows gives both the groups
+        # and the models (reading the turns twice was most of the time).
+        per_model, grouped = _one_pass(conn, prices, params, source, more, by, limit)
+        return _report(conn, by, range_, segment, per_model, grouped, models)
     # Per model (the total, and the models used): from the per-day sums when
     # they answer, else from the same rows.
-    model_source, model_params = _model_source(segment, first_day) or (source, more)
+    model_source, model_params = found or (source, more)
     per_model = conn.execute(
         f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
         " GROUP BY x.model ORDER BY cost DESC, x.model",
@@ -319,6 +325,52 @@ def cost_report(
             f" GROUP BY x.grp ORDER BY {order}{cap}",
             [*params, *more, *([limit] if cap else [])],
         ).fetchall()
+    return _report(conn, by, range_, segment, per_model, grouped, models)
+
+
+def _one_pass(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    source: str,
+    more: list[Any],
+    by: str,
+    limit: int | None,
+) -> tuple[list[Any], list[Any]]:
+    """(per model, per group) rows as :func:`cost_report` reads them, from one
+    read of *source*'s (group, model) rows, priced in SQL and summed here."""
+    per_model: dict[Any, list[Any]] = {}
+    per_group: dict[Any, list[Any]] = {}
+    for grp, model, *sums in conn.execute(
+        f"WITH {prices}, x AS ({source}) SELECT x.grp, x.model, x.turns, x.calls,"
+        f" {UNPRICED_SQL}, x.input, x.output, x.cache_read, x.cache_write,"
+        f" x.reasoning, {COST_SQL} FROM x LEFT JOIN price p ON p.model = x.model",
+        [*params, *more],
+    ):
+        for table, key in ((per_model, model), (per_group, grp)):
+            row = table.setdefault(key, [key, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
+            for i, value in enumerate(sums, 1):
+                row[i] += value or 0
+    models = sorted(per_model.values(), key=lambda r: (-r[9], r[0]))
+    if by == "day":
+        grouped = sorted(per_group.values(), key=lambda r: r[0])
+    else:
+        grouped = sorted(
+            per_group.values(),
+            key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
+        )[:limit]
+    return models, grouped
+
+
+def _report(
+    conn: sqlite3.Connection,
+    by: str,
+    range_: str,
+    segment: Segment,
+    per_model: Sequence[Any],
+    grouped: Sequence[Any],
+    models: list[ModelPriceRow],
+) -> CostReport:
     total = _total(per_model)
     if by == "user":
         grouped = [(None if r[0] == "" else r[0], *r[1:]) for r in grouped]

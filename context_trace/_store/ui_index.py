@@ -45,6 +45,7 @@ from typing import Any
 
 from .connection import read_uri
 from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
+from .overview_hours import index_hours
 from .ui_index_schema import (
     _ACTIVITY_SCHEMA,
     _APPLICATION_ID,
@@ -328,6 +329,10 @@ class UIIndex:
                 conn.execute(statement)
         for statement in _APPLY_SESSIONS:
             conn.execute(statement)
+        from context_trace import _satisfaction_users  # its own tables, usat_*
+
+        _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
+        index_hours(conn, start, end)
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),

@@ -96,9 +96,11 @@ def money(value: float | None) -> str:
 
 def _line(row: CostRow, label: str) -> str:
     unpriced = f"{row.unpriced_calls}" if row.unpriced_calls else ""
+    # Nothing of it priced: no cost to show, not a cost of zero.
+    cost = None if row.calls and row.unpriced_calls >= row.calls else row.cost
     return (
         f"{label[:30]:<31}{row.turns:>7}{row.calls:>7}{unpriced:>9}"
-        f"{row.input_tokens + row.output_tokens:>13,}{money(row.cost):>13}"
+        f"{row.input_tokens + row.output_tokens:>13,}{money(cost):>13}"
     )
 
 

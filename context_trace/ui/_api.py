@@ -17,7 +17,7 @@ from context_trace._store.analytics import (
     UserRow,
 )
 
-from ._data import _Data
+from ._data import _Data, _sentiment_available
 from ._export import (
     _compare_csv,
     _cost_csv,
@@ -129,12 +129,13 @@ def register_api(app: Flask, data: _Data) -> None:
         if min_turns == 0:
             raise _BadRequest("min_turns must be a whole number from 1")
         limit = _limit() if request.args.get("limit") else 10
-        report = data.store().satisfaction(range_)
-        users = report.unhappy(limit=limit, min_turns=min_turns or 3)
+        users = data.store().unhappy_users(
+            limit=limit, min_turns=min_turns or 3, range_=range_
+        )
         if _want_csv():
             columns = list(users[0]) if users else ["user_id", "score"]
             return _csv_response("unhappy", columns, users)
-        return jsonify(range=range_, sentiment=report.sentiment, users=users)
+        return jsonify(range=range_, sentiment=_sentiment_available(), users=users)
 
     @app.route("/api/satisfaction")
     def api_satisfaction() -> Any:

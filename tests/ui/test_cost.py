@@ -173,6 +173,34 @@ def test_cost_per_session(analytics):
     assert ["s-u3"] == [r.key for r in analytics.cost("session", limit=1).rows]
 
 
+def test_cost_per_session_in_the_last_24_hours(analytics):
+    """From 03-17 12:00: turn 2 (s-u1, $0.00475) and turn 3 (s-u2, unpriced)."""
+    report = analytics.cost("session", "24h")
+    assert [("s-u1", 0.00475, 0), ("s-u2", 0.0, 1)] == [
+        (r.key, round(r.cost, 8), r.unpriced_calls) for r in report.rows
+    ]
+    assert (2, 2, 1, 0.00475) == (
+        report.total.turns, report.total.calls, report.total.unpriced_calls,
+        round(report.total.cost, 8),
+    )  # fmt: skip
+    assert {"gpt-4o", "mystery-model"} == {m.model for m in report.models}
+
+
+def test_cost_per_session_moves_with_turns_indexed_later(tmp_path):
+    """A turn appended after the index was built adds its cost to its session."""
+    path = build_cost_store(tmp_path / "cost.db")
+    writer = SQLiteExporter(path)
+    late = _turn(7, "u1", _at("03-18", 11), "pro", "model-a", Usage(1000, 100, 1100))
+    assert 0 == writer.export([late]).failed
+    writer.shutdown()
+    with UIIndex(path) as index:
+        index.build()
+    with Analytics(path, now=NOW, prices=PRICES) as opened:
+        rows = _by_key(opened.cost("session", "24h"))
+    # 0.00475 + (1000 * 2 + 100 * 10) / 1e6 = 0.00775
+    assert {"s-u1": (0.00775, 0), "s-u2": (0.0, 1)} == rows
+
+
 def test_cost_per_topic(cost_store, tmp_path):
     """Per topic, from the topics file's turn assignments; an unassigned turn has none."""
     from context_trace.analytics.topic_index import _SCHEMA
@@ -361,6 +389,18 @@ def test_cli_cost_table_shows_unpriced(cost_store, tmp_path, capsys):
     assert "mystery-model" in out
     assert "2 calls unpriced" in out
     assert "$2.0044" in out  # model-a
+
+
+def test_cli_cost_table_prints_a_dash_for_an_unpriced_model(cost_store, capsys):
+    """A row whose calls are all unpriced costs "-", not $0.0000; a priced row its cost."""
+    assert 0 == main(["cost", "--db", str(cost_store), "--by", "model"])
+
+    rows = {
+        line.split()[0]: line.split()[-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("mystery-model", "gpt-4o"))
+    }
+    assert rows == {"mystery-model": "-", "gpt-4o": "$0.0047"}
 
 
 def test_cli_cost_bad_prices_file_is_a_usage_error(cost_store, tmp_path, capsys):
