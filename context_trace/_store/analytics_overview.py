@@ -11,6 +11,7 @@ from typing import Any
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
 from . import cost as _cost
+from . import retention_index as _retention_index
 from . import segments as _segments
 from .analytics_base import _AnalyticsBase
 from .analytics_models import (
@@ -235,10 +236,23 @@ class _OverviewQueries(_AnalyticsBase):
 
         With a *segment*, only its turns count (a user's first conversation is
         their first in it); with a time zone *tz* (default UTC), days and weeks
-        are its own. Either reads the turns (:func:`.retention.retention_of_turns`).
+        are its own. A segment of one condition, in UTC or a zone the index
+        keeps (see :mod:`.retention_index`), reads the index's aggregates;
+        otherwise the turns (:func:`.retention.retention_of_turns`).
         """
-        if not segment and tz is None:
+        zone = _retention_index.zone_name(tz)
+        if not segment and zone == "UTC":
             return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
+        if (
+            zone is not None
+            and len(segment) <= 1
+            and _retention_index.has_zone(self._conn, zone, "ui")
+        ):
+            key, value = segment[0] if segment else ("", "")
+            return _retention_index.retention_of_index(
+                self._conn, zone, key, value,
+                now=self._clock(), weeks=weeks, since=since, tz=tz,
+            )  # fmt: skip
         if segment:
             source, params = _segments._source(segment, None)
             sql = f"SELECT user_key, started_at FROM ({source}) WHERE user_key != ''"

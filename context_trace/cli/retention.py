@@ -125,14 +125,17 @@ def add_parser(
     )
 
 
-def open_analytics(path: Path) -> Analytics:
-    """The store's dashboard queries, its sidecar index brought level first."""
+def open_analytics(path: Path, tz: tzinfo | None = None) -> Analytics:
+    """
+    The store's dashboard queries, its sidecar index brought level first (and
+    keeping the time zone *tz*'s retention aggregates, if given).
+    """
     if not path.exists():
         raise _CLIError(f"no database at {path} ({_HINT})")
     if path.is_dir():
         raise _CLIError(f"{path} is a directory, not a database")
     try:
-        with UIIndex(path) as index:
+        with UIIndex(path, zones=[tz]) as index:
             index.build()
         with SQLiteStore(path).reads() as reads:
             return reads.dashboard(index=index.path)
@@ -243,7 +246,7 @@ def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
     return print_report(
         args,
         out,
-        open_analytics(_db_path(args)),
+        open_analytics(_db_path(args), args.tz),
         lambda a: a.retention(
             weeks=args.weeks, since=args.since, segment=segment, tz=args.tz
         ),
