@@ -10,6 +10,7 @@ from typing import Any
 
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
+from . import compare_period as _compare_period
 from . import cost as _cost
 from . import retention_index as _retention_index
 from . import segments as _segments
@@ -123,6 +124,51 @@ class _OverviewQueries(_AnalyticsBase):
             a=self._with_cost(result.a, a, range_),
             b=self._with_cost(result.b, b, range_),
         )
+
+    def compare_periods(
+        self,
+        segment: Segment = (),
+        *,
+        period: str | None = None,
+        a: _compare_period.DayRange | None = None,
+        b: _compare_period.DayRange | None = None,
+    ) -> _segments.Comparison:
+        """
+        Two periods of the turns of *segment* (empty: all) side by side: the
+        named *period* (``week``: this ISO week so far against the last;
+        ``month`` likewise), or the ranges of UTC days *a* and *b*. See
+        :mod:`.compare_period`.
+
+        Raises:
+            ValueError: For an unknown *period*, neither a period nor both
+                ranges, or a segment of more than one condition.
+        """
+        today = date.fromisoformat(_day(self._clock()))
+        if period is not None:
+            a, b = _compare_period.period_ranges(period, today)
+        if a is None or b is None:
+            raise ValueError("give a period, or both ranges a and b")
+        result = _compare_period.compare_periods(self._conn, segment, a, b, today)
+
+        def priced(
+            figures: _segments.SegmentFigures | None, days: _compare_period.DayRange
+        ) -> _segments.SegmentFigures | None:
+            if figures is None:
+                return None
+            report = self.cost("day", "all", segment, since_day=days.first)
+            last = days.last.isoformat()
+            cost = sum(
+                r.cost for r in report.rows if r.key is not None and r.key <= last
+            )
+            turns = figures.conversations.count
+            return dataclasses.replace(
+                figures,
+                cost_per_conversation=_segments.Figure(
+                    cost / turns if turns else None, turns
+                ),
+            )
+
+        return dataclasses.replace(result, a=priced(result.a, a), b=priced(result.b, b))
 
     def _with_cost(
         self, figures: _segments.SegmentFigures | None, segment: Segment, range_: str
