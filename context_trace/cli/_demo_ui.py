@@ -134,6 +134,8 @@ def _path_hint() -> str | None:
 
 
 def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
+    from .retention import time_zone
+
     try:
         from context_trace.ui import serve
     except ImportError as exc:
@@ -141,7 +143,7 @@ def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     try:
         return serve.main(
             _db_path(args), args.host, args.port, args.token, args.open, out,
-            args.index, getattr(args, "tz", None), args.prices,
+            args.index, time_zone(args), args.prices,
         )  # fmt: skip
     except serve.UIError as exc:
         raise _CLIError(str(exc)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -72,6 +73,29 @@ def parse_time_zone(text: str) -> tzinfo:
         ) from None
 
 
+#: The time zone of ``retention`` and ``ui`` when ``--tz`` is not given.
+ENV_TZ = "CONTEXT_TRACE_TZ"
+
+
+def time_zone(args: argparse.Namespace) -> tzinfo | None:
+    """
+    ``--tz``, else ``$CONTEXT_TRACE_TZ`` (None: UTC).
+
+    Raises:
+        _CLIError: A usage error naming the variable, for an unknown zone in it.
+    """
+    given: tzinfo | None = getattr(args, "tz", None)
+    if given is not None:
+        return given
+    text = os.environ.get(ENV_TZ, "").strip()
+    if not text:
+        return None
+    try:
+        return parse_time_zone(text)
+    except argparse.ArgumentTypeError as exc:
+        raise _CLIError(f"{ENV_TZ}: {exc}", _EXIT_USAGE) from None
+
+
 def _weeks(text: str) -> int:
     try:
         value = int(text)
@@ -120,8 +144,9 @@ def add_parser(
         "--tz",
         metavar="ZONE",
         type=parse_time_zone,
-        help="bucket days and weeks in this IANA time zone (default: UTC), e.g."
-        " Europe/Paris; read at query time, nothing is stored",
+        help="bucket days and weeks in this IANA time zone (default:"
+        " $CONTEXT_TRACE_TZ, else UTC), e.g. Europe/Paris; the dashboard's index"
+        " keeps the zone's figures from then on",
     )
 
 
@@ -243,12 +268,13 @@ def print_report(
 def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
     """Print the retention report (a table, or JSON with ``--json``)."""
     segment = parse_cli_segment(args.meta, "--meta")
+    tz = time_zone(args)
     return print_report(
         args,
         out,
-        open_analytics(_db_path(args), args.tz),
+        open_analytics(_db_path(args), tz),
         lambda a: a.retention(
-            weeks=args.weeks, since=args.since, segment=segment, tz=args.tz
+            weeks=args.weeks, since=args.since, segment=segment, tz=tz
         ),
         _lines,
     )

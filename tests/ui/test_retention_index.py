@@ -41,6 +41,7 @@ from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Message
 from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
+from context_trace.cli import main
 
 NOW = calendar.timegm((2026, 3, 18, 12, 0, 0))
 PLUS_ONE = ZoneInfo("Etc/GMT-1")
@@ -222,3 +223,22 @@ def test_an_index_opened_without_the_zone_keeps_it_up_to_date(tmp_path):
 
     report = _report(path, weeks=2, segment=PRO, tz=PLUS_ONE)
     assert [("2026-03-09", 2, 2, 0), ("2026-03-16", 2, 1, 1)] == _weekly(report)
+
+
+def test_cli_takes_the_zone_from_the_environment(plan_store, capsys, monkeypatch):
+    """CONTEXT_TRACE_TZ sets retention's zone; an unknown one is a usage error naming it."""
+    args = ["retention", "--db", str(plan_store), "--since", "2026-03-09", "--json"]
+    monkeypatch.setenv("CONTEXT_TRACE_TZ", "Etc/GMT-1")
+    assert 0 == main([*args, "--meta", "plan=pro"])
+    body = __import__("json").loads(capsys.readouterr().out)
+    monkeypatch.setenv("CONTEXT_TRACE_TZ", "Mars/Olympus")
+    bad = main(args)
+    err = capsys.readouterr().err
+    ui_bad = main(["ui", "--db", str(plan_store)])
+    ui_err = capsys.readouterr().err
+
+    weekly = {p["period"]: p["active"] for p in body["weekly"]}
+    assert 2 == weekly["2026-03-16"]  # ann's 23:30 UTC Sunday turn is Monday in UTC+1
+    assert (2, 2) == (bad, ui_bad)
+    assert "CONTEXT_TRACE_TZ: unknown time zone 'Mars/Olympus'" in err
+    assert "CONTEXT_TRACE_TZ: unknown time zone 'Mars/Olympus'" in ui_err
