@@ -238,7 +238,10 @@ class _Data:
         if period is not None and period not in PERIODS:
             raise _BadRequest(f"period must be one of {', '.join(PERIODS)}")
         if period is None and not (a_range and b_range):
-            raise _BadRequest("a_range and b_range must both be given, as FIRST..LAST")
+            given, missing = (
+                ("a_range", "b_range") if a_range else ("b_range", "a_range")
+            )
+            raise _BadRequest(f"{given} needs {missing} too (both as FIRST..LAST)")
         segment = _segment_arg()
         try:
             ranges = (
