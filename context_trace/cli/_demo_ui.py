@@ -15,7 +15,7 @@ from typing import TextIO
 from context_trace import _config
 
 from ._browse import _show_lines, _users_lines
-from ._common import _DEMO_DB, _EXIT_OK, _CLIError, _db_path, _describe
+from ._common import _DEMO_DB, _EXIT_OK, _CLIError, _db_path, _describe, time_zone
 from ._format import (
     _cut,
     _paragraph,
@@ -134,8 +134,6 @@ def _path_hint() -> str | None:
 
 
 def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
-    from .retention import time_zone
-
     try:
         from context_trace.ui import serve
     except ImportError as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import UIIndex
 
+from ._common import time_zone as _time_zone
 from .commands import (
     _EXIT_OK,
     _EXIT_USAGE,
@@ -71,29 +71,6 @@ def parse_time_zone(text: str) -> tzinfo:
             f"unknown time zone {text!r} (expected an IANA name such as"
             " Europe/Paris, or UTC)"
         ) from None
-
-
-#: The time zone of ``retention`` and ``ui`` when ``--tz`` is not given.
-ENV_TZ = "CONTEXT_TRACE_TZ"
-
-
-def time_zone(args: argparse.Namespace) -> tzinfo | None:
-    """
-    ``--tz``, else ``$CONTEXT_TRACE_TZ`` (None: UTC).
-
-    Raises:
-        _CLIError: A usage error naming the variable, for an unknown zone in it.
-    """
-    given: tzinfo | None = getattr(args, "tz", None)
-    if given is not None:
-        return given
-    text = os.environ.get(ENV_TZ, "").strip()
-    if not text:
-        return None
-    try:
-        return parse_time_zone(text)
-    except argparse.ArgumentTypeError as exc:
-        raise _CLIError(f"{ENV_TZ}: {exc}", _EXIT_USAGE) from None
 
 
 def _weeks(text: str) -> int:
@@ -268,7 +245,7 @@ def print_report(
 def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
     """Print the retention report (a table, or JSON with ``--json``)."""
     segment = parse_cli_segment(args.meta, "--meta")
-    tz = time_zone(args)
+    tz = _time_zone(args)
     return print_report(
         args,
         out,
