@@ -11,8 +11,10 @@ from typing import Any
 
 from context_trace._store.codec import tool_error_sql as _tool_error_sql
 
+from . import compare_period as _compare_period
 from . import cost as _cost
 from . import overview_hours as _hours
+from . import retention_index as _retention_index
 from . import segments as _segments
 from .analytics_base import _AnalyticsBase
 from .analytics_models import (
@@ -137,6 +139,51 @@ class _OverviewQueries(_AnalyticsBase):
             a=self._with_cost(result.a, a, range_),
             b=self._with_cost(result.b, b, range_),
         )
+
+    def compare_periods(
+        self,
+        segment: Segment = (),
+        *,
+        period: str | None = None,
+        a: _compare_period.DayRange | None = None,
+        b: _compare_period.DayRange | None = None,
+    ) -> _segments.Comparison:
+        """
+        Two periods of the turns of *segment* (empty: all) side by side: the
+        named *period* (``week``: this ISO week so far against the last;
+        ``month`` likewise), or the ranges of UTC days *a* and *b*. See
+        :mod:`.compare_period`.
+
+        Raises:
+            ValueError: For an unknown *period*, neither a period nor both
+                ranges, or a segment of more than one condition.
+        """
+        today = date.fromisoformat(_day(self._clock()))
+        if period is not None:
+            a, b = _compare_period.period_ranges(period, today)
+        if a is None or b is None:
+            raise ValueError("give a period, or both ranges a and b")
+        result = _compare_period.compare_periods(self._conn, segment, a, b, today)
+
+        def priced(
+            figures: _segments.SegmentFigures | None, days: _compare_period.DayRange
+        ) -> _segments.SegmentFigures | None:
+            if figures is None:
+                return None
+            report = self.cost("day", "all", segment, since_day=days.first)
+            last = days.last.isoformat()
+            cost = sum(
+                r.cost for r in report.rows if r.key is not None and r.key <= last
+            )
+            turns = figures.conversations.count
+            return dataclasses.replace(
+                figures,
+                cost_per_conversation=_segments.Figure(
+                    cost / turns if turns else None, turns
+                ),
+            )
+
+        return dataclasses.replace(result, a=priced(result.a, a), b=priced(result.b, b))
 
     def _with_cost(
         self, figures: _segments.SegmentFigures | None, segment: Segment, range_: str
@@ -268,10 +315,23 @@ class _OverviewQueries(_AnalyticsBase):
 
         With a *segment*, only its turns count (a user's first conversation is
         their first in it); with a time zone *tz* (default UTC), days and weeks
-        are its own. Either reads the turns (:func:`.retention.retention_of_turns`).
+        are its own. A segment of one condition, in UTC or a zone the index
+        keeps (see :mod:`.retention_index`), reads the index's aggregates;
+        otherwise the turns (:func:`.retention.retention_of_turns`).
         """
-        if not segment and tz is None:
+        zone = _retention_index.zone_name(tz)
+        if not segment and zone == "UTC":
             return _retention(self._conn, now=self._clock(), weeks=weeks, since=since)
+        if (
+            zone is not None
+            and len(segment) <= 1
+            and _retention_index.has_zone(self._conn, zone, "ui")
+        ):
+            key, value = segment[0] if segment else ("", "")
+            return _retention_index.retention_of_index(
+                self._conn, zone, key, value,
+                now=self._clock(), weeks=weeks, since=since, tz=tz,
+            )  # fmt: skip
         if segment:
             source, params = _segments._source(segment, None)
             sql = f"SELECT user_key, started_at FROM ({source}) WHERE user_key != ''"

@@ -39,10 +39,12 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
+from . import retention_index as _ret
 from .connection import read_uri
 from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
 from .overview_hours import index_hours
@@ -108,6 +110,9 @@ class UIIndex:
         store: The context_trace store, only ever read (``mode=ro``).
         path: The sidecar file (default: :func:`default_index_path`); created
             if missing, rebuilt if it belongs to another store or version.
+        zones: Time zones whose retention aggregates the index keeps from now
+            on besides UTC's (see :mod:`.retention_index`); a zone new to the
+            index is filled from the turns indexed so far.
 
     Raises:
         FileNotFoundError: If *store* does not exist.
@@ -119,6 +124,7 @@ class UIIndex:
         self,
         store: str | os.PathLike[str],
         path: str | os.PathLike[str] | None = None,
+        zones: Iterable[tzinfo | None] = (),
     ) -> None:
         if not os.path.exists(store):
             raise FileNotFoundError(f"no context_trace database at {store}")
@@ -155,6 +161,7 @@ class UIIndex:
             if not {"conversations", "sessions", "feedback"} <= tables:
                 raise ValueError(f"{store} is not a context_trace store")
             self._prepare()
+            self.keep_zones(zones)
         except BaseException:
             self._conn.close()
             raise
@@ -238,10 +245,51 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                     conn.execute(statement, (0, int(done)) if "?1" in statement else ())
+            if not _ret.has_zone(conn, "UTC"):
+                # Retention per segment value (see .retention_index): up to
+                # the turns indexed so far, as for the segments.
+                for statement in _ret.RET_SCHEMA:
+                    conn.execute(statement)
+                self._fill_zone("UTC")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _fill_zone(self, name: str) -> None:
+        """Count the turns indexed so far into the zone *name*'s retention tables."""
+        conn = self._conn
+        done = int(self._meta()["conversation_n"])
+        turns = (
+            "(SELECT coalesce(user_id, '') AS user_key, started_at"
+            " FROM store.conversations WHERE n > ?1 AND n <= ?2)"
+        )
+        segments = f"({_segment_rows('?1', '?2')})"
+        if name == "UTC":
+            step = 100_000
+            for first in range(0, done, step):
+                last = min(done, first + step)
+                _ret.apply_chunk(conn, turns, segments, (first, last), ["UTC"])
+        else:
+            _ret.add_zone(conn, name, done, turns, segments)
+
+    def keep_zones(self, zones: Iterable[tzinfo | None]) -> None:
+        """Keep retention aggregates for *zones* too (see :mod:`.retention_index`)."""
+        names = {_ret.zone_name(tz) for tz in zones} - {None, "UTC"}
+        missing = [
+            n for n in sorted(n for n in names if n) if not _ret.has_zone(self._conn, n)
+        ]
+        if not missing:
+            return
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for name in missing:
+                    self._fill_zone(name)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
 
     def _meta(self) -> dict[str, Any]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -282,6 +330,7 @@ class UIIndex:
                     "new_weeks",
                     "moved",
                     "cost_chunk",
+                    *_ret.RET_TEMP_TABLES,
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed
@@ -307,6 +356,8 @@ class UIIndex:
             for statement in _APPLY_CHUNK:
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             for statement in _apply_segments("?1", "?2"):
+                if statement.startswith("DROP TABLE temp.segment_chunk"):
+                    _ret.apply_chunk(conn, "temp.chunk", "temp.segment_chunk")
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                 conn.execute(statement, (start, end) if "?1" in statement else ())

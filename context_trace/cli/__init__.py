@@ -226,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ZONE",
         type=_retention.parse_time_zone,
         help="bucket retention's days and weeks in this IANA time zone (default:"
-        " UTC), e.g. Europe/Paris",
+        " $CONTEXT_TRACE_TZ, else UTC), e.g. Europe/Paris",
     )
     ui.add_argument(
         "--token",

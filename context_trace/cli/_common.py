@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -145,3 +146,32 @@ def _read(path: Path, query: Callable[[Reads], Any]) -> Any:
 def _print_json(value: Any, out: TextIO) -> None:
     json.dump(value, out, indent=2, ensure_ascii=False)
     out.write("\n")
+
+
+#: The time zone of ``retention`` and ``ui`` when ``--tz`` is not given.
+ENV_TZ = "CONTEXT_TRACE_TZ"
+
+
+def time_zone(args: argparse.Namespace) -> tzinfo | None:
+    """
+    ``--tz``, else ``$CONTEXT_TRACE_TZ`` (None: UTC).
+
+    Raises:
+        _CLIError: A usage error naming the variable, for an unknown zone in it.
+    """
+    given: tzinfo | None = getattr(args, "tz", None)
+    if given is not None:
+        return given
+    text = os.environ.get(ENV_TZ, "").strip()
+    if not text:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _CLIError(
+            f"{ENV_TZ}: unknown time zone {text!r} (expected an IANA name such as"
+            " Europe/Paris, or UTC)",
+            _EXIT_USAGE,
+        ) from None

@@ -15,7 +15,7 @@ from typing import TextIO
 from context_trace import _config
 
 from ._browse import _show_lines, _users_lines
-from ._common import _DEMO_DB, _EXIT_OK, _CLIError, _db_path, _describe
+from ._common import _DEMO_DB, _EXIT_OK, _CLIError, _db_path, _describe, time_zone
 from ._format import (
     _cut,
     _paragraph,
@@ -141,7 +141,7 @@ def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
     try:
         return serve.main(
             _db_path(args), args.host, args.port, args.token, args.open, out,
-            args.index, getattr(args, "tz", None), args.prices,
+            args.index, time_zone(args), args.prices,
         )  # fmt: skip
     except serve.UIError as exc:
         raise _CLIError(str(exc)) from None

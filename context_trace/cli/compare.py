@@ -1,8 +1,12 @@
 """
-``context-trace compare``: two segments side by side.
+``context-trace compare``: two segments, or two periods, side by side.
 
 A segment is ``KEY=VALUE`` conditions on the turns' metadata (``--segment-a
-plan=pro``; repeat the option for several, all of which must hold). The
+plan=pro``; repeat the option for several, all of which must hold). Periods
+are ``--period week`` (this ISO week so far against the last) or ``month``, or
+two ranges of UTC days (``--a-range 2026-03-01..2026-03-07 --b-range ...``),
+of every turn or of one ``--meta KEY=VALUE`` (see
+:mod:`context_trace._store.compare_period`). The
 figures come from the dashboard's sidecar index (see
 :mod:`context_trace._store.segments`), brought level with the store first.
 """
@@ -15,6 +19,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import TextIO
 
+from context_trace._store.compare_period import PERIODS, DayRange, parse_day_range
 from context_trace._store.segments import (
     MIN_SAMPLE,
     Comparison,
@@ -22,8 +27,20 @@ from context_trace._store.segments import (
     SegmentFigures,
 )
 
-from ._options import add_prices_argument, add_range_argument, load_cli_prices
-from .commands import _EXIT_OK, _CLIError, _db_path, _describe, _print_json
+from ._options import (
+    add_meta_argument,
+    add_prices_argument,
+    add_range_argument,
+    load_cli_prices,
+)
+from .commands import (
+    _EXIT_OK,
+    _EXIT_USAGE,
+    _CLIError,
+    _db_path,
+    _describe,
+    _print_json,
+)
 from .retention import open_analytics, parse_cli_segment
 
 __all__ = ["add_parser", "cmd_compare"]
@@ -49,8 +66,8 @@ def add_parser(
     """Add ``compare`` with *add* (the CLI's sub-command factory)."""
     parser = add(
         "compare",
-        "two segments of the turns (metadata KEY=VALUE) side by side, with"
-        " counts and a two-proportion z-test of their shares",
+        "two segments of the turns (metadata KEY=VALUE), or two periods, side"
+        " by side, with counts and a two-proportion z-test of their shares",
         as_json,
     )
     for side in ("a", "b"):
@@ -58,10 +75,22 @@ def add_parser(
             f"--segment-{side}",
             metavar="KEY=VALUE",
             action="append",
-            required=True,
             help=f"segment {side.upper()}: turns whose metadata has this value"
             " (repeat: all must hold)",
         )
+    parser.add_argument(
+        "--period",
+        choices=PERIODS,
+        help="compare this ISO week (or month) so far with the whole one before",
+    )
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--{side}-range",
+            metavar="FIRST..LAST",
+            help=f"period {side.upper()}: UTC days FIRST to LAST (YYYY-MM-DD, both"
+            " included)",
+        )
+    add_meta_argument(parser, "with --period or the ranges, one condition at most")
     add_range_argument(parser)
     add_prices_argument(
         parser,
@@ -109,16 +138,64 @@ def _lines(result: Comparison) -> list[str]:
     return lines
 
 
+def _periods(
+    args: argparse.Namespace,
+) -> tuple[DayRange | None, DayRange | None] | None:
+    """The periods asked for (None: segments are compared); usage errors named."""
+    ranges = (args.a_range, args.b_range)
+    if args.period is None and ranges == (None, None):
+        if args.meta:
+            raise _CLIError("--meta goes with --period or the ranges", _EXIT_USAGE)
+        return None
+    if args.segment_a or args.segment_b:
+        raise _CLIError(
+            "give segments (--segment-a/-b) or periods, not both", _EXIT_USAGE
+        )
+    if args.period is not None:
+        if ranges != (None, None):
+            raise _CLIError(
+                "give --period or --a-range/--b-range, not both", _EXIT_USAGE
+            )
+        return None, None
+    if None in ranges:
+        raise _CLIError("--a-range and --b-range go together", _EXIT_USAGE)
+    try:
+        return (
+            parse_day_range(args.a_range, "--a-range"),
+            parse_day_range(args.b_range, "--b-range"),
+        )
+    except ValueError as exc:
+        raise _CLIError(str(exc), _EXIT_USAGE) from None
+
+
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     """Print the comparison (a table, or JSON with ``--json``)."""
-    a = parse_cli_segment(args.segment_a, "--segment-a")
-    b = parse_cli_segment(args.segment_b, "--segment-b")
+    periods = _periods(args)
+    if periods is None:
+        if not args.segment_a or not args.segment_b:
+            raise _CLIError(
+                "compare needs --segment-a and --segment-b, or --period, or"
+                " --a-range and --b-range",
+                _EXIT_USAGE,
+            )
+        a = parse_cli_segment(args.segment_a, "--segment-a")
+        b = parse_cli_segment(args.segment_b, "--segment-b")
+    meta = parse_cli_segment(args.meta, "--meta")
+    if len(meta) > 1:
+        raise _CLIError(
+            "--meta: periods are compared for one condition at most", _EXIT_USAGE
+        )
     prices = load_cli_prices(args)
     path = _db_path(args)
     analytics = open_analytics(path)
     analytics.use_prices(prices)
     try:
-        result = analytics.compare(a, b, args.range)
+        if periods is None:
+            result = analytics.compare(a, b, args.range)
+        else:
+            result = analytics.compare_periods(
+                meta, period=args.period, a=periods[0], b=periods[1]
+            )
     except sqlite3.Error as exc:
         raise _CLIError(_describe(exc, path)) from None
     finally:

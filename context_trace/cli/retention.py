@@ -25,6 +25,7 @@ from context_trace._store.segments import Segment, parse_segment
 from context_trace._store.sqlite_store import SQLiteStore
 from context_trace._store.ui_index import UIIndex
 
+from ._common import time_zone as _time_zone
 from ._options import add_meta_argument
 from .commands import (
     _EXIT_OK,
@@ -116,19 +117,23 @@ def add_parser(
         "--tz",
         metavar="ZONE",
         type=parse_time_zone,
-        help="bucket days and weeks in this IANA time zone (default: UTC), e.g."
-        " Europe/Paris; read at query time, nothing is stored",
+        help="bucket days and weeks in this IANA time zone (default:"
+        " $CONTEXT_TRACE_TZ, else UTC), e.g. Europe/Paris; the dashboard's index"
+        " keeps the zone's figures from then on",
     )
 
 
-def open_analytics(path: Path) -> Analytics:
-    """The store's dashboard queries, its sidecar index brought level first."""
+def open_analytics(path: Path, tz: tzinfo | None = None) -> Analytics:
+    """
+    The store's dashboard queries, its sidecar index brought level first (and
+    keeping the time zone *tz*'s retention aggregates, if given).
+    """
     if not path.exists():
         raise _CLIError(f"no database at {path} ({_HINT})")
     if path.is_dir():
         raise _CLIError(f"{path} is a directory, not a database")
     try:
-        with UIIndex(path) as index:
+        with UIIndex(path, zones=[tz]) as index:
             index.build()
         with SQLiteStore(path).reads() as reads:
             return reads.dashboard(index=index.path)
@@ -236,12 +241,13 @@ def print_report(
 def cmd_retention(args: argparse.Namespace, out: TextIO) -> int:
     """Print the retention report (a table, or JSON with ``--json``)."""
     segment = parse_cli_segment(args.meta, "--meta")
+    tz = _time_zone(args)
     return print_report(
         args,
         out,
-        open_analytics(_db_path(args)),
+        open_analytics(_db_path(args), tz),
         lambda a: a.retention(
-            weeks=args.weeks, since=args.since, segment=segment, tz=args.tz
+            weeks=args.weeks, since=args.since, segment=segment, tz=tz
         ),
         _lines,
     )

@@ -218,9 +218,45 @@ class _Data:
         return {"keys": self.store().segments()}
 
     def compare_data(self) -> Any:
+        period = request.args.get("period") or None
+        a_range = request.args.get("a_range") or None
+        b_range = request.args.get("b_range") or None
+        if period or a_range or b_range:
+            return self._compare_periods(period, a_range, b_range)
         return self.store().compare(
             _segment_arg("a"), _segment_arg("b"), self.range_arg("all")
         )
+
+    def _compare_periods(
+        self, period: str | None, a_range: str | None, b_range: str | None
+    ) -> Any:
+        """Period mode of the comparison: ``period=week`` or two day ranges."""
+        from context_trace._store.compare_period import PERIODS, parse_day_range
+
+        if period is not None and (a_range or b_range):
+            raise _BadRequest("give period or a_range and b_range, not both")
+        if period is not None and period not in PERIODS:
+            raise _BadRequest(f"period must be one of {', '.join(PERIODS)}")
+        if period is None and not (a_range and b_range):
+            given, missing = (
+                ("a_range", "b_range") if a_range else ("b_range", "a_range")
+            )
+            raise _BadRequest(f"{given} needs {missing} too (both as FIRST..LAST)")
+        segment = _segment_arg()
+        try:
+            ranges = (
+                (None, None)
+                if period is not None
+                else (
+                    parse_day_range(a_range or "", "a_range"),
+                    parse_day_range(b_range or "", "b_range"),
+                )
+            )
+            return self.store().compare_periods(
+                segment, period=period, a=ranges[0], b=ranges[1]
+            )
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
 
     def cost_data(self) -> Any:
         by = request.args.get("by", "model")

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask, redirect, render_template, request
 
 from context_trace._store.analytics import RANGES
+from context_trace._store.compare_period import PERIODS
 from context_trace._store.segments import MIN_SAMPLE
 
 from ._data import _Data, _sentiment_available, _struggling
@@ -98,6 +99,11 @@ def register_pages(app: Flask, data: _Data) -> None:
             segments=data.store().segments(),
             measures=_COMPARE_MEASURES,
             min_sample=MIN_SAMPLE,
+            periods=PERIODS,
+            period=request.args.get("period", ""),
+            a_range=request.args.get("a_range", ""),
+            b_range=request.args.get("b_range", ""),
+            meta=[v for v in request.args.getlist("meta") if v],
         )
 
     @app.route("/session")

@@ -36,12 +36,16 @@ PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range", "meta"}),
     "api_segments": frozenset(),
     "api_retention": frozenset({"weeks", "since", "meta"}),
-    "api_compare": frozenset({"a", "b", "range"}),
+    "api_compare": frozenset(
+        {"a", "b", "range", "period", "a_range", "b_range", "meta"}
+    ),
     "api_cost": frozenset({"by", "range", "meta", "limit"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
     "retention_page": frozenset({"weeks", "since", "meta"}),
-    "compare_page": frozenset({"a", "b", "range"}),
+    "compare_page": frozenset(
+        {"a", "b", "range", "period", "a_range", "b_range", "meta"}
+    ),
     "session_page": frozenset({"id"}),
     "conversations_page": _CONVERSATIONS_PARAMS,
     "login_page": frozenset(),

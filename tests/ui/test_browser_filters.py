@@ -103,6 +103,32 @@ def test_compare_two_segments_through_the_page_controls(chromium, plans_server):
     assert_no_script_ran(chromium)
 
 
+def test_compare_this_week_against_last_through_the_page_controls(
+    chromium, plans_server
+):
+    """The compare page's period mode: this week against last for plan=pro,
+    both sides' figures with their counts and a cost row, as the API answers."""
+    chromium.get(plans_server.url + "/compare")
+    Select(chromium.find_element(By.ID, "period")).select_by_visible_text(
+        "this week against last week"
+    )
+    Select(chromium.find_element(By.ID, "segment")).select_by_visible_text(
+        "plan = pro (3)"
+    )
+    chromium.find_element(By.ID, "compare-periods").click()
+    WebDriverWait(chromium, 10).until(lambda d: "period=week" in d.current_url)
+    row = chromium.find_element(By.ID, "measure-conversations")
+    sides = [row.find_element(By.CLASS_NAME, c).text for c in ("side-a", "side-b")]
+    cost = chromium.find_element(By.ID, "measure-cost_per_conversation")
+    _, body = plans_server.get("/api/compare?period=week&meta=plan:pro")
+
+    assert "meta=plan%3Apro" in chromium.current_url
+    assert 3 == sum(int(s) for s in sides)  # the six turns are from the last hour
+    assert [str(body[s]["conversations"]["value"]) for s in ("a", "b")] == sides
+    assert f"(n = {sides[0]})" in cost.find_element(By.CLASS_NAME, "side-a").text
+    assert_no_script_ran(chromium)
+
+
 def test_a_csv_link_downloads_the_table(chromium, plans_server, downloads):
     """The conversations page's CSV link downloads the filtered table, the same
     rows the API's CSV answers."""

@@ -189,10 +189,8 @@ def test_cost_per_session_in_the_last_24_hours(analytics):
 def test_cost_per_session_moves_with_turns_indexed_later(tmp_path):
     """A turn appended after the index was built adds its cost to its session."""
     path = build_cost_store(tmp_path / "cost.db")
-    writer = SQLiteExporter(path)
     late = _turn(7, "u1", _at("03-18", 11), "pro", "model-a", Usage(1000, 100, 1100))
-    assert 0 == writer.export([late]).failed
-    writer.shutdown()
+    write_records(path, [late])
     with UIIndex(path) as index:
         index.build()
     with Analytics(path, now=NOW, prices=PRICES) as opened:
