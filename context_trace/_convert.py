@@ -25,6 +25,7 @@ from ._text import answer_text, content_text, user_messages
 from ._turn import ModelResult, ModelRun, ToolRun, Turn
 
 __all__ = [
+    "CONVERSATION_FIELDS",
     "answer_text",
     "content_text",
     "convert",
@@ -35,6 +36,28 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+# The order to_conversation passes a Conversation's fields in.
+CONVERSATION_FIELDS = (
+    "id",
+    "user_id",
+    "session_id",
+    "started_at",
+    "ended_at",
+    "messages",
+    "metadata",
+    "error",
+    "spans",
+    "trace_id",
+    "parent_span_id",
+    "model",
+    "usage",
+    "tags",
+    "run_name",
+    "model_calls",
+    "stream_abandoned",
+    "model_input",
+)
 
 
 def _one_call(
@@ -120,26 +143,28 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         rules.model_input(answering, users),
     )
     trace_id, parent_span_id = rules.trace_ids(turn)
+    # Positional, in the order of CONVERSATION_FIELDS (a test pins it to the
+    # dataclass's): 18 keywords cost ~1 µs more per turn to match.
     return Conversation(
-        id=turn.run_id.hex,
-        user_id=user_id,
-        session_id=session_id,
-        started_at=turn.started,
-        ended_at=turn.ended,
-        messages=tuple(messages),
-        metadata=rules.app_metadata(turn),
-        error=error_text,
-        model=model,
-        usage=usage,
-        tags=tuple(dict.fromkeys(str(t) for t in turn.tags)) if turn.tags else (),
-        run_name=turn.name or None,
-        model_calls=model_calls,
-        stream_abandoned=abandoned,
-        model_input=prompt,
+        turn.run_id.hex,  # id
+        user_id,
+        session_id,
+        turn.started,  # started_at
+        turn.ended,  # ended_at
+        tuple(messages),
+        rules.app_metadata(turn),  # metadata
+        error_text,  # error
         # OTLP export on: the run tree as span records, and the app's span.
-        spans=build_spans(turn) if turn.tree is not None else (),
-        trace_id=trace_id,
-        parent_span_id=parent_span_id,
+        build_spans(turn) if turn.tree is not None else (),  # spans
+        trace_id,
+        parent_span_id,
+        model,
+        usage,
+        tuple(dict.fromkeys(str(t) for t in turn.tags)) if turn.tags else (),  # tags
+        turn.name or None,  # run_name
+        model_calls,
+        abandoned,  # stream_abandoned
+        prompt,  # model_input
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import fields
 from typing import Any
 
 import pytest
@@ -220,3 +221,8 @@ def test_the_usual_turn_takes_the_fast_path(recorded: list[Turn]) -> None:
     ]
 
     assert [True, True] == picked
+
+
+def test_records_are_built_in_the_dataclass_field_order() -> None:
+    """to_conversation passes a Conversation's fields positionally, in their order."""
+    assert _convert.CONVERSATION_FIELDS == tuple(f.name for f in fields(Conversation))
