@@ -495,6 +495,42 @@ class TestExport:
         assert 1 == len(errors_logged(caplog))
 
 
+# Rows for TestInsertRows: None in every row of a column (a literal), in some
+# rows (bound), never.
+INSERT_ROWS = (
+    [
+        (1, None, "a", None, 1.5),
+        (2, None, None, None, 2.5),
+        (3, None, "c", None, 0.0),
+    ],
+    [(1, "x", None, None, None)],
+    [(i, None if i % 3 else "s", None, None, float(i)) for i in range(450)],
+    [(None, None, None, None, None), (None, None, None, None, None)],
+)
+
+
+class TestInsertRows:
+    """insert_rows writes Nones as NULL literals or bound values: the same rows."""
+
+    @pytest.mark.parametrize("rows", INSERT_ROWS, ids=["mixed", "one", "chunks", "all"])
+    def test_rows_match_executemany(self, tmp_path, rows):
+        """Every row reads back as executemany stores it, Nones as NULLs."""
+        from context_trace._store.connection import insert_rows
+
+        conn = sqlite3.connect(tmp_path / "rows.db", isolation_level=None)
+        for table in ("a", "b"):
+            conn.execute(f"CREATE TABLE {table} (i, s, t, u, f)")
+        insert_rows(conn, "INSERT INTO a (i, s, t, u, f)", rows)
+        conn.executemany("INSERT INTO b VALUES (?, ?, ?, ?, ?)", rows)
+
+        read = "SELECT i, s, t, u, f, typeof(s), typeof(u) FROM {} ORDER BY rowid"
+        assert (
+            conn.execute(read.format("b")).fetchall()
+            == conn.execute(read.format("a")).fetchall()
+        )
+        conn.close()
+
+
 class TestSessionDedup:
     def test_history_resent_by_another_writer_is_stored_once(self, db, open_reader):
         """Two writers re-sending a session's history store every message once."""
