@@ -96,13 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     store_help = (
         "a shared PostgreSQL store, postgresql://user:password@host/db (default:"
         " $CONTEXT_TRACE_STORE; prefer it, since other users can see command-line"
-        " arguments); read by users, sessions, show, stats, export; outbox checks it and"
-        " replay delivers to it"
+        " arguments); read by users, sessions, show, stats, export, and through a"
+        " local cache (--cache) by ui, topics, unhappy, retention, compare, cost;"
+        " outbox checks it and replay delivers to it"
+    )
+    cache_help = (
+        "with --store: the local SQLite copy of the PostgreSQL store that ui and the"
+        " analytics read, brought level first (default: under"
+        " ~/.cache/context-trace, named by the server and database)"
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
     common.add_argument(
         "--store", metavar="URL", default=argparse.SUPPRESS, help=store_help
+    )
+    common.add_argument(
+        "--cache", metavar="PATH", default=argparse.SUPPRESS, help=cache_help
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
@@ -117,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     parser.add_argument("--db", metavar="PATH", default=None, help=db_help)
     parser.add_argument("--store", metavar="URL", default=None, help=store_help)
+    parser.add_argument("--cache", metavar="PATH", default=None, help=cache_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
