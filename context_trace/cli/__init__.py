@@ -19,6 +19,11 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace compare --segment-a plan=pro --segment-b plan=free
     context-trace cost --by user           what the turns cost (priced when read)
 
+With ``--store URL`` (or ``$CONTEXT_TRACE_STORE``) every command reads a shared
+PostgreSQL store instead: ``users``, ``sessions``, ``show``, ``stats`` and
+``export`` query it, ``ui`` and the analytics read a local cache of it
+(``--cache``, see ``_store/postgres/cache.py``).
+
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
 ``show``, ``stats``, ``outbox``, ``topics``, ``unhappy``, ``retention``,
 ``compare`` and ``cost`` prints JSON instead (times as epoch seconds). Problems are reported in

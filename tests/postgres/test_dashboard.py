@@ -320,3 +320,23 @@ class TestReadOnlyRole:
 
         assert 2 == run.returncode
         assert "--cache is the local copy of a PostgreSQL store" in run.stderr
+
+
+class TestCacheIdentity:
+    def test_a_cache_of_another_store_starts_over(
+        self, tmp_path: Path, pg_server: Any
+    ) -> None:
+        """A cache file reused for another store holds that store's turns only."""
+        first = pg_server.url(database=pg_server.database())
+        second = pg_server.url(database=pg_server.database())
+        _write_each(first, _session("s1", 3))
+        _write_each(second, _session("s2", 2))
+        path = tmp_path / "cache.db"
+        with PostgresCache(first, path) as cache:
+            cache.build()
+            before = cache.counts()
+        with PostgresCache(second, path) as cache:
+            cache.build()
+            after = cache.counts()
+
+        assert (3, 2) == (before, after)
