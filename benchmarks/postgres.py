@@ -1,7 +1,9 @@
 """
-PostgreSQL delivery rate: turns from one host's outbox into a local server.
+PostgreSQL: the delivery rate from one host, and the dashboard on a big store.
 
-    python benchmarks/postgres.py [--turns 50000] [--rounds 3] [--smoke]
+    python benchmarks/postgres.py [--turns 50000] [--rounds 3]
+        [--conversations 1000000] [--users 50000] [--reps 15]
+        [--part delivery|dashboard|all] [--json FILE] [--smoke]
 
 Starts its own PostgreSQL (Debian's ``initdb`` in a temporary directory, the
 tests' ``tests/postgres/server.py``, with ``fsync`` on), then measures, as
@@ -28,19 +30,44 @@ PostgreSQL, so both rows should be within noise of each other.
 
 ``turns/s`` is wall-clock, ``turns/CPU-s`` divides by this process's CPU time
 (the server's is not counted). Target: at least 5,000 turns/s for ``outbox ->
-postgres`` on 2 cores. ``--smoke`` (CI) runs tiny sizes and checks only that it
-works.
+postgres`` on 2 cores.
+
+The dashboard part (``--part dashboard``) fills a fresh database with
+``--conversations`` turns of ``--users`` users, the records of
+``benchmarks/ui.py`` (its ``_records``), by ``COPY`` in the store's own rows
+(``_turn_row``; 50,000 turns per transaction, the session and user aggregates
+and the ratings as the writer keeps them), then measures what ``context-trace
+ui --store`` does on it:
+
+- *first sync*: copying the store into the dashboard's local cache
+  (``PostgresCache.build``), its time and the cache's size on disk;
+- *index build* on the cache, as on a SQLite store (and, after the next
+  step, *topics build*);
+- *incremental sync*: 1,000 new turns written by the real writer
+  (``PostgresStore.write``), then copied and indexed (``SyncedIndex.refresh``
+  until level), the median of 5;
+- *pages*: every call ``benchmarks/ui.py`` times (its ``_calls`` and
+  ``_topic_calls``), ``--reps`` times each through the WSGI app over the
+  cache (after one warm-up request, which loads the topic model), each
+  request syncing as the served dashboard does: p50 and p95.
+  Target: p95 <= 300 ms.
+
+``--smoke`` (CI) runs tiny sizes and checks only that it works.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -264,6 +291,217 @@ def request_path(server: Any, args: argparse.Namespace, tmp: str) -> None:
         print(f"{name:<14} {statistics.median(values):>8.0f} {p99:>8.0f}")
 
 
+# Turns per COPY transaction when filling the store for the dashboard part.
+_FILL_CHUNK = 50_000
+_TURN_COLUMNS = (
+    "id, host, user_id, session_id, started_at, ended_at, latency_ms, model,"
+    " prompt_tokens, completion_tokens, total_tokens, error, metadata, messages,"
+    " answered, tool_error"
+)
+
+
+def _ui_bench() -> Any:
+    """``benchmarks/ui.py``, for its records and its list of calls."""
+    spec = importlib.util.spec_from_file_location(
+        "ui_bench", os.path.join(HERE, "ui.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fill(url: str, batches: Iterator[list[Any]]) -> tuple[int, float]:
+    """COPY the records into the store's tables; (turns, seconds)."""
+    from context_trace._record import Conversation
+    from context_trace._store.postgres import _turn_row, connect
+
+    conn = connect(url)
+    sessions: dict[str, list[Any]] = {}
+    users: dict[str, list[float]] = {}
+    turns: list[tuple[Any, ...]] = []
+    ratings: list[tuple[Any, ...]] = []
+    count = 0
+    began = time.perf_counter()
+
+    def flush() -> None:
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(f"COPY turns ({_TURN_COLUMNS}) FROM STDIN") as copy:
+                for row in turns:
+                    copy.write_row(row)
+            with cur.copy(
+                "COPY ratings (id, host, session_id, conversation_id, rating,"
+                " created_at) FROM STDIN"
+            ) as copy:
+                for row in ratings:
+                    copy.write_row(row)
+        turns.clear()
+        ratings.clear()
+
+    for batch in batches:
+        for record in batch:
+            if isinstance(record, Conversation):
+                turns.append(_turn_row(record, "bench"))
+                count += 1
+                start, end = record.started_at, record.ended_at
+                if record.session_id is not None:
+                    row = sessions.setdefault(
+                        record.session_id, [record.user_id, start, end, 0]
+                    )
+                    row[1], row[2] = min(row[1], start), max(row[2], end)
+                    row[3] += 1
+                if record.user_id is not None:
+                    span = users.setdefault(record.user_id, [start, end, 0])
+                    span[0], span[1] = min(span[0], start), max(span[1], end)
+                    span[2] += 1
+            else:  # a rating: it moves its session's and user's last activity
+                ratings.append(
+                    (record.id, "bench", record.session_id, record.conversation_id,
+                     record.rating, record.created_at)
+                )  # fmt: skip
+                row = sessions[record.session_id]
+                row[2] = max(row[2], record.created_at)
+                if row[0] is not None:
+                    users[row[0]][1] = max(users[row[0]][1], record.created_at)
+        if len(turns) >= _FILL_CHUNK:
+            flush()
+    flush()
+    with conn.transaction(), conn.cursor() as cur:
+        with cur.copy(
+            "COPY sessions (id, user_id, started_at, last_at, turns) FROM STDIN"
+        ) as copy:
+            for sid, (uid, start, last, n) in sessions.items():
+                copy.write_row((sid, uid, start, last, n))
+        with cur.copy(
+            "COPY users (id, first_seen, last_seen, turns) FROM STDIN"
+        ) as copy:
+            for uid, (first, last, n) in users.items():
+                copy.write_row((uid, first, last, n))
+    conn.execute("ANALYZE")
+    conn.commit()
+    conn.close()
+    return count, time.perf_counter() - began
+
+
+def _size_mb(path: Path) -> float:
+    return (
+        sum(
+            Path(f"{path}{end}").stat().st_size
+            for end in ("", "-wal")
+            if Path(f"{path}{end}").exists()
+        )
+        / 1e6
+    )
+
+
+def dashboard(server: Any, args: argparse.Namespace, tmp: str) -> dict[str, Any]:
+    """The dashboard over a big PostgreSQL store, through its local cache."""
+    from context_trace._store.postgres import PostgresStore
+    from context_trace._store.postgres.cache import PostgresCache, SyncedIndex
+    from context_trace.analytics.topic_index import TopicIndex
+    from context_trace.ui.app import create_app
+
+    ui = _ui_bench()
+    figures: dict[str, Any] = {
+        "conversations": args.conversations,
+        "users": args.users,
+    }
+    url = server.url(database=server.database())
+    PostgresStore(url, host="bench").open()  # the schema, as a writer makes it
+    rng = random.Random(13)
+    now = time.time()
+    print(f"\nfilling PostgreSQL with {args.conversations:,} turns (COPY) ...")
+    count, took = _fill(
+        url, ui._records(args.conversations, args.users, 0, now - 3600, rng)
+    )
+    figures["fill_s"] = round(took, 1)
+    print(f"  filled: {count:,} turns in {took:.1f} s")
+
+    cache_path = Path(tmp) / "cache.db"
+    began = time.perf_counter()
+    cache = PostgresCache(url, cache_path)
+    cache.build()
+    first = time.perf_counter() - began
+    figures["first_sync_s"] = round(first, 1)
+    figures["first_sync_turns_per_s"] = round(count / first)
+    figures["cache_mb"] = round(_size_mb(cache_path))
+    print(
+        f"  first sync into the cache: {first:.1f} s ({count / first:,.0f} turns/s),"
+        f" {figures['cache_mb']:,} MB on disk"
+    )
+    began = time.perf_counter()
+    index = SyncedIndex(cache)
+    index.build()
+    figures["index_build_s"] = round(time.perf_counter() - began, 1)
+    figures["index_mb"] = round(_size_mb(index.path))
+    print(
+        f"  index build on the cache: {figures['index_build_s']} s,"
+        f" {figures['index_mb']:,} MB"
+    )
+    writer = PostgresStore(url, host="bench-2")
+    syncs, steps = [], []
+    for round_ in range(5):
+        more = [
+            r
+            for batch in ui._records(
+                1_000, args.users, args.conversations + 1_000 * round_, now, rng
+            )
+            for r in batch
+        ]
+        writer.write(more)
+        began = time.perf_counter()
+        while not cache.sync():
+            pass
+        syncs.append((time.perf_counter() - began) * 1000)
+        while not index.refresh(1_000):
+            pass
+        steps.append((time.perf_counter() - began) * 1000)
+    writer.close()
+    figures["sync_1000_ms"] = round(statistics.median(syncs), 1)
+    figures["sync_and_index_1000_ms"] = round(statistics.median(steps), 1)
+    print(
+        f"  1,000 new turns: copied in {figures['sync_1000_ms']} ms, copied and"
+        f" indexed in {figures['sync_and_index_1000_ms']} ms (medians of 5)"
+    )
+
+    began = time.perf_counter()
+    with TopicIndex(cache_path) as topics:
+        topics.build()
+        topics_path = topics.path
+    figures["topics_build_s"] = round(time.perf_counter() - began, 1)
+    print(f"  topics, first build: {figures['topics_build_s']} s")
+
+    client = create_app(
+        cache_path, index=index, refresh_interval=0, prices=ui.PRICES
+    ).test_client()
+    client.get("/")  # warm-up: the topic model loads on the first request
+    results: dict[str, dict[str, float]] = {}
+    print(f"\n{'call':<62} {'p50 ms':>8} {'p95 ms':>8}")
+    worst = 0.0
+    for call in ui._calls(cache_path, index.path) + ui._topic_calls(
+        cache_path, topics_path
+    ):
+        times = []
+        for _ in range(args.reps):
+            began = time.perf_counter()
+            response = client.get(call)
+            times.append((time.perf_counter() - began) * 1000)
+            if response.status_code != 200:
+                raise SystemExit(f"{call}: HTTP {response.status_code}")
+        times.sort()
+        p50 = statistics.median(times)
+        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        worst = max(worst, p95)
+        results[call] = {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1)}
+        print(f"{call[:62]:<62} {p50:8.1f} {p95:8.1f}")
+    index.close()
+    figures["calls"] = results
+    figures["worst_p95_ms"] = round(worst, 1)
+    print(f"\nworst p95: {worst:.1f} ms (target 300 ms)")
+    return figures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,9 +512,17 @@ def main() -> None:
     ap.add_argument(
         "--smoke", action="store_true", help="tiny sizes: checks the script runs"
     )
+    ap.add_argument(
+        "--conversations", type=int, default=1_000_000, help="dashboard: store size"
+    )
+    ap.add_argument("--users", type=int, default=50_000, help="dashboard: users")
+    ap.add_argument("--reps", type=int, default=15, help="dashboard: calls per page")
+    ap.add_argument("--part", choices=("delivery", "dashboard", "all"), default="all")
+    ap.add_argument("--json", type=Path, help="write the dashboard's figures here")
     args = ap.parse_args()
     if args.smoke:
         args.turns, args.rounds, args.ops = 1_000, 1, 50
+        args.conversations, args.users, args.reps = 2_000, 200, 2
 
     from tests.postgres.server import INSTALL_HINT, Server, binaries
 
@@ -289,8 +535,13 @@ def main() -> None:
     server = Server(bindir, fsync=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            throughput(server, args, tmp)
-            request_path(server, args, tmp)
+            if args.part in ("delivery", "all"):
+                throughput(server, args, tmp)
+                request_path(server, args, tmp)
+            if args.part in ("dashboard", "all"):
+                figures = dashboard(server, args, tmp)
+                if args.json:
+                    args.json.write_text(json.dumps(figures, indent=2))
     finally:
         server.close()
 

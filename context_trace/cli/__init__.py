@@ -19,6 +19,11 @@ own (``--db``, else ``~/.context_trace/demo.db``)::
     context-trace compare --segment-a plan=pro --segment-b plan=free
     context-trace cost --by user           what the turns cost (priced when read)
 
+With ``--store URL`` (or ``$CONTEXT_TRACE_STORE``) every command reads a shared
+PostgreSQL store instead: ``users``, ``sessions``, ``show``, ``stats`` and
+``export`` query it, ``ui`` and the analytics read a local cache of it
+(``--cache``, see ``_store/postgres/cache.py``).
+
 Output fits an 80-column terminal; ``--json`` on ``users``, ``sessions``,
 ``show``, ``stats``, ``outbox``, ``topics``, ``unhappy``, ``retention``,
 ``compare`` and ``cost`` prints JSON instead (times as epoch seconds). Problems are reported in
@@ -97,13 +102,22 @@ def _parser() -> argparse.ArgumentParser:
     store_help = (
         "a shared PostgreSQL store, postgresql://user:password@host/db (default:"
         " $CONTEXT_TRACE_STORE; prefer it, since other users can see command-line"
-        " arguments); read by users, sessions, show, stats, export; outbox checks it and"
-        " replay delivers to it"
+        " arguments); read by users, sessions, show, stats, export, and through a"
+        " local cache (--cache) by ui, topics, unhappy, retention, compare, cost;"
+        " outbox checks it and replay delivers to it"
+    )
+    cache_help = (
+        "with --store: the local SQLite copy of the PostgreSQL store that ui and the"
+        " analytics read, brought level first (default: under"
+        " ~/.cache/context-trace, named by the server and database)"
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", metavar="PATH", default=argparse.SUPPRESS, help=db_help)
     common.add_argument(
         "--store", metavar="URL", default=argparse.SUPPRESS, help=store_help
+    )
+    common.add_argument(
+        "--cache", metavar="PATH", default=argparse.SUPPRESS, help=cache_help
     )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
@@ -118,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{_PROG} {__version__}")
     parser.add_argument("--db", metavar="PATH", default=None, help=db_help)
     parser.add_argument("--store", metavar="URL", default=None, help=store_help)
+    parser.add_argument("--cache", metavar="PATH", default=None, help=cache_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 

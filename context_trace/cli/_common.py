@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import sqlite3
+import sys
+import time
 from collections.abc import Callable
 from datetime import tzinfo
 from pathlib import Path
@@ -59,6 +61,10 @@ def _describe(exc: BaseException, path: Path) -> str:
 
 #: The commands that read a PostgreSQL store (``--store`` or $CONTEXT_TRACE_STORE).
 STORE_COMMANDS = ("users", "sessions", "show", "stats", "export", "outbox", "replay")
+#: The commands that read a PostgreSQL store through its local cache (a SQLite
+#: file in the store's own format, see ``_store/postgres/cache.py``): the
+#: dashboard and the analytics, which read the dashboard's index.
+CACHE_COMMANDS = ("ui", "topics", "unhappy", "retention", "compare", "cost")
 # The PostgreSQL store this run reads, set by use_store() before a command runs.
 _POSTGRES: list[str] = []
 
@@ -69,11 +75,26 @@ def store_url(args: argparse.Namespace) -> str | None:
     return raw.strip() or None
 
 
+def _reads_cache(args: argparse.Namespace) -> bool:
+    """Whether the command reads a PostgreSQL store through the local cache."""
+    if args.command in CACHE_COMMANDS:
+        return True
+    # `users --sort cost` reads the dashboard's cost sums.
+    return args.command == "users" and getattr(args, "sort", None) == "cost"
+
+
 def use_store(args: argparse.Namespace) -> None:
     """Read the PostgreSQL store this run names, or refuse a command that cannot."""
     _POSTGRES.clear()
     url = store_url(args)
+    cache = getattr(args, "cache", None)
     if url is None:
+        if cache is not None:
+            raise _CLIError(
+                "--cache is the local copy of a PostgreSQL store: give the store"
+                f" too (--store URL or {_config.ENV_STORE})",
+                _EXIT_USAGE,
+            )
         return
     from context_trace._store.postgres import check_url
 
@@ -83,20 +104,91 @@ def use_store(args: argparse.Namespace) -> None:
         raise _CLIError(str(exc), _EXIT_USAGE) from None
     if args.command == "demo":
         return  # the demo records into a store of its own
-    if args.command == "ui":
-        _ui_store_check(url)
+    if _reads_cache(args):
+        if args.command == "ui":
+            _ui_store_check(url)
+        synced = sync_cache(url, cache, sys.stderr)
+        args.db = str(synced.path)
+        if args.command == "ui":
+            args.postgres_cache = synced  # kept in step while it serves
+        else:
+            synced.close()
+        return
     if args.command not in STORE_COMMANDS:
+        every = (*STORE_COMMANDS, *CACHE_COMMANDS)
         raise _CLIError(
-            f"'{args.command}' does not read a PostgreSQL store yet (only "
-            f"{', '.join(STORE_COMMANDS)}); unset {_config.ENV_STORE} or drop --store",
+            f"'{args.command}' does not read a PostgreSQL store (only "
+            f"{', '.join(every)}); unset {_config.ENV_STORE} or drop --store",
             _EXIT_USAGE,
         )
     if args.command not in ("outbox", "replay"):
         _POSTGRES.append(url)
 
 
+def sync_cache(url: str, path: str | None, out: TextIO) -> Any:
+    """
+    The store's local cache, brought level with it now.
+
+    The first copy of a big store takes a while: its progress goes to *out*.
+    """
+    from context_trace._store.postgres.cache import PostgresCache
+
+    try:
+        cache = PostgresCache(url, Path(path).expanduser() if path else None)
+    except ValueError as exc:  # StoreUnavailable says which problem, no password
+        raise _CLIError(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise _CLIError(f"cannot use the local cache of {_safe(url)}: {exc}") from None
+    try:
+        pending = cache.pending()
+        if pending > 50_000:
+            print(
+                f"Copying {pending:,} turns from {cache.location} into {cache.path}"
+                " ...",
+                file=out,
+            )
+            out.flush()
+        shown = [time.monotonic()]
+
+        def progress(copied: int) -> None:
+            if time.monotonic() - shown[0] >= 5:
+                shown[0] = time.monotonic()
+                print(f"  {copied:,} / {pending:,}", file=out)
+                out.flush()
+
+        cache.build(progress)
+    except Exception as exc:
+        cache.close()
+        if isinstance(exc, (ValueError, OSError, sqlite3.Error)) or type(
+            exc
+        ).__module__.startswith("psycopg"):
+            raise _CLIError(
+                f"cannot copy {cache.location} into {cache.path}:"
+                f" {_safe_text(str(exc), url)}"
+            ) from None
+        raise
+    return cache
+
+
+def _safe(url: str) -> str:
+    from context_trace._store.postgres import safe_url
+
+    return safe_url(url)
+
+
+def _safe_text(text: str, url: str) -> str:
+    """*text* in one line, never with the password of *url*."""
+    from urllib.parse import unquote, urlsplit
+
+    password = urlsplit(url).password
+    text = " ".join(text.split())
+    if password:
+        text = text.replace(password, "***").replace(unquote(password), "***")
+    return text
+
+
 def _ui_store_check(url: str) -> None:
-    """The dashboard's start-up: say what is wrong with the store, then what is not."""
+    """The dashboard's start-up: say what is wrong with the store, if anything."""
     from context_trace._store.postgres import check
 
     try:

@@ -142,6 +142,7 @@ def _cmd_ui(args: argparse.Namespace, out: TextIO) -> int:
         return serve.main(
             _db_path(args), args.host, args.port, args.token, args.open, out,
             args.index, time_zone(args), args.prices,
+            getattr(args, "postgres_cache", None),
         )  # fmt: skip
     except serve.UIError as exc:
         raise _CLIError(str(exc)) from None

@@ -45,12 +45,16 @@ class UIError(Exception):
     """A problem found before serving (bad host, missing store): one line for the user."""
 
 
-def open_index(path: Path, out: TextIO, index_path: Path | None = None) -> UIIndex:
+def open_index(
+    path: Path, out: TextIO, index_path: Path | None = None, cache: Any = None
+) -> UIIndex:
     """
     Open the store's dashboard index and bring it level with the store.
 
     The first run indexes every stored turn (about a minute per million,
-    progress on *out*); later runs only the turns added since.
+    progress on *out*); later runs only the turns added since. With *cache*
+    (a PostgreSQL store's local cache, whose file is *path*), each refresh
+    copies the store's new rows into the cache first.
 
     Raises:
         UIError: If the store is missing or unreadable, or the index cannot be
@@ -63,7 +67,12 @@ def open_index(path: Path, out: TextIO, index_path: Path | None = None) -> UIInd
     if path.is_dir():
         raise UIError(f"{path} is a directory, not a database")
     try:
-        index = UIIndex(path, index_path)
+        if cache is not None:
+            from context_trace._store.postgres.cache import SyncedIndex
+
+            index: UIIndex = SyncedIndex(cache, index_path)
+        else:
+            index = UIIndex(path, index_path)
     except (sqlite3.Error, OSError, ValueError) as exc:
         raise UIError(f"cannot index {path}: {exc}") from None
     try:
@@ -130,6 +139,7 @@ def main(
     index_path: Path | None = None,
     tz: tzinfo | None = None,
     prices_path: Path | None = None,
+    cache: Any = None,
 ) -> int:
     """
     Serve the dashboard until Ctrl-C; the ``context-trace ui`` command.
@@ -146,6 +156,9 @@ def main(
             :func:`context_trace._store.ui_index.default_index_path`).
         tz: The time zone of retention's days and weeks (default: UTC).
         prices_path: A JSON or TOML file of price overrides (``--prices``).
+        cache: A PostgreSQL store's local cache
+            (:class:`context_trace._store.postgres.cache.PostgresCache`) whose
+            file is *db*: kept in step with the store while serving.
 
     Returns:
         0 after Ctrl-C.
@@ -166,7 +179,12 @@ def main(
             prices = load_prices(prices_path, "--prices")
         except ValueError as exc:
             raise UIError(str(exc)) from None
-    index = open_index(db, out, index_path)
+    try:
+        index = open_index(db, out, index_path, cache)
+    except BaseException:
+        if cache is not None:
+            cache.close()
+        raise
     try:
         server = make_server(db, host, port, token, index, tz, prices)
     except OSError as exc:
@@ -186,7 +204,8 @@ def main(
         bound = server.effective_port
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{bound}/"
-        print(f"context-trace ui: serving {db} read-only at {url}", file=out)
+        served = f"{cache.location} (local cache {db})" if cache is not None else db
+        print(f"context-trace ui: serving {served} read-only at {url}", file=out)
         if token:
             print("A token is required: open the URL and enter it.", file=out)
         print("Press Ctrl-C to stop.", file=out)

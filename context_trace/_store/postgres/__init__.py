@@ -28,6 +28,10 @@ holds everything that speaks PostgreSQL (``connection``, ``schema``, ``write``,
   the transcript is read, by the same rule the SQLite writer applies when it
   writes (``writer._strip_history``), so the result does not depend on the
   order in which the hosts' outboxes delivered.
+- **The dashboard's cache.** ``cache`` (imported on its own: it loads the
+  dashboard's index) copies the store incrementally into a local SQLite file
+  in the store's own format, which ``context-trace ui`` and the analytics
+  commands read as they read a local store.
 
 psycopg 3 is imported here only: ``import context_trace`` never loads it.
 """

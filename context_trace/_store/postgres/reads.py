@@ -106,7 +106,8 @@ class PostgresReads:
     The CLI's reads over a PostgreSQL store (read-only connection and role).
 
     A :class:`~context_trace._store.base.Reads`: the outbox reads and the
-    dashboard refuse with a ValueError saying why.
+    dashboard refuse with a ValueError saying why (the dashboard and the
+    analytics read the store's local cache, :mod:`.cache`).
 
     Implemented: :meth:`users`, :meth:`sessions`, :meth:`transcript`,
     :meth:`session_messages`, :meth:`session_turns`, :meth:`conversation`,
@@ -396,10 +397,11 @@ class PostgresReads:
         raise ValueError(_NO_OUTBOX)
 
     def dashboard(self, *, now: float | None = None, prices: Any = None) -> Any:
-        """Refused: the dashboard does not read a PostgreSQL store yet."""
+        """Refused: the dashboard reads the store's local cache, not these reads."""
         raise ValueError(
-            "the dashboard does not read a PostgreSQL store yet; the CLI's users, "
-            "sessions, show, stats and export do"
+            "the dashboard reads a PostgreSQL store through its local cache "
+            "(context_trace._store.postgres.cache.PostgresCache, which "
+            "'context-trace ui --store' keeps), not through these reads"
         )
 
     def counts(self) -> dict[str, int]:
