@@ -40,6 +40,7 @@ from .cost_index import (
     COST_TABLES,
     apply_cost_chunk,
 )
+from .cost_priced import priced_for
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
@@ -302,6 +303,29 @@ def cost_report(
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
     found = _model_source(segment, first_day)
+    if (
+        found is not None
+        and first_day == ""
+        and not segment
+        and by in ("user", "session")
+        and priced_for(conn, models)
+    ):
+        # All time per user or session: the index's priced cache (.cost_priced).
+        per_model = conn.execute(
+            f"WITH {prices}, x AS ({found[0]}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *found[1]],
+        ).fetchall()
+        key = "user_key" if by == "user" else "session_n"
+        cached = conn.execute(
+            f"SELECT {key}, turns, calls, unpriced, input, output, cache_read,"
+            f" cache_write, reasoning, cost FROM ui_cost_{by}_priced WHERE calls > 0"
+            f" ORDER BY cost DESC, {key}" + (" LIMIT ?" if limit is not None else ""),
+            [] if limit is None else [limit],
+        ).fetchall()
+        if by == "session":
+            cached = [(r[0] or None, *r[1:]) for r in cached]
+        return _report(conn, by, range_, segment, per_model, cached, models)
     if found is None and by != "model":
         # No per-day sums answer: one pass over the rows gives both the groups
         # and the models (reading the turns twice was most of the time).
@@ -417,11 +441,17 @@ def _total(rows: Sequence[Sequence[Any]]) -> CostRow:
     return _row([None, *sums])
 
 
-def user_costs_sql() -> str:
+def user_costs_sql(priced: bool = False) -> str:
     """
     A ``user_cost(user_key, cost, unpriced)`` CTE over ui_cost_user, to follow
-    the ``price`` CTE of :func:`price_table`.
+    the ``price`` CTE of :func:`price_table`; *priced*: over the index's priced
+    cache instead (when :func:`.cost_priced.priced_for` says it answers).
     """
+    if priced:
+        return (
+            "user_cost(user_key, cost, unpriced) AS (SELECT user_key, cost,"
+            " unpriced FROM ui_cost_user_priced)"
+        )
     return (
         "user_cost(user_key, cost, unpriced) AS (SELECT x.user_key,"
         f" total({COST_SQL}), sum({UNPRICED_SQL}) FROM ui_cost_user x"

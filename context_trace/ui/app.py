@@ -157,6 +157,7 @@ def create_app(
     expected = _cookie_value(token) if token else None
     if index is None:
         index = UIIndex(path)
+    index.set_pricer(pricer)  # each user's and session's cost, priced once
     index.build()
     refresher = _Refresher(index, refresh_interval)
     app.extensions["context_trace_ui"] = refresher
