@@ -10,7 +10,10 @@ is too slow on a large store, so the dashboard's index keeps the result:
   index (the prices NULL: unpriced);
 - ``ui_cost_user_priced`` and ``ui_cost_session_priced``: per user and per session
   (``0``: the turns of no session) the token sums, the calls left unpriced, the
-  number of priced models and the cost, indexed by cost;
+  number of priced models and the cost, indexed by cost; a session's row also
+  has the times of its first and last turn with a model call, so that a range
+  reads the sessions wholly in it from here and prices only the few that
+  straddle its start (see :func:`.cost.cost_report`);
 - ``ui_cost_priced_state``: the last turn number they cover.
 
 :func:`price_costs` runs in the index's refresh, with the dashboard's
@@ -67,13 +70,20 @@ PRICED_SCHEMA = (
     f"""
     CREATE TABLE IF NOT EXISTS ui_cost_session_priced (
         session_n INTEGER PRIMARY KEY,
-{_COLUMN_DEFS}
+{_COLUMN_DEFS},
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL
     )
     """,
     "CREATE INDEX IF NOT EXISTS ui_cost_session_priced_cost"
     " ON ui_cost_session_priced (cost DESC, session_n)",
-    # The turns of a session, to re-price the sessions new turns touch.
-    "CREATE INDEX IF NOT EXISTS ui_cost_turn_session ON ui_cost_turn (session_n)",
+    # The sessions with a turn from a time on (a range's sessions).
+    "CREATE INDEX IF NOT EXISTS ui_cost_session_priced_last"
+    " ON ui_cost_session_priced (last_at)",
+    # The turns of a session from a time on: to re-price the sessions new turns
+    # touch, and a range's sessions that straddle its start.
+    "CREATE INDEX IF NOT EXISTS ui_cost_turn_session"
+    " ON ui_cost_turn (session_n, started_at)",
 )
 
 # A row of per-model sums (x) joined to its stored price (p.model NULL: unpriced).
@@ -117,6 +127,10 @@ def price_costs(conn: sqlite3.Connection, pricer: Pricer, upto: int) -> bool:
     False (the cache left as it was: readers price at read time) when the
     prices cannot be looked up.
     """
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(ui_cost_session_priced)")}
+    if columns and "first_at" not in columns:  # an earlier layout: anew
+        for table in PRICED_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
     for statement in PRICED_SCHEMA:
         conn.execute(statement)
     models = [r[0] for r in conn.execute("SELECT DISTINCT model FROM ui_cost_day")]
@@ -162,9 +176,11 @@ def price_costs(conn: sqlite3.Connection, pricer: Pricer, upto: int) -> bool:
     # Per session and model first, priced on those sums (as cost_report does).
     sums = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
     conn.execute(
-        f"INSERT OR REPLACE INTO ui_cost_session_priced (session_n, {_INSERT_COLS})"
-        f" SELECT x.grp, {_PRICED_SUMS} FROM (SELECT coalesce(k.session_n, 0) AS grp,"
-        f" k.model AS model, {sums} FROM ui_cost_turn k{sessions}"
+        "INSERT OR REPLACE INTO ui_cost_session_priced (session_n,"
+        f" {_INSERT_COLS}, first_at, last_at) SELECT x.grp, {_PRICED_SUMS},"
+        " min(x.first_at), max(x.last_at) FROM (SELECT coalesce(k.session_n, 0)"
+        f" AS grp, k.model AS model, {sums}, min(k.started_at) AS first_at,"
+        f" max(k.started_at) AS last_at FROM ui_cost_turn k{sessions}"
         f" GROUP BY grp, k.model) x{_JOIN} GROUP BY x.grp"
     )
     conn.execute("DELETE FROM ui_cost_priced_state")

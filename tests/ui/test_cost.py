@@ -274,7 +274,7 @@ def test_a_price_change_reprices_the_kept_costs(tmp_path):
 
 def test_turns_indexed_later_move_the_kept_costs_exactly(tmp_path):
     """A turn appended after the index was priced adds its exact cost to its
-    user and session (and a new user appears); the others are unchanged."""
+    user and session (and a new user appears), for all time and in a range."""
     path, index = _priced_store(tmp_path)
     writer = SQLiteExporter(path)
     late = [
@@ -293,11 +293,23 @@ def test_turns_indexed_later_move_the_kept_costs_exactly(tmp_path):
     with Analytics(path, now=NOW, prices=Pricer(PRICES)) as opened:
         sessions = _by_key(opened.cost("session", "all"))
         users = _by_key(opened.cost("user", "all"))
+        day = _by_key(opened.cost("session", "24h"))
+        week = _by_key(opened.cost("session", "7d"))
+        top = opened.cost("session", "7d", limit=1)
     assert {
         "s-u3": (2.0, 0), "s-u1": (0.01185, 0), "s-u2": (0.0003, 2),
         "s-u4": (0.00003, 0),
     } == sessions  # fmt: skip
     assert (0.01185, 0) == users["u1"]
+    # From 03-17 12:00, s-u1 and s-u2 straddle the start (turns 1 and 4 are
+    # before it), s-u4 is wholly in it: 0.00475 + 0.003 for s-u1.
+    assert {"s-u1": (0.00775, 0), "s-u4": (0.00003, 0), "s-u2": (0.0, 1)} == day
+    assert ["s-u1", "s-u4", "s-u2"] == list(day)
+    # Whole days from 03-12: all but turn 5 (s-u3, 03-10).
+    assert {
+        "s-u1": (0.01185, 0), "s-u2": (0.0003, 2), "s-u4": (0.00003, 0),
+    } == week  # fmt: skip
+    assert ["s-u1"] == [r.key for r in top.rows]
 
 
 def test_cost_per_topic(cost_store, tmp_path):
