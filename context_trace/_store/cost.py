@@ -334,7 +334,8 @@ def cost_report(
         and (since is not None or first_day is not None)
         and priced_for(conn, models)
     ):
-        start = since if first_day is None else _day_start(first_day)
+        start = _day_start(first_day) if first_day else since
+        assert start is not None  # one of them, by the test above
         model_source, model_params = found or _rows_source(
             "model", segment, since, first_day, None
         )
