@@ -388,7 +388,8 @@ def _sessions_from(
     whole = conn.execute(
         "SELECT session_n, turns, calls, unpriced, input, output, cache_read,"
         " cache_write, reasoning, cost FROM ui_cost_session_priced"
-        " WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0"
+        # The range's sessions (a few of all), not all of them by cost.
+        " INDEXED BY ui_cost_session_priced_last WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0"
         " ORDER BY cost DESC, session_n" + (" LIMIT ?2" if limit is not None else ""),
         [start] if limit is None else [start, limit],
     ).fetchall()
@@ -400,11 +401,12 @@ def _sessions_from(
         " AND session_n != 0) AND k.started_at >= ? GROUP BY grp, k.model"
         f" UNION ALL SELECT NULL, k.model, {cols} FROM ui_cost_turn k"
         " WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
-        f" SELECT x.grp, {sums} GROUP BY x.grp",
-        [*params, start, start, start, start],
+        f" SELECT x.grp, {sums} GROUP BY x.grp ORDER BY cost DESC, x.grp"
+        + (" LIMIT ?" if limit is not None else ""),
+        [*params, start, start, start, start, *([] if limit is None else [limit])],
     ).fetchall()
     rows = sorted(
-        [*whole, *(r for r in straddling if r[2])],
+        [*whole, *straddling],
         key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
     )
     return rows[:limit] if limit is not None else rows
