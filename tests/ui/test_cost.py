@@ -272,6 +272,23 @@ def test_a_price_change_reprices_the_kept_costs(tmp_path):
     ]
 
 
+def test_index_refreshes_without_the_pricing_library(tmp_path, monkeypatch):
+    """Models that cannot be priced (no genai-prices) leave the priced cache
+    empty; the index still takes new turns."""
+    monkeypatch.setitem(sys.modules, "genai_prices", None)
+    path = build_cost_store(tmp_path / "cost.db")
+    writer = SQLiteExporter(path)
+    late = _turn(7, "u1", _at("03-18", 11), "pro", "gpt-4o", Usage(10, 1, 11))
+    assert 0 == writer.export([late]).failed
+    writer.shutdown()
+    with UIIndex(path) as index:
+        index.set_pricer(Pricer(PRICES))
+        index.build()
+        assert (7, 7) == index.counts()
+
+    assert {} == _priced(index.path, "ui_cost_user_priced", "user_key")
+
+
 def test_turns_indexed_later_move_the_kept_costs_exactly(tmp_path):
     """A turn appended after the index was priced adds its exact cost to its
     user and session (and a new user appears), for all time and in a range."""
