@@ -18,7 +18,10 @@ Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
 4. Brings the index level with the appended turns in the chunks a request runs
    (``REQUEST_CHUNK``, 1,000 turns): *incremental refresh*, per chunk and in all.
 5. Re-prices the whole history with new prices (a fresh pricer, another
-   override each time): the total, every user, every day, a segment's users.
+   override each time): the total, every user, every day, a segment's users,
+   priced when read; then the app's start, which prices every user's and
+   session's cost into the index under the app's prices (see
+   ``context_trace._store.cost_priced``): *app start (costs priced)*.
 6. Times each page and API call (retention, segment filters, cost and two
    periods compared included; retention again in a time zone, ``TZ``: every
    user's scope carries a ``plan``, one in five ``pro``) ``--reps`` times through the WSGI app in this
@@ -490,9 +493,16 @@ def _time_calls(
     from context_trace.ui.app import create_app
 
     figures["repricing_p95_ms"] = _repricing(path, index.path, args.reps)
+    # The app keeps every user's and session's cost priced in the index: the
+    # first time under these prices, all of history is priced here.
+    began = time.perf_counter()
     client = create_app(
         path, index=index, refresh_interval=0, prices=PRICES
     ).test_client()
+    figures["app_start_pricing_s"] = round(time.perf_counter() - began, 1)
+    print(
+        f"  app start (costs priced into the index): {figures['app_start_pricing_s']} s"
+    )
     results: dict[str, dict[str, float]] = {}
     print(f"\n{'call':<62} {'p50 ms':>8} {'p95 ms':>8}")
     worst = 0.0

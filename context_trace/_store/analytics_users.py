@@ -29,6 +29,7 @@ from .analytics_models import (
     _metadata,
     _user,
 )
+from .cost_priced import priced_for
 from .segments import Segment
 
 
@@ -82,8 +83,11 @@ class _UserQueries(_AnalyticsBase):
         order = "DESC" if descending else "ASC"
         total = self._rows(f"SELECT count(*) FROM ui_user_stats{where}", params)[0][0]
         scores, cutoff = self._satisfaction_scores()
-        prices, price_params, _ = _cost.price_table(self._conn, self.pricer)
-        if sort == "cost":  # every user priced, to sort them
+        prices, price_params, models = _cost.price_table(self._conn, self.pricer)
+        if sort == "cost" and priced_for(self._conn, models):  # the index's costs
+            head, before = f"WITH {_cost.user_costs_sql(priced=True)}", []
+            join = " LEFT JOIN user_cost USING (user_key)"
+        elif sort == "cost":  # every user priced, to sort them
             head = f"WITH {prices}, {_cost.user_costs_sql()}"
             before = price_params
             join = " LEFT JOIN user_cost USING (user_key)"

@@ -40,6 +40,7 @@ from .cost_index import (
     COST_TABLES,
     apply_cost_chunk,
 )
+from .cost_priced import priced_for
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
@@ -215,7 +216,8 @@ def _rows_source(
         "model": "''",
         "day": "date(k.started_at, 'unixepoch')",
         "user": "k.user_key",
-        "session": "k.session_n",
+        # Not through ui_cost_turn_session (.cost_priced): a lookup per row.
+        "session": "+k.session_n",
         # A lookup per turn in the topics file (not summarised there).
         "topic": "(SELECT t.topic_id FROM topics.topic_turns t WHERE t.n = k.n)",
     }[by]
@@ -302,6 +304,48 @@ def cost_report(
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
     found = _model_source(segment, first_day)
+    if (
+        found is not None
+        and first_day == ""
+        and not segment
+        and by in ("user", "session")
+        and priced_for(conn, models)
+    ):
+        # All time per user or session: the index's priced cache (.cost_priced).
+        per_model = conn.execute(
+            f"WITH {prices}, x AS ({found[0]}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *found[1]],
+        ).fetchall()
+        key = "user_key" if by == "user" else "session_n"
+        cached = conn.execute(
+            f"SELECT {key}, turns, calls, unpriced, input, output, cache_read,"
+            f" cache_write, reasoning, cost FROM ui_cost_{by}_priced WHERE calls > 0"
+            f" ORDER BY cost DESC, {key}" + (" LIMIT ?" if limit is not None else ""),
+            [] if limit is None else [limit],
+        ).fetchall()
+        if by == "session":
+            cached = [(r[0] or None, *r[1:]) for r in cached]
+        return _report(conn, by, range_, segment, per_model, cached, models)
+    if (
+        by == "session"
+        and not segment
+        and first_day != ""
+        and (since is not None or first_day is not None)
+        and priced_for(conn, models)
+    ):
+        start = _day_start(first_day) if first_day else since
+        assert start is not None  # one of them, by the test above
+        model_source, model_params = found or _rows_source(
+            "model", segment, since, first_day, None
+        )
+        per_model = conn.execute(
+            f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *model_params],
+        ).fetchall()
+        grouped = _sessions_from(conn, prices, params, sums, start, limit)
+        return _report(conn, by, range_, segment, per_model, grouped, models)
     if found is None and by != "model":
         # No per-day sums answer: one pass over the rows gives both the groups
         # and the models (reading the turns twice was most of the time).
@@ -326,6 +370,46 @@ def cost_report(
             [*params, *more, *([limit] if cap else [])],
         ).fetchall()
     return _report(conn, by, range_, segment, per_model, grouped, models)
+
+
+def _sessions_from(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    sums: str,
+    start: float,
+    limit: int | None,
+) -> list[Any]:
+    """
+    Per session, the cost of its turns from *start*, the costliest first (at
+    most *limit*): the sessions wholly from *start* read from the index's priced
+    cache, the few that straddle it (and the turns of no session) priced here.
+    """
+    whole = conn.execute(
+        "SELECT session_n, turns, calls, unpriced, input, output, cache_read,"
+        " cache_write, reasoning, cost FROM ui_cost_session_priced"
+        # The range's sessions (a few of all), not all of them by cost.
+        " INDEXED BY ui_cost_session_priced_last WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0"
+        " ORDER BY cost DESC, session_n" + (" LIMIT ?2" if limit is not None else ""),
+        [start] if limit is None else [start, limit],
+    ).fetchall()
+    cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    straddling = conn.execute(
+        f"WITH {prices}, x AS (SELECT k.session_n AS grp, k.model AS model, {cols}"
+        " FROM ui_cost_turn k WHERE k.session_n IN (SELECT session_n FROM"
+        " ui_cost_session_priced WHERE last_at >= ? AND first_at < ?"
+        " AND session_n != 0) AND k.started_at >= ? GROUP BY grp, k.model"
+        f" UNION ALL SELECT NULL, k.model, {cols} FROM ui_cost_turn k"
+        " WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
+        f" SELECT x.grp, {sums} GROUP BY x.grp ORDER BY cost DESC, x.grp"
+        + (" LIMIT ?" if limit is not None else ""),
+        [*params, start, start, start, start, *([] if limit is None else [limit])],
+    ).fetchall()
+    rows = sorted(
+        [*whole, *straddling],
+        key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
+    )
+    return rows[:limit] if limit is not None else rows
 
 
 def _one_pass(
@@ -417,11 +501,17 @@ def _total(rows: Sequence[Sequence[Any]]) -> CostRow:
     return _row([None, *sums])
 
 
-def user_costs_sql() -> str:
+def user_costs_sql(priced: bool = False) -> str:
     """
     A ``user_cost(user_key, cost, unpriced)`` CTE over ui_cost_user, to follow
-    the ``price`` CTE of :func:`price_table`.
+    the ``price`` CTE of :func:`price_table`; *priced*: over the index's priced
+    cache instead (when :func:`.cost_priced.priced_for` says it answers).
     """
+    if priced:
+        return (
+            "user_cost(user_key, cost, unpriced) AS (SELECT user_key, cost,"
+            " unpriced FROM ui_cost_user_priced)"
+        )
     return (
         "user_cost(user_key, cost, unpriced) AS (SELECT x.user_key,"
         f" total({COST_SQL}), sum({UNPRICED_SQL}) FROM ui_cost_user x"

@@ -47,6 +47,7 @@ from typing import Any
 from . import retention_index as _ret
 from .connection import read_uri
 from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
+from .cost_priced import PRICED_TABLES, price_costs
 from .overview_hours import index_hours
 from .ui_index_schema import (
     _ACTIVITY_SCHEMA,
@@ -134,6 +135,7 @@ class UIIndex:
         self._seen_version: int | None = None
         self._caught_up = False
         self._closed = False
+        self._pricer: Any = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
@@ -239,7 +241,7 @@ class UIIndex:
                 done = conn.execute(
                     "SELECT value FROM meta WHERE key = 'conversation_n'"
                 ).fetchone()[0]
-                for table in COST_TABLES:
+                for table in (*COST_TABLES, *PRICED_TABLES):
                     conn.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in COST_SCHEMA:
                     conn.execute(statement)
@@ -293,6 +295,16 @@ class UIIndex:
 
     def _meta(self) -> dict[str, Any]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def set_pricer(self, pricer: Any) -> None:
+        """
+        Keep each user's and session's cost priced with *pricer* (a
+        :class:`~context_trace.analytics.pricing.Pricer`; None: stop), from the
+        next :meth:`refresh` on: see :mod:`.cost_priced`.
+        """
+        with self._lock:
+            self._pricer = pricer
+            self._caught_up = False
 
     def refresh(self, max_rows: int = 5000) -> bool:
         """
@@ -384,6 +396,8 @@ class UIIndex:
 
         _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         index_hours(conn, start, end)
+        if self._pricer is not None:
+            price_costs(conn, self._pricer, end)
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),

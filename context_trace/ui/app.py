@@ -158,6 +158,7 @@ def create_app(
     if index is None:
         index = UIIndex(path)
     index.keep_zones([tz])
+    index.set_pricer(pricer)  # each user's and session's cost, priced once
     index.build()
     refresher = _Refresher(index, refresh_interval)
     app.extensions["context_trace_ui"] = refresher

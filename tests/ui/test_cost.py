@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 
 from context_trace import track_user
+from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, ModelCall, Usage
 from context_trace._store.analytics import Analytics
 from context_trace._store.cost import COST_TABLES
@@ -197,6 +198,133 @@ def test_cost_per_session_moves_with_turns_indexed_later(tmp_path):
         rows = _by_key(opened.cost("session", "24h"))
     # 0.00475 + (1000 * 2 + 100 * 10) / 1e6 = 0.00775
     assert {"s-u1": (0.00775, 0), "s-u2": (0.0, 1)} == rows
+
+
+def _priced(index: Path, table: str, key: str) -> dict[Any, tuple[float, int]]:
+    """The index's priced cache, read straight from the sidecar file."""
+    with sqlite3.connect(index) as conn:
+        return {
+            k: (round(cost, 8), unpriced)
+            for k, cost, unpriced in conn.execute(
+                f"SELECT {key}, cost, unpriced FROM {table}"
+            )
+        }
+
+
+def _priced_store(tmp_path: Path, prices: Any = PRICES) -> tuple[Path, UIIndex]:
+    path = build_cost_store(tmp_path / "cost.db")
+    index = UIIndex(path)
+    index.set_pricer(Pricer(prices))
+    index.build()
+    return path, index
+
+
+def test_index_keeps_each_user_and_session_priced(tmp_path):
+    """With the dashboard's prices, the index holds each user's and session's
+    cost, and the reports read the same figures as when priced at read time."""
+    path, index = _priced_store(tmp_path)
+    index.close()
+
+    assert {"u3": (2.0, 0), "u1": (0.00885, 0), "u2": (0.0003, 2)} == _priced(
+        index.path, "ui_cost_user_priced", "user_key"
+    )
+    assert [(2.0, 0), (0.00885, 0), (0.0003, 2)] == sorted(
+        _priced(index.path, "ui_cost_session_priced", "session_n").values(),
+        reverse=True,
+    )
+    with Analytics(path, now=NOW, prices=Pricer(PRICES)) as opened:
+        users = opened.cost("user", "all")
+        sessions = opened.cost("session", "all")
+        page = opened.users(sort="cost")
+    assert {"u3": (2.0, 0), "u1": (0.00885, 0), "u2": (0.0003, 2)} == _by_key(users)
+    assert ["s-u3", "s-u1", "s-u2"] == [r.key for r in sessions.rows]
+    assert [(2.0, 0), (0.00885, 0), (0.0003, 2)] == list(_by_key(sessions).values())
+    assert (6, 2, 2.00915) == (
+        sessions.total.calls, sessions.total.unpriced_calls,
+        round(sessions.total.cost, 8),
+    )  # fmt: skip
+    assert [("u3", 2.0), ("u1", 0.00885), ("u2", 0.0003), (None, None)] == [
+        (u.user_id, None if u.cost is None else round(u.cost, 8)) for u in page.items
+    ]
+
+
+def test_a_price_change_reprices_the_kept_costs(tmp_path):
+    """New prices (an override of gpt-4o at $1/M) re-price every kept cost; a
+    reader with other prices than the index's still gets its own figures."""
+    path, index = _priced_store(tmp_path)
+    cheaper = {**PRICES, "gpt-4o": {"input": 1, "output": 1}}
+    index.set_pricer(Pricer(cheaper))
+    index.refresh()
+    index.close()
+
+    # u1: turn 1 ($0.0041) + turn 2 at $1/M (2100 tokens: $0.0021).
+    assert (0.0062, 0) == _priced(index.path, "ui_cost_user_priced", "user_key")["u1"]
+    with Analytics(path, now=NOW, prices=Pricer(cheaper)) as opened:
+        assert (0.0062, 0) == _by_key(opened.cost("user", "all"))["u1"]
+        assert (0.0062, 0) == _by_key(opened.cost("session", "all"))["s-u1"]
+    with Analytics(path, now=NOW, prices=PRICES) as opened:
+        assert (0.00885, 0) == _by_key(opened.cost("user", "all"))["u1"]
+        page = opened.users(sort="cost")
+    assert [("u3", 2.0), ("u1", 0.00885)] == [
+        (u.user_id, round(u.cost or 0, 8)) for u in page.items[:2]
+    ]
+
+
+def test_index_refreshes_without_the_pricing_library(tmp_path, monkeypatch):
+    """Models that cannot be priced (no genai-prices) leave the priced cache
+    empty; the index still takes new turns."""
+    monkeypatch.setitem(sys.modules, "genai_prices", None)
+    path = build_cost_store(tmp_path / "cost.db")
+    writer = SQLiteExporter(path)
+    late = _turn(7, "u1", _at("03-18", 11), "pro", "gpt-4o", Usage(10, 1, 11))
+    assert 0 == writer.export([late]).failed
+    writer.shutdown()
+    with UIIndex(path) as index:
+        index.set_pricer(Pricer(PRICES))
+        index.build()
+        assert (7, 7) == index.counts()
+
+    assert {} == _priced(index.path, "ui_cost_user_priced", "user_key")
+
+
+def test_turns_indexed_later_move_the_kept_costs_exactly(tmp_path):
+    """A turn appended after the index was priced adds its exact cost to its
+    user and session (and a new user appears), for all time and in a range."""
+    path, index = _priced_store(tmp_path)
+    writer = SQLiteExporter(path)
+    late = [
+        _turn(7, "u1", _at("03-18", 11), "pro", "model-a", Usage(1000, 100, 1100)),
+        _turn(8, "u4", _at("03-18", 11), "pro", "model-a", Usage(10, 1, 11)),
+    ]
+    assert 0 == writer.export(late).failed
+    writer.shutdown()
+    index.refresh()
+    index.close()
+
+    # u1 / s-u1: 0.00885 + (1000 * 2 + 100 * 10) / 1e6; u4: (10 * 2 + 10) / 1e6.
+    assert {
+        "u3": (2.0, 0), "u1": (0.01185, 0), "u2": (0.0003, 2), "u4": (0.00003, 0),
+    } == _priced(index.path, "ui_cost_user_priced", "user_key")  # fmt: skip
+    with Analytics(path, now=NOW, prices=Pricer(PRICES)) as opened:
+        sessions = _by_key(opened.cost("session", "all"))
+        users = _by_key(opened.cost("user", "all"))
+        day = _by_key(opened.cost("session", "24h"))
+        week = _by_key(opened.cost("session", "7d"))
+        top = opened.cost("session", "7d", limit=1)
+    assert {
+        "s-u3": (2.0, 0), "s-u1": (0.01185, 0), "s-u2": (0.0003, 2),
+        "s-u4": (0.00003, 0),
+    } == sessions  # fmt: skip
+    assert (0.01185, 0) == users["u1"]
+    # From 03-17 12:00, s-u1 and s-u2 straddle the start (turns 1 and 4 are
+    # before it), s-u4 is wholly in it: 0.00475 + 0.003 for s-u1.
+    assert {"s-u1": (0.00775, 0), "s-u4": (0.00003, 0), "s-u2": (0.0, 1)} == day
+    assert ["s-u1", "s-u4", "s-u2"] == list(day)
+    # Whole days from 03-12: all but turn 5 (s-u3, 03-10).
+    assert {
+        "s-u1": (0.01185, 0), "s-u2": (0.0003, 2), "s-u4": (0.00003, 0),
+    } == week  # fmt: skip
+    assert ["s-u1"] == [r.key for r in top.rows]
 
 
 def test_cost_per_topic(cost_store, tmp_path):
