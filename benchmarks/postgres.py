@@ -478,23 +478,8 @@ def dashboard(server: Any, args: argparse.Namespace, tmp: str) -> dict[str, Any]
     client.get("/")  # warm-up: the topic model loads on the first request
     results: dict[str, dict[str, float]] = {}
     print(f"\n{'call':<62} {'p50 ms':>8} {'p95 ms':>8}")
-    worst = 0.0
-    for call in ui._calls(cache_path, index.path) + ui._topic_calls(
-        cache_path, topics_path
-    ):
-        times = []
-        for _ in range(args.reps):
-            began = time.perf_counter()
-            response = client.get(call)
-            times.append((time.perf_counter() - began) * 1000)
-            if response.status_code != 200:
-                raise SystemExit(f"{call}: HTTP {response.status_code}")
-        times.sort()
-        p50 = statistics.median(times)
-        p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-        worst = max(worst, p95)
-        results[call] = {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1)}
-        print(f"{call[:62]:<62} {p50:8.1f} {p95:8.1f}")
+    calls = ui._calls(cache_path, index.path) + ui._topic_calls(cache_path, topics_path)
+    worst = ui.time_calls(client, calls, args.reps, results)
     index.close()
     figures["calls"] = results
     figures["worst_p95_ms"] = round(worst, 1)
