@@ -147,7 +147,9 @@ class Report:
     ) -> list[dict[str, Any]]:
         """
         The users with the lowest scores: at least *min_turns* turns and one
-        flagged turn, lowest score first (ties: more flagged turns first).
+        flagged turn, lowest score first (ties: more flagged turns first, then
+        the key; scores compared to 9 places, so that the order does not hang
+        on the order the turns' scores were added in).
         """
         rows = [
             g
@@ -156,7 +158,13 @@ class Report:
             and len(g.turns) >= min_turns
             and any(t.flagged for t in g.turns)
         ]
-        rows.sort(key=lambda g: (g.score, -sum(t.flagged for t in g.turns), str(g.key)))
+        rows.sort(
+            key=lambda g: (
+                round(g.score, 9),
+                -sum(t.flagged for t in g.turns),
+                str(g.key),
+            )
+        )
         if limit is not None:
             rows = rows[:limit]
         return [g.as_dict(evidence=evidence) for g in rows]

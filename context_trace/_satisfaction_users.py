@@ -18,7 +18,10 @@ of its own (``usat_*``):
   with their last activity, and whether their end has been counted;
 - ``usat_user`` and ``usat_user_day`` (per UTC day of the turn): turns, the
   sum of their final scores and the flagged turns; ``usat_user_signal``: per
-  user, the turns carrying each signal.
+  user, the turns carrying each signal;
+- ``usat_user_cum``: the same sums per user up to and including each UTC day
+  with a turn (a running total), so that a user's figures from a day on are
+  their total less one lookup, whatever the length of the range.
 
 A turn's final score is what :class:`~._satisfaction_report.Report` gives it
 (its own signals, its rating, the ended session). When a rating comes, goes or
@@ -30,8 +33,8 @@ for :data:`IDLE_GAP` at its own time; a reader at another time corrects the
 few sessions between the two (:func:`scores_sql`), so a reader's figures are
 exact at its own "now".
 
-Size: one ``usat_user`` row per user, one ``usat_user_day`` row per user and
-UTC day with a turn, up to nine ``usat_user_signal`` rows per user, and one
+Size: one ``usat_user`` row per user, one ``usat_user_day`` and one
+``usat_user_cum`` row per user and UTC day with a turn, up to nine ``usat_user_signal`` rows per user, and one
 ``usat_extra`` row per rated or ended turn.
 """
 
@@ -50,7 +53,27 @@ __all__ = ["TABLES", "index_users", "scores_sql", "unhappy"]
 
 #: The sidecar tables this module keeps.
 TABLES = ("usat_meta", "usat_feedback", "usat_extra", "usat_session", "usat_user",
-          "usat_user_day", "usat_user_signal")  # fmt: skip
+          "usat_user_day", "usat_user_cum", "usat_user_signal")  # fmt: skip
+
+# Running totals: a user's sums over their turns on the UTC days up to and
+# including ``day``; a row per usat_user_day row.
+_CUM_SCHEMA = """
+    CREATE TABLE usat_user_cum (
+        user_key TEXT NOT NULL,
+        day TEXT NOT NULL,
+        turns INTEGER NOT NULL,
+        score_sum REAL NOT NULL,
+        flagged INTEGER NOT NULL,
+        PRIMARY KEY (user_key, day)
+    ) WITHOUT ROWID
+"""
+# Fills usat_user_cum from usat_user_day (a new sidecar, or one from before it).
+_CUM_FILL = (
+    "INSERT INTO usat_user_cum (user_key, day, turns, score_sum, flagged)"
+    " SELECT user_key, day, sum(turns) OVER w, total(score_sum) OVER w,"
+    " sum(flagged) OVER w FROM usat_user_day"
+    " WINDOW w AS (PARTITION BY user_key ORDER BY day)"
+)
 
 _SCHEMA = (
     "CREATE TABLE usat_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -98,6 +121,7 @@ _SCHEMA = (
         PRIMARY KEY (day, user_key)
     ) WITHOUT ROWID
     """,
+    _CUM_SCHEMA,
     """
     CREATE TABLE usat_user_signal (
         user_key TEXT NOT NULL,
@@ -151,7 +175,8 @@ class _Delta:
         for name in names:
             self.signal[(user, name)] += sign
 
-    def apply(self, conn: sqlite3.Connection) -> None:
+    def apply(self, conn: sqlite3.Connection, *, running: bool = True) -> None:
+        """Add the changes to the sums (the running totals too, when *running*)."""
         conn.executemany(
             "INSERT INTO usat_user (user_key, turns, score_sum, flagged)"
             " VALUES (?, ?, ?, ?) ON CONFLICT (user_key) DO UPDATE SET"
@@ -183,6 +208,33 @@ class _Delta:
             "DELETE FROM usat_user_signal WHERE user_key = ? AND signal = ?"
             " AND turns <= 0",
             list(self.signal),
+        )
+        if running:
+            self._apply_running(conn)
+
+    def _apply_running(self, conn: sqlite3.Connection) -> None:
+        """
+        Move the running totals of each changed (user, day) and of the user's
+        later days; a day new to the user starts from their previous day's.
+        """
+        changed = [(u, d, v) for (d, u), v in self.day.items() if any(v)]
+        conn.executemany(
+            "INSERT OR IGNORE INTO usat_user_cum (user_key, day, turns, score_sum,"
+            " flagged) SELECT ?1, ?2, coalesce(p.turns, 0), coalesce(p.score_sum, 0.0),"
+            " coalesce(p.flagged, 0) FROM (SELECT 1) LEFT JOIN (SELECT turns,"
+            " score_sum, flagged FROM usat_user_cum WHERE user_key = ?1 AND day < ?2"
+            " ORDER BY day DESC LIMIT 1) p",
+            [(u, d) for u, d, _ in changed],
+        )
+        conn.executemany(
+            "UPDATE usat_user_cum SET turns = turns + ?, score_sum = score_sum + ?,"
+            " flagged = flagged + ? WHERE user_key = ? AND day >= ?",
+            [(int(v[0]), v[1], int(v[2]), u, d) for u, d, v in changed],
+        )
+        conn.executemany(
+            "DELETE FROM usat_user_cum WHERE user_key = ?1 AND day = ?2 AND NOT EXISTS"
+            " (SELECT 1 FROM usat_user_day WHERE day = ?2 AND user_key = ?1)",
+            [(u, d) for u, d, _ in changed],
         )
 
 
@@ -255,6 +307,11 @@ def index_users(conn: sqlite3.Connection, *, ratings_changed: bool) -> None:
             " SELECT id, conversation_id, rating, created_at FROM store.feedback"
             " WHERE conversation_id IS NOT NULL"
         )
+    elif not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'usat_user_cum'"
+    ).fetchone():  # a sidecar from before the running totals
+        conn.execute(_CUM_SCHEMA)
+        conn.execute(_CUM_FILL)
     # The users table's median latency per user: an ordered walk of the
     # user's turns (the no-user key can hold a twentieth of the store).
     conn.execute(
@@ -361,7 +418,9 @@ def index_users(conn: sqlite3.Connection, *, ratings_changed: bool) -> None:
         conn.execute(
             "UPDATE usat_session SET ended = 1 WHERE session_n = ?", (session_n,)
         )
-    delta.apply(conn)
+    delta.apply(conn, running=not fresh)
+    if fresh:
+        conn.execute(_CUM_FILL)
     conn.execute("UPDATE usat_meta SET value = ? WHERE key = 'n'", (end,))
 
 
@@ -412,26 +471,60 @@ def _day_end(epoch: float) -> float:
     return float((int(epoch) // 86_400 + 1) * 86_400)
 
 
-def _range_sums(since: float) -> tuple[str, list[Any]]:
-    """
-    SQL of ``(user_key, turns, score_sum, flagged)`` rows whose sums per user
-    are their figures over the turns from *since*: the whole UTC days after
-    its day from ``usat_user_day``, the turns of its own day one by one.
-    """
-    first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
-    return (
-        "SELECT user_key, turns, score_sum, flagged FROM ui.usat_user_day"
-        " WHERE day > ?2"
-        " UNION ALL SELECT t.user_key, 1, max(0.0, min(1.0, 1.0 - (t.penalty"
-        f" + {_RATING_WEIGHT} + coalesce(e.ended, 0) * {_END!r}))),"
-        " (t.penalty > 0 OR coalesce(e.rating < 0, 0) OR coalesce(e.ended, 0))"
-        # The turns of its first day, through the store's started_at index.
-        " FROM main.conversations c JOIN ui.sat_turns t ON t.n = c.n"
-        " LEFT JOIN ui.usat_extra e ON e.n = t.n"
-        " WHERE c.started_at >= ?3 AND c.started_at < ?4"
-        " UNION ALL SELECT user_key, 0, d, 0 FROM corr WHERE started_at >= ?3",
-        [first_day, since, _day_end(since)],
-    )
+# The turns from ?3 on the first day of a range (?3 to ?4), one by one with
+# their final score, through the store's started_at index; and the change to
+# the scores of the turns from ?3 whose "session ended" the reader counts
+# otherwise than the index did.
+_FIRST_DAY = (
+    "SELECT t.user_key AS user_key, 1 AS turns, max(0.0, min(1.0, 1.0 - (t.penalty"
+    f" + {_RATING_WEIGHT} + coalesce(e.ended, 0) * {_END!r}))) AS score_sum,"
+    " (t.penalty > 0 OR coalesce(e.rating < 0, 0) OR coalesce(e.ended, 0)) AS flagged"
+    " FROM main.conversations c JOIN ui.sat_turns t ON t.n = c.n"
+    " LEFT JOIN ui.usat_extra e ON e.n = t.n"
+    " WHERE c.started_at >= ?3 AND c.started_at < ?4"
+    " UNION ALL SELECT user_key, 0, d, 0 FROM corr WHERE started_at >= ?3"
+)
+# Every user's figures from ?3: their total, less their running total at the
+# range's first day ?2 (one lookup per user, whatever the range's length),
+# plus the turns of that first day from ?3 (``edge``, summed per user).
+_RANGE_RUNNING = (
+    "edge AS MATERIALIZED (SELECT user_key, sum(turns) AS turns, total(score_sum)"
+    f" AS score_sum, sum(flagged) AS flagged FROM ({_FIRST_DAY}) GROUP BY user_key),"
+    " x AS (SELECT u.user_key AS user_key,"
+    " u.turns - coalesce(c.turns, 0) + coalesce(g.turns, 0) AS turns,"
+    " u.score_sum - coalesce(c.score_sum, 0.0) + coalesce(g.score_sum, 0.0)"
+    " AS score_sum, u.flagged - coalesce(c.flagged, 0) + coalesce(g.flagged, 0)"
+    " AS flagged FROM ui.usat_user u LEFT JOIN ui.usat_user_cum c"
+    " ON c.user_key = u.user_key AND c.day = (SELECT max(day) FROM ui.usat_user_cum m"
+    " WHERE m.user_key = u.user_key AND m.day <= ?2)"
+    " LEFT JOIN edge g ON g.user_key = u.user_key)"
+    " SELECT user_key, score_sum / turns AS score, flagged FROM x"
+    " WHERE user_key != '' AND turns >= ?5 AND flagged > 0"
+)
+# The same from the per-day sums after ?2: cheaper when the range holds fewer
+# (user, day) rows than there are users, and the way on an index not yet
+# refreshed since the running totals came.
+_RANGE_DAILY = (
+    "x AS (SELECT user_key, turns, score_sum, flagged FROM ui.usat_user_day"
+    f" WHERE day > ?2 UNION ALL {_FIRST_DAY})"
+    " SELECT user_key, total(score_sum) / sum(turns) AS score,"
+    " sum(flagged) AS flagged FROM x WHERE user_key != '' GROUP BY user_key"
+    " HAVING sum(turns) >= ?5 AND sum(flagged) > 0"
+)
+
+
+def _range_sql(conn: sqlite3.Connection, first_day: str) -> str:
+    """The way to a range's users from *first_day* (see above): the cheaper one."""
+    if not conn.execute(
+        "SELECT 1 FROM ui.sqlite_master WHERE name = 'usat_user_cum'"
+    ).fetchone():
+        return _RANGE_DAILY
+    users = conn.execute("SELECT count(*) FROM ui.usat_user").fetchone()[0]
+    days = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM ui.usat_user_day WHERE day > ? LIMIT ?)",
+        (first_day, users),
+    ).fetchone()[0]
+    return _RANGE_DAILY if days < users else _RANGE_RUNNING
 
 
 def unhappy(
@@ -454,19 +547,20 @@ def unhappy(
         rows = conn.execute(
             f"WITH {scores_sql()} SELECT user_key, score, flagged FROM sat"
             " WHERE user_key != '' AND turns >= ?2 AND flagged > 0"
-            " ORDER BY score, -flagged, user_key LIMIT ?3",
+            " ORDER BY round(score, 9), -flagged, user_key LIMIT ?3",
             (cutoff, min_turns, -1 if limit is None else limit),
         ).fetchall()
     else:
-        source, params = _range_sums(since)
+        first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
+        # Scores to 9 places, as Report.unhappy orders them: the ways add in
+        # different orders, and equal scores go by flagged turns, then key.
         rows = conn.execute(
-            f"WITH corr AS MATERIALIZED ({_CORRECTION}), x AS ({source})"
-            " SELECT user_key, total(score_sum) / sum(turns) AS score,"
-            " sum(flagged) AS flagged FROM x WHERE user_key != '' GROUP BY user_key"
-            " HAVING sum(turns) >= ?5 AND sum(flagged) > 0"
-            " ORDER BY score, -flagged, user_key LIMIT ?6",
-            (cutoff, *params, min_turns, -1 if limit is None else limit),
-        ).fetchall()
+            f"WITH corr AS MATERIALIZED ({_CORRECTION}),"
+            f" {_range_sql(conn, first_day)}"
+            " ORDER BY round(score, 9), -flagged, user_key LIMIT ?6",
+            (cutoff, first_day, since, _day_end(since), min_turns,
+             -1 if limit is None else limit),
+        ).fetchall()  # fmt: skip
     return [
         user_group(conn, key, now=now, since=since).as_dict(evidence=evidence)
         for key, _, _ in rows

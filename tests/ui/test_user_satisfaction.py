@@ -33,6 +33,7 @@ u4      3, 2.1/3 = 0.7, 2   same                   same
 from __future__ import annotations
 
 import calendar
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from context_trace._exporters.sqlite import SQLiteExporter
 from context_trace._record import Conversation, Feedback, Message
 from context_trace._satisfaction import analyze
 from context_trace._store.analytics import Analytics
-from context_trace._store.ui_index import UIIndex
+from context_trace._store.ui_index import UIIndex, default_index_path
 from context_trace.ui.app import create_app
 
 NOW = float(calendar.timegm((2026, 3, 18, 12, 0, 0)))
@@ -223,3 +224,102 @@ def test_api_unhappy_and_users_page(store: Path) -> None:
     ]  # fmt: skip
     users = client.get("/api/users?sort=satisfaction&order=asc").get_json()["items"]
     assert [u["user_id"] for u in users] == ["u1", "u4", "u2", "u3"]
+
+
+# u5 asks once on each of four days, in a session of its own each; their
+# answers are rated 👎 later on 03-08 and 03-15. Running totals per day
+# (turns, score sum, flagged): 03-01 (1, 1.0, 0), 03-08 (2, 1.4, 1), 03-12
+# (3, 2.4, 1), 03-15 (4, 2.8, 2). From 03-11 12:00 (7d): c22, c23, 1.4/2 = 0.7.
+SPREAD: list[Conversation | Feedback] = [
+    _turn(20, "u5", "s20", _at("03-01", "09:00"), "Do you ship to Norway?", "Yes."),
+    _turn(21, "u5", "s21", _at("03-08", "09:00"), "How long does it take?", "A week."),
+    _turn(22, "u5", "s22", _at("03-12", "09:00"), "Can I pay by card?", "Yes."),
+    _turn(23, "u5", "s23", _at("03-15", "09:00"), "Is there a discount?", "No."),
+]  # fmt: skip
+SPREAD_RATINGS: list[Conversation | Feedback] = [
+    Feedback("f21", "s21", "u5", -1, "c21", _at("03-16", "10:00")),
+    Feedback("f23", "s23", "u5", -1, "c23", _at("03-16", "10:01")),
+]
+
+
+def _running(path: Path, user: str) -> list[tuple[str, int, float, int]]:
+    """A user's running totals per day, as the index keeps them."""
+    conn = sqlite3.connect(default_index_path(path))
+    try:
+        rows = conn.execute(
+            "SELECT day, turns, round(score_sum, 9), flagged FROM usat_user_cum"
+            " WHERE user_key = ? ORDER BY day",
+            (user,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(day, turns, score, flagged) for day, turns, score, flagged in rows]
+
+
+def test_late_ratings_move_the_running_totals_of_later_days(store: Path) -> None:
+    """A 👎 on an old turn moves its day's running total and every later day's."""
+    _write(store, SPREAD)
+    _refresh(store)
+    assert _running(store, "u5") == [
+        ("2026-03-01", 1, 1.0, 0), ("2026-03-08", 2, 2.0, 0),
+        ("2026-03-12", 3, 3.0, 0), ("2026-03-15", 4, 4.0, 0),
+    ]  # fmt: skip
+    _write(store, SPREAD_RATINGS)
+    _refresh(store)
+    assert _running(store, "u5") == [
+        ("2026-03-01", 1, 1.0, 0), ("2026-03-08", 2, 1.4, 1),
+        ("2026-03-12", 3, 2.4, 1), ("2026-03-15", 4, 2.8, 2),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("range_", ["7d", "30d"])
+def test_ranges_across_days_equal_the_report(store: Path, range_: str) -> None:
+    """A range starting between a user's days counts exactly their later days."""
+    _write(store, SPREAD + STEP2)
+    _refresh(store)
+    _write(store, SPREAD_RATINGS + STEP3)
+    _refresh(store)
+    since = {"7d": NOW - 7 * 86_400, "30d": NOW - 30 * 86_400}[range_]
+    with Analytics(store, now=NOW) as analytics:
+        got = analytics.unhappy_users(limit=100, min_turns=1, range_=range_)
+    assert got == _report_unhappy(store, since)
+    (u5,) = [r for r in got if r["key"] == "u5"]
+    assert (u5["turns"], u5["score"], u5["flagged_turns"]) == (
+        {"7d": (2, 0.7, 1), "30d": (4, 0.7, 2)}[range_]
+    )
+
+
+def test_an_index_from_before_the_running_totals_gets_them(store: Path) -> None:
+    """Without running totals the range is read per day; the next refresh adds them."""
+    _write(store, SPREAD)
+    _refresh(store)
+    conn = sqlite3.connect(default_index_path(store))
+    conn.execute("DROP TABLE usat_user_cum")
+    conn.commit()
+    conn.close()
+    with Analytics(store, now=NOW) as analytics:
+        before = analytics.unhappy_users(limit=100, min_turns=1, range_="7d")
+    assert before == _report_unhappy(store, NOW - 7 * 86_400)
+    _write(store, SPREAD_RATINGS)
+    _refresh(store)
+    assert _running(store, "u5") == [
+        ("2026-03-01", 1, 1.0, 0), ("2026-03-08", 2, 1.4, 1),
+        ("2026-03-12", 3, 2.4, 1), ("2026-03-15", 4, 2.8, 2),
+    ]  # fmt: skip
+    with Analytics(store, now=NOW) as analytics:
+        after = analytics.unhappy_users(limit=100, min_turns=1, range_="7d")
+    assert after == _report_unhappy(store, NOW - 7 * 86_400)
+
+
+def test_equal_scores_go_by_flagged_turns_then_key(store: Path) -> None:
+    """u4 (2.1/3) and u5 (2.8/4) both score 0.7 with 2 flagged turns: u4 first."""
+    _write(store, SPREAD + STEP2)
+    _refresh(store)
+    _write(store, SPREAD_RATINGS + STEP3)
+    _refresh(store)
+    report = _report_unhappy(store, NOW - 30 * 86_400)
+    assert [r["key"] for r in report] == ["u4", "u5", "u1"]
+    with Analytics(store, now=NOW) as analytics:
+        for range_ in ("all", "30d"):
+            rows = analytics.unhappy_users(limit=100, min_turns=1, range_=range_)
+            assert [r["key"] for r in rows] == ["u4", "u5", "u1"]
