@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,13 @@ from tests.postgres.fixtures import (  # noqa: F401 - one PostgreSQL server for 
     pg_server,
     pg_url,
 )
+
+# The tests stop the servers they start (``context-trace ui``, the demo) with
+# Ctrl-C. A suite launched in the background (``nohup``, ``cmd &`` in a script)
+# inherits SIGINT as ignored, and an ignored signal stays ignored across exec:
+# those servers would never stop. Handle it here, so children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def echo_chain(system: str = "You are helpful.") -> Any:
