@@ -31,6 +31,7 @@ instruction: a conversion, not a measurement).
 from __future__ import annotations
 
 import argparse
+import gc
 import operator
 import os
 import re
@@ -92,6 +93,11 @@ def child(name: str, turns: int, warmup: int) -> None:
     call = row_call(name)
     for _ in range(warmup):
         call()
+    # The heap built so far (modules, the warm-up's survivors) out of the
+    # collector's way: an occasional full collection walking it is noise that
+    # depends on where it happens to fall, not a cost of the row.
+    gc.collect()
+    gc.freeze()
     operator.call(measured_turns, call, turns)
 
 
@@ -117,6 +123,8 @@ def count(valgrind: str, name: str, turns: int, warmup: int, tmp: str) -> int:
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        # The same dict and set layouts every run: counts repeat exactly.
+        env={**os.environ, "PYTHONHASHSEED": "0"},
     )
     with open(out, encoding="utf-8") as f:
         text = f.read()
