@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tracers.context import register_configure_hook
@@ -138,12 +138,14 @@ class Scope:
             # app's own handlers, LangSmith and other tracers) carries
             # user_id/session_id. LangChain pays for propagating metadata through
             # every child run; run_metadata="auto" or False saves that.
+            # No typing.cast here: on the request path it is a function call.
             parent = var_child_runnable_config.get()
+            config: RunnableConfig
             if parent:
                 metadata = {**(parent.get("metadata") or {}), **self._run_metadata()}
-                config = cast("RunnableConfig", {**parent, "metadata": metadata})
+                config = {**parent, "metadata": metadata}
             else:  # the usual outermost scope: nothing to merge
-                config = cast("RunnableConfig", {"metadata": self._run_metadata()})
+                config = {"metadata": self._run_metadata()}
             config_token = var_child_runnable_config.set(config)
         # The tokens live in a ContextVar, not on the scope: one Scope may be active
         # in several threads or tasks at once (a shared stream, a shared factory),

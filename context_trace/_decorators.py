@@ -66,7 +66,11 @@ class ScopeFactory:
 
     # -- building a scope ----------------------------------------------------
     def _open(self, resolve: Callable[[IdSource, str], Any] | None = None) -> Scope:
-        user_id = self._value(self._user_id, "user_id", resolve)
+        source = self._user_id
+        # A plain str (the usual ``track_user("id")``) is the id: no call.
+        user_id = (
+            source if type(source) is str else self._value(source, "user_id", resolve)
+        )
         session: Session | None = None
         if self._new_session:
             session_id = (
