@@ -121,12 +121,13 @@ def _lines(result: Comparison) -> list[str]:
     # Both are given on the command line.
     assert a is not None
     assert b is not None
-    lines = [f"{'':<25}{'A: ' + _label(a):<26}{'B: ' + _label(b)}"]
-    lines += [
-        f"{label:<25}{_value(getattr(a, name), kind):<26}"
-        f"{_value(getattr(b, name), kind)}"
-        for name, label, kind in _ROWS
-    ]
+    head_a = "A: " + _label(a)
+    values = [(label, _value(getattr(a, name), kind), _value(getattr(b, name), kind))
+              for name, label, kind in _ROWS]  # fmt: skip
+    # Side A's column is as wide as its widest cell, so B never runs into it.
+    width = max(26, len(head_a) + 2, *(len(va) + 2 for _, va, _ in values))
+    lines = [f"{'':<25}{head_a:<{width}}{'B: ' + _label(b)}"]
+    lines += [f"{label:<25}{va:<{width}}{vb}" for label, va, vb in values]
     lines += ["", "Two-proportion z-test (two-sided, p < 0.05 at |z| >= 1.96):"]
     lines += [
         f"  {d.measure}: {d.note}" + ("" if d.z is None else f" (z = {d.z})")

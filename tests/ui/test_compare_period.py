@@ -175,3 +175,17 @@ def test_cli_compare_period(period_store, capsys):
     assert "--a-range: 2026-01-01 is before 2026-01-05" in err
     assert 2 == neither
     assert "--segment-a and --segment-b, or --period" in err_neither
+
+
+def test_cli_compare_period_table_keeps_its_columns_apart(period_store, capsys):
+    """The table's side B starts after side A's widest cell, with a gap: a long
+    period label (two ranges of days) does not run into B's."""
+    code = main(["compare", "--db", str(period_store), "--a-range",
+                 "2026-01-01..2026-01-07", "--b-range", "2026-01-08..2026-01-14"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+
+    assert 0 == code
+    start = lines[0].index("B: days=")
+    assert lines[0][start - 2 : start] == "  "
+    assert all(len(line) <= start or line[start - 2 : start] == "  "
+               for line in lines[1:11])  # fmt: skip
