@@ -233,6 +233,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "_satisfaction_report",
             "_satisfaction_index",
             "_satisfaction_users",
+            "_satisfaction_users_read",
             "analytics",
         ),
     ),

@@ -332,7 +332,8 @@ class Analytics(_OverviewQueries, _UserQueries):
         Raises:
             ValueError: For an unknown *range_*.
         """
-        from context_trace import _satisfaction, _satisfaction_users
+        from context_trace import _satisfaction
+        from context_trace import _satisfaction_users_read as _satisfaction_users
 
         if range_ not in RANGES:
             raise ValueError(f"range must be one of {list(RANGES)}, got {range_!r}")
@@ -368,7 +369,8 @@ class Analytics(_OverviewQueries, _UserQueries):
 
     def unhappy_count(self, min_turns: int | None = None) -> int:
         """How many users :meth:`unhappy_users` would list with no limit."""
-        from context_trace import _satisfaction, _satisfaction_users
+        from context_trace import _satisfaction
+        from context_trace import _satisfaction_users_read as _satisfaction_users
 
         least = _satisfaction.MIN_TURNS if min_turns is None else min_turns
         if not _satisfaction_users.available(self._conn):

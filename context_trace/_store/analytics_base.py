@@ -94,7 +94,8 @@ class _AnalyticsBase:
 
     def _satisfaction_scores(self) -> tuple[str, list[float]]:
         """A ``WITH sat AS (...)`` of the users' scores, and its parameters."""
-        from context_trace import _satisfaction, _satisfaction_users
+        from context_trace import _satisfaction
+        from context_trace import _satisfaction_users_read as _satisfaction_users
 
         cutoff = self._clock() - _satisfaction.IDLE_GAP
         if _satisfaction_users.available(self._conn):
