@@ -69,9 +69,10 @@ def _one_call(
     The usual turn: a chain invoked with a dict, one chat model call that
     ended with one generation, no tool, no error, a non-empty str output (a
     subclass too: ``answer_text`` returns it as it is), no span tree. For it
-    the general rules' answers are known without running them: not abandoned (its call ended), the root's input read as the user's
-    words, the output as the answer, the one call as the answering one (it is
-    also the last ended), and no step messages (its only step answers). Tested
+    the general rules' answers are known without running them: not abandoned
+    (its call ended), the root's input read as the user's words, the output
+    as the answer, the one call as the answering one (it is also the last
+    ended), and no step messages (its only step answers). Tested
     against the general rules in ``tests/core/test_convert_fast.py``.
     """
     if len(steps) != 1 or turn.error is not None or turn.tree is not None:
