@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 # (the app's own SIGTERM handler, installed before configure() or after the turns).
 SIGTERM_CHILD = textwrap.dedent(
     """
-    import signal, sys, threading
+    import faulthandler, signal, sys, threading
     import context_trace as ct
     from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 
@@ -45,6 +45,9 @@ SIGTERM_CHILD = textwrap.dedent(
             model.invoke(f"hello {i}")
     if handler == "after":
         signal.signal(signal.SIGTERM, app_handler)
+    # Still alive 90 s after "done" (the test sends SIGTERM at once): print every
+    # thread's stack and end, so a hang fails the test with its cause.
+    faulthandler.dump_traceback_later(90, exit=True)
     print("done", flush=True)
     threading.Event().wait(300)
     print("not killed", flush=True)
