@@ -50,7 +50,15 @@ from .topic_rows import TopicRow as TopicRow
 from .topic_rows import _summary
 from .topic_rows import read_topics as read_topics
 from .topic_rows import struggling as struggling
-from .topic_schema import _APPLY, _APPLY_CHUNK, _READ_CHUNK, _SUFFIX
+from .topic_schema import (
+    _APPLY,
+    _APPLY_CHUNK,
+    _READ_CHUNK,
+    _SUFFIX,
+    CHUNK_COSTS,
+    FILL_COSTS,
+    TOPIC_COSTS_TABLE,
+)
 from .topic_schema import _SCHEMA as _SCHEMA
 from .topics import MISC, TopicModel
 
@@ -64,7 +72,12 @@ __all__ = [
     "struggling",
 ]
 
-_VERSION = 3
+_VERSION = 4
+# The temporary tables of a refresh (chunk_cost last: made per chunk).
+_TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta", "chunk_cost")
+# Version 3 lacked topic_costs: it gains it, filled from its assignments, in
+# this many turns a statement.
+_COST_FILL_CHUNK = 100_000
 
 
 def default_topics_path(store: str | os.PathLike[str]) -> Path:
@@ -166,9 +179,13 @@ class TopicIndex:
             fresh = not conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
             ).fetchone()
-            stale = (
-                fresh or conn.execute("PRAGMA user_version").fetchone()[0] != _VERSION
+            version = (
+                None if fresh else conn.execute("PRAGMA user_version").fetchone()[0]
             )
+            if version == 3:
+                self._add_costs()
+                version = _VERSION
+            stale = fresh or version != _VERSION
             if not stale:
                 meta = self._meta()
                 first = conn.execute(
@@ -210,6 +227,15 @@ class TopicIndex:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _add_costs(self) -> None:
+        """Give a version-3 file its topic_costs, summed from its assignments."""
+        conn = self._conn
+        conn.execute(TOPIC_COSTS_TABLE)
+        last = conn.execute("SELECT coalesce(max(n), 0) FROM topic_turns").fetchone()[0]
+        for start in range(0, last, _COST_FILL_CHUNK):
+            conn.execute(FILL_COSTS, (start, min(last, start + _COST_FILL_CHUNK)))
+        conn.execute(f"PRAGMA user_version = {_VERSION:d}")
 
     def _meta(self) -> dict[str, Any]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -383,8 +409,11 @@ class TopicIndex:
                     conn.execute(statement)
                 for chunk in self._turns(start, end):
                     topic = model.assign_vectors(_topics.embed([r[1] for r in chunk]))
-                    for table in ("chunk_assign", "delta", "day_delta", "hist_delta"):
+                    for table in _TEMP[:-1]:
                         conn.execute(f"DELETE FROM temp.{table}")
+                    conn.execute("DROP TABLE IF EXISTS temp.chunk_cost")
+                    # The chunk's turns are all those numbered in its span.
+                    conn.execute(CHUNK_COSTS, (chunk[0][0] - 1, chunk[-1][0]))
                     conn.executemany(
                         "INSERT INTO temp.chunk_assign VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [(r[0], MISC if t < 0 else ids[t], *r[2:])
@@ -406,7 +435,7 @@ class TopicIndex:
                 self._model = None
                 raise
             finally:
-                for table in ("chunk_assign", "delta", "day_delta", "hist_delta"):
+                for table in _TEMP:
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._model = model
             return end >= level

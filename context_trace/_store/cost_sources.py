@@ -1,0 +1,229 @@
+"""
+Where a cost report's rows of per-model token sums come from (see :mod:`.cost`):
+the cheapest of the index's tables that answers the question (per-day sums, per
+user, per segment, per topic and day, the priced per-session cache), else the
+turns' own rows (``ui_cost_turn``), and the SQL that prices a row of sums.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from .cost_index import _COLS, _SUMMED, _SUMS
+
+# A segment's conditions, as .segments has them (not imported: it imports the
+# index, which imports this module).
+Segment = tuple[tuple[str, str], ...]
+# (SQL, parameters) of a segment's turn rows (with ``n``) from an epoch.
+SegmentSource = Callable[[float | None], tuple[str, list[Any]]]
+
+# The cost of a row of sums joined to its price (p.model NULL: unpriced).
+COST_SQL = (
+    "CASE WHEN p.model IS NULL THEN 0 ELSE (max(x.input - x.cache_read"
+    " - x.cache_write, 0) * p.p_in + x.cache_read * p.p_cr + x.cache_write * p.p_cw"
+    " + max(x.output - x.reasoning, 0) * p.p_out + x.reasoning * p.p_r) / 1e6 END"
+)
+UNPRICED_SQL = "CASE WHEN p.model IS NULL THEN x.calls ELSE x.calls - x.reported END"
+
+
+def _rows_source(
+    conn: sqlite3.Connection,
+    by: str,
+    segment: Segment,
+    since: float | None,
+    first_day: str | None,
+    segment_source: SegmentSource | None,
+) -> tuple[str, list[Any]]:
+    """
+    SQL of ``(grp, model, turns, calls, reported, input, output, cache_read,
+    cache_write, reasoning)`` rows for the question, from the cheapest table
+    that answers it, and its parameters.
+    """
+    day_group = {"model": "''", "day": "day"}
+    if first_day is not None and not segment and by in day_group:
+        return (
+            f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_day"
+            " WHERE day >= ? GROUP BY grp, model",
+            [first_day],
+        )
+    if first_day == "" and not segment and by == "user":
+        return (f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_user", [])
+    if first_day == "" and len(segment) == 1 and by == "user":
+        return (
+            f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_segment_user"
+            " WHERE key = ? AND value = ?",
+            list(segment[0]),
+        )
+    if first_day is not None and len(segment) == 1 and by in day_group:
+        return (
+            f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
+            " WHERE key = ? AND value = ? AND day >= ? GROUP BY grp, model",
+            [*segment[0], first_day],
+        )
+    if by == "topic" and not segment and first_day is not None and topic_sums(conn):
+        return _topic_source(first_day)
+    if since is None and first_day:
+        since = _day_start(first_day)
+    group = {
+        "model": "''",
+        "day": "date(k.started_at, 'unixepoch')",
+        "user": "k.user_key",
+        # Not through ui_cost_turn_session (.cost_priced): a lookup per row.
+        "session": "+k.session_n",
+        # A lookup per turn in the topics file (not summarised there).
+        "topic": "(SELECT t.topic_id FROM topics.topic_turns t WHERE t.n = k.n)",
+    }[by]
+    sums = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    if segment:
+        if segment_source is None:
+            raise ValueError("a segment needs its segment_source")
+        source, params = segment_source(since)
+        return (
+            f"SELECT {group} AS grp, k.model AS model, {sums} FROM ({source}) s"
+            " CROSS JOIN ui_cost_turn k ON k.n = s.n GROUP BY grp, k.model",
+            params,
+        )
+    if since is None:
+        return (
+            f"SELECT {group} AS grp, k.model AS model, {sums} FROM ui_cost_turn k"
+            " GROUP BY grp, k.model",
+            [],
+        )
+    return (
+        f"SELECT {group} AS grp, k.model AS model, {sums} FROM ui_cost_turn k"
+        # min(n + 0): through the store's started_at index (see segments).
+        " WHERE k.n >= (SELECT coalesce(min(n + 0), 1 << 62) FROM conversations"
+        " WHERE started_at >= ?) AND k.started_at >= ? GROUP BY grp, k.model",
+        [since, since],
+    )
+
+
+def topic_sums(conn: sqlite3.Connection) -> bool:
+    """Whether the attached topics file keeps its per-topic, per-day token sums."""
+    try:
+        row = conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version('topics')),"
+            " (SELECT 1 FROM topics.sqlite_master WHERE name = 'topic_costs')"
+        ).fetchone()
+    except sqlite3.OperationalError:  # no topics file attached
+        return False
+    # From the topics file's version 4 on (a file made by hand lacks them).
+    return bool(row[1]) and int(row[0] or 0) >= 4
+
+
+def _topic_source(first_day: str) -> tuple[str, list[Any]]:
+    """
+    Per topic and model, the token sums of whole UTC days from *first_day*
+    (``""``: all) from the topics file's per-day sums; the turns that have no
+    topic yet (the topics file assigns them in order: those numbered after its
+    last) under None, from their own rows.
+    """
+    return (
+        f"SELECT topic_id AS grp, model, {_SUMMED} FROM topics.topic_costs"
+        " WHERE day >= ? GROUP BY grp, model UNION ALL"
+        f" SELECT NULL, model, {_SUMMED} FROM ui_cost_turn WHERE n >"
+        " (SELECT coalesce(max(n), 0) FROM topics.topic_turns) AND started_at >= ?"
+        " GROUP BY model",
+        [first_day, _day_start(first_day) if first_day else 0.0],
+    )
+
+
+def _model_source(
+    segment: Segment, first_day: str | None
+) -> tuple[str, list[Any]] | None:
+    """SQL of ``('', model, sums...)`` rows from per-day sums, when they answer."""
+    if first_day is None or len(segment) > 1:
+        return None
+    if not segment:
+        return (
+            f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_day WHERE day >= ?"
+            " GROUP BY model",
+            [first_day],
+        )
+    return (
+        f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
+        " WHERE key = ? AND value = ? AND day >= ? GROUP BY model",
+        [*segment[0], first_day],
+    )
+
+
+def _day_start(day: str) -> float:
+    from datetime import date
+
+    return float((date.fromisoformat(day) - date(1970, 1, 1)).days * 86_400)
+
+
+def _sessions_from(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    sums: str,
+    start: float,
+    limit: int | None,
+) -> list[Any]:
+    """
+    Per session, the cost of its turns from *start*, the costliest first (at
+    most *limit*): the sessions wholly from *start* read from the index's priced
+    cache, the few that straddle it (and the turns of no session) priced here.
+    """
+    whole = conn.execute(
+        "SELECT session_n, turns, calls, unpriced, input, output, cache_read,"
+        " cache_write, reasoning, cost FROM ui_cost_session_priced"
+        # The range's sessions (a few of all), not all of them by cost.
+        " INDEXED BY ui_cost_session_priced_last WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0"
+        " ORDER BY cost DESC, session_n" + (" LIMIT ?2" if limit is not None else ""),
+        [start] if limit is None else [start, limit],
+    ).fetchall()
+    cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    straddling = conn.execute(
+        f"WITH {prices}, x AS (SELECT k.session_n AS grp, k.model AS model, {cols}"
+        " FROM ui_cost_turn k WHERE k.session_n IN (SELECT session_n FROM"
+        " ui_cost_session_priced WHERE last_at >= ? AND first_at < ?"
+        " AND session_n != 0) AND k.started_at >= ? GROUP BY grp, k.model"
+        f" UNION ALL SELECT NULL, k.model, {cols} FROM ui_cost_turn k"
+        " WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
+        f" SELECT x.grp, {sums} GROUP BY x.grp ORDER BY cost DESC, x.grp"
+        + (" LIMIT ?" if limit is not None else ""),
+        [*params, start, start, start, start, *([] if limit is None else [limit])],
+    ).fetchall()
+    rows = sorted(
+        [*whole, *straddling],
+        key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
+    )
+    return rows[:limit] if limit is not None else rows
+
+
+def _one_pass(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    source: str,
+    more: list[Any],
+    by: str,
+    limit: int | None,
+) -> tuple[list[Any], list[Any]]:
+    """(per model, per group) rows as :func:`cost_report` reads them, from one
+    read of *source*'s (group, model) rows, priced in SQL and summed here."""
+    per_model: dict[Any, list[Any]] = {}
+    per_group: dict[Any, list[Any]] = {}
+    for grp, model, *sums in conn.execute(
+        f"WITH {prices}, x AS ({source}) SELECT x.grp, x.model, x.turns, x.calls,"
+        f" {UNPRICED_SQL}, x.input, x.output, x.cache_read, x.cache_write,"
+        f" x.reasoning, {COST_SQL} FROM x LEFT JOIN price p ON p.model = x.model",
+        [*params, *more],
+    ):
+        for table, key in ((per_model, model), (per_group, grp)):
+            row = table.setdefault(key, [key, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
+            for i, value in enumerate(sums, 1):
+                row[i] += value or 0
+    models = sorted(per_model.values(), key=lambda r: (-r[9], r[0]))
+    if by == "day":
+        grouped = sorted(per_group.values(), key=lambda r: r[0])
+    else:
+        grouped = sorted(
+            per_group.values(),
+            key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
+        )[:limit]
+    return models, grouped
