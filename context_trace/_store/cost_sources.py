@@ -8,7 +8,7 @@ turns' own rows (``ui_cost_turn``), and the SQL that prices a row of sums.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .cost_index import _COLS, _SUMMED, _SUMS
@@ -166,33 +166,92 @@ def _sessions_from(
     """
     Per session, the cost of its turns from *start*, the costliest first (at
     most *limit*): the sessions wholly from *start* read from the index's priced
-    cache, the few that straddle it (and the turns of no session) priced here.
+    cache, those that straddle it (and the turns of no session) priced here.
+
+    With a *limit*, the range's sessions are walked by their whole cost, the
+    costliest first (the cache's cost index), and a straddling one is priced
+    over its turns from *start* only when reached; the walk stops once the
+    *limit*-th costliest found costs more than the next session costs in all
+    (its cost from *start* can only be lower), so a range reads a few hundred
+    sessions, not every session in it.
     """
-    whole = conn.execute(
-        "SELECT session_n, turns, calls, unpriced, input, output, cache_read,"
-        " cache_write, reasoning, cost FROM ui_cost_session_priced"
-        # The range's sessions (a few of all), not all of them by cost.
-        " INDEXED BY ui_cost_session_priced_last WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0"
-        " ORDER BY cost DESC, session_n" + (" LIMIT ?2" if limit is not None else ""),
-        [start] if limit is None else [start, limit],
-    ).fetchall()
     cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
-    straddling = conn.execute(
-        f"WITH {prices}, x AS (SELECT k.session_n AS grp, k.model AS model, {cols}"
-        " FROM ui_cost_turn k WHERE k.session_n IN (SELECT session_n FROM"
-        " ui_cost_session_priced WHERE last_at >= ? AND first_at < ?"
-        " AND session_n != 0) AND k.started_at >= ? GROUP BY grp, k.model"
-        f" UNION ALL SELECT NULL, k.model, {cols} FROM ui_cost_turn k"
+    alone = conn.execute(
+        f"WITH {prices}, x AS (SELECT k.model AS model, {cols} FROM ui_cost_turn k"
         " WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
-        f" SELECT x.grp, {sums} GROUP BY x.grp ORDER BY cost DESC, x.grp"
-        + (" LIMIT ?" if limit is not None else ""),
-        [*params, start, start, start, start, *([] if limit is None else [limit])],
+        f" SELECT NULL, {sums}",
+        [*params, start],
     ).fetchall()
-    rows = sorted(
-        [*whole, *straddling],
-        key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
+    rows = [r for r in alone if r[2]]  # no call of no session: no row
+    if limit is None:
+        whole = conn.execute(
+            f"SELECT session_n, {_CACHED} FROM ui_cost_session_priced"
+            # The range's sessions (a few of all), not all of them by cost.
+            " INDEXED BY ui_cost_session_priced_last"
+            " WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0",
+            [start],
+        ).fetchall()
+        split = conn.execute(
+            "SELECT session_n FROM ui_cost_session_priced"
+            " WHERE last_at >= ? AND first_at < ? AND session_n != 0",
+            [start, start],
+        ).fetchall()
+        rows += whole + _straddling(conn, prices, params, sums, start, split)
+        return sorted(rows, key=_rank)
+    walk = conn.execute(
+        f"SELECT session_n, first_at, {_CACHED} FROM ui_cost_session_priced"
+        " INDEXED BY ui_cost_session_priced_cost WHERE last_at >= ? AND session_n != 0"
+        " ORDER BY cost DESC, session_n",
+        [start],
     )
-    return rows[:limit] if limit is not None else rows
+    best: list[Any] = []
+    while batch := walk.fetchmany(_WALK_BATCH):
+        split = [(r[0],) for r in batch if r[1] < start]
+        found = [(r[0], *r[2:]) for r in batch if r[1] >= start]
+        found += _straddling(conn, prices, params, sums, start, split)
+        best = sorted([*best, *found], key=_rank)[:limit]
+        last = batch[-1]
+        # Every session after *last* costs, from start, at most its whole
+        # cost, which is at most last's (equal: a higher number ranks after).
+        if len(best) >= limit and _rank(best[-1]) <= (-last[10], (1, last[0])):
+            break
+    return sorted([*best, *rows], key=_rank)[:limit]
+
+
+# The priced cache's columns as a report row has them, after its key.
+_CACHED = (
+    "turns, calls, unpriced, input, output, cache_read, cache_write, reasoning, cost"
+)
+# Sessions read from the cost index per step of the walk.
+_WALK_BATCH = 128
+
+
+def _rank(row: Sequence[Any]) -> tuple[float, tuple[int, ...]]:
+    """A session row's place: the costliest first, then no session, then by number."""
+    return (-row[9], (0,) if row[0] is None else (1, row[0]))
+
+
+def _straddling(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    sums: str,
+    start: float,
+    sessions: Sequence[tuple[Any, ...]],
+) -> list[Any]:
+    """The cost rows of these sessions' turns from *start*, priced from their sums."""
+    out: list[Any] = []
+    cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    for at in range(0, len(sessions), 500):
+        numbers = [r[0] for r in sessions[at : at + 500]]
+        out += conn.execute(
+            f"WITH {prices}, x AS (SELECT k.session_n AS grp, k.model AS model, {cols}"
+            f" FROM ui_cost_turn k WHERE k.session_n IN ({','.join('?' * len(numbers))})"
+            " AND k.started_at >= ? GROUP BY grp, k.model)"
+            f" SELECT x.grp, {sums} GROUP BY x.grp",
+            [*params, *numbers, start],
+        ).fetchall()
+    return out
 
 
 def _one_pass(
