@@ -62,8 +62,13 @@ def _rows_source(
             " WHERE key = ? AND value = ? AND day >= ? GROUP BY grp, model",
             [*segment[0], first_day],
         )
-    if by == "topic" and not segment and first_day is not None and topic_sums(conn):
-        return _topic_source(first_day)
+    if (
+        by == "topic"
+        and len(segment) < 2
+        and first_day is not None
+        and topic_sums(conn)
+    ):
+        return _topic_source(first_day, segment)
     if since is None and first_day:
         since = _day_start(first_day)
     group = {
@@ -103,30 +108,42 @@ def _rows_source(
 def topic_sums(conn: sqlite3.Connection) -> bool:
     """Whether the attached topics file keeps its per-topic, per-day token sums."""
     try:
-        row = conn.execute(
-            "SELECT (SELECT user_version FROM pragma_user_version('topics')),"
-            " (SELECT 1 FROM topics.sqlite_master WHERE name = 'topic_costs')"
-        ).fetchone()
+        version = conn.execute("PRAGMA topics.user_version").fetchone()[0]
+        tables = conn.execute(
+            "SELECT count(*) FROM topics.sqlite_master WHERE name IN"
+            " ('topic_costs', 'topic_segment_costs')"
+        ).fetchone()[0]
     except sqlite3.OperationalError:  # no topics file attached
         return False
     # From the topics file's version 4 on (a file made by hand lacks them).
-    return bool(row[1]) and int(row[0] or 0) >= 4
+    return tables == 2 and int(version or 0) >= 4
 
 
-def _topic_source(first_day: str) -> tuple[str, list[Any]]:
+def _topic_source(first_day: str, segment: Segment) -> tuple[str, list[Any]]:
     """
     Per topic and model, the token sums of whole UTC days from *first_day*
-    (``""``: all) from the topics file's per-day sums; the turns that have no
-    topic yet (the topics file assigns them in order: those numbered after its
-    last) under None, from their own rows.
+    (``""``: all) in *segment* (one condition at most) from the topics file's
+    per-day sums; the turns that have no topic yet (the topics file assigns them
+    in order: those numbered after its last) under None, from their own rows.
     """
+    since = _day_start(first_day) if first_day else 0.0
+    last = "(SELECT coalesce(max(n), 0) FROM topics.topic_turns)"
+    if not segment:
+        return (
+            f"SELECT topic_id AS grp, model, {_SUMMED} FROM topics.topic_costs"
+            " WHERE day >= ? GROUP BY grp, model UNION ALL"
+            f" SELECT NULL, model, {_SUMMED} FROM ui_cost_turn WHERE n > {last}"
+            " AND started_at >= ? GROUP BY model",
+            [first_day, since],
+        )
+    ((key, value),) = segment
     return (
-        f"SELECT topic_id AS grp, model, {_SUMMED} FROM topics.topic_costs"
-        " WHERE day >= ? GROUP BY grp, model UNION ALL"
-        f" SELECT NULL, model, {_SUMMED} FROM ui_cost_turn WHERE n >"
-        " (SELECT coalesce(max(n), 0) FROM topics.topic_turns) AND started_at >= ?"
-        " GROUP BY model",
-        [first_day, _day_start(first_day) if first_day else 0.0],
+        f"SELECT topic_id AS grp, model, {_SUMMED} FROM topics.topic_segment_costs"
+        " WHERE key = ? AND value = ? AND day >= ? GROUP BY grp, model UNION ALL"
+        f" SELECT NULL, model, {_SUMMED} FROM ui_cost_turn WHERE n IN (SELECT n"
+        f" FROM ui_segment_turn WHERE key = ? AND value = ? AND n > {last})"
+        " AND started_at >= ? GROUP BY model",
+        [key, value, first_day, key, value, since],
     )
 
 

@@ -58,6 +58,7 @@ from .topic_schema import (
     CHUNK_COSTS,
     FILL_COSTS,
     TOPIC_COSTS_TABLE,
+    TOPIC_SEGMENT_COSTS_TABLE,
 )
 from .topic_schema import _SCHEMA as _SCHEMA
 from .topics import MISC, TopicModel
@@ -73,8 +74,9 @@ __all__ = [
 ]
 
 _VERSION = 4
-# The temporary tables of a refresh (chunk_cost last: made per chunk).
-_TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta", "chunk_cost")
+# The temporary tables of a refresh (the last two made anew per chunk).
+_TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta",
+         "segment_cost_delta", "chunk_cost", "chunk_segment")  # fmt: skip
 # Version 3 lacked topic_costs: it gains it, filled from its assignments, in
 # this many turns a statement.
 _COST_FILL_CHUNK = 100_000
@@ -232,10 +234,24 @@ class TopicIndex:
         """Give a version-3 file its topic_costs, summed from its assignments."""
         conn = self._conn
         conn.execute(TOPIC_COSTS_TABLE)
+        conn.execute(TOPIC_SEGMENT_COSTS_TABLE)
         last = conn.execute("SELECT coalesce(max(n), 0) FROM topic_turns").fetchone()[0]
-        for start in range(0, last, _COST_FILL_CHUNK):
-            conn.execute(FILL_COSTS, (start, min(last, start + _COST_FILL_CHUNK)))
+        try:
+            for start in range(0, last, _COST_FILL_CHUNK):
+                self._chunk_costs(start, min(last, start + _COST_FILL_CHUNK))
+                for statement in FILL_COSTS:
+                    conn.execute(statement)
+        finally:
+            for table in _TEMP[-2:]:
+                conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         conn.execute(f"PRAGMA user_version = {_VERSION:d}")
+
+    def _chunk_costs(self, start: int, end: int) -> None:
+        """The temporary cost and segment rows of the turns numbered (start, end]."""
+        for table in _TEMP[-2:]:
+            self._conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        for statement in CHUNK_COSTS:
+            self._conn.execute(statement, (start, end) if "?" in statement else ())
 
     def _meta(self) -> dict[str, Any]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -409,11 +425,10 @@ class TopicIndex:
                     conn.execute(statement)
                 for chunk in self._turns(start, end):
                     topic = model.assign_vectors(_topics.embed([r[1] for r in chunk]))
-                    for table in _TEMP[:-1]:
+                    for table in _TEMP[:-2]:
                         conn.execute(f"DELETE FROM temp.{table}")
-                    conn.execute("DROP TABLE IF EXISTS temp.chunk_cost")
                     # The chunk's turns are all those numbered in its span.
-                    conn.execute(CHUNK_COSTS, (chunk[0][0] - 1, chunk[-1][0]))
+                    self._chunk_costs(chunk[0][0] - 1, chunk[-1][0])
                     conn.executemany(
                         "INSERT INTO temp.chunk_assign VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [(r[0], MISC if t < 0 else ids[t], *r[2:])

@@ -63,7 +63,13 @@ def _turn(i: int, question: str, day_offset: int | None = None) -> Conversation:
         messages=(Message("user", question), Message("assistant", "ok")),
         model=MODELS[i % 3],
         usage=Usage(1000 * i, 10 * i, 1010 * i),
+        metadata={"plan": _plan(i)},
     )
+
+
+def _plan(i: int) -> str:
+    """Turns of an even number are on the pro plan, the others on free."""
+    return "pro" if i % 2 == 0 else "free"
 
 
 def _cost(i: int, prices: dict[str, tuple[float, float]] = PER_TOKEN) -> float:
@@ -85,40 +91,56 @@ def _expected(
     return {k: (round(v[0], 9), v[1]) for k, v in out.items()}
 
 
-def _report(path: Path, topics: Path, range_: str = "all", prices: Any = PRICES) -> Any:
+def _report(
+    path: Path,
+    topics: Path,
+    range_: str = "all",
+    prices: Any = PRICES,
+    segment: tuple[tuple[str, str], ...] = (),
+) -> Any:
     with Analytics(path, now=NOW, prices=prices) as analytics:
         analytics.attach_topics(topics)
-        return analytics.cost("topic", range_)
+        return analytics.cost("topic", range_, segment)
 
 
 def _by_key(report: Any) -> dict[str | None, tuple[float, int]]:
     return {r.key: (round(r.cost, 9), r.unpriced_calls) for r in report.rows}
 
 
-def _sums(topics: Path) -> dict[tuple[str, str, str], tuple[int, int, int, int]]:
-    """The topics file's per-topic, per-day, per-model sums, read from the file."""
+def _sums(topics: Path) -> dict[tuple[str, ...], tuple[int, int, int, int]]:
+    """
+    The topics file's sums, read from the file: per topic, day and model, and
+    per plan, topic, day and model.
+    """
     with sqlite3.connect(topics) as conn:
         return {
-            (t, d, m): (turns, calls, i, o)
-            for t, d, m, turns, calls, i, o in conn.execute(
-                "SELECT topic_id, day, model, turns, calls, input, output"
-                " FROM topic_costs"
-            )
+            tuple(key): (turns, calls, i, o)
+            for *key, turns, calls, i, o in [
+                *conn.execute(
+                    "SELECT topic_id, day, model, turns, calls, input, output"
+                    " FROM topic_costs"
+                ),
+                *conn.execute(
+                    "SELECT value, topic_id, day, model, turns, calls, input, output"
+                    " FROM topic_segment_costs WHERE key = 'plan'"
+                ),
+            ]
         }
 
 
 def _recount(
     assigned: dict[int, str], turns: Iterable[int]
-) -> dict[tuple[str, str, str], tuple[int, int, int, int]]:
-    """The same sums worked out here from each turn's topic, day and tokens."""
-    out: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+) -> dict[tuple[str, ...], tuple[int, int, int, int]]:
+    """The same sums worked out here from each turn's topic, plan, day and tokens."""
+    out: dict[tuple[str, ...], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for i in turns:
         if i not in assigned:
             continue
         day = f"2026-{_day_of(i)}"
-        row = out[(assigned[i], day, MODELS[i % 3])]
-        for k, v in enumerate((1, 1, 1000 * i, 10 * i)):
-            row[k] += v
+        key = (assigned[i], day, MODELS[i % 3])
+        for row in (out[key], out[(_plan(i), *key)]):
+            for k, v in enumerate((1, 1, 1000 * i, 10 * i)):
+                row[k] += v
     return {k: (v[0], v[1], v[2], v[3]) for k, v in out.items()}
 
 
@@ -170,6 +192,19 @@ def test_cost_per_topic_is_the_sum_of_its_turns_costs(store):
     assert (round(sum(_cost(i) for i in range(1, 21)), 9), 6) == (
         round(report.total.cost, 9),
         report.total.unpriced_calls,
+    )
+
+
+def test_cost_per_topic_in_a_segment_is_the_sum_of_its_turns_costs(store):
+    """In a segment (plan:pro, the even turns), each topic costs what its turns in it cost."""
+    path, topics = store
+    assigned = _assigned(path)
+    pro = [i for i in range(1, 21) if _plan(i) == "pro"]
+    segment = (("plan", "pro"),)
+
+    assert _expected(assigned, pro) == _by_key(_report(path, topics, segment=segment))
+    assert _expected(assigned, [i for i in pro if i < 8]) == _by_key(
+        _report(path, topics, "7d", segment=segment)
     )
 
 
@@ -226,6 +261,7 @@ def test_a_version_3_topics_file_gains_its_sums(store):
     path, topics = store
     with sqlite3.connect(topics) as conn:
         conn.execute("DROP TABLE topic_costs")
+        conn.execute("DROP TABLE topic_segment_costs")
         conn.execute("PRAGMA user_version = 3")
     assigned = _assigned(path)
 
