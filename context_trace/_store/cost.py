@@ -202,7 +202,7 @@ def cost_report(
         " sum(x.output), sum(x.cache_read), sum(x.cache_write), sum(x.reasoning),"
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
-    found = _model_source(segment, first_day)
+    found = _model_source(segment, first_day, since)
     if (
         found is not None
         and first_day == ""

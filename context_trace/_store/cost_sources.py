@@ -8,6 +8,7 @@ turns' own rows (``ui_cost_turn``), and the SQL that prices a row of sums.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -148,9 +149,27 @@ def _topic_source(first_day: str, segment: Segment) -> tuple[str, list[Any]]:
 
 
 def _model_source(
-    segment: Segment, first_day: str | None
+    segment: Segment, first_day: str | None, since: float | None = None
 ) -> tuple[str, list[Any]] | None:
     """SQL of ``('', model, sums...)`` rows from per-day sums, when they answer."""
+    if first_day is None and since is not None and not segment:
+        # From a time (24h): the whole days after its day from the per-day
+        # sums, the rest of its day from the turns (numbered in commit order,
+        # not time order: the store's started_at index bounds their numbers).
+        day = time.strftime("%Y-%m-%d", time.gmtime(since))
+        midnight = _day_start(day) + 86_400
+        bounds = (
+            "(SELECT {0}(n + 0) FROM conversations"
+            " WHERE started_at >= ? AND started_at < ?)"
+        )
+        return (
+            f"SELECT '' AS grp, model, {_SUMMED} FROM (SELECT model, {_COLS}"
+            " FROM ui_cost_day WHERE day > ? UNION ALL"
+            f" SELECT model, {_COLS} FROM ui_cost_turn WHERE n >= {bounds.format('min')}"
+            f" AND n <= {bounds.format('max')} AND started_at >= ?"
+            " AND started_at < ?) GROUP BY model",
+            [day, *[since, midnight] * 3],
+        )
     if first_day is None or len(segment) > 1:
         return None
     if not segment:
@@ -193,12 +212,17 @@ def _sessions_from(
     sessions, not every session in it.
     """
     cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
-    alone = conn.execute(
+    alone_sql = (
         f"WITH {prices}, x AS (SELECT k.model AS model, {cols} FROM ui_cost_turn k"
-        " WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
-        f" SELECT NULL, {sums}",
-        [*params, start],
-    ).fetchall()
+        " {0} WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
+        f" SELECT NULL, {sums}"
+    )
+    try:  # the index alone, where the index has it (.cost_priced)
+        alone = conn.execute(
+            alone_sql.format("INDEXED BY ui_cost_turn_alone"), [*params, start]
+        ).fetchall()
+    except sqlite3.OperationalError:
+        alone = conn.execute(alone_sql.format(""), [*params, start]).fetchall()
     rows = [r for r in alone if r[2]]  # no call of no session: no row
     if limit is None:
         whole = conn.execute(
@@ -216,21 +240,27 @@ def _sessions_from(
         rows += whole + _straddling(conn, prices, params, sums, start, split)
         return sorted(rows, key=_rank)
     walk = conn.execute(
-        f"SELECT session_n, first_at, {_CACHED} FROM ui_cost_session_priced"
-        " INDEXED BY ui_cost_session_priced_cost WHERE last_at >= ? AND session_n != 0"
-        " ORDER BY cost DESC, session_n",
+        # The cost index with the times (ui_cost_session_priced_walk, when the
+        # index has it): no lookup of the rows the walk passes over.
+        "SELECT session_n, first_at, cost FROM ui_cost_session_priced"
+        " WHERE last_at >= ? AND session_n != 0 ORDER BY cost DESC, session_n",
         [start],
     )
     best: list[Any] = []
     while batch := walk.fetchmany(_WALK_BATCH):
         split = [(r[0],) for r in batch if r[1] < start]
-        found = [(r[0], *r[2:]) for r in batch if r[1] >= start]
+        whole = [r[0] for r in batch if r[1] >= start]
+        found = conn.execute(
+            f"SELECT session_n, {_CACHED} FROM ui_cost_session_priced"
+            f" WHERE session_n IN ({','.join('?' * len(whole))})",
+            whole,
+        ).fetchall()
         found += _straddling(conn, prices, params, sums, start, split)
         best = sorted([*best, *found], key=_rank)[:limit]
         last = batch[-1]
         # Every session after *last* costs, from start, at most its whole
         # cost, which is at most last's (equal: a higher number ranks after).
-        if len(best) >= limit and _rank(best[-1]) <= (-last[10], (1, last[0])):
+        if len(best) >= limit and _rank(best[-1]) <= (-last[2], (1, last[0])):
             break
     return sorted([*best, *rows], key=_rank)[:limit]
 
