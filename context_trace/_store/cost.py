@@ -46,6 +46,7 @@ from .cost_sources import (
     _one_pass,
     _rows_source,
     _sessions_from,
+    segment_sessions,
 )
 
 if TYPE_CHECKING:
@@ -245,6 +246,19 @@ def cost_report(
         ).fetchall()
         grouped = _sessions_from(conn, prices, params, sums, start, limit)
         return _report(conn, by, range_, segment, per_model, grouped, models)
+    if by == "session" and segment and limit is not None and priced_for(conn, models):
+        model_source, model_params = found or (source, more)
+        per_model = conn.execute(
+            f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *model_params],
+        ).fetchall()
+        # Nothing priced in the segment: no cost bounds the walk.
+        if any(r[9] for r in per_model):
+            start = _day_start(first_day) if first_day else (since or 0.0)
+            walked = segment_sessions(conn, prices, params, sums, start, limit, segment)
+            if walked is not None:
+                return _report(conn, by, range_, segment, per_model, walked, models)
     if found is None and by != "model":
         # No per-day sums answer: one pass over the rows gives both the groups
         # and the models (reading the turns twice was most of the time).

@@ -285,20 +285,93 @@ def _straddling(
     sums: str,
     start: float,
     sessions: Sequence[tuple[Any, ...]],
+    segment: Segment = (),
 ) -> list[Any]:
-    """The cost rows of these sessions' turns from *start*, priced from their sums."""
+    """
+    The cost rows of these sessions' turns from *start* (in *segment*, if
+    any), priced from their sums.
+    """
     out: list[Any] = []
     cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    cond, values = _in_segment(segment)
     for at in range(0, len(sessions), 500):
         numbers = [r[0] for r in sessions[at : at + 500]]
         out += conn.execute(
             f"WITH {prices}, x AS (SELECT k.session_n AS grp, k.model AS model, {cols}"
             f" FROM ui_cost_turn k WHERE k.session_n IN ({','.join('?' * len(numbers))})"
-            " AND k.started_at >= ? GROUP BY grp, k.model)"
+            f" AND k.started_at >= ?{cond} GROUP BY grp, k.model)"
             f" SELECT x.grp, {sums} GROUP BY x.grp",
-            [*params, *numbers, start],
+            [*params, *numbers, start, *values],
         ).fetchall()
     return out
+
+
+def _in_segment(segment: Segment) -> tuple[str, list[Any]]:
+    """`` AND`` conditions: the turn ``k.n`` is in *segment* (as .segments has it)."""
+    cond = "".join(
+        " AND EXISTS (SELECT 1 FROM ui_segment_turn t WHERE t.key = ?"
+        " AND t.value = ? AND t.n = k.n)"
+        for _ in segment
+    )
+    return cond, [v for pair in segment for v in pair]
+
+
+def segment_sessions(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    sums: str,
+    start: float,
+    limit: int,
+    segment: Segment,
+) -> list[Any] | None:
+    """
+    Per session, the cost of its turns in *segment* from *start*, the costliest
+    first (at most *limit*), by the walk of :func:`_sessions_from`: a session
+    costs, in a segment, at most its whole cost. None when the walk would read
+    too many sessions (a rare segment value, or one with few turns in the range):
+    its turns are then fewer than the sessions walked, and cheaper to read.
+    """
+    key, value = segment[0]
+    share = conn.execute(
+        "SELECT (SELECT coalesce(sum(conversations), 0) FROM ui_segments"
+        " WHERE key = ? AND value = ?), (SELECT coalesce(sum(turns), 0)"
+        " FROM ui_cost_day)",
+        [key, value],
+    ).fetchone()
+    if share[0] * _SEGMENT_SHARE < share[1]:
+        return None
+    walk = conn.execute(
+        "SELECT session_n, cost FROM ui_cost_session_priced"
+        " WHERE last_at >= ? AND session_n != 0 ORDER BY cost DESC, session_n",
+        [start],
+    )
+    best: list[Any] = []
+    read = 0
+    while batch := walk.fetchmany(_WALK_BATCH):
+        read += len(batch)
+        if read > _WALK_MAX:
+            return None
+        found = _straddling(conn, prices, params, sums, start, batch, segment)
+        best = sorted([*best, *found], key=_rank)[:limit]
+        last = batch[-1]
+        if len(best) >= limit and _rank(best[-1]) <= (-last[1], (1, last[0])):
+            break
+    cond, values = _in_segment(segment)
+    cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    alone = conn.execute(
+        f"WITH {prices}, x AS (SELECT k.model AS model, {cols} FROM ui_cost_turn k"
+        f" WHERE k.session_n IS NULL AND k.started_at >= ?{cond} GROUP BY k.model)"
+        f" SELECT NULL, {sums}",
+        [*params, start, *values],
+    ).fetchall()
+    return sorted([*best, *(r for r in alone if r[2])], key=_rank)[:limit]
+
+
+# A segment value walked only when it has at least 1/this of the turns.
+_SEGMENT_SHARE = 100
+# The most sessions a walk reads before it leaves the question to the turns.
+_WALK_MAX = 1_500
 
 
 def _one_pass(
