@@ -283,9 +283,10 @@ def _calls(path: Path, index: Path) -> list[str]:
         "/api/cost?by=session&range=7d",
         "/api/cost?by=session&range=30d",
         "/api/cost?by=model&range=24h",
-        # Not answered from sums yet: one row per turn of the range or segment.
-        "/api/cost?by=user&range=7d",
+        "/api/cost?by=session&meta=plan:pro",
         "/api/cost?by=session&range=7d&meta=plan:pro",
+        # Not answered from sums yet: one row per turn of the range.
+        "/api/cost?by=user&range=7d",
         # Two periods compared (from the per-day tables).
         "/api/compare?period=week",
         "/api/compare?period=week&meta=plan:pro",
