@@ -77,8 +77,8 @@ _VERSION = 4
 # The temporary tables of a refresh (the last two made anew per chunk).
 _TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta",
          "segment_cost_delta", "chunk_cost", "chunk_segment")  # fmt: skip
-# Version 3 lacked topic_costs: it gains it, filled from its assignments, in
-# this many turns a statement.
+# Version 3 lacked the cost sums: it gains them, filled from its assignments,
+# this many turns at a time.
 _COST_FILL_CHUNK = 100_000
 
 
@@ -231,7 +231,8 @@ class TopicIndex:
             raise
 
     def _add_costs(self) -> None:
-        """Give a version-3 file its topic_costs, summed from its assignments."""
+        """Give a version-3 file its cost sums (topic_costs, topic_segment_costs),
+        summed from its assignments."""
         conn = self._conn
         conn.execute(TOPIC_COSTS_TABLE)
         conn.execute(TOPIC_SEGMENT_COSTS_TABLE)
