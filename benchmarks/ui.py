@@ -281,6 +281,12 @@ def _calls(path: Path, index: Path) -> list[str]:
         "/api/unhappy?range=30d",
         "/api/cost?by=session",
         "/api/cost?by=session&range=7d",
+        "/api/cost?by=session&range=30d",
+        "/api/cost?by=model&range=24h",
+        "/api/cost?by=session&meta=plan:pro",
+        "/api/cost?by=session&range=7d&meta=plan:pro",
+        # Not answered from sums yet: one row per turn of the range.
+        "/api/cost?by=user&range=7d",
         # Two periods compared (from the per-day tables).
         "/api/compare?period=week",
         "/api/compare?period=week&meta=plan:pro",
@@ -361,6 +367,8 @@ def _topic_calls(path: Path, topics: Path) -> list[str]:
         "/api/topics", "/api/topics?range=30d", "/api/topics?sort=struggling",
         f"/topics/{biggest}", f"/topics/{biggest}?range=7d", f"/topics/{smallest}",
         "/unhappy", "/api/cost?by=topic", "/api/cost?by=topic&range=7d",
+        "/api/cost?by=topic&range=30d", "/api/cost?by=topic&range=24h",
+        "/api/cost?by=topic&meta=plan:pro", "/api/cost?by=topic&range=7d&meta=plan:pro",
     ]  # fmt: skip
     for topic in (biggest, smallest):
         conv = f"/conversations?topic={topic}"

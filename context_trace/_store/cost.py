@@ -6,13 +6,15 @@ The store keeps tokens and model names, never money, so a new price (a newer
 ``genai-prices``, an override) re-prices all history. The dashboard's sidecar
 index (see :mod:`.ui_index`) keeps each turn's token counts per model that
 answered in it (``ui_cost_turn``: one row per turn and model, its calls
-summed), and their sums per UTC day, per user and per segment and day. A
-question is one SQL aggregate over those sums, grouped by what it asks (user,
-day...) and by model; each distinct model is priced once in Python
-(:class:`context_trace.analytics.pricing.Pricer`), and the prices go back
-into the same statement as a ``VALUES`` table, so the arithmetic runs in SQL
-over the sums, never per turn in Python. The tables and the statements that
-fill them are in :mod:`.cost_index`; this module reads them.
+summed), and their sums per UTC day, per user and per segment and day; the
+topics file keeps the same sums per topic and day (``topic_costs``, see
+``context_trace.analytics.topic_schema``). A question is one SQL aggregate over
+those sums, grouped by what it asks (user, day...) and by model; each distinct
+model is priced once in Python (:class:`context_trace.analytics.pricing.Pricer`),
+and the prices go back into the same statement as a ``VALUES`` table, so the
+arithmetic runs in SQL over the sums, never per turn in Python. The tables and
+the statements that fill them are in :mod:`.cost_index`; :mod:`.cost_sources`
+picks the table that answers a question; this module prices and reports.
 
 A call is *unpriced* when its model has no price, when it names no model, or
 when it reported no input and output counts: counted (``unpriced_calls``),
@@ -28,33 +30,34 @@ older turns have none (they price at the plain input and output prices).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .cost_index import (
-    _COLS,
-    _SUMMED,
-    _SUMS,
-    COST_SCHEMA,
-    COST_TABLES,
-    apply_cost_chunk,
-)
+from .cost_index import COST_SCHEMA, COST_TABLES, apply_cost_chunk
 from .cost_priced import priced_for
+from .cost_sources import (
+    COST_SQL,
+    UNPRICED_SQL,
+    Segment,
+    SegmentSource,
+    _day_start,
+    _model_source,
+    _one_pass,
+    _rows_source,
+    _sessions_from,
+    segment_sessions,
+)
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
 
-# A segment's conditions, as .segments has them (not imported: it imports the
-# index, which imports this module).
-Segment = tuple[tuple[str, str], ...]
-# (SQL, parameters) of a segment's turn rows (with ``n``) from an epoch.
-SegmentSource = Callable[[float | None], tuple[str, list[Any]]]
-
 __all__ = [
     "COST_BY",
     "COST_SCHEMA",
+    "COST_SQL",
     "COST_TABLES",
+    "UNPRICED_SQL",
     "CostReport",
     "CostRow",
     "ModelPriceRow",
@@ -168,109 +171,6 @@ def price_table(
     )
 
 
-# The cost of a row of sums joined to its price (p.model NULL: unpriced).
-COST_SQL = (
-    "CASE WHEN p.model IS NULL THEN 0 ELSE (max(x.input - x.cache_read"
-    " - x.cache_write, 0) * p.p_in + x.cache_read * p.p_cr + x.cache_write * p.p_cw"
-    " + max(x.output - x.reasoning, 0) * p.p_out + x.reasoning * p.p_r) / 1e6 END"
-)
-UNPRICED_SQL = "CASE WHEN p.model IS NULL THEN x.calls ELSE x.calls - x.reported END"
-
-
-def _rows_source(
-    by: str,
-    segment: Segment,
-    since: float | None,
-    first_day: str | None,
-    segment_source: SegmentSource | None,
-) -> tuple[str, list[Any]]:
-    """
-    SQL of ``(grp, model, turns, calls, reported, input, output, cache_read,
-    cache_write, reasoning)`` rows for the question, from the cheapest table
-    that answers it, and its parameters.
-    """
-    day_group = {"model": "''", "day": "day"}
-    if first_day is not None and not segment and by in day_group:
-        return (
-            f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_day"
-            " WHERE day >= ? GROUP BY grp, model",
-            [first_day],
-        )
-    if first_day == "" and not segment and by == "user":
-        return (f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_user", [])
-    if first_day == "" and len(segment) == 1 and by == "user":
-        return (
-            f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_segment_user"
-            " WHERE key = ? AND value = ?",
-            list(segment[0]),
-        )
-    if first_day is not None and len(segment) == 1 and by in day_group:
-        return (
-            f"SELECT {day_group[by]} AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
-            " WHERE key = ? AND value = ? AND day >= ? GROUP BY grp, model",
-            [*segment[0], first_day],
-        )
-    if since is None and first_day:
-        since = _day_start(first_day)
-    group = {
-        "model": "''",
-        "day": "date(k.started_at, 'unixepoch')",
-        "user": "k.user_key",
-        # Not through ui_cost_turn_session (.cost_priced): a lookup per row.
-        "session": "+k.session_n",
-        # A lookup per turn in the topics file (not summarised there).
-        "topic": "(SELECT t.topic_id FROM topics.topic_turns t WHERE t.n = k.n)",
-    }[by]
-    sums = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
-    if segment:
-        if segment_source is None:
-            raise ValueError("a segment needs its segment_source")
-        source, params = segment_source(since)
-        return (
-            f"SELECT {group} AS grp, k.model AS model, {sums} FROM ({source}) s"
-            " CROSS JOIN ui_cost_turn k ON k.n = s.n GROUP BY grp, k.model",
-            params,
-        )
-    if since is None:
-        return (
-            f"SELECT {group} AS grp, k.model AS model, {sums} FROM ui_cost_turn k"
-            " GROUP BY grp, k.model",
-            [],
-        )
-    return (
-        f"SELECT {group} AS grp, k.model AS model, {sums} FROM ui_cost_turn k"
-        # min(n + 0): through the store's started_at index (see segments).
-        " WHERE k.n >= (SELECT coalesce(min(n + 0), 1 << 62) FROM conversations"
-        " WHERE started_at >= ?) AND k.started_at >= ? GROUP BY grp, k.model",
-        [since, since],
-    )
-
-
-def _model_source(
-    segment: Segment, first_day: str | None
-) -> tuple[str, list[Any]] | None:
-    """SQL of ``('', model, sums...)`` rows from per-day sums, when they answer."""
-    if first_day is None or len(segment) > 1:
-        return None
-    if not segment:
-        return (
-            f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_day WHERE day >= ?"
-            " GROUP BY model",
-            [first_day],
-        )
-    return (
-        f"SELECT '' AS grp, model, {_SUMMED} FROM ui_cost_segment_day"
-        " WHERE key = ? AND value = ? AND day >= ? GROUP BY model",
-        [*segment[0], first_day],
-    )
-
-
-def _day_start(day: str) -> float:
-    from datetime import date
-
-    return float((date.fromisoformat(day) - date(1970, 1, 1)).days * 86_400)
-
-
 def cost_report(
     conn: sqlite3.Connection,
     pricer: Pricer,
@@ -297,13 +197,13 @@ def cost_report(
     if by not in COST_BY:
         raise ValueError(f"by must be one of {', '.join(COST_BY)}, got {by!r}")
     prices, params, models = price_table(conn, pricer)
-    source, more = _rows_source(by, segment, since, first_day, segment_source)
+    source, more = _rows_source(conn, by, segment, since, first_day, segment_source)
     sums = (
         f"sum(x.turns), sum(x.calls), sum({UNPRICED_SQL}), sum(x.input),"
         " sum(x.output), sum(x.cache_read), sum(x.cache_write), sum(x.reasoning),"
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
-    found = _model_source(segment, first_day)
+    found = _model_source(segment, first_day, since)
     if (
         found is not None
         and first_day == ""
@@ -337,7 +237,7 @@ def cost_report(
         start = _day_start(first_day) if first_day else since
         assert start is not None  # one of them, by the test above
         model_source, model_params = found or _rows_source(
-            "model", segment, since, first_day, None
+            conn, "model", segment, since, first_day, None
         )
         per_model = conn.execute(
             f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
@@ -346,6 +246,19 @@ def cost_report(
         ).fetchall()
         grouped = _sessions_from(conn, prices, params, sums, start, limit)
         return _report(conn, by, range_, segment, per_model, grouped, models)
+    if by == "session" and segment and limit is not None and priced_for(conn, models):
+        model_source, model_params = found or (source, more)
+        per_model = conn.execute(
+            f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *model_params],
+        ).fetchall()
+        # Nothing priced in the segment: no cost bounds the walk.
+        if any(r[9] for r in per_model):
+            start = _day_start(first_day) if first_day else (since or 0.0)
+            walked = segment_sessions(conn, prices, params, sums, start, limit, segment)
+            if walked is not None:
+                return _report(conn, by, range_, segment, per_model, walked, models)
     if found is None and by != "model":
         # No per-day sums answer: one pass over the rows gives both the groups
         # and the models (reading the turns twice was most of the time).
@@ -370,80 +283,6 @@ def cost_report(
             [*params, *more, *([limit] if cap else [])],
         ).fetchall()
     return _report(conn, by, range_, segment, per_model, grouped, models)
-
-
-def _sessions_from(
-    conn: sqlite3.Connection,
-    prices: str,
-    params: list[Any],
-    sums: str,
-    start: float,
-    limit: int | None,
-) -> list[Any]:
-    """
-    Per session, the cost of its turns from *start*, the costliest first (at
-    most *limit*): the sessions wholly from *start* read from the index's priced
-    cache, the few that straddle it (and the turns of no session) priced here.
-    """
-    whole = conn.execute(
-        "SELECT session_n, turns, calls, unpriced, input, output, cache_read,"
-        " cache_write, reasoning, cost FROM ui_cost_session_priced"
-        # The range's sessions (a few of all), not all of them by cost.
-        " INDEXED BY ui_cost_session_priced_last WHERE last_at >= ?1 AND first_at >= ?1 AND session_n != 0"
-        " ORDER BY cost DESC, session_n" + (" LIMIT ?2" if limit is not None else ""),
-        [start] if limit is None else [start, limit],
-    ).fetchall()
-    cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
-    straddling = conn.execute(
-        f"WITH {prices}, x AS (SELECT k.session_n AS grp, k.model AS model, {cols}"
-        " FROM ui_cost_turn k WHERE k.session_n IN (SELECT session_n FROM"
-        " ui_cost_session_priced WHERE last_at >= ? AND first_at < ?"
-        " AND session_n != 0) AND k.started_at >= ? GROUP BY grp, k.model"
-        f" UNION ALL SELECT NULL, k.model, {cols} FROM ui_cost_turn k"
-        " WHERE k.session_n IS NULL AND k.started_at >= ? GROUP BY k.model)"
-        f" SELECT x.grp, {sums} GROUP BY x.grp ORDER BY cost DESC, x.grp"
-        + (" LIMIT ?" if limit is not None else ""),
-        [*params, start, start, start, start, *([] if limit is None else [limit])],
-    ).fetchall()
-    rows = sorted(
-        [*whole, *straddling],
-        key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
-    )
-    return rows[:limit] if limit is not None else rows
-
-
-def _one_pass(
-    conn: sqlite3.Connection,
-    prices: str,
-    params: list[Any],
-    source: str,
-    more: list[Any],
-    by: str,
-    limit: int | None,
-) -> tuple[list[Any], list[Any]]:
-    """(per model, per group) rows as :func:`cost_report` reads them, from one
-    read of *source*'s (group, model) rows, priced in SQL and summed here."""
-    per_model: dict[Any, list[Any]] = {}
-    per_group: dict[Any, list[Any]] = {}
-    for grp, model, *sums in conn.execute(
-        f"WITH {prices}, x AS ({source}) SELECT x.grp, x.model, x.turns, x.calls,"
-        f" {UNPRICED_SQL}, x.input, x.output, x.cache_read, x.cache_write,"
-        f" x.reasoning, {COST_SQL} FROM x LEFT JOIN price p ON p.model = x.model",
-        [*params, *more],
-    ):
-        for table, key in ((per_model, model), (per_group, grp)):
-            row = table.setdefault(key, [key, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])
-            for i, value in enumerate(sums, 1):
-                row[i] += value or 0
-    models = sorted(per_model.values(), key=lambda r: (-r[9], r[0]))
-    if by == "day":
-        grouped = sorted(per_group.values(), key=lambda r: r[0])
-    else:
-        grouped = sorted(
-            per_group.values(),
-            key=lambda r: (-r[9], (0,) if r[0] is None else (1, r[0])),
-        )[:limit]
-    return models, grouped
 
 
 def _report(

@@ -6,7 +6,7 @@ and per segment, filled a chunk of turns at a time.
 
 from __future__ import annotations
 
-__all__ = ["COST_SCHEMA", "COST_TABLES", "apply_cost_chunk"]
+__all__ = ["COST_SCHEMA", "COST_TABLES", "TURN_COSTS", "apply_cost_chunk"]
 
 #: The sidecar tables this module keeps (see :mod:`.ui_index`).
 COST_TABLES = ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_user",
@@ -101,6 +101,20 @@ _CALLS = (
     f" {_count('j.value', 'reasoning_tokens')}"
     f" FROM t, json_each(json_extract(t.metadata, '$.model_calls')) j WHERE {_ARRAY}"
 )
+#: Per turn numbered (?1, ?2] of the store (attached as ``store``) and model
+#: that answered in it: ``(n, model, user_key, session_n, started_at, day,
+#: calls, reported, input, output, cache_read, cache_write, reasoning, turns)``,
+#: the rows of ``ui_cost_turn``. A turn counts once (``turns``), under the first
+#: of its models by name. The topics file sums the same rows per topic (see
+#: ``context_trace.analytics.topic_schema``).
+TURN_COSTS = (
+    "SELECT *, (model = min(model) OVER (PARTITION BY n)) AS turns FROM (SELECT n,"
+    " model, user_key, session_n, started_at, date(started_at, 'unixepoch') AS day,"
+    " count(*) AS calls, sum(reported) AS reported, sum(input) AS input,"
+    " sum(output) AS output, sum(cache_read) AS cache_read,"
+    " sum(cache_write) AS cache_write, sum(reasoning) AS reasoning"
+    f" FROM ({_CALLS}) GROUP BY n, model)"
+)
 _SUMMED = ", ".join(f"sum({c}) AS {c}" for c in _SUMS)
 _UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
 _COLS = ", ".join(_SUMS)
@@ -112,14 +126,7 @@ def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
     *segment_rows* is the SQL of their (key, value, n, ..., day) segment rows.
     """
     return (
-        # A turn counts once, under the first of its models (by name).
-        "CREATE TEMP TABLE cost_chunk AS SELECT *, (model = min(model)"
-        " OVER (PARTITION BY n)) AS turns FROM (SELECT n, model, user_key,"
-        " session_n, started_at, date(started_at, 'unixepoch') AS day,"
-        " count(*) AS calls, sum(reported) AS reported, sum(input) AS input,"
-        " sum(output) AS output, sum(cache_read) AS cache_read,"
-        " sum(cache_write) AS cache_write, sum(reasoning) AS reasoning"
-        f" FROM ({_CALLS}) GROUP BY n, model)",
+        f"CREATE TEMP TABLE cost_chunk AS {TURN_COSTS}",
         "CREATE INDEX temp.cost_chunk_n ON cost_chunk (n)",
         f"INSERT INTO ui_cost_turn (n, model, user_key, session_n, started_at, {_COLS})"
         f" SELECT n, model, user_key, session_n, started_at, {_COLS} FROM cost_chunk"

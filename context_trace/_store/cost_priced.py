@@ -80,6 +80,15 @@ PRICED_SCHEMA = (
     # The sessions with a turn from a time on (a range's sessions).
     "CREATE INDEX IF NOT EXISTS ui_cost_session_priced_last"
     " ON ui_cost_session_priced (last_at)",
+    # A range's sessions by whole cost, read from the index alone (the walk of
+    # cost_sources._sessions_from).
+    "CREATE INDEX IF NOT EXISTS ui_cost_session_priced_walk"
+    " ON ui_cost_session_priced (cost DESC, session_n, last_at, first_at)",
+    # The turns of no session from a time on, with their sums: read from the
+    # index alone by cost per session over a range.
+    "CREATE INDEX IF NOT EXISTS ui_cost_turn_alone ON ui_cost_turn (started_at,"
+    " model, turns, calls, reported, input, output, cache_read, cache_write,"
+    " reasoning) WHERE session_n IS NULL",
     # The turns of a session from a time on: to re-price the sessions new turns
     # touch, and a range's sessions that straddle its start.
     "CREATE INDEX IF NOT EXISTS ui_cost_turn_session"

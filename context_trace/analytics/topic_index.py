@@ -50,7 +50,16 @@ from .topic_rows import TopicRow as TopicRow
 from .topic_rows import _summary
 from .topic_rows import read_topics as read_topics
 from .topic_rows import struggling as struggling
-from .topic_schema import _APPLY, _APPLY_CHUNK, _READ_CHUNK, _SUFFIX
+from .topic_schema import (
+    _APPLY,
+    _APPLY_CHUNK,
+    _READ_CHUNK,
+    _SUFFIX,
+    CHUNK_COSTS,
+    FILL_COSTS,
+    TOPIC_COSTS_TABLE,
+    TOPIC_SEGMENT_COSTS_TABLE,
+)
 from .topic_schema import _SCHEMA as _SCHEMA
 from .topics import MISC, TopicModel
 
@@ -64,7 +73,13 @@ __all__ = [
     "struggling",
 ]
 
-_VERSION = 3
+_VERSION = 4
+# The temporary tables of a refresh (the last two made anew per chunk).
+_TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta",
+         "segment_cost_delta", "chunk_cost", "chunk_segment")  # fmt: skip
+# Version 3 lacked the cost sums: it gains them, filled from its assignments,
+# this many turns at a time.
+_COST_FILL_CHUNK = 100_000
 
 
 def default_topics_path(store: str | os.PathLike[str]) -> Path:
@@ -166,9 +181,13 @@ class TopicIndex:
             fresh = not conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'meta'"
             ).fetchone()
-            stale = (
-                fresh or conn.execute("PRAGMA user_version").fetchone()[0] != _VERSION
+            version = (
+                None if fresh else conn.execute("PRAGMA user_version").fetchone()[0]
             )
+            if version == 3:
+                self._add_costs()
+                version = _VERSION
+            stale = fresh or version != _VERSION
             if not stale:
                 meta = self._meta()
                 first = conn.execute(
@@ -210,6 +229,30 @@ class TopicIndex:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _add_costs(self) -> None:
+        """Give a version-3 file its cost sums (topic_costs, topic_segment_costs),
+        summed from its assignments."""
+        conn = self._conn
+        conn.execute(TOPIC_COSTS_TABLE)
+        conn.execute(TOPIC_SEGMENT_COSTS_TABLE)
+        last = conn.execute("SELECT coalesce(max(n), 0) FROM topic_turns").fetchone()[0]
+        try:
+            for start in range(0, last, _COST_FILL_CHUNK):
+                self._chunk_costs(start, min(last, start + _COST_FILL_CHUNK))
+                for statement in FILL_COSTS:
+                    conn.execute(statement)
+        finally:
+            for table in _TEMP[-2:]:
+                conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        conn.execute(f"PRAGMA user_version = {_VERSION:d}")
+
+    def _chunk_costs(self, start: int, end: int) -> None:
+        """The temporary cost and segment rows of the turns numbered (start, end]."""
+        for table in _TEMP[-2:]:
+            self._conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+        for statement in CHUNK_COSTS:
+            self._conn.execute(statement, (start, end) if "?" in statement else ())
 
     def _meta(self) -> dict[str, Any]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -383,8 +426,10 @@ class TopicIndex:
                     conn.execute(statement)
                 for chunk in self._turns(start, end):
                     topic = model.assign_vectors(_topics.embed([r[1] for r in chunk]))
-                    for table in ("chunk_assign", "delta", "day_delta", "hist_delta"):
+                    for table in _TEMP[:-2]:
                         conn.execute(f"DELETE FROM temp.{table}")
+                    # The chunk's turns are all those numbered in its span.
+                    self._chunk_costs(chunk[0][0] - 1, chunk[-1][0])
                     conn.executemany(
                         "INSERT INTO temp.chunk_assign VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [(r[0], MISC if t < 0 else ids[t], *r[2:])
@@ -406,7 +451,7 @@ class TopicIndex:
                 self._model = None
                 raise
             finally:
-                for table in ("chunk_assign", "delta", "day_delta", "hist_delta"):
+                for table in _TEMP:
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._model = model
             return end >= level

@@ -5,9 +5,26 @@ statements that apply one chunk of assignments to them.
 
 from __future__ import annotations
 
+from context_trace._store.cost_index import _SUMS, TURN_COSTS
+from context_trace._store.ui_index_sql import _segment_rows
+
 _SUFFIX = ".topics"
 # Turns read from the store per statement while fitting or assigning.
 _READ_CHUNK = 10_000
+
+_SUM_COLUMNS = ", ".join(f"{c} INTEGER NOT NULL" for c in _SUMS)
+TOPIC_COSTS_TABLE = (
+    "CREATE TABLE topic_costs (topic_id TEXT NOT NULL, day TEXT NOT NULL,"
+    f" model TEXT NOT NULL, {_SUM_COLUMNS}, PRIMARY KEY (topic_id, day, model))"
+    " WITHOUT ROWID"
+)
+# The same per segment value (a metadata key and value of the turns, as the
+# dashboard's index has them: its ui_segment_turn rows).
+TOPIC_SEGMENT_COSTS_TABLE = (
+    "CREATE TABLE topic_segment_costs (key TEXT NOT NULL, value TEXT NOT NULL,"
+    " topic_id TEXT NOT NULL, day TEXT NOT NULL, model TEXT NOT NULL,"
+    f" {_SUM_COLUMNS}, PRIMARY KEY (key, value, topic_id, day, model)) WITHOUT ROWID"
+)
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
@@ -77,6 +94,12 @@ _SCHEMA = (
     ) WITHOUT ROWID
     """,
     "CREATE INDEX topic_users_user ON topic_users (user_key)",
+    # Per topic, UTC day and model that answered: the token sums of the
+    # topic's turns (the rows of the dashboard's ui_cost_turn, summed), kept
+    # level with topic_turns chunk by chunk, so that cost per topic over a
+    # range reads these sums and prices them at read time.
+    TOPIC_COSTS_TABLE,
+    TOPIC_SEGMENT_COSTS_TABLE,
     """
     CREATE TABLE topic_summary (
         topic_id TEXT PRIMARY KEY,
@@ -98,6 +121,70 @@ _APPLY = (
     " errors INTEGER, scored INTEGER, score_sum REAL, PRIMARY KEY (topic_id, day))",
     "CREATE TEMP TABLE hist_delta (topic_id TEXT, day TEXT, bucket INTEGER,"
     " n INTEGER, PRIMARY KEY (topic_id, day, bucket))",
+    "CREATE TEMP TABLE cost_delta (topic_id TEXT, day TEXT, model TEXT,"
+    f" {', '.join(f'{c} INTEGER' for c in _SUMS)},"
+    " PRIMARY KEY (topic_id, day, model))",
+    "CREATE TEMP TABLE segment_cost_delta (key TEXT, value TEXT, topic_id TEXT,"
+    f" day TEXT, model TEXT, {', '.join(f'{c} INTEGER' for c in _SUMS)},"
+    " PRIMARY KEY (key, value, topic_id, day, model))",
+)
+_COST_COLS = ", ".join(_SUMS)
+_COST_UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
+_NEGATED = ", ".join(f"-sum(k.{c})" for c in _SUMS)
+_SUMMED = ", ".join(f"sum(k.{c})" for c in _SUMS)
+# The token sums of a chunk: each turn's rows (chunk_cost, from the store:
+# TURN_COSTS over the chunk's turn numbers) counted out of its earlier topic (a
+# re-fit moves it) and into its new one. Run before topic_turns is written.
+_APPLY_COSTS = (
+    f"INSERT INTO temp.cost_delta SELECT t.topic_id, k.day, k.model, {_NEGATED}"
+    " FROM topic_turns t JOIN temp.chunk_cost k ON k.n = t.n"
+    " GROUP BY t.topic_id, k.day, k.model",
+    f"INSERT INTO temp.cost_delta SELECT a.topic_id, k.day, k.model, {_SUMMED}"
+    " FROM temp.chunk_assign a JOIN temp.chunk_cost k ON k.n = a.n WHERE true"
+    " GROUP BY a.topic_id, k.day, k.model"
+    f" ON CONFLICT (topic_id, day, model) DO UPDATE SET {_COST_UPSERT}",
+    "INSERT INTO topic_costs SELECT * FROM temp.cost_delta WHERE true"
+    f" ON CONFLICT (topic_id, day, model) DO UPDATE SET {_COST_UPSERT}",
+    "DELETE FROM topic_costs WHERE calls <= 0 AND (topic_id, day, model) IN"
+    " (SELECT topic_id, day, model FROM temp.cost_delta)",
+    "INSERT INTO temp.segment_cost_delta SELECT s.key, s.value, t.topic_id, k.day,"
+    f" k.model, {_NEGATED} FROM temp.chunk_segment s"
+    " JOIN topic_turns t ON t.n = s.n JOIN temp.chunk_cost k ON k.n = s.n"
+    " GROUP BY s.key, s.value, t.topic_id, k.day, k.model",
+    "INSERT INTO temp.segment_cost_delta SELECT s.key, s.value, a.topic_id, k.day,"
+    f" k.model, {_SUMMED} FROM temp.chunk_segment s"
+    " JOIN temp.chunk_assign a ON a.n = s.n JOIN temp.chunk_cost k ON k.n = s.n"
+    " WHERE true GROUP BY s.key, s.value, a.topic_id, k.day, k.model"
+    f" ON CONFLICT (key, value, topic_id, day, model) DO UPDATE SET {_COST_UPSERT}",
+    "INSERT INTO topic_segment_costs SELECT * FROM temp.segment_cost_delta"
+    " WHERE true ON CONFLICT (key, value, topic_id, day, model)"
+    f" DO UPDATE SET {_COST_UPSERT}",
+    "DELETE FROM topic_segment_costs WHERE calls <= 0"
+    " AND (key, value, topic_id, day, model) IN"
+    " (SELECT key, value, topic_id, day, model FROM temp.segment_cost_delta)",
+)
+# A chunk's per-turn cost rows (the store's turns numbered (?1, ?2]), as the
+# dashboard's index has them.
+CHUNK_COSTS = (
+    f"CREATE TEMP TABLE chunk_cost AS {TURN_COSTS}",
+    "CREATE INDEX temp.chunk_cost_n ON chunk_cost (n)",
+    "CREATE TEMP TABLE chunk_segment AS SELECT key, value, n"
+    f" FROM ({_segment_rows('?1', '?2')})",
+)
+# The cost rows of a chunk's turns (chunk_cost, chunk_segment: CHUNK_COSTS)
+# that already have their topic, summed in (a topics file made before the cost
+# sums existed).
+FILL_COSTS = (
+    f"INSERT INTO topic_costs (topic_id, day, model, {_COST_COLS})"
+    f" SELECT t.topic_id, k.day, k.model, {_SUMMED} FROM temp.chunk_cost k"
+    " JOIN topic_turns t ON t.n = k.n WHERE true GROUP BY t.topic_id, k.day, k.model"
+    f" ON CONFLICT (topic_id, day, model) DO UPDATE SET {_COST_UPSERT}",
+    f"INSERT INTO topic_segment_costs (key, value, topic_id, day, model, {_COST_COLS})"
+    f" SELECT s.key, s.value, t.topic_id, k.day, k.model, {_SUMMED}"
+    " FROM temp.chunk_segment s JOIN temp.chunk_cost k ON k.n = s.n"
+    " JOIN topic_turns t ON t.n = k.n WHERE true"
+    " GROUP BY s.key, s.value, t.topic_id, k.day, k.model"
+    f" ON CONFLICT (key, value, topic_id, day, model) DO UPDATE SET {_COST_UPSERT}",
 )
 _SCORE = "max(0.0, min(1.0, 1.0 - {0}.penalty))"
 # The per-day totals and histograms of a chunk: the turns' earlier topics
@@ -158,6 +245,7 @@ _APPLY_CHUNK = (
     " (SELECT topic_id, user_key FROM temp.delta)",
     "DELETE FROM topic_summary WHERE turns <= 0",
     *_APPLY_DAYS,
+    *_APPLY_COSTS,
     "INSERT OR REPLACE INTO topic_turns"
     " (n, topic_id, user_key, session_n, day, failed, bucket, penalty)"
     " SELECT n, topic_id, user_key, session_n, day, failed, bucket, penalty"
