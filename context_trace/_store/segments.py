@@ -83,10 +83,16 @@ def segment_turns(segment: Segment, column: str) -> tuple[str, list[Any]]:
 
 
 def segment_users(segment: Segment, column: str) -> tuple[str, list[Any]]:
-    """SQL conditions: the user keyed *column* (qualified) had a turn with each value."""
+    """
+    SQL conditions: the user keyed *column* (qualified) had a turn with each value.
+
+    Each is ``column IN (the value's users)``, not a correlated ``EXISTS``: on
+    an indexed *column* (``ui_user_stats``' key) SQLite then walks the value's
+    users and looks each one up, rather than testing every user of the store.
+    """
     conds = " AND ".join(
-        "EXISTS (SELECT 1 FROM ui_segment_user g WHERE g.key = ? AND g.value = ?"
-        f" AND g.user_key = {column})"
+        f"{column} IN (SELECT g.user_key FROM ui_segment_user g"
+        " WHERE g.key = ? AND g.value = ?)"
         for _ in segment
     )
     return conds, [v for pair in segment for v in pair]
