@@ -42,6 +42,7 @@ from context_trace._record import Conversation, Message
 from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
+from tests.ui._plans import statement_plans
 
 NOW = calendar.timegm((2026, 3, 18, 12, 0, 0))
 PLUS_ONE = ZoneInfo("Etc/GMT-1")
@@ -242,3 +243,18 @@ def test_cli_takes_the_zone_from_the_environment(plan_store, capsys, monkeypatch
     assert (2, 2) == (bad, ui_bad)
     assert "CONTEXT_TRACE_TZ: unknown time zone 'Mars/Olympus'" in err
     assert "CONTEXT_TRACE_TZ: unknown time zone 'Mars/Olympus'" in ui_err
+
+
+@pytest.mark.parametrize("segment", [(), PRO])
+def test_churn_in_a_kept_zone_is_read_by_ranges_not_per_user(plan_store, segment):
+    """Retention in a kept zone reads the churned users' earlier turns with one
+    range of days, not with lookups made once per churned user."""
+    with Analytics(plan_store, now=NOW) as analytics:
+        report = analytics.retention(weeks=2, segment=segment, tz=PLUS_ONE)
+        plans = statement_plans(
+            analytics._conn,
+            lambda: analytics.retention(weeks=2, segment=segment, tz=PLUS_ONE),
+        )
+
+    assert report.churned_total == len(report.churned)
+    assert [] == [p for p in plans if p.startswith("CORRELATED")], plans

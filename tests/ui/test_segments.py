@@ -39,6 +39,7 @@ from context_trace.cli import main
 from context_trace.ui.app import create_app
 from tests.stores import greeting, write_records
 
+from ._plans import statement_plans
 from .test_retention import NOW
 from .test_retention import retention_store as retention_store
 
@@ -195,22 +196,6 @@ def test_users_of_a_segment_and_of_a_range(analytics):
     assert 4 == recent.total
 
 
-def _plans(analytics: Analytics, call: Any) -> list[str]:
-    """The query plan lines of every statement *call* (given *analytics*) runs."""
-    statements: list[str] = []
-    analytics._conn.set_trace_callback(statements.append)
-    try:
-        call(analytics)
-    finally:
-        analytics._conn.set_trace_callback(None)
-    return [
-        row[3]
-        for sql in statements
-        if sql.lstrip().upper().startswith(("SELECT", "WITH"))
-        for row in analytics._conn.execute(f"EXPLAIN QUERY PLAN {sql}")
-    ]
-
-
 @pytest.mark.parametrize(
     "sort", ["last_seen", "conversations", "satisfaction", "cost", "user"]
 )
@@ -218,7 +203,9 @@ def test_users_of_a_segment_are_looked_up_not_every_user_tested(analytics, sort)
     """The users table with a segment walks the segment's users (a lookup each)
     rather than testing every user of the store, whatever the sort."""
     page = analytics.users(segment=PRO, sort=sort)
-    plans = _plans(analytics, lambda a: a.users(segment=PRO, sort=sort))
+    plans = statement_plans(
+        analytics._conn, lambda: analytics.users(segment=PRO, sort=sort)
+    )
 
     assert {"u1", "u2"} == {u.user_id for u in page.items}
     assert not [p for p in plans if p.startswith("SCAN ui_user_stats")], plans
