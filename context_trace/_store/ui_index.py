@@ -70,8 +70,11 @@ from .ui_index_sql import (
     _DIFF_FEEDBACK,
     _FEEDBACK_PRINT,
     _FILL_ACTIVITY,
+    RATED_SCHEMA,
+    USER_DAY_INDEXES,
     _apply_segments,
     _segment_rows,
+    rated_segment_rows,
 )
 
 __all__ = [
@@ -247,6 +250,16 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                     conn.execute(statement, (0, int(done)) if "?1" in statement else ())
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_rated_segment'"
+            ).fetchone():
+                # The ratings counted so far, by segment value; refreshes
+                # keep it with ui_feedback.
+                for statement in RATED_SCHEMA:
+                    conn.execute(statement)
+                conn.execute(rated_segment_rows("SELECT id FROM main.ui_feedback"))
+            for statement in USER_DAY_INDEXES:
+                conn.execute(statement)
             if not _ret.has_zone(conn, "UTC"):
                 # Retention per segment value (see .retention_index): up to
                 # the turns indexed so far, as for the segments.

@@ -358,3 +358,61 @@ def test_cli_compare_bad_segment(segment_store, capsys):
 
     assert 2 == main(argv)
     assert "--segment-a must be KEY=VALUE, got 'plan'" in capsys.readouterr().err
+
+
+def _reads(analytics: Analytics, call: Any) -> set[str]:
+    """The tables *call* (given *analytics*) reads."""
+    read: set[str] = set()
+
+    def watch(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table is not None:
+            read.add(table)
+        return sqlite3.SQLITE_OK
+
+    analytics._conn.set_authorizer(watch)
+    try:
+        call(analytics)
+    finally:
+        analytics._conn.set_authorizer(None)
+    return read
+
+
+@pytest.mark.parametrize("range_", ["all", "7d", "30d"])
+def test_comparing_segments_reads_the_index_not_the_store(analytics, range_):
+    """Two segments compared over whole days read the index's tables only:
+    neither the store's turns nor its ratings (a pass over every rating)."""
+    read = _reads(analytics, lambda a: a.compare(PRO, FREE, range_))
+
+    assert set() == read & {"conversations", "feedback", "ui_segment_turn"}
+
+
+def test_a_segments_ratings_follow_a_replaced_rating(tmp_path: Path):
+    """A turn rated up, then down (the newer rating replaces the row): after a
+    refresh the segment counts the down rating only, as a fresh index does."""
+    path = tmp_path / "rated.db"
+    turns = [
+        greeting(1, "u1", _at("03-17", 10), metadata={"plan": "pro"}),
+        greeting(2, "u2", _at("03-17", 11), metadata={"plan": "free"}),
+    ]
+    up = Feedback("f1", "s-u1", "u1", 1, "c1", _at("03-17", 12))
+    write_records(path, turns, [up], ui_index=True)
+    with Analytics(path, now=NOW) as before:
+        first = before.compare(PRO, FREE).a
+    down = Feedback("f2", "s-u1", "u1", -1, "c1", _at("03-17", 13))
+    write_records(path, [down], ui_index=True)
+    with Analytics(path, now=NOW) as after:
+        second = after.compare(PRO, FREE).a
+        overview = after.overview("all", segment=PRO)
+    fresh = tmp_path / "fresh.ui-index"
+    with UIIndex(path, fresh) as index:
+        index.build()
+    with Analytics(path, fresh, now=NOW) as rebuilt:
+        again = rebuilt.compare(PRO, FREE).a
+
+    assert first is not None
+    assert second is not None
+    assert again is not None
+    assert (1.0, 1) == (first.rating_up_share.value, first.rating_up_share.count)
+    assert (0.0, 1) == (second.rating_up_share.value, second.rating_up_share.count)
+    assert (0, 1) == (overview.rating_up, overview.rating_down)
+    assert second.rating_up_share == again.rating_up_share
