@@ -7,7 +7,7 @@ segment's users over a range of days.
 from __future__ import annotations
 
 import sqlite3
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 __all__ = ["Segment", "segment_turns", "segment_users", "users_between"]
@@ -77,6 +77,9 @@ def users_between(
             ).fetchone()[0]
         )
     last = "9999-12-31" if last is None else last
+    whole = _whole_period(conn, segment, first, last)
+    if whole is not None:
+        return whole
     head = list(segment[0]) if segment else []
     scope = "key = ? AND value = ? AND " if segment else ""
     table = "ui_segment_user_day" if segment else "ui_user_day"
@@ -109,6 +112,56 @@ def _utc_kept(conn: sqlite3.Connection) -> bool:
     except sqlite3.OperationalError:  # an index from before them
         return False
     return row is not None
+
+
+def _whole_period(
+    conn: sqlite3.Connection, segment: Segment, first: str, last: str
+) -> int | None:
+    """
+    :func:`users_between` when *first* starts an ISO week or a calendar month
+    and *last* is in it with no turn after it in that period (a period so far,
+    or a whole one): the users the index counts for that week or month
+    (``ui_user_week``/``ui_user_month``; for a segment, its UTC retention
+    tables: the cohorts' users active that week, or that month's rows). None
+    for another range, or an index without those tables.
+    """
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    week_end = start + timedelta(days=6)
+    month_end = (start.replace(day=28) + timedelta(days=4)).replace(day=1)
+    month_end -= timedelta(days=1)
+    if start.weekday() == 0 and end <= week_end:
+        period, until = "week", week_end
+    elif start.day == 1 and end <= month_end:
+        period, until = "month", month_end
+    else:
+        return None
+    if segment and not _utc_kept(conn):
+        return None
+    head = list(segment[0]) if segment else []
+    later = conn.execute(
+        f"SELECT 1 FROM {'ui_segment_day' if segment else 'ui_day_stats'}"
+        f" WHERE {'key = ? AND value = ? AND ' if segment else ''}day > ?"
+        " AND day <= ? AND conversations > 0 LIMIT 1",
+        [*head, last, until.isoformat()],
+    ).fetchone()
+    if later:
+        return None
+    if period == "week" and segment:
+        sql = (
+            "SELECT coalesce(sum(users), 0) FROM ui_ret_cohort WHERE zone = 'UTC'"
+            " AND key = ? AND value = ? AND cohort <= ?3 AND week = ?3"
+        )
+    elif period == "week":
+        sql = "SELECT count(*) FROM ui_user_week WHERE week = ? AND user_key != ''"
+    elif segment:
+        sql = (
+            "SELECT count(*) FROM ui_ret_user_month WHERE zone = 'UTC' AND key = ?"
+            " AND value = ? AND month = ?"
+        )
+    else:
+        sql = "SELECT count(*) FROM ui_user_month WHERE month = ? AND user_key != ''"
+    key = first if period == "week" else first[:7]
+    return int(conn.execute(sql, [*head, key]).fetchone()[0])
 
 
 def _has_rated_segments(conn: sqlite3.Connection) -> bool:

@@ -33,7 +33,7 @@ import pytest
 
 from context_trace._record import Conversation, Feedback
 from context_trace._store.analytics import Analytics
-from context_trace._store.segments import _z_test, parse_segment
+from context_trace._store.segments import _z_test, parse_segment, users_between
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
 from context_trace.ui.app import create_app
@@ -416,3 +416,38 @@ def test_a_segments_ratings_follow_a_replaced_rating(tmp_path: Path):
     assert (0.0, 1) == (second.rating_up_share.value, second.rating_up_share.count)
     assert (0, 1) == (overview.rating_up, overview.rating_down)
     assert second.rating_up_share == again.rating_up_share
+
+
+@pytest.mark.parametrize(
+    ("segment", "first", "last", "users"),
+    [
+        (PRO, "2026-03-16", "2026-03-17", 2),  # u2, u1; u1 again on 03-18
+        (PRO, "2026-03-16", "2026-03-18", 2),  # the ISO week so far
+        (FREE, "2026-03-16", "2026-03-22", 1),  # u3 (a no-user turn is no user)
+        ((), "2026-03-16", "2026-03-16", 1),  # u2
+        ((), "2026-03-16", "2026-03-17", 4),  # u1, u2, u3, u4
+        ((), "2026-03-01", "2026-03-31", 4),  # the whole month
+        (FREE, "2026-03-01", "2026-03-09", 0),  # u3's first turn is on 03-10
+        (FREE, "2026-03-01", None, 1),  # u3
+        (PRO, "2026-03-17", None, 1),  # u1 (u2 was last seen on 03-16)
+    ],
+)
+def test_users_between_two_days(analytics, segment, first, last, users):
+    """The users with a turn (in the segment) from one UTC day to another,
+    whichever way they are counted (a week or month so far, an open range,
+    a few days, more days)."""
+    assert users == users_between(analytics._conn, segment, first, last)
+
+
+@pytest.mark.parametrize("period", ["week", "month"])
+@pytest.mark.parametrize("segment", [(), PRO])
+def test_comparing_periods_counts_users_without_sorting_their_days(
+    analytics, period, segment
+):
+    """This week (month) so far against the last: each side's users come from
+    the index's weekly (monthly) users, not from sorting every (day, user) row."""
+    plans = statement_plans(
+        analytics._conn, lambda: analytics.compare_periods(segment, period=period)
+    )
+
+    assert [] == [p for p in plans if "count(DISTINCT)" in p], plans
