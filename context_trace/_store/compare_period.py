@@ -26,6 +26,7 @@ from .segments import (
     SegmentFigures,
     _hist_percentile,
     _z_test,
+    kept_week1,
     users_between,
 )
 
@@ -172,6 +173,9 @@ def _week1(
     """
     if end <= start:
         return 0, 0
+    kept = kept_week1(conn, segment, start, end) if segment else None
+    if kept is not None:
+        return kept
     extra, params = "", []
     if segment:
         extra = (

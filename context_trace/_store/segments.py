@@ -335,6 +335,9 @@ def _week1(
     end = float((last_week - date(1970, 1, 1)).days * 86_400)
     if floor >= end:  # no cohort has had its week 1 yet
         return 0, 0
+    kept = kept_week1(conn, segment, floor, end)
+    if kept is not None:
+        return kept
     conds, params = segment_users(segment, "s.user_key")
     row = conn.execute(
         "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ui_user_week w"
@@ -343,6 +346,30 @@ def _week1(
         " FROM ui_user_stats s WHERE s.user_key != '' AND s.first_at >= ?"
         f" AND s.first_at < ? AND {conds}",
         [floor, end, *params],
+    ).fetchone()
+    return int(row[1]), int(row[0])
+
+
+def kept_week1(
+    conn: sqlite3.Connection, segment: Segment, start: float, end: float
+) -> tuple[int, int] | None:
+    """
+    (retained, users) of the segment's users first seen (ever) from *start* to
+    *end* (epoch), from the week-1 columns the index keeps on the segment's
+    user rows (see :mod:`.ui_index_sql`): a range of them. None for an index
+    without those columns (not yet refreshed by this version).
+    """
+    try:
+        conn.execute("SELECT week1 FROM ui_segment_user LIMIT 0")
+    except sqlite3.OperationalError:
+        return None
+    (key, value), rest = segment[0], segment[1:]
+    extra, more = segment_users(rest, "g.user_key") if rest else ("true", [])
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(week1), 0) FROM ui_segment_user g"
+        " WHERE g.key = ? AND g.value = ? AND g.user_key != ''"
+        f" AND g.first_at >= ? AND g.first_at < ? AND {extra}",
+        [key, value, start, end, *more],
     ).fetchone()
     return int(row[1]), int(row[0])
 

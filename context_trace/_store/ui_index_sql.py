@@ -77,6 +77,31 @@ def rated_segment_rows(ids: str) -> str:
     )
 
 
+# Each segment user's first turn ever and whether they were active in the ISO
+# week after its week (week-1 retention, as the comparison counts it): kept on
+# their ui_segment_user rows, so a segment's week-1 figures are a range of that
+# table. Both change only with the user's own turns: a chunk refreshes its
+# users' rows.
+SEGMENT_WEEK1_SCHEMA = (
+    "ALTER TABLE ui_segment_user ADD COLUMN first_at REAL",
+    "ALTER TABLE ui_segment_user ADD COLUMN week1 INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS ui_segment_user_user ON ui_segment_user (user_key)",
+)
+
+
+def segment_week1(users: str | None) -> str:
+    """The UPDATE of the week-1 columns of the users in *users* (None: all)."""
+    return (
+        "UPDATE ui_segment_user SET first_at = (SELECT s.first_at"
+        " FROM ui_user_stats s WHERE s.user_key = ui_segment_user.user_key),"
+        " week1 = coalesce((SELECT EXISTS (SELECT 1 FROM ui_user_week w"
+        " WHERE w.user_key = s.user_key AND w.week = date(s.first_at, 'unixepoch',"
+        " '-6 days', 'weekday 1', '+7 days')) FROM ui_user_stats s"
+        " WHERE s.user_key = ui_segment_user.user_key), 0)"
+        + ("" if users is None else f" WHERE user_key IN ({users})")
+    )
+
+
 # Who was active on which days, by user: a range of days' distinct users is
 # then one lookup per user (see .segments.users_between), not a sort of every
 # (day, user) row of the range.

@@ -451,3 +451,14 @@ def test_comparing_periods_counts_users_without_sorting_their_days(
     )
 
     assert [] == [p for p in plans if "count(DISTINCT)" in p], plans
+
+
+def test_a_segments_week1_retention_is_read_from_its_user_rows(analytics):
+    """Week-1 retention of a segment comes from its users' rows in the index
+    (first turn and week 1 kept there), not from a lookup of each user's
+    weeks: at 1M turns a segment has tens of thousands of users."""
+    result = analytics.compare(PRO, FREE)
+    read = _reads(analytics, lambda a: a.compare(PRO, FREE))
+
+    assert result.a is not None
+    assert set() == read & {"ui_user_week", "ui_user_stats"}
