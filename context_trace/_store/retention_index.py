@@ -153,12 +153,24 @@ _APPLY = (
     f"INSERT INTO ui_ret_user_week ({_S}, week, user_key)"
     f" SELECT {_S}, week, user_key FROM ret_new_weeks WHERE true"
     " ON CONFLICT DO NOTHING",
+    # A known user's row: last_at moves with nearly every turn, their first and
+    # last day seldom. Each day is set apart, and only where it moves: an
+    # UPDATE that sets an indexed column rewrites that index's entry even to
+    # the same value, and these two indexes were most of a chunk's cost here.
     f"INSERT INTO ui_ret_user ({_S}, user_key, first_day, last_day, last_at)"
     f" SELECT {_S}, user_key, first_day, last_day, last_at FROM ret_users"
-    " WHERE true ON CONFLICT DO UPDATE SET"
-    " first_day = min(first_day, excluded.first_day),"
-    " last_day = max(last_day, excluded.last_day),"
-    " last_at = max(last_at, excluded.last_at)",
+    " WHERE true ON CONFLICT DO UPDATE SET last_at = max(last_at, excluded.last_at)",
+    # (Upserts of the rows that move: a lookup per row of the chunk.)
+    f"INSERT INTO ui_ret_user ({_S}, user_key, first_day, last_day, last_at)"
+    " SELECT c.zone, c.key, c.value, c.user_key, c.first_day, c.last_day,"
+    f" c.last_at FROM ret_users c JOIN ui_ret_user u ON {_same('u', 'c')}"
+    " AND u.user_key = c.user_key WHERE c.first_day < u.first_day"
+    " ON CONFLICT DO UPDATE SET first_day = excluded.first_day",
+    f"INSERT INTO ui_ret_user ({_S}, user_key, first_day, last_day, last_at)"
+    " SELECT c.zone, c.key, c.value, c.user_key, c.first_day, c.last_day,"
+    f" c.last_at FROM ret_users c JOIN ui_ret_user u ON {_same('u', 'c')}"
+    " AND u.user_key = c.user_key WHERE c.last_day > u.last_day"
+    " ON CONFLICT DO UPDATE SET last_day = excluded.last_day",
     # The cohort counts of the new user-weeks, and of every week of the users
     # who moved, now that first_day is final for this chunk.
     f"INSERT INTO ui_ret_cohort ({_S}, cohort, week, users)"
