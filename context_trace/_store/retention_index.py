@@ -117,6 +117,9 @@ RET_TEMP_TABLES = (
 )  # fmt: skip
 
 _S = "zone, key, value"
+# A lookup in ui_ret_user_day costs about as much as reading this many of its
+# rows in a range (measured on the 1M-turn benchmark store).
+_LOOKUP_ROWS = 4
 
 
 def _same(a: str, b: str) -> str:
@@ -403,26 +406,38 @@ def retention_of_index(
             CohortRow(c, size, later, tuple(a / size if size else 0.0 for a in later))
         )
     earlier = _days(today - timedelta(days=13), today - timedelta(days=7))
-    # The churned users (last active in the earlier 7 days) and their turns
-    # then: one range scan of those 7 days' rows, summed here, rather than 7
-    # lookups per churned user (thousands of users at the benchmark's scale).
-    then: dict[str, int] = {}
-    for user_key, n in conn.execute(
-        f"SELECT user_key, conversations FROM ui_ret_user_day WHERE {scope}"
-        " AND day BETWEEN ? AND ?",
-        (*p, earlier[0], earlier[-1]),
-    ):
-        then[user_key] = then.get(user_key, 0) + n
-    # Their keys from the (scope, last_day) index alone; the last turn's time
-    # is read for the users listed only.
-    gone = sorted(
-        (-then.get(user_key, 0), user_key)
-        for (user_key,) in conn.execute(
+    # The churned users (last active in the earlier 7 days), from the (scope,
+    # last_day) index alone, and their turns then: 7 lookups per churned user
+    # when they are few, else one range of those days' rows summed here (with
+    # a segment at 1M turns thousands of users churn: 7 lookups each is most
+    # of a report). ui_ret_day's active users are the number of those rows.
+    keys = [
+        key
+        for (key,) in conn.execute(
             f"SELECT user_key FROM ui_ret_user WHERE {scope}"
             " AND last_day BETWEEN ? AND ?",
             (*p, earlier[0], earlier[-1]),
         )
-    )
+    ]
+    rows = sum(dau.get(d, 0) for d in earlier)
+    then: dict[str, int] = {}
+    if len(keys) * len(earlier) * _LOOKUP_ROWS < rows:
+        marks = ",".join("?" * len(earlier))
+        for key in keys:
+            then[key] = conn.execute(
+                "SELECT coalesce(sum(conversations), 0) FROM ui_ret_user_day"
+                f" WHERE {scope} AND day IN ({marks}) AND user_key = ?",
+                (*p, *earlier, key),
+            ).fetchone()[0]
+    else:
+        for key, n in conn.execute(
+            f"SELECT user_key, conversations FROM ui_ret_user_day WHERE {scope}"
+            " AND day BETWEEN ? AND ?",
+            (*p, earlier[0], earlier[-1]),
+        ):
+            then[key] = then.get(key, 0) + n
+    gone = sorted((-then.get(key, 0), key) for key in keys)
+    # The last turn's time is read for the users listed only.
     listed = []
     for minus, user_key in gone[:CHURN_LIMIT]:
         (last_at,) = conn.execute(
