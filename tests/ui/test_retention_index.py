@@ -247,8 +247,9 @@ def test_cli_takes_the_zone_from_the_environment(plan_store, capsys, monkeypatch
 
 @pytest.mark.parametrize("segment", [(), PRO])
 def test_churn_in_a_kept_zone_is_read_by_ranges_not_per_user(plan_store, segment):
-    """Retention in a kept zone reads the churned users' earlier turns with one
-    range of days, not with lookups made once per churned user."""
+    """Retention in a kept zone reads the churned users' earlier turns without
+    a subquery run for every churned user: one range of days when many churn,
+    a lookup each only when few do."""
     with Analytics(plan_store, now=NOW) as analytics:
         report = analytics.retention(weeks=2, segment=segment, tz=PLUS_ONE)
         plans = statement_plans(
