@@ -76,6 +76,9 @@ def users_between(
                 (*segment[0], first),
             ).fetchone()[0]
         )
+    if last is not None and not _turns_after(conn, segment, last):
+        # Nothing after *last*: the same users as with no end (cheaper).
+        return users_between(conn, segment, first, None)
     last = "9999-12-31" if last is None else last
     whole = _whole_period(conn, segment, first, last)
     if whole is not None:
@@ -112,6 +115,22 @@ def _utc_kept(conn: sqlite3.Connection) -> bool:
     except sqlite3.OperationalError:  # an index from before them
         return False
     return row is not None
+
+
+def _turns_after(conn: sqlite3.Connection, segment: Segment, last: str) -> bool:
+    """Whether a turn (of the segment) started on a UTC day after *last*."""
+    table, scope = (
+        ("ui_segment_day", "key = ? AND value = ? AND ")
+        if segment
+        else ("ui_day_stats", "")
+    )
+    head = list(segment[0]) if segment else []
+    return bool(
+        conn.execute(
+            f"SELECT 1 FROM {table} WHERE {scope}day > ? AND conversations > 0 LIMIT 1",
+            [*head, last],
+        ).fetchone()
+    )
 
 
 def _whole_period(

@@ -430,6 +430,9 @@ def test_a_segments_ratings_follow_a_replaced_rating(tmp_path: Path):
         (FREE, "2026-03-01", "2026-03-09", 0),  # u3's first turn is on 03-10
         (FREE, "2026-03-01", None, 1),  # u3
         (PRO, "2026-03-17", None, 1),  # u1 (u2 was last seen on 03-16)
+        (PRO, "2026-03-17", "2026-04-30", 1),  # u1: no turn after it, as no end
+        ((), "2026-03-17", "2026-04-30", 3),  # u1, u3, u4 (u2's last was 03-16)
+        ((), "2026-03-10", "2026-03-16", 2),  # u3, u2: 7 days, turns after them
     ],
 )
 def test_users_between_two_days(analytics, segment, first, last, users):
