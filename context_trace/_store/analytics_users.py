@@ -95,16 +95,31 @@ class _UserQueries(_AnalyticsBase):
             head, before, join = scores, cutoff, " LEFT JOIN sat USING (user_key)"
         else:
             head, before, join = "", [], ""
-        rows = self._rows(
-            f"{head} SELECT user_key, conversations, sessions, first_at, last_at,"
-            " prompt_tokens, completion_tokens, rating_up, rating_down, errors,"
-            f" tool_errors FROM ui_user_stats{join}{where}"
-            f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
-            [*before, *params, limit + 1, offset],
-        )
-        more = len(rows) > limit
-        rows = rows[:limit]
-        keys = [r[0] for r in rows]
+        # The sort carries the keys alone (a deep page sorts every user: narrow
+        # rows sort faster), then the page's rows are looked up.
+        keys = [
+            r[0]
+            for r in self._rows(
+                f"{head} SELECT user_key FROM ui_user_stats{join}{where}"
+                f" ORDER BY {USER_SORTS[sort]} {order}, user_key LIMIT ? OFFSET ?",
+                [*before, *params, limit + 1, offset],
+            )
+        ]
+        more = len(keys) > limit
+        keys = keys[:limit]
+        found = {}
+        if keys:
+            found = {
+                r[0]: r
+                for r in self._rows(
+                    "SELECT user_key, conversations, sessions, first_at, last_at,"
+                    " prompt_tokens, completion_tokens, rating_up, rating_down,"
+                    " errors, tool_errors FROM ui_user_stats"
+                    f" WHERE user_key IN ({','.join('?' * len(keys))})",
+                    keys,
+                )
+            }
+        rows = [found[k] for k in keys]
         # The page's scores only (each a lookup in the per-user sums).
         satisfaction: dict[str, float] = {}
         if keys:

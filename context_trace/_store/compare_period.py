@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from .retention import week_of
+from .segment_sql import _rated
 from .segments import (
     Comparison,
     Figure,
     Segment,
     SegmentFigures,
     _hist_percentile,
-    _rated,
     _z_test,
+    kept_week1,
+    users_between,
 )
 
 __all__ = ["PERIODS", "DayRange", "compare_periods", "parse_day_range", "period_ranges"]
@@ -127,19 +129,13 @@ def period_figures(
         between,
     ).fetchone()
     if segment:
-        rated, params = _rated(segment, start)
+        rated, params = _rated(conn, segment, start)
         up, down = conn.execute(
             "SELECT coalesce(sum(rating > 0), 0), coalesce(sum(rating < 0), 0)"
             f" FROM ({rated}) WHERE created_at < ?",
             [*params, end],
         ).fetchone()
-    users = int(
-        conn.execute(
-            f"SELECT count(DISTINCT user_key) FROM {tables[1]} WHERE {scope}"
-            "day BETWEEN ? AND ? AND user_key != ''",
-            between,
-        ).fetchone()[0]
-    )
+    users = users_between(conn, segment, first, last)
     hist = conn.execute(
         f"SELECT bucket, sum(n) FROM {tables[2]} WHERE {scope}day BETWEEN ? AND ?"
         " GROUP BY bucket",
@@ -177,6 +173,9 @@ def _week1(
     """
     if end <= start:
         return 0, 0
+    kept = kept_week1(conn, segment, start, end) if segment else None
+    if kept is not None:
+        return kept
     extra, params = "", []
     if segment:
         extra = (

@@ -95,18 +95,15 @@ def retention(
     def counts(sql: str, params: tuple[object, ...] = ()) -> dict[str, int]:
         return {str(k): int(n) for k, n in conn.execute(sql, params)}
 
-    # New users per day (their first turn), from the per-user totals.
-    new_by_day: dict[str, int] = counts(
+    # New users per day (their first turn), from the per-user totals: every
+    # day at once (one pass over the users; a day per row of history at most),
+    # which gives the users in all and the new users per month below too.
+    first_days = counts(
         "SELECT date(first_at, 'unixepoch') AS d, count(*) FROM ui_user_stats"
-        " WHERE user_key != '' AND first_at >= ? GROUP BY d",
-        (_epoch(start),),
+        " WHERE user_key != '' AND first_at IS NOT NULL GROUP BY d"
     )
-    users = int(
-        conn.execute(
-            "SELECT count(*) FROM ui_user_stats WHERE user_key != ''"
-            " AND first_at IS NOT NULL"
-        ).fetchone()[0]
-    )
+    new_by_day = {d: n for d, n in first_days.items() if d >= start.isoformat()}
+    users = sum(first_days.values())
     # Daily active users: the day's count less the no-user key.
     dau = counts(
         "SELECT d.day, d.active_users - EXISTS (SELECT 1 FROM ui_user_day u"
@@ -147,11 +144,10 @@ def retention(
                 (month_list[0] + "-01", first_day),
             )
         )
-    new_by_month = counts(
-        "SELECT strftime('%Y-%m', first_at, 'unixepoch') AS m, count(*)"
-        " FROM ui_user_stats WHERE user_key != '' AND first_at >= ? GROUP BY m",
-        (_epoch(date.fromisoformat(month_list[0] + "-01")),),
-    )
+    new_by_month: dict[str, int] = {}
+    for d, n in first_days.items():
+        if d[:7] >= month_list[0]:
+            new_by_month[d[:7]] = new_by_month.get(d[:7], 0) + n
     monthly = []
     for m in month_list:
         month_start = date.fromisoformat(m + "-01")

@@ -117,6 +117,9 @@ RET_TEMP_TABLES = (
 )  # fmt: skip
 
 _S = "zone, key, value"
+# A lookup in ui_ret_user_day costs about as much as reading this many of its
+# rows in a range (measured on the 1M-turn benchmark store).
+_LOOKUP_ROWS = 4
 
 
 def _same(a: str, b: str) -> str:
@@ -153,12 +156,24 @@ _APPLY = (
     f"INSERT INTO ui_ret_user_week ({_S}, week, user_key)"
     f" SELECT {_S}, week, user_key FROM ret_new_weeks WHERE true"
     " ON CONFLICT DO NOTHING",
+    # A known user's row: last_at moves with nearly every turn, their first and
+    # last day seldom. Each day is set apart, and only where it moves: an
+    # UPDATE that sets an indexed column rewrites that index's entry even to
+    # the same value, and these two indexes were most of a chunk's cost here.
     f"INSERT INTO ui_ret_user ({_S}, user_key, first_day, last_day, last_at)"
     f" SELECT {_S}, user_key, first_day, last_day, last_at FROM ret_users"
-    " WHERE true ON CONFLICT DO UPDATE SET"
-    " first_day = min(first_day, excluded.first_day),"
-    " last_day = max(last_day, excluded.last_day),"
-    " last_at = max(last_at, excluded.last_at)",
+    " WHERE true ON CONFLICT DO UPDATE SET last_at = max(last_at, excluded.last_at)",
+    # (Upserts of the rows that move: a lookup per row of the chunk.)
+    f"INSERT INTO ui_ret_user ({_S}, user_key, first_day, last_day, last_at)"
+    " SELECT c.zone, c.key, c.value, c.user_key, c.first_day, c.last_day,"
+    f" c.last_at FROM ret_users c JOIN ui_ret_user u ON {_same('u', 'c')}"
+    " AND u.user_key = c.user_key WHERE c.first_day < u.first_day"
+    " ON CONFLICT DO UPDATE SET first_day = excluded.first_day",
+    f"INSERT INTO ui_ret_user ({_S}, user_key, first_day, last_day, last_at)"
+    " SELECT c.zone, c.key, c.value, c.user_key, c.first_day, c.last_day,"
+    f" c.last_at FROM ret_users c JOIN ui_ret_user u ON {_same('u', 'c')}"
+    " AND u.user_key = c.user_key WHERE c.last_day > u.last_day"
+    " ON CONFLICT DO UPDATE SET last_day = excluded.last_day",
     # The cohort counts of the new user-weeks, and of every week of the users
     # who moved, now that first_day is final for this chunk.
     f"INSERT INTO ui_ret_cohort ({_S}, cohort, week, users)"
@@ -391,16 +406,45 @@ def retention_of_index(
             CohortRow(c, size, later, tuple(a / size if size else 0.0 for a in later))
         )
     earlier = _days(today - timedelta(days=13), today - timedelta(days=7))
-    marks = ",".join("?" * len(earlier))
-    rows = conn.execute(
-        "SELECT u.user_key, (SELECT coalesce(sum(d.conversations), 0)"
-        " FROM ui_ret_user_day d WHERE d.zone = u.zone AND d.key = u.key"
-        f" AND d.value = u.value AND d.day IN ({marks}) AND d.user_key = u.user_key)"
-        " AS c, u.last_at, count(*) OVER () FROM ui_ret_user u"
-        f" WHERE u.zone = ? AND u.key = ? AND u.value = ? AND u.last_day >= ?"
-        " AND u.last_day <= ? ORDER BY c DESC, u.user_key LIMIT ?",
-        (*earlier, *p, earlier[0], earlier[-1], CHURN_LIMIT),
-    ).fetchall()
+    # The churned users (last active in the earlier 7 days), from the (scope,
+    # last_day) index alone, and their turns then: 7 lookups per churned user
+    # when they are few, else one range of those days' rows summed here (with
+    # a segment at 1M turns thousands of users churn: 7 lookups each is most
+    # of a report). ui_ret_day's active users are the number of those rows.
+    keys = [
+        key
+        for (key,) in conn.execute(
+            f"SELECT user_key FROM ui_ret_user WHERE {scope}"
+            " AND last_day BETWEEN ? AND ?",
+            (*p, earlier[0], earlier[-1]),
+        )
+    ]
+    rows = sum(dau.get(d, 0) for d in earlier)
+    then: dict[str, int] = {}
+    if len(keys) * len(earlier) * _LOOKUP_ROWS < rows:
+        marks = ",".join("?" * len(earlier))
+        for key in keys:
+            then[key] = conn.execute(
+                "SELECT coalesce(sum(conversations), 0) FROM ui_ret_user_day"
+                f" WHERE {scope} AND day IN ({marks}) AND user_key = ?",
+                (*p, *earlier, key),
+            ).fetchone()[0]
+    else:
+        for key, n in conn.execute(
+            f"SELECT user_key, conversations FROM ui_ret_user_day WHERE {scope}"
+            " AND day BETWEEN ? AND ?",
+            (*p, earlier[0], earlier[-1]),
+        ):
+            then[key] = then.get(key, 0) + n
+    gone = sorted((-then.get(key, 0), key) for key in keys)
+    # The last turn's time is read for the users listed only.
+    listed = []
+    for minus, user_key in gone[:CHURN_LIMIT]:
+        (last_at,) = conn.execute(
+            f"SELECT last_at FROM ui_ret_user WHERE {scope} AND user_key = ?",
+            (*p, user_key),
+        ).fetchone()
+        listed.append(ChurnedUser(user_key, -minus, last_at))
     return Retention(
         since=first_day,
         today=today.isoformat(),
@@ -410,6 +454,6 @@ def retention_of_index(
         monthly=tuple(monthly),
         stickiness=monthly[-1].stickiness,
         cohorts=tuple(cohorts),
-        churned_total=int(rows[0][3]) if rows else 0,
-        churned=tuple(ChurnedUser(k, int(c), last) for k, c, last, _ in rows),
+        churned_total=len(gone),
+        churned=tuple(listed),
     )

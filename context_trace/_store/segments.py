@@ -20,6 +20,13 @@ from datetime import date, timedelta
 from typing import Any
 
 from .retention import week_of
+from .segment_sql import (
+    Segment,
+    _rated,
+    segment_turns,
+    segment_users,
+    users_between,
+)
 from .ui_index import LATENCY_BUCKETS_PER_DECADE, SEGMENT_VALUE_MAX
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "segment_keys",
     "segment_turns",
     "segment_users",
+    "users_between",
 ]
 
 # Conditions in one segment, at most.
@@ -44,8 +52,6 @@ MAX_CONDITIONS = 5
 MIN_SAMPLE = 10
 # The two-sided z-test's threshold: |z| >= 1.96 is p < 0.05.
 _Z_CRITICAL = 1.959964
-
-Segment = tuple[tuple[str, str], ...]
 
 
 def parse_segment(items: Sequence[str], sep: str, name: str) -> Segment:
@@ -70,26 +76,6 @@ def parse_segment(items: Sequence[str], sep: str, name: str) -> Segment:
             )
         result.append((key, value))
     return tuple(result)
-
-
-def segment_turns(segment: Segment, column: str) -> tuple[str, list[Any]]:
-    """SQL conditions: the turn numbered *column* (qualified) is in *segment*."""
-    conds = " AND ".join(
-        "EXISTS (SELECT 1 FROM ui_segment_turn t WHERE t.key = ? AND t.value = ?"
-        f" AND t.n = {column})"
-        for _ in segment
-    )
-    return conds, [v for pair in segment for v in pair]
-
-
-def segment_users(segment: Segment, column: str) -> tuple[str, list[Any]]:
-    """SQL conditions: the user keyed *column* (qualified) had a turn with each value."""
-    conds = " AND ".join(
-        "EXISTS (SELECT 1 FROM ui_segment_user g WHERE g.key = ? AND g.value = ?"
-        f" AND g.user_key = {column})"
-        for _ in segment
-    )
-    return conds, [v for pair in segment for v in pair]
 
 
 def _source(segment: Segment, since: float | None) -> tuple[str, list[Any]]:
@@ -127,27 +113,6 @@ def _hist_percentile(buckets: Sequence[tuple[int, int]], q: float) -> int | None
     return None
 
 
-def _rated(segment: Segment, since: float) -> tuple[str, list[Any]]:
-    """
-    The ratings of the segment's turns, ``(created_at, rating)``: each rating
-    finds its turn, then the turn's (key, value) row; ratings are few, so
-    this costs a few lookups per rating (CROSS JOIN keeps that order).
-    """
-    (key, value), rest = segment[0], segment[1:]
-    sql = (
-        "SELECT f.created_at AS created_at, f.rating AS rating FROM feedback f"
-        " CROSS JOIN conversations c ON c.id = f.conversation_id"
-        " CROSS JOIN ui_segment_turn s ON s.key = ? AND s.value = ? AND s.n = c.n"
-        " AND f.created_at >= ?"
-    )
-    params: list[Any] = [key, value, since]
-    if rest:
-        conds, more = segment_turns(rest, "c.n")
-        sql += f" WHERE {conds}"
-        params += more
-    return sql, params  # the ratings given from *since* (epoch)
-
-
 def segment_keys(conn: sqlite3.Connection, top: int = 20) -> dict[str, list[Any]]:
     """Each metadata key the turns carry -> its *top* values ``[value, turns]``."""
     result: dict[str, list[Any]] = {}
@@ -166,6 +131,7 @@ def overview_rows(
     segment: Segment,
     since: float | None,
     first_day: str | None,
+    top_users: bool = True,
 ) -> tuple[list[tuple[Any, ...]], list[tuple[int, int]], list[tuple[str, int]]]:
     """
     A segment's overview: per UTC day ``(day, conversations, active_users,
@@ -192,7 +158,9 @@ def overview_rows(
             " AND day >= ? GROUP BY bucket",
             head,
         ).fetchall()
-        if first_day == "":
+        if not top_users:
+            top = []
+        elif first_day == "":
             top = conn.execute(
                 "SELECT user_key, conversations FROM ui_segment_user WHERE key = ?"
                 " AND value = ? ORDER BY conversations DESC, user_key LIMIT 10",
@@ -220,12 +188,16 @@ def overview_rows(
             f" FROM ({source}) GROUP BY b",
             params,
         ).fetchall()
-        top = conn.execute(
-            f"SELECT user_key, count(*) AS c FROM ({source})"
-            " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
-            params,
-        ).fetchall()
-    rated, rparams = _rated(segment, floor)
+        top = (
+            conn.execute(
+                f"SELECT user_key, count(*) AS c FROM ({source})"
+                " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",
+                params,
+            ).fetchall()
+            if top_users
+            else []
+        )
+    rated, rparams = _rated(conn, segment, floor)
     ratings = {
         d: (up, down)
         for d, up, down in conn.execute(
@@ -315,7 +287,7 @@ def segment_figures(
     if since is None and first_day:
         since = float((date.fromisoformat(first_day) - date(1970, 1, 1)).days * 86_400)
     floor = -math.inf if since is None else since
-    days, hist, _ = overview_rows(conn, segment, since, first_day)
+    days, hist, _ = overview_rows(conn, segment, since, first_day, top_users=False)
     turns = sum(r[1] for r in days)
     failed = sum(r[3] for r in days)
     tokens = sum(r[4] + r[5] for r in days)
@@ -328,11 +300,7 @@ def segment_figures(
             segment[0],
         ).fetchone()[0]
     elif first_day is not None and len(segment) == 1:
-        users = conn.execute(
-            "SELECT count(DISTINCT user_key) FROM ui_segment_user_day WHERE key = ?"
-            " AND value = ? AND day >= ? AND user_key != ''",
-            [*segment[0], first_day],
-        ).fetchone()[0]
+        users = users_between(conn, segment, first_day, None)
     else:
         source, params = _source(segment, since)
         users = conn.execute(
@@ -365,6 +333,11 @@ def _week1(
     # Week 1 has ended for the cohorts up to two weeks before this one.
     last_week = week_of(today) - timedelta(weeks=1)
     end = float((last_week - date(1970, 1, 1)).days * 86_400)
+    if floor >= end:  # no cohort has had its week 1 yet
+        return 0, 0
+    kept = kept_week1(conn, segment, floor, end)
+    if kept is not None:
+        return kept
     conds, params = segment_users(segment, "s.user_key")
     row = conn.execute(
         "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ui_user_week w"
@@ -373,6 +346,30 @@ def _week1(
         " FROM ui_user_stats s WHERE s.user_key != '' AND s.first_at >= ?"
         f" AND s.first_at < ? AND {conds}",
         [floor, end, *params],
+    ).fetchone()
+    return int(row[1]), int(row[0])
+
+
+def kept_week1(
+    conn: sqlite3.Connection, segment: Segment, start: float, end: float
+) -> tuple[int, int] | None:
+    """
+    (retained, users) of the segment's users first seen (ever) from *start* to
+    *end* (epoch), from the week-1 columns the index keeps on the segment's
+    user rows (see :mod:`.ui_index_sql`): a range of them. None for an index
+    without those columns (not yet refreshed by this version).
+    """
+    try:
+        conn.execute("SELECT week1 FROM ui_segment_user LIMIT 0")
+    except sqlite3.OperationalError:
+        return None
+    (key, value), rest = segment[0], segment[1:]
+    extra, more = segment_users(rest, "g.user_key") if rest else ("true", [])
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(week1), 0) FROM ui_segment_user g"
+        " WHERE g.key = ? AND g.value = ? AND g.user_key != ''"
+        f" AND g.first_at >= ? AND g.first_at < ? AND {extra}",
+        [key, value, start, end, *more],
     ).fetchone()
     return int(row[1]), int(row[0])
 

@@ -70,8 +70,13 @@ from .ui_index_sql import (
     _DIFF_FEEDBACK,
     _FEEDBACK_PRINT,
     _FILL_ACTIVITY,
+    RATED_SCHEMA,
+    SEGMENT_WEEK1_SCHEMA,
+    USER_DAY_INDEXES,
     _apply_segments,
     _segment_rows,
+    rated_segment_rows,
+    segment_week1,
 )
 
 __all__ = [
@@ -247,6 +252,23 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                     conn.execute(statement, (0, int(done)) if "?1" in statement else ())
+            if not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'ui_rated_segment'"
+            ).fetchone():
+                # The ratings counted so far, by segment value; refreshes
+                # keep it with ui_feedback.
+                for statement in RATED_SCHEMA:
+                    conn.execute(statement)
+                conn.execute(rated_segment_rows("SELECT id FROM main.ui_feedback"))
+            for statement in USER_DAY_INDEXES:
+                conn.execute(statement)
+            if not conn.execute(
+                "SELECT 1 FROM pragma_table_info('ui_segment_user')"
+                " WHERE name = 'week1'"
+            ).fetchone():
+                for statement in SEGMENT_WEEK1_SCHEMA:
+                    conn.execute(statement)
+                conn.execute(segment_week1(None))
             if not _ret.has_zone(conn, "UTC"):
                 # Retention per segment value (see .retention_index): up to
                 # the turns indexed so far, as for the segments.
@@ -371,6 +393,7 @@ class UIIndex:
                 if statement.startswith("DROP TABLE temp.segment_chunk"):
                     _ret.apply_chunk(conn, "temp.chunk", "temp.segment_chunk")
                 conn.execute(statement, (start, end) if "?1" in statement else ())
+            conn.execute(segment_week1("SELECT user_key FROM temp.chunk"))
             for statement in apply_cost_chunk(_segment_rows("?1", "?2")):
                 conn.execute(statement, (start, end) if "?1" in statement else ())
             if meta["store_first"] is None:

@@ -19,9 +19,18 @@ _NOT_SEGMENTS = (
 )  # fmt: skip
 
 
+def _segment_values(j: str) -> str:
+    """SQL: the ``json_each`` row *j* of a turn's metadata is a segment value."""
+    skipped = ", ".join(f"'{k}'" for k in _NOT_SEGMENTS)
+    return (
+        f"{j}.type = 'text' AND {j}.key NOT IN ({skipped})"
+        f" AND {j}.key NOT LIKE '%!_tokens' ESCAPE '!'"
+        f" AND length({j}.value) BETWEEN 1 AND {SEGMENT_VALUE_MAX}"
+    )
+
+
 def _segment_rows(first: str, last: str) -> str:
     """The (key, value) rows of the store's turns numbered (*first*, *last*]."""
-    skipped = ", ".join(f"'{k}'" for k in _NOT_SEGMENTS)
     return (
         "SELECT j.key AS key, j.value AS value, c.n AS n,"
         " coalesce(c.user_id, '') AS user_key, c.started_at, c.latency_ms,"
@@ -32,10 +41,75 @@ def _segment_rows(first: str, last: str) -> str:
         " CAST(round(log(max(c.latency_ms, 1))"
         f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER) AS bucket"
         " FROM store.conversations c, json_each(c.metadata) j"
-        f" WHERE c.n > {first} AND c.n <= {last} AND j.type = 'text'"
-        f" AND j.key NOT IN ({skipped}) AND j.key NOT LIKE '%!_tokens' ESCAPE '!'"
-        f" AND length(j.value) BETWEEN 1 AND {SEGMENT_VALUE_MAX}"
+        f" WHERE c.n > {first} AND c.n <= {last} AND {_segment_values('j')}"
     )
+
+
+# Each rating of a turn, once per segment value of its turn (``ui_rated_segment``):
+# a segment's ratings from a time are then a range of this table, not a pass
+# over the store's ratings with two lookups each. Kept with ui_feedback: the
+# ratings that left the store leave it too.
+RATED_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS ui_rated_segment (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        rating INTEGER NOT NULL,
+        PRIMARY KEY (key, value, created_at, id)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS ui_rated_segment_id ON ui_rated_segment (id)",
+)
+
+
+def rated_segment_rows(ids: str) -> str:
+    """An INSERT of the segment rows of the store's ratings whose id is in *ids*."""
+    return (
+        "INSERT INTO ui_rated_segment (key, value, created_at, id, n, rating)"
+        " SELECT j.key, j.value, f.created_at, f.id, c.n, f.rating"
+        " FROM store.feedback f JOIN store.conversations c"
+        " ON c.id = f.conversation_id, json_each(c.metadata) j"
+        f" WHERE f.id IN ({ids}) AND {_segment_values('j')}"
+        " ON CONFLICT DO NOTHING"
+    )
+
+
+# Each segment user's first turn ever and whether they were active in the ISO
+# week after its week (week-1 retention, as the comparison counts it): kept on
+# their ui_segment_user rows, so a segment's week-1 figures are a range of that
+# table. Both change only with the user's own turns: a chunk refreshes its
+# users' rows.
+SEGMENT_WEEK1_SCHEMA = (
+    "ALTER TABLE ui_segment_user ADD COLUMN first_at REAL",
+    "ALTER TABLE ui_segment_user ADD COLUMN week1 INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX IF NOT EXISTS ui_segment_user_user ON ui_segment_user (user_key)",
+)
+
+
+def segment_week1(users: str | None) -> str:
+    """The UPDATE of the week-1 columns of the users in *users* (None: all)."""
+    return (
+        "UPDATE ui_segment_user SET first_at = (SELECT s.first_at"
+        " FROM ui_user_stats s WHERE s.user_key = ui_segment_user.user_key),"
+        " week1 = coalesce((SELECT EXISTS (SELECT 1 FROM ui_user_week w"
+        " WHERE w.user_key = s.user_key AND w.week = date(s.first_at, 'unixepoch',"
+        " '-6 days', 'weekday 1', '+7 days')) FROM ui_user_stats s"
+        " WHERE s.user_key = ui_segment_user.user_key), 0)"
+        + ("" if users is None else f" WHERE user_key IN ({users})")
+    )
+
+
+# Who was active on which days, by user: a range of days' distinct users is
+# then one lookup per user (see .segments.users_between), not a sort of every
+# (day, user) row of the range.
+USER_DAY_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ui_user_day_user ON ui_user_day (user_key, day)",
+    "CREATE INDEX IF NOT EXISTS ui_segment_user_day_user"
+    " ON ui_segment_user_day (key, value, user_key, day)",
+)
 
 
 def _apply_segments(first: str, last: str) -> tuple[str, ...]:
@@ -212,6 +286,8 @@ _APPLY_FEEDBACK = (
     "  WHERE g.day = ui_day_stats.day AND g.rating < 0)"
     " WHERE day IN (SELECT day FROM gone_feedback)",
     "DELETE FROM ui_feedback WHERE id IN (SELECT id FROM gone_feedback)",
+    "DELETE FROM ui_rated_segment WHERE id IN (SELECT id FROM gone_feedback)",
+    rated_segment_rows("SELECT id FROM new_feedback"),
     "INSERT INTO ui_feedback (id, user_key, session_id, day, rating)"
     " SELECT id, user_key, session_id, day, rating FROM new_feedback",
     "INSERT INTO ui_user_stats (user_key, rating_up, rating_down)"

@@ -209,10 +209,41 @@ class _Data:
                 weeks=8 if weeks is None else weeks,
                 since=since,
                 segment=_segment_arg(),
-                tz=self.tz,
+                tz=self.tz_arg(),
             )
         except ValueError as exc:
             raise _BadRequest(str(exc)) from None
+
+    def tz_arg(self) -> tzinfo | None:
+        """
+        ``?tz=``: UTC, or a zone whose figures the index keeps (the one the
+        dashboard was started with); default: the dashboard's zone. Another
+        zone is refused rather than read from the turns (seconds at scale).
+        """
+        text = request.args.get("tz", "").strip()
+        if not text:
+            return self.tz
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from context_trace._store.retention_index import zone_name
+
+        try:
+            zone = ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _BadRequest(
+                f"tz: unknown time zone {text!r} (expected an IANA name such as"
+                " Europe/Paris, or UTC)"
+            ) from None
+        name = zone_name(zone)
+        if name == "UTC":
+            return None
+        if name != zone_name(self.tz):
+            kept = "UTC" if self.tz is None else f"UTC and {zone_name(self.tz)}"
+            raise _BadRequest(
+                f"tz: this dashboard keeps its figures in {kept}; start it with"
+                f" --tz {text} (or CONTEXT_TRACE_TZ) to use {text}"
+            )
+        return self.tz
 
     def segments_data(self) -> Any:
         return {"keys": self.store().segments()}

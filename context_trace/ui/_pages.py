@@ -84,7 +84,7 @@ def register_pages(app: Flask, data: _Data) -> None:
             since=request.args.get("since", ""),
             meta=request.args.getlist("meta"),
             segments=data.store().segments(),
-            tz_name="UTC" if data.tz is None else str(data.tz),
+            tz_name=str(data.tz_arg() or "UTC"),
         )
 
     @app.route("/compare")

@@ -35,14 +35,14 @@ _CONVERSATIONS_PARAMS = _USER_PARAMS | {
 PARAMETERS: dict[str, frozenset[str]] = {
     "overview_page": frozenset({"range", "meta"}),
     "api_segments": frozenset(),
-    "api_retention": frozenset({"weeks", "since", "meta"}),
+    "api_retention": frozenset({"weeks", "since", "meta", "tz"}),
     "api_compare": frozenset(
         {"a", "b", "range", "period", "a_range", "b_range", "meta"}
     ),
     "api_cost": frozenset({"by", "range", "meta", "limit"}),
     "users_page": _USERS_PARAMS,
     "user_page": _USER_PARAMS | {"before", "limit"},
-    "retention_page": frozenset({"weeks", "since", "meta"}),
+    "retention_page": frozenset({"weeks", "since", "meta", "tz"}),
     "compare_page": frozenset(
         {"a", "b", "range", "period", "a_range", "b_range", "meta"}
     ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,3 +99,26 @@ def test_session_json_has_metadata_and_turn_ratings(rated_server):
         "metadata"
     ].items()
     assert set(RATED_LATENCIES) == set(turns)
+
+
+def test_pages_render_from_templates_compiled_at_start(store_path, monkeypatch):
+    """Every page's templates are compiled when the app is made, so no request
+    (the first of each page included) loads or compiles one."""
+    from context_trace.ui.app import create_app
+
+    app = create_app(store_path, refresh_interval=0)
+    loaded: list[str] = []
+    loader = app.jinja_env.loader
+    assert loader is not None
+    original = loader.get_source
+
+    def get_source(environment: Any, name: str) -> Any:
+        loaded.append(name)
+        return original(environment, name)
+
+    monkeypatch.setattr(loader, "get_source", get_source)
+    client = app.test_client()
+    for page in ("/", "/users", "/conversations", "/retention", "/compare", "/nope"):
+        assert client.get(page).status_code in (200, 404)
+
+    assert [] == loaded

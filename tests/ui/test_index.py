@@ -23,6 +23,8 @@ _TABLES = (
     "ui_turns",
     "ui_sessions",
     "ui_feedback",
+    "ui_segment_user",
+    "ui_rated_segment",
 )
 
 

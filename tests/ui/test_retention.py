@@ -374,3 +374,16 @@ def test_a_late_earlier_turn_moves_its_user_to_an_earlier_cohort(tmp_path):
         ("2026-03-16", 0, ()),
     ] == [(c.week, c.users, c.active) for c in live.cohorts]
     assert fresh == live
+
+
+def test_a_report_reads_the_users_totals_once_for_new_users(retention_store):
+    """New users per day and per month and the users in all come from one pass
+    over the per-user totals, not one each."""
+    from tests.ui._plans import statement_plans
+
+    with Analytics(retention_store, now=NOW) as analytics:
+        report = analytics.retention(weeks=2)
+        plans = statement_plans(analytics._conn, lambda: analytics.retention(weeks=2))
+
+    assert report.users > 0
+    assert 1 == len([p for p in plans if p.startswith("SCAN ui_user_stats")]), plans

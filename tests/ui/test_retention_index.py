@@ -42,6 +42,7 @@ from context_trace._record import Conversation, Message
 from context_trace._store.analytics import Analytics
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
+from tests.ui._plans import statement_plans
 
 NOW = calendar.timegm((2026, 3, 18, 12, 0, 0))
 PLUS_ONE = ZoneInfo("Etc/GMT-1")
@@ -242,3 +243,70 @@ def test_cli_takes_the_zone_from_the_environment(plan_store, capsys, monkeypatch
     assert (2, 2) == (bad, ui_bad)
     assert "CONTEXT_TRACE_TZ: unknown time zone 'Mars/Olympus'" in err
     assert "CONTEXT_TRACE_TZ: unknown time zone 'Mars/Olympus'" in ui_err
+
+
+@pytest.mark.parametrize("segment", [(), PRO])
+def test_churn_in_a_kept_zone_is_read_by_ranges_not_per_user(plan_store, segment):
+    """Retention in a kept zone reads the churned users' earlier turns without
+    a subquery run for every churned user: one range of days when many churn,
+    a lookup each only when few do."""
+    with Analytics(plan_store, now=NOW) as analytics:
+        report = analytics.retention(weeks=2, segment=segment, tz=PLUS_ONE)
+        plans = statement_plans(
+            analytics._conn,
+            lambda: analytics.retention(weeks=2, segment=segment, tz=PLUS_ONE),
+        )
+
+    assert report.churned_total == len(report.churned)
+    assert [] == [p for p in plans if p.startswith("CORRELATED")], plans
+
+
+@pytest.fixture
+def zoned_client(plan_store: Path) -> Any:
+    """The dashboard over the turns above, started in the UTC+1 zone."""
+    from context_trace.ui.app import create_app
+
+    return create_app(plan_store, tz=PLUS_ONE, refresh_interval=0).test_client()
+
+
+def test_the_api_takes_a_kept_zone_per_request(zoned_client):
+    """?tz= picks UTC or the dashboard's zone per request: dan's 23:30 UTC turn
+    on 03-11 counts on 03-11 in UTC and on 03-12 in UTC+1, ann's of 03-15 on
+    03-16 (hand-worked from the turns above)."""
+
+    def daily(query: str) -> list[int]:
+        response = zoned_client.get(f"/api/retention?since=2026-03-09{query}")
+        assert 200 == response.status_code, response.json
+        active = {p["period"]: p["active"] for p in response.json["daily"]}
+        return [
+            active[d] for d in ("2026-03-11", "2026-03-12", "2026-03-15", "2026-03-16")
+        ]
+
+    assert [1, 0, 1, 2] == daily("&tz=UTC")
+    assert [0, 1, 0, 3] == daily("&tz=Etc/GMT-1")
+    assert [0, 1, 0, 3] == daily("")  # the dashboard's own zone
+    page = zoned_client.get("/retention?tz=UTC")
+    assert 200 == page.status_code
+    assert b"UTC days" in page.data
+
+
+@pytest.mark.parametrize(
+    ("zone", "message"),
+    [
+        ("Mars/Olympus", "tz: unknown time zone 'Mars/Olympus'"),
+        ("../etc", "tz: unknown time zone '../etc'"),
+        ("Asia/Tokyo", "tz: this dashboard keeps its figures in UTC and Etc/GMT-1"),
+    ],
+)
+def test_a_zone_the_dashboard_does_not_keep_is_a_400_naming_tz(
+    zoned_client, zone, message
+):
+    """A bad zone, or one whose figures the index does not keep (reading the
+    turns instead would take seconds at scale), is a 400 that names tz."""
+    response = zoned_client.get(f"/api/retention?tz={zone}")
+    page = zoned_client.get(f"/retention?tz={zone}")
+
+    assert 400 == response.status_code
+    assert response.json["error"].startswith(message)
+    assert (400, message.encode()) == (page.status_code, message.encode())
+    assert message.replace("'", "&#39;").encode() in page.data

@@ -33,12 +33,13 @@ import pytest
 
 from context_trace._record import Conversation, Feedback
 from context_trace._store.analytics import Analytics
-from context_trace._store.segments import _z_test, parse_segment
+from context_trace._store.segments import _z_test, parse_segment, users_between
 from context_trace._store.ui_index import UIIndex
 from context_trace.cli import main
 from context_trace.ui.app import create_app
 from tests.stores import greeting, write_records
 
+from ._plans import statement_plans
 from .test_retention import NOW
 from .test_retention import retention_store as retention_store
 
@@ -195,6 +196,21 @@ def test_users_of_a_segment_and_of_a_range(analytics):
     assert 4 == recent.total
 
 
+@pytest.mark.parametrize(
+    "sort", ["last_seen", "conversations", "satisfaction", "cost", "user"]
+)
+def test_users_of_a_segment_are_looked_up_not_every_user_tested(analytics, sort):
+    """The users table with a segment walks the segment's users (a lookup each)
+    rather than testing every user of the store, whatever the sort."""
+    page = analytics.users(segment=PRO, sort=sort)
+    plans = statement_plans(
+        analytics._conn, lambda: analytics.users(segment=PRO, sort=sort)
+    )
+
+    assert {"u1", "u2"} == {u.user_id for u in page.items}
+    assert not [p for p in plans if p.startswith("SCAN ui_user_stats")], plans
+
+
 def test_compare_two_segments(analytics):
     """Each figure of both segments, with the count it stands on."""
     result = analytics.compare(PRO, FREE)
@@ -342,3 +358,110 @@ def test_cli_compare_bad_segment(segment_store, capsys):
 
     assert 2 == main(argv)
     assert "--segment-a must be KEY=VALUE, got 'plan'" in capsys.readouterr().err
+
+
+def _reads(analytics: Analytics, call: Any) -> set[str]:
+    """The tables *call* (given *analytics*) reads."""
+    read: set[str] = set()
+
+    def watch(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table is not None:
+            read.add(table)
+        return sqlite3.SQLITE_OK
+
+    analytics._conn.set_authorizer(watch)
+    try:
+        call(analytics)
+    finally:
+        analytics._conn.set_authorizer(None)
+    return read
+
+
+@pytest.mark.parametrize("range_", ["all", "7d", "30d"])
+def test_comparing_segments_reads_the_index_not_the_store(analytics, range_):
+    """Two segments compared over whole days read the index's tables only:
+    neither the store's turns nor its ratings (a pass over every rating)."""
+    read = _reads(analytics, lambda a: a.compare(PRO, FREE, range_))
+
+    assert set() == read & {"conversations", "feedback", "ui_segment_turn"}
+
+
+def test_a_segments_ratings_follow_a_replaced_rating(tmp_path: Path):
+    """A turn rated up, then down (the newer rating replaces the row): after a
+    refresh the segment counts the down rating only, as a fresh index does."""
+    path = tmp_path / "rated.db"
+    turns = [
+        greeting(1, "u1", _at("03-17", 10), metadata={"plan": "pro"}),
+        greeting(2, "u2", _at("03-17", 11), metadata={"plan": "free"}),
+    ]
+    up = Feedback("f1", "s-u1", "u1", 1, "c1", _at("03-17", 12))
+    write_records(path, turns, [up], ui_index=True)
+    with Analytics(path, now=NOW) as before:
+        first = before.compare(PRO, FREE).a
+    down = Feedback("f2", "s-u1", "u1", -1, "c1", _at("03-17", 13))
+    write_records(path, [down], ui_index=True)
+    with Analytics(path, now=NOW) as after:
+        second = after.compare(PRO, FREE).a
+        overview = after.overview("all", segment=PRO)
+    fresh = tmp_path / "fresh.ui-index"
+    with UIIndex(path, fresh) as index:
+        index.build()
+    with Analytics(path, fresh, now=NOW) as rebuilt:
+        again = rebuilt.compare(PRO, FREE).a
+
+    assert first is not None
+    assert second is not None
+    assert again is not None
+    assert (1.0, 1) == (first.rating_up_share.value, first.rating_up_share.count)
+    assert (0.0, 1) == (second.rating_up_share.value, second.rating_up_share.count)
+    assert (0, 1) == (overview.rating_up, overview.rating_down)
+    assert second.rating_up_share == again.rating_up_share
+
+
+@pytest.mark.parametrize(
+    ("segment", "first", "last", "users"),
+    [
+        (PRO, "2026-03-16", "2026-03-17", 2),  # u2, u1; u1 again on 03-18
+        (PRO, "2026-03-16", "2026-03-18", 2),  # the ISO week so far
+        (FREE, "2026-03-16", "2026-03-22", 1),  # u3 (a no-user turn is no user)
+        ((), "2026-03-16", "2026-03-16", 1),  # u2
+        ((), "2026-03-16", "2026-03-17", 4),  # u1, u2, u3, u4
+        ((), "2026-03-01", "2026-03-31", 4),  # the whole month
+        (FREE, "2026-03-01", "2026-03-09", 0),  # u3's first turn is on 03-10
+        (FREE, "2026-03-01", None, 1),  # u3
+        (PRO, "2026-03-17", None, 1),  # u1 (u2 was last seen on 03-16)
+        (PRO, "2026-03-17", "2026-04-30", 1),  # u1: no turn after it, as no end
+        ((), "2026-03-17", "2026-04-30", 3),  # u1, u3, u4 (u2's last was 03-16)
+        ((), "2026-03-10", "2026-03-16", 2),  # u3, u2: 7 days, turns after them
+    ],
+)
+def test_users_between_two_days(analytics, segment, first, last, users):
+    """The users with a turn (in the segment) from one UTC day to another,
+    whichever way they are counted (a week or month so far, an open range,
+    a few days, more days)."""
+    assert users == users_between(analytics._conn, segment, first, last)
+
+
+@pytest.mark.parametrize("period", ["week", "month"])
+@pytest.mark.parametrize("segment", [(), PRO])
+def test_comparing_periods_counts_users_without_sorting_their_days(
+    analytics, period, segment
+):
+    """This week (month) so far against the last: each side's users come from
+    the index's weekly (monthly) users, not from sorting every (day, user) row."""
+    plans = statement_plans(
+        analytics._conn, lambda: analytics.compare_periods(segment, period=period)
+    )
+
+    assert [] == [p for p in plans if "count(DISTINCT)" in p], plans
+
+
+def test_a_segments_week1_retention_is_read_from_its_user_rows(analytics):
+    """Week-1 retention of a segment comes from its users' rows in the index
+    (first turn and week 1 kept there), not from a lookup of each user's
+    weeks: at 1M turns a segment has tens of thousands of users."""
+    result = analytics.compare(PRO, FREE)
+    read = _reads(analytics, lambda a: a.compare(PRO, FREE))
+
+    assert result.a is not None
+    assert set() == read & {"ui_user_week", "ui_user_stats"}
