@@ -16,6 +16,7 @@ from context_trace._record import (
     Feedback,
     Message,
     Record,
+    SeenSet,
     exported_metadata,
     remember,
     strip_seen,
@@ -221,7 +222,7 @@ class _Fingerprints:
 
 
 def _strip_history(
-    messages: tuple[Message, ...], seen: _Fingerprints
+    messages: tuple[Message, ...], seen: SeenSet
 ) -> tuple[Message, ...]:
     """
     Drop the leading history of a turn that the session already stored.

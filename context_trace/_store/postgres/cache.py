@@ -56,7 +56,7 @@ from context_trace._store.codec import messages_from_json, messages_json
 from context_trace._store.connection import insert_rows, open_writer, transaction
 from context_trace._store.ratings import _RECOUNT
 from context_trace._store.ui_index import UIIndex
-from context_trace._store.writer import _Fingerprints, _strip_history
+from context_trace._store.writer import _strip_history
 
 from .connection import (
     _CONNECT_TIMEOUT,
@@ -365,7 +365,8 @@ class PostgresCache:
         users: list[Any],
     ) -> None:
         db = self._db
-        fresh = [r for r in turns if not self._has_turn(r[1])]
+        cached = self._held([r[1] for r in turns])
+        fresh = [r for r in turns if r[1] not in cached]
         new_ids = {r[1] for r in fresh}
         by_session: dict[str, list[tuple[Any, ...]]] = {}
         for row in fresh:
@@ -373,8 +374,8 @@ class PostgresCache:
                 by_session.setdefault(row[3], []).append(row)
         # Sessions: those with turns, cached or new (a rating alone waits for
         # the turn it rates).
-        cached = self._session_numbers([s[0] for s in sessions])
-        kept = [s for s in sessions if s[0] in cached or s[0] in by_session]
+        known = self._session_numbers([s[0] for s in sessions])
+        kept = [s for s in sessions if s[0] in known or s[0] in by_session]
         insert_rows(
             db,
             "INSERT INTO sessions (id, user_id, started_at, last_at)",
@@ -393,7 +394,8 @@ class PostgresCache:
         # Turns: each session's history dropped in the sessions' own order.
         messages: dict[str, str] = {}
         for sid, rows in by_session.items():
-            messages.update(self._merge(numbers.get(sid), rows))
+            # A session new to the cache has no cached turns to read back.
+            messages.update(self._merge(known.get(sid), rows))
         insert_rows(
             db,
             "INSERT INTO conversations (session_n, id, user_id, session_id,"
@@ -419,6 +421,7 @@ class PostgresCache:
                 part,
             )
         held = set(resolved)
+        rated_turns = new_ids | self._held([r[3] for r in rated if r[3] not in new_ids])
         insert_rows(
             db,
             "INSERT INTO feedback (id, session_id, user_id, conversation_id, rating,"
@@ -426,7 +429,7 @@ class PostgresCache:
             [
                 (r[0], r[1], r[2], r[3], int(r[4]), float(r[5]))
                 for r in rated
-                if r[1] in held and (r[3] in new_ids or self._has_turn(r[3]))
+                if r[1] in held and r[3] in rated_turns
             ],
         )
         db.executemany(_RECOUNT, [(sid,) for sid in resolved])
@@ -439,13 +442,20 @@ class PostgresCache:
             updates += [(last_rating[0], "rating_txid"), (last_rating[1], "rating_id")]
         db.executemany(f"UPDATE {_STATE} SET value = ? WHERE key = ?", updates)
 
-    def _has_turn(self, turn_id: str) -> bool:
-        return (
-            self._db.execute(
-                "SELECT 1 FROM conversations WHERE id = ?", (turn_id,)
-            ).fetchone()
-            is not None
-        )
+    def _held(self, turn_ids: Sequence[str]) -> set[str]:
+        """Those of *turn_ids* the cache holds (one query per 500)."""
+        found: set[str] = set()
+        for start in range(0, len(turn_ids), _IN_CHUNK):
+            part = list(turn_ids[start : start + _IN_CHUNK])
+            found.update(
+                tid
+                for (tid,) in self._db.execute(
+                    "SELECT id FROM conversations WHERE id IN"
+                    f" ({','.join('?' * len(part))})",
+                    part,
+                )
+            )
+        return found
 
     def _session_numbers(self, ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -471,6 +481,8 @@ class PostgresCache:
         a cached turn that now follows a new one is stripped again and
         rewritten when that changes it.
         """
+        if session_n is None and len(rows) == 1:
+            return {}  # a first turn: nothing before it, its text stays as stored
         merged = [
             _Turn((float(r[4]), float(r[5]), r[1]), tuple(messages_from_json(r[13])),
                   row=r)
@@ -486,13 +498,17 @@ class PostgresCache:
                 )
             ]
         merged.sort(key=lambda t: t.key)
-        seen = _Fingerprints()
+        # A plain set: this seen-set lives for one session of one step, so the
+        # writer's compact fingerprints would save no memory and cost time.
+        seen: set[tuple[str, str]] = set()
         out: dict[str, str] = {}
         for turn in merged:
             kept = _strip_history(turn.messages, seen)
+            if len(kept) == len(turn.messages):
+                continue  # unchanged: the stored text stays
             if turn.row is not None:
                 out[turn.key[2]] = messages_json(kept)
-            elif len(kept) != len(turn.messages):
+            else:
                 self._db.execute(
                     "UPDATE conversations SET messages_json = ? WHERE n = ?",
                     (messages_json(kept), turn.n),
