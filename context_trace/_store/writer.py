@@ -221,9 +221,7 @@ class _Fingerprints:
         return sys.getsizeof(self._values)
 
 
-def _strip_history(
-    messages: tuple[Message, ...], seen: SeenSet
-) -> tuple[Message, ...]:
+def _strip_history(messages: tuple[Message, ...], seen: SeenSet) -> tuple[Message, ...]:
     """
     Drop the leading history of a turn that the session already stored.
 
