@@ -10,9 +10,10 @@ tests' ``tests/postgres/server.py``, with ``fsync`` on), then measures, as
 medians over rounds, each into a fresh database:
 
 - ``insert: unnest``: the store's write (``_store/postgres.write_batch``): one
-  ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING``
-  for the turns (the arrays as binary parameters), then the session and user
-  aggregates, one transaction per batch of 256.
+  statement, ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING
+  RETURNING`` for the turns (the arrays as binary parameters) with the session
+  and user aggregates upserted from the rows it returned, pipelined with its
+  ``BEGIN`` and ``COMMIT``; one transaction per batch of 256.
 - ``insert: executemany``: the same rows through psycopg's ``executemany`` of
   a one-row ``INSERT ... ON CONFLICT DO NOTHING`` (pipelined), turns only.
 - ``insert: copy``: ``COPY`` into a temporary table, then ``INSERT ... SELECT
@@ -28,8 +29,9 @@ p99 µs of ``chain.invoke`` (``prompt | ParrotFakeChatModel | StrOutputParser``)
 inside ``track_user``, with ``configure(store=...)``; the app never waits on
 PostgreSQL, so both rows should be within noise of each other.
 
-``turns/s`` is wall-clock, ``turns/CPU-s`` divides by this process's CPU time
-(the server's is not counted). Target: at least 5,000 turns/s for ``outbox ->
+``turns/s`` is wall-clock, ``turns/CPU-s`` divides by this process's CPU time,
+and ``server µs/turn`` is the CPU the PostgreSQL server's processes used per turn
+(``/proc``; the postmaster, its live children and those it reaped). Target: at least 5,000 turns/s for ``outbox ->
 postgres`` on 2 cores.
 
 The dashboard part (``--part dashboard``) fills a fresh database with
@@ -207,6 +209,28 @@ def _outbox(
     return run
 
 
+def _server_cpu(server: Any) -> float:
+    """CPU seconds of the server's processes so far (Linux ``/proc``), or 0."""
+    try:
+        postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(pid) == postmaster:  # itself and the children it reaped
+            ticks += sum(int(f) for f in fields[11:15])
+        elif int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _count(server: Any, database: str) -> int:
     rows = server.admin("SELECT count(*) FROM context_trace.turns", database=database)
     return int(rows[0][0])
@@ -222,14 +246,16 @@ def throughput(server: Any, args: argparse.Namespace, tmp: str) -> None:
         "  claiming 256": lambda url, ts: _outbox(url, ts, tmp, 256),
     }
     print(f"{args.turns} turns, batches of {_BATCH}, medians of {args.rounds} rounds")
-    print(f"{'path':<22} {'turns/s':>10} {'turns/CPU-s':>12}")
+    print(f"{'path':<22} {'turns/s':>10} {'turns/CPU-s':>12} {'server µs/turn':>15}")
     for name, make in methods.items():
-        walls, cpus = [], []
+        walls, cpus, servers = [], [], []
         for _ in range(args.rounds):
             database = server.database()
             server.admin(f"GRANT TEMPORARY ON DATABASE {database} TO ct_writer")
             run = make(server.url(database=database), turns)
+            before = _server_cpu(server)
             wall, cpu = timed(run)
+            servers.append(_server_cpu(server) - before)
             stored = _count(server, database)
             if stored != len(turns):
                 raise SystemExit(f"{name}: stored {stored} of {len(turns)} turns")
@@ -237,7 +263,11 @@ def throughput(server: Any, args: argparse.Namespace, tmp: str) -> None:
             walls.append(wall)
             cpus.append(cpu)
         wall, cpu = statistics.median(walls), statistics.median(cpus)
-        print(f"{name:<22} {len(turns) / wall:>10,.0f} {len(turns) / cpu:>12,.0f}")
+        used = statistics.median(servers) / len(turns) * 1e6
+        print(
+            f"{name:<22} {len(turns) / wall:>10,.0f} {len(turns) / cpu:>12,.0f}"
+            f" {used:>15.1f}"
+        )
 
 
 def request_path(server: Any, args: argparse.Namespace, tmp: str) -> None:

@@ -19,7 +19,8 @@ request that timed out after the server processed it is sent again.
 
 Session transcripts: a rating targets the thread's last assistant message, found
 from ``transcript_source(session_id)`` when given (the SQLite store provides it),
-else from what this exporter itself sent to that thread (a bounded in-process LRU).
+else from what this exporter itself sent to that thread (a bounded in-process LRU,
+``context_threads.py``).
 The PATCH body follows the generated client (``[ThreadMessage]``, which has only
 ``rating``); Context's web documentation shows ``{"messages": [{"id", "rating"}]}``
 with message ids returned at ingestion instead, which the client cannot express.
@@ -30,17 +31,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import (
-    AzureError,
-    HttpResponseError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
 from azure.core.pipeline.policies import RetryPolicy, SansIOHTTPPolicy
 from getcontext.generated import ContextAPI
 from getcontext.generated import models as _models
@@ -54,6 +47,7 @@ from context_trace._record import (
 )
 
 from .base import ExportResult, Outcome, OutcomeStatus
+from .context_attempt import attempt
 from .context_checks import (
     _at_least_one,
     _check_endpoint,
@@ -65,12 +59,11 @@ from .context_checks import (
 from .context_payload import _LOG_BODY, _THREAD_BODY, _merge, _messages
 from .context_payload import _TURN_KEYS as _TURN_KEYS
 from .context_payload import _metadata as _metadata
+from .context_threads import SentThreads
 from .http_policy import (
     DEFAULT_CONTEXT_ENDPOINT,
     Backoff,
     CircuitBreaker,
-    is_transient,
-    retry_after_seconds,
 )
 
 __all__ = ["DEFAULT_ENDPOINT", "ContextAPIExporter", "Outcome", "OutcomeStatus"]
@@ -92,33 +85,6 @@ _DEFAULT_SESSION_CACHE_SIZE = 10_000
 _ROUTE_LOG = "/api/v1/log/conversation"
 _ROUTE_THREAD = "/api/v1/log/conversation/thread"
 _ROUTE_THREAD_PATCH = "/api/v1/log/conversation/thread/{id}"
-
-
-@dataclass(slots=True)
-class _ThreadState:
-    """What this exporter sent to one thread: message count, last assistant index."""
-
-    count: int = 0
-    last_assistant: int | None = None
-
-
-class _Attempt:
-    """The result of one request: None for success, else why it failed."""
-
-    __slots__ = ("detail", "retry_after", "status", "transient")
-
-    def __init__(
-        self,
-        detail: str,
-        *,
-        transient: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        self.detail = detail
-        self.transient = transient
-        self.status = status
-        self.retry_after = retry_after
 
 
 class ContextAPIExporter:
@@ -197,7 +163,6 @@ class ContextAPIExporter:
                 f"transcript_source must be callable or None, got {type(transcript_source).__name__}"
             )
         self._clock = clock
-        self._transcript_source = transcript_source
         self._circuit_threshold = _at_least_one("circuit_threshold", circuit_threshold)
         self._circuit_cooldown = _non_negative("circuit_cooldown", circuit_cooldown)
         self._session_cache_size = _at_least_one(
@@ -207,10 +172,12 @@ class ContextAPIExporter:
         self._token = token  # kept only to scrub it from text we log
         self._backoff = Backoff(self._backoff_base, self._backoff_max, self._jitter)
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # guards _threads and _closed
+        self._lock = threading.Lock()  # guards _closed
         self._closed = False
-        self._threads: OrderedDict[str, _ThreadState] = OrderedDict()
         self._warned: set[tuple[str, ...]] = set()
+        self._threads = SentThreads(
+            self._session_cache_size, transcript_source, self._warn_once
+        )
         # Used from the exporting thread only.
         self._circuit = CircuitBreaker(
             self._circuit_threshold, self._circuit_cooldown, clock
@@ -370,7 +337,7 @@ class ContextAPIExporter:
             lambda kw: self._client.log.conversation_thread(body=body, **kw),
         )
         if outcome.status == "delivered":
-            self._remember(session_id, record.messages)
+            self._threads.remember(session_id, record.messages)
         return outcome
 
     def _export_feedback(self, feedback: Feedback, deadline_at: float) -> Outcome:
@@ -382,7 +349,7 @@ class ContextAPIExporter:
             return Outcome(
                 "failed", detail=f"rating {feedback.rating!r} is not -1, 0 or 1"
             )
-        index = self._last_assistant(feedback.session_id)
+        index = self._threads.last_assistant(feedback.session_id)
         if index is None:
             self._warn_once(
                 ("unrated",),
@@ -420,7 +387,13 @@ class ContextAPIExporter:
         while True:
             remaining = deadline_at - self._clock()
             attempts += 1
-            result = self._attempt(send, remaining)
+            result = attempt(
+                send,
+                connect_timeout=min(self._connect_timeout, remaining),
+                read_timeout=min(self._timeout, remaining),
+                insecure=self._insecure,
+                scrub=self._scrub,
+            )
             if result is None:
                 self._circuit_success()
                 _logger.debug(
@@ -470,45 +443,6 @@ class ContextAPIExporter:
                     "retry", retry_after=delay, attempts=attempts, detail=detail
                 )
 
-    def _attempt(
-        self, send: Callable[[dict[str, Any]], object], remaining: float
-    ) -> _Attempt | None:
-        """One request, with timeouts capped by the time left; None on success."""
-        options: dict[str, Any] = {
-            "connection_timeout": max(0.001, min(self._connect_timeout, remaining)),
-            "read_timeout": max(0.001, min(self._timeout, remaining)),
-        }
-        if self._insecure:
-            # Lets azure-core's bearer policy send the token over plain http: only for
-            # loopback endpoints or with allow_insecure (checked in __init__).
-            options["enforce_https"] = False
-        try:
-            send(options)
-        except HttpResponseError as exc:
-            status = exc.status_code
-            if status is not None and 200 <= status < 300:
-                return None  # delivered; only reading the answer failed
-            if status is None:
-                return _Attempt(
-                    f"invalid response ({type(exc).__name__})", transient=True
-                )
-            retry_after = _retry_after(exc)
-            return _Attempt(
-                f"HTTP {status}",
-                transient=is_transient(status),
-                status=status,
-                retry_after=retry_after,
-            )
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            # Connection refused/reset, DNS, connect and read timeouts.
-            _logger.debug("context_trace: request failed: %s", self._scrub(str(exc)))
-            kind = "timeout" if "Timeout" in type(exc).__name__ else "connection error"
-            return _Attempt(f"{kind} ({type(exc).__name__})", transient=True)
-        except AzureError as exc:
-            _logger.debug("context_trace: request failed: %s", self._scrub(str(exc)))
-            return _Attempt(f"client error ({type(exc).__name__})", transient=False)
-        return None
-
     # -- circuit breaker (the policy's; these only log) -----------------------------
 
     def _circuit_success(self) -> None:
@@ -528,43 +462,6 @@ class ContextAPIExporter:
                 self._circuit_cooldown,
             )
 
-    # -- session transcripts -------------------------------------------------------
-
-    def _remember(self, session_id: str, messages: Sequence[Message]) -> None:
-        with self._lock:
-            state = self._threads.pop(session_id, None) or _ThreadState()
-            for message in messages:
-                if message.role == "assistant":
-                    state.last_assistant = state.count
-                state.count += 1
-            self._threads[session_id] = state
-            while len(self._threads) > self._session_cache_size:
-                self._threads.popitem(last=False)
-
-    def _last_assistant(self, session_id: str) -> int | None:
-        """Index of the session's last assistant message in its Context thread."""
-        if self._transcript_source is not None:
-            try:
-                transcript = self._transcript_source(session_id)
-            except Exception as exc:  # noqa: BLE001 - fall back to what we sent
-                self._warn_once(
-                    ("transcript_source", type(exc).__name__),
-                    "context_trace: transcript_source failed (%s); using this process's record",
-                    type(exc).__name__,
-                )
-            else:
-                for index in range(len(transcript) - 1, -1, -1):
-                    if transcript[index].role == "assistant":
-                        return index
-                # Not in the source (e.g. a store that keeps no local copy):
-                # fall back to what this process sent.
-        with self._lock:
-            state = self._threads.get(session_id)
-            if state is None:
-                return None
-            self._threads.move_to_end(session_id)
-            return state.last_assistant
-
     # -- logging -------------------------------------------------------------------
 
     def _warn_once(self, key: tuple[str, ...], msg: str, *args: object) -> None:
@@ -576,11 +473,3 @@ class ContextAPIExporter:
     def _scrub(self, text: str) -> str:
         """*text* without the token (server answers or errors could echo it)."""
         return text.replace(self._token, "***")
-
-
-def _retry_after(exc: HttpResponseError) -> float | None:
-    """Seconds from the response's ``Retry-After`` header, if any."""
-    headers = getattr(exc.response, "headers", None)
-    return retry_after_seconds(
-        headers.get("Retry-After") if headers is not None else None
-    )

@@ -16,6 +16,7 @@ from context_trace._record import (
     Feedback,
     Message,
     Record,
+    SeenSet,
     exported_metadata,
     remember,
     strip_seen,
@@ -220,9 +221,7 @@ class _Fingerprints:
         return sys.getsizeof(self._values)
 
 
-def _strip_history(
-    messages: tuple[Message, ...], seen: _Fingerprints
-) -> tuple[Message, ...]:
+def _strip_history(messages: tuple[Message, ...], seen: SeenSet) -> tuple[Message, ...]:
     """
     Drop the leading history of a turn that the session already stored.
 

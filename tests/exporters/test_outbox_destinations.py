@@ -54,6 +54,24 @@ class TestDestinations:
             again,
         )
 
+    def test_a_claim_and_its_delivery_take_few_statements(self, tmp_path: Path) -> None:
+        """Leasing and deleting 1,000 rows takes a few statements, not one per row."""
+        store = SQLiteExporter(tmp_path / "o.db", keep_local=False)
+        statements: list[str] = []
+        try:
+            store.outbox_put([turn(f"c{i}") for i in range(1000)], ("context",))
+            store.store.run(lambda conn: conn.set_trace_callback(statements.append))
+            claimed = store.outbox_claim(1000, destination="context")
+            store.outbox_done([row_id for row_id, _ in claimed])
+            store.store.run(lambda conn: conn.set_trace_callback(None))
+            left = store.outbox_claim(1000, destination="context")
+        finally:
+            store.shutdown()
+        writes = [s for s in statements if s.lstrip().startswith(("UPDATE", "DELETE"))]
+
+        assert (1000, []) == (len(claimed), left)
+        assert len(writes) <= 6, f"{len(writes)} statements for 1,000 rows"
+
     def test_each_destination_delivers_through_its_sender(self, tmp_path: Path) -> None:
         """Each sender gets its own rows; a failure is counted for its destination."""
         path = tmp_path / "o.db"

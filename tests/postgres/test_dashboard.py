@@ -255,6 +255,27 @@ class TestIncremental:
         assert [None, None, None, -1] == [t["rating"] for t in session["turns"]]
 
 
+class TestFirstSync:
+    def test_statements_do_not_grow_with_the_turns_copied(
+        self, tmp_path: Path, pg_url: str
+    ) -> None:
+        """The cache's statements per sync step stay few however many turns it copies."""
+        sessions = [_session(f"s{k}", 6) for k in range(100)]
+        _write_each(pg_url, [t for turns in sessions for t in turns])
+        statements: list[str] = []
+        cache = PostgresCache(pg_url, tmp_path / "cache.db")
+        try:
+            cache._db.set_trace_callback(statements.append)
+            cache.build()
+            cache._db.set_trace_callback(None)
+            copied = cache.counts()
+        finally:
+            cache.close()
+        reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert 600 == copied
+        assert len(reads) <= 10, f"{len(reads)} SELECTs to copy 600 turns"
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "context_trace", *args],

@@ -181,6 +181,35 @@ class TestSender:
             count(pg_url, "SELECT turns FROM users WHERE id = 'u1'"),
         )
 
+    def test_a_batch_of_turns_is_one_statement(
+        self, pg_server: Server, pg_url: str
+    ) -> None:
+        """A batch of turns and its session and user counts cost the server one statement."""
+        database = pg_url.rsplit("/", 1)[1]
+        pg_server.admin(f"ALTER DATABASE {database} SET log_statement = 'all'")
+        store = PostgresStore(pg_url, host="h1")
+        store.open()
+        pid = store._connection().info.backend_pid
+        start = len(pg_server.log.read_text(errors="replace"))
+        batch = [turn(f"c{i}", session=f"s{i % 3}", at=T0 + i) for i in range(10)]
+        store.write(batch)
+        store.close()
+
+        log = pg_server.log.read_text(errors="replace")[start:]
+        statements = [
+            line.rsplit(": ", 1)[-1][:60]
+            for line in log.splitlines()
+            if f"[{pid}]" in line and ("statement: " in line or " execute " in line)
+        ]
+        assert 1 == len([s for s in statements if s not in ("BEGIN", "COMMIT")]), (
+            statements
+        )
+        assert (10, 10, 10) == (
+            count(pg_url, "SELECT count(*) FROM turns"),
+            count(pg_url, "SELECT sum(turns) FROM sessions"),
+            count(pg_url, "SELECT turns FROM users WHERE id = 'u1'"),
+        )
+
     def test_nul_characters_do_not_fail_the_batch(self, pg_url: str) -> None:
         """A NUL character (which PostgreSQL text refuses) is replaced, not fatal."""
         sender = PostgresSender(pg_url, host="h1")

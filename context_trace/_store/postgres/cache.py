@@ -10,7 +10,8 @@ it unchanged, so the pages, the JSON API and the reports are the same by
 construction, full-text search is SQLite's FTS5, and a page costs what it costs
 on SQLite.
 
-How the copy stays exact and incremental (:meth:`PostgresCache.sync`):
+How the copy stays exact and incremental (:meth:`PostgresCache.sync` reads a
+step, ``cache_apply.apply`` writes it):
 
 - **Which rows are new.** Every turn and rating row records the id of the
   transaction that inserted it (``txid``, migration 2). One sync step reads,
@@ -45,19 +46,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from context_trace._record import Message
-from context_trace._store.codec import messages_from_json, messages_json
-from context_trace._store.connection import insert_rows, open_writer, transaction
-from context_trace._store.ratings import _RECOUNT
+from context_trace._store.connection import open_writer, transaction
 from context_trace._store.ui_index import UIIndex
-from context_trace._store.writer import _Fingerprints, _strip_history
 
+from .cache_apply import STATE, apply
 from .connection import (
     _CONNECT_TIMEOUT,
     StoreUnavailable,
@@ -74,14 +71,10 @@ _logger = logging.getLogger(__name__)
 
 #: Rows (turns, and ratings) one sync step copies at most.
 CACHE_CHUNK = 5000
-# The cache's own bookkeeping table (the store's tables are the SQLite store's).
-_STATE = "pg_cache"
 # The first schema version with the ``txid`` columns.
 _NEEDS_VERSION = 2
 # Seconds between two syncs started by dashboard requests once level.
 _SYNC_INTERVAL = 1.0
-# SQLite parameters per IN (...) list.
-_IN_CHUNK = 500
 
 _TURNS = (
     "SELECT txid::text, id, user_id, session_id, started_at, ended_at, latency_ms,"
@@ -126,16 +119,6 @@ def default_cache_path(url: str) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in database)
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "context-trace" / f"postgres-{safe[:40]}-{digest}.db"
-
-
-@dataclass(slots=True)
-class _Turn:
-    """One turn of a session being merged: cached (``n``) or new (``row``)."""
-
-    key: tuple[float, float, str]
-    messages: tuple[Message, ...]
-    n: int | None = None
-    row: tuple[Any, ...] | None = None
 
 
 class PostgresCache:
@@ -225,10 +208,10 @@ class PostgresCache:
         try:
             db.execute("PRAGMA cache_size = -65536")
             db.execute(
-                f"CREATE TABLE IF NOT EXISTS {_STATE}"
+                f"CREATE TABLE IF NOT EXISTS {STATE}"
                 " (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
-            state = dict(db.execute(f"SELECT key, value FROM {_STATE}").fetchall())
+            state = dict(db.execute(f"SELECT key, value FROM {STATE}").fetchall())
             if state.get("store") not in (None, created) or (
                 "turn_txid" in state
                 and max(int(state["turn_txid"]), int(state["rating_txid"])) > int(xmin)
@@ -242,7 +225,7 @@ class PostgresCache:
             if "store" not in state:
                 with transaction(db):
                     db.executemany(
-                        f"INSERT INTO {_STATE} (key, value) VALUES (?, ?)",
+                        f"INSERT INTO {STATE} (key, value) VALUES (?, ?)",
                         [("store", created), ("turn_txid", "0"), ("turn_id", ""),
                          ("rating_txid", "0"), ("rating_id", "")],
                     )  # fmt: skip
@@ -288,7 +271,7 @@ class PostgresCache:
             )
 
     def _state(self) -> dict[str, str]:
-        return dict(self._db.execute(f"SELECT key, value FROM {_STATE}").fetchall())
+        return dict(self._db.execute(f"SELECT key, value FROM {STATE}").fetchall())
 
     def build(self, progress: Callable[[int], None] | None = None) -> None:
         """Bring the cache level with the store; *progress* gets the turns copied."""
@@ -328,7 +311,7 @@ class PostgresCache:
             turns, ratings = read[0], read[1]
             if turns or ratings:
                 with transaction(self._db):
-                    self._apply(*read)
+                    apply(self._db, *read)
             return len(turns) < max_rows and len(ratings) < max_rows, len(turns)
 
     def _read(
@@ -355,149 +338,6 @@ class PostgresCache:
         user_ids |= {r[1] for r in sessions if r[1] is not None}
         users = conn.execute(_USERS, (sorted(user_ids),)).fetchall()
         return turns, ratings, sessions, rated, users
-
-    def _apply(
-        self,
-        turns: list[Any],
-        ratings: list[Any],
-        sessions: list[Any],
-        rated: list[Any],
-        users: list[Any],
-    ) -> None:
-        db = self._db
-        fresh = [r for r in turns if not self._has_turn(r[1])]
-        new_ids = {r[1] for r in fresh}
-        by_session: dict[str, list[tuple[Any, ...]]] = {}
-        for row in fresh:
-            if row[3] is not None:
-                by_session.setdefault(row[3], []).append(row)
-        # Sessions: those with turns, cached or new (a rating alone waits for
-        # the turn it rates).
-        cached = self._session_numbers([s[0] for s in sessions])
-        kept = [s for s in sessions if s[0] in cached or s[0] in by_session]
-        insert_rows(
-            db,
-            "INSERT INTO sessions (id, user_id, started_at, last_at)",
-            [(s[0], s[1], float(s[2]), float(s[3])) for s in kept],
-            " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id,"
-            " started_at = excluded.started_at, last_at = excluded.last_at",
-        )
-        numbers = self._session_numbers([s[0] for s in kept])
-        insert_rows(
-            db,
-            "INSERT INTO users (id, first_seen, last_seen)",
-            [(u[0], float(u[1]), float(u[2])) for u in users],
-            " ON CONFLICT (id) DO UPDATE SET first_seen = excluded.first_seen,"
-            " last_seen = excluded.last_seen",
-        )
-        # Turns: each session's history dropped in the sessions' own order.
-        messages: dict[str, str] = {}
-        for sid, rows in by_session.items():
-            messages.update(self._merge(numbers.get(sid), rows))
-        insert_rows(
-            db,
-            "INSERT INTO conversations (session_n, id, user_id, session_id,"
-            " started_at, ended_at, latency_ms, model, prompt_tokens,"
-            " completion_tokens, total_tokens, error, metadata, messages_json)",
-            [
-                (
-                    None if r[3] is None else numbers.get(r[3]),
-                    r[1], r[2], r[3], float(r[4]), float(r[5]), int(r[6] or 0),
-                    r[7], r[8], r[9], r[10], r[11], r[12],
-                    messages.get(r[1], r[13]),
-                )
-                for r in fresh
-            ],
-        )  # fmt: skip
-        # Ratings: the touched sessions' ratings resolved again, on turns held.
-        resolved = [s[0] for s in kept]
-        for start in range(0, len(resolved), _IN_CHUNK):
-            part = resolved[start : start + _IN_CHUNK]
-            db.execute(
-                "DELETE FROM feedback WHERE session_id IN"
-                f" ({','.join('?' * len(part))})",
-                part,
-            )
-        held = set(resolved)
-        insert_rows(
-            db,
-            "INSERT INTO feedback (id, session_id, user_id, conversation_id, rating,"
-            " created_at)",
-            [
-                (r[0], r[1], r[2], r[3], int(r[4]), float(r[5]))
-                for r in rated
-                if r[1] in held and (r[3] in new_ids or self._has_turn(r[3]))
-            ],
-        )
-        db.executemany(_RECOUNT, [(sid,) for sid in resolved])
-        last_turn = turns[-1] if turns else None
-        last_rating = ratings[-1] if ratings else None
-        updates = []
-        if last_turn is not None:
-            updates += [(last_turn[0], "turn_txid"), (last_turn[1], "turn_id")]
-        if last_rating is not None:
-            updates += [(last_rating[0], "rating_txid"), (last_rating[1], "rating_id")]
-        db.executemany(f"UPDATE {_STATE} SET value = ? WHERE key = ?", updates)
-
-    def _has_turn(self, turn_id: str) -> bool:
-        return (
-            self._db.execute(
-                "SELECT 1 FROM conversations WHERE id = ?", (turn_id,)
-            ).fetchone()
-            is not None
-        )
-
-    def _session_numbers(self, ids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            part = list(ids[start : start + _IN_CHUNK])
-            found.update(
-                (sid, int(n))
-                for n, sid in self._db.execute(
-                    "SELECT n, id FROM sessions WHERE id IN"
-                    f" ({','.join('?' * len(part))})",
-                    part,
-                )
-            )
-        return found
-
-    def _merge(
-        self, session_n: int | None, rows: list[tuple[Any, ...]]
-    ) -> dict[str, str]:
-        """
-        The new turns' messages (by id), the session's history dropped.
-
-        The session's cached turns and the new ones, in the session's order;
-        a cached turn that now follows a new one is stripped again and
-        rewritten when that changes it.
-        """
-        merged = [
-            _Turn((float(r[4]), float(r[5]), r[1]), tuple(messages_from_json(r[13])),
-                  row=r)
-            for r in rows
-        ]  # fmt: skip
-        if session_n is not None:
-            merged += [
-                _Turn((start, end, tid), tuple(messages_from_json(text)), n=n)
-                for n, tid, start, end, text in self._db.execute(
-                    "SELECT n, id, started_at, ended_at, messages_json"
-                    " FROM conversations WHERE session_n = ?",
-                    (session_n,),
-                )
-            ]
-        merged.sort(key=lambda t: t.key)
-        seen = _Fingerprints()
-        out: dict[str, str] = {}
-        for turn in merged:
-            kept = _strip_history(turn.messages, seen)
-            if turn.row is not None:
-                out[turn.key[2]] = messages_json(kept)
-            elif len(kept) != len(turn.messages):
-                self._db.execute(
-                    "UPDATE conversations SET messages_json = ? WHERE n = ?",
-                    (messages_json(kept), turn.n),
-                )
-        return out
 
 
 class SyncedIndex(UIIndex):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from context_trace._record import Conversation, Feedback, Record, exported_metadata
-from context_trace._store.codec import JSON, is_tool_error, messages_json
+from context_trace._store.codec import encode, is_tool_error, messages_json
 
 
 def _text(value: str | None) -> str | None:
@@ -22,31 +22,40 @@ _TURN_COLUMNS = (
     " prompt_tokens, completion_tokens, total_tokens, error, metadata, messages,"
     " answered, tool_error"
 )
-_INSERT_TURNS = (
-    f"INSERT INTO turns ({_TURN_COLUMNS})"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[],"
-    " %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::int8[], %b::int8[],"
-    " %b::int8[], %b::text[], %b::text[], %b::text[], %b::bool[], %b::bool[])"
-    " ON CONFLICT (id) DO NOTHING"
-    " RETURNING id, user_id, session_id, started_at, ended_at"
-)
-_UPSERT_SESSIONS = (
-    "INSERT INTO sessions (id, user_id, started_at, last_at, turns)"
-    " SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[], %b::float8[],"
-    " %b::int8[])"
+# One statement stores a batch of turns and moves the aggregates by the rows
+# it inserted: the turns go in with ``ON CONFLICT DO NOTHING``, and only the
+# ids that insert returns count towards their session and user (so a batch
+# delivered again counts once). A session's user is the first one the batch
+# names for it (``n``: the row's place in the batch). Each aggregate's rows are
+# locked in id order, by the same plan on every host, so two hosts never
+# deadlock on them. The statement answers how many turns were new.
+_WRITE_TURNS = (
+    "WITH batch AS (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[],"
+    " %b::text[], %b::float8[], %b::float8[], %b::float8[], %b::text[], %b::int8[],"
+    " %b::int8[], %b::int8[], %b::text[], %b::text[], %b::text[], %b::bool[],"
+    f" %b::bool[]) WITH ORDINALITY AS b ({_TURN_COLUMNS}, n)),"
+    f" inserted AS (INSERT INTO turns ({_TURN_COLUMNS}) SELECT {_TURN_COLUMNS}"
+    " FROM batch ON CONFLICT (id) DO NOTHING RETURNING id),"
+    " fresh AS (SELECT batch.user_id, batch.session_id, batch.started_at,"
+    " batch.ended_at, batch.n FROM batch JOIN inserted USING (id)),"
+    " session_counts AS (INSERT INTO sessions (id, user_id, started_at, last_at,"
+    " turns) SELECT session_id,"
+    " (array_agg(user_id ORDER BY n) FILTER (WHERE user_id IS NOT NULL))[1],"
+    " min(started_at), max(ended_at), count(*) FROM fresh"
+    " WHERE session_id IS NOT NULL GROUP BY session_id ORDER BY session_id"
     " ON CONFLICT (id) DO UPDATE SET"
     " user_id = coalesce(sessions.user_id, excluded.user_id),"
     " started_at = least(sessions.started_at, excluded.started_at),"
     " last_at = greatest(sessions.last_at, excluded.last_at),"
-    " turns = sessions.turns + excluded.turns"
-)
-_UPSERT_USERS = (
-    "INSERT INTO users (id, first_seen, last_seen, turns)"
-    " SELECT * FROM unnest(%b::text[], %b::float8[], %b::float8[], %b::int8[])"
+    " turns = sessions.turns + excluded.turns),"
+    " user_counts AS (INSERT INTO users (id, first_seen, last_seen, turns)"
+    " SELECT user_id, min(started_at), max(ended_at), count(*) FROM fresh"
+    " WHERE user_id IS NOT NULL GROUP BY user_id ORDER BY user_id"
     " ON CONFLICT (id) DO UPDATE SET"
     " first_seen = least(users.first_seen, excluded.first_seen),"
     " last_seen = greatest(users.last_seen, excluded.last_seen),"
-    " turns = users.turns + excluded.turns"
+    " turns = users.turns + excluded.turns)"
+    " SELECT count(*) FROM fresh"
 )
 _INSERT_RATINGS = (
     "INSERT INTO ratings (id, host, session_id, conversation_id, rating, created_at)"
@@ -92,7 +101,7 @@ def _turn_row(record: Conversation, host: str) -> tuple[Any, ...]:
         None if usage is None else usage.output_tokens,
         None if usage is None else usage.total_tokens,
         _text(record.error),
-        JSON.encode(metadata),
+        encode(metadata),
         messages_json(record.messages),
         any(m.role == "assistant" for m in record.messages),
         is_tool_error(record.error, metadata),
@@ -103,10 +112,9 @@ def write_batch(conn: Any, batch: Sequence[Record], host: str) -> int:
     """
     Store *batch* in one transaction; return how many turns were new.
 
-    Turns go in with ``ON CONFLICT DO NOTHING``; the aggregates count only the
-    rows the insert returned, so a batch delivered again (its commit's answer
-    lost in a restart) changes nothing. Aggregate rows are locked in id order,
-    so two hosts writing the same sessions never deadlock on them.
+    The turns and their aggregates go in one statement (``_WRITE_TURNS``),
+    which counts only the turns it inserted, so a batch delivered again (its
+    commit's answer lost in a restart) changes nothing.
     """
     turns: dict[str, tuple[Any, ...]] = {}
     ratings: dict[str, tuple[Any, ...]] = {}
@@ -127,32 +135,13 @@ def write_batch(conn: Any, batch: Sequence[Record], host: str) -> int:
             )
         else:
             raise TypeError(f"not a context_trace record: {type(record).__name__}")
-    new = 0
-    with conn.transaction():
-        sessions: dict[str, list[Any]] = {}
-        users: dict[str, list[Any]] = {}
+    written = None
+    # Pipelined: BEGIN, the statement and COMMIT travel together, so a batch of
+    # turns costs one round trip; its answer is read once the pipeline is done.
+    with conn.pipeline(), conn.transaction():
         if turns:
             rows = list(turns.values())
-            inserted = conn.execute(_INSERT_TURNS, _columns(rows, 16)).fetchall()
-            new = len(inserted)
-            for _, uid, sid, start, end in inserted:
-                if sid is not None:
-                    row = sessions.setdefault(sid, [sid, uid, start, end, 0])
-                    row[1] = row[1] if row[1] is not None else uid
-                    row[2] = min(row[2], start)
-                    row[3] = max(row[3], end)
-                    row[4] += 1
-                if uid is not None:
-                    urow = users.setdefault(uid, [uid, start, end, 0])
-                    urow[1] = min(urow[1], start)
-                    urow[2] = max(urow[2], end)
-                    urow[3] += 1
-        if sessions:
-            ordered = [tuple(sessions[k]) for k in sorted(sessions)]
-            conn.execute(_UPSERT_SESSIONS, _columns(ordered, 5))
-        if users:
-            ordered = [tuple(users[k]) for k in sorted(users)]
-            conn.execute(_UPSERT_USERS, _columns(ordered, 4))
+            written = conn.execute(_WRITE_TURNS, _columns(rows, 16))
         if ratings:
             stored = conn.execute(
                 _INSERT_RATINGS, _columns(list(ratings.values()), 6)
@@ -172,4 +161,4 @@ def write_batch(conn: Any, batch: Sequence[Record], host: str) -> int:
                 if by_user:
                     ukeys = sorted(by_user)
                     conn.execute(_TOUCH_USERS, (ukeys, [by_user[k] for k in ukeys]))
-    return new
+    return 0 if written is None else int(written.fetchone()[0])
