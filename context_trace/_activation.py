@@ -136,7 +136,9 @@ class Scope:
     def activate(self) -> None:
         """Make this scope current in this context; pair with :meth:`deactivate`."""
         config_token: Token[Any] | None = None
-        if _runtime.wants_run_metadata():
+        mode = _runtime.active_config().run_metadata
+        # _runtime.wants_run_metadata(), inlined for the default (True): two calls.
+        if mode is True or (mode is not False and _runtime.wants_run_metadata()):
             # Merged into LangChain's inherited config so every run's metadata (the
             # app's own handlers, LangSmith and other tracers) carries
             # user_id/session_id. LangChain pays for propagating metadata through
@@ -147,7 +149,11 @@ class Scope:
             if parent:
                 metadata = {**(parent.get("metadata") or {}), **self._run_metadata()}
                 config = {**parent, "metadata": metadata}
-            else:  # the usual outermost scope: nothing to merge
+            elif self.session is None and self.user_id is not None:
+                # The usual outermost scope, a user and nothing to merge:
+                # self._run_metadata(), inlined (a call).
+                config = {"metadata": {"user_id": self.user_id}}
+            else:
                 config = {"metadata": self._run_metadata()}
             config_token = var_child_runnable_config.set(config)
         # The tokens live in the context's frame, not on the scope: one Scope may be
