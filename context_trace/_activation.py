@@ -3,11 +3,14 @@ Scope state and activation: the ContextVars, :class:`Scope`, and leaving.
 
 A :class:`Scope` is immutable. Entering ``track_user`` or ``context_session``
 builds a new scope from the current one (:func:`build_scope`: inner values
-override, metadata merges) and *activates* it: three ContextVars are set and
-their tokens kept so leaving restores the outer state exactly, whatever
-happened in between.
+override, metadata merges) and *activates* it: three ContextVars are set, and
+leaving restores the outer state exactly, whatever happened in between.
 
-- ``ACTIVE_SCOPE`` holds the scope itself (``current_user()`` and friends).
+- ``ACTIVE`` holds the activation's *frame*, one immutable tuple
+  ``(scope, handler_token, config_token, outer_frame)``: the scope itself
+  (``current_user()`` and friends, ``frame[SCOPE]``) and what leaving needs to
+  restore this context's outer state. The frame is made per activation, so a
+  scope active in several threads or tasks at once restores each one's own.
 - ``ACTIVE_HANDLER`` holds the scope's recording handler. It is registered with
   LangChain's ``register_configure_hook`` so every run configured in this context
   gets the handler, with no ``callbacks=`` passed anywhere.
@@ -38,10 +41,10 @@ if TYPE_CHECKING:
     from ._sessions import Session
 
 __all__ = [
+    "ACTIVE",
     "ACTIVE_HANDLER",
-    "ACTIVE_SCOPE",
     "REQUEST_SESSION",
-    "TOKENS",
+    "SCOPE",
     "RequestSession",
     "Scope",
     "build_scope",
@@ -56,15 +59,15 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-ACTIVE_SCOPE: ContextVar[Scope | None] = ContextVar(
-    "context_trace.active_scope", default=None
-)
+# The innermost activation's frame in this context: (scope, handler token,
+# config token, outer frame); see Scope.activate. One variable set once and
+# restored once per scope: a ContextVar write is the scope's largest cost.
+Frame = tuple[Any, ...]
+ACTIVE: ContextVar[Frame | None] = ContextVar("context_trace.active", default=None)
+#: the index of the scope in a frame (``ACTIVE.get()[SCOPE]``)
+SCOPE = 0
 ACTIVE_HANDLER: ContextVar[RecordingHandler | None] = ContextVar(
     "context_trace.active_handler", default=None
-)
-# The tokens of the innermost activation in this context (see Scope.activate).
-TOKENS: ContextVar[list[Any] | None] = ContextVar(
-    "context_trace.scope_tokens", default=None
 )
 # Set by the web integrations for the length of a request (see RequestSession).
 REQUEST_SESSION: ContextVar[RequestSession | None] = ContextVar(
@@ -133,7 +136,9 @@ class Scope:
     def activate(self) -> None:
         """Make this scope current in this context; pair with :meth:`deactivate`."""
         config_token: Token[Any] | None = None
-        if _runtime.wants_run_metadata():
+        mode = _runtime.active_config().run_metadata
+        # _runtime.wants_run_metadata(), inlined for the default (True): two calls.
+        if mode is True or (mode is not False and _runtime.wants_run_metadata()):
             # Merged into LangChain's inherited config so every run's metadata (the
             # app's own handlers, LangSmith and other tracers) carries
             # user_id/session_id. LangChain pays for propagating metadata through
@@ -144,35 +149,34 @@ class Scope:
             if parent:
                 metadata = {**(parent.get("metadata") or {}), **self._run_metadata()}
                 config = {**parent, "metadata": metadata}
-            else:  # the usual outermost scope: nothing to merge
+            elif self.session is None and self.user_id is not None:
+                # The usual outermost scope, a user and nothing to merge:
+                # self._run_metadata(), inlined (a call).
+                config = {"metadata": {"user_id": self.user_id}}
+            else:
                 config = {"metadata": self._run_metadata()}
             config_token = var_child_runnable_config.set(config)
-        # The tokens live in a ContextVar, not on the scope: one Scope may be active
-        # in several threads or tasks at once (a shared stream, a shared factory),
-        # and each context must restore its own outer state.
-        entry: list[Any] = [
-            ACTIVE_SCOPE.set(self),
-            ACTIVE_HANDLER.set(self.handler),
-            config_token,
-            None,
-        ]
-        entry[3] = TOKENS.set(entry)
+        # The tokens live in the context's frame, not on the scope: one Scope may be
+        # active in several threads or tasks at once (a shared stream, a shared
+        # factory), and each context must restore its own outer state.
+        ACTIVE.set((self, ACTIVE_HANDLER.set(self.handler), config_token, ACTIVE.get()))
 
     def deactivate(self) -> None:
         """Restore the state from before the matching :meth:`activate` in this context."""
-        entry = TOKENS.get()
-        if entry is None:
+        frame = ACTIVE.get()
+        if frame is None:
             _logger.debug(
                 "context_trace: deactivate() without activate() in this context"
             )
             return
-        scope_token, handler_token, config_token, own_token = entry
+        _, handler_token, config_token, outer = frame
         try:
-            TOKENS.reset(own_token)
+            # First: a token from another context raises here, before anything
+            # in this context changed.
+            ACTIVE_HANDLER.reset(handler_token)
             if config_token is not None:
                 var_child_runnable_config.reset(config_token)
-            ACTIVE_HANDLER.reset(handler_token)
-            ACTIVE_SCOPE.reset(scope_token)
+            ACTIVE.set(outer)
         except (ValueError, RuntimeError):
             # A token from another context (a generator finished elsewhere): never
             # raise into the app; the context it belonged to is gone anyway.
@@ -198,7 +202,7 @@ def leave(scope: Scope | None = None) -> None:
     """
     if scope is not None:
         scope.deactivate()
-    if ACTIVE_SCOPE.get() is None:
+    if ACTIVE.get() is None:
         _runtime.on_outermost_exit()
 
 
@@ -210,8 +214,9 @@ def build_scope(
     inherit: bool = True,
 ) -> Scope:
     """A scope derived from the current one: given values override, metadata merges."""
-    outer = ACTIVE_SCOPE.get() if inherit else None
-    if outer is not None:
+    frame = ACTIVE.get() if inherit else None
+    if frame is not None:
+        outer: Scope = frame[SCOPE]
         if user_id is None:
             user_id = outer.user_id
         if session is None:
@@ -231,7 +236,8 @@ def build_scope(
 
 def current_scope() -> Scope | None:
     """The active :class:`Scope`, or None outside every scope."""
-    return ACTIVE_SCOPE.get()
+    frame = ACTIVE.get()
+    return frame[SCOPE] if frame is not None else None
 
 
 def current_user() -> str | None:
@@ -240,8 +246,8 @@ def current_user() -> str | None:
 
     .. versionadded:: 0.1.0
     """
-    scope = ACTIVE_SCOPE.get()
-    return scope.user_id if scope is not None else None
+    frame = ACTIVE.get()
+    return frame[SCOPE].user_id if frame is not None else None
 
 
 def current_session() -> Session | None:
@@ -250,8 +256,8 @@ def current_session() -> Session | None:
 
     .. versionadded:: 0.1.0
     """
-    scope = ACTIVE_SCOPE.get()
-    return scope.session if scope is not None else None
+    frame = ACTIVE.get()
+    return frame[SCOPE].session if frame is not None else None
 
 
 def current_handler() -> RecordingHandler | None:
@@ -277,7 +283,7 @@ def runnable_config() -> RunnableConfig:
     """
     from langchain_core.runnables import RunnableConfig
 
-    scope = ACTIVE_SCOPE.get()
+    scope = current_scope()
     config = RunnableConfig()
     if scope is None:
         return config
@@ -296,7 +302,7 @@ def headers() -> dict[str, str]:
 
     .. versionadded:: 0.1.0
     """
-    scope = ACTIVE_SCOPE.get()
+    scope = current_scope()
     out: dict[str, str] = {}
     if scope is None:
         return out

@@ -143,7 +143,7 @@ class ContextCallbackHandler(RecordingHandler):
         root of its own). A scope without a recorder is disabled or sampled out:
         nothing is recorded either.
         """
-        if _activation.ACTIVE_SCOPE.get() is not None:
+        if _activation.ACTIVE.get() is not None:
             return None
         if not _runtime.active_config().enabled:
             return None

@@ -16,7 +16,15 @@ from typing import Any, TypeVar, cast
 import wrapt
 
 from . import _runtime
-from ._activation import ACTIVE_SCOPE, REQUEST_SESSION, Scope, build_scope, leave
+from ._activation import (
+    ACTIVE,
+    REQUEST_SESSION,
+    SCOPE,
+    Scope,
+    build_scope,
+    current_scope,
+    leave,
+)
 from ._log import log_once
 from ._record import new_id
 from ._resolvers import (
@@ -76,7 +84,7 @@ class ScopeFactory:
             session_id = (
                 self._value(self._session_id, "session_id", resolve) or new_id()
             )
-            outer = ACTIVE_SCOPE.get()
+            outer = current_scope()
             session = Session(
                 session_id,
                 user_id if user_id is not None else (outer.user_id if outer else None),
@@ -109,9 +117,9 @@ class ScopeFactory:
         return scope.session if self._new_session else scope
 
     def __exit__(self, *exc: object) -> None:
-        scope = ACTIVE_SCOPE.get()
-        if scope is not None:
-            leave(scope)
+        frame = ACTIVE.get()
+        if frame is not None:
+            leave(frame[SCOPE])
 
     async def __aenter__(self) -> Any:
         return self.__enter__()
@@ -198,7 +206,7 @@ class ScopeFactory:
                 # Unscoped: the caller's state as it is (the outer scope, if any).
                 # With no outer scope nothing is recorded, as for any code outside
                 # a scope; a fresh anonymous recorder would record it as user None.
-                if ACTIVE_SCOPE.get() is None:
+                if ACTIVE.get() is None:
                     return Scope(None, None, {}, None)
                 return build_scope(None, None, {}, inherit=True)
 

@@ -21,8 +21,8 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from ._activation import (
+    ACTIVE,
     REQUEST_SESSION,
-    TOKENS,
     RequestSession,
     Scope,
     current_scope,
@@ -70,7 +70,7 @@ def activation() -> Any:
     left in between: the Celery integration compares them to close the scopes
     a task left open.
     """
-    return TOKENS.get()
+    return ACTIVE.get()
 
 
 def in_request() -> bool:

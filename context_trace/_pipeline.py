@@ -13,19 +13,9 @@ Threading model:
   ``collections.deque`` (append and popleft are atomic in CPython) and, once
   ``_WAKE_AT`` items wait, sets the worker's wake-up Event: waking early keeps
   the queue, and so the memory a worker's turns hold, short.
-- Overload policy (back-pressure). The worker shares the GIL with the app: 32
-  busy request threads leave it ~1/33 of the CPU, so it falls behind an app
-  it could out-write alone. At the high-water mark (``_HIGH_WATER`` = 256
-  items, at most ``max_queue``) the emitting thread waits on ``_room``, up to
-  ``backpressure_timeout`` seconds, for the worker to take a chunk; waiting
-  releases the GIL, so the worker catches up. Then the item is queued if the
-  queue is below ``max_queue``, else the *new* item is dropped and counted,
-  with one warning. The wait is bounded three ways: never on the worker
-  thread (it would wait for itself), never longer than the timeout, and not
-  at all while the worker is stalled (a wait that timed out with nothing
-  taken marks it stalled until it takes a chunk), so a hung exporter costs one
-  timeout, not one per request. ``stats()`` counts the waits
-  (``waited``, ``waited_ms``).
+- Overload policy (``_pipeline_overload``): at a high-water mark the emitting
+  thread waits, bounded, for the worker to make room, then queues the item
+  or, with the queue full, drops it and counts it.
 - The worker sleeps on that Event with ``flush_interval`` as timeout, so records
   wait at most that long. It exports with ``_export_lock`` held, the only place
   that pops from the queue, so draining is ordered. After taking each chunk it
@@ -35,36 +25,34 @@ Threading model:
   exported (or given up on). No counters need to be read across threads.
 - ``shutdown`` stops accepting records, wakes the worker, waits for it to drain
   (bounded), then closes the exporter with the time left.
-- After ``os.fork`` the child gets an empty queue, fresh locks and no thread;
-  the thread starts again on the child's first ``emit``.
-- Exit: ``atexit`` shuts the pipeline down (bounded). A ``multiprocessing``
-  child (``Process``, ``Pool`` workers; fork, forkserver) ends with
-  ``os._exit``, where ``atexit`` never runs, right after
-  ``multiprocessing.util._exit_function`` has run the registered
-  ``util.Finalize`` callbacks: the pipeline registers one there too, and again
-  in each child (the child clears the registry after the fork, then runs the
-  ``util.register_after_fork`` callbacks).
+- Fork and exit (``_pipeline_process``): a forked child starts with an empty
+  queue and no thread; the process's exit, ``multiprocessing``'s included,
+  shuts the pipeline down (bounded).
 - The thread runs in an empty ``contextvars.Context``: no user scope is active
   there, so nothing the exporter does is ever recorded.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextvars
 import logging
 import os
-import sys
 import threading
 import time
-import weakref
 from collections import deque
 from typing import Any
 
+from . import _pipeline_process
 from ._exporters.base import Capabilities, Exporter, ExportResult
 from ._pipeline_inline import STAT_KEYS, Prepare, _counted, records_only
 from ._pipeline_inline import ClosedPipeline as ClosedPipeline
 from ._pipeline_inline import InlinePipeline as InlinePipeline
+from ._pipeline_overload import (
+    DEFAULT_BACKPRESSURE_TIMEOUT,
+    HIGH_WATER,
+    drop,
+    make_room,
+)
 from ._record import Record
 
 __all__ = ["STAT_KEYS", "BatchPipeline", "ClosedPipeline", "InlinePipeline", "Prepare"]
@@ -79,16 +67,6 @@ _THREAD_NAME = "context-trace-exporter"
 # objects) pile up behind a busy app thread, and RSS keeps that high-water mark;
 # at 64 the queue stays short and batches still grow under load.
 _WAKE_AT = 64
-# Queued turns at which an emitting thread waits for room (back-pressure). The
-# turns in the queue hold their LangChain objects (~5 KB each) and RSS keeps
-# the peak: measured over 20,000 turns with sessions, growth was 7.5 MiB at
-# 1,024 and 3.4 MiB at 256. The worker takes room a chunk (_WAKE_AT) at a time,
-# so a wait at 256 is short.
-_HIGH_WATER = 256
-_DEFAULT_BACKPRESSURE_TIMEOUT = 0.1
-# multiprocessing runs finalizers of priority >= 0 first, before it terminates
-# and joins the exiting process's own children.
-_MP_EXIT_PRIORITY = 0
 
 
 class _Marker:
@@ -127,7 +105,7 @@ class BatchPipeline:
         flush_interval: float = 1.0,
         prepare: Prepare | None = None,
         shutdown_timeout: float = 5.0,
-        backpressure_timeout: float = _DEFAULT_BACKPRESSURE_TIMEOUT,
+        backpressure_timeout: float = DEFAULT_BACKPRESSURE_TIMEOUT,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
@@ -148,7 +126,7 @@ class BatchPipeline:
         self._max_queue = max_queue
         self._max_batch = max_batch
         self._wake_at = min(_WAKE_AT, max_batch)
-        self._high_water = min(max_queue, _HIGH_WATER)
+        self._high_water = min(max_queue, HIGH_WATER)
         self._backpressure_timeout = backpressure_timeout
         self._flush_interval = flush_interval
         self._shutdown_timeout = shutdown_timeout
@@ -166,18 +144,8 @@ class BatchPipeline:
         self._waited = 0
         self._waited_ns = 0
         self._init_runtime()
-        atexit.register(self._at_exit)
         self._finalizer: Any = None
-        self._watch_multiprocessing()
-        # A weak reference: the fork hook must not keep old pipelines alive.
-        ref = weakref.WeakMethod(self._after_fork)
-
-        def _after_fork_in_child() -> None:
-            method = ref()
-            if method is not None:
-                method()
-
-        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _pipeline_process.attach(self)
 
     def _init_runtime(self) -> None:
         """Everything a forked child must not share with its parent."""
@@ -198,53 +166,6 @@ class BatchPipeline:
         self._worker_done = False
         self._pid = os.getpid()
 
-    def _watch_multiprocessing(self) -> None:
-        """
-        Shut down at a ``multiprocessing`` child's exit, which skips ``atexit``.
-
-        Registers a ``util.Finalize`` (run by ``util._exit_function`` before the
-        child's ``os._exit``), and an after-fork callback that registers it
-        again in each child, whose bootstrap clears the finalizers it inherited.
-        Only once ``multiprocessing`` is imported: before that no child of it
-        exists, and a fork made later calls this again (``_after_fork``).
-        """
-        util: Any = sys.modules.get("multiprocessing.util")
-        if util is None or self._closed:
-            return
-        if self._finalizer is not None:
-            self._finalizer.cancel()
-        ref = weakref.ref(self)
-
-        def _at_multiprocessing_exit() -> None:
-            pipeline = ref()
-            if pipeline is not None:
-                pipeline._at_exit()
-
-        self._finalizer = util.Finalize(
-            None, _at_multiprocessing_exit, exitpriority=_MP_EXIT_PRIORITY
-        )
-        util.register_after_fork(self, BatchPipeline._watch_multiprocessing)
-
-    def _after_fork(self) -> None:
-        # The child has a copy of the parent's queue (the parent exports those) and
-        # no worker thread: start clean. Exporters holding connections reopen on
-        # their own (SQLite tracks the pid; see _exporters/).
-        self._init_runtime()
-        try:
-            self._watch_multiprocessing()
-        except Exception:
-            _logger.warning(
-                "context_trace: cannot watch multiprocessing's exit", exc_info=True
-            )
-        after_fork = self._capabilities.after_fork
-        if after_fork is not None:
-            try:
-                after_fork()
-            except Exception:
-                _logger.warning(
-                    "context_trace: exporter after_fork failed", exc_info=True
-                )
-
     def start(self) -> None:
         """Start the worker now (it otherwise starts on the first ``emit``)."""
         if self._thread is None and not self._closed:
@@ -260,66 +181,16 @@ class BatchPipeline:
         """
         queue = self._queue
         if self._closed:
-            self._drop()
+            drop(self)
             return
-        if len(queue) >= self._high_water and not self._make_room():
-            self._drop()
+        if len(queue) >= self._high_water and not make_room(self):
+            drop(self)
             return
         queue.append(item)
         if self._thread is None:
             self._start()
         if len(queue) >= self._wake_at and not self._wake.is_set():
             self._wake.set()
-
-    def _make_room(self) -> bool:
-        """
-        Back-pressure: wait (bounded) until the worker takes a chunk.
-
-        Returns:
-            Whether the item may be queued (the queue is below ``max_queue``).
-        """
-        thread = self._thread
-        if (
-            self._backpressure_timeout > 0
-            and thread is not None
-            and thread.is_alive()
-            and thread is not threading.current_thread()
-            and self._stalled_at != self._progress
-        ):
-            start = time.monotonic_ns()
-            deadline = start + int(self._backpressure_timeout * 1e9)
-            progress = self._progress
-            self._wake.set()
-            with self._room:
-                self._waiters += 1
-                try:
-                    while len(self._queue) >= self._high_water and not self._closed:
-                        left = deadline - time.monotonic_ns()
-                        if left <= 0:
-                            if self._progress == progress:
-                                self._stalled_at = progress  # nothing taken
-                            break
-                        self._room.wait(left / 1e9)
-                finally:
-                    self._waiters -= 1
-                    self._waited += 1
-                    self._waited_ns += time.monotonic_ns() - start
-        return len(self._queue) < self._max_queue and not self._closed
-
-    def _drop(self) -> None:
-        with self._drop_lock:
-            self._dropped += 1
-            first = self._dropped == 1
-        if first:
-            reason = (
-                "the pipeline is shut down"
-                if self._closed
-                else (f"the queue is full ({self._max_queue} records)")
-            )
-            _logger.warning(
-                "context_trace: dropping records because %s; see context_trace.stats()",
-                reason,
-            )
 
     def _start(self) -> None:
         with self._start_lock:
@@ -510,10 +381,7 @@ class BatchPipeline:
                 self._room.notify_all()
             finally:
                 self._room.release()
-        atexit.unregister(self._at_exit)
-        if self._finalizer is not None:
-            self._finalizer.cancel()
-            self._finalizer = None
+        _pipeline_process.detach(self)
         deadline = None if timeout is None else time.monotonic() + timeout
         self._stopping = True
         self._wake.set()

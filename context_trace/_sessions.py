@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from . import _runtime
-from ._activation import ACTIVE_SCOPE
+from ._activation import current_scope
 from ._record import Feedback, new_id
 
 __all__ = ["Session"]
@@ -92,7 +92,7 @@ class Session:
         self.ratings.append(int(rating))
         if not self.sampled or not _runtime.active_config().enabled:
             return
-        scope = ACTIVE_SCOPE.get()
+        scope = current_scope()
         user_id = scope.user_id if scope is not None and scope.user_id else self.user_id
         # The last answered turn this process saw in this session object, if
         # any; else the store finds it where the rating is written.

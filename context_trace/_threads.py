@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any, TypeVar
 
-from ._activation import ACTIVE_SCOPE
+from ._activation import ACTIVE
 from ._state import STATE
 
 __all__ = [
@@ -94,7 +94,7 @@ def instrument_threads() -> None:
         original_submit = _original_submit
 
         def start(self: threading.Thread) -> None:
-            if ACTIVE_SCOPE.get() is not None and hasattr(self, "run"):
+            if ACTIVE.get() is not None and hasattr(self, "run"):
                 ctx = copy_context()
                 run = self.run
                 self.run = lambda: ctx.run(run)  # type: ignore[method-assign]

@@ -218,7 +218,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "convert",
         ("_convert", "_rules", "_attribution", "_measure", "_text", "_runtree"),
     ),
-    ("pipeline", ("_pipeline", "_pipeline_inline")),
+    (
+        "pipeline",
+        ("_pipeline", "_pipeline_inline", "_pipeline_overload", "_pipeline_process"),
+    ),
     # _config validates exporter objects and endpoints; the read side
     # (_satisfaction, analytics/) reads the store.
     (
