@@ -316,7 +316,9 @@ def build_config(kwargs: Mapping[str, Any]) -> Config:
         from context_trace.analytics.pricing import check_prices
 
         values["prices"] = check_prices(values["prices"] or {}, "prices")
-    if "run_metadata" in values and values["run_metadata"] not in (True, False, "auto"):
+    run_metadata = values.get("run_metadata", "auto")
+    # isinstance, not membership: 1 == True and 0.0 == False would pass "in".
+    if not (isinstance(run_metadata, bool) or run_metadata == "auto"):
         raise ValueError(
             f"run_metadata must be True, False or 'auto', got {values['run_metadata']!r}"
         )

@@ -330,3 +330,16 @@ class TestLayers:
         assert [
             "context_trace._record (record) -> context_trace._runtime (runtime)"
         ] == _upward_imports(graph)
+
+
+class TestModuleSize:
+    LIMIT = 500
+
+    def test_every_module_is_within_the_house_limit(self):
+        """No module of the package is longer than 500 lines (ARCHITECTURE.md)."""
+        over = {
+            str(path.relative_to(PACKAGE_DIR)): n
+            for path in sorted(PACKAGE_DIR.rglob("*.py"))
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > self.LIMIT
+        }
+        assert over == {}

@@ -88,6 +88,8 @@ class TestValidation:
             ({"redact": 42}, TypeError, "redact"),
             ({"redact": ["email", "ssn"]}, ValueError, "ssn"),
             ({"run_metadata": "sometimes"}, ValueError, "run_metadata"),
+            ({"run_metadata": 1}, ValueError, "run_metadata must be True, False"),
+            ({"run_metadata": 0.0}, ValueError, "run_metadata must be True, False"),
             ({"db_path": 3}, TypeError, "db_path"),
         ],
     )
