@@ -120,27 +120,42 @@ def _user_days(first_day: str | None, since: float | None) -> tuple[str, list[An
     )
 
 
-def user_day_rows(first_day: str | None, since: float | None) -> tuple[str, list[Any]]:
+def user_day_rows(
+    first_day: str | None, since: float | None, users: Sequence[str] | None = None
+) -> tuple[str, list[Any]]:
     """
     SQL of ``(user_key, model, sums...)`` rows, not summed, covering whole UTC
     days from *first_day*, or the time *since*: the whole days after its day
     from the per-user, per-day sums, the rest of its day from the turns (as
-    :func:`_model_source`).
+    :func:`_model_source`); with *users*, only theirs (looked up day by day).
     """
+    cols = ", ".join(f"x.{c}" for c in _SUMS)
     if first_day:
-        return (
-            f"SELECT user_key, model, {_COLS} FROM ui_cost_user_day WHERE day >= ?",
-            [first_day],
+        op, day = ">=", first_day
+    else:
+        assert since is not None
+        op, day = ">", time.strftime("%Y-%m-%d", time.gmtime(since))
+    if users is None:
+        sql = (
+            f"SELECT user_key, model, {_COLS} FROM ui_cost_user_day x WHERE day {op} ?"
         )
-    assert since is not None
-    day = time.strftime("%Y-%m-%d", time.gmtime(since))
+        mine, params = "", [day]
+    else:
+        mine = f" AND x.user_key IN ({','.join('?' * len(users))})"
+        sql = (
+            f"SELECT x.user_key, x.model, {cols} FROM (SELECT DISTINCT day FROM"
+            f" ui_cost_day WHERE day {op} ?) d CROSS JOIN ui_cost_user_day x"
+            f" ON x.day = d.day{mine}"
+        )
+        params = [day, *users]
+    if first_day:
+        return sql, params
     midnight = _day_start(day) + 86_400
     return (
-        f"SELECT user_key, model, {_COLS} FROM ui_cost_user_day WHERE day > ?"
-        f" UNION ALL SELECT user_key, model, {_COLS} FROM ui_cost_turn"
-        f" WHERE n >= {_BOUNDS.format('min')} AND n <= {_BOUNDS.format('max')}"
-        " AND started_at >= ? AND started_at < ?",
-        [day, *[since, midnight] * 3],
+        f"{sql} UNION ALL SELECT x.user_key, x.model, {cols} FROM ui_cost_turn x"
+        f" WHERE x.n >= {_BOUNDS.format('min')} AND x.n <= {_BOUNDS.format('max')}"
+        f" AND x.started_at >= ? AND x.started_at < ?{mine}",
+        [*params, *[since, midnight] * 3, *(users or ())],
     )
 
 

@@ -51,12 +51,11 @@ def costliest_users(
     )
     best: list[Any] = []
     while batch := walk.fetchmany(_BATCH):
-        users = [r[0] for r in batch]
+        mine, theirs = user_day_rows(first_day, since, [r[0] for r in batch])
         found = conn.execute(
             f"WITH {prices}, x AS (SELECT user_key AS grp, model, {_SUMMED}"
-            f" FROM ({rows}) WHERE user_key IN ({','.join('?' * len(users))})"
-            f" GROUP BY grp, model) SELECT x.grp, {sums} GROUP BY x.grp",
-            [*params, *more, *users],
+            f" FROM ({mine}) GROUP BY grp, model) SELECT x.grp, {sums} GROUP BY x.grp",
+            [*params, *theirs],
         ).fetchall()
         best = sorted([*best, *(r for r in found if r[2])], key=_rank)[:limit]
         nxt = batch[-1][1]
