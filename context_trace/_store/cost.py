@@ -247,7 +247,13 @@ def cost_report(
         ).fetchall()
         grouped = _sessions_from(conn, prices, params, sums, start, limit)
         return _report(conn, by, range_, segment, per_model, grouped, models)
-    if by == "user" and not segment and limit is not None and found is not None:
+    if (
+        by == "user"
+        and not segment
+        and limit is not None
+        and found is not None
+        and (first_day or since is not None)
+    ):
         # Over a range: ranked by a bound, priced exactly a batch at a time.
         per_model = conn.execute(
             f"WITH {prices}, x AS ({found[0]}) SELECT x.model, {sums}"
