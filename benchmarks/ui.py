@@ -285,8 +285,11 @@ def _calls(path: Path, index: Path) -> list[str]:
         "/api/cost?by=model&range=24h",
         "/api/cost?by=session&meta=plan:pro",
         "/api/cost?by=session&range=7d&meta=plan:pro",
-        # Not answered from sums yet: one row per turn of the range.
+        # Per user over a range: the per-user, per-day sums of its days.
         "/api/cost?by=user&range=7d",
+        "/api/cost?by=user&range=30d",
+        "/api/cost?by=user&range=24h",
+        "/api/cost?by=user&range=7d&meta=plan:pro",
         # Two periods compared (from the per-day tables).
         "/api/compare?period=week",
         "/api/compare?period=week&meta=plan:pro",

@@ -48,6 +48,7 @@ from .cost_sources import (
     _sessions_from,
     segment_sessions,
 )
+from .cost_users import costliest_users
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
@@ -245,6 +246,21 @@ def cost_report(
             [*params, *model_params],
         ).fetchall()
         grouped = _sessions_from(conn, prices, params, sums, start, limit)
+        return _report(conn, by, range_, segment, per_model, grouped, models)
+    if (
+        by == "user"
+        and not segment
+        and limit is not None
+        and found is not None
+        and (first_day or since is not None)
+    ):
+        # Over a range: ranked by a bound, priced exactly a batch at a time.
+        per_model = conn.execute(
+            f"WITH {prices}, x AS ({found[0]}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *found[1]],
+        ).fetchall()
+        grouped = costliest_users(conn, prices, params, sums, first_day, since, limit)
         return _report(conn, by, range_, segment, per_model, grouped, models)
     if by == "session" and segment and limit is not None and priced_for(conn, models):
         model_source, model_params = found or (source, more)

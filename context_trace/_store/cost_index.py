@@ -1,16 +1,22 @@
 """
 The sidecar's cost tables (see :mod:`.cost` and :mod:`.ui_index`): each turn's
 token counts per model that answered in it, and their sums per UTC day, per user
-and per segment, filled a chunk of turns at a time.
+(also per user and day) and per segment, filled a chunk of turns at a time.
 """
 
 from __future__ import annotations
 
-__all__ = ["COST_SCHEMA", "COST_TABLES", "TURN_COSTS", "apply_cost_chunk"]
+__all__ = [
+    "COST_SCHEMA",
+    "COST_TABLES",
+    "FILL_USER_DAY",
+    "TURN_COSTS",
+    "apply_cost_chunk",
+]
 
 #: The sidecar tables this module keeps (see :mod:`.ui_index`).
 COST_TABLES = ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_user",
-               "ui_cost_segment_day")  # fmt: skip
+               "ui_cost_segment_day", "ui_cost_user_day")  # fmt: skip
 # The sums each table keeps, in this order everywhere.
 _SUMS = ("turns", "calls", "reported", "input", "output", "cache_read",
          "cache_write", "reasoning")  # fmt: skip
@@ -62,6 +68,16 @@ COST_SCHEMA = (
         model TEXT NOT NULL,
 {_SUM_COLUMNS},
         PRIMARY KEY (key, value, day, model)
+    ) WITHOUT ROWID
+    """,
+    # Per UTC day, user and model (a range's users: its days' rows, summed).
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_user_day (
+        day TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (day, user_key, model)
     ) WITHOUT ROWID
     """,
 )
@@ -120,6 +136,15 @@ _UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
 _COLS = ", ".join(_SUMS)
 
 
+#: Fill ``ui_cost_user_day`` from the turns' rows already indexed (an index
+#: made before it gains it without reading the store again).
+FILL_USER_DAY = (
+    f"INSERT INTO ui_cost_user_day (day, user_key, model, {_COLS})"
+    " SELECT date(started_at, 'unixepoch') AS day, user_key, model,"
+    f" {_SUMMED} FROM ui_cost_turn GROUP BY day, user_key, model"
+)
+
+
 def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
     """
     The statements that index the cost of the store's turns numbered (?1, ?2];
@@ -135,6 +160,9 @@ def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
         f" FROM cost_chunk GROUP BY day, model ON CONFLICT DO UPDATE SET {_UPSERT}",
         f"INSERT INTO ui_cost_user (user_key, model, {_COLS}) SELECT user_key, model,"
         f" {_SUMMED} FROM cost_chunk GROUP BY user_key, model"
+        f" ON CONFLICT DO UPDATE SET {_UPSERT}",
+        f"INSERT INTO ui_cost_user_day (day, user_key, model, {_COLS}) SELECT day,"
+        f" user_key, model, {_SUMMED} FROM cost_chunk GROUP BY day, user_key, model"
         f" ON CONFLICT DO UPDATE SET {_UPSERT}",
         f"INSERT INTO ui_cost_segment_day (key, value, day, model, {_COLS})"
         f" SELECT s.key, s.value, k.day, k.model,"

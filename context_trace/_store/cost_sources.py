@@ -51,6 +51,8 @@ def _rows_source(
         )
     if first_day == "" and not segment and by == "user":
         return (f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_user", [])
+    if by == "user" and not segment and (first_day or since is not None):
+        return _user_days(first_day, since)
     if first_day == "" and len(segment) == 1 and by == "user":
         return (
             f"SELECT user_key AS grp, model, {_COLS} FROM ui_cost_segment_user"
@@ -106,6 +108,65 @@ def _rows_source(
     )
 
 
+def _user_days(first_day: str | None, since: float | None) -> tuple[str, list[Any]]:
+    """
+    Per user and model, the token sums of whole UTC days from *first_day*, or
+    from the time *since*: see :func:`user_day_rows`.
+    """
+    rows, params = user_day_rows(first_day, since)
+    return (
+        f"SELECT user_key AS grp, model, {_SUMMED} FROM ({rows}) GROUP BY grp, model",
+        params,
+    )
+
+
+def user_day_rows(
+    first_day: str | None, since: float | None, users: Sequence[str] | None = None
+) -> tuple[str, list[Any]]:
+    """
+    SQL of ``(user_key, model, sums...)`` rows, not summed, covering whole UTC
+    days from *first_day*, or the time *since*: the whole days after its day
+    from the per-user, per-day sums, the rest of its day from the turns (as
+    :func:`_model_source`); with *users*, only theirs (looked up day by day).
+    """
+    cols = ", ".join(f"x.{c}" for c in _SUMS)
+    if first_day:
+        op, day = ">=", first_day
+    else:
+        assert since is not None
+        op, day = ">", time.strftime("%Y-%m-%d", time.gmtime(since))
+    if users is None:
+        sql = (
+            f"SELECT user_key, model, {_COLS} FROM ui_cost_user_day x WHERE day {op} ?"
+        )
+        mine, params = "", [day]
+    else:
+        mine = f" AND x.user_key IN ({','.join('?' * len(users))})"
+        sql = (
+            f"SELECT x.user_key, x.model, {cols} FROM (SELECT DISTINCT day FROM"
+            f" ui_cost_day WHERE day {op} ?) d CROSS JOIN ui_cost_user_day x"
+            f" ON x.day = d.day{mine}"
+        )
+        params = [day, *users]
+    if first_day:
+        return sql, params
+    midnight = _day_start(day) + 86_400
+    return (
+        f"{sql} UNION ALL SELECT x.user_key, x.model, {cols} FROM ui_cost_turn x"
+        f" WHERE x.n >= {_BOUNDS.format('min')} AND x.n <= {_BOUNDS.format('max')}"
+        f" AND x.started_at >= ? AND x.started_at < ?{mine}",
+        [*params, *[since, midnight] * 3, *(users or ())],
+    )
+
+
+# The first (min) or last (max) number of the store's turns started in [?, ?):
+# turns are numbered in commit order, not time order, so the store's
+# started_at index bounds them.
+_BOUNDS = (
+    "(SELECT {0}(n + 0) FROM conversations WHERE started_at >= ? AND started_at < ?)"
+)
+
+
 def topic_sums(conn: sqlite3.Connection) -> bool:
     """Whether the attached topics file keeps its per-topic, per-day token sums."""
     try:
@@ -158,10 +219,7 @@ def _model_source(
         # not time order: the store's started_at index bounds their numbers).
         day = time.strftime("%Y-%m-%d", time.gmtime(since))
         midnight = _day_start(day) + 86_400
-        bounds = (
-            "(SELECT {0}(n + 0) FROM conversations"
-            " WHERE started_at >= ? AND started_at < ?)"
-        )
+        bounds = _BOUNDS
         return (
             f"SELECT '' AS grp, model, {_SUMMED} FROM (SELECT model, {_COLS}"
             " FROM ui_cost_day WHERE day > ? UNION ALL"

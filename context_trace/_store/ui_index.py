@@ -47,6 +47,7 @@ from typing import Any
 from . import retention_index as _ret
 from .connection import read_uri
 from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
+from .cost_index import FILL_USER_DAY
 from .cost_priced import PRICED_TABLES, price_costs
 from .overview_hours import index_hours
 from .ui_index_schema import (
@@ -236,6 +237,15 @@ class UIIndex:
                     conn.execute(statement)
                 for statement in _apply_segments("0", str(int(done))):
                     conn.execute(statement)
+            cost_tables = {t for (t,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name IN (" + ", ".join(f"'{t}'" for t in COST_TABLES) + ")"
+            )}  # fmt: skip
+            if cost_tables == set(COST_TABLES) - {"ui_cost_user_day"}:
+                # An index from before the per-user, per-day sums (the last
+                # cost table): from the turns' rows it has, not from the store.
+                conn.execute(COST_SCHEMA[-1])
+                conn.execute(FILL_USER_DAY)
             if conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
                 " AND name IN (" + ", ".join(f"'{t}'" for t in COST_TABLES) + ")"

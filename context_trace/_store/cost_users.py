@@ -1,0 +1,90 @@
+"""
+The costliest users of a range (see :mod:`.cost`), from the index's per-user,
+per-day, per-model token sums without summing every user's tokens per model.
+
+A range's users are ranked by a bound: each row of sums (a user's day and model)
+priced alone, then summed per user, in one narrow SQL sort (no per-model group
+first). The cost of a user's summed tokens is at most that bound (the input not
+read from or written to a cache, and the output not reasoning, are clamped at
+zero row by row, which can only add), and equal to it unless a row reports more
+cache tokens than input tokens. The users are then read in the bound's order and
+priced exactly, a batch at a time, from their own rows, until the *limit*-th
+costliest found costs more than the next user's bound.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+from .cost_index import _SUMMED
+from .cost_sources import user_day_rows
+
+# Users priced exactly per step of the walk.
+_BATCH = 256
+# Relative slack of the bound (a sum in another order rounds differently).
+_SLACK = 1e-9
+
+
+def costliest_users(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    sums: str,
+    first_day: str | None,
+    since: float | None,
+    limit: int,
+) -> list[Any]:
+    """
+    Per user, the cost rows (as :func:`.cost.cost_report` reads them) of the
+    *limit* costliest users over whole UTC days from *first_day*, or from the
+    time *since*; *prices*, *params* and *sums* as :func:`.cost.price_table`
+    and ``cost_report`` make them.
+    """
+    rows, more = user_day_rows(first_day, since)
+    bound = _bound_sql(params)
+    walk = conn.execute(
+        f"SELECT user_key, total({bound}) / 1e6 AS bound FROM ({rows}) x"
+        " GROUP BY user_key ORDER BY bound DESC, user_key",
+        [*_bound_params(params), *more],
+    )
+    best: list[Any] = []
+    while batch := walk.fetchmany(_BATCH):
+        mine, theirs = user_day_rows(first_day, since, [r[0] for r in batch])
+        found = conn.execute(
+            f"WITH {prices}, x AS (SELECT user_key AS grp, model, {_SUMMED}"
+            f" FROM ({mine}) GROUP BY grp, model) SELECT x.grp, {sums} GROUP BY x.grp",
+            [*params, *theirs],
+        ).fetchall()
+        best = sorted([*best, *(r for r in found if r[2])], key=_rank)[:limit]
+        nxt = batch[-1][1]
+        if len(best) >= limit and best[-1][9] > nxt * (1 + _SLACK) + 1e-15:
+            break
+    return best
+
+
+def _bound_sql(params: Sequence[Any]) -> str:
+    """A row's cost by its model's price (bound as parameters), 0 if unpriced."""
+    one = (
+        "max(x.input - x.cache_read - x.cache_write, 0) * ? + x.cache_read * ?"
+        " + x.cache_write * ? + max(x.output - x.reasoning, 0) * ? + x.reasoning * ?"
+    )
+    models = len(params) // 6
+    if not models:
+        return "0"
+    return "CASE x.model " + " ".join([f"WHEN ? THEN {one}"] * models) + " ELSE 0 END"
+
+
+def _bound_params(params: Sequence[Any]) -> list[Any]:
+    """:func:`_bound_sql`'s parameters from :func:`.cost.price_table`'s."""
+    out: list[Any] = []
+    for at in range(0, len(params), 6):
+        model, p_in, p_out, p_cr, p_cw, p_r = params[at : at + 6]
+        out += [model, p_in, p_cr, p_cw, p_out, p_r]
+    return out
+
+
+def _rank(row: Sequence[Any]) -> tuple[float, str]:
+    """A user row's place: the costliest first, then by key."""
+    return (-row[9], row[0])
