@@ -205,6 +205,15 @@ def cost_report(
         f" total({COST_SQL}) AS cost FROM x LEFT JOIN price p ON p.model = x.model"
     )
     found = _model_source(segment, first_day, since)
+
+    def models_of(model_source: str, model_params: Sequence[Any]) -> list[Any]:
+        """The report's total and models used: one row per model of *model_source*."""
+        return conn.execute(
+            f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
+            " GROUP BY x.model ORDER BY cost DESC, x.model",
+            [*params, *model_params],
+        ).fetchall()
+
     if (
         found is not None
         and first_day == ""
@@ -213,11 +222,7 @@ def cost_report(
         and priced_for(conn, models)
     ):
         # All time per user or session: the index's priced cache (.cost_priced).
-        per_model = conn.execute(
-            f"WITH {prices}, x AS ({found[0]}) SELECT x.model, {sums}"
-            " GROUP BY x.model ORDER BY cost DESC, x.model",
-            [*params, *found[1]],
-        ).fetchall()
+        per_model = models_of(*found)
         key = "user_key" if by == "user" else "session_n"
         cached = conn.execute(
             f"SELECT {key}, turns, calls, unpriced, input, output, cache_read,"
@@ -240,11 +245,7 @@ def cost_report(
         model_source, model_params = found or _rows_source(
             conn, "model", segment, since, first_day, None
         )
-        per_model = conn.execute(
-            f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
-            " GROUP BY x.model ORDER BY cost DESC, x.model",
-            [*params, *model_params],
-        ).fetchall()
+        per_model = models_of(model_source, model_params)
         grouped = _sessions_from(conn, prices, params, sums, start, limit)
         return _report(conn, by, range_, segment, per_model, grouped, models)
     if (
@@ -255,20 +256,12 @@ def cost_report(
         and (first_day or since is not None)
     ):
         # Over a range: ranked by a bound, priced exactly a batch at a time.
-        per_model = conn.execute(
-            f"WITH {prices}, x AS ({found[0]}) SELECT x.model, {sums}"
-            " GROUP BY x.model ORDER BY cost DESC, x.model",
-            [*params, *found[1]],
-        ).fetchall()
+        per_model = models_of(*found)
         grouped = costliest_users(conn, prices, params, sums, first_day, since, limit)
         return _report(conn, by, range_, segment, per_model, grouped, models)
     if by == "session" and segment and limit is not None and priced_for(conn, models):
         model_source, model_params = found or (source, more)
-        per_model = conn.execute(
-            f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
-            " GROUP BY x.model ORDER BY cost DESC, x.model",
-            [*params, *model_params],
-        ).fetchall()
+        per_model = models_of(model_source, model_params)
         # Nothing priced in the segment: no cost bounds the walk.
         if any(r[9] for r in per_model):
             start = _day_start(first_day) if first_day else (since or 0.0)
@@ -283,11 +276,7 @@ def cost_report(
     # Per model (the total, and the models used): from the per-day sums when
     # they answer, else from the same rows.
     model_source, model_params = found or (source, more)
-    per_model = conn.execute(
-        f"WITH {prices}, x AS ({model_source}) SELECT x.model, {sums}"
-        " GROUP BY x.model ORDER BY cost DESC, x.model",
-        [*params, *model_params],
-    ).fetchall()
+    per_model = models_of(model_source, model_params)
     if by == "model":
         grouped = per_model[:limit] if limit is not None else per_model
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import threading
 from typing import Any
 from uuid import UUID
 
@@ -17,7 +18,13 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
 
-__all__ = ["MetadataRecorder", "collect", "echo_chain", "streaming_chain"]
+__all__ = [
+    "MetadataRecorder",
+    "collect",
+    "echo_chain",
+    "run_threads",
+    "streaming_chain",
+]
 
 
 def echo_chain() -> Runnable[dict[str, Any], str]:
@@ -74,3 +81,24 @@ class MetadataRecorder(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         self.model_metadata[run_id] = dict(metadata or {})
+
+
+def run_threads(count: int, target: Any) -> None:
+    """Run ``target(i)`` in *count* threads started together; re-raise what any raised."""
+    # A barrier makes the threads overlap instead of running one after another.
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            target(index)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

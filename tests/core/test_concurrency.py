@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
 from typing import Any
 
@@ -14,6 +13,8 @@ from langchain_core.runnables import Runnable
 
 from context_trace import _handler, context_session, current_user, track_user
 from context_trace.testing import CapturedRecords
+
+from ._helpers import run_threads
 
 # The parrot echoes the prompt, so every answer names the user that asked.
 ECHO = (
@@ -34,26 +35,6 @@ def _mismatches(records: CapturedRecords) -> list[tuple[str | None, str | None]]
     ]
 
 
-def _run_threads(count: int, target: Any) -> None:
-    # A barrier makes the threads overlap instead of running one after another.
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            target(index)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-
-
 class TestThreads:
     def test_64_threads_20_invokes_each(self, records: CapturedRecords) -> None:
         """64 threads x 20 invokes, each in its own user's scope: 1280 exact records."""
@@ -65,7 +46,7 @@ class TestThreads:
                     assert user == current_user()
                     ECHO.invoke({"user": user, "n": n})
 
-        _run_threads(64, work)
+        run_threads(64, work)
 
         per_user = Counter(c.user_id for c in records.conversations)
 
@@ -85,7 +66,7 @@ class TestThreads:
                     ECHO.invoke({"user": "shared", "n": f"{index}-{n}"})
             seen_after.append(current_user())
 
-        _run_threads(32, work)
+        run_threads(32, work)
 
         assert len(records.conversations) == 320
         assert {"shared"} == {c.user_id for c in records.conversations}
@@ -105,7 +86,7 @@ class TestThreads:
             for n in range(10):
                 handle(f"dec-{index}", n)
 
-        _run_threads(32, work)
+        run_threads(32, work)
 
         assert len(records.conversations) == 320
         assert _mismatches(records) == []
@@ -120,7 +101,7 @@ class TestThreads:
                 for n in range(5):
                     ECHO.invoke({"user": f"member-{index}", "n": n})
 
-        _run_threads(16, work)
+        run_threads(16, work)
 
         assert len(records.conversations) == 80
         assert {"team-room"} == {c.session_id for c in records.conversations}
@@ -147,7 +128,7 @@ class TestThreads:
             with track_user(user):
                 ECHO.batch([{"user": user, "n": n} for n in range(10)])
 
-        _run_threads(8, work)
+        run_threads(8, work)
 
         assert len(records.conversations) == 80
         assert _mismatches(records) == []

@@ -9,7 +9,6 @@ import asyncio
 import contextvars
 import threading
 from collections import Counter
-from typing import Any
 
 from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 from langchain_core.output_parsers import StrOutputParser
@@ -27,6 +26,8 @@ from context_trace._activation import leave
 from context_trace._integration_api import activation, current_scope
 from context_trace.testing import CapturedRecords
 
+from ._helpers import run_threads
+
 ECHO = (
     ChatPromptTemplate.from_messages([("human", "answer for <{user}> #{n}")])
     | ParrotFakeChatModel()
@@ -39,25 +40,6 @@ def _shared_scope(user: str) -> Scope:
     with track_user(user) as scope:
         assert isinstance(scope, Scope)
         return scope
-
-
-def _run_threads(count: int, target: Any) -> None:
-    barrier = threading.Barrier(count)
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            target(index)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
 
 
 class TestOneScopeInManyContexts:
@@ -90,7 +72,7 @@ class TestOneScopeInManyContexts:
                 None,
             )
 
-        _run_threads(64, work)
+        run_threads(64, work)
 
         per_user = Counter(c.user_id for c in records.conversations)
         assert restored == [True] * 640

@@ -46,23 +46,26 @@ WEEK = [("s-c", 0.004), ("s-b", 0.002), ("s-d", 0.0005), (None, 0.0003),
 DAY = [("s-b", 0.002), ("s-c", 0.001), (None, 0.0003), ("s-a", 0.0001)]
 
 
+# (id, user, time, tokens, plan): one model, input tokens only.
+TURNS = [
+    (1, "a", _at("03-10", 12), 2_500_000, "pro"),
+    (2, "a", _at("03-18", 10), 50, "free"),
+    (3, "b", _at("03-17", 13), 1_000, "pro"),
+    (4, "c", _at("03-15", 12), 1_500, "free"),
+    (5, "c", _at("03-18", 11), 500, "pro"),
+    (6, "d", _at("03-12", 12), 250, "pro"),
+    (7, None, _at("03-18", 9), 150, "pro"),
+]
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The turns of the table, indexed and priced under PRICES."""
-    turns = [
-        (1, "a", _at("03-10", 12), 2_500_000, "pro"),
-        (2, "a", _at("03-18", 10), 50, "free"),
-        (3, "b", _at("03-17", 13), 1_000, "pro"),
-        (4, "c", _at("03-15", 12), 1_500, "free"),
-        (5, "c", _at("03-18", 11), 500, "pro"),
-        (6, "d", _at("03-12", 12), 250, "pro"),
-        (7, None, _at("03-18", 9), 150, "pro"),
-    ]
     path = write_records(
         tmp_path_factory.mktemp("ranges") / "cost.db",
         [
             _turn(n, user, when, plan, "model-a", Usage(tokens, 0, tokens))
-            for n, user, when, tokens, plan in turns
+            for n, user, when, tokens, plan in TURNS
         ],
     )
     with UIIndex(path) as index:

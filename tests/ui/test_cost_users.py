@@ -38,6 +38,7 @@ from context_trace.analytics.pricing import Pricer
 from tests.stores import write_records
 
 from .test_cost import _at, _turn
+from .test_cost_ranges import TURNS
 from .test_retention import NOW
 
 PRICES = {"model-a": {"input": 2, "output": 10}}
@@ -47,15 +48,6 @@ EXPECTED = {
     "24h": [("b", 0.002), ("c", 0.001), (None, 0.0003), ("a", 0.0001)],
 }
 EXPECTED["all"] = EXPECTED["30d"]  # fmt: skip
-TURNS = [
-    (1, "a", _at("03-10", 12), 2_500_000, "pro"),
-    (2, "a", _at("03-18", 10), 50, "free"),
-    (3, "b", _at("03-17", 13), 1_000, "pro"),
-    (4, "c", _at("03-15", 12), 1_500, "free"),
-    (5, "c", _at("03-18", 11), 500, "pro"),
-    (6, "d", _at("03-12", 12), 250, "pro"),
-    (7, None, _at("03-18", 9), 150, "pro"),
-]
 
 
 def _records(turns: list[tuple[Any, ...]]) -> list[Any]:
