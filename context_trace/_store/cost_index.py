@@ -92,29 +92,36 @@ def _count(source: str, key: str) -> str:
     return f"coalesce(CAST(json_extract({source}, '$.{key}') AS INTEGER), 0)"
 
 
-# One row per call of the store's turns numbered (?1, ?2]: the turn's own
-# model and counts, or each entry of its model_calls.
-_CALLS = (
+# The store's turns numbered (?1, ?2], as ``t``.
+_TURNS = (
     "WITH t AS (SELECT n, coalesce(user_id, '') AS user_key, session_n, started_at,"
     " model, prompt_tokens, completion_tokens, metadata FROM store.conversations"
     " WHERE n > ?1 AND n <= ?2)"
-    " SELECT n, coalesce(model, '') AS model, user_key, session_n, started_at,"
+)
+# The turns answered by one call (no model_calls array): one row each, their
+# own model and counts, already per turn and model.
+_OWN = (
+    "SELECT n, coalesce(model, '') AS model, user_key, session_n, started_at,"
+    " date(started_at, 'unixepoch') AS day, 1 AS calls,"
     " (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL) AS reported,"
     " coalesce(prompt_tokens, 0) AS input, coalesce(completion_tokens, 0) AS output,"
     f" {_count('metadata', 'cache_read_tokens')} AS cache_read,"
     f" {_count('metadata', 'cache_write_tokens')} AS cache_write,"
-    f" {_count('metadata', 'reasoning_tokens')} AS reasoning"
+    f" {_count('metadata', 'reasoning_tokens')} AS reasoning, 1 AS turns"
     f" FROM t WHERE NOT ({_ARRAY}) AND (model IS NOT NULL"
     " OR prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)"
-    " UNION ALL"
-    " SELECT t.n, coalesce(json_extract(j.value, '$.model'), ''), t.user_key,"
-    " t.session_n, t.started_at,"
+)
+# One row per entry of the model_calls of the other turns.
+_ARRAY_CALLS = (
+    "SELECT t.n, coalesce(json_extract(j.value, '$.model'), '') AS model,"
+    " t.user_key, t.session_n, t.started_at,"
     " (json_extract(j.value, '$.prompt_tokens') IS NOT NULL"
-    " OR json_extract(j.value, '$.completion_tokens') IS NOT NULL),"
-    f" {_count('j.value', 'prompt_tokens')}, {_count('j.value', 'completion_tokens')},"
-    f" {_count('j.value', 'cache_read_tokens')},"
-    f" {_count('j.value', 'cache_write_tokens')},"
-    f" {_count('j.value', 'reasoning_tokens')}"
+    " OR json_extract(j.value, '$.completion_tokens') IS NOT NULL) AS reported,"
+    f" {_count('j.value', 'prompt_tokens')} AS input,"
+    f" {_count('j.value', 'completion_tokens')} AS output,"
+    f" {_count('j.value', 'cache_read_tokens')} AS cache_read,"
+    f" {_count('j.value', 'cache_write_tokens')} AS cache_write,"
+    f" {_count('j.value', 'reasoning_tokens')} AS reasoning"
     f" FROM t, json_each(json_extract(t.metadata, '$.model_calls')) j WHERE {_ARRAY}"
 )
 #: Per turn numbered (?1, ?2] of the store (attached as ``store``) and model
@@ -122,14 +129,16 @@ _CALLS = (
 #: calls, reported, input, output, cache_read, cache_write, reasoning, turns)``,
 #: the rows of ``ui_cost_turn``. A turn counts once (``turns``), under the first
 #: of its models by name. The topics file sums the same rows per topic (see
-#: ``context_trace.analytics.topic_schema``).
+#: ``context_trace.analytics.topic_schema``). Only the turns with model_calls
+#: are grouped and ranked: the others are one row each already.
 TURN_COSTS = (
-    "SELECT *, (model = min(model) OVER (PARTITION BY n)) AS turns FROM (SELECT n,"
+    f"{_TURNS} {_OWN} UNION ALL"
+    " SELECT *, (model = min(model) OVER (PARTITION BY n)) AS turns FROM (SELECT n,"
     " model, user_key, session_n, started_at, date(started_at, 'unixepoch') AS day,"
     " count(*) AS calls, sum(reported) AS reported, sum(input) AS input,"
     " sum(output) AS output, sum(cache_read) AS cache_read,"
     " sum(cache_write) AS cache_write, sum(reasoning) AS reasoning"
-    f" FROM ({_CALLS}) GROUP BY n, model)"
+    f" FROM ({_ARRAY_CALLS}) GROUP BY n, model)"
 )
 _SUMMED = ", ".join(f"sum({c}) AS {c}" for c in _SUMS)
 _UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
