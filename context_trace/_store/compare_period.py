@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from .retention import week_of
-from .segment_sql import _rated
+from .segment_sql import _rated, week1_scan
 from .segments import (
     Comparison,
     Figure,
@@ -176,22 +176,7 @@ def _week1(
     kept = kept_week1(conn, segment, start, end) if segment else None
     if kept is not None:
         return kept
-    extra, params = "", []
-    if segment:
-        extra = (
-            " AND EXISTS (SELECT 1 FROM ui_segment_user g WHERE g.key = ?"
-            " AND g.value = ? AND g.user_key = s.user_key)"
-        )
-        params = list(segment[0])
-    row = conn.execute(
-        "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ui_user_week w"
-        " WHERE w.user_key = s.user_key AND w.week ="
-        " date(s.first_at, 'unixepoch', '-6 days', 'weekday 1', '+7 days'))), 0)"
-        " FROM ui_user_stats s WHERE s.user_key != '' AND s.first_at >= ?"
-        f" AND s.first_at < ?{extra}",
-        [start, end, *params],
-    ).fetchone()
-    return int(row[1]), int(row[0])
+    return week1_scan(conn, segment, start, end)
 
 
 def compare_periods(

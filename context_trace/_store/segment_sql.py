@@ -10,7 +10,13 @@ import sqlite3
 from datetime import date, timedelta
 from typing import Any
 
-__all__ = ["Segment", "segment_turns", "segment_users", "users_between"]
+__all__ = [
+    "Segment",
+    "segment_turns",
+    "segment_users",
+    "users_between",
+    "week1_scan",
+]
 
 Segment = tuple[tuple[str, str], ...]
 
@@ -39,6 +45,27 @@ def segment_users(segment: Segment, column: str) -> tuple[str, list[Any]]:
         for _ in segment
     )
     return conds, [v for pair in segment for v in pair]
+
+
+def week1_scan(
+    conn: sqlite3.Connection, segment: Segment, start: float, end: float
+) -> tuple[int, int]:
+    """
+    (retained, users) read from the users' rows: the users first seen (ever;
+    with a *segment*, who had a turn with each of its values) from *start* to
+    *end* (epoch), and how many of them were active in the ISO week after
+    their first. The fallback of an index without kept week-1 columns.
+    """
+    conds, params = segment_users(segment, "s.user_key")
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ui_user_week w"
+        " WHERE w.user_key = s.user_key AND w.week ="
+        " date(s.first_at, 'unixepoch', '-6 days', 'weekday 1', '+7 days'))), 0)"
+        " FROM ui_user_stats s WHERE s.user_key != '' AND s.first_at >= ?"
+        f" AND s.first_at < ?{' AND ' + conds if conds else ''}",
+        [start, end, *params],
+    ).fetchone()
+    return int(row[1]), int(row[0])
 
 
 def users_between(

@@ -26,6 +26,7 @@ from .segment_sql import (
     segment_turns,
     segment_users,
     users_between,
+    week1_scan,
 )
 from .ui_index import LATENCY_BUCKETS_PER_DECADE, SEGMENT_VALUE_MAX
 
@@ -338,16 +339,7 @@ def _week1(
     kept = kept_week1(conn, segment, floor, end)
     if kept is not None:
         return kept
-    conds, params = segment_users(segment, "s.user_key")
-    row = conn.execute(
-        "SELECT count(*), coalesce(sum(EXISTS (SELECT 1 FROM ui_user_week w"
-        " WHERE w.user_key = s.user_key AND w.week ="
-        " date(s.first_at, 'unixepoch', '-6 days', 'weekday 1', '+7 days'))), 0)"
-        " FROM ui_user_stats s WHERE s.user_key != '' AND s.first_at >= ?"
-        f" AND s.first_at < ? AND {conds}",
-        [floor, end, *params],
-    ).fetchone()
-    return int(row[1]), int(row[0])
+    return week1_scan(conn, segment, floor, end)
 
 
 def kept_week1(

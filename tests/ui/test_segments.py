@@ -26,6 +26,7 @@ import calendar
 import json
 import sqlite3
 from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -465,3 +466,28 @@ def test_a_segments_week1_retention_is_read_from_its_user_rows(analytics):
 
     assert result.a is not None
     assert set() == read & {"ui_user_week", "ui_user_stats"}
+
+
+def test_the_week1_scan_agrees_with_the_kept_week1_columns(retention_store):
+    """The fallback for an index without week-1 columns (a scan of the users'
+    rows and weeks) gives the same (retained, users) as the kept columns, for
+    a segment and for the whole store (alice of alice, bob, carol, dave)."""
+    from context_trace._store.retention import week_of
+    from context_trace._store.segment_sql import week1_scan
+    from context_trace._store.segments import kept_week1
+
+    # The cohorts whose week 1 has ended: first seen before last week.
+    today = datetime.fromtimestamp(NOW, timezone.utc).date()
+    end = float(
+        ((week_of(today) - timedelta(weeks=1)) - date(1970, 1, 1)).days * 86_400
+    )
+    segment = (("model", "fake-model"),)
+    with Analytics(retention_store, now=NOW) as analytics:
+        conn = analytics._conn
+        scanned = week1_scan(conn, segment, 0.0, end)
+        kept = kept_week1(conn, segment, 0.0, end)
+        everyone = week1_scan(conn, (), 0.0, end)
+
+    assert (1, 4) == scanned
+    assert kept == scanned
+    assert (1, 4) == everyone
