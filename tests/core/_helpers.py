@@ -19,6 +19,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
 
 __all__ = [
+    "KeepingPipeline",
     "MetadataRecorder",
     "collect",
     "echo_chain",
@@ -102,3 +103,25 @@ def run_threads(count: int, target: Any) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+class KeepingPipeline:
+    """
+    A pipeline stand-in that keeps every raw turn the recorder emits, in
+    order, and exports nothing (as a busy queue holds them).
+    """
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def emit(self, item: Any) -> None:
+        self.items.append(item)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {}

@@ -31,31 +31,14 @@ from context_trace._attribution import reset_header_sessions
 from context_trace._record import Conversation
 from context_trace._turn import Turn
 
-
-class _Keep:
-    """A pipeline stand-in that keeps the raw turns the recorder emits."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def emit(self, item: Any) -> None:
-        self.items.append(item)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        return True
-
-    def stats(self) -> dict[str, int]:
-        return {}
+from ._helpers import KeepingPipeline
 
 
 @pytest.fixture
 def recorded() -> Iterator[list[Turn]]:
     """The raw turns recorded while the test runs (nothing is exported)."""
     state = _runtime._STATE
-    keep = _Keep()
+    keep = KeepingPipeline()
     with state.lock:
         previous, state.pipeline = state.pipeline, keep  # type: ignore[assignment]
     try:

@@ -20,7 +20,7 @@ from context_trace import (
 )
 from context_trace.testing import CapturedRecords
 
-from ._helpers import streaming_chain
+from ._helpers import KeepingPipeline, streaming_chain
 
 TURNS = 5_000
 # Failing and abandoned turns: fewer (each costs more); any leak would show as
@@ -129,25 +129,6 @@ class TestLongLivedScope:
         assert live == []
 
 
-class _KeepQueued:
-    """A pipeline stand-in that keeps every finished turn, as a busy queue does."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def emit(self, item: Any) -> None:
-        self.items.append(item)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> bool:
-        return True
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
-
 def _kept_alive(roots: list[Any], older: set[int]) -> int:
     """
     The tracked objects *roots* keep alive that are not in *older* (object ids).
@@ -188,7 +169,7 @@ class TestQueuedTurns:
         from context_trace import _runtime
 
         state = _runtime._STATE
-        keep = _KeepQueued()
+        keep = KeepingPipeline()
         with track_user("warm"):
             chain.invoke({"question": "warm up"})
         flush()
