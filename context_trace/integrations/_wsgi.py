@@ -259,14 +259,20 @@ class _ScopedBody:
         return context.run(next, it)
 
     def close(self) -> None:
+        context = self._context
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
-                context = self._context
                 if context is None:
                     context = self._start()
                 context.run(close)
         finally:
+            if context is not None:
+                # The scope's tokens live in the context they were set in, which
+                # holds them: a cycle the garbage collector would have to find.
+                # Resetting them frees the context now.
+                self._context = None
+                context.run(self._scope.deactivate)
             leave()  # the request is over
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import io
 import itertools
 import random
@@ -232,6 +233,33 @@ class TestStreamedBodies:
 
         assert b"oneset by the body|u1" == call.body
         assert (None, None) == (_MARK.get(), current_scope())
+
+    def test_a_finished_body_leaves_no_context_for_the_collector(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """Closing a body frees its context and the scope's tokens by reference counting."""
+        app = ContextTraceWSGIMiddleware(streaming_app(stream_answer))
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(3):
+                call = _Call(app, HTTP_X_USER_ID="u1", QUERY_STRING=f"question {i}")
+                assert f"question {i}".encode() == call.body
+            del call
+            gc.collect()
+            left = [
+                type(o).__name__
+                for o in gc.garbage
+                if isinstance(o, (contextvars.Context, contextvars.Token))
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+
+        assert [] == left
+        assert 3 == len(conversations(exporter))
 
     def test_bodies_stepped_from_many_threads_are_each_attributed(
         self, exporter: InMemoryExporter
