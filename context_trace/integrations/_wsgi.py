@@ -8,10 +8,11 @@ request, the way Sentry's ``SentryWsgiMiddleware`` opens an isolation scope:
    by the app, else the ``X-User-Id`` / ``X-Session-Id`` headers).
 2. Activate the scope around the call into the app, so every LangChain run the
    view starts is attributed to it.
-3. Return the app's body wrapped in :class:`_ScopedBody`, which re-enters the
-   scope for every ``next()`` and for ``close()``. Streamed bodies (generators
-   that call ``chain.stream``) run after the app has returned, possibly on
-   another thread of the server, and are still attributed.
+3. Return the app's body wrapped in :class:`_ScopedBody`, which runs every
+   ``next()`` and ``close()`` in a context of its own where the scope is
+   active. Streamed bodies (generators that call ``chain.stream``) run after
+   the app has returned, possibly on another thread of the server, and are
+   still attributed.
 
 Framework hooks refine the scope while the request runs: the middleware leaves a
 :class:`RequestScope` in the WSGI environ (``environ[ENVIRON_KEY]``); a hook that
@@ -25,6 +26,7 @@ are shared with the ASGI middleware.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -217,36 +219,60 @@ class RequestScope:
 
 class _ScopedBody:
     """
-    A WSGI response body that re-enters the request's scope for each step.
+    A WSGI response body that runs every step inside the request's scope.
 
     Servers may iterate the body on another thread than the one that called the
-    app (Sentry's ``_ScopedResponse`` notes the same), so the scope is entered
-    around every ``next()`` and around ``close()``, never held across them.
+    app (Sentry's ``_ScopedResponse`` notes the same), so the scope cannot be
+    held by the calling thread. The body runs in a context of its own instead:
+    a copy of the context of the thread that pulls its first chunk, with the
+    request's scope activated once. Every ``next()`` and ``close()`` runs in it,
+    on whichever thread calls them, the way LangChain runs a stream's steps.
+    A scope (or any context variable) the body's generator sets therefore
+    spans its yields, and nothing it sets leaks into the server's thread.
     """
 
-    __slots__ = ("_body", "_it", "_scope")
+    __slots__ = ("_body", "_context", "_it", "_scope")
 
     def __init__(self, scope: Scope, body: Iterable[bytes]) -> None:
         self._scope = scope
         self._body = body
         self._it: Iterator[bytes] | None = None
+        self._context: contextvars.Context | None = None
 
     def __iter__(self) -> _ScopedBody:
         return self
 
+    def _start(self) -> contextvars.Context:
+        """The body's context, with the scope active in it (once per body)."""
+        context = contextvars.copy_context()
+        context.run(self._scope.activate)
+        self._context = context
+        return context
+
     def __next__(self) -> bytes:
-        with self._scope:
-            if self._it is None:
-                self._it = iter(self._body)
-            return next(self._it)
+        context = self._context
+        if context is None:
+            context = self._start()
+        it = self._it
+        if it is None:
+            it = self._it = context.run(iter, self._body)
+        return context.run(next, it)
 
     def close(self) -> None:
+        context = self._context
         try:
             close = getattr(self._body, "close", None)
             if close is not None:
-                with self._scope:
-                    close()
+                if context is None:
+                    context = self._start()
+                context.run(close)
         finally:
+            if context is not None:
+                # The scope's tokens live in the context they were set in, which
+                # holds them: a cycle the garbage collector would have to find.
+                # Resetting them frees the context now.
+                self._context = None
+                context.run(self._scope.deactivate)
             leave()  # the request is over
 
 
@@ -347,7 +373,7 @@ class ContextTraceWSGIMiddleware:
                 body = self.app(environ, request.start_response(start_response))
             finally:
                 # The app has returned (or raised): restore this context now, in
-                # the context that activated the scopes. The body re-enters the
+                # the context that activated the scopes. The body runs in the
                 # final scope on its own.
                 request.release()
         except BaseException:

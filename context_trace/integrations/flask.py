@@ -20,8 +20,9 @@ How the resolvers and streaming fit together:
   :meth:`ContextTrace.init_app`, so set up authentication first if your
   resolver reads what it stores on ``g``.
 - Streamed bodies run after ``wsgi_app`` has returned, often on another thread.
-  The middleware returns a body that re-enters the request's (refined) scope
-  for every chunk and for ``close()``, so a generator that calls
+  The middleware returns a body that runs every chunk and ``close()`` in a
+  context of its own where the request's (refined) scope is active (entered
+  once per body, not once per chunk), so a generator that calls
   ``chain.stream`` (with or without ``stream_with_context``) is attributed.
   A view's own ``@track_user`` scope ends when the view returns: to attribute
   a stream to the view's user, decorate the generator function itself.

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import contextvars
+import gc
 import io
+import itertools
+import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.util import FileWrapper, setup_testing_defaults
 
 import pytest
-from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
+from langchain_core.language_models.fake_chat_models import (
+    GenericFakeChatModel,
+    ParrotFakeChatModel,
+)
+from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import StrOutputParser
 
-from context_trace import Conversation, InMemoryExporter, current_user, flush
+from context_trace import (
+    Conversation,
+    InMemoryExporter,
+    current_user,
+    flush,
+    track_user,
+)
 from context_trace._scopes import current_scope
 from context_trace.integrations import ContextTraceWSGIMiddleware
 
@@ -153,6 +169,152 @@ class TestMiddleware:
             ContextTraceWSGIMiddleware(None)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="user_id must be a callable"):
             ContextTraceWSGIMiddleware(chat_app, user_id="u1")  # type: ignore[arg-type]
+
+
+_MARK: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "test_wsgi_mark", default=None
+)
+
+
+def streaming_app(
+    body: Callable[[str], Iterator[bytes]],
+) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app whose body is *body(question)*, a generator run after it returns."""
+
+    def app(
+        environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body(environ.get("QUERY_STRING") or "hello")
+
+    return app
+
+
+def stream_answer(question: str) -> Iterator[bytes]:
+    """The question streamed back by a real streaming chat model, word by word."""
+    model = GenericFakeChatModel(messages=itertools.repeat(AIMessage(question)))
+    for text in (model | StrOutputParser()).stream(question):
+        yield text.encode()
+
+
+class TestStreamedBodies:
+    def test_a_scope_the_body_enters_spans_its_yields(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """A track_user the generator enters holds across its yields, then the request's comes back."""
+
+        def body(question: str) -> Iterator[bytes]:
+            with track_user("inner"):
+                yield b"a"
+                yield f"{CHAIN.invoke(question)}|{current_user()}".encode()
+            yield f"|{current_user()}".encode()
+
+        call = _Call(
+            ContextTraceWSGIMiddleware(streaming_app(body)), HTTP_X_USER_ID="outer"
+        )
+
+        assert b"ahello|inner|outer" == call.body
+        assert ["inner"] == [c.user_id for c in conversations(exporter)]
+        assert current_scope() is None
+
+    def test_nothing_the_body_sets_leaks_into_the_server_thread(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """Context variables the body's generator sets stay in the body's context."""
+
+        def body(question: str) -> Iterator[bytes]:
+            _MARK.set("set by the body")
+            yield b"one"
+            yield f"{_MARK.get()}|{current_user()}".encode()
+
+        call = _Call(
+            ContextTraceWSGIMiddleware(streaming_app(body)), HTTP_X_USER_ID="u1"
+        )
+
+        assert b"oneset by the body|u1" == call.body
+        assert (None, None) == (_MARK.get(), current_scope())
+
+    def test_a_finished_body_leaves_no_context_for_the_collector(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """Closing a body frees its context and the scope's tokens by reference counting."""
+        app = ContextTraceWSGIMiddleware(streaming_app(stream_answer))
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for i in range(3):
+                call = _Call(app, HTTP_X_USER_ID="u1", QUERY_STRING=f"question {i}")
+                assert f"question {i}".encode() == call.body
+            del call
+            gc.collect()
+            left = [
+                type(o).__name__
+                for o in gc.garbage
+                if isinstance(o, (contextvars.Context, contextvars.Token))
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+
+        assert [] == left
+        assert 3 == len(conversations(exporter))
+
+    def test_bodies_stepped_from_many_threads_are_each_attributed(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """48 streamed bodies, each step pulled by a random one of 8 threads: every turn has its user."""
+        app = ContextTraceWSGIMiddleware(streaming_app(stream_answer))
+        calls = []
+        for i in range(48):
+            environ: dict[str, Any] = {
+                "HTTP_X_USER_ID": f"u{i % 6}",
+                "QUERY_STRING": f"question {i} for u{i % 6}",
+            }
+            setup_testing_defaults(environ)
+            calls.append(
+                (app(environ, lambda status, headers, exc_info=None: None), [])
+            )
+        lock = threading.Lock()
+        rng = random.Random(7)
+        steps = [i for i in range(48) for _ in range(5)]
+        rng.shuffle(steps)
+        failures: list[BaseException] = []
+
+        def pull() -> None:
+            while True:
+                with lock:
+                    if not steps:
+                        return
+                    i = steps.pop()
+                    body, chunks = calls[i]
+                    try:  # one step of body i, on this thread (never two at once)
+                        chunks.append(next(iter(body)))
+                    except StopIteration:
+                        pass
+                    except BaseException as exc:  # noqa: BLE001 - reported below
+                        failures.append(exc)
+
+        threads = [threading.Thread(target=pull) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60.0)
+        for body, chunks in calls:
+            chunks.extend(body)  # what is left, on this thread
+            body.close()  # type: ignore[attr-defined]
+
+        assert [] == failures
+        for i, (_, chunks) in enumerate(calls):
+            assert f"question {i} for u{i % 6}".encode() == b"".join(chunks)
+        found = conversations(exporter)
+        assert 48 == len(found)
+        assert Counter({f"u{k}": 8 for k in range(6)}) == Counter(
+            c.user_id for c in found
+        )
+        assert all(c.messages[-1].content.endswith(c.user_id) for c in found)
+        assert current_scope() is None
 
 
 class TestImports:
