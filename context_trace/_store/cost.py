@@ -257,7 +257,10 @@ def cost_report(
     ):
         # Over a range: ranked by a bound, priced exactly a batch at a time.
         per_model = models_of(*found)
-        grouped = costliest_users(conn, prices, params, sums, first_day, since, limit)
+        kept = priced_for(conn, models)
+        grouped = costliest_users(
+            conn, prices, params, sums, first_day, since, limit, kept
+        )
         return _report(conn, by, range_, segment, per_model, grouped, models)
     if by == "session" and segment and limit is not None and priced_for(conn, models):
         model_source, model_params = found or (source, more)

@@ -3,23 +3,28 @@ The costliest users of a range (see :mod:`.cost`), from the index's per-user,
 per-day, per-model token sums without summing every user's tokens per model.
 
 A range's users are ranked by a bound: each row of sums (a user's day and model)
-priced alone, then summed per user, in one narrow SQL sort (no per-model group
-first). The cost of a user's summed tokens is at most that bound (the input not
-read from or written to a cache, and the output not reasoning, are clamped at
-zero row by row, which can only add), and equal to it unless a row reports more
-cache tokens than input tokens. The users are then read in the bound's order and
-priced exactly, a batch at a time, from their own rows, until the *limit*-th
-costliest found costs more than the next user's bound.
+priced alone, then summed per user. The cost of a user's summed tokens is at
+most that bound (the input not read from or written to a cache, and the output
+not reasoning, are clamped at zero row by row, which can only add), and equal
+to it unless a row reports more cache tokens than input tokens. The dashboard's
+index keeps that bound priced for the first days of its ranges
+(:mod:`.cost_user_bounds`), so the ranking is the top of an index; when it does
+not answer (other prices, another first day), the bound is summed here from the
+range's rows, in one narrow SQL sort. The users are then read in the bound's
+order and priced exactly, a batch at a time, from their own rows, until the
+*limit*-th costliest found costs more than the next user's bound.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from .cost_index import _SUMMED
 from .cost_sources import user_day_rows
+from .cost_user_bounds import kept_walk
 
 # Users priced exactly per step of the walk.
 _BATCH = 256
@@ -35,20 +40,24 @@ def costliest_users(
     first_day: str | None,
     since: float | None,
     limit: int,
+    kept: bool = False,
 ) -> list[Any]:
     """
     Per user, the cost rows (as :func:`.cost.cost_report` reads them) of the
     *limit* costliest users over whole UTC days from *first_day*, or from the
     time *since*; *prices*, *params* and *sums* as :func:`.cost.price_table`
-    and ``cost_report`` make them.
+    and ``cost_report`` make them; *kept*: the index's priced cache answers
+    for these prices (:func:`.cost_priced.priced_for`).
     """
-    rows, more = user_day_rows(first_day, since)
-    bound = _bound_sql(params)
-    walk = conn.execute(
-        f"SELECT user_key, total({bound}) / 1e6 AS bound FROM ({rows}) x"
-        " GROUP BY user_key ORDER BY bound DESC, user_key",
-        [*_bound_params(params), *more],
-    )
+    day = first_day or time.strftime("%Y-%m-%d", time.gmtime(since or 0.0))
+    walk = kept_walk(conn, day) if kept else None
+    if walk is None:
+        rows, more = user_day_rows(first_day, since)
+        walk = conn.execute(
+            f"SELECT user_key, total({_bound_sql(params)}) / 1e6 AS bound"
+            f" FROM ({rows}) x GROUP BY user_key ORDER BY bound DESC, user_key",
+            [*_bound_params(params), *more],
+        )
     best: list[Any] = []
     while batch := walk.fetchmany(_BATCH):
         mine, theirs = user_day_rows(first_day, since, [r[0] for r in batch])

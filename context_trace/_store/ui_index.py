@@ -39,6 +39,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import tzinfo
 from pathlib import Path
@@ -120,6 +121,9 @@ class UIIndex:
         zones: Time zones whose retention aggregates the index keeps from now
             on besides UTC's (see :mod:`.retention_index`); a zone new to the
             index is filled from the turns indexed so far.
+        clock: Epoch seconds now: the days the ranges of the dashboard start
+            on, whose users' cost bounds the index keeps (see
+            :mod:`.cost_user_bounds`).
 
     Raises:
         FileNotFoundError: If *store* does not exist.
@@ -132,6 +136,7 @@ class UIIndex:
         store: str | os.PathLike[str],
         path: str | os.PathLike[str] | None = None,
         zones: Iterable[tzinfo | None] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not os.path.exists(store):
             raise FileNotFoundError(f"no context_trace database at {store}")
@@ -142,6 +147,7 @@ class UIIndex:
         self._caught_up = False
         self._closed = False
         self._pricer: Any = None
+        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
@@ -430,7 +436,7 @@ class UIIndex:
         _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         index_hours(conn, start, end)
         if self._pricer is not None:
-            price_costs(conn, self._pricer, end)
+            price_costs(conn, self._pricer, end, self._clock())
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),
