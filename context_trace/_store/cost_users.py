@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .cost_index import _SUMMED
+from .cost_index import _SUMMED, _SUMS
 from .cost_sources import user_day_rows
 from .cost_user_bounds import kept_walk
 
@@ -30,6 +30,10 @@ from .cost_user_bounds import kept_walk
 _BATCH = 256
 # Relative slack of the bound (a sum in another order rounds differently).
 _SLACK = 1e-9
+# A segment is walked only when it has at least 1/this of the turns, and the
+# walk reads this many users at most (else the segment's turns are read).
+_SEGMENT_SHARE = 100
+_WALK_MAX = 2_048
 
 
 def costliest_users(
@@ -65,6 +69,68 @@ def costliest_users(
             f"WITH {prices}, x AS (SELECT user_key AS grp, model, {_SUMMED}"
             f" FROM ({mine}) GROUP BY grp, model) SELECT x.grp, {sums} GROUP BY x.grp",
             [*params, *theirs],
+        ).fetchall()
+        best = sorted([*best, *(r for r in found if r[2])], key=_rank)[:limit]
+        nxt = batch[-1][1]
+        if len(best) >= limit and best[-1][9] > nxt * (1 + _SLACK) + 1e-15:
+            break
+    return best
+
+
+def costliest_segment_users(
+    conn: sqlite3.Connection,
+    prices: str,
+    params: list[Any],
+    sums: str,
+    start: float,
+    limit: int,
+    segment: tuple[tuple[str, str], ...],
+) -> list[Any] | None:
+    """
+    As :func:`costliest_users`, over the turns from *start* (epoch) in
+    *segment* (one condition), by the bounds the index keeps (a user's cost in
+    a segment is at most their cost in all), when the priced cache answers for
+    these prices. None when no kept bound answers, or when the walk would read
+    too many users (a segment with few of the range's costliest users): its
+    turns are then cheaper to read.
+    """
+    walk = kept_walk(conn, time.strftime("%Y-%m-%d", time.gmtime(start)))
+    if walk is None:
+        return None
+    ((key, value),) = segment
+    share = conn.execute(
+        "SELECT (SELECT coalesce(sum(conversations), 0) FROM ui_segments"
+        " WHERE key = ? AND value = ?), (SELECT coalesce(sum(turns), 0)"
+        " FROM ui_cost_day)",
+        [key, value],
+    ).fetchone()
+    if share[0] * _SEGMENT_SHARE < share[1]:
+        return None
+    # min(n + 0): the first turn from start, through the store's started_at
+    # index (turns are numbered in commit order, not time order).
+    first = conn.execute(
+        "SELECT coalesce(min(n + 0), 1 << 62) FROM conversations WHERE started_at >= ?",
+        [start],
+    ).fetchone()[0]
+    cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
+    best: list[Any] = []
+    read = 0
+    while batch := walk.fetchmany(_BATCH):
+        read += len(batch)
+        if read > _WALK_MAX:
+            return None
+        users = [r[0] for r in batch]
+        # The batch's turns from start in the segment: their lists of turn
+        # numbers, each looked up in the segment's rows (which have its time),
+        # and only those in both in the cost rows.
+        found = conn.execute(
+            f"WITH {prices}, x AS (SELECT t.user_key AS grp, k.model AS model, {cols}"
+            " FROM ui_turns t CROSS JOIN ui_segment_turn s CROSS JOIN ui_cost_turn k"
+            f" WHERE t.user_key IN ({','.join('?' * len(users))}) AND t.n >= ?"
+            " AND s.key = ? AND s.value = ? AND s.n = t.n AND s.started_at >= ?"
+            " AND k.n = t.n GROUP BY grp, k.model)"
+            f" SELECT x.grp, {sums} GROUP BY x.grp",
+            [*params, *users, first, key, value, start],
         ).fetchall()
         best = sorted([*best, *(r for r in found if r[2])], key=_rank)[:limit]
         nxt = batch[-1][1]
