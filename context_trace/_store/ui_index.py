@@ -144,6 +144,7 @@ class UIIndex:
         self.path = Path(path) if path is not None else default_index_path(store)
         self._lock = threading.Lock()
         self._seen_version: int | None = None
+        self._seen_day = ""
         self._caught_up = False
         self._closed = False
         self._pricer: Any = None
@@ -349,7 +350,7 @@ class UIIndex:
         Index up to *max_rows* new conversations, and the ratings that changed.
 
         One transaction on the sidecar; returns at once when the store has not
-        changed since the last call that caught up.
+        changed, nor the UTC day (see *clock*), since the last call that caught up.
 
         Returns:
             True if the index is now level with the store (as of this call),
@@ -360,7 +361,12 @@ class UIIndex:
                 return True
             conn = self._conn
             changed = conn.execute("PRAGMA store.data_version").fetchone()[0]
-            if self._caught_up and changed == self._seen_version:
+            # A new UTC day moves the cost bounds' first days (.cost_user_bounds).
+            day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
+            if self._caught_up and (changed, day) == (
+                self._seen_version,
+                self._seen_day,
+            ):
                 return True
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -383,7 +389,7 @@ class UIIndex:
                     *_ret.RET_TEMP_TABLES,
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
-            self._seen_version = changed
+            self._seen_version, self._seen_day = changed, day
             self._caught_up = caught_up
             return caught_up
 

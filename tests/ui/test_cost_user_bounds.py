@@ -254,3 +254,16 @@ def test_an_index_with_priced_costs_gains_the_bounds_when_first_opened(store):
 
     assert BOUNDS == _bounds(store)
     assert EXPECTED["7d"] == _rows(store, "7d")
+
+
+def test_an_open_index_moves_its_first_days_when_the_day_turns(store):
+    """The dashboard's index, left open, keeps the new ranges' first days once
+    the UTC day turns, with no new turn in the store."""
+    clock = [NOW]
+    with UIIndex(store, clock=lambda: clock[0]) as index:
+        index.set_pricer(Pricer(PRICES))
+        index.build()
+        clock[0] += _DAY
+        index.refresh()
+
+    assert {"2026-02-18", "2026-03-13", "2026-03-18"} == set(_bounds(store))
