@@ -38,8 +38,10 @@ __all__ = ["BOUND_SCHEMA", "BOUND_TABLES", "LOOSEST_DAYS", "first_days",
 
 BOUND_TABLES = ("ui_cost_bound_day", "ui_cost_user_bound")
 BOUND_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS ui_cost_bound_day (first_day TEXT PRIMARY KEY)"
-    " WITHOUT ROWID",
+    # Each first day kept, with the last turn number and the prices its users'
+    # bounds were summed to (an index another version refreshed is noticed).
+    "CREATE TABLE IF NOT EXISTS ui_cost_bound_day (first_day TEXT PRIMARY KEY,"
+    " upto INTEGER NOT NULL, prices TEXT NOT NULL) WITHOUT ROWID",
     """
     CREATE TABLE IF NOT EXISTS ui_cost_user_bound (
         first_day TEXT NOT NULL,
@@ -62,6 +64,12 @@ _DAY = 86_400
 _DAYS_BEFORE = (1, 6, 29)
 # A row of sums (x) priced alone at its stored price (p.model NULL: unpriced).
 _PRICED = " LEFT JOIN ui_cost_price p ON p.model = x.model AND p.p_in IS NOT NULL"
+# The priced cache's stored prices, as one text.
+_PRICES = (
+    "(SELECT coalesce(group_concat(quote(model) || quote(p_in) || quote(p_out)"
+    " || quote(p_cr) || quote(p_cw) || quote(p_r), ','), '')"
+    " FROM (SELECT * FROM ui_cost_price ORDER BY model))"
+)
 
 
 def first_days(now: float) -> list[str]:
@@ -80,6 +88,17 @@ def keep_bounds(conn: sqlite3.Connection, done: int, upto: int, now: float) -> N
     """
     for statement in BOUND_SCHEMA:
         conn.execute(statement)
+    # A day summed to other turns or prices (another version of the index's
+    # code refreshed it meanwhile) is summed anew.
+    conn.execute(
+        "DELETE FROM ui_cost_user_bound WHERE first_day IN (SELECT first_day FROM"
+        f" ui_cost_bound_day WHERE upto != ?1 OR prices != {_PRICES})",
+        (max(done, 0),),
+    )
+    conn.execute(
+        f"DELETE FROM ui_cost_bound_day WHERE upto != ?1 OR prices != {_PRICES}",
+        (max(done, 0),),
+    )
     kept = {r[0] for r in conn.execute("SELECT first_day FROM ui_cost_bound_day")}
     if kept and upto > done >= 0:
         for day in kept:  # the new turns, each row priced alone
@@ -102,7 +121,12 @@ def keep_bounds(conn: sqlite3.Connection, done: int, upto: int, now: float) -> N
             f"{_PRICED} WHERE x.day >= ? GROUP BY x.user_key",
             (day, day),
         )
-        conn.execute("INSERT INTO ui_cost_bound_day (first_day) VALUES (?)", (day,))
+        conn.execute(
+            "INSERT INTO ui_cost_bound_day (first_day, upto, prices)"
+            f" VALUES (?, 0, {_PRICES})",
+            (day,),
+        )
+    conn.execute("UPDATE ui_cost_bound_day SET upto = ?", (max(upto, 0),))
 
 
 def kept_walk(conn: sqlite3.Connection, first_day: str) -> sqlite3.Cursor | None:
@@ -114,7 +138,9 @@ def kept_walk(conn: sqlite3.Connection, first_day: str) -> sqlite3.Cursor | None
     """
     try:
         day = conn.execute(
-            "SELECT max(first_day) FROM ui_cost_bound_day WHERE first_day <= ?",
+            "SELECT max(first_day) FROM ui_cost_bound_day WHERE first_day <= ?"
+            " AND upto = (SELECT n FROM ui_cost_priced_state)"
+            f" AND prices = {_PRICES}",
             (first_day,),
         ).fetchone()[0]
     except sqlite3.OperationalError:  # an index from before the kept bounds

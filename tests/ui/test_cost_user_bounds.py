@@ -267,3 +267,22 @@ def test_an_open_index_moves_its_first_days_when_the_day_turns(store):
         index.refresh()
 
     assert {"2026-02-18", "2026-03-13", "2026-03-18"} == set(_bounds(store))
+
+
+def test_bounds_another_version_left_behind_are_not_used(store, monkeypatch):
+    """Turns priced into the cache by code that keeps no bounds (an older
+    version) leave the kept bounds unused until the next refresh sums them anew."""
+    from context_trace._store import cost_priced
+
+    monkeypatch.setattr(cost_users, "_BATCH", 1)  # the walk stops at the bounds
+    write_records(store, _records([(8, "d", _at("03-18", 11), 10_000, "free")]))
+    with monkeypatch.context() as patch:
+        patch.setattr(cost_priced, "keep_bounds", lambda *args: None)
+        _index(store)
+
+    assert [("d", 0.0205)] == _rows(store, "7d", limit=1)
+
+    _index(store)
+
+    assert 0.0205 == _bounds(store)["2026-03-12"]["d"]
+    assert [("d", 0.0205)] == _rows(store, "7d", limit=1)
