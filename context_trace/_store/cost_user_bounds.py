@@ -129,9 +129,12 @@ def keep_bounds(conn: sqlite3.Connection, done: int, upto: int, now: float) -> N
     conn.execute("UPDATE ui_cost_bound_day SET upto = ?", (max(upto, 0),))
 
 
-def kept_walk(conn: sqlite3.Connection, first_day: str) -> sqlite3.Cursor | None:
+def kept_walk(
+    conn: sqlite3.Connection, first_day: str, segment: tuple[str, str] | None = None
+) -> sqlite3.Cursor | None:
     """
-    ``(user_key, bound)`` of every user with a call from *first_day* on, the
+    ``(user_key, bound)`` of every user with a call from *first_day* on (with
+    *segment*, a ``(key, value)``: every user who ever had a turn in it), the
     highest bound first, from the kept day closest before it (see the module
     docstring); None when no kept day answers. The caller has checked that the
     priced cache answers for its prices (:func:`.cost_priced.priced_for`).
@@ -147,8 +150,15 @@ def kept_walk(conn: sqlite3.Connection, first_day: str) -> sqlite3.Cursor | None
         return None
     if day is None or _day_start(first_day) - _day_start(day) > LOOSEST_DAYS * _DAY:
         return None
+    # The segment's users only (ui_segment_user): the others cost nothing in it.
+    mine = (
+        ""
+        if segment is None
+        else " AND EXISTS (SELECT 1 FROM ui_segment_user s WHERE s.key = ?"
+        " AND s.value = ? AND s.user_key = b.user_key)"
+    )
     return conn.execute(
-        "SELECT user_key, bound FROM ui_cost_user_bound WHERE first_day = ?"
-        " ORDER BY bound DESC, user_key",
-        (day,),
+        "SELECT b.user_key, b.bound FROM ui_cost_user_bound b WHERE b.first_day = ?"
+        f"{mine} ORDER BY b.bound DESC, b.user_key",
+        (day, *(segment or ())),
     )

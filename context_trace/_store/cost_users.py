@@ -88,16 +88,17 @@ def costliest_segment_users(
 ) -> list[Any] | None:
     """
     As :func:`costliest_users`, over the turns from *start* (epoch) in
-    *segment* (one condition), by the bounds the index keeps (a user's cost in
-    a segment is at most their cost in all), when the priced cache answers for
-    these prices. None when no kept bound answers, or when the walk would read
-    too many users (a segment with few of the range's costliest users): its
-    turns are then cheaper to read.
+    *segment* (one condition), by the bounds the index keeps of the users who
+    had turns in it (a user's cost in a segment is at most their cost in all),
+    when the priced cache answers for these prices. None when no kept bound
+    answers, or when the walk would read too many users (a segment with few
+    of the range's costliest users): its turns are then cheaper to read.
     """
-    walk = kept_walk(conn, time.strftime("%Y-%m-%d", time.gmtime(start)))
+    ((key, value),) = segment
+    day = time.strftime("%Y-%m-%d", time.gmtime(start))
+    walk = kept_walk(conn, day, (key, value))
     if walk is None:
         return None
-    ((key, value),) = segment
     share = conn.execute(
         "SELECT (SELECT coalesce(sum(conversations), 0) FROM ui_segments"
         " WHERE key = ? AND value = ?), (SELECT coalesce(sum(turns), 0)"
@@ -106,12 +107,6 @@ def costliest_segment_users(
     ).fetchone()
     if share[0] * _SEGMENT_SHARE < share[1]:
         return None
-    # min(n + 0): the first turn from start, through the store's started_at
-    # index (turns are numbered in commit order, not time order).
-    first = conn.execute(
-        "SELECT coalesce(min(n + 0), 1 << 62) FROM conversations WHERE started_at >= ?",
-        [start],
-    ).fetchone()[0]
     cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
     best: list[Any] = []
     read = 0
@@ -122,15 +117,17 @@ def costliest_segment_users(
         users = [r[0] for r in batch]
         # The batch's turns from start in the segment: their lists of turn
         # numbers, each looked up in the segment's rows (which have its time),
-        # and only those in both in the cost rows.
+        # and only those in both in the cost rows. (Bounding the numbers by the
+        # first turn from start cost more, a scan of the store's time index,
+        # than the lookups it saves: the walk is mostly one batch.)
         found = conn.execute(
             f"WITH {prices}, x AS (SELECT t.user_key AS grp, k.model AS model, {cols}"
             " FROM ui_turns t CROSS JOIN ui_segment_turn s CROSS JOIN ui_cost_turn k"
-            f" WHERE t.user_key IN ({','.join('?' * len(users))}) AND t.n >= ?"
+            f" WHERE t.user_key IN ({','.join('?' * len(users))})"
             " AND s.key = ? AND s.value = ? AND s.n = t.n AND s.started_at >= ?"
             " AND k.n = t.n GROUP BY grp, k.model)"
             f" SELECT x.grp, {sums} GROUP BY x.grp",
-            [*params, *users, first, key, value, start],
+            [*params, *users, key, value, start],
         ).fetchall()
         best = sorted([*best, *(r for r in found if r[2])], key=_rank)[:limit]
         nxt = batch[-1][1]
