@@ -290,6 +290,8 @@ def _calls(path: Path, index: Path) -> list[str]:
         "/api/cost?by=user&range=30d",
         "/api/cost?by=user&range=24h",
         "/api/cost?by=user&range=7d&meta=plan:pro",
+        "/api/cost?by=user&range=30d&meta=plan:pro",
+        "/api/cost?by=user&range=24h&meta=plan:pro",
         # Two periods compared (from the per-day tables).
         "/api/compare?period=week",
         "/api/compare?period=week&meta=plan:pro",

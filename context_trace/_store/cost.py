@@ -48,7 +48,7 @@ from .cost_sources import (
     _sessions_from,
     segment_sessions,
 )
-from .cost_users import costliest_users
+from .cost_users import costliest_segment_users, costliest_users
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
@@ -257,8 +257,28 @@ def cost_report(
     ):
         # Over a range: ranked by a bound, priced exactly a batch at a time.
         per_model = models_of(*found)
-        grouped = costliest_users(conn, prices, params, sums, first_day, since, limit)
+        kept = priced_for(conn, models)
+        grouped = costliest_users(
+            conn, prices, params, sums, first_day, since, limit, kept
+        )
         return _report(conn, by, range_, segment, per_model, grouped, models)
+    if (
+        by == "user"
+        and len(segment) == 1
+        and limit is not None
+        and found is not None
+        and (first_day or since is not None)
+        and priced_for(conn, models)
+    ):
+        # A segment over a range: walked by the users' kept bounds, when it pays.
+        start = _day_start(first_day) if first_day else since
+        assert start is not None  # one of them, by the test above
+        per_model = models_of(*found)
+        walked = costliest_segment_users(
+            conn, prices, params, sums, start, limit, segment
+        )
+        if walked is not None:
+            return _report(conn, by, range_, segment, per_model, walked, models)
     if by == "session" and segment and limit is not None and priced_for(conn, models):
         model_source, model_params = found or (source, more)
         per_model = models_of(model_source, model_params)

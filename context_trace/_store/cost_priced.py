@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .cost_index import _SUMS
+from .cost_user_bounds import BOUND_SCHEMA, BOUND_TABLES, keep_bounds
 
 if TYPE_CHECKING:
     from context_trace.analytics.pricing import Pricer
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["PRICED_SCHEMA", "PRICED_TABLES", "price_costs", "priced_for"]
 
 PRICED_TABLES = ("ui_cost_price", "ui_cost_priced_state", "ui_cost_user_priced",
-                 "ui_cost_session_priced")  # fmt: skip
+                 "ui_cost_session_priced", *BOUND_TABLES)  # fmt: skip
 _PRICE_COLUMNS = ("p_in", "p_out", "p_cr", "p_cw", "p_r")
 # The per-group columns, in this order everywhere.
 _GROUP_COLUMNS = ("turns", "calls", "unpriced", "input", "output", "cache_read",
@@ -129,18 +130,21 @@ def _prices(pricer: Pricer, models: Sequence[str]) -> dict[str, tuple[Any, ...]]
     return found
 
 
-def price_costs(conn: sqlite3.Connection, pricer: Pricer, upto: int) -> bool:
+def price_costs(
+    conn: sqlite3.Connection, pricer: Pricer, upto: int, now: float
+) -> bool:
     """
     Bring the priced cache level with the turns indexed up to *upto*, under
-    *pricer*'s prices, inside the caller's transaction on the index. Returns
-    False (the cache left as it was: readers price at read time) when the
-    prices cannot be looked up.
+    *pricer*'s prices, inside the caller's transaction on the index; the
+    users' bounds of :mod:`.cost_user_bounds` too, for the ranges of *now*
+    (epoch). Returns False (the cache left as it was: readers price at read
+    time) when the prices cannot be looked up.
     """
     columns = {r[1] for r in conn.execute("PRAGMA table_info(ui_cost_session_priced)")}
     if columns and "first_at" not in columns:  # an earlier layout: anew
         for table in PRICED_TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
-    for statement in PRICED_SCHEMA:
+    for statement in (*PRICED_SCHEMA, *BOUND_SCHEMA):
         conn.execute(statement)
     models = [r[0] for r in conn.execute("SELECT DISTINCT model FROM ui_cost_day")]
     try:
@@ -163,6 +167,7 @@ def price_costs(conn: sqlite3.Connection, pricer: Pricer, upto: int) -> bool:
         users = sessions = ""
     else:
         if done >= upto:
+            keep_bounds(conn, done, upto, now)  # the day may have turned
             return True
         users = (
             " WHERE x.user_key IN (SELECT DISTINCT user_key FROM ui_cost_turn"
@@ -192,6 +197,7 @@ def price_costs(conn: sqlite3.Connection, pricer: Pricer, upto: int) -> bool:
         f" max(k.started_at) AS last_at FROM ui_cost_turn k{sessions}"
         f" GROUP BY grp, k.model) x{_JOIN} GROUP BY x.grp"
     )
+    keep_bounds(conn, done, upto, now)
     conn.execute("DELETE FROM ui_cost_priced_state")
     conn.execute("INSERT INTO ui_cost_priced_state (n) VALUES (?)", (upto,))
     return True

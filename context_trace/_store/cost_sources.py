@@ -151,11 +151,24 @@ def user_day_rows(
     if first_day:
         return sql, params
     midnight = _day_start(day) + 86_400
+    bounds = (
+        f"x.n >= {_BOUNDS.format('min')} AND x.n <= {_BOUNDS.format('max')}"
+        " AND x.started_at >= ? AND x.started_at < ?"
+    )
+    if users is None:
+        return (
+            f"{sql} UNION ALL SELECT x.user_key, x.model, {cols} FROM ui_cost_turn x"
+            f" WHERE {bounds}",
+            [*params, *[since, midnight] * 3],
+        )
+    # These users' turns of the rest of the day: through their lists of turn
+    # numbers (ui_turns), not a scan of the day's turns for each batch.
     return (
-        f"{sql} UNION ALL SELECT x.user_key, x.model, {cols} FROM ui_cost_turn x"
-        f" WHERE x.n >= {_BOUNDS.format('min')} AND x.n <= {_BOUNDS.format('max')}"
-        f" AND x.started_at >= ? AND x.started_at < ?{mine}",
-        [*params, *[since, midnight] * 3, *(users or ())],
+        f"{sql} UNION ALL SELECT x.user_key, x.model, {cols} FROM ui_turns t"
+        f" CROSS JOIN ui_cost_turn x ON x.n = t.n"
+        f" WHERE t.user_key IN ({','.join('?' * len(users))})"
+        f" AND {bounds.replace('x.n', 't.n')}",
+        [*params, *users, *[since, midnight] * 3],
     )
 
 

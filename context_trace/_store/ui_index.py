@@ -39,6 +39,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import tzinfo
 from pathlib import Path
@@ -120,6 +121,9 @@ class UIIndex:
         zones: Time zones whose retention aggregates the index keeps from now
             on besides UTC's (see :mod:`.retention_index`); a zone new to the
             index is filled from the turns indexed so far.
+        clock: Epoch seconds now: the days the ranges of the dashboard start
+            on, whose users' cost bounds the index keeps (see
+            :mod:`.cost_user_bounds`).
 
     Raises:
         FileNotFoundError: If *store* does not exist.
@@ -132,6 +136,7 @@ class UIIndex:
         store: str | os.PathLike[str],
         path: str | os.PathLike[str] | None = None,
         zones: Iterable[tzinfo | None] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not os.path.exists(store):
             raise FileNotFoundError(f"no context_trace database at {store}")
@@ -139,9 +144,11 @@ class UIIndex:
         self.path = Path(path) if path is not None else default_index_path(store)
         self._lock = threading.Lock()
         self._seen_version: int | None = None
+        self._seen_day = ""
         self._caught_up = False
         self._closed = False
         self._pricer: Any = None
+        self._clock = clock
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
@@ -343,7 +350,7 @@ class UIIndex:
         Index up to *max_rows* new conversations, and the ratings that changed.
 
         One transaction on the sidecar; returns at once when the store has not
-        changed since the last call that caught up.
+        changed, nor the UTC day (see *clock*), since the last call that caught up.
 
         Returns:
             True if the index is now level with the store (as of this call),
@@ -354,7 +361,12 @@ class UIIndex:
                 return True
             conn = self._conn
             changed = conn.execute("PRAGMA store.data_version").fetchone()[0]
-            if self._caught_up and changed == self._seen_version:
+            # A new UTC day moves the cost bounds' first days (.cost_user_bounds).
+            day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
+            if self._caught_up and (changed, day) == (
+                self._seen_version,
+                self._seen_day,
+            ):
                 return True
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -377,7 +389,7 @@ class UIIndex:
                     *_ret.RET_TEMP_TABLES,
                 ):
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
-            self._seen_version = changed
+            self._seen_version, self._seen_day = changed, day
             self._caught_up = caught_up
             return caught_up
 
@@ -430,7 +442,7 @@ class UIIndex:
         _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         index_hours(conn, start, end)
         if self._pricer is not None:
-            price_costs(conn, self._pricer, end)
+            price_costs(conn, self._pricer, end, self._clock())
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),
