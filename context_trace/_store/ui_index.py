@@ -39,6 +39,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import tzinfo
 from pathlib import Path
@@ -50,6 +51,7 @@ from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
 from .cost_index import FILL_USER_DAY
 from .cost_priced import PRICED_TABLES, price_costs
 from .overview_hours import index_hours
+from .overview_window import first_days, index_window
 from .ui_index_schema import (
     _ACTIVITY_SCHEMA,
     _APPLICATION_ID,
@@ -120,6 +122,8 @@ class UIIndex:
         zones: Time zones whose retention aggregates the index keeps from now
             on besides UTC's (see :mod:`.retention_index`); a zone new to the
             index is filled from the turns indexed so far.
+        clock: Epoch seconds "now", for the days the overview's ranges start
+            on (see :mod:`.overview_window`); default ``time.time``.
 
     Raises:
         FileNotFoundError: If *store* does not exist.
@@ -132,6 +136,7 @@ class UIIndex:
         store: str | os.PathLike[str],
         path: str | os.PathLike[str] | None = None,
         zones: Iterable[tzinfo | None] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not os.path.exists(store):
             raise FileNotFoundError(f"no context_trace database at {store}")
@@ -142,6 +147,8 @@ class UIIndex:
         self._caught_up = False
         self._closed = False
         self._pricer: Any = None
+        self._clock = clock
+        self._first_days: dict[int, str] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
@@ -354,11 +361,17 @@ class UIIndex:
                 return True
             conn = self._conn
             changed = conn.execute("PRAGMA store.data_version").fetchone()[0]
-            if self._caught_up and changed == self._seen_version:
+            now = self._clock()
+            days = first_days(now)  # a new UTC day moves the ranges on
+            if (
+                self._caught_up
+                and changed == self._seen_version
+                and days == self._first_days
+            ):
                 return True
             conn.execute("BEGIN IMMEDIATE")
             try:
-                caught_up = self._step(max_rows)
+                caught_up = self._step(max_rows, now)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -379,9 +392,10 @@ class UIIndex:
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version = changed
             self._caught_up = caught_up
+            self._first_days = days
             return caught_up
 
-    def _step(self, max_rows: int) -> bool:
+    def _step(self, max_rows: int, now: float) -> bool:
         conn = self._conn
         meta = self._meta()
         start = int(meta["conversation_n"])
@@ -429,6 +443,7 @@ class UIIndex:
 
         _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         index_hours(conn, start, end)
+        index_window(conn, end > start, now)
         if self._pricer is not None:
             price_costs(conn, self._pricer, end)
         conn.executemany(
