@@ -13,7 +13,9 @@ ten is ten rows of an index:
 - when the UTC day changes, the next refresh moves each span's first day on,
   subtracting the ``ui_user_day`` rows of the days that left (or counting the
   span again from ``ui_user_day`` after a gap of more than the span);
-- a sidecar without the tables gets them, counted from ``ui_user_day``.
+- a sidecar without the tables gets them, counted from ``ui_user_day``; so
+  does one whose spans stop short of the turns indexed (an older version of
+  the dashboard indexed turns into it).
 
 So a span's rows are always ``sum(conversations)`` of ``ui_user_day`` per user
 over ``day >= first_day``, the overview's own definition. A reader whose first
@@ -31,12 +33,14 @@ __all__ = ["SPANS", "TABLES", "first_days", "index_window", "top_users"]
 
 #: The spans kept, in days (the overview's ``7d`` and ``30d``).
 SPANS = (7, 30)
-TABLES = ("uw_range", "uw_user")
+TABLES = ("uw_meta", "uw_range", "uw_user")
 #: How many users the overview lists.
 TOP = 10
 
 _SCHEMA = (
     "CREATE TABLE uw_range (span INTEGER PRIMARY KEY, first_day TEXT NOT NULL)",
+    # The last turn (conversations.n) the spans count.
+    "CREATE TABLE uw_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
     """
     CREATE TABLE uw_user (
         span INTEGER NOT NULL,
@@ -76,26 +80,35 @@ def _count(conn: sqlite3.Connection, span: int, first_day: str) -> None:
     )
 
 
-def index_window(conn: sqlite3.Connection, chunk: bool, now: float) -> None:
+def index_window(conn: sqlite3.Connection, start: int, end: int, now: float) -> None:
     """
     Keep the spans level with ``ui_user_day``, their first days those at *now*.
 
-    *conn* is the sidecar inside a refresh; with *chunk*, the refresh's turns
-    are in ``temp.chunk`` (``day``, ``user_key``) and already in ``ui_user_day``.
+    *conn* is the sidecar inside a refresh that indexed the turns numbered
+    (*start*, *end*]: they are in ``temp.chunk`` (``day``, ``user_key``) and
+    already in ``ui_user_day``. A sidecar without the tables, or whose spans
+    do not count up to *start* (another version of the index refreshed it),
+    gets them counted from ``ui_user_day``.
     """
     wanted = first_days(now)
-    if not conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE name = 'uw_range'"
-    ).fetchone():
+    level = (
+        conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'uw_meta'").fetchone()
+        and conn.execute(
+            "SELECT value = ? FROM uw_meta WHERE key = 'last_n'", (start,)
+        ).fetchone()[0]
+    )
+    if not level:
         for table in TABLES:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
         for statement in _SCHEMA:
             conn.execute(statement)
+        conn.execute("INSERT INTO uw_meta VALUES ('last_n', ?)", (end,))
         for span, first in wanted.items():
             _count(conn, span, first)
         return
+    conn.execute("UPDATE uw_meta SET value = ? WHERE key = 'last_n'", (end,))
     kept = dict(conn.execute("SELECT span, first_day FROM uw_range").fetchall())
-    if chunk:
+    if end > start:
         conn.execute(
             "INSERT INTO uw_user (span, user_key, conversations)"
             " SELECT r.span, c.user_key, count(*) FROM temp.chunk c"

@@ -443,7 +443,7 @@ class UIIndex:
 
         _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         index_hours(conn, start, end)
-        index_window(conn, end > start, now)
+        index_window(conn, start, end, now)
         if self._pricer is not None:
             price_costs(conn, self._pricer, end)
         conn.executemany(

@@ -177,8 +177,8 @@ def test_an_index_without_the_kept_sums_gains_them(tmp_path: Path) -> None:
     with _index(path, [NOW]) as index:
         index.build()
     with sqlite3.connect(default_index_path(path)) as conn:
-        conn.execute("DROP TABLE uw_range")
-        conn.execute("DROP TABLE uw_user")
+        for table in ("uw_meta", "uw_range", "uw_user"):
+            conn.execute(f"DROP TABLE {table}")
     with _index(path, [NOW]) as index:  # opened and refreshed, as the dashboard does
         index.refresh()
     assert _kept(path)[30] == (
@@ -186,6 +186,25 @@ def test_an_index_without_the_kept_sums_gains_them(tmp_path: Path) -> None:
         {"u1": 2, "u2": 3, "u3": 3, "u4": 1, "": 1},
     )
     assert TOP_30D == _top(path, "30d")
+
+
+def test_turns_indexed_by_an_older_dashboard_are_counted(tmp_path: Path) -> None:
+    """Sums that stop short of the turns indexed (an older version refreshed the index) are counted again."""
+    path = write_records(tmp_path / "traces.db", _turns(TURNS, 0))
+    with _index(path, [NOW]) as index:
+        index.build()
+        write_records(path, _turns([("u4", "03-18", "12:10")], 100))
+        index.build()
+    with sqlite3.connect(default_index_path(path)) as conn:
+        # As an older version leaves it: the last turn indexed, not in the sums.
+        conn.execute("UPDATE uw_meta SET value = value - 1 WHERE key = 'last_n'")
+        conn.execute(
+            "UPDATE uw_user SET conversations = conversations - 1 WHERE user_key = 'u4'"
+        )
+    with _index(path, [NOW]) as index:  # the next dashboard start
+        index.refresh()
+    assert _kept(path)[7] == ("2026-03-12", {"u1": 1, "u2": 3, "u4": 2, "": 1})
+    assert [("u2", 3), ("u4", 2), (None, 1), ("u1", 1)] == _top(path, "7d")
 
 
 def test_many_users_over_many_refreshes_and_days_equal_the_turns(
