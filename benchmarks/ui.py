@@ -2,13 +2,13 @@
 Dashboard scale: every page and API call of ``context-trace ui`` on a big store.
 
     python benchmarks/ui.py [--conversations 1000000] [--users 50000]
-        [--append 100000] [--reps 15] [--db FILE] [--smoke] [--json FILE]
-        [--reuse] [--match TEXT]
+        [--append 100000] [--days 60] [--reps 15] [--db FILE] [--smoke]
+        [--json FILE] [--reuse] [--match TEXT]
 
 1. Builds a store of ``--conversations`` turns from ``--users`` users (5% with
    no user, 3% failed, sessions of about four turns, a rating on one session in
-   ten, 60 days of history) with the real writer: ``SQLiteExporter.export`` of
-   ``Conversation`` records in batches of 512. The clock runs over the
+   ten, ``--days`` of history, 60 by default) with the real writer:
+   ``SQLiteExporter.export`` of ``Conversation`` records in batches of 512. The clock runs over the
    ``export`` calls only: *writer throughput, building*.
 2. Builds the dashboard's sidecar index (``<db>.ui-index``) from scratch, as the
    first ``context-trace ui`` on that store does: *index build time*.
@@ -86,11 +86,16 @@ def _plan(user: str) -> str:
 
 
 def _records(
-    count: int, users: int, start_index: int, now: float, rng: random.Random
+    count: int,
+    users: int,
+    start_index: int,
+    now: float,
+    rng: random.Random,
+    days: float = 60,
 ) -> Iterator[list[Conversation | Feedback]]:
-    """Batches of records, generated lazily so memory stays flat."""
+    """Batches of records over ``days`` of history, generated lazily (flat memory)."""
     batch: list[Conversation | Feedback] = []
-    span = 60 * 86_400.0
+    span = days * 86_400.0
     for i in range(start_index, start_index + count):
         anon = rng.random() < 0.05
         user = None if anon else f"user-{rng.randrange(users):05d}"
@@ -425,6 +430,9 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--append", type=int, default=100_000)
+    parser.add_argument(
+        "--days", type=float, default=60, help="span of the store's history, in days"
+    )
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--db", type=Path, help="keep the store here")
     parser.add_argument("--smoke", action="store_true")
@@ -456,7 +464,7 @@ def main() -> None:
     }
 
     print(f"building a store of {args.conversations:,} turns in {path} ...")
-    batches = _records(args.conversations, args.users, 0, now - 3600, rng)
+    batches = _records(args.conversations, args.users, 0, now - 3600, rng, args.days)
     building = _write(path, batches)
     figures["writer_building_per_s"] = round(building)
     print(f"  writer, building: {building:,.0f} conversations/s")
@@ -485,7 +493,7 @@ def main() -> None:
     figures["index_mb"] = round(size)
     print(f"  index build (first run): {build:.1f} s, {size:,.0f} MB at {index.path}")
 
-    extra = _records(args.append, args.users, args.conversations, now, rng)
+    extra = _records(args.append, args.users, args.conversations, now, rng, args.days)
     after = _write(path, extra)
     figures["writer_full_store_per_s"] = round(after)
     print(

@@ -14,6 +14,7 @@ from context_trace._store.codec import tool_error_sql as _tool_error_sql
 from . import compare_period as _compare_period
 from . import cost as _cost
 from . import overview_hours as _hours
+from . import overview_window as _window
 from . import retention_index as _retention_index
 from . import segments as _segments
 from .analytics_base import _AnalyticsBase
@@ -90,7 +91,8 @@ class _OverviewQueries(_AnalyticsBase):
                 " WHERE conversations > 0 ORDER BY conversations DESC, user_key LIMIT 10"
             )
         else:
-            top = self._rows(
+            # Kept per range as turns are indexed (see .overview_window).
+            top = _window.top_users(self._conn, first_day) or self._rows(
                 "SELECT user_key, sum(conversations) AS c FROM ui_user_day"
                 " WHERE day >= ?"
                 " GROUP BY user_key ORDER BY c DESC, user_key LIMIT 10",

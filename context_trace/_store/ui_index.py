@@ -51,6 +51,7 @@ from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
 from .cost_index import FILL_USER_DAY
 from .cost_priced import PRICED_TABLES, price_costs
 from .overview_hours import index_hours
+from .overview_window import first_days, index_window
 from .ui_index_schema import (
     _ACTIVITY_SCHEMA,
     _APPLICATION_ID,
@@ -121,9 +122,10 @@ class UIIndex:
         zones: Time zones whose retention aggregates the index keeps from now
             on besides UTC's (see :mod:`.retention_index`); a zone new to the
             index is filled from the turns indexed so far.
-        clock: Epoch seconds now: the days the ranges of the dashboard start
-            on, whose users' cost bounds the index keeps (see
-            :mod:`.cost_user_bounds`).
+        clock: Epoch seconds "now" (default ``time.time``): the days the
+            dashboard's ranges start on, whose top users (see
+            :mod:`.overview_window`) and users' cost bounds (see
+            :mod:`.cost_user_bounds`) the index keeps.
 
     Raises:
         FileNotFoundError: If *store* does not exist.
@@ -149,6 +151,7 @@ class UIIndex:
         self._closed = False
         self._pricer: Any = None
         self._clock = clock
+        self._first_days: dict[int, str] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
@@ -361,16 +364,21 @@ class UIIndex:
                 return True
             conn = self._conn
             changed = conn.execute("PRAGMA store.data_version").fetchone()[0]
-            # A new UTC day moves the cost bounds' first days (.cost_user_bounds).
-            day = time.strftime("%Y-%m-%d", time.gmtime(self._clock()))
-            if self._caught_up and (changed, day) == (
-                self._seen_version,
-                self._seen_day,
+            # A new UTC day moves the ranges' first days: the overview's top
+            # users (.overview_window) and the cost bounds (.cost_user_bounds).
+            now = self._clock()
+            day = time.strftime("%Y-%m-%d", time.gmtime(now))
+            days = first_days(now)
+            if (
+                self._caught_up
+                and changed == self._seen_version
+                and day == self._seen_day
+                and days == self._first_days
             ):
                 return True
             conn.execute("BEGIN IMMEDIATE")
             try:
-                caught_up = self._step(max_rows)
+                caught_up = self._step(max_rows, now)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -391,9 +399,10 @@ class UIIndex:
                     conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
             self._seen_version, self._seen_day = changed, day
             self._caught_up = caught_up
+            self._first_days = days
             return caught_up
 
-    def _step(self, max_rows: int) -> bool:
+    def _step(self, max_rows: int, now: float) -> bool:
         conn = self._conn
         meta = self._meta()
         start = int(meta["conversation_n"])
@@ -441,8 +450,9 @@ class UIIndex:
 
         _satisfaction_users.index_users(conn, ratings_changed=ratings != counted)
         index_hours(conn, start, end)
+        index_window(conn, start, end, now)
         if self._pricer is not None:
-            price_costs(conn, self._pricer, end, self._clock())
+            price_costs(conn, self._pricer, end, now)
         conn.executemany(
             "UPDATE meta SET value = ? WHERE key = ?",
             [(end, "conversation_n"), (session_end, "session_n"),
