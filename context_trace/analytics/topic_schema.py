@@ -110,7 +110,10 @@ _SCHEMA = (
 )
 
 # One chunk of assignments, applied: the turns' earlier topics (a re-fit
-# re-assigns them) counted out, the new ones in, then the turns written.
+# re-assigns them) counted out, the new ones in, then the turns written. The
+# count-out statements loop over the chunk and look each turn up in topic_turns
+# (CROSS JOIN fixes that order): left to itself, SQLite scans all of
+# topic_turns in topic order to save a sort, once per chunk and statement.
 _APPLY = (
     "CREATE TEMP TABLE chunk_assign (n INTEGER PRIMARY KEY, topic_id TEXT,"
     " user_key TEXT, session_n INTEGER, day TEXT, failed INTEGER, bucket INTEGER,"
@@ -192,7 +195,7 @@ _SCORE = "max(0.0, min(1.0, 1.0 - {0}.penalty))"
 _APPLY_DAYS = (
     "INSERT INTO temp.day_delta SELECT t.topic_id, t.day, -count(*), -sum(t.failed),"
     f" -count(t.penalty), -total({_SCORE.format('t')})"
-    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " FROM temp.chunk_assign a CROSS JOIN topic_turns t ON t.n = a.n"
     " GROUP BY t.topic_id, t.day",
     "INSERT INTO temp.day_delta SELECT topic_id, day, count(*), sum(failed),"
     f" count(penalty), total({_SCORE.format('a')}) FROM temp.chunk_assign a"
@@ -206,7 +209,7 @@ _APPLY_DAYS = (
     "DELETE FROM topic_days WHERE turns <= 0 AND (topic_id, day) IN"
     " (SELECT topic_id, day FROM temp.day_delta)",
     "INSERT INTO temp.hist_delta SELECT t.topic_id, t.day, t.bucket, -count(*)"
-    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " FROM temp.chunk_assign a CROSS JOIN topic_turns t ON t.n = a.n"
     " WHERE t.bucket IS NOT NULL GROUP BY t.topic_id, t.day, t.bucket",
     "INSERT INTO temp.hist_delta SELECT topic_id, day, bucket, count(*)"
     " FROM temp.chunk_assign WHERE bucket IS NOT NULL GROUP BY topic_id, day, bucket"
@@ -224,7 +227,7 @@ _APPLY_DAYS = (
 )
 _APPLY_CHUNK = (
     "INSERT INTO temp.delta SELECT t.topic_id, t.user_key, -count(*)"
-    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " FROM temp.chunk_assign a CROSS JOIN topic_turns t ON t.n = a.n"
     " GROUP BY t.topic_id, t.user_key",
     "INSERT INTO temp.delta SELECT topic_id, user_key, count(*)"
     " FROM temp.chunk_assign WHERE true GROUP BY topic_id, user_key"

@@ -262,3 +262,19 @@ def test_totals_kept_incrementally_match_a_recount(store: Path) -> None:
         counted = {r.id: (r.conversations, r.users) for r in index.summary()}
         assert counted == _recount(index.path)
         assert len(counted) <= 4
+
+
+def test_counting_a_chunk_out_looks_up_its_turns_only(store: Path) -> None:
+    """Counting a chunk's earlier topics out looks its turns up in topic_turns, never scanning every assigned turn."""
+    from context_trace.analytics.topic_schema import _APPLY, _APPLY_CHUNK, CHUNK_COSTS
+
+    with TopicIndex(store) as index:
+        index.build()
+        conn = index._conn
+        for statement in (*_APPLY, *CHUNK_COSTS):
+            conn.execute(statement, (0, 1) if "?" in statement else ())
+        count_out = [s for s in _APPLY_CHUNK if "topic_turns t " in s]
+        assert len(count_out) == 5
+        for statement in count_out:
+            plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            assert not [line for line in plan if line.startswith("SCAN t")], plan
