@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import json
 import threading
 from collections import Counter
@@ -118,24 +119,44 @@ class Embedder:
         return int(self.table.shape[1])
 
     def __call__(self, texts: Sequence[str]) -> Vectors:
-        """Unit vectors, one row per text (a text with no known token: zeros)."""
+        """
+        Unit vectors, one row per text (a text with no known token: zeros).
+
+        A text's token vectors are summed in token order (a sparse matrix of
+        token counts times the table: no copy of each token's vector), and
+        each distinct text of a batch is tokenized and summed once.
+        """
+        from scipy.sparse import csr_matrix
+
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        last = self.table.shape[0] - 1
+        vocabulary = self.table.shape[0]
+        # encode_batch_fast (tokenizers >= 0.21) skips the characters' offsets.
+        encode = getattr(
+            self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch
+        )
         for start in range(0, len(texts), _BATCH):
             chunk = [t[:_MAX_CHARS] for t in texts[start : start + _BATCH]]
-            encoded = self.tokenizer.encode_batch(chunk, add_special_tokens=False)
-            lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(chunk))
+            distinct = {t: i for i, t in enumerate(dict.fromkeys(chunk))}
+            tokens = [e.ids for e in encode(list(distinct), add_special_tokens=False)]
+            lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
             ids = np.fromiter(
-                (i for e in encoded for i in e.ids), np.int64, int(lengths.sum())
+                itertools.chain.from_iterable(tokens), np.int64, int(lengths.sum())
             )
-            np.clip(ids, 0, last, out=ids)
+            np.clip(ids, 0, vocabulary - 1, out=ids)
             rows = np.flatnonzero(lengths)
             if rows.size == 0:
                 continue
-            sums = np.add.reduceat(
-                self.table[ids], np.concatenate(([0], np.cumsum(lengths)[:-1]))[rows]
-            )
-            out[start + rows] = sums / lengths[rows, None]
+            counts = csr_matrix(
+                (np.ones(ids.size, np.float32), ids,
+                 np.concatenate(([0], np.cumsum(lengths)))),
+                shape=(len(tokens), vocabulary),
+            )  # fmt: skip
+            sums = np.asarray(counts @ self.table)
+            vectors = np.zeros((len(tokens), self.dim), dtype=np.float32)
+            vectors[rows] = sums[rows] / lengths[rows, None]
+            out[start : start + len(chunk)] = vectors[
+                np.fromiter(map(distinct.__getitem__, chunk), np.int64, len(chunk))
+            ]
         _normalise(out)
         return out
 
