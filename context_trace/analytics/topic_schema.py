@@ -174,6 +174,19 @@ CHUNK_COSTS = (
     "CREATE TEMP TABLE chunk_segment AS SELECT key, value, n"
     f" FROM ({_segment_rows('?1', '?2')})",
 )
+# The same rows read from the dashboard's index (attached as ``ui``) when it
+# has indexed the chunk's turns: its ui_cost_turn rows are TURN_COSTS's, and its
+# ui_segment_turn rows _segment_rows's (one range per segment value), so the
+# store's metadata is not parsed a second time.
+CHUNK_COSTS_FROM_INDEX = (
+    "CREATE TEMP TABLE chunk_cost AS SELECT n, model, user_key, session_n,"
+    f" started_at, date(started_at, 'unixepoch') AS day, {_COST_COLS}"
+    " FROM ui.ui_cost_turn WHERE n > ?1 AND n <= ?2",
+    "CREATE INDEX temp.chunk_cost_n ON chunk_cost (n)",
+    "CREATE TEMP TABLE chunk_segment AS SELECT s.key, s.value, s.n"
+    " FROM ui.ui_segments g CROSS JOIN ui.ui_segment_turn s"
+    " ON s.key = g.key AND s.value = g.value AND s.n > ?1 AND s.n <= ?2",
+)
 # The cost rows of a chunk's turns (chunk_cost, chunk_segment: CHUNK_COSTS)
 # that already have their topic, summed in (a topics file made before the cost
 # sums existed).
