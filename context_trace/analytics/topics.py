@@ -81,6 +81,8 @@ KEEP_ID_SIMILARITY = 0.8
 # Questions are embedded from at most this many characters.
 _MAX_CHARS = 2000
 _BATCH = 4096
+# The most words whose tokens an embedder keeps (then it starts again).
+_WORDS = 200_000
 
 _WEIGHTS = "weights/l2_supercat_256.safetensors"
 _TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
@@ -113,6 +115,9 @@ class Embedder:
         self.tokenizer = Tokenizer.from_file(str(root / _TOKENIZER))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
+        self._by_word = _splits_at_spaces(self.tokenizer)
+        self._words: dict[str, list[int]] = {}
+        self._words_lock = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -130,14 +135,10 @@ class Embedder:
 
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         vocabulary = self.table.shape[0]
-        # encode_batch_fast (tokenizers >= 0.21) skips the characters' offsets.
-        encode = getattr(
-            self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch
-        )
         for start in range(0, len(texts), _BATCH):
             chunk = [t[:_MAX_CHARS] for t in texts[start : start + _BATCH]]
             distinct = {t: i for i, t in enumerate(dict.fromkeys(chunk))}
-            tokens = [e.ids for e in encode(list(distinct), add_special_tokens=False)]
+            tokens = self.token_ids(list(distinct))
             lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
             ids = np.fromiter(
                 itertools.chain.from_iterable(tokens), np.int64, int(lengths.sum())
@@ -159,6 +160,66 @@ class Embedder:
             ]
         _normalise(out)
         return out
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """
+        Each text's token ids, as the tokenizer gives them for the whole text.
+
+        With this tokenizer (no pre-tokenizer: spaces become ``▁``, which no
+        token holds after other characters), a text is its space-separated
+        words' tokens, each word's as if alone: words are tokenized once and
+        kept (up to :data:`_WORDS` of them). A text this does not hold for
+        (a leading, trailing or double space, a ``▁``, a ``<`` that could
+        start a special token) is tokenized whole.
+        """
+        # encode_batch_fast (tokenizers >= 0.21) skips the characters' offsets.
+        encode = getattr(
+            self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch
+        )
+        if not self._by_word:
+            return [e.ids for e in encode(list(texts), add_special_tokens=False)]
+        with self._words_lock:
+            return self._by_words(texts, encode)
+
+    def _by_words(self, texts: Sequence[str], encode: Any) -> list[list[int]]:
+        split = [
+            None if "▁" in t or "<" in t or "" in (words := t.split(" ")) else words
+            for t in texts
+        ]
+        known = self._words
+        if len(known) > _WORDS:
+            known.clear()
+        new = list(
+            dict.fromkeys(
+                w for words in split if words for w in words if w not in known
+            )
+        )
+        whole = [t for t, words in zip(texts, split, strict=True) if words is None]
+        encoded = encode(new + whole, add_special_tokens=False) if new or whole else []
+        known.update(zip(new, (e.ids for e in encoded), strict=False))
+        rest = iter(encoded[len(new) :])
+        return [
+            next(rest).ids
+            if words is None
+            else list(itertools.chain.from_iterable(map(known.__getitem__, words)))
+            for words in split
+        ]
+
+
+def _splits_at_spaces(tokenizer: Any) -> bool:
+    """Whether a text's tokens are its space-separated words' (see token_ids)."""
+    config = json.loads(tokenizer.to_str())
+    normalizer = config.get("normalizer") or {}
+    return (
+        config.get("pre_tokenizer") is None
+        and (config.get("model") or {}).get("type") == "BPE"
+        and normalizer.get("type") == "Sequence"
+        and normalizer.get("normalizers")
+        == [{"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
+        and not any("▁" in t[1:] and t.strip("▁") for t in tokenizer.get_vocab())
+        and all(t["content"].startswith("<") for t in config.get("added_tokens", []))
+    )  # fmt: skip
 
 
 _embedder: Embedder | None = None

@@ -184,6 +184,28 @@ def test_a_question_is_the_mean_of_its_token_vectors_in_any_batch() -> None:
         assert np.array_equal(embedder([text])[0], vector)
 
 
+def test_tokens_by_word_are_the_whole_texts_tokens() -> None:
+    """Tokens put together from each word's (kept between calls) are those of the whole text, spaces and special tokens included."""
+    embedder = topics.Embedder()
+    rng = random.Random(3)
+    alphabet = [
+        *"ab xy  \u2581<>s/\n\t.,!?'\u00e9\u65e5\U0001f600",
+        "<s>",
+        "</s>",
+        "don't",
+    ]
+    texts = [
+        "", " ", "a", " a", "a ", "a  b", "\u2581", "x<s>y", "hello\nworld again",
+        "set an alarm for 7 am", "set an alarm for 7 am please", "\u00a0a b",
+        *("".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(300)),
+    ]  # fmt: skip
+    whole = [
+        e.ids for e in embedder.tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
+    assert embedder.token_ids(texts) == whole
+    assert embedder.token_ids(texts[::-1]) == whole[::-1]
+
+
 def test_import_context_trace_stays_light() -> None:
     """`import context_trace` imports neither NumPy nor SciPy nor the embeddings."""
     code = (
