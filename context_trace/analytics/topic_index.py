@@ -39,7 +39,7 @@ from context_trace._store.connection import read_uri
 from context_trace._store.ui_index import default_index_path
 
 from . import topics as _topics
-from .topic_read import read_questions, read_turns, sample_questions
+from .topic_read import read_questions, sample_questions
 from .topic_rows import STRUGGLING_MIN_CONVERSATIONS as STRUGGLING_MIN_CONVERSATIONS
 from .topic_rows import STRUGGLING_MIN_SHARE as STRUGGLING_MIN_SHARE
 from .topic_rows import TopicRow as TopicRow
@@ -55,6 +55,7 @@ from .topic_schema import (
     FILL_COSTS,
     TOPIC_COSTS_TABLE,
     TOPIC_SEGMENT_COSTS_TABLE,
+    assign_chunk,
 )
 from .topic_schema import _SCHEMA as _SCHEMA
 from .topics import MISC, TopicModel
@@ -73,6 +74,10 @@ _VERSION = 4
 # The temporary tables of a refresh (the last two made anew per chunk).
 _TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta",
          "segment_cost_delta", "chunk_cost", "chunk_segment")  # fmt: skip
+# The topics file's page cache (SQLite's default is 2 MiB): the indexes of
+# topic_turns take a turn in every topic and user, so the pages of a big file's
+# indexes are read and written again and again with less.
+_CACHE_KIB = 65_536
 # Version 3 lacked the cost sums: it gains them, filled from its assignments,
 # this many turns at a time.
 _COST_FILL_CHUNK = 100_000
@@ -129,6 +134,7 @@ class TopicIndex:
             raise OSError(f"cannot create the topics file {self.path}: {exc}") from None
         try:
             self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB:d}")
             self._conn.execute("ATTACH DATABASE ? AS store", (read_uri(self.store),))
             tables = {
                 r[0]
@@ -309,7 +315,8 @@ class TopicIndex:
         """Fit on the turns up to *end*, sampling as :func:`.topics.fit` does."""
         sample_size = 6000
         sample, total = sample_questions(
-            read_questions(self._conn, 0, end), sample_size
+            (questions for _, questions in read_questions(self._conn, 0, end)),
+            sample_size,
         )
         model = _topics.fit(
             sample, n_topics=self.n_topics, sample_size=sample_size,
@@ -379,16 +386,17 @@ class TopicIndex:
                 indexed = self._indexed_n()
                 for statement in _APPLY:
                     conn.execute(statement)
-                for chunk in read_turns(conn, start, end, self._scored):
-                    topic = model.assign_vectors(_topics.embed([r[1] for r in chunk]))
+                insert = assign_chunk(self._scored)
+                for turns, questions in read_questions(conn, start, end):
+                    topic = model.assign_vectors(_topics.embed(questions))
                     for table in _TEMP[:-2]:
                         conn.execute(f"DELETE FROM temp.{table}")
                     # The chunk's turns are all those numbered in its span.
-                    self._chunk_costs(chunk[0][0] - 1, chunk[-1][0], indexed)
-                    conn.executemany(
-                        "INSERT INTO temp.chunk_assign VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(r[0], MISC if t < 0 else ids[t], *r[2:])
-                         for r, t in zip(chunk, topic.tolist(), strict=True)],
+                    self._chunk_costs(turns[0] - 1, turns[-1], indexed)
+                    conn.execute(
+                        insert,
+                        (json.dumps([[n, MISC if t < 0 else ids[t]]
+                                     for n, t in zip(turns, topic.tolist(), strict=True)]),),
                     )  # fmt: skip
                     for statement in _APPLY_CHUNK:
                         conn.execute(statement)

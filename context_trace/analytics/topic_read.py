@@ -1,6 +1,6 @@
 """
 What the topics file (``topic_index``) reads from the store: each turn's
-question and measures, in chunks, and the sample a fit clusters.
+question, in chunks, and the sample a fit clusters.
 """
 
 from __future__ import annotations
@@ -9,48 +9,18 @@ import heapq
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-from context_trace._store.ui_index import LATENCY_BUCKETS_PER_DECADE
 
 from . import topics as _topics
 from .topic_schema import _READ_CHUNK
 
 
-def read_turns(
-    conn: sqlite3.Connection, start: int, end: int, scored: bool
-) -> Iterator[list[tuple[Any, ...]]]:
-    """
-    (n, question, user_key, session_n, day, failed, latency bucket, penalty)
-    of the store's turns numbered (start, end], in chunks; the penalty (the
-    turn's own satisfaction signals) from the dashboard's index (attached as
-    ``ui``) if *scored*, else None.
-    """
-    penalty = "s.penalty" if scored else "NULL"
-    join = " LEFT JOIN ui.sat_turns s ON s.n = c.n" if scored else ""
-    while start < end:
-        rows = conn.execute(
-            "SELECT c.n, c.messages_json, coalesce(c.user_id, ''), c.session_n,"
-            " date(c.started_at, 'unixepoch'), c.error IS NOT NULL,"
-            " CAST(round(log(max(c.latency_ms, 1))"
-            f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER), {penalty}"
-            f" FROM store.conversations c{join}"
-            " WHERE c.n > ? AND c.n <= ? ORDER BY c.n LIMIT ?",
-            (start, end, _READ_CHUNK),
-        ).fetchall()
-        if not rows:
-            return
-        yield [
-            (n, _topics.turn_question(json.loads(text or "[]")), *rest)
-            for n, text, *rest in rows
-        ]
-        start = rows[-1][0]
-
-
 def read_questions(
     conn: sqlite3.Connection, start: int, end: int
-) -> Iterator[list[str]]:
-    """The questions of the store's turns numbered (start, end], in chunks."""
+) -> Iterator[tuple[list[int], list[str]]]:
+    """
+    The numbers and questions of the store's turns numbered (start, end], in
+    chunks of every turn numbered in their span.
+    """
     while start < end:
         rows = conn.execute(
             "SELECT n, messages_json FROM store.conversations"
@@ -59,7 +29,10 @@ def read_questions(
         ).fetchall()
         if not rows:
             return
-        yield [_topics.turn_question(json.loads(text or "[]")) for _, text in rows]
+        yield (
+            [n for n, _ in rows],
+            [_topics.turn_question(json.loads(text or "[]")) for _, text in rows],
+        )
         start = rows[-1][0]
 
 

@@ -6,6 +6,7 @@ statements that apply one chunk of assignments to them.
 from __future__ import annotations
 
 from context_trace._store.cost_index import _SUMS, TURN_COSTS
+from context_trace._store.ui_index import LATENCY_BUCKETS_PER_DECADE
 from context_trace._store.ui_index_sql import _segment_rows
 
 _SUFFIX = ".topics"
@@ -131,6 +132,26 @@ _APPLY = (
     f" day TEXT, model TEXT, {', '.join(f'{c} INTEGER' for c in _SUMS)},"
     " PRIMARY KEY (key, value, topic_id, day, model))",
 )
+
+
+def assign_chunk(scored: bool) -> str:
+    """
+    The INSERT of a chunk's assignments into chunk_assign, given as one JSON
+    array of ``[n, topic_id]`` (one statement, not a row each): each turn's
+    user, session, UTC day, failed flag and latency bucket read from the
+    store, its penalty from the dashboard's index if *scored* (else NULL).
+    """
+    penalty = "s.penalty" if scored else "NULL"
+    join = " LEFT JOIN ui.sat_turns s ON s.n = c.n" if scored else ""
+    return (
+        "INSERT INTO temp.chunk_assign SELECT c.n, j.value ->> 1,"
+        " coalesce(c.user_id, ''), c.session_n, date(c.started_at, 'unixepoch'),"
+        " c.error IS NOT NULL, CAST(round(log(max(c.latency_ms, 1))"
+        f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER), {penalty}"
+        f" FROM json_each(?) j CROSS JOIN store.conversations c ON c.n = j.value ->> 0{join}"
+    )
+
+
 _COST_COLS = ", ".join(_SUMS)
 _COST_UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
 _NEGATED = ", ".join(f"-sum(k.{c})" for c in _SUMS)

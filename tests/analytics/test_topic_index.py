@@ -278,3 +278,10 @@ def test_counting_a_chunk_out_looks_up_its_turns_only(store: Path) -> None:
         for statement in count_out:
             plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
             assert not [line for line in plan if line.startswith("SCAN t")], plan
+
+
+def test_topics_file_keeps_a_page_cache_for_a_big_stores_indexes(store: Path) -> None:
+    """The topics file's connection caches at least 32 MiB of pages (SQLite's default, 2 MiB, thrashes on a million turns)."""
+    with TopicIndex(store) as index:
+        kib = -index._conn.execute("PRAGMA cache_size").fetchone()[0]
+    assert kib >= 32 * 1024
