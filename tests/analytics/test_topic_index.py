@@ -285,3 +285,15 @@ def test_topics_file_keeps_a_page_cache_for_a_big_stores_indexes(store: Path) ->
     with TopicIndex(store) as index:
         kib = -index._conn.execute("PRAGMA cache_size").fetchone()[0]
     assert kib >= 32 * 1024
+
+
+def test_a_chunks_assignments_are_written_by_one_statement(store: Path) -> None:
+    """Assigning a chunk of turns writes them with one statement, not one per turn."""
+    traced: list[str] = []
+    with TopicIndex(store) as index:
+        index._conn.set_trace_callback(traced.append)
+        index.build()
+        assigned = len(index.assignments())
+    writes = [s for s in traced if s.startswith("INSERT INTO temp.chunk_assign")]
+    assert assigned == 30
+    assert len(writes) == 1
