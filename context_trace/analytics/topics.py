@@ -8,7 +8,8 @@ How a model is fitted (:func:`fit`):
    length. The weights and the tokenizer ship inside the ``wordllama`` wheel
    and are read from its package directory; nothing is downloaded, and
    ``wordllama``'s own Python code (which would download a missing file) is
-   never imported.
+   never imported. Each word is tokenized once and kept
+   (:meth:`Embedder.token_ids`: a text's tokens are its words' tokens).
 2. **Sample.** At most ``sample_size`` questions take part in the fit: those
    whose text has the smallest hash, so the sample does not depend on the
    order of the data and mostly stays the same as the data grows.
