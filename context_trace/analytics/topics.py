@@ -209,17 +209,20 @@ class Embedder:
 
 def _splits_at_spaces(tokenizer: Any) -> bool:
     """Whether a text's tokens are its space-separated words' (see token_ids)."""
-    config = json.loads(tokenizer.to_str())
-    normalizer = config.get("normalizer") or {}
+    normalizer = tokenizer.normalizer
     return (
-        config.get("pre_tokenizer") is None
-        and (config.get("model") or {}).get("type") == "BPE"
-        and normalizer.get("type") == "Sequence"
-        and normalizer.get("normalizers")
-        == [{"type": "Prepend", "prepend": "▁"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]
+        tokenizer.pre_tokenizer is None
+        and type(tokenizer.model).__name__ == "BPE"
+        and normalizer is not None
+        and json.loads(normalizer.__getstate__())
+        == {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
         and not any("▁" in t[1:] and t.strip("▁") for t in tokenizer.get_vocab())
-        and all(t["content"].startswith("<") for t in config.get("added_tokens", []))
+        and all(
+            t.content.startswith("<")
+            for t in tokenizer.get_added_tokens_decoder().values()
+        )
     )  # fmt: skip
 
 
