@@ -26,24 +26,20 @@ importable from here.
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from context_trace._store.connection import read_uri
-from context_trace._store.ui_index import (
-    LATENCY_BUCKETS_PER_DECADE,
-    default_index_path,
-)
+from context_trace._store.ui_index import default_index_path
 
 from . import topics as _topics
+from .topic_read import read_questions, sample_questions
 from .topic_rows import STRUGGLING_MIN_CONVERSATIONS as STRUGGLING_MIN_CONVERSATIONS
 from .topic_rows import STRUGGLING_MIN_SHARE as STRUGGLING_MIN_SHARE
 from .topic_rows import TopicRow as TopicRow
@@ -53,12 +49,13 @@ from .topic_rows import struggling as struggling
 from .topic_schema import (
     _APPLY,
     _APPLY_CHUNK,
-    _READ_CHUNK,
     _SUFFIX,
     CHUNK_COSTS,
+    CHUNK_COSTS_FROM_INDEX,
     FILL_COSTS,
     TOPIC_COSTS_TABLE,
     TOPIC_SEGMENT_COSTS_TABLE,
+    assign_chunk,
 )
 from .topic_schema import _SCHEMA as _SCHEMA
 from .topics import MISC, TopicModel
@@ -77,6 +74,10 @@ _VERSION = 4
 # The temporary tables of a refresh (the last two made anew per chunk).
 _TEMP = ("chunk_assign", "delta", "day_delta", "hist_delta", "cost_delta",
          "segment_cost_delta", "chunk_cost", "chunk_segment")  # fmt: skip
+# The topics file's page cache (SQLite's default is 2 MiB): the indexes of
+# topic_turns take a turn in every topic and user, so the pages of a big file's
+# indexes are read and written again and again with less.
+_CACHE_KIB = 65_536
 # Version 3 lacked the cost sums: it gains them, filled from its assignments,
 # this many turns at a time.
 _COST_FILL_CHUNK = 100_000
@@ -133,6 +134,7 @@ class TopicIndex:
             raise OSError(f"cannot create the topics file {self.path}: {exc}") from None
         try:
             self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB:d}")
             self._conn.execute("ATTACH DATABASE ? AS store", (read_uri(self.store),))
             tables = {
                 r[0]
@@ -162,16 +164,22 @@ class TopicIndex:
 
     def _attach_scores(self, ui: Path) -> bool:
         """Attach the dashboard's index (read-only) if it scores turns."""
+        self._costs_indexed = False
         if not ui.exists():
             return False
         self._conn.execute(
             "ATTACH DATABASE ? AS ui", (ui.absolute().as_uri() + "?mode=ro",)
         )
-        return bool(
-            self._conn.execute(
-                "SELECT 1 FROM ui.sqlite_master WHERE name = 'sat_meta'"
-            ).fetchone()
-        )
+        tables = {
+            r[0]
+            for r in self._conn.execute(
+                "SELECT name FROM ui.sqlite_master WHERE type = 'table'"
+            )
+        }
+        self._costs_indexed = {
+            "meta", "ui_cost_turn", "ui_segments", "ui_segment_turn"
+        } <= tables  # fmt: skip
+        return "sat_meta" in tables
 
     # ------------------------------------------------------------------ state
     def _prepare(self) -> None:
@@ -247,12 +255,26 @@ class TopicIndex:
                 conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
         conn.execute(f"PRAGMA user_version = {_VERSION:d}")
 
-    def _chunk_costs(self, start: int, end: int) -> None:
-        """The temporary cost and segment rows of the turns numbered (start, end]."""
+    def _chunk_costs(self, start: int, end: int, indexed: int = 0) -> None:
+        """
+        The temporary cost and segment rows of the turns numbered (start, end]:
+        from the dashboard's index if it has indexed them (up to *indexed*),
+        else from the store.
+        """
         for table in _TEMP[-2:]:
             self._conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
-        for statement in CHUNK_COSTS:
+        statements = CHUNK_COSTS_FROM_INDEX if end <= indexed else CHUNK_COSTS
+        for statement in statements:
             self._conn.execute(statement, (start, end) if "?" in statement else ())
+
+    def _indexed_n(self) -> int:
+        """The last turn whose cost and segment rows the dashboard's index has (0: none)."""
+        if not self._costs_indexed:
+            return 0
+        row = self._conn.execute(
+            "SELECT value FROM ui.meta WHERE key = 'conversation_n'"
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
 
     def _meta(self) -> dict[str, Any]:
         return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -279,32 +301,6 @@ class TopicIndex:
             ).fetchone()[0]
         )
 
-    def _turns(self, start: int, end: int) -> Iterator[list[tuple[Any, ...]]]:
-        """
-        (n, question, user_key, session_n, day, failed, latency bucket,
-        penalty) of turns numbered (start, end], in chunks; the penalty (the
-        turn's own satisfaction signals) from the dashboard's index, or None.
-        """
-        penalty = "s.penalty" if self._scored else "NULL"
-        join = " LEFT JOIN ui.sat_turns s ON s.n = c.n" if self._scored else ""
-        while start < end:
-            rows = self._conn.execute(
-                "SELECT c.n, c.messages_json, coalesce(c.user_id, ''), c.session_n,"
-                " date(c.started_at, 'unixepoch'), c.error IS NOT NULL,"
-                " CAST(round(log(max(c.latency_ms, 1))"
-                f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER), {penalty}"
-                f" FROM store.conversations c{join}"
-                " WHERE c.n > ? AND c.n <= ? ORDER BY c.n LIMIT ?",
-                (start, end, _READ_CHUNK),
-            ).fetchall()
-            if not rows:
-                return
-            yield [
-                (n, _topics.turn_question(json.loads(text or "[]")), *rest)
-                for n, text, *rest in rows
-            ]
-            start = rows[-1][0]
-
     def _scored_n(self) -> int | None:
         """The last turn the dashboard's index has scored, or None without it."""
         if not self._scored:
@@ -314,49 +310,14 @@ class TopicIndex:
         ).fetchone()
         return int(row[0]) if row is not None else 0
 
-    def _questions(self, start: int, end: int) -> Iterator[list[tuple[Any, ...]]]:
-        """(n, question, user_key, session_n) of turns numbered (start, end], in chunks."""
-        while start < end:
-            rows = self._conn.execute(
-                "SELECT n, messages_json, coalesce(user_id, ''), session_n"
-                " FROM store.conversations WHERE n > ? AND n <= ? ORDER BY n LIMIT ?",
-                (start, end, _READ_CHUNK),
-            ).fetchall()
-            if not rows:
-                return
-            yield [
-                (n, _topics.turn_question(json.loads(text or "[]")), user, session)
-                for n, text, user, session in rows
-            ]
-            start = rows[-1][0]
-
     # ------------------------------------------------------------------ fitting
     def _fit(self, end: int, previous: TopicModel | None) -> TopicModel:
         """Fit on the turns up to *end*, sampling as :func:`.topics.fit` does."""
         sample_size = 6000
-        # The distinct questions with the smallest hashes, as fit() samples
-        # them, counted without holding every question in memory: a question
-        # can only end in the sample if it entered it the first time it came.
-        heap: list[tuple[int, str]] = []
-        counts: dict[str, int] = {}
-        total = 0
-        for chunk in self._questions(0, end):
-            for _, question, _, _ in chunk:
-                if not question.strip():
-                    continue
-                total += 1
-                if question in counts:
-                    counts[question] += 1
-                    continue
-                key = -int.from_bytes(_topics._hash_key(question), "big")
-                if len(heap) < sample_size:
-                    heapq.heappush(heap, (key, question))
-                    counts[question] = 1
-                elif (key, question) > heap[0]:
-                    _, gone = heapq.heapreplace(heap, (key, question))
-                    del counts[gone]
-                    counts[question] = 1
-        sample = [q for q, c in counts.items() for _ in range(c)]
+        sample, total = sample_questions(
+            (questions for _, questions in read_questions(self._conn, 0, end)),
+            sample_size,
+        )
         model = _topics.fit(
             sample, n_topics=self.n_topics, sample_size=sample_size,
             previous=previous,
@@ -422,18 +383,20 @@ class TopicIndex:
                 level = last if scored is None else min(last, max(scored, start))
                 end = min(level, start + max_rows)
                 ids = model.ids
+                indexed = self._indexed_n()
                 for statement in _APPLY:
                     conn.execute(statement)
-                for chunk in self._turns(start, end):
-                    topic = model.assign_vectors(_topics.embed([r[1] for r in chunk]))
+                insert = assign_chunk(self._scored)
+                for turns, questions in read_questions(conn, start, end):
+                    topic = model.assign_vectors(_topics.embed(questions))
                     for table in _TEMP[:-2]:
                         conn.execute(f"DELETE FROM temp.{table}")
                     # The chunk's turns are all those numbered in its span.
-                    self._chunk_costs(chunk[0][0] - 1, chunk[-1][0])
-                    conn.executemany(
-                        "INSERT INTO temp.chunk_assign VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(r[0], MISC if t < 0 else ids[t], *r[2:])
-                         for r, t in zip(chunk, topic.tolist(), strict=True)],
+                    self._chunk_costs(turns[0] - 1, turns[-1], indexed)
+                    conn.execute(
+                        insert,
+                        (json.dumps([[n, MISC if t < 0 else ids[t]]
+                                     for n, t in zip(turns, topic.tolist(), strict=True)]),),
                     )  # fmt: skip
                     for statement in _APPLY_CHUNK:
                         conn.execute(statement)

@@ -6,6 +6,7 @@ statements that apply one chunk of assignments to them.
 from __future__ import annotations
 
 from context_trace._store.cost_index import _SUMS, TURN_COSTS
+from context_trace._store.ui_index import LATENCY_BUCKETS_PER_DECADE
 from context_trace._store.ui_index_sql import _segment_rows
 
 _SUFFIX = ".topics"
@@ -110,7 +111,10 @@ _SCHEMA = (
 )
 
 # One chunk of assignments, applied: the turns' earlier topics (a re-fit
-# re-assigns them) counted out, the new ones in, then the turns written.
+# re-assigns them) counted out, the new ones in, then the turns written. The
+# count-out statements loop over the chunk and look each turn up in topic_turns
+# (CROSS JOIN fixes that order): left to itself, SQLite scans all of
+# topic_turns in topic order to save a sort, once per chunk and statement.
 _APPLY = (
     "CREATE TEMP TABLE chunk_assign (n INTEGER PRIMARY KEY, topic_id TEXT,"
     " user_key TEXT, session_n INTEGER, day TEXT, failed INTEGER, bucket INTEGER,"
@@ -128,6 +132,26 @@ _APPLY = (
     f" day TEXT, model TEXT, {', '.join(f'{c} INTEGER' for c in _SUMS)},"
     " PRIMARY KEY (key, value, topic_id, day, model))",
 )
+
+
+def assign_chunk(scored: bool) -> str:
+    """
+    The INSERT of a chunk's assignments into chunk_assign, given as one JSON
+    array of ``[n, topic_id]`` (one statement, not a row each): each turn's
+    user, session, UTC day, failed flag and latency bucket read from the
+    store, its penalty from the dashboard's index if *scored* (else NULL).
+    """
+    penalty = "s.penalty" if scored else "NULL"
+    join = " LEFT JOIN ui.sat_turns s ON s.n = c.n" if scored else ""
+    return (
+        "INSERT INTO temp.chunk_assign SELECT c.n, j.value ->> 1,"
+        " coalesce(c.user_id, ''), c.session_n, date(c.started_at, 'unixepoch'),"
+        " c.error IS NOT NULL, CAST(round(log(max(c.latency_ms, 1))"
+        f" * {LATENCY_BUCKETS_PER_DECADE}) AS INTEGER), {penalty}"
+        f" FROM json_each(?) j CROSS JOIN store.conversations c ON c.n = j.value ->> 0{join}"
+    )
+
+
 _COST_COLS = ", ".join(_SUMS)
 _COST_UPSERT = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
 _NEGATED = ", ".join(f"-sum(k.{c})" for c in _SUMS)
@@ -171,6 +195,19 @@ CHUNK_COSTS = (
     "CREATE TEMP TABLE chunk_segment AS SELECT key, value, n"
     f" FROM ({_segment_rows('?1', '?2')})",
 )
+# The same rows read from the dashboard's index (attached as ``ui``) when it
+# has indexed the chunk's turns: its ui_cost_turn rows are TURN_COSTS's, and its
+# ui_segment_turn rows _segment_rows's (one range per segment value), so the
+# store's metadata is not parsed a second time.
+CHUNK_COSTS_FROM_INDEX = (
+    "CREATE TEMP TABLE chunk_cost AS SELECT n, model, user_key, session_n,"
+    f" started_at, date(started_at, 'unixepoch') AS day, {_COST_COLS}"
+    " FROM ui.ui_cost_turn WHERE n > ?1 AND n <= ?2",
+    "CREATE INDEX temp.chunk_cost_n ON chunk_cost (n)",
+    "CREATE TEMP TABLE chunk_segment AS SELECT s.key, s.value, s.n"
+    " FROM ui.ui_segments g CROSS JOIN ui.ui_segment_turn s"
+    " ON s.key = g.key AND s.value = g.value AND s.n > ?1 AND s.n <= ?2",
+)
 # The cost rows of a chunk's turns (chunk_cost, chunk_segment: CHUNK_COSTS)
 # that already have their topic, summed in (a topics file made before the cost
 # sums existed).
@@ -192,7 +229,7 @@ _SCORE = "max(0.0, min(1.0, 1.0 - {0}.penalty))"
 _APPLY_DAYS = (
     "INSERT INTO temp.day_delta SELECT t.topic_id, t.day, -count(*), -sum(t.failed),"
     f" -count(t.penalty), -total({_SCORE.format('t')})"
-    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " FROM temp.chunk_assign a CROSS JOIN topic_turns t ON t.n = a.n"
     " GROUP BY t.topic_id, t.day",
     "INSERT INTO temp.day_delta SELECT topic_id, day, count(*), sum(failed),"
     f" count(penalty), total({_SCORE.format('a')}) FROM temp.chunk_assign a"
@@ -206,7 +243,7 @@ _APPLY_DAYS = (
     "DELETE FROM topic_days WHERE turns <= 0 AND (topic_id, day) IN"
     " (SELECT topic_id, day FROM temp.day_delta)",
     "INSERT INTO temp.hist_delta SELECT t.topic_id, t.day, t.bucket, -count(*)"
-    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " FROM temp.chunk_assign a CROSS JOIN topic_turns t ON t.n = a.n"
     " WHERE t.bucket IS NOT NULL GROUP BY t.topic_id, t.day, t.bucket",
     "INSERT INTO temp.hist_delta SELECT topic_id, day, bucket, count(*)"
     " FROM temp.chunk_assign WHERE bucket IS NOT NULL GROUP BY topic_id, day, bucket"
@@ -224,7 +261,7 @@ _APPLY_DAYS = (
 )
 _APPLY_CHUNK = (
     "INSERT INTO temp.delta SELECT t.topic_id, t.user_key, -count(*)"
-    " FROM topic_turns t JOIN temp.chunk_assign a ON a.n = t.n"
+    " FROM temp.chunk_assign a CROSS JOIN topic_turns t ON t.n = a.n"
     " GROUP BY t.topic_id, t.user_key",
     "INSERT INTO temp.delta SELECT topic_id, user_key, count(*)"
     " FROM temp.chunk_assign WHERE true GROUP BY topic_id, user_key"

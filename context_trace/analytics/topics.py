@@ -8,7 +8,8 @@ How a model is fitted (:func:`fit`):
    length. The weights and the tokenizer ship inside the ``wordllama`` wheel
    and are read from its package directory; nothing is downloaded, and
    ``wordllama``'s own Python code (which would download a missing file) is
-   never imported.
+   never imported. Each word is tokenized once and kept
+   (:meth:`Embedder.token_ids`: a text's tokens are its words' tokens).
 2. **Sample.** At most ``sample_size`` questions take part in the fit: those
    whose text has the smallest hash, so the sample does not depend on the
    order of the data and mostly stays the same as the data grows.
@@ -40,18 +41,16 @@ The same data (the same questions, in any order) gives the same topics.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from .topic_embed import Embedder, Vectors, _normalise, embed
 from .topic_labels import _terms
 from .topic_scores import clustering_scores
 
@@ -68,8 +67,6 @@ __all__ = [
     "turn_question",
 ]
 
-Vectors = npt.NDArray[np.float32]
-
 # The miscellaneous bucket's id: questions near no topic.
 MISC = "misc"
 # What the vectors are: stored with a model, so a model made with other
@@ -77,86 +74,6 @@ MISC = "misc"
 EMBEDDER = "wordllama-l2_supercat-256"
 # A re-fitted topic keeps the id of an old topic at least this similar.
 KEEP_ID_SIMILARITY = 0.8
-# Questions are embedded from at most this many characters.
-_MAX_CHARS = 2000
-_BATCH = 4096
-
-_WEIGHTS = "weights/l2_supercat_256.safetensors"
-_TOKENIZER = "tokenizers/l2_supercat_tokenizer_config.json"
-
-
-class Embedder:
-    """
-    Static word embeddings read from the ``wordllama`` wheel's own files.
-
-    Raises:
-        ImportError: If ``wordllama`` (the ``analytics`` extra) is not installed.
-        FileNotFoundError: If its wheel lacks the ``l2_supercat`` files.
-    """
-
-    def __init__(self) -> None:
-        spec = importlib.util.find_spec("wordllama")
-        locations = spec.submodule_search_locations if spec is not None else None
-        if not locations:
-            raise ImportError(
-                "topics need the wordllama package: pip install"
-                " 'context-trace[analytics]'"
-            )
-        root = Path(next(iter(locations)))
-        from safetensors.numpy import load_file
-        from tokenizers import Tokenizer
-
-        self.table: Vectors = np.ascontiguousarray(
-            load_file(str(root / _WEIGHTS))["embedding.weight"], dtype=np.float32
-        )
-        self.tokenizer = Tokenizer.from_file(str(root / _TOKENIZER))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-
-    @property
-    def dim(self) -> int:
-        return int(self.table.shape[1])
-
-    def __call__(self, texts: Sequence[str]) -> Vectors:
-        """Unit vectors, one row per text (a text with no known token: zeros)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        last = self.table.shape[0] - 1
-        for start in range(0, len(texts), _BATCH):
-            chunk = [t[:_MAX_CHARS] for t in texts[start : start + _BATCH]]
-            encoded = self.tokenizer.encode_batch(chunk, add_special_tokens=False)
-            lengths = np.fromiter((len(e.ids) for e in encoded), np.int64, len(chunk))
-            ids = np.fromiter(
-                (i for e in encoded for i in e.ids), np.int64, int(lengths.sum())
-            )
-            np.clip(ids, 0, last, out=ids)
-            rows = np.flatnonzero(lengths)
-            if rows.size == 0:
-                continue
-            sums = np.add.reduceat(
-                self.table[ids], np.concatenate(([0], np.cumsum(lengths)[:-1]))[rows]
-            )
-            out[start + rows] = sums / lengths[rows, None]
-        _normalise(out)
-        return out
-
-
-_embedder: Embedder | None = None
-_embedder_lock = threading.Lock()
-
-
-def embed(texts: Sequence[str]) -> Vectors:
-    """*texts* as unit vectors (the embeddings are loaded once per process)."""
-    global _embedder
-    with _embedder_lock:
-        if _embedder is None:
-            _embedder = Embedder()
-        embedder = _embedder
-    return embedder(texts)
-
-
-def _normalise(x: Vectors) -> None:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
 
 
 def turn_question(messages: Sequence[Sequence[Any]]) -> str:

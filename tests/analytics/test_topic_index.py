@@ -262,3 +262,38 @@ def test_totals_kept_incrementally_match_a_recount(store: Path) -> None:
         counted = {r.id: (r.conversations, r.users) for r in index.summary()}
         assert counted == _recount(index.path)
         assert len(counted) <= 4
+
+
+def test_counting_a_chunk_out_looks_up_its_turns_only(store: Path) -> None:
+    """Counting a chunk's earlier topics out looks its turns up in topic_turns, never scanning every assigned turn."""
+    from context_trace.analytics.topic_schema import _APPLY, _APPLY_CHUNK, CHUNK_COSTS
+
+    with TopicIndex(store) as index:
+        index.build()
+        conn = index._conn
+        for statement in (*_APPLY, *CHUNK_COSTS):
+            conn.execute(statement, (0, 1) if "?" in statement else ())
+        count_out = [s for s in _APPLY_CHUNK if "topic_turns t " in s]
+        assert len(count_out) == 5
+        for statement in count_out:
+            plan = [r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            assert not [line for line in plan if line.startswith("SCAN t")], plan
+
+
+def test_topics_file_keeps_a_page_cache_for_a_big_stores_indexes(store: Path) -> None:
+    """The topics file's connection caches at least 32 MiB of pages (SQLite's default, 2 MiB, thrashes on a million turns)."""
+    with TopicIndex(store) as index:
+        kib = -index._conn.execute("PRAGMA cache_size").fetchone()[0]
+    assert kib >= 32 * 1024
+
+
+def test_a_chunks_assignments_are_written_by_one_statement(store: Path) -> None:
+    """Assigning a chunk of turns writes them with one statement, not one per turn."""
+    traced: list[str] = []
+    with TopicIndex(store) as index:
+        index._conn.set_trace_callback(traced.append)
+        index.build()
+        assigned = len(index.assignments())
+    writes = [s for s in traced if s.startswith("INSERT INTO temp.chunk_assign")]
+    assert assigned == 30
+    assert len(writes) == 1

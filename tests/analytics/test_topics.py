@@ -161,6 +161,51 @@ def test_embeddings_come_from_the_wheel_without_wordllamas_code() -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
 
 
+def test_a_question_is_the_mean_of_its_token_vectors_in_any_batch() -> None:
+    """A question's vector is its tokens' vectors summed in order, averaged, unit length: the same alone, repeated or among others."""
+    embedder = topics.Embedder()
+    texts = [
+        "how do i reset my password for the billing account on my phone today",
+        "what's the weather",
+        "",
+        "how do i reset my password for the billing account on my phone today",
+        "set an alarm for seven tomorrow morning please and then play some music",
+    ]
+    vectors = embedder(texts)
+    for text, vector in zip(texts, vectors, strict=True):
+        ids = embedder.tokenizer.encode(text, add_special_tokens=False).ids
+        expected = np.zeros(embedder.dim, np.float32)
+        for i in ids:
+            expected = expected + embedder.table[i]
+        if ids:
+            expected = (expected / len(ids)).astype(np.float32)
+            expected /= np.linalg.norm(expected)
+        assert np.array_equal(vector, expected), text
+        assert np.array_equal(embedder([text])[0], vector)
+
+
+def test_tokens_by_word_are_the_whole_texts_tokens() -> None:
+    """Tokens put together from each word's (kept between calls) are those of the whole text, spaces and special tokens included."""
+    embedder = topics.Embedder()
+    rng = random.Random(3)
+    alphabet = [
+        *"ab xy  \u2581<>s/\n\t.,!?'\u00e9\u65e5\U0001f600",
+        "<s>",
+        "</s>",
+        "don't",
+    ]
+    texts = [
+        "", " ", "a", " a", "a ", "a  b", "\u2581", "x<s>y", "hello\nworld again",
+        "set an alarm for 7 am", "set an alarm for 7 am please", "\u00a0a b",
+        *("".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(300)),
+    ]  # fmt: skip
+    whole = [
+        e.ids for e in embedder.tokenizer.encode_batch(texts, add_special_tokens=False)
+    ]
+    assert embedder.token_ids(texts) == whole
+    assert embedder.token_ids(texts[::-1]) == whole[::-1]
+
+
 def test_import_context_trace_stays_light() -> None:
     """`import context_trace` imports neither NumPy nor SciPy nor the embeddings."""
     code = (

@@ -267,3 +267,20 @@ def test_a_version_3_topics_file_gains_its_sums(store):
 
     assert _recount(assigned, range(1, 21)) == _sums(topics)
     assert _expected(assigned, range(1, 21)) == _by_key(_report(path, topics))
+
+
+def test_cost_rows_come_from_the_dashboards_index_when_it_has_them(tmp_path, store):
+    """With the dashboard's index level, assigning reads the turns' cost rows from it, not the store's metadata, and sums the same as without it."""
+    path, topics = store
+    traced: list[str] = []
+    with TopicIndex(path, tmp_path / "again.topics") as index:
+        index._conn.set_trace_callback(traced.append)
+        index.build()
+    with TopicIndex(path, tmp_path / "alone.topics", scores=tmp_path / "none") as alone:
+        alone.build()
+
+    assert not [s for s in traced if "model_calls" in s]
+    assert [s for s in traced if "ui.ui_cost_turn" in s]
+    assert [s for s in traced if "ui.ui_segment_turn" in s]
+    assert _sums(tmp_path / "again.topics") == _sums(topics)
+    assert _sums(tmp_path / "alone.topics") == _sums(topics)
