@@ -54,6 +54,7 @@ from ._pipeline_overload import (
     make_room,
 )
 from ._record import Record
+from ._sigterm import block_process_signals
 
 __all__ = ["STAT_KEYS", "BatchPipeline", "ClosedPipeline", "InlinePipeline", "Prepare"]
 
@@ -208,6 +209,7 @@ class BatchPipeline:
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
+        block_process_signals()  # a signal sent to the process wakes its main thread
         while True:
             # Sleep until a full batch is waiting, a flush/shutdown asks, or the
             # interval passes; then export whatever is queued.

@@ -30,16 +30,50 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["install", "installed", "uninstall"]
+__all__ = ["block_process_signals", "install", "installed", "uninstall"]
 
 _logger = logging.getLogger(__name__)
 
 #: What the handler runs: ``flush(timeout)``; bounded by the caller's timeout.
 Flush = Callable[[float], object]
 
+#: The signals sent to a whole process from outside it (``kill``, a terminal, a
+#: supervisor). The kernel gives each to any one thread that does not block it.
+PROCESS_SIGNALS = frozenset(
+    getattr(signal, name)
+    for name in (
+        "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2",
+        "SIGALRM", "SIGCHLD", "SIGWINCH",
+    )
+    if hasattr(signal, name)
+)  # fmt: skip
+
 _flush: Flush | None = None
 _timeout: Callable[[], float] = lambda: 5.0  # noqa: E731 - replaced by install()
 _terminating = False
+
+
+def block_process_signals() -> None:
+    """
+    Block :data:`PROCESS_SIGNALS` in the calling thread: call it first thing
+    in each background thread the package starts.
+
+    Python runs signal handlers on the main thread only, and only when that
+    thread runs Python code. When the kernel gives a process's SIGTERM to a
+    background thread instead (it may: it picks the main thread only while
+    that thread has no signal pending), a main thread asleep in a C wait
+    (``Event.wait``, ``Thread.join``, a lock, ``select``) is not woken, and the
+    app's handler (or :func:`install`'s flush) waits until that wait ends on
+    its own: minutes, or never. Blocked in every thread but the main one, such
+    signals can only go to the main thread, which they wake. No-op where
+    ``pthread_sigmask`` does not exist (Windows).
+    """
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is not None:
+        try:
+            mask(signal.SIG_BLOCK, PROCESS_SIGNALS)
+        except (OSError, ValueError):  # pragma: no cover - a platform without them
+            _logger.debug("context_trace: cannot block signals", exc_info=True)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,69 @@ def _run_and_terminate(
             proc.kill()
             proc.wait()
     return proc.returncode, "".join(lines) + out, err
+
+
+def _blocked_signals(native_id: int | None) -> set[int]:
+    """The signals the thread *native_id* of this process blocks (Linux /proc)."""
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    line = next(x for x in status.splitlines() if x.startswith("SigBlk:"))
+    mask = int(line.split()[1], 16)
+    return {n for n in range(1, 65) if mask >> (n - 1) & 1}
+
+
+class TestSignalsReachTheMainThread:
+    """
+    Python runs signal handlers on the main thread only. A SIGTERM the kernel
+    gives to a background thread leaves a main thread asleep in a C wait
+    (``Event.wait``, ``join``) asleep: the app's handler, or our flush, waits
+    as long as that sleep. The package's own threads block such signals, so
+    the kernel can only give them to the main thread.
+    """
+
+    def test_the_export_worker_blocks_the_process_signals(self, tmp_path: Path):
+        """The export worker blocks SIGTERM, SIGINT and the other process signals;
+        the main thread still takes them."""
+        ct.configure(db_path=tmp_path / "t.db", flush_interval=60.0)
+        with ct.track_user("u"):
+            echo_chain().invoke({"q": "hi"})
+        (worker,) = [
+            t for t in threading.enumerate() if t.name == "context-trace-exporter"
+        ]
+
+        blocked = _blocked_signals(worker.native_id)
+        main = _blocked_signals(threading.main_thread().native_id)
+
+        assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1} <= blocked
+        assert set() == {signal.SIGTERM, signal.SIGINT} & main
+        assert ct.flush(10.0)
+
+    def test_the_dashboards_refresh_thread_blocks_them(self, tmp_path: Path):
+        """The dashboard's index refresh thread blocks SIGTERM and SIGINT (Ctrl-C
+        and ``docker stop`` wake the server's main thread)."""
+        from context_trace.ui.app import create_app
+
+        ct.configure(db_path=tmp_path / "t.db", flush_interval=60.0)
+        with ct.track_user("u"):
+            echo_chain().invoke({"q": "hi"})
+        assert ct.flush(10.0)
+        before = set(threading.enumerate())
+        app = create_app(tmp_path / "t.db", refresh_interval=30.0)
+        try:
+            (refresher,) = [
+                t
+                for t in set(threading.enumerate()) - before
+                if t.name == "context-trace-ui-index"
+            ]
+            # The thread blocks them as it starts: give it until then.
+            deadline = time.monotonic() + 10.0
+            blocked = _blocked_signals(refresher.native_id)
+            while signal.SIGTERM not in blocked and time.monotonic() < deadline:
+                time.sleep(0.01)
+                blocked = _blocked_signals(refresher.native_id)
+        finally:
+            app.extensions["context_trace_ui"].stop()
+
+        assert {signal.SIGTERM, signal.SIGINT} <= blocked
 
 
 class TestSigterm:

@@ -38,6 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "context_trace.ui requires Flask and waitress; install 'context-trace[ui]'"
     ) from exc
 
+from context_trace._sigterm import block_process_signals
 from context_trace._store.analytics import SEARCH_COUNT_LIMIT
 from context_trace._store.ui_index import REQUEST_CHUNK, UIIndex
 from context_trace.analytics.hook import dashboard_topics
@@ -94,6 +95,7 @@ class _Refresher:
         return done
 
     def _run(self, interval: float) -> None:
+        block_process_signals()  # Ctrl-C and SIGTERM wake the server's main thread
         while not self._stop.wait(interval):
             while not self._stop.is_set() and not self.refresh(_REQUEST_CHUNK, True):
                 pass
