@@ -1,7 +1,7 @@
 """
 What a decorated generator's scope costs per step, sync and async.
 
-    python benchmarks/streams.py [--steps 20] [--loops 2000] [--repeat 7]
+    python benchmarks/streams.py [--steps 20] [--loops 2000] [--repeat 7] [--smoke]
 
 Each row drains a generator of ``--steps`` steps that yields its counter and
 does nothing else, ``--loops`` times, and reports the best of ``--repeat`` runs
@@ -15,7 +15,8 @@ in CPU time (``time.process_time``) per generator and per step:
 The "scope per step" line is ``(decorated - bare) / steps``: what the stream
 wrapper adds to each step (including, spread over the steps, building its
 context and leaving the scope when the generator ends). No LangChain run is
-made: it is the wrapper's own cost, not recording's.
+made: it is the wrapper's own cost, not recording's. ``--smoke`` runs a few
+loops once: it checks the script runs (CI) and measures nothing.
 """
 
 from __future__ import annotations
@@ -103,7 +104,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--loops", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help="a few loops, once")
     args = parser.parse_args()
+    if args.smoke:
+        args.loops, args.repeat = 10, 1
     for kind, rows in (
         ("sync", sync_rows(args.steps, args.loops, args.repeat)),
         ("async", async_rows(args.steps, args.loops, args.repeat)),
