@@ -70,7 +70,8 @@ class ScopedIterator(Iterator[T]):
     it sets leaks into its consumer. When the generator ends (exhausted,
     closed, or an exception left it), the scope's tokens are reset in that
     context, so it is freed by reference counting, and :func:`leave` runs once
-    in the consumer's context (the serverless flush).
+    in the consumer's context (the serverless flush). A generator dropped
+    half-read is closed in its own context when the wrapper is collected.
     """
 
     __slots__ = ("_context", "_it", "_scope")
@@ -122,6 +123,19 @@ class ScopedIterator(Iterator[T]):
         context = self._context
         if context is not None:
             self._end(context)
+
+    def __del__(self) -> None:
+        # Dropped half-read: close the generator in its own context, or its
+        # finally blocks (an inner scope's exit among them) would run in
+        # whichever context the collector happens to run in and restore that
+        # one's outer state. No leave(): no flush from inside a finalizer.
+        context = self._context
+        if context is not None:
+            self._context = None
+            try:
+                context.run(self._it.close)
+            finally:
+                context.run(self._scope.deactivate)
 
 
 class ScopedAsyncIterator(AsyncIterator[T]):

@@ -168,6 +168,29 @@ class TestSyncGenerators:
             if c.answer is None or f"<{c.user_id}>" not in c.answer
         ]
 
+    def test_a_dropped_generator_finishes_in_its_own_context(self) -> None:
+        """A half-read generator dropped unclosed runs its finally in its scope; the consumer's stays."""
+        finished_as: list[str | None] = []
+
+        @track_user("dropped")
+        def steps() -> Iterator[int]:
+            with track_user("inner"):
+                try:
+                    yield 1
+                    yield 2
+                finally:
+                    finished_as.append(current_user())
+
+        with track_user("consumer"):
+            gen = steps()
+            next(gen)
+            del gen
+            gc.collect()
+            after = current_user()
+
+        assert (["inner"], "consumer") == (finished_as, after)
+        assert ACTIVE.get() is None
+
     def test_an_abandoned_generator_frees_its_context(self) -> None:
         """A generator closed half-way leaves no context or token for the collector."""
 
