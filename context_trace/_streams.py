@@ -3,8 +3,12 @@ Stream wrappers: a generator (or streamed web response) keeps its scope for ever
 
 A decorated function that returns a generator, or a Flask/Starlette streaming
 response, hands its body to code that iterates it later, outside the
-function's scope; these wrappers re-enter the scope around every step and
-:func:`~._activation.leave` when the stream ends.
+function's scope. These wrappers run every step in one context of the
+stream's own (a copy of the context that takes the first step, with the
+scope activated once), as LangChain runs a stream's steps and as a task runs
+a coroutine's, and :func:`~._activation.leave` once when the stream ends.
+Entering the scope around each step instead would cost more per step and
+would undo, after every ``yield``, a scope the generator entered itself.
 """
 
 from __future__ import annotations
