@@ -3,14 +3,20 @@ Stream wrappers: a generator (or streamed web response) keeps its scope for ever
 
 A decorated function that returns a generator, or a Flask/Starlette streaming
 response, hands its body to code that iterates it later, outside the
-function's scope; these wrappers re-enter the scope around every step and
-:func:`~._activation.leave` when the stream ends.
+function's scope. These wrappers run every step in one context of the
+stream's own (a copy of the context that takes the first step, with the
+scope activated once), as LangChain runs a stream's steps and as a task runs
+a coroutine's, and :func:`~._activation.leave` once when the stream ends.
+Entering the scope around each step instead would cost more per step and
+would undo, after every ``yield``, a scope the generator entered itself.
 """
 
 from __future__ import annotations
 
+import contextvars
 import inspect
-from collections.abc import AsyncIterator, Iterator
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any, TypeVar, cast
 
 from ._activation import Scope, leave
@@ -20,74 +26,179 @@ __all__ = ["ScopedAsyncIterator", "ScopedIterator", "wrap_result"]
 T = TypeVar("T")
 
 
+def _start(scope: Scope) -> contextvars.Context:
+    """A stream's own context: a copy of the current one, with *scope* active in it."""
+    context = contextvars.copy_context()
+    context.run(scope.activate)
+    return context
+
+
+@types.coroutine
+def _run_in(context: contextvars.Context, step: Any) -> Generator[Any, Any, Any]:
+    """
+    Await *step* (an async generator's ``asend``/``athrow``/``aclose``) in *context*.
+
+    What ``asyncio.Task`` does for a task's coroutine, for one step: every
+    ``send``/``throw`` into it runs in *context*, and what it yields (a future,
+    or another event loop's trap) goes up to the awaiting task unchanged, so
+    the task, its cancellation and its event loop stay the consumer's.
+    """
+    run = context.run
+    send = step.send
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            signal = run(send, value) if error is None else run(step.throw, error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            value = yield signal
+            error = None
+        except GeneratorExit:
+            run(step.close)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown into the step, as a task does
+            error = exc
+            value = None
+
+
 class ScopedIterator(Iterator[T]):
-    """Re-enter *scope* for every step (and ``close``) of a sync iterator."""
+    """
+    Run every step of a sync generator in one context of its own, *scope* active.
 
-    __slots__ = ("_it", "_scope")
+    The context is a copy of the one that takes the first step, with the scope
+    activated once; every ``next``/``send``/``throw``/``close`` runs in it, on
+    whichever thread calls them. A scope (or any context variable) the
+    generator sets therefore spans its yields, as its locals do, and nothing
+    it sets leaks into its consumer. When the generator ends (exhausted,
+    closed, or an exception left it), the scope's tokens are reset in that
+    context, so it is freed by reference counting, and :func:`leave` runs once
+    in the consumer's context (the serverless flush). A generator dropped
+    half-read is closed in its own context when the wrapper is collected.
+    """
 
-    def __init__(self, scope: Scope, it: Iterator[T]) -> None:
+    __slots__ = ("_context", "_it", "_scope")
+
+    def __init__(self, scope: Scope, it: types.GeneratorType[T, Any, Any]) -> None:
         self._scope = scope
         self._it = it
+        self._context: contextvars.Context | None = None
 
     def __iter__(self) -> ScopedIterator[T]:
         return self
 
-    def __next__(self) -> T:
+    def _step(self, op: Callable[..., Any], *args: Any) -> Any:
+        it = self._it
+        if it.gi_running:
+            # The generator steps itself: Python's own ValueError, not the
+            # RuntimeError of a context entered twice.
+            return op(*args)
+        context = self._context
+        if context is None:
+            if it.gi_frame is None:  # finished: nothing runs any more
+                return op(*args)
+            context = self._context = _start(self._scope)
         try:
-            with self._scope:
-                return next(self._it)
-        except StopIteration:
-            leave()  # the stream's turn is over
+            return context.run(op, *args)
+        except BaseException:
+            if it.gi_frame is None:
+                self._end(context)
             raise
 
+    def _end(self, context: contextvars.Context) -> None:
+        """The generator is over: free its context and leave the scope (once)."""
+        if self._context is context:
+            self._context = None
+            context.run(self._scope.deactivate)
+            leave()  # the stream's turn is over
+
+    def __next__(self) -> T:
+        return cast(T, self._step(self._it.__next__))
+
     def send(self, value: Any) -> T:
-        with self._scope:
-            return cast(T, self._it.send(value))  # type: ignore[attr-defined]
+        return cast(T, self._step(self._it.send, value))
 
     def throw(self, *args: Any) -> T:
-        with self._scope:
-            return cast(T, self._it.throw(*args))  # type: ignore[attr-defined]
+        return cast(T, self._step(self._it.throw, *args))
 
     def close(self) -> None:
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            with self._scope:
-                close()
+        self._step(self._it.close)
+        context = self._context
+        if context is not None:
+            self._end(context)
+
+    def __del__(self) -> None:
+        # Dropped half-read: close the generator in its own context, or its
+        # finally blocks (an inner scope's exit among them) would run in
+        # whichever context the collector happens to run in and restore that
+        # one's outer state. No leave(): no flush from inside a finalizer.
+        context = self._context
+        if context is not None:
+            self._context = None
+            try:
+                context.run(self._it.close)
+            finally:
+                context.run(self._scope.deactivate)
 
 
 class ScopedAsyncIterator(AsyncIterator[T]):
-    """Re-enter *scope* for every step (and ``aclose``) of an async iterator."""
+    """
+    Run every step of an async generator in one context of its own, *scope* active.
 
-    __slots__ = ("_it", "_scope")
+    As :class:`ScopedIterator`, for ``__anext__``/``asend``/``athrow``/``aclose``:
+    each step's awaitable is driven by :func:`_run_in`, so the step runs in the
+    generator's context inside the consumer's task (no task per step).
+    """
 
-    def __init__(self, scope: Scope, it: AsyncIterator[T]) -> None:
+    __slots__ = ("_context", "_it", "_scope")
+
+    def __init__(self, scope: Scope, it: types.AsyncGeneratorType[T, Any]) -> None:
         self._scope = scope
         self._it = it
+        self._context: contextvars.Context | None = None
 
     def __aiter__(self) -> ScopedAsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> T:
+    async def _step(self, step: Any) -> Any:
+        it = self._it
+        if it.ag_running:
+            # The generator awaits its own next step: Python's RuntimeError.
+            return await step
+        context = self._context
+        if context is None:
+            if it.ag_frame is None:  # finished: nothing runs any more
+                return await step
+            context = self._context = _start(self._scope)
         try:
-            with self._scope:
-                return await self._it.__anext__()
-        except StopAsyncIteration:
-            leave()  # the stream's turn is over
+            return await _run_in(context, step)
+        except BaseException:
+            if it.ag_frame is None:
+                self._end(context)
             raise
 
-    async def asend(self, value: Any) -> T:
-        with self._scope:
-            return cast(T, await self._it.asend(value))  # type: ignore[attr-defined]
+    def _end(self, context: contextvars.Context) -> None:
+        """The generator is over: free its context and leave the scope (once)."""
+        if self._context is context:
+            self._context = None
+            context.run(self._scope.deactivate)
+            leave()  # the stream's turn is over
 
-    async def athrow(self, *args: Any) -> T:
-        with self._scope:
-            return cast(T, await self._it.athrow(*args))  # type: ignore[attr-defined]
+    def __anext__(self) -> Awaitable[T]:
+        return cast(Awaitable[T], self._step(self._it.__anext__()))
+
+    def asend(self, value: Any) -> Awaitable[T]:
+        return cast(Awaitable[T], self._step(self._it.asend(value)))
+
+    def athrow(self, *args: Any) -> Awaitable[T]:
+        return cast(Awaitable[T], self._step(self._it.athrow(*args)))
 
     async def aclose(self) -> None:
-        aclose = getattr(self._it, "aclose", None)
-        if aclose is not None:
-            with self._scope:
-                await aclose()
+        await self._step(self._it.aclose())
+        context = self._context
+        if context is not None:
+            self._end(context)
 
 
 def wrap_result(scope: Scope, result: Any) -> Any:

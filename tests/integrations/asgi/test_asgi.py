@@ -194,6 +194,31 @@ class TestStreaming:
             (m.role, m.content) for m in conversation.messages
         ]
 
+    def test_a_scope_a_decorated_routes_body_enters_spans_its_yields(
+        self, exporter: InMemoryExporter
+    ) -> None:
+        """A decorated route's streamed body keeps a track_user it enters across its yields."""
+
+        @track_user("route")
+        async def endpoint(request: Request) -> StreamingResponse:
+            async def generate() -> AsyncIterator[str]:
+                with track_user("inner"):
+                    yield f"{current_user()}|"
+                    yield f"{await CHAIN.ainvoke('hello')}|{current_user()}|"
+                yield f"{current_user()}"
+
+            return StreamingResponse(generate(), media_type="text/plain")
+
+        app = Starlette(
+            routes=[Route("/decorated", endpoint)],
+            middleware=[Middleware(ContextTraceMiddleware)],
+        )
+
+        response = TestClient(app).get("/decorated", headers={"X-User-Id": "header"})
+
+        assert "inner|hello|inner|route" == response.text
+        assert ["inner"] == [c.user_id for c in conversations(exporter)]
+
     async def test_streaming_through_httpx(self, exporter: InMemoryExporter) -> None:
         """Streaming through httpx.ASGITransport is attributed as well."""
         transport = httpx.ASGITransport(app=make_app())
