@@ -404,13 +404,7 @@ def segment_sessions(
     its turns are then fewer than the sessions walked, and cheaper to read.
     """
     key, value = segment[0]
-    share = conn.execute(
-        "SELECT (SELECT coalesce(sum(conversations), 0) FROM ui_segments"
-        " WHERE key = ? AND value = ?), (SELECT coalesce(sum(turns), 0)"
-        " FROM ui_cost_day)",
-        [key, value],
-    ).fetchone()
-    if share[0] * _SEGMENT_SHARE < share[1]:
+    if not worth_walking(conn, key, value):
         return None
     walk = conn.execute(
         "SELECT session_n, cost FROM ui_cost_session_priced"
@@ -441,6 +435,23 @@ def segment_sessions(
 
 # A segment value walked only when it has at least 1/this of the turns.
 _SEGMENT_SHARE = 100
+
+
+def worth_walking(conn: sqlite3.Connection, key: str, value: str) -> bool:
+    """
+    Whether the segment value *key*=*value* has at least 1/``_SEGMENT_SHARE``
+    of the index's turns: then a walk of the costliest (sessions, users) finds
+    its top rows soon; a rarer value's turns are fewer to read than the walk.
+    """
+    mine, everyone = conn.execute(
+        "SELECT (SELECT coalesce(sum(conversations), 0) FROM ui_segments"
+        " WHERE key = ? AND value = ?), (SELECT coalesce(sum(turns), 0)"
+        " FROM ui_cost_day)",
+        [key, value],
+    ).fetchone()
+    return bool(mine * _SEGMENT_SHARE >= everyone)
+
+
 # The most sessions a walk reads before it leaves the question to the turns.
 _WALK_MAX = 1_500
 

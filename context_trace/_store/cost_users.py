@@ -23,16 +23,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cost_index import _SUMMED, _SUMS
-from .cost_sources import user_day_rows
+from .cost_sources import user_day_rows, worth_walking
 from .cost_user_bounds import kept_walk
 
 # Users priced exactly per step of the walk.
 _BATCH = 256
 # Relative slack of the bound (a sum in another order rounds differently).
 _SLACK = 1e-9
-# A segment is walked only when it has at least 1/this of the turns, and the
-# walk reads this many users at most (else the segment's turns are read).
-_SEGMENT_SHARE = 100
+# A walk of a segment's users (when worth_walking) reads this many users at
+# most (else the segment's turns are read).
 _WALK_MAX = 2_048
 
 
@@ -99,13 +98,7 @@ def costliest_segment_users(
     walk = kept_walk(conn, day, (key, value))
     if walk is None:
         return None
-    share = conn.execute(
-        "SELECT (SELECT coalesce(sum(conversations), 0) FROM ui_segments"
-        " WHERE key = ? AND value = ?), (SELECT coalesce(sum(turns), 0)"
-        " FROM ui_cost_day)",
-        [key, value],
-    ).fetchone()
-    if share[0] * _SEGMENT_SHARE < share[1]:
+    if not worth_walking(conn, key, value):
         return None
     cols = ", ".join(f"sum(k.{c}) AS {c}" for c in _SUMS)
     best: list[Any] = []
