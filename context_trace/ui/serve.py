@@ -10,6 +10,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 import webbrowser
 from datetime import tzinfo
@@ -24,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from exc
 
 from context_trace._exporters.http_policy import is_loopback
+from context_trace._sigterm import block_process_signals
 from context_trace._store.ui_index import UIIndex
 
 from .app import create_app
@@ -39,6 +41,9 @@ __all__ = [
 
 ENV_UI_TOKEN = "CONTEXT_TRACE_UI_TOKEN"
 _THREADS = 8
+# Opening an index takes longer than this only when an earlier version made it
+# (its new tables are filled once): then say so, rather than seem to hang.
+_SLOW_OPEN = 3.0
 
 
 class UIError(Exception):
@@ -66,6 +71,20 @@ def open_index(
         raise UIError(f"no database at {path} (run 'context-trace demo' to make one)")
     if path.is_dir():
         raise UIError(f"{path} is a directory, not a database")
+    opened = threading.Event()
+
+    def notice() -> None:
+        block_process_signals()  # Ctrl-C goes to the main thread
+        if not opened.wait(_SLOW_OPEN):
+            print(
+                f"Opening the dashboard index {index_path or 'beside the store'}: one"
+                " made by an earlier version of context-trace is brought up to date"
+                " once (about two minutes per million turns) ...",
+                file=out,
+            )
+            out.flush()
+
+    threading.Thread(target=notice, name="context-trace-ui-open", daemon=True).start()
     try:
         if cache is not None:
             from context_trace._store.postgres.cache import SyncedIndex
@@ -75,6 +94,8 @@ def open_index(
             index = UIIndex(path, index_path)
     except (sqlite3.Error, OSError, ValueError) as exc:
         raise UIError(f"cannot index {path}: {exc}") from None
+    finally:
+        opened.set()
     try:
         done, total = index.counts()
         if total - done > 50_000:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from context_trace._exporters.sqlite import SQLiteExporter
+from context_trace._store.ui_index import UIIndex
 from tests.failures import (
     AFTER_ERROR,
     FAILED_SESSION,
@@ -399,3 +403,43 @@ class TestToolErrors:
         assert TOOL_QUESTION == tools["items"][0]["preview"]
         assert [AFTER_ERROR, MODEL_ERROR] == [c["error"] for c in errors["items"]]
         assert not any(c["tool_error"] for c in errors["items"])
+
+
+class _Noticed(io.StringIO):
+    """An output that tells when a line about the index being brought up to date is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noticed = threading.Event()
+
+    def write(self, text: str) -> int:
+        if "brought up to date" in text:
+            self.noticed.set()
+        return super().write(text)
+
+
+def test_a_slow_index_open_says_why(store_path: Path, tmp_path: Path, monkeypatch):
+    """Opening an index that an earlier version made fills its new tables first
+    (minutes at a million turns): when opening takes a while, the dashboard says
+    so instead of seeming to hang; a quick open says nothing."""
+    from context_trace.ui import serve
+
+    out = _Noticed()
+    real = serve.UIIndex
+
+    def slow_open(*args: Any, **kwargs: Any) -> UIIndex:
+        # Stands for the one-time upgrade: still opening when the notice is due.
+        out.noticed.wait(10.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "_SLOW_OPEN", 0.05)
+    monkeypatch.setattr(serve, "UIIndex", slow_open)
+    serve.open_index(store_path, out, tmp_path / "slow.ui-index").close()
+    monkeypatch.setattr(serve, "_SLOW_OPEN", 60.0)
+    monkeypatch.setattr(serve, "UIIndex", real)
+    quick = _Noticed()
+    serve.open_index(store_path, quick, tmp_path / "slow.ui-index").close()
+
+    assert out.noticed.is_set(), out.getvalue()
+    assert "Opening the dashboard index" in out.getvalue()
+    assert not quick.noticed.is_set(), quick.getvalue()
