@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "COST_SCHEMA",
     "COST_TABLES",
+    "FILL_HOUR",
     "FILL_USER_DAY",
     "TURN_COSTS",
     "apply_cost_chunk",
@@ -16,7 +17,7 @@ __all__ = [
 
 #: The sidecar tables this module keeps (see :mod:`.ui_index`).
 COST_TABLES = ("ui_cost_turn", "ui_cost_day", "ui_cost_user", "ui_cost_segment_user",
-               "ui_cost_segment_day", "ui_cost_user_day")  # fmt: skip
+               "ui_cost_segment_day", "ui_cost_user_day", "ui_cost_hour")  # fmt: skip
 # The sums each table keeps, in this order everywhere.
 _SUMS = ("turns", "calls", "reported", "input", "output", "cache_read",
          "cache_write", "reasoning")  # fmt: skip
@@ -78,6 +79,16 @@ COST_SCHEMA = (
         model TEXT NOT NULL,
 {_SUM_COLUMNS},
         PRIMARY KEY (day, user_key, model)
+    ) WITHOUT ROWID
+    """,
+    # Per UTC hour (epoch seconds // 3600) and model: a 24-hour range's whole
+    # hours, so that only its first, partial hour reads the turns.
+    f"""
+    CREATE TABLE IF NOT EXISTS ui_cost_hour (
+        hour INTEGER NOT NULL,
+        model TEXT NOT NULL,
+{_SUM_COLUMNS},
+        PRIMARY KEY (hour, model)
     ) WITHOUT ROWID
     """,
 )
@@ -152,6 +163,12 @@ FILL_USER_DAY = (
     " SELECT date(started_at, 'unixepoch') AS day, user_key, model,"
     f" {_SUMMED} FROM ui_cost_turn GROUP BY day, user_key, model"
 )
+#: Fill ``ui_cost_hour`` the same way.
+FILL_HOUR = (
+    f"INSERT INTO ui_cost_hour (hour, model, {_COLS})"
+    " SELECT CAST(started_at / 3600 AS INTEGER) AS hour, model,"
+    f" {_SUMMED} FROM ui_cost_turn GROUP BY hour, model"
+)
 
 
 def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
@@ -173,6 +190,9 @@ def apply_cost_chunk(segment_rows: str) -> tuple[str, ...]:
         f"INSERT INTO ui_cost_user_day (day, user_key, model, {_COLS}) SELECT day,"
         f" user_key, model, {_SUMMED} FROM cost_chunk GROUP BY day, user_key, model"
         f" ON CONFLICT DO UPDATE SET {_UPSERT}",
+        f"INSERT INTO ui_cost_hour (hour, model, {_COLS}) SELECT"
+        f" CAST(started_at / 3600 AS INTEGER) AS hour, model, {_SUMMED}"
+        f" FROM cost_chunk GROUP BY hour, model ON CONFLICT DO UPDATE SET {_UPSERT}",
         f"INSERT INTO ui_cost_segment_day (key, value, day, model, {_COLS})"
         f" SELECT s.key, s.value, k.day, k.model,"
         f" {', '.join(f'sum(k.{c})' for c in _SUMS)} FROM ({segment_rows}) s"

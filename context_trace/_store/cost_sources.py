@@ -228,18 +228,21 @@ def _model_source(
     """SQL of ``('', model, sums...)`` rows from per-day sums, when they answer."""
     if first_day is None and since is not None and not segment:
         # From a time (24h): the whole days after its day from the per-day
-        # sums, the rest of its day from the turns (numbered in commit order,
-        # not time order: the store's started_at index bounds their numbers).
+        # sums, the whole hours left of its day from the per-hour sums, its
+        # first, partial hour from the turns (numbered in commit order, not
+        # time order: the store's started_at index bounds their numbers).
         day = time.strftime("%Y-%m-%d", time.gmtime(since))
-        midnight = _day_start(day) + 86_400
+        midnight = int(_day_start(day)) // 3600 + 24
+        hour = int(-(-since // 3600))
         bounds = _BOUNDS
         return (
             f"SELECT '' AS grp, model, {_SUMMED} FROM (SELECT model, {_COLS}"
             " FROM ui_cost_day WHERE day > ? UNION ALL"
-            f" SELECT model, {_COLS} FROM ui_cost_turn WHERE n >= {bounds.format('min')}"
-            f" AND n <= {bounds.format('max')} AND started_at >= ?"
-            " AND started_at < ?) GROUP BY model",
-            [day, *[since, midnight] * 3],
+            f" SELECT model, {_COLS} FROM ui_cost_hour WHERE hour >= ? AND hour < ?"
+            f" UNION ALL SELECT model, {_COLS} FROM ui_cost_turn"
+            f" WHERE n >= {bounds.format('min')} AND n <= {bounds.format('max')}"
+            " AND started_at >= ? AND started_at < ?) GROUP BY model",
+            [day, hour, midnight, *[since, hour * 3600] * 3],
         )
     if first_day is None or len(segment) > 1:
         return None

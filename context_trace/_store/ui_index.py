@@ -48,7 +48,7 @@ from typing import Any
 from . import retention_index as _ret
 from .connection import read_uri
 from .cost import COST_SCHEMA, COST_TABLES, apply_cost_chunk
-from .cost_index import FILL_USER_DAY
+from .cost_index import FILL_HOUR, FILL_USER_DAY
 from .cost_priced import PRICED_TABLES, price_costs
 from .overview_hours import index_hours
 from .overview_window import first_days, index_window
@@ -251,11 +251,16 @@ class UIIndex:
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
                 " AND name IN (" + ", ".join(f"'{t}'" for t in COST_TABLES) + ")"
             )}  # fmt: skip
-            if cost_tables == set(COST_TABLES) - {"ui_cost_user_day"}:
-                # An index from before the per-user, per-day sums (the last
-                # cost table): from the turns' rows it has, not from the store.
-                conn.execute(COST_SCHEMA[-1])
-                conn.execute(FILL_USER_DAY)
+            missing = set(COST_TABLES) - cost_tables
+            if cost_tables and missing <= {"ui_cost_user_day", "ui_cost_hour"}:
+                # An index from before the per-user, per-day or the per-hour
+                # sums (the last cost tables): from the turns' rows it has,
+                # not from the store.
+                for table, fill in (("ui_cost_user_day", FILL_USER_DAY),
+                                    ("ui_cost_hour", FILL_HOUR)):  # fmt: skip
+                    if table in missing:
+                        conn.execute(COST_SCHEMA[COST_TABLES.index(table)])
+                        conn.execute(fill)
             if conn.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
                 " AND name IN (" + ", ".join(f"'{t}'" for t in COST_TABLES) + ")"
