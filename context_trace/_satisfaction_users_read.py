@@ -94,7 +94,10 @@ _RANGE_RUNNING = (
     " AS flagged FROM ui.usat_user u LEFT JOIN ui.usat_user_cum c"
     " ON c.user_key = u.user_key AND c.day = (SELECT max(day) FROM ui.usat_user_cum m"
     " WHERE m.user_key = u.user_key AND m.day <= ?2)"
-    " LEFT JOIN edge g ON g.user_key = u.user_key)"
+    " LEFT JOIN edge g ON g.user_key = u.user_key"
+    # A range holds no more of a user's turns and flagged turns than all time:
+    # the users who cannot qualify skip the running-total lookup.
+    " WHERE u.flagged > 0 AND u.turns >= ?5)"
     " SELECT user_key, score_sum / turns AS score, flagged FROM x"
     " WHERE user_key != '' AND turns >= ?5 AND flagged > 0"
 )
