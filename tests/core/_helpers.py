@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
+import gc
 import inspect
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +25,7 @@ __all__ = [
     "KeepingPipeline",
     "MetadataRecorder",
     "collect",
+    "contexts_left_for_the_collector",
     "echo_chain",
     "run_threads",
     "streaming_chain",
@@ -125,3 +129,25 @@ class KeepingPipeline:
 
     def stats(self) -> dict[str, int]:
         return {}
+
+
+def contexts_left_for_the_collector(work: Callable[[], None]) -> list[str]:
+    """
+    The contexts and context-variable tokens that *work* left to the garbage
+    collector (in reference cycles) rather than freed by reference counting.
+    """
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        work()
+        gc.collect()
+        return [
+            type(o).__name__
+            for o in gc.garbage
+            if isinstance(o, (contextvars.Context, contextvars.Token))
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()

@@ -17,7 +17,7 @@ from context_trace import InMemoryExporter, configure, current_user, track_user
 from context_trace._activation import ACTIVE
 from context_trace.testing import CapturedRecords
 
-from ._helpers import echo_chain, streaming_chain
+from ._helpers import contexts_left_for_the_collector, echo_chain, streaming_chain
 
 CHAIN = echo_chain()
 
@@ -200,28 +200,18 @@ class TestSyncGenerators:
                 yield 1
                 yield 2
 
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
+        read: list[int] = []
+
+        def work() -> None:
             for _ in range(3):
                 gen = steps()
                 next(gen)
                 gen.close()  # type: ignore[attr-defined]
-            done = steps()
-            assert [1, 2] == list(done)
-            del gen, done
-            gc.collect()
-            left = [
-                type(o).__name__
-                for o in gc.garbage
-                if isinstance(o, (contextvars.Context, contextvars.Token))
-            ]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+            read.extend(steps())
 
+        left = contexts_left_for_the_collector(work)
+
+        assert [1, 2] == read
         assert [] == left
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import gc
 import io
 import itertools
 import random
@@ -32,6 +31,7 @@ from context_trace import (
 )
 from context_trace._scopes import current_scope
 from context_trace.integrations import ContextTraceWSGIMiddleware
+from tests.core._helpers import contexts_left_for_the_collector
 
 CHAIN = ParrotFakeChatModel() | StrOutputParser()
 
@@ -239,25 +239,17 @@ class TestStreamedBodies:
     ) -> None:
         """Closing a body frees its context and the scope's tokens by reference counting."""
         app = ContextTraceWSGIMiddleware(streaming_app(stream_answer))
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            for i in range(3):
-                call = _Call(app, HTTP_X_USER_ID="u1", QUERY_STRING=f"question {i}")
-                assert f"question {i}".encode() == call.body
-            del call
-            gc.collect()
-            left = [
-                type(o).__name__
-                for o in gc.garbage
-                if isinstance(o, (contextvars.Context, contextvars.Token))
-            ]
-        finally:
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
+        bodies: list[bytes] = []
 
+        def work() -> None:
+            for i in range(3):
+                bodies.append(
+                    _Call(app, HTTP_X_USER_ID="u1", QUERY_STRING=f"question {i}").body
+                )
+
+        left = contexts_left_for_the_collector(work)
+
+        assert [f"question {i}".encode() for i in range(3)] == bodies
         assert [] == left
         assert 3 == len(conversations(exporter))
 
