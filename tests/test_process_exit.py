@@ -48,8 +48,13 @@ SIGTERM_CHILD = textwrap.dedent(
     if handler == "after":
         signal.signal(signal.SIGTERM, app_handler)
     # Still alive 90 s after "done" (the test sends SIGTERM at once): print every
-    # thread's stack and end, so a hang fails the test with its cause.
+    # thread's stack and end, so a hang fails the test with its cause. The
+    # watchdog is a thread of its own, which the kernel could give SIGTERM to
+    # instead of the main thread; it inherits this thread's signal mask, so it
+    # starts with SIGTERM blocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     faulthandler.dump_traceback_later(90, exit=True)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print("done", flush=True)
     threading.Event().wait(300)
     print("not killed", flush=True)
