@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 # (the app's own SIGTERM handler, installed before configure() or after the turns).
 SIGTERM_CHILD = textwrap.dedent(
     """
-    import faulthandler, signal, sys, threading
+    import faulthandler, signal, sys, time
     import context_trace as ct
     from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 
@@ -48,15 +48,15 @@ SIGTERM_CHILD = textwrap.dedent(
     if handler == "after":
         signal.signal(signal.SIGTERM, app_handler)
     # Still alive 90 s after "done" (the test sends SIGTERM at once): print every
-    # thread's stack and end, so a hang fails the test with its cause. The
-    # watchdog is a thread of its own, which the kernel could give SIGTERM to
-    # instead of the main thread; it inherits this thread's signal mask, so it
-    # starts with SIGTERM blocked.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # thread's stack and end, so a hang fails the test with its cause.
     faulthandler.dump_traceback_later(90, exit=True)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     print("done", flush=True)
-    threading.Event().wait(300)
+    # Short sleeps, not one long wait: a signal that lands after Python last
+    # checked for signals but before the thread enters its wait (CPython's own
+    # race, most likely here, where the test sends SIGTERM the moment "done" is
+    # read) is handled only when that wait ends, as in a server's polling loop.
+    for _ in range(3000):
+        time.sleep(0.1)
     print("not killed", flush=True)
     """
 )
@@ -65,7 +65,7 @@ SIGTERM_CHILD = textwrap.dedent(
 # turn hangs in export(), five more wait in the queue behind it.
 HUNG_CHILD = textwrap.dedent(
     """
-    import threading
+    import threading, time
     import context_trace as ct
     from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
 
@@ -87,7 +87,8 @@ HUNG_CHILD = textwrap.dedent(
         for i in range(5):
             model.invoke(f"queued {i}")
     print("done", flush=True)
-    threading.Event().wait(300)
+    for _ in range(3000):  # short sleeps: see SIGTERM_CHILD
+        time.sleep(0.1)
     """
 )
 
