@@ -172,6 +172,15 @@ def closed_port() -> int:
 
 
 # --------------------------------------------------------------------------- records
+def new_run_id() -> uuid.UUID:
+    """A run id as the installed LangChain makes them: UUIDv7 (time-ordered) since 1.0."""
+    try:
+        from langchain_core.utils.uuid import uuid7
+    except ImportError:  # an older LangChain: random ids
+        return uuid.uuid4()
+    return uuid7()
+
+
 def build_chain() -> Any:
     from langchain_core.language_models.fake_chat_models import ParrotFakeChatModel
     from langchain_core.output_parsers import StrOutputParser
@@ -199,7 +208,7 @@ def make_conversations(n: int, sessions: bool) -> list[Any]:
         )
         out.append(
             Conversation(
-                id=uuid.uuid4().hex,
+                id=new_run_id().hex,
                 user_id=f"user-{i % 1000}",
                 session_id=sid,
                 started_at=now,
@@ -271,7 +280,7 @@ def record_pool(
 
 def _clone(turn: Any) -> Any:
     twin = copy.copy(turn)
-    twin.run_id = uuid.uuid4()
+    twin.run_id = new_run_id()
     twin.run_ids = [twin.run_id]
     return twin
 
