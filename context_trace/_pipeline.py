@@ -16,14 +16,10 @@ Threading model:
 - Overload policy (``_pipeline_overload``): at a high-water mark the emitting
   thread waits, bounded, for the worker to make room, then queues the item
   or, with the queue full, drops it and counts it.
-- The worker sleeps on that Event with ``flush_interval`` as timeout. Woken, it
-  converts what is queued at once (the turns' LangChain objects are freed) but
-  holds the records until ``max_batch`` of them are ready or the oldest has
-  waited ``flush_interval``: one transaction per full batch, not one per wake,
-  so a record waits at most about that long. It works with ``_export_lock``
-  held, the only place that pops from the queue, so draining is ordered. After
-  taking each chunk it bumps ``_progress`` and, if an emitter waits, notifies
-  ``_room``.
+- The worker sleeps on that Event with ``flush_interval`` as timeout, so records
+  wait at most that long. It exports with ``_export_lock`` held, the only place
+  that pops from the queue, so draining is ordered. After taking each chunk it
+  bumps ``_progress`` and, if an emitter waits, notifies ``_room``.
 - ``flush`` appends a marker to the queue and waits for the worker to reach it:
   since the queue is FIFO, everything emitted before the call has then been
   exported (or given up on). No counters need to be read across threads.
@@ -70,9 +66,7 @@ _THREAD_NAME = "context-trace-exporter"
 # Queued items that wake the worker before its interval (or max_batch, if
 # smaller). Measured: waking at 512 let ~1,000 turns (~5 MB of LangChain
 # objects) pile up behind a busy app thread, and RSS keeps that high-water mark;
-# at 64 the queue stays short. The converted records (a tenth of the memory)
-# are then held for a full batch: exporting each wake's 30-60 records as a
-# transaction of its own cost about twice the SQLite CPU per turn.
+# at 64 the queue stays short and batches still grow under load.
 _WAKE_AT = 64
 
 
@@ -172,10 +166,6 @@ class BatchPipeline:
         self._thread: threading.Thread | None = None
         self._worker_done = False
         self._pid = os.getpid()
-        # Converted records waiting for a full batch (under _export_lock), and
-        # when the oldest of them was converted (time.monotonic()).
-        self._held: list[Record] = []
-        self._held_since = 0.0
 
     def start(self) -> None:
         """Start the worker now (it otherwise starts on the first ``emit``)."""
@@ -223,9 +213,9 @@ class BatchPipeline:
         while True:
             # Sleep until a full batch is waiting, a flush/shutdown asks, or the
             # interval passes; then export whatever is queued.
-            self._wake.wait(self._wait_for())
+            self._wake.wait(self._flush_interval)
             self._wake.clear()
-            self._drain(hold=not self._stopping)
+            self._drain()
             if self._stopping:
                 # Last round: persist what is queued, then one delivery pass (an
                 # outbox keeps the rest on disk for the next process).
@@ -257,65 +247,43 @@ class BatchPipeline:
                 self._failed += result.failed
                 self._retried += result.retried
 
-    def _wait_for(self) -> float:
-        """Seconds the worker sleeps: the interval, or until the held records are due."""
-        if not self._held:
-            return self._flush_interval
-        due = self._held_since + self._flush_interval
-        return max(0.0, due - time.monotonic())
-
-    def _drain(self, *, hold: bool = False) -> None:
+    def _drain(self) -> None:
         """
-        Convert everything queued; export the records in batches; release flush markers.
+        Export everything queued now, in batches; release flush markers in order.
 
         Items leave the queue a chunk (``_wake_at`` items) at a time and are
-        converted to records at once, so an emitter waiting at the high-water
-        mark gets room within one chunk's conversion, not after a whole batch's
-        write (a 512-turn batch takes 0.3-0.5 s against one busy app thread),
-        and what waits in memory is the lighter converted record rather than
-        the turn's LangChain objects. Records go to the exporter ``max_batch``
-        at a time (one transaction per batch). With *hold* (the worker's
-        regular round) fewer than that stay held for more, until the oldest
-        has waited ``flush_interval``; a flush marker, a shutdown or a drain on
-        another thread exports them at once.
+        converted to records at once; the records go to the exporter once
+        ``max_batch`` are taken (one transaction per batch, as before). So an
+        emitter waiting at the high-water mark gets room within one chunk's
+        conversion, not after a whole batch's write (a 512-turn batch takes
+        0.3-0.5 s against one busy app thread), and what waits in memory is
+        the lighter converted record rather than the turn's LangChain objects.
         """
         with self._export_lock:
             queue = self._queue
-            held = self._held
-            while True:
+            chunk_size = self._wake_at
+            while queue:
+                records: list[Record] = []
+                taken = 0
                 marker: _Marker | None = None
-                while queue and marker is None:
-                    chunk, marker = self._take(self._wake_at)
+                while queue and taken < self._max_batch and marker is None:
+                    limit = min(chunk_size, self._max_batch - taken)
+                    chunk, marker = self._take(limit)
                     self._progress += 1
                     if self._waiters:  # emitters wait at the high-water mark
                         with self._room:
                             self._room.notify_all()
                     if chunk:
-                        if not held:
-                            self._held_since = time.monotonic()
-                        held.extend(self._convert(chunk))
+                        taken += len(chunk)
+                        records.extend(self._convert(chunk))
                     del chunk  # the turns are free once converted
-                    while len(held) >= self._max_batch:
-                        self._export_held(self._max_batch)
-                if marker is None and hold and held and self._wait_for() > 0:
-                    return  # not due yet: wait for a fuller batch
-                if held:
-                    self._export_held(len(held))
-                if marker is None:
-                    return
-                # flush(): what came before is exported; an outbox also gets
-                # one delivery pass, so flush() means "sent" when the backend is up.
-                self._idle_locked()
-                marker.done.set()
-
-    def _export_held(self, count: int) -> None:
-        """Export the oldest *count* held records (the caller holds ``_export_lock``)."""
-        held = self._held
-        batch = held[:count]
-        del held[:count]
-        if held:
-            self._held_since = time.monotonic()
-        self._export(batch)
+                if records:
+                    self._export(records)
+                if marker is not None:
+                    # flush(): what came before is exported; an outbox also gets
+                    # one delivery pass, so flush() means "sent" when the backend is up.
+                    self._idle_locked()
+                    marker.done.set()
 
     def _take(self, limit: int) -> tuple[list[Any], _Marker | None]:
         """Up to *limit* items off the queue, stopping after a flush marker."""
@@ -375,14 +343,14 @@ class BatchPipeline:
             True if the worker got through in time.
         """
         if self._thread is None or not self._thread.is_alive():
-            if not self._queue and not self._held:
+            if not self._queue:
                 return True
             if self._thread is None and not self._closed:
                 self._start()
             else:
                 # No worker (shut down, or died): drain on this thread.
                 self._drain()
-                return not self._queue and not self._held
+                return not self._queue
         if threading.current_thread() is self._thread:
             self._drain()
             return True
@@ -434,7 +402,7 @@ class BatchPipeline:
                 thread.join(left)
         elif self._queue:
             self._drain()
-        drained = not self._queue and not self._held
+        drained = not self._queue
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             self._exporter.shutdown(remaining)
@@ -447,13 +415,7 @@ class BatchPipeline:
             self.shutdown(self._shutdown_timeout)
 
     def queued(self) -> int:
-        """
-        Turns waiting in memory now, queued or converted and held for a batch
-        (no I/O, no lock: safe in a signal handler).
-        """
-        return self._in_queue() + len(self._held)
-
-    def _in_queue(self) -> int:
+        """Items waiting in memory now (no I/O, no lock: safe in a signal handler)."""
         return sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
 
     def stats(self) -> dict[str, int]:
@@ -463,8 +425,7 @@ class BatchPipeline:
         for room), waited_ms (their total wait) and rejected (ratings whose
         session or turn the store does not hold).
         """
-        in_queue = self._in_queue()
-        queued = in_queue + len(self._held)
+        queued = self.queued()
         pending = self._pending
         backlog = self._capabilities.pending
         if backlog is not None:  # an outbox knows its backlog exactly
@@ -475,7 +436,7 @@ class BatchPipeline:
                     "context_trace: could not read the outbox backlog", exc_info=True
                 )
         return {
-            "enqueued": self._taken + in_queue,
+            "enqueued": self._taken + queued,
             "exported": self._exported,
             "dropped": self._dropped,
             "failed": self._failed,

@@ -106,57 +106,6 @@ class TestDelivery:
 
         assert exporter.entered.wait(10)
 
-    def test_a_burst_is_converted_at_once_and_written_as_one_batch(
-        self, exporter, make_pipeline
-    ):
-        """Turns the worker woke for are converted at once but written in one batch."""
-        converted: list[int] = []
-
-        def prepare(items: Sequence[object]) -> list[Record]:
-            converted.append(len(items))
-            return list(items)  # type: ignore[arg-type]
-
-        pipeline = make_pipeline(prepare=prepare)  # max_batch 512, interval 30 s
-        for i in range(300):
-            pipeline.emit(_record(i))
-        deadline = time.monotonic() + 10
-        while sum(converted) < 64 and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-        assert sum(converted) >= 64  # woken at 64 queued: they do not wait 30 s
-        assert [] == exporter.batches  # held for a fuller batch
-        assert 300 == pipeline.stats()["queued"]
-        assert 300 == pipeline.stats()["enqueued"]
-        assert pipeline.flush(10)
-        assert [300] == [len(b) for b in exporter.batches]
-        assert 0 == pipeline.stats()["queued"]
-
-    def test_held_records_are_written_once_the_oldest_waited_the_interval(
-        self, exporter, make_pipeline
-    ):
-        """Held records do not wait for a flush: the interval bounds their wait."""
-        pipeline = make_pipeline(flush_interval=0.2)
-        for i in range(100):
-            pipeline.emit(_record(i))
-
-        assert exporter.entered.wait(10)
-        deadline = time.monotonic() + 10
-        while len(exporter.ids) < 100 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert [f"r{i}" for i in range(100)] == exporter.ids
-
-    def test_held_records_are_written_at_shutdown(self, exporter, make_pipeline):
-        """Shutdown writes the records held for a batch."""
-        pipeline = make_pipeline()
-        for i in range(100):
-            pipeline.emit(_record(i))
-        deadline = time.monotonic() + 10
-        while pipeline._queue and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-        assert pipeline.shutdown(10)
-        assert [f"r{i}" for i in range(100)] == exporter.ids
-
     def test_flush_from_many_threads_while_emitting(self, exporter, make_pipeline):
         """Concurrent emitters and flushers: every record is exported exactly once."""
         pipeline = make_pipeline(max_batch=50, max_queue=100_000)
