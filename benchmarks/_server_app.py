@@ -6,8 +6,8 @@ The server side of ``benchmarks/server.py``: one chat app in one process.
 ``benchmarks/server.py`` starts this, one process per framework and mode, and
 drives it with its load client; run by hand only to debug it. *SPEC_JSON* holds
 ``framework`` (``flask``: Flask under waitress's thread pool; ``fastapi``:
-FastAPI under uvicorn), ``mode`` (``bare``, ``tracked``, ``langfuse``,
-``langsmith``), ``db`` (the SQLite store of ``tracked``), ``threads`` (waitress),
+FastAPI under uvicorn), ``mode`` (``bare``, ``noop``, ``tracked``,
+``langfuse``, ``langsmith``), ``db`` (the SQLite store of ``tracked``), ``threads`` (waitress),
 ``connection_limit``, ``agent`` (also serve the agent routes), ``stub`` (the
 loopback stub the peers send to) and the model's ``ttft``, ``per_token`` and
 ``tokens``.
@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from langchain_core.callbacks import (  # noqa: E402 - after the sys.path line
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManagerForLLMRun,
 )
 from langchain_core.language_models import BaseChatModel  # noqa: E402
@@ -318,6 +319,18 @@ class Runner:
 
 
 # --------------------------------------------------------------------------- peers
+class NoopHandler(BaseCallbackHandler):
+    """
+    The ``noop`` mode's handler: does nothing, runs inline.
+
+    What it costs is LangChain's own dispatch to a handler (run managers, run
+    ids, one call per event, per streamed token too): the floor under any
+    callback-based recorder, the same reference the shared harness uses.
+    """
+
+    run_inline = True
+
+
 class Peer:
     """A peer recorder's LangChain handler, aimed at the loopback stub."""
 
@@ -573,6 +586,8 @@ def main() -> None:
         import context_trace as ct
 
         ct.configure(db_path=spec["db"])
+    elif mode == "noop":
+        callbacks.append(NoopHandler())
     elif mode != "bare":
         peer = Peer(mode, spec["stub"])
         callbacks.append(peer.handler)

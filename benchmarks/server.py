@@ -4,7 +4,7 @@ Realistic load: a chat server under many concurrent users, with and without reco
     python benchmarks/server.py [--frameworks flask,fastapi] [--responses invoke,stream]
         [--concurrency 8,64,256] [--rounds 3] [--duration 10] [--warmup 2]
         [--ttft 0.2] [--per-token 0.002] [--tokens 20] [--agent] [--threads 64]
-        [--peers langfuse,langsmith] [--harness DIR] [--tmpdir DIR] [--json FILE]
+        [--floor] [--peers langfuse,langsmith] [--harness DIR] [--tmpdir DIR] [--json FILE]
         [--smoke]
 
 The default run takes about 16 minutes (3 rounds x 2 frameworks x 2 response
@@ -30,6 +30,10 @@ comes (Flask ``Response(generator)``, FastAPI ``StreamingResponse``; chunked).
   or ``ContextTraceMiddleware`` (FastAPI), so every request is a
   ``track_user``/``context_session`` scope from its ``X-User-Id``/``X-Session-Id``
   headers, exporting to a SQLite store in a temp dir (the default sink).
+- with ``--floor``: ``noop``, the same app with a do-nothing inline handler passed
+  per request (``config={"callbacks": [...]}``): LangChain's own dispatch to a
+  handler, the floor under any callback-based recorder (the shared harness's
+  ``noop``).
 - with ``--peers``: ``langfuse`` and ``langsmith``, the same app with that
   vendor's LangChain handler passed per request (``config={"callbacks": [...]}``),
   sending to the loopback stub of the shared harness (``shared/bench``, when it
@@ -475,6 +479,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=64, help="waitress threads")
     ap.add_argument("--peers", default="", help="langfuse,langsmith")
     ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run a do-nothing handler (LangChain's own dispatch cost)",
+    )
+    ap.add_argument(
         "--harness", default=DEFAULT_HARNESS, help="the peer harness (its stub)"
     )
     ap.add_argument("--tmpdir", help="where the stores and server logs go")
@@ -598,6 +607,8 @@ class Run:
     def execute(self) -> None:
         """Run everything; servers are always shut down, also on errors and Ctrl-C."""
         try:
+            if self.args.floor:
+                self.modes.insert(1, "noop")
             if self.args.peers:
                 self.add_peers()
             args = self.args
