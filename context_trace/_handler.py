@@ -358,13 +358,16 @@ class RecordingHandler(BaseCallbackHandler):
         # Only streamed calls get here. The tokens are what a stream's consumer
         # has received when it stops reading early (see _rules); a LangGraph
         # messages stream is read for that instead (Turn.received).
+        # Once per token: read the list once it exists (setdefault would build
+        # and drop an empty list on every call).
         try:
             key = run_id.int
             turn = self._turns.get(key)
             if turn is not None:
-                turn.__dict__.setdefault("tokens", []).append(
-                    (key, token if token or chunk is None else chunk)
-                )
+                tokens = turn.tokens
+                if tokens is None:
+                    tokens = turn.tokens = []
+                tokens.append((key, token if token or chunk is None else chunk))
         except Exception:  # noqa: BLE001 - never raise into the app
             self._internal_error("on_llm_new_token")
 
