@@ -18,6 +18,14 @@ set-up and warm-up are not). The chain is ``benchmarks/overhead.py``'s
   discarded instead of queued (what recording costs on the request path alone).
 - ``scope-only`` (only when named in ``--rows``): entering and leaving
   ``with context_trace.track_user(...)`` around nothing (the scope's share).
+- ``noop`` and ``track_user:no-meta`` (only when named): the do-nothing handler
+  without metadata, and ``track_user`` (export discarded) with
+  ``run_metadata="auto"`` and no tracer to serve, so no run metadata: their
+  difference is the recording alone, and ``noop+meta`` minus ``noop`` is what
+  LangChain's propagation of one metadata key costs.
+
+With ``noop`` and ``track_user:no-meta`` both counted, the report prints that
+difference too.
 
 The report prints instructions per turn for each row, the difference of the last
 two (the request path's own cost), and, from one timing of the bare chain outside
@@ -48,7 +56,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 ROWS = ("bare", "noop+meta", "track_user:no-export")
-EXTRA_ROWS = ("scope-only",)
+EXTRA_ROWS = ("scope-only", "noop", "track_user:no-meta")
 # callgrind sees C functions, not Python ones: the measured loop runs inside
 # ``operator.call`` (nothing else here calls it), and callgrind counts only while
 # that C function is on the stack.
@@ -72,10 +80,14 @@ def row_call(name: str) -> Callable[[], Any]:
 
         ct.configure(run_metadata=True)
         return scope_only
+    if name == "track_user:no-meta":
+        # No tracer is active here, so "auto" puts nothing into run metadata.
+        ct.configure(run_metadata="auto")
+        name = "track_user:no-export"
+    elif name.startswith("track_user"):
+        ct.configure(run_metadata=True)
     if name not in calls:
         raise SystemExit(f"--rows: unknown row {name!r}")
-    if name.startswith("track_user"):
-        ct.configure(run_metadata=True)
     if name.endswith(":no-export"):
         state = _runtime._STATE
         with state.lock:
@@ -203,6 +215,13 @@ def main() -> None:
                 f" = {diff * ratio:.1f} µs at the bare chain's {us:.0f} µs of CPU/turn"
             )
         print(line)
+    for label, high, low in (
+        ("recording alone", "track_user:no-meta", "noop"),
+        ("LangChain's run metadata", "noop+meta", "noop"),
+    ):
+        if {high, low} <= per_turn.keys():
+            diff = per_turn[high] - per_turn[low]
+            print(f"{label} ({high} - {low}): {diff:,.0f} instructions/turn")
 
 
 if __name__ == "__main__":
