@@ -66,9 +66,10 @@ def _one_call(
     """
     The model call of the usual turn, None for any other.
 
-    The usual turn: a chain invoked with a dict, one chat model call that
-    ended with one generation, no tool, no error, a non-empty str output (a
-    subclass too: ``answer_text`` returns it as it is), no span tree. For it
+    The usual turn: a chain invoked (or streamed to its end) with a dict, one
+    chat model call that ended with one generation, no tool, no error, a
+    non-empty str output (a subclass too: ``answer_text`` returns it as it is),
+    no span tree. For it
     the general rules' answers are known without running them: not abandoned
     (its call ended), the root's input read as the user's words, the output
     as the answer, the one call as the answering one (it is also the last
@@ -83,8 +84,11 @@ def _one_call(
         or type(results.get(call.key)) is not ModelResult
         or not isinstance(turn.output, str)  # a parser's str may be a subclass
         or not turn.output
-        or turn.end_inputs is not None
-        or type(turn.chain_inputs) is not dict
+        # A stream's root gets its inputs at its end (rules.user_input); no
+        # chain inputs at all is a model invoked directly.
+        or turn.chain_inputs is None
+        or type(turn.chain_inputs if turn.end_inputs is None else turn.end_inputs)
+        is not dict
     ):
         return None
     return call
@@ -107,7 +111,7 @@ def to_conversation(turn: Turn, redact: Redactor | None = None) -> Conversation 
         calls: list[ModelRun] = [one]
         answering: ModelRun | None = one
         abandoned, error = False, None
-        inputs = turn.chain_inputs
+        inputs = turn.chain_inputs if turn.end_inputs is None else turn.end_inputs
         users = user_messages(inputs)
         answer: str | None = turn.output
     else:
